@@ -1,0 +1,6 @@
+//! Numeric kernels on contiguous buffers: GEMM, convolution (im2col), pooling.
+//!
+//! Kernels take plain slices plus sizes so that they can be tested against direct loops and
+//! reused by any layer; [`Tensor`](crate::Tensor) methods wrap them.
+
+pub mod gemm;

@@ -1,0 +1,86 @@
+//! The thread pool every parallel kernel of kiln runs on.
+//!
+//! kiln owns one rayon pool, sized by [`set_num_threads`] or, before the first call, by the
+//! `KILN_NUM_THREADS` environment variable (default: the number of logical CPUs). GEMM does not
+//! bring threads of its own: it splits its output into blocks and runs the single-threaded
+//! kernel on this pool, so rayon and GEMM never oversubscribe the cores.
+
+use std::sync::{Arc, OnceLock, RwLock};
+
+struct PoolState {
+    threads: usize,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+fn state() -> &'static RwLock<PoolState> {
+    static STATE: OnceLock<RwLock<PoolState>> = OnceLock::new();
+    STATE.get_or_init(|| {
+        let threads = std::env::var("KILN_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        RwLock::new(PoolState { threads, pool: Arc::new(build(threads)) })
+    })
+}
+
+fn build(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("kiln-{i}"))
+        .build()
+        .expect("kiln: cannot start the thread pool")
+}
+
+/// Sets the number of threads every parallel kernel (GEMM included) uses.
+///
+/// Like `torch.set_num_threads`. Takes effect for kernels started after the call.
+///
+/// **Panics** if `n == 0`.
+///
+/// ```
+/// kiln_tensor::set_num_threads(1);
+/// assert_eq!(kiln_tensor::get_num_threads(), 1);
+/// ```
+pub fn set_num_threads(n: usize) {
+    assert!(n > 0, "set_num_threads: the number of threads must be > 0, got 0");
+    let mut s = state().write().unwrap_or_else(|e| e.into_inner());
+    if s.threads != n {
+        s.threads = n;
+        s.pool = Arc::new(build(n));
+    }
+}
+
+/// The number of threads parallel kernels use.
+pub fn get_num_threads() -> usize {
+    state().read().unwrap_or_else(|e| e.into_inner()).threads
+}
+
+/// Runs `f` on kiln's pool with the pool's thread count; rayon calls inside it use that pool.
+///
+/// When called from a thread of the pool already, `f` runs in place.
+pub fn install<R: Send>(f: impl FnOnce(usize) -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        // Already inside a pool (ours, or a caller's): don't nest.
+        return f(rayon::current_num_threads());
+    }
+    let (threads, pool) = {
+        let s = state().read().unwrap_or_else(|e| e.into_inner());
+        (s.threads, s.pool.clone())
+    };
+    if threads == 1 {
+        return f(1);
+    }
+    pool.install(|| f(threads))
+}
+
+/// Element count from which elementwise kernels split their work across threads.
+///
+/// Measured with `cargo bench -p kiln-tensor --bench kernels -- elementwise` on the 2-core
+/// development machine: below about 2^15 elements the fan-out (a pool round trip of a few
+/// microseconds) costs more than the second core saves.
+pub const PAR_ELEMENTWISE_MIN: usize = 1 << 15;
+
+/// Multiply-add count from which GEMM splits its output across threads (see
+/// `cargo bench -p kiln-tensor --bench kernels -- gemm`).
+pub const PAR_GEMM_MIN_FLOPS: usize = 1 << 18;
