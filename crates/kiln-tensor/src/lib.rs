@@ -1,15 +1,32 @@
 //! # kiln-tensor
 //!
 //! n-dimensional arrays of `f32`/`f64` for the kiln deep-learning framework: shared storage with
-//! copy-on-write, strided views (permute, slice, expand) that never copy, NumPy/PyTorch
+//! copy-on-write, strided views (permute, slice, expand, flip) that never copy, NumPy/PyTorch
 //! broadcasting, reductions, an explicit seedable [`Rng`], and the CPU kernels (GEMM,
 //! convolution, pooling) every layer above is built on.
+//!
+//! ```
+//! use kiln_tensor::{Rng, Tensor};
+//! let mut rng = Rng::new(0);
+//! let x: Tensor = Tensor::randn(&[4, 3], &mut rng);
+//! let w = Tensor::ones(&[3, 2]);
+//! let y = x.matmul(&w).relu();
+//! assert_eq!(y.shape(), &[4, 2]);
+//! assert!(y.min_all() >= 0.0);
+//! ```
 
 pub mod element;
+mod elementwise;
 pub mod kernels;
+mod matmul;
 pub mod parallel;
+mod reduce;
 pub mod rng;
+mod tensor;
 
 pub use element::{DType, Float};
+pub use elementwise::{broadcast_shapes, sigmoid_scalar};
 pub use parallel::{get_num_threads, set_num_threads};
+pub use reduce::Norm;
 pub use rng::Rng;
+pub use tensor::{Indices, Shape, Strides, Tensor};
