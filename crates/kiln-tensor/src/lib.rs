@@ -17,6 +17,7 @@
 
 pub mod element;
 mod elementwise;
+mod indexing;
 pub mod kernels;
 mod matmul;
 pub mod parallel;
@@ -25,6 +26,7 @@ pub mod rng;
 mod tensor;
 
 pub use element::{DType, Float};
+pub use indexing::PadMode;
 pub use elementwise::{broadcast_shapes, sigmoid_scalar};
 pub use parallel::{get_num_threads, set_num_threads};
 pub use reduce::Norm;
