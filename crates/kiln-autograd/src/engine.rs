@@ -1,0 +1,192 @@
+//! The backward engine: topological order, gradient accumulation, graph release, and
+//! [`grad`] for higher-order derivatives.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use kiln_tensor::Float;
+
+use crate::mode::{anomaly_enabled, check_finite, set_grad_enabled};
+use crate::var::{Node, Var};
+
+static PASS: AtomicU64 = AtomicU64::new(1);
+
+fn lock_inputs<E: Float>(n: &Node<E>) -> std::sync::MutexGuard<'_, crate::var::Inputs<E>> {
+    n.inputs.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs one backward pass from `roots` seeded with `seeds`.
+///
+/// With `capture`, gradients reaching those `Var`s are returned instead of being accumulated
+/// into leaves (the [`grad`] function); otherwise leaves accumulate into `.grad()`.
+pub(crate) fn run<E: Float>(
+    roots: &[Var<E>],
+    seeds: Vec<Var<E>>,
+    retain_graph: bool,
+    create_graph: bool,
+    capture: Option<&[Var<E>]>,
+) -> Vec<Option<Var<E>>> {
+    let pass = PASS.fetch_add(1, Ordering::Relaxed) & 0xFFFF_FFFF;
+    let mark = |slot: usize| (pass << 32) | slot as u64;
+    let visited = |n: &Node<E>| n.mark.load(Ordering::Relaxed) >> 32 == pass;
+
+    // Post-order DFS: every node comes after all of its inputs.
+    let mut order: Vec<Arc<Node<E>>> = Vec::new();
+    let mut stack: Vec<(Arc<Node<E>>, bool)> = Vec::new();
+    for r in roots {
+        assert!(
+            r.requires_grad(),
+            "backward: the output (made by `{}`) does not require grad and has no graph",
+            r.op_name()
+        );
+        stack.push((r.node.clone(), false));
+    }
+    while let Some((n, expanded)) = stack.pop() {
+        if expanded {
+            n.mark.store(mark(order.len()), Ordering::Relaxed);
+            order.push(n);
+            continue;
+        }
+        if visited(&n) {
+            continue;
+        }
+        n.mark.store(mark(u32::MAX as usize), Ordering::Relaxed);
+        let inputs = lock_inputs(&n).clone();
+        stack.push((n, true));
+        for i in inputs.iter().rev() {
+            if i.requires_grad() && !visited(&i.node) {
+                stack.push((i.node.clone(), false));
+            }
+        }
+    }
+    let slot_of = |n: &Arc<Node<E>>, order: &[Arc<Node<E>>]| -> usize {
+        let m = n.mark.load(Ordering::Relaxed);
+        let s = (m & 0xFFFF_FFFF) as usize;
+        if m >> 32 == pass && s < order.len() && Arc::ptr_eq(&order[s], n) {
+            s
+        } else {
+            // Another thread's pass re-marked a shared node: find it by identity.
+            order.iter().position(|o| Arc::ptr_eq(o, n)).expect("node is in this pass")
+        }
+    };
+
+    let _mode = set_grad_enabled(create_graph);
+    let mut grads: Vec<Option<Var<E>>> = vec![None; order.len()];
+    for (r, s) in roots.iter().zip(seeds) {
+        let slot = slot_of(&r.node, &order);
+        grads[slot] = Some(match grads[slot].take() {
+            Some(g) => g.add(&s),
+            None => s,
+        });
+    }
+    let mut captured: Vec<Option<Var<E>>> = vec![None; capture.map_or(0, |c| c.len())];
+
+    for i in (0..order.len()).rev() {
+        let Some(g) = grads[i].take() else { continue };
+        let node = order[i].clone();
+        if let Some(targets) = capture {
+            for (k, t) in targets.iter().enumerate() {
+                if Arc::ptr_eq(&t.node, &node) {
+                    captured[k] = Some(g.clone());
+                }
+            }
+        }
+        if node.is_leaf {
+            if capture.is_none() {
+                let gv = g.value();
+                let mut slot = node.grad.lock().unwrap_or_else(|e| e.into_inner());
+                *slot = Some(match slot.take() {
+                    Some(old) => old.add(&gv),
+                    None => gv.contiguous(),
+                });
+            }
+            continue;
+        }
+        assert!(
+            !node.freed.load(Ordering::Relaxed),
+            "backward: the graph through `{}` was already freed by an earlier backward; \
+             pass retain_graph = true to the first one",
+            node.op.name()
+        );
+        let inputs = lock_inputs(&node).clone();
+        let output = Var { node: node.clone() };
+        let in_grads = node.op.backward(&g, &inputs, &output);
+        debug_assert_eq!(in_grads.len(), inputs.len(), "{}: backward returned a wrong number of gradients", node.op.name());
+        for (inp, gi) in inputs.iter().zip(in_grads) {
+            let Some(gi) = gi else { continue };
+            if !inp.requires_grad() {
+                continue;
+            }
+            let (gs, is) = (gi.shape(), inp.shape());
+            assert!(
+                gs == is,
+                "backward of `{}`: gradient of shape {:?} for an input of shape {:?}",
+                node.op.name(),
+                gs.as_slice(),
+                is.as_slice()
+            );
+            if anomaly_enabled() {
+                gi.with_value(|v| check_finite(v, node.op.name(), "backward", &inputs));
+            }
+            let s = slot_of(&inp.node, &order);
+            grads[s] = Some(match grads[s].take() {
+                Some(old) => old.add(&gi),
+                None => gi,
+            });
+        }
+        if !retain_graph {
+            lock_inputs(&node).clear();
+            node.freed.store(true, Ordering::Relaxed);
+        }
+    }
+    captured
+}
+
+/// Gradients of `outputs` with respect to `inputs`, like `torch.autograd.grad`.
+///
+/// `grad_outputs` seeds each output (ones for one-element outputs when `None`). With
+/// `create_graph`, the returned gradients are themselves differentiable (their graph is
+/// recorded), which gives second and higher derivatives. Leaves' `.grad()` are not touched.
+/// An input that the outputs do not depend on gets `None`.
+///
+/// **Panics** if an output does not require grad, or a `grad_outputs` shape differs.
+///
+/// ```
+/// use kiln_autograd::{grad, Var};
+/// use kiln_tensor::Tensor;
+/// let x = Var::param(Tensor::from_vec(vec![2.0f64], &[1]));
+/// let y = x.mul(&x).mul(&x); // x^3
+/// let dy = grad(&[y], &[x.clone()], None, true)[0].clone().unwrap(); // 3x^2 = 12
+/// assert_eq!(dy.item(), 12.0);
+/// let d2y = grad(&[dy], &[x], None, false)[0].clone().unwrap(); // 6x = 12
+/// assert_eq!(d2y.item(), 12.0);
+/// ```
+pub fn grad<E: Float>(
+    outputs: &[Var<E>],
+    inputs: &[Var<E>],
+    grad_outputs: Option<&[Var<E>]>,
+    create_graph: bool,
+) -> Vec<Option<Var<E>>> {
+    let seeds: Vec<Var<E>> = match grad_outputs {
+        Some(g) => {
+            assert_eq!(g.len(), outputs.len(), "grad: {} grad_outputs for {} outputs", g.len(), outputs.len());
+            for (o, go) in outputs.iter().zip(g) {
+                assert!(
+                    o.shape() == go.shape(),
+                    "grad: grad_output of shape {:?} for an output of shape {:?}",
+                    go.shape().as_slice(),
+                    o.shape().as_slice()
+                );
+            }
+            g.to_vec()
+        }
+        None => outputs
+            .iter()
+            .map(|o| {
+                assert_eq!(o.numel(), 1, "grad: grad_outputs needed for the output of shape {:?}", o.shape().as_slice());
+                Var::constant(o.with_value(|v| v.ones_like()))
+            })
+            .collect(),
+    };
+    run(outputs, seeds, create_graph, create_graph, Some(inputs))
+}

@@ -1,0 +1,34 @@
+//! # kiln-autograd
+//!
+//! Define-by-run reverse-mode automatic differentiation on [`kiln_tensor::Tensor`]:
+//! [`Var`] records the operations applied to it; [`Var::backward`] accumulates gradients into
+//! the leaves, as `loss.backward()` does in PyTorch; [`grad`] gives gradients of gradients
+//! (every backward is written with `Var` ops, so it is itself differentiable); [`no_grad`]
+//! turns recording off; [`gradcheck`] and [`gradgradcheck`] check any function's gradients
+//! against finite differences.
+//!
+//! ```
+//! use kiln_autograd::Var;
+//! use kiln_tensor::Tensor;
+//! let w = Var::param(Tensor::from_vec(vec![0.5f32, -1.0], &[2]));
+//! let x = Var::constant(Tensor::from_vec(vec![2.0f32, 3.0], &[2]));
+//! let loss = w.mul(&x).sum_all().powf(2.0); // (w.x)^2 = 4
+//! loss.backward();
+//! assert_eq!(w.grad().unwrap().to_vec(), vec![-8.0, -12.0]); // 2 (w.x) x
+//! ```
+
+mod engine;
+mod gradcheck;
+mod mode;
+pub mod ops;
+#[cfg(test)]
+pub(crate) mod testing;
+mod var;
+
+pub use engine::grad;
+pub use gradcheck::{gradcheck, gradgradcheck, GradcheckError, GradcheckReport};
+pub use mode::{
+    anomaly_enabled, detect_anomaly, is_grad_enabled, no_grad, set_detect_anomaly, set_grad_enabled, NoGradGuard,
+};
+pub use ops::{binary_op, unary_op, OpFn};
+pub use var::{Backward, Grads, Inputs, Var, WeakVar};
