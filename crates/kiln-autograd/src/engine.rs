@@ -110,7 +110,11 @@ pub(crate) fn run<E: Float>(
         );
         let inputs = lock_inputs(&node).clone();
         let output = Var { node: node.clone() };
-        let in_grads = node.op.backward(&g, &inputs, &output);
+        let in_grads = if anomaly_enabled() {
+            crate::mode::in_backward_of(node.op.name(), || node.op.backward(&g, &inputs, &output))
+        } else {
+            node.op.backward(&g, &inputs, &output)
+        };
         debug_assert_eq!(in_grads.len(), inputs.len(), "{}: backward returned a wrong number of gradients", node.op.name());
         for (inp, gi) in inputs.iter().zip(in_grads) {
             let Some(gi) = gi else { continue };

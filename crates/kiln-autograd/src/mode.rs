@@ -9,6 +9,21 @@ use crate::var::Var;
 
 thread_local! {
     static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+    /// The op whose backward is running on this thread, for anomaly reports.
+    static IN_BACKWARD: Cell<Option<&'static str>> = const { Cell::new(None) };
+}
+
+/// Runs `f` as the backward of `op` (anomaly reports then name `op` and the backward phase).
+pub(crate) fn in_backward_of<R>(op: &'static str, f: impl FnOnce() -> R) -> R {
+    let prev = IN_BACKWARD.with(|c| c.replace(Some(op)));
+    struct Restore(Option<&'static str>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            IN_BACKWARD.with(|c| c.set(self.0));
+        }
+    }
+    let _r = Restore(prev);
+    f()
 }
 static ANOMALY: AtomicBool = AtomicBool::new(false);
 
@@ -90,6 +105,12 @@ pub fn detect_anomaly<R>(f: impl FnOnce() -> R) -> R {
 pub(crate) fn check_finite<E: Float>(t: &Tensor<E>, op: &str, phase: &str, inputs: &[Var<E>]) {
     if t.to_vec().iter().any(|x| !x.is_finite()) {
         let shapes: Vec<Vec<usize>> = inputs.iter().map(|v| v.shape().to_vec()).collect();
+        if let Some(outer) = IN_BACKWARD.with(|c| c.get()) {
+            panic!(
+                "detect_anomaly: {outer} produced NaN or Inf in backward (in its `{op}` step, output shape {:?}, input shapes {shapes:?})",
+                t.shape()
+            );
+        }
         panic!(
             "detect_anomaly: {op} produced NaN or Inf in {phase} (output shape {:?}, input shapes {shapes:?})",
             t.shape()
