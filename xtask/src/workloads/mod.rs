@@ -4,6 +4,7 @@
 use crate::bench::{Figure, Timer};
 
 mod w1_gemm;
+mod w7_op_overhead;
 
 /// One benchmark workload.
 pub struct Workload {
@@ -17,5 +18,8 @@ pub struct Workload {
 
 /// Every workload kiln implements, in id order.
 pub fn all() -> &'static [Workload] {
-    &[Workload { id: "W1", name: "gemm", run: w1_gemm::run }]
+    &[
+        Workload { id: "W1", name: "gemm", run: w1_gemm::run },
+        Workload { id: "W7", name: "op-overhead", run: w7_op_overhead::run },
+    ]
 }
