@@ -7,7 +7,7 @@ use ndarray::{ArrayViewMutD, IxDyn, Zip};
 use rayon::prelude::*;
 
 use crate::element::Float;
-use crate::parallel::{self, PAR_ELEMENTWISE_MIN};
+use crate::parallel;
 use crate::tensor::{Shape, Tensor};
 
 /// The shape two shapes broadcast to (NumPy/PyTorch rules: align right, sizes equal or 1).
@@ -39,7 +39,7 @@ const CHUNK: usize = 1 << 13;
 
 /// `out[i] = f(x[i])` over slices, split across the pool when long.
 fn map_slice<E: Float>(x: &[E], out: &mut [E], f: impl Fn(E) -> E + Sync + Send) {
-    if x.len() >= PAR_ELEMENTWISE_MIN && parallel::get_num_threads() > 1 {
+    if x.len() >= parallel::elementwise_min() && parallel::get_num_threads() > 1 {
         parallel::install(|_| {
             out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| {
                 for (o, &x) in o.iter_mut().zip(x) {
@@ -56,7 +56,7 @@ fn map_slice<E: Float>(x: &[E], out: &mut [E], f: impl Fn(E) -> E + Sync + Send)
 
 /// `out[i] = f(a[i], b[i])` over slices, split across the pool when long.
 fn zip_slice<E: Float>(a: &[E], b: &[E], out: &mut [E], f: impl Fn(E, E) -> E + Sync + Send) {
-    if a.len() >= PAR_ELEMENTWISE_MIN && parallel::get_num_threads() > 1 {
+    if a.len() >= parallel::elementwise_min() && parallel::get_num_threads() > 1 {
         parallel::install(|_| {
             out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
                 for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
@@ -118,7 +118,7 @@ impl<E: Float> Tensor<E> {
             let bv = b.view_nd();
             let ov = ArrayViewMutD::from_shape(IxDyn(&shape), &mut out).expect("sized");
             let z = Zip::from(ov).and(&av).and(&bv);
-            if n >= PAR_ELEMENTWISE_MIN && parallel::get_num_threads() > 1 {
+            if n >= parallel::elementwise_min() && parallel::get_num_threads() > 1 {
                 parallel::install(|_| z.par_for_each(|o, &a, &b| *o = f(a, b)));
             } else {
                 z.for_each(|o, &a, &b| *o = f(a, b));
@@ -136,7 +136,7 @@ impl<E: Float> Tensor<E> {
     /// Applies `f` to every element in place.
     pub fn map_inplace(&mut self, f: impl Fn(E) -> E + Sync + Send) {
         let s = self.unique_slice_mut();
-        if s.len() >= PAR_ELEMENTWISE_MIN && parallel::get_num_threads() > 1 {
+        if s.len() >= parallel::elementwise_min() && parallel::get_num_threads() > 1 {
             parallel::install(|_| {
                 s.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x = f(*x)))
             });
@@ -165,7 +165,7 @@ impl<E: Float> Tensor<E> {
         let s = self.unique_slice_mut();
         if same {
             let bs = b.as_slice().expect("contiguous");
-            if s.len() >= PAR_ELEMENTWISE_MIN && parallel::get_num_threads() > 1 {
+            if s.len() >= parallel::elementwise_min() && parallel::get_num_threads() > 1 {
                 parallel::install(|_| {
                     s.par_chunks_mut(CHUNK).zip(bs.par_chunks(CHUNK)).for_each(|(a, b)| {
                         for (a, &b) in a.iter_mut().zip(b) {
@@ -317,7 +317,7 @@ unary_ops! {
     /// Logistic sigmoid `1 / (1 + e^-x)`, stable for large |x|.
     sigmoid => sigmoid_scalar;
     /// `max(x, 0)`.
-    relu => |x: E| if x > E::zero() { x } else { E::zero() };
+    relu => |x: E| if x < E::zero() { E::zero() } else { x };
     /// GELU with the exact erf form: `x/2 * (1 + erf(x / sqrt 2))`.
     gelu => |x: E| E::from_f64(0.5) * x * (E::one() + (x * E::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf());
     /// GELU with PyTorch's `approximate='tanh'` form:
@@ -364,7 +364,15 @@ impl<E: Float> Tensor<E> {
     pub fn clamp(&self, min: Option<f64>, max: Option<f64>) -> Self {
         let lo = min.map(E::from_f64).unwrap_or(E::neg_infinity());
         let hi = max.map(E::from_f64).unwrap_or(E::infinity());
-        self.map(move |x| if x < lo { lo } else if x > hi { hi } else { x })
+        // min(max(x, lo), hi) as PyTorch: hi wins when lo > hi, NaN stays NaN
+        self.map(move |x| {
+            let y = if x < lo { lo } else { x };
+            if y > hi {
+                hi
+            } else {
+                y
+            }
+        })
     }
     /// `mask ? self : other` elementwise (mask nonzero means true), with broadcasting of all
     /// three, like `torch.where(mask, self, other)`.
@@ -456,7 +464,14 @@ impl<E: Float> Tensor<E> {
     pub fn clamp_(&mut self, min: Option<f64>, max: Option<f64>) {
         let lo = min.map(E::from_f64).unwrap_or(E::neg_infinity());
         let hi = max.map(E::from_f64).unwrap_or(E::infinity());
-        self.map_inplace(move |x| if x < lo { lo } else if x > hi { hi } else { x })
+        self.map_inplace(move |x| {
+            let y = if x < lo { lo } else { x };
+            if y > hi {
+                hi
+            } else {
+                y
+            }
+        })
     }
 }
 

@@ -15,18 +15,21 @@
 //! assert!(y.min_all() >= 0.0);
 //! ```
 
+mod conv;
 pub mod element;
 mod elementwise;
 mod indexing;
 pub mod kernels;
 mod matmul;
 pub mod parallel;
+mod pool;
 mod reduce;
 pub mod rng;
 mod tensor;
 
 pub use element::{DType, Float};
 pub use indexing::PadMode;
+pub use kernels::conv::{Conv1dParams, Conv2dParams, ConvTranspose2dParams};
 pub use elementwise::{broadcast_shapes, sigmoid_scalar};
 pub use parallel::{get_num_threads, set_num_threads};
 pub use reduce::Norm;

@@ -117,7 +117,7 @@ impl<E: Float> Tensor<E> {
             }
         };
         let work = total.saturating_mul(k.max(1));
-        if nbatch > 1 && work >= parallel::PAR_GEMM_MIN_FLOPS && parallel::get_num_threads() > 1 {
+        if nbatch > 1 && work >= parallel::gemm_min_flops() && parallel::get_num_threads() > 1 {
             parallel::install(|_| offsets.par_iter().enumerate().for_each(|(i, &o)| run(i, o)));
         } else {
             for (i, &o) in offsets.iter().enumerate() {

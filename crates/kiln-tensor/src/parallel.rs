@@ -5,6 +5,7 @@
 //! bring threads of its own: it splits its output into blocks and runs the single-threaded
 //! kernel on this pool, so rayon and GEMM never oversubscribe the cores.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 struct PoolState {
@@ -74,13 +75,51 @@ pub fn install<R: Send>(f: impl FnOnce(usize) -> R + Send) -> R {
     pool.install(|| f(threads))
 }
 
-/// Element count from which elementwise kernels split their work across threads.
+/// Default element count from which elementwise kernels split their work across threads.
 ///
-/// Measured with `cargo bench -p kiln-tensor --bench kernels -- elementwise` on the 2-core
-/// development machine: below about 2^15 elements the fan-out (a pool round trip of a few
-/// microseconds) costs more than the second core saves.
+/// Chosen with `cargo bench -p kiln-tensor --bench kernels -- threshold` on the 2-core
+/// development machine: `add` of two f32 vectors at 2 threads beats 1 thread from about 2^15
+/// elements; below that the fan-out (a pool round trip of a few microseconds) costs more than
+/// the second core saves.
 pub const PAR_ELEMENTWISE_MIN: usize = 1 << 15;
 
-/// Multiply-add count from which GEMM splits its output across threads (see
-/// `cargo bench -p kiln-tensor --bench kernels -- gemm`).
+/// Default multiply-add count from which GEMM (and convolution) split their output across
+/// threads, chosen with the same bench (`gemm/t1` vs `gemm/t2` around n = 64).
 pub const PAR_GEMM_MIN_FLOPS: usize = 1 << 18;
+
+static ELEMENTWISE_MIN: AtomicUsize = AtomicUsize::new(PAR_ELEMENTWISE_MIN);
+static GEMM_MIN_FLOPS: AtomicUsize = AtomicUsize::new(PAR_GEMM_MIN_FLOPS);
+
+/// The current elementwise threshold (see [`PAR_ELEMENTWISE_MIN`]).
+#[inline]
+pub fn elementwise_min() -> usize {
+    ELEMENTWISE_MIN.load(Ordering::Relaxed)
+}
+
+/// The current GEMM threshold (see [`PAR_GEMM_MIN_FLOPS`]).
+#[inline]
+pub fn gemm_min_flops() -> usize {
+    GEMM_MIN_FLOPS.load(Ordering::Relaxed)
+}
+
+fn with_threshold<R>(cell: &AtomicUsize, value: usize, f: impl FnOnce() -> R) -> R {
+    let prev = cell.swap(value, Ordering::Relaxed);
+    struct Restore<'a>(&'a AtomicUsize, usize);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            self.0.store(self.1, Ordering::Relaxed);
+        }
+    }
+    let _r = Restore(cell, prev);
+    f()
+}
+
+/// Runs `f` with another elementwise threshold (process-wide; for measuring the threshold).
+pub fn with_elementwise_threshold<R>(value: usize, f: impl FnOnce() -> R) -> R {
+    with_threshold(&ELEMENTWISE_MIN, value, f)
+}
+
+/// Runs `f` with another GEMM threshold (process-wide; for measuring the threshold).
+pub fn with_gemm_threshold<R>(value: usize, f: impl FnOnce() -> R) -> R {
+    with_threshold(&GEMM_MIN_FLOPS, value, f)
+}

@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use crate::element::Float;
-use crate::parallel::{self, PAR_ELEMENTWISE_MIN};
+use crate::parallel;
 use crate::tensor::{Indices, Shape, Tensor};
 
 /// The norm `norm` computes.
@@ -60,7 +60,7 @@ impl<E: Float> Tensor<E> {
         if lane == 0 {
             let v = f(&[]);
             out.iter_mut().for_each(|o| *o = v);
-        } else if data.len() >= PAR_ELEMENTWISE_MIN && n_out > 1 && parallel::get_num_threads() > 1 {
+        } else if data.len() >= parallel::elementwise_min() && n_out > 1 && parallel::get_num_threads() > 1 {
             parallel::install(|_| {
                 out.par_iter_mut().zip(data.par_chunks(lane)).for_each(|(o, l)| *o = f(l));
             });
@@ -265,7 +265,7 @@ impl<E: Float> Tensor<E> {
         let data = src.as_slice().expect("contiguous");
         let mut out = vec![E::zero(); data.len()];
         if lane > 0 {
-            if data.len() >= PAR_ELEMENTWISE_MIN && parallel::get_num_threads() > 1 {
+            if data.len() >= parallel::elementwise_min() && parallel::get_num_threads() > 1 {
                 parallel::install(|_| {
                     out.par_chunks_mut(lane).zip(data.par_chunks(lane)).for_each(|(o, l)| f(l, o));
                 });

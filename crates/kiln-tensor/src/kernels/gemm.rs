@@ -5,7 +5,7 @@
 //! (see [`crate::parallel`]). Swapping in another kernel means changing this file only.
 
 use crate::element::Float;
-use crate::parallel::{self, PAR_GEMM_MIN_FLOPS};
+use crate::parallel;
 
 /// A read-only strided matrix operand: a base pointer plus row and column strides in elements.
 #[derive(Clone, Copy, Debug)]
@@ -60,7 +60,7 @@ pub unsafe fn gemm<E: Float>(
     }
     let cm = MatMut { ptr: c, rs: rsc, cs: csc };
     let work = m.saturating_mul(n).saturating_mul(k.max(1));
-    if work < PAR_GEMM_MIN_FLOPS || parallel::get_num_threads() == 1 {
+    if work < parallel::gemm_min_flops() || parallel::get_num_threads() == 1 {
         // SAFETY: caller's contract.
         unsafe { E::gemm_raw(m, k, n, alpha, a.ptr, a.rs, a.cs, b.ptr, b.rs, b.cs, beta, c, rsc, csc) };
         return;

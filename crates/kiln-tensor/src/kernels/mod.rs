@@ -3,4 +3,6 @@
 //! Kernels take plain slices plus sizes so that they can be tested against direct loops and
 //! reused by any layer; [`Tensor`](crate::Tensor) methods wrap them.
 
+pub mod conv;
 pub mod gemm;
+pub mod pool;
