@@ -1,5 +1,7 @@
 //! kiln's developer commands, run as `cargo xtask <command>`:
 //!
+//! - `cargo xtask download NAME [--dir DIR]` fetches a data set with kiln-data's download
+//!   code (checksums verified, atomic writes).
 //! - `cargo xtask bench [--workloads W1,W8] [--threads 1,2] [--out kiln.json] [--pytorch]`
 //!   runs the workloads of `../shared/bench/workloads.md` that kiln implements and writes the
 //!   JSON records of `../shared/bench/README.md`; with `--pytorch` it then runs the PyTorch
@@ -11,6 +13,10 @@ mod workloads;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
+  cargo xtask download NAME [--dir DIR]
+                    NAME: mnist | fashion-mnist | cifar10 | imdb | ptb | all
+                    DIR defaults to $KILN_DATA_DIR, else ./data; files are verified by checksum,
+                    written atomically, and skipped when already present and verified
   cargo xtask bench [--workloads W1,W8] [--threads 1,2] [--out kiln.json]
                     [--pytorch] [--pytorch-out pytorch.json] [--shared DIR] [--quick]
 
@@ -27,6 +33,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("bench") => bench::parse(&args[1..]).and_then(|opts| bench::run(&opts)),
+        Some("download") => download(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             println!("{USAGE}");
             Ok(())
@@ -40,4 +47,26 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn download(args: &[String]) -> Result<(), String> {
+    let mut name = None;
+    let mut dir = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--dir" => dir = Some(it.next().ok_or("--dir needs a value")?.clone()),
+            s if s.starts_with("--") => return Err(format!("download: unknown argument `{s}`\n{USAGE}")),
+            s => name = Some(s.to_string()),
+        }
+    }
+    let name = name.ok_or_else(|| format!("download: which data set?\n{USAGE}"))?;
+    let dir = dir
+        .or_else(|| std::env::var("KILN_DATA_DIR").ok())
+        .unwrap_or_else(|| "data".to_string());
+    let files = kiln_data::download::download_dataset(&name, &dir).map_err(|e| e.to_string())?;
+    for f in files {
+        println!("{}", f.display());
+    }
+    Ok(())
 }

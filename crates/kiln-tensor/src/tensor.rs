@@ -281,6 +281,9 @@ impl<E: Float> Tensor<E> {
 
     /// Whether the elements are laid out row-major without gaps starting at the offset.
     pub fn is_contiguous(&self) -> bool {
+        if self.numel() == 0 {
+            return true;
+        }
         let mut expect = 1isize;
         for i in (0..self.ndim()).rev() {
             if self.shape[i] == 1 {

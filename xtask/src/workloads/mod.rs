@@ -5,6 +5,7 @@ use crate::bench::{Figure, Timer};
 
 mod w1_gemm;
 mod w7_op_overhead;
+mod w8_conv_fwd;
 
 /// One benchmark workload.
 pub struct Workload {
@@ -21,5 +22,6 @@ pub fn all() -> &'static [Workload] {
     &[
         Workload { id: "W1", name: "gemm", run: w1_gemm::run },
         Workload { id: "W7", name: "op-overhead", run: w7_op_overhead::run },
+        Workload { id: "W8", name: "conv-fwd", run: w8_conv_fwd::run },
     ]
 }

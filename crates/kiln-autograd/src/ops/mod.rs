@@ -7,8 +7,10 @@ use smallvec::smallvec;
 use crate::var::{Backward, Grads, Var};
 
 pub mod arith;
+pub mod index;
 pub mod reduce;
 pub mod shape;
+pub mod softmax;
 pub mod unary;
 
 /// A backward given as a closure: `f(grad, inputs, output)` returns one gradient per input.
