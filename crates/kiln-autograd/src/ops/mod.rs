@@ -7,7 +7,11 @@ use smallvec::smallvec;
 use crate::var::{Backward, Grads, Var};
 
 pub mod arith;
+pub mod conv;
+pub mod dropout;
 pub mod index;
+pub mod matmul;
+pub mod pool;
 pub mod reduce;
 pub mod shape;
 pub mod softmax;
