@@ -1,0 +1,208 @@
+//! Parameter initialisation with PyTorch's formulas (`torch.nn.init`), and the generator that
+//! layer constructors draw from.
+//!
+//! Layers initialise themselves from a process-wide generator seeded by [`manual_seed`] (like
+//! `torch.manual_seed`); the functions here take an explicit [`Rng`].
+
+use std::sync::{Mutex, OnceLock};
+
+use kiln_autograd::Var;
+use kiln_tensor::{Float, Rng, Tensor};
+
+fn global() -> &'static Mutex<Rng> {
+    static G: OnceLock<Mutex<Rng>> = OnceLock::new();
+    G.get_or_init(|| Mutex::new(Rng::new(0)))
+}
+
+/// Seeds the generator layer constructors use, like `torch.manual_seed`: the same seed gives
+/// the same initial weights.
+pub fn manual_seed(seed: u64) {
+    *global().lock().unwrap_or_else(|e| e.into_inner()) = Rng::new(seed);
+}
+
+/// Runs `f` with the process-wide generator.
+pub fn with_rng<R>(f: impl FnOnce(&mut Rng) -> R) -> R {
+    f(&mut global().lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Non-linearities for [`calculate_gain`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Nonlinearity {
+    /// Linear / identity / conv: gain 1.
+    Linear,
+    /// Sigmoid: gain 1.
+    Sigmoid,
+    /// Tanh: gain 5/3.
+    Tanh,
+    /// ReLU: gain sqrt(2).
+    Relu,
+    /// Leaky ReLU with the given negative slope: gain sqrt(2 / (1 + slope^2)).
+    LeakyRelu(f64),
+    /// SELU: gain 3/4.
+    Selu,
+}
+
+/// The recommended gain for a non-linearity, like `torch.nn.init.calculate_gain`.
+pub fn calculate_gain(nl: Nonlinearity) -> f64 {
+    match nl {
+        Nonlinearity::Linear | Nonlinearity::Sigmoid => 1.0,
+        Nonlinearity::Tanh => 5.0 / 3.0,
+        Nonlinearity::Relu => 2f64.sqrt(),
+        Nonlinearity::LeakyRelu(s) => (2.0 / (1.0 + s * s)).sqrt(),
+        Nonlinearity::Selu => 0.75,
+    }
+}
+
+/// `(fan_in, fan_out)` of a weight shape as PyTorch computes them: dims 1 and 0 times the
+/// receptive field (the product of the remaining dims).
+///
+/// **Panics** for fewer than 2 dimensions.
+pub fn fan_in_and_fan_out(shape: &[usize]) -> (usize, usize) {
+    assert!(shape.len() >= 2, "fan_in_and_fan_out: needs at least 2 dims, got {shape:?}");
+    let rf: usize = shape[2..].iter().product();
+    (shape[1] * rf, shape[0] * rf)
+}
+
+/// Which fan kaiming init scales by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FanMode {
+    /// Preserve the forward pass's variance (PyTorch's default).
+    FanIn,
+    /// Preserve the backward pass's variance.
+    FanOut,
+}
+
+fn set<E: Float>(p: &Var<E>, t: Tensor<E>) {
+    p.update_value(|v| *v = t);
+}
+
+/// Fills with U(a, b).
+pub fn uniform_<E: Float>(p: &Var<E>, a: f64, b: f64, rng: &mut Rng) {
+    set(p, Tensor::uniform(&p.shape(), a, b, rng));
+}
+/// Fills with N(mean, std²).
+pub fn normal_<E: Float>(p: &Var<E>, mean: f64, std: f64, rng: &mut Rng) {
+    set(p, Tensor::normal(&p.shape(), mean, std, rng));
+}
+/// Fills with a constant.
+pub fn constant_<E: Float>(p: &Var<E>, value: f64) {
+    p.update_value(|v| v.fill_(E::from_f64(value)));
+}
+/// Fills with zeros.
+pub fn zeros_<E: Float>(p: &Var<E>) {
+    constant_(p, 0.0)
+}
+/// Fills with ones.
+pub fn ones_<E: Float>(p: &Var<E>) {
+    constant_(p, 1.0)
+}
+/// Glorot uniform: U(-b, b), b = gain * sqrt(6 / (fan_in + fan_out)).
+pub fn xavier_uniform_<E: Float>(p: &Var<E>, gain: f64, rng: &mut Rng) {
+    let (fi, fo) = fan_in_and_fan_out(&p.shape());
+    let b = gain * (6.0 / (fi + fo) as f64).sqrt();
+    uniform_(p, -b, b, rng)
+}
+/// Glorot normal: N(0, std²), std = gain * sqrt(2 / (fan_in + fan_out)).
+pub fn xavier_normal_<E: Float>(p: &Var<E>, gain: f64, rng: &mut Rng) {
+    let (fi, fo) = fan_in_and_fan_out(&p.shape());
+    normal_(p, 0.0, gain * (2.0 / (fi + fo) as f64).sqrt(), rng)
+}
+/// He uniform: U(-b, b), b = gain * sqrt(3 / fan), gain = calculate_gain(nonlinearity).
+/// PyTorch's layers use `a = sqrt(5)` with leaky ReLU, giving b = 1/sqrt(fan_in).
+pub fn kaiming_uniform_<E: Float>(p: &Var<E>, nl: Nonlinearity, mode: FanMode, rng: &mut Rng) {
+    let (fi, fo) = fan_in_and_fan_out(&p.shape());
+    let fan = if mode == FanMode::FanIn { fi } else { fo };
+    let b = calculate_gain(nl) * (3.0 / fan as f64).sqrt();
+    uniform_(p, -b, b, rng)
+}
+/// He normal: N(0, std²), std = gain / sqrt(fan).
+pub fn kaiming_normal_<E: Float>(p: &Var<E>, nl: Nonlinearity, mode: FanMode, rng: &mut Rng) {
+    let (fi, fo) = fan_in_and_fan_out(&p.shape());
+    let fan = if mode == FanMode::FanIn { fi } else { fo };
+    normal_(p, 0.0, calculate_gain(nl) / (fan as f64).sqrt(), rng)
+}
+/// A (semi-)orthogonal matrix (rows or columns orthonormal) times `gain`, from the QR
+/// decomposition of a normal matrix with the sign correction of `torch.nn.init.orthogonal_`.
+/// Dims beyond the first are flattened.
+pub fn orthogonal_<E: Float>(p: &Var<E>, gain: f64, rng: &mut Rng) {
+    let shape = p.shape();
+    assert!(shape.len() >= 2, "orthogonal_: needs at least 2 dims, got {:?}", shape.as_slice());
+    let rows = shape[0];
+    let cols: usize = shape[1..].iter().product();
+    // QR of the tall orientation by modified Gram-Schmidt.
+    let (m, n) = if rows < cols { (cols, rows) } else { (rows, cols) };
+    let a: Vec<f64> = (0..m * n).map(|_| rng.normal_f64()).collect();
+    let mut q = a.clone(); // m x n, column j at q[i*n + j]
+    for j in 0..n {
+        for k in 0..j {
+            let dot: f64 = (0..m).map(|i| q[i * n + j] * q[i * n + k]).sum();
+            for i in 0..m {
+                q[i * n + j] -= dot * q[i * n + k];
+            }
+        }
+        let norm: f64 = (0..m).map(|i| q[i * n + j] * q[i * n + j]).sum::<f64>().sqrt();
+        // r_jj = norm > 0; PyTorch multiplies by sign(diag(r)), which is +1 here
+        for i in 0..m {
+            q[i * n + j] /= norm;
+        }
+    }
+    let mut out = vec![E::zero(); rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            let v = if rows < cols { q[c * n + r] } else { q[r * n + c] };
+            out[r * cols + c] = E::from_f64(gain * v);
+        }
+    }
+    set(p, Tensor::from_vec(out, &shape));
+}
+
+/// PyTorch's default init of Linear and Conv weights: `kaiming_uniform_(a = sqrt 5)`, i.e.
+/// U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the bias gets the same bound.
+pub fn default_weight_bias<E: Float>(weight: &Var<E>, bias: Option<&Var<E>>, rng: &mut Rng) {
+    kaiming_uniform_(weight, Nonlinearity::LeakyRelu(5f64.sqrt()), FanMode::FanIn, rng);
+    if let Some(b) = bias {
+        let (fi, _) = fan_in_and_fan_out(&weight.shape());
+        let bound = if fi > 0 { 1.0 / (fi as f64).sqrt() } else { 0.0 };
+        uniform_(b, -bound, bound, rng);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gains_match_pytorch() {
+        assert_eq!(calculate_gain(Nonlinearity::Tanh), 5.0 / 3.0);
+        assert!((calculate_gain(Nonlinearity::LeakyRelu(5f64.sqrt())) - (1.0f64 / 3.0).sqrt()).abs() < 1e-15);
+    }
+
+    #[test]
+    fn orthogonal_rows_are_orthonormal() {
+        let mut rng = Rng::new(1);
+        for shape in [[3usize, 5], [5, 3], [4, 4]] {
+            let p = Var::param(Tensor::<f64>::zeros(&shape));
+            orthogonal_(&p, 1.0, &mut rng);
+            let w = p.value();
+            let g = if shape[0] <= shape[1] { w.matmul(&w.t()) } else { w.t().matmul(&w) };
+            let k = shape[0].min(shape[1]);
+            let eye = Tensor::<f64>::eye(k);
+            for (a, b) in g.to_vec().iter().zip(eye.to_vec()) {
+                assert!((a - b).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn xavier_and_kaiming_bounds() {
+        let mut rng = Rng::new(2);
+        let p = Var::param(Tensor::<f64>::zeros(&[64, 32]));
+        xavier_uniform_(&p, 1.0, &mut rng);
+        let b = (6.0f64 / 96.0).sqrt();
+        assert!(p.value().abs().max_all() <= b);
+        assert!(p.value().abs().max_all() > 0.9 * b);
+        kaiming_normal_(&p, Nonlinearity::Relu, FanMode::FanIn, &mut rng);
+        let std = p.value().std(&[], 1, false).item();
+        assert!((std - (2.0f64 / 32.0).sqrt()).abs() < 0.02, "{std}");
+    }
+}

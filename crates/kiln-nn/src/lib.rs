@@ -1,0 +1,43 @@
+//! # kiln-nn
+//!
+//! Modules, layers, PyTorch's initialisation, losses and the functional API of kiln.
+//!
+//! ```
+//! use kiln_nn::{Forward, Linear, Module};
+//! use kiln_autograd::Var;
+//! use kiln_tensor::Tensor;
+//! kiln_nn::init::manual_seed(0);
+//! let fc = Linear::new(4, 2);
+//! let x = Var::constant(Tensor::ones(&[8, 4]));
+//! let loss = fc.forward(&x).relu().sum_all();
+//! loss.backward();
+//! assert!(fc.weight.grad().is_some());
+//! ```
+
+// Lets `#[derive(Module)]`'s `::kiln_nn::...` paths resolve inside this crate too.
+
+mod error;
+pub mod functional;
+#[cfg(test)]
+pub(crate) mod golden;
+pub mod init;
+pub mod layers;
+mod loss;
+mod module;
+
+pub use error::NnError;
+pub use layers::*;
+pub use loss::{BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss, MSELoss, NLLLoss, SmoothL1Loss};
+pub use functional::{CrossEntropyOptions, Reduction};
+pub use module::{visit_buffer, visit_param, Forward, Layer, LoadReport, Module, StateDict, TensorKind};
+
+/// `#[derive(Module)]`: writes [`Module`]'s `visit` and train/eval from a struct's fields
+/// (the derive and the trait share the name, as serde's `Serialize` does).
+
+/// What `#[derive(Module)]`'s generated code names, so that a crate depending on kiln-nn
+/// alone can use it. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use kiln_autograd::Var;
+    pub use kiln_tensor::Float;
+}
