@@ -50,7 +50,14 @@ impl<E: Float> Tensor<E> {
         let (m, k) = (a.shape[na - 2], a.shape[na - 1]);
         let (k2, n) = (b.shape[nb - 2], b.shape[nb - 1]);
         assert!(k == k2, "matmul: {sa:?} x {sb:?}: inner dimensions {k} and {k2} differ");
-        let batch = broadcast_shapes(&a.shape[..na - 2], &b.shape[..nb - 2], "matmul (batch dims)");
+        let (ba, bb) = (&a.shape[..na - 2], &b.shape[..nb - 2]);
+        let compatible = (0..ba.len().max(bb.len())).all(|i| {
+            let x = if i < ba.len() { ba[ba.len() - 1 - i] } else { 1 };
+            let y = if i < bb.len() { bb[bb.len() - 1 - i] } else { 1 };
+            x == y || x == 1 || y == 1
+        });
+        assert!(compatible, "matmul: {sa:?} x {sb:?}: batch dimensions {ba:?} and {bb:?} cannot be broadcast");
+        let batch = broadcast_shapes(ba, bb, "matmul");
         let mut full_a: Shape = batch.clone();
         full_a.extend_from_slice(&[m, k]);
         let mut full_b: Shape = batch.clone();

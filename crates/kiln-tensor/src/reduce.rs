@@ -86,8 +86,8 @@ impl<E: Float> Tensor<E> {
         // rows into one accumulator instead of transposing the data first.
         let lead = ax.iter().enumerate().all(|(i, &d)| i == d);
         if lead && !ax.is_empty() && ax.len() < self.ndim() {
-            if let Some(x) = self.as_slice() {
-                let inner: usize = self.shape[ax.len()..].iter().product();
+            let inner: usize = self.shape[ax.len()..].iter().product();
+            if let (Some(x), true) = (self.as_slice(), inner > 0) {
                 let mut acc = vec![E::zero(); inner];
                 for row in x.chunks(inner) {
                     for (a, &v) in acc.iter_mut().zip(row) {
@@ -120,7 +120,11 @@ impl<E: Float> Tensor<E> {
     /// population), computed in two passes for accuracy.
     #[must_use]
     pub fn var(&self, axes: &[isize], correction: usize, keepdim: bool) -> Self {
-        self.reduce_lanes(axes, keepdim, "var", move |l| {
+        self.var_named(axes, correction, keepdim, "var")
+    }
+
+    fn var_named(&self, axes: &[isize], correction: usize, keepdim: bool, op: &str) -> Self {
+        self.reduce_lanes(axes, keepdim, op, move |l| {
             let n = l.len();
             if n == 0 {
                 return E::nan();
@@ -139,7 +143,7 @@ impl<E: Float> Tensor<E> {
     /// Standard deviation over `axes` with Bessel's `correction`.
     #[must_use]
     pub fn std(&self, axes: &[isize], correction: usize, keepdim: bool) -> Self {
-        self.var(axes, correction, keepdim).sqrt()
+        self.var_named(axes, correction, keepdim, "std").sqrt()
     }
 
     /// Maximum over `axes` (NaN propagates).
@@ -221,6 +225,9 @@ impl<E: Float> Tensor<E> {
     #[must_use]
     pub fn logsumexp(&self, axes: &[isize], keepdim: bool) -> Self {
         self.reduce_lanes(axes, keepdim, "logsumexp", |l| {
+            if l.iter().any(|x| x.is_nan()) {
+                return E::nan();
+            }
             let m = l.iter().copied().fold(E::neg_infinity(), E::max);
             if m == E::neg_infinity() {
                 return m;
@@ -236,7 +243,9 @@ impl<E: Float> Tensor<E> {
     #[must_use]
     pub fn norm(&self, p: Norm, axes: &[isize], keepdim: bool) -> Self {
         match p {
-            Norm::Inf => self.reduce_lanes(axes, keepdim, "norm", |l| l.iter().fold(E::zero(), |m, &x| m.max(x.abs()))),
+            Norm::Inf => self.reduce_lanes(axes, keepdim, "norm", |l| {
+                l.iter().fold(E::zero(), |m, &x| if m.is_nan() || x.is_nan() { E::nan() } else { m.max(x.abs()) })
+            }),
             Norm::P(p) => {
                 assert!(p > 0.0, "norm: p must be > 0, got {p}");
                 let pe = E::from_f64(p);

@@ -614,7 +614,15 @@ impl<E: Float> Tensor<E> {
 
     /// `length` elements of dimension `dim` starting at `start` (a view), like `torch.narrow`.
     #[must_use]
+    ///
+    /// **Panics** if `start + length` exceeds the dimension.
     pub fn narrow(&self, dim: isize, start: usize, length: usize) -> Self {
+        let n = self.size(dim);
+        assert!(
+            start + length <= n,
+            "narrow: start ({start}) + length ({length}) exceeds dimension {dim} of size {n} in shape {:?}",
+            self.shape
+        );
         self.slice(dim, start, start + length, 1)
     }
 
