@@ -7,7 +7,7 @@
 //! use kiln_autograd::Var;
 //! use kiln_tensor::Tensor;
 //! kiln_nn::init::manual_seed(0);
-//! let fc = Linear::new(4, 2);
+//! let fc: Linear = Linear::new(4, 2);
 //! let x = Var::constant(Tensor::ones(&[8, 4]));
 //! let loss = fc.forward(&x).relu().sum_all();
 //! loss.backward();
@@ -15,6 +15,7 @@
 //! ```
 
 // Lets `#[derive(Module)]`'s `::kiln_nn::...` paths resolve inside this crate too.
+extern crate self as kiln_nn;
 
 mod error;
 pub mod functional;
@@ -33,6 +34,7 @@ pub use module::{visit_buffer, visit_param, Forward, Layer, LoadReport, Module, 
 
 /// `#[derive(Module)]`: writes [`Module`]'s `visit` and train/eval from a struct's fields
 /// (the derive and the trait share the name, as serde's `Serialize` does).
+pub use kiln_derive::Module;
 
 /// What `#[derive(Module)]`'s generated code names, so that a crate depending on kiln-nn
 /// alone can use it. Not a public API.

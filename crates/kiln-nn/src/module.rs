@@ -42,7 +42,7 @@ pub struct LoadReport {
 /// use kiln_nn::{Forward, Linear, Module};
 /// use kiln_autograd::Var;
 /// use kiln_tensor::Tensor;
-/// let layer = Linear::new(3, 2);
+/// let layer: Linear = Linear::new(3, 2);
 /// let names: Vec<String> = layer.named_parameters().into_iter().map(|(n, _)| n).collect();
 /// assert_eq!(names, ["weight", "bias"]);
 /// assert_eq!(layer.num_parameters(), 3 * 2 + 2);
