@@ -1,0 +1,424 @@
+//! `GRU`: a multi-layer gated recurrent unit recurrence, weights laid out as PyTorch's.
+
+use std::fmt;
+use std::sync::Mutex;
+
+use kiln_autograd::Var;
+use kiln_tensor::{Float, Rng};
+
+use super::rnn_common::{fork_rng, run, weights_at, CellKind, RNNWeights, Spec};
+use crate::error::NnError;
+use crate::init;
+use crate::module::{Module, TensorKind};
+
+/// Configuration of a [`GRU`] (PyTorch's defaults: one layer, with biases, time-major,
+/// no dropout, one direction; and no recurrent dropout).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GRUConfig {
+    /// Features of each input step.
+    pub input_size: usize,
+    /// Features of the hidden state.
+    pub hidden_size: usize,
+    /// Stacked layers; layer `l > 0` reads the output of layer `l - 1`.
+    pub num_layers: usize,
+    /// Whether the layers have `bias_ih` and `bias_hh`.
+    pub bias: bool,
+    /// Input and output are `[batch, seq_len, features]` instead of `[seq_len, batch, features]`
+    /// (the state `h_n` never is).
+    pub batch_first: bool,
+    /// Dropout probability on the output of every layer but the last, while training.
+    pub dropout: f64,
+    /// Whether each layer also runs backwards over the sequence, outputs concatenated.
+    pub bidirectional: bool,
+    /// Keras' `recurrent_dropout`: the probability of zeroing a unit of the hidden state fed
+    /// to the recurrent product `W_hh h`, with one mask per sequence (the same at every step),
+    /// while training. Not in PyTorch; 0 gives PyTorch's GRU.
+    pub recurrent_dropout: f64,
+}
+
+impl GRUConfig {
+    /// PyTorch's defaults for the given sizes.
+    pub fn new(input_size: usize, hidden_size: usize) -> Self {
+        GRUConfig {
+            input_size,
+            hidden_size,
+            num_layers: 1,
+            bias: true,
+            batch_first: false,
+            dropout: 0.0,
+            bidirectional: false,
+            recurrent_dropout: 0.0,
+        }
+    }
+
+    fn spec(&self) -> Spec {
+        Spec {
+            kind: CellKind::Gru,
+            input_size: self.input_size,
+            hidden_size: self.hidden_size,
+            num_layers: self.num_layers,
+            bias: self.bias,
+            batch_first: self.batch_first,
+            dropout: self.dropout,
+            bidirectional: self.bidirectional,
+            recurrent_dropout: self.recurrent_dropout,
+        }
+    }
+
+    /// Builds the layer, initialised from the process-wide generator, in training mode.
+    ///
+    /// # Errors
+    /// [`NnError::Config`] when a size or `num_layers` is zero, or a dropout probability is
+    /// outside `[0, 1]` (`GRU: num_layers must be > 0, got 0`).
+    pub fn build<E: Float>(&self) -> Result<GRU<E>, NnError> {
+        let spec = self.spec();
+        spec.check()?;
+        let mut g = GRU {
+            config: self.clone(),
+            all_weights: spec.zero_weights(),
+            spec,
+            training: true,
+            rng: Mutex::new(Rng::new(0)),
+        };
+        g.reset_parameters();
+        g.rng = fork_rng();
+        Ok(g)
+    }
+}
+
+/// A multi-layer GRU, like `torch.nn.GRU`. For each layer and step:
+///
+/// ```text
+/// r_t = σ(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)
+/// z_t = σ(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)
+/// n_t = tanh(W_in x_t + b_in + r_t ⊙ (W_hn h_{t-1} + b_hn))
+/// h_t = (1 - z_t) ⊙ n_t + z_t ⊙ h_{t-1}
+/// ```
+///
+/// Layer `l > 0` reads layer `l - 1`'s output (with dropout `p = dropout` while training);
+/// a bidirectional layer also runs from the last step to the first and concatenates the two
+/// outputs `[forward, backward]` on the feature dimension.
+///
+/// With `lengths` ([`forward_with`](GRU::forward_with)), sequence `b` is `x[0..lengths[b], b]`
+/// and the rest is padding: padded steps do not change its state, get zero gradient, and its
+/// output there is 0; `h_n` is its state after its own last step (the reverse direction starts
+/// at that step), as PyTorch's packed sequences give. [`last_valid_output`](crate::last_valid_output)
+/// picks the output at each last step.
+///
+/// With `recurrent_dropout` (Keras'), while training, `h_{t-1}` in the `W_h· h_{t-1}` products
+/// (not in the `z_t ⊙ h_{t-1}` term) is multiplied by one inverted-dropout mask per sequence
+/// and direction, drawn once per forward from the layer's own generator.
+///
+/// # Shapes
+/// - Input `x`: `[seq_len, batch, input_size]` (`[batch, seq_len, input_size]` when
+///   `batch_first`), or unbatched `[seq_len, input_size]`
+/// - `h_0` (optional, zeros by default): `[num_layers * num_directions, batch, hidden_size]`
+///   (`[num_layers * num_directions, hidden_size]` unbatched)
+/// - Output: `[seq_len, batch, num_directions * hidden_size]` (batch first when `batch_first`)
+/// - `h_n`: `[num_layers * num_directions, batch, hidden_size]`, ordered
+///   `l0, l0_reverse, l1, ...`, never batch first
+///
+/// # Parameters
+/// For each layer `k` and direction (suffix `_reverse` for the backward one), in
+/// [`all_weights`](GRU::all_weights), gate blocks r, z, n stacked on the rows; every one
+/// U(-1/√hidden_size, 1/√hidden_size):
+/// - `weight_ih_l{k}`: `[3 * hidden_size, input_size]` for k = 0, else
+///   `[3 * hidden_size, num_directions * hidden_size]`
+/// - `weight_hh_l{k}`: `[3 * hidden_size, hidden_size]`
+/// - `bias_ih_l{k}`, `bias_hh_l{k}`: `[3 * hidden_size]`
+///
+/// A PyTorch `state_dict` loads unchanged.
+///
+/// ```
+/// use kiln_nn::{GRUConfig, Module};
+/// use kiln_autograd::Var;
+/// use kiln_tensor::Tensor;
+/// let gru = GRUConfig { batch_first: true, ..GRUConfig::new(8, 16) }.build::<f32>().unwrap();
+/// let x = Var::constant(Tensor::zeros(&[4, 7, 8])); // [batch, seq_len, input_size]
+/// let (output, h_n) = gru.forward(&x);
+/// assert_eq!(output.shape().as_slice(), &[4, 7, 16]);
+/// assert_eq!(h_n.shape().as_slice(), &[1, 4, 16]);
+/// assert_eq!(gru.to_string(), "GRU(8, 16, batch_first=true) [1248 parameters]");
+/// ```
+pub struct GRU<E: Float = f32> {
+    /// The configuration it was built with.
+    pub config: GRUConfig,
+    /// The weights of every layer and direction, ordered `l0, l0_reverse, l1, ...`.
+    pub all_weights: Vec<RNNWeights<E>>,
+    spec: Spec,
+    training: bool,
+    rng: Mutex<Rng>,
+}
+
+impl<E: Float> GRU<E> {
+    /// A one-layer GRU with PyTorch's defaults.
+    ///
+    /// **Panics** if a size is zero (use [`GRUConfig::build`] for a `Result`).
+    pub fn new(input_size: usize, hidden_size: usize) -> Self {
+        GRUConfig::new(input_size, hidden_size).build().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Re-draws every weight and bias from U(-1/√hidden_size, 1/√hidden_size), as PyTorch.
+    pub fn reset_parameters(&self) {
+        init::with_rng(|rng| self.all_weights.iter().for_each(|w| w.reset(self.config.hidden_size, rng)));
+    }
+
+    /// The weights of layer `layer`, forward or reverse direction.
+    ///
+    /// **Panics** if `layer >= num_layers`, or `reverse` for a unidirectional layer.
+    #[must_use]
+    pub fn weights(&self, layer: usize, reverse: bool) -> &RNNWeights<E> {
+        weights_at(&self.spec, &self.all_weights, layer, reverse)
+    }
+
+    /// Runs the whole sequence from a zero state: `(output, h_n)`, like `gru(x)`.
+    ///
+    /// **Panics** if `x` is not `[seq_len, batch, input_size]` (or its batch-first or unbatched
+    /// form), naming both shapes.
+    #[must_use]
+    pub fn forward(&self, x: &Var<E>) -> (Var<E>, Var<E>) {
+        self.forward_with(x, None, None)
+    }
+
+    /// Runs the whole sequence from `h_0` (zeros when `None`), over each sequence's first
+    /// `lengths[b]` steps when `lengths` is given (see the type's doc). Returns `(output, h_n)`.
+    ///
+    /// **Panics** on shapes that do not match (naming both), on `lengths` that are not one per
+    /// sequence or exceed `seq_len`. A length of 0 leaves that sequence's state at `h_0`.
+    ///
+    /// ```
+    /// use kiln_nn::{last_valid_output, GRU};
+    /// use kiln_autograd::Var;
+    /// use kiln_tensor::Tensor;
+    /// let gru: GRU<f64> = GRU::new(2, 3);
+    /// let x = Var::constant(Tensor::ones(&[5, 2, 2]));
+    /// let (out, h_n) = gru.forward_with(&x, None, Some(&[5, 3]));
+    /// let last = last_valid_output(&out, &[5, 3], false);
+    /// assert_eq!(last.value().to_vec(), h_n.value().select(0, 0).to_vec());
+    /// ```
+    #[must_use]
+    pub fn forward_with(&self, x: &Var<E>, h0: Option<&Var<E>>, lengths: Option<&[usize]>) -> (Var<E>, Var<E>) {
+        let (out, h_n, _) = run(&self.spec, &self.all_weights, x, h0, None, lengths, self.training, &self.rng);
+        (out, h_n)
+    }
+}
+
+impl<E: Float> Module<E> for GRU<E> {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {
+        let nd = self.spec.num_directions();
+        for (k, w) in self.all_weights.iter().enumerate() {
+            let suffix = format!("_l{}{}", k / nd, if k % nd == 1 { "_reverse" } else { "" });
+            w.visit(prefix, &suffix, f);
+        }
+    }
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+    fn is_training(&self) -> bool {
+        self.training
+    }
+}
+
+impl<E: Float> fmt::Display for GRU<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GRU({}) [{} parameters]", self.spec.extra_repr(), self.num_parameters())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::golden;
+    use crate::layers::rnn_common::testing;
+    use kiln_autograd::gradcheck;
+    use kiln_tensor::Tensor;
+
+    fn seeded(cfg: &GRUConfig, seed: u64) -> GRU<f64> {
+        let g: GRU<f64> = cfg.build().unwrap();
+        let mut rng = Rng::new(seed);
+        for w in &g.all_weights {
+            w.reset(cfg.hidden_size, &mut rng);
+        }
+        g
+    }
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor<f64> {
+        Tensor::uniform(shape, -1.0, 1.0, &mut Rng::new(seed))
+    }
+
+    #[test]
+    fn output_shapes_and_keys() {
+        let cfg = GRUConfig { num_layers: 3, bidirectional: true, ..GRUConfig::new(3, 4) };
+        let g = seeded(&cfg, 1);
+        let (out, h) = g.forward(&Var::constant(rand(&[5, 2, 3], 2)));
+        assert_eq!(out.shape().as_slice(), &[5, 2, 8]);
+        assert_eq!(h.shape().as_slice(), &[6, 2, 4]);
+        let (ou, hu) = g.forward(&Var::constant(rand(&[5, 3], 3)));
+        assert_eq!((ou.shape().as_slice(), hu.shape().as_slice()), (&[5usize, 8][..], &[6usize, 4][..]));
+        assert_eq!(g.named_parameters().len(), 24);
+        assert_eq!(g.named_parameters()[23].0, "bias_hh_l2_reverse");
+        assert_eq!(g.weights(2, true).weight_ih.shape().as_slice(), &[12, 8]);
+    }
+
+    #[test]
+    fn config_errors_and_display() {
+        let e = |c: GRUConfig| c.build::<f32>().err().unwrap().to_string();
+        assert_eq!(e(GRUConfig { num_layers: 0, ..GRUConfig::new(3, 4) }), "GRU: num_layers must be > 0, got 0");
+        assert_eq!(e(GRUConfig { dropout: -0.5, ..GRUConfig::new(3, 4) }), "GRU: dropout must be in [0, 1], got -0.5");
+        let g: GRU = GRU::new(40, 24);
+        // 72 x 40 + 72 x 24 + 2 x 72
+        assert_eq!(g.to_string(), "GRU(40, 24) [4752 parameters]");
+        let g: GRU = GRUConfig { num_layers: 2, bidirectional: true, recurrent_dropout: 0.2, ..GRUConfig::new(4, 5) }
+            .build()
+            .unwrap();
+        assert_eq!(
+            g.to_string(),
+            "GRU(4, 5, num_layers=2, bidirectional=true, recurrent_dropout=0.2) [840 parameters]"
+        );
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "GRU: input of shape [2, 5, 3, 1] does not match the expected [seq_len, batch, input_size] = [*, *, 3]"
+    )]
+    fn wrong_rank_panics_with_both_shapes() {
+        let g: GRU<f64> = GRU::new(3, 2);
+        let _ = g.forward(&Var::constant(Tensor::zeros(&[2, 5, 3, 1])));
+    }
+
+    #[test]
+    #[should_panic(expected = "GRU: h0 of shape [1, 2, 2] does not match the expected [2, 2, 2]")]
+    fn wrong_h0_panics_with_both_shapes() {
+        let g: GRU<f64> = GRUConfig { bidirectional: true, ..GRUConfig::new(3, 2) }.build().unwrap();
+        let h0 = Var::constant(Tensor::zeros(&[1, 2, 2]));
+        let _ = g.forward_with(&Var::constant(Tensor::zeros(&[4, 2, 3])), Some(&h0), None);
+    }
+
+    #[test]
+    fn init_bounds_match_pytorch() {
+        let Some(c) = golden::load("init/gru") else { return };
+        let g: GRU = GRU::new(testing::kw_usize(&c, "input_size", 0), testing::kw_usize(&c, "hidden_size", 0));
+        for (k, p) in g.named_parameters() {
+            let d = &c.json["documented"][&k];
+            let (lo, hi, std) = (d["low"].as_f64().unwrap(), d["high"].as_f64().unwrap(), d["std"].as_f64().unwrap());
+            let v = p.value().cast::<f64>();
+            assert!(v.min_all() >= lo && v.max_all() <= hi, "{k}");
+            assert!(v.max_all() > 0.9 * hi && v.min_all() < 0.9 * lo, "{k}");
+            let s = v.std(&[], 1, false).item();
+            assert!((s - std).abs() < 0.15 * std, "{k}: std {s} vs {std}");
+        }
+    }
+
+    #[test]
+    fn golden_gru_2layer_bidir() {
+        let Some(c) = golden::load("rnn/gru_2layer_bidir") else { return };
+        let cfg = GRUConfig {
+            num_layers: testing::kw_usize(&c, "num_layers", 1),
+            bias: testing::kw_bool(&c, "bias", true),
+            batch_first: testing::kw_bool(&c, "batch_first", false),
+            bidirectional: testing::kw_bool(&c, "bidirectional", false),
+            ..GRUConfig::new(testing::kw_usize(&c, "input_size", 0), testing::kw_usize(&c, "hidden_size", 0))
+        };
+        let g: GRU<f64> = cfg.build().unwrap();
+        g.load_state_dict(&testing::state_dict(&c), true).unwrap();
+        let x = testing::input(&c, "x").unwrap();
+        let h0 = testing::input(&c, "h0");
+        let (out, h_n) = g.forward_with(&x, h0.as_ref(), testing::lengths(&c).as_deref());
+        let mut inputs = vec![("x", &x)];
+        if let Some(h) = &h0 {
+            inputs.push(("h0", h));
+        }
+        testing::check(&c, &[("output", &out), ("h_n", &h_n)], &inputs, &g);
+    }
+
+    #[test]
+    fn gradcheck_tiny_bidirectional_with_lengths_and_h0() {
+        let cfg = GRUConfig { num_layers: 2, bidirectional: true, batch_first: true, ..GRUConfig::new(2, 2) };
+        let base = seeded(&cfg, 4);
+        let mut inputs = vec![rand(&[2, 3, 2], 5), rand(&[4, 2, 2], 6)];
+        inputs.extend(base.parameters().iter().map(|p| p.value()));
+        let f = |v: &[Var<f64>]| {
+            let mut g: GRU<f64> = cfg.build().unwrap();
+            let mut ps = v[2..].iter();
+            for w in &mut g.all_weights {
+                w.weight_ih = ps.next().unwrap().clone();
+                w.weight_hh = ps.next().unwrap().clone();
+                w.bias_ih = Some(ps.next().unwrap().clone());
+                w.bias_hh = Some(ps.next().unwrap().clone());
+            }
+            let (o, h) = g.forward_with(&v[0], Some(&v[1]), Some(&[1, 3]));
+            Var::cat(&[o.reshape(&[24]), h.reshape(&[16])], 0)
+        };
+        let r = gradcheck(f, &inputs, 1e-6, 1e-8, 1e-6);
+        assert!(r.is_ok(), "{}", r.unwrap_err());
+    }
+
+    #[test]
+    fn lengths_match_running_each_sequence_alone() {
+        let cfg = GRUConfig { bidirectional: true, ..GRUConfig::new(3, 4) };
+        let g = seeded(&cfg, 7);
+        let x = rand(&[5, 3, 3], 8);
+        let h0 = rand(&[2, 3, 4], 9);
+        let lengths = [2, 5, 0];
+        let (out, h) = g.forward_with(&Var::constant(x.clone()), Some(&Var::constant(h0.clone())), Some(&lengths));
+        for (b, &n) in lengths.iter().enumerate() {
+            let hb0 = h0.select(1, b).unsqueeze(1).contiguous();
+            if n == 0 {
+                assert_eq!(h.value().select(1, b).to_vec(), hb0.to_vec(), "length 0 keeps h0");
+                continue;
+            }
+            let xb = Var::constant(x.select(1, b).narrow(0, 0, n).unsqueeze(1).contiguous());
+            let (ob, hb) = g.forward_with(&xb, Some(&Var::constant(hb0)), None);
+            let got = out.value().select(1, b);
+            for (a, e) in got.narrow(0, 0, n).to_vec().iter().zip(ob.value().to_vec()) {
+                assert!((a - e).abs() < 1e-12);
+            }
+            for (a, e) in h.value().select(1, b).to_vec().iter().zip(hb.value().to_vec()) {
+                assert!((a - e).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn recurrent_dropout_masks_the_recurrent_product_only_while_training() {
+        let cfg = GRUConfig { recurrent_dropout: 1.0, ..GRUConfig::new(2, 3) };
+        let mut g = seeded(&cfg, 10);
+        let x = Var::constant(rand(&[4, 2, 2], 11));
+        // p = 1 zeroes h in W_hh h (b_hh stays): the same as a zero W_hh
+        let plain = seeded(&GRUConfig::new(2, 3), 10);
+        plain.all_weights[0].weight_hh.set_value(Tensor::zeros(&[9, 3]));
+        assert_eq!(g.forward(&x).0.value().to_vec(), plain.forward(&x).0.value().to_vec());
+        g.eval();
+        assert_eq!(g.forward(&x).0.value().to_vec(), seeded(&GRUConfig::new(2, 3), 10).forward(&x).0.value().to_vec());
+    }
+
+    #[test]
+    fn tiny_overfit_sign_of_the_sum() {
+        // GRU + linear read-out of h_n learns the sign of a sequence's sum on 16 sequences
+        let g = seeded(&GRUConfig::new(1, 6), 12);
+        let head = crate::Linear::<f64>::new(6, 1);
+        let mut rng = Rng::new(13);
+        head.weight.set_value(Tensor::uniform(&[1, 6], -0.4, 0.4, &mut rng));
+        head.bias.as_ref().unwrap().set_value(Tensor::zeros(&[1]));
+        let x = Tensor::<f64>::uniform(&[5, 16, 1], -1.0, 1.0, &mut rng);
+        let sign: Vec<f64> = x.sum(&[0], false).to_vec().iter().map(|&s| if s > 0.0 { 1.0 } else { -1.0 }).collect();
+        let y = Var::constant(Tensor::from_vec(sign.clone(), &[16, 1]));
+        let x = Var::constant(x);
+        let mut params = g.parameters();
+        params.extend(head.parameters());
+        let mut state = Vec::new();
+        let mut pred = Vec::new();
+        for step in 1..=300 {
+            params.iter().for_each(|p| p.zero_grad());
+            let (_, h_n) = g.forward(&x);
+            let p = crate::Forward::forward(&head, &h_n.select(0, 0)).tanh();
+            let d = p.sub(&y);
+            let lv = d.mul(&d).mean(&[], false);
+            pred = p.value().to_vec();
+            lv.backward();
+            testing::adam_step(&params, &mut state, step, 0.05);
+        }
+        let correct = pred.iter().zip(&sign).filter(|(p, s)| p.signum() == **s).count();
+        assert_eq!(correct, 16, "{pred:?} vs {sign:?}");
+    }
+}
