@@ -1,21 +1,36 @@
 //! The layers, one file each. Registering a layer is one `mod` line and one `pub use` line.
 
 mod activation;
+mod batchnorm;
 mod containers;
+mod conv;
+mod dropout;
+mod embedding;
 mod flatten;
 mod gru;
 mod linear;
 mod lstm;
+mod norm;
+mod pool;
 mod rnn;
 mod rnn_cells;
 mod rnn_common;
 
 pub use activation::{GeluApproximate, LeakyReLU, LogSoftmax, ReLU, SiLU, Sigmoid, Softmax, Softplus, Tanh, ELU, GELU};
+pub use batchnorm::{BatchNorm, BatchNorm1d, BatchNorm2d, BatchNormConfig};
 pub use containers::{Identity, ModuleList, Sequential};
+pub use conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Padding};
+pub use dropout::{Dropout, Dropout2d};
+pub use embedding::{Embedding, EmbeddingConfig};
 pub use flatten::{Flatten, Unflatten};
 pub use gru::{GRUConfig, GRU};
 pub use linear::{Linear, LinearConfig};
 pub use lstm::{LSTMConfig, LSTM};
+pub use norm::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
+pub use pool::{
+    AdaptiveAvgPool2d, AvgPool1d, AvgPool1dConfig, AvgPool2d, AvgPool2dConfig, MaxPool1d, MaxPool1dConfig, MaxPool2d,
+    MaxPool2dConfig,
+};
 pub use rnn::{RNNConfig, RNNNonlinearity, RNN};
 pub use rnn_cells::{GRUCell, GRUCellConfig, LSTMCell, LSTMCellConfig, RNNCell, RNNCellConfig};
 pub use rnn_common::{last_valid_output, RNNWeights};
