@@ -133,10 +133,11 @@ impl OtherLoad {
         let tck = 100.0; // USER_HZ on Linux
         let busy = (v.iter().sum::<f64>() - v.get(3).copied().unwrap_or(0.0) - v.get(4).copied().unwrap_or(0.0)) / tck;
         let own = std::fs::read_to_string("/proc/self/stat").ok()?;
-        // fields after the ")" of the command name: utime is field 14, stime 15 (1-based)
+        // fields after the ")" of the command name: utime, stime, cutime, cstime are fields
+        // 14-17 (1-based); waited-for children (W9's child process) count as our own
         let rest = &own[own.rfind(')')? + 2..];
         let f: Vec<&str> = rest.split_whitespace().collect();
-        let own = (f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tck;
+        let own = (11..15).map(|i| f.get(i).and_then(|v| v.parse::<f64>().ok())).sum::<Option<f64>>()? / tck;
         Some((busy, own))
     }
     pub fn pct(&self) -> Option<f64> {

@@ -34,6 +34,15 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("bench") => bench::parse(&args[1..]).and_then(|opts| bench::run(&opts)),
         Some("download") => download(&args[1..]),
+        // internal: W9 in a fresh process (peak RSS of its own)
+        Some("__w9") => {
+            let threads = args.get(1).and_then(|t| t.parse().ok()).unwrap_or(1);
+            let epochs = args.get(2).and_then(|t| t.parse().ok()).unwrap_or(5);
+            kiln_tensor::set_num_threads(threads);
+            let (t, peak, before) = workloads::w9_epoch::child(epochs);
+            println!("{t} {peak} {before}");
+            Ok(())
+        }
         Some("help") | Some("--help") | Some("-h") | None => {
             println!("{USAGE}");
             Ok(())

@@ -4,8 +4,12 @@
 use crate::bench::{Figure, Timer};
 
 mod w1_gemm;
+pub mod w2_mlp;
+mod w3_cnn;
+mod w6_autoencoder;
 mod w7_op_overhead;
 mod w8_conv_fwd;
+pub mod w9_epoch;
 
 /// One benchmark workload.
 pub struct Workload {
@@ -21,7 +25,11 @@ pub struct Workload {
 pub fn all() -> &'static [Workload] {
     &[
         Workload { id: "W1", name: "gemm", run: w1_gemm::run },
+        Workload { id: "W2", name: "mlp-mnist", run: w2_mlp::run },
+        Workload { id: "W3", name: "cnn-mnist", run: w3_cnn::run },
+        Workload { id: "W6", name: "autoencoder", run: w6_autoencoder::run },
         Workload { id: "W7", name: "op-overhead", run: w7_op_overhead::run },
         Workload { id: "W8", name: "conv-fwd", run: w8_conv_fwd::run },
+        Workload { id: "W9", name: "mnist-epoch", run: w9_epoch::run },
     ]
 }
