@@ -76,6 +76,12 @@ impl<E: Float> Tensor<E> {
     #[must_use]
     pub fn map(&self, f: impl Fn(E) -> E + Sync + Send) -> Self {
         let n = self.numel();
+        if let Some(x) = self.as_slice() {
+            if n < parallel::elementwise_min() || parallel::get_num_threads() == 1 {
+                // collect: no zero-fill before the write (the loop vectorises as well)
+                return Self::from_vec(x.iter().map(|&v| f(v)).collect(), &self.shape);
+            }
+        }
         let mut out = vec![E::zero(); n];
         if let Some(x) = self.as_slice() {
             map_slice(x, &mut out, f);
@@ -95,6 +101,9 @@ impl<E: Float> Tensor<E> {
     pub fn zip_map(&self, other: &Tensor<E>, op: &str, f: impl Fn(E, E) -> E + Sync + Send) -> Self {
         if self.shape == other.shape {
             if let (Some(a), Some(b)) = (self.as_slice(), other.as_slice()) {
+                if a.len() < parallel::elementwise_min() || parallel::get_num_threads() == 1 {
+                    return Self::from_vec(a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect(), &self.shape);
+                }
                 let mut out = vec![E::zero(); a.len()];
                 zip_slice(a, b, &mut out, f);
                 return Self::from_vec(out, &self.shape);

@@ -91,11 +91,7 @@ impl<E: Float> Linear<E> {
 
 impl<E: Float> Forward<E> for Linear<E> {
     fn forward(&self, x: &Var<E>) -> Var<E> {
-        let y = x.matmul(&self.weight.t());
-        match &self.bias {
-            Some(b) => y.add(b),
-            None => y,
-        }
+        x.linear(&self.weight, self.bias.as_ref())
     }
 }
 
