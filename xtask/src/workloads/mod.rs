@@ -6,6 +6,7 @@ use crate::bench::{Figure, Timer};
 mod w1_gemm;
 pub mod w2_mlp;
 mod w3_cnn;
+mod w4_lstm;
 mod w6_autoencoder;
 mod w7_op_overhead;
 mod w8_conv_fwd;
@@ -27,6 +28,7 @@ pub fn all() -> &'static [Workload] {
         Workload { id: "W1", name: "gemm", run: w1_gemm::run },
         Workload { id: "W2", name: "mlp-mnist", run: w2_mlp::run },
         Workload { id: "W3", name: "cnn-mnist", run: w3_cnn::run },
+        Workload { id: "W4", name: "lstm-imdb", run: w4_lstm::run },
         Workload { id: "W6", name: "autoencoder", run: w6_autoencoder::run },
         Workload { id: "W7", name: "op-overhead", run: w7_op_overhead::run },
         Workload { id: "W8", name: "conv-fwd", run: w8_conv_fwd::run },
