@@ -82,23 +82,67 @@ impl<E: Float> Tensor<E> {
     #[must_use]
     pub fn sum(&self, axes: &[isize], keepdim: bool) -> Self {
         let ax = self.reduction_axes(axes, "sum");
-        // Reducing leading axes of a contiguous tensor (a bias gradient over the batch): add
-        // rows into one accumulator instead of transposing the data first.
-        let lead = ax.iter().enumerate().all(|(i, &d)| i == d);
-        if lead && !ax.is_empty() && ax.len() < self.ndim() {
-            let inner: usize = self.shape[ax.len()..].iter().product();
-            if let (Some(x), true) = (self.as_slice(), inner > 0) {
-                let mut acc = vec![E::zero(); inner];
-                for row in x.chunks(inner) {
-                    for (a, &v) in acc.iter_mut().zip(row) {
-                        *a += v;
-                    }
-                }
-                return Tensor::from_vec(acc, &self.reduced_shape(&ax, keepdim));
+        let out_shape = self.reduced_shape(&ax, keepdim);
+        if ax.is_empty() || self.ndim() == 0 {
+            return self.contiguous().reshape(&out_shape);
+        }
+        // Strided accumulation over the data in memory order: no transposed copy (a conv
+        // bias gradient sums [N, C, H, W] over {0, 2, 3}).
+        let x = self.contiguous();
+        let data = x.as_slice().expect("contiguous");
+        // Coalesce neighbouring dims that are all reduced or all kept.
+        let mut dims: Vec<(usize, bool)> = Vec::new();
+        for (d, &n) in self.shape.iter().enumerate() {
+            if n == 1 {
+                continue;
+            }
+            let red = ax.contains(&d);
+            match dims.last_mut() {
+                Some((m, r)) if *r == red => *m *= n,
+                _ => dims.push((n, red)),
             }
         }
-        let axes_i: Vec<isize> = ax.iter().map(|&d| d as isize).collect();
-        self.reduce_lanes(&axes_i, keepdim, "sum", |l| l.iter().copied().sum())
+        let n_out: usize = out_shape.iter().product();
+        let mut out = vec![E::zero(); n_out];
+        if data.is_empty() || n_out == 0 {
+            return Tensor::from_vec(out, &out_shape);
+        }
+        if dims.is_empty() {
+            out[0] = data[0];
+            return Tensor::from_vec(out, &out_shape);
+        }
+        // Output stride of each coalesced dim (0 for reduced ones).
+        let mut ostride = vec![0usize; dims.len()];
+        let mut acc = 1;
+        for i in (0..dims.len()).rev() {
+            if !dims[i].1 {
+                ostride[i] = acc;
+                acc *= dims[i].0;
+            }
+        }
+        let (inner, inner_red) = *dims.last().expect("non-empty");
+        let outer_dims = &dims[..dims.len() - 1];
+        let mut idx = vec![0usize; outer_dims.len()];
+        let mut o = 0usize;
+        for run in data.chunks_exact(inner) {
+            if inner_red {
+                out[o] += run.iter().copied().sum::<E>();
+            } else {
+                for (a, &v) in out[o..o + inner].iter_mut().zip(run) {
+                    *a += v;
+                }
+            }
+            for k in (0..outer_dims.len()).rev() {
+                idx[k] += 1;
+                o += ostride[k];
+                if idx[k] < outer_dims[k].0 {
+                    break;
+                }
+                o -= ostride[k] * outer_dims[k].0;
+                idx[k] = 0;
+            }
+        }
+        Tensor::from_vec(out, &out_shape)
     }
 
     /// Sum of all elements as a 0-d tensor.
