@@ -833,7 +833,10 @@ impl<E: Float> serde::Serialize for Tensor<E> {
 impl<'de, E: Float> serde::Deserialize<'de> for Tensor<E> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let r = TensorRepr::<E>::deserialize(d)?;
-        let n: usize = r.shape.iter().product();
+        // checked: a forged shape must not overflow into a small count
+        let n = r.shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).ok_or_else(|| {
+            serde::de::Error::custom(format!("tensor: shape {:?} has more elements than memory can hold", r.shape))
+        })?;
         if n != r.data.len() {
             return Err(serde::de::Error::custom(format!(
                 "tensor: shape {:?} holds {n} elements but the data has {}",

@@ -14,12 +14,18 @@
 pub use kiln_autograd as autograd;
 pub use kiln_data as data;
 pub use kiln_metrics as metrics;
+pub use kiln_nn as nn;
+pub use kiln_optim as optim;
 pub use kiln_tensor as tensor;
+pub use kiln_train as train;
 
 /// The everyday names: `use kiln::prelude::*;`.
 pub mod prelude {
     pub use kiln_autograd::{grad, no_grad, Var};
-    pub use kiln_data::{DataLoader, Dataset};
+    pub use kiln_data::{DataLoader, Dataset, DatasetExt};
     pub use kiln_metrics::Metric;
+    pub use kiln_nn::{functional as F, CrossEntropyLoss, Forward, Layer, Linear, MSELoss, Module, ReLU, Sequential};
+    pub use kiln_optim::{Adam, AdamConfig, AdamW, AdamWConfig, Optimizer, SGDConfig, SGD};
     pub use kiln_tensor::{Float, Indices, Rng, Tensor};
+    pub use kiln_train::{History, Trainer};
 }

@@ -1,0 +1,78 @@
+//! Callbacks: code the trainer runs at the start and end of training, of each epoch and of
+//! each batch (`EarlyStopping`, `ModelCheckpoint`, `ReduceLROnPlateau`, `CsvLogger`,
+//! `LambdaCallback`, or your own [`Callback`]).
+
+use kiln_nn::Module;
+use kiln_optim::LrGroups;
+
+use crate::checkpoint::TrainingState;
+use crate::history::{EpochLogs, History};
+
+mod csv_logger;
+mod early_stopping;
+mod lambda_callback;
+mod model_checkpoint;
+mod reduce_lr_on_plateau;
+
+pub use csv_logger::CsvLogger;
+pub use early_stopping::{EarlyStopping, Mode};
+pub use lambda_callback::LambdaCallback;
+pub use model_checkpoint::ModelCheckpoint;
+pub use reduce_lr_on_plateau::ReduceLROnPlateau;
+
+/// What a callback sees and may change at the end of an epoch.
+pub struct EpochContext<'a> {
+    /// The epoch just finished (0-based).
+    pub epoch: usize,
+    /// Its figures (`loss`, `val_loss`, metrics, `lr`).
+    pub logs: &'a EpochLogs,
+    /// Every epoch so far, this one included.
+    pub history: &'a History,
+    /// The model (read its `state_dict`, or load one back: `load_state_dict` takes `&self`).
+    pub model: &'a dyn Module<f32>,
+    /// The optimiser's learning rates (and momenta).
+    pub optimizer: &'a mut dyn LrGroups,
+    /// Set to `true` to end training after this epoch.
+    pub stop: bool,
+    /// The optimiser's and the scheduler's states after this epoch, captured only when a
+    /// callback [asks for them](Callback::wants_training_state) (for full checkpoints).
+    pub training_state: Option<&'a TrainingState>,
+}
+
+/// What a callback sees at the end of a batch.
+pub struct BatchContext<'a> {
+    /// The current epoch (0-based).
+    pub epoch: usize,
+    /// The batch within the epoch (0-based).
+    pub batch: usize,
+    /// This batch's loss.
+    pub loss: f64,
+    /// The optimiser's learning rates.
+    pub optimizer: &'a mut dyn LrGroups,
+}
+
+/// Hooks into the training loop. Every method has an empty default.
+pub trait Callback {
+    /// Before the first epoch.
+    fn on_train_begin(&mut self, model: &dyn Module<f32>) {
+        let _ = model;
+    }
+    /// After every batch's optimiser step.
+    fn on_batch_end(&mut self, ctx: &mut BatchContext<'_>) {
+        let _ = ctx;
+    }
+    /// After every epoch (training and validation), with its figures.
+    fn on_epoch_end(&mut self, ctx: &mut EpochContext<'_>) {
+        let _ = ctx;
+    }
+    /// Whether this callback needs [`EpochContext::training_state`] (the optimiser's and the
+    /// scheduler's states, which cost a copy of the optimiser's buffers to capture). Default
+    /// `false`.
+    fn wants_training_state(&self) -> bool {
+        false
+    }
+    /// After the last epoch (or an early stop).
+    fn on_train_end(&mut self, model: &dyn Module<f32>, history: &History) {
+        let _ = (model, history);
+    }
+}

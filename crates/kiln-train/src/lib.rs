@@ -1,0 +1,34 @@
+//! # kiln-train
+//!
+//! The training loop of kiln: [`Trainer`] with Keras-like `fit` / `evaluate` and [`predict`],
+//! a [`History`] of per-epoch figures, [`callbacks`], progress bars (indicatif, quiet when
+//! stderr is not a terminal), gradient accumulation and clipping, and LR schedulers stepped per
+//! batch or per epoch.
+//!
+//! Around it: [`checkpoint`]s of the whole training state (model, optimiser, scheduler, epoch,
+//! RNG, history) that a run resumes from exactly; [`History::plot`] and
+//! [`plot_confusion_matrix`] for PNG pictures; [`cross_validate`] for k-fold
+//! cross-validation; and [`TrainError`], the error of everything that reads or writes files.
+
+pub mod callbacks;
+pub mod checkpoint;
+pub mod cross_validation;
+mod error;
+mod history;
+mod plot;
+mod source;
+mod trainer;
+
+pub use callbacks::{BatchContext, Callback, EpochContext};
+pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint};
+pub use cross_validation::{cross_validate, CrossValidation, CrossValidationReport, CvFold};
+pub use error::TrainError;
+pub use history::{EpochLogs, History};
+pub use plot::plot_confusion_matrix;
+pub use source::{BatchSource, TrainLoss};
+pub use trainer::{predict, tensor_batches, SchedulerInterval, Trainer, Verbosity};
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,372 @@
+//! [`Trainer`]: Keras-like `fit`, `evaluate` and `predict` for kiln models.
+
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kiln_autograd::{no_grad, Var};
+use kiln_data::{Batch, Targets};
+use kiln_metrics::Metric;
+use kiln_nn::{Forward, Module};
+use kiln_optim::lr_scheduler::LRScheduler;
+use kiln_optim::{clip_grad_norm_, clip_grad_value_, LrGroups, Optimizer};
+use kiln_tensor::Tensor;
+
+use crate::callbacks::{BatchContext, Callback, EpochContext};
+use crate::checkpoint::TrainingState;
+use crate::history::{EpochLogs, History};
+use crate::source::{class_indices, BatchSource, TrainLoss};
+
+/// A metric factory: the trainer makes a fresh metric for training and one for validation
+/// every epoch.
+type MetricFactory = Box<dyn Fn() -> Box<dyn Metric<Output = f64>>>;
+
+/// When a learning-rate scheduler steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchedulerInterval {
+    /// After every optimiser step (OneCycleLR, warm-up schedules).
+    Batch,
+    /// After every epoch (StepLR, CosineAnnealingLR over epochs, ...).
+    Epoch,
+}
+
+/// How much the trainer prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verbosity {
+    /// Nothing.
+    Silent,
+    /// One line per epoch.
+    Epochs,
+    /// A progress bar per epoch (on a terminal; one line per epoch otherwise), like Keras'
+    /// `verbose=1`.
+    ProgressBar,
+}
+
+/// Trains and evaluates models: the loop a PyTorch user writes by hand, with Keras' `fit`
+/// conveniences (metrics, validation, callbacks, progress bars, gradient accumulation and
+/// clipping, LR schedulers).
+///
+/// ```
+/// use kiln_data::{Batch, Targets};
+/// use kiln_nn::{Linear, MSELoss};
+/// use kiln_optim::{SGD, SGDConfig};
+/// use kiln_tensor::Tensor;
+/// use kiln_train::{Trainer, Verbosity};
+/// kiln_nn::init::manual_seed(0);
+/// // y = 2x - 1 on four points
+/// let x = Tensor::from_vec(vec![0.0f32, 1.0, 2.0, 3.0], &[4, 1]);
+/// let y = Tensor::from_vec(vec![-1.0f32, 1.0, 3.0, 5.0], &[4, 1]);
+/// let data = vec![Batch { inputs: x, targets: Targets::Values(y) }];
+/// let mut model: Linear = Linear::new(1, 1);
+/// let mut opt = SGD::new(model_params(&model), SGDConfig { lr: 0.1, ..Default::default() });
+/// # fn model_params(m: &Linear) -> Vec<kiln_autograd::Var> { use kiln_nn::Module; m.parameters() }
+/// let history = Trainer::new(300).verbosity(Verbosity::Silent).fit(&mut model, &mut opt, &MSELoss::new(), &data, None);
+/// assert!(history.last().unwrap()["loss"] < 1e-4);
+/// ```
+pub struct Trainer {
+    epochs: usize,
+    initial_epoch: usize,
+    accumulation: usize,
+    clip_norm: Option<f64>,
+    clip_value: Option<f64>,
+    verbosity: Verbosity,
+    metrics: Vec<(String, MetricFactory)>,
+    scheduler: Option<(Box<dyn LRScheduler>, SchedulerInterval)>,
+    callbacks: Vec<Box<dyn Callback>>,
+}
+
+impl Trainer {
+    /// A trainer for `epochs` epochs, printing a progress bar.
+    pub fn new(epochs: usize) -> Self {
+        Trainer {
+            epochs,
+            initial_epoch: 0,
+            accumulation: 1,
+            clip_norm: None,
+            clip_value: None,
+            verbosity: Verbosity::ProgressBar,
+            metrics: Vec::new(),
+            scheduler: None,
+            callbacks: Vec::new(),
+        }
+    }
+
+    /// The epoch (0-based) to start from, like Keras' `initial_epoch`: `fit` runs epochs
+    /// `initial_epoch..epochs`. Used to resume from a [`Checkpoint`](crate::checkpoint::Checkpoint)
+    /// (`initial_epoch(ckpt.epoch)`).
+    #[must_use]
+    pub fn initial_epoch(mut self, epoch: usize) -> Self {
+        self.initial_epoch = epoch;
+        self
+    }
+
+    /// Adds a metric computed on training and validation batches each epoch (logged as
+    /// `name` and `val_name`).
+    #[must_use]
+    pub fn metric<M: Metric<Output = f64> + 'static>(mut self, name: &str, make: impl Fn() -> M + 'static) -> Self {
+        self.metrics.push((name.to_string(), Box::new(move || Box::new(make()))));
+        self
+    }
+
+    /// Sums gradients over `steps` batches before each optimiser step (the loss of each
+    /// batch is divided by `steps`, so the step equals one on a batch `steps` times larger).
+    ///
+    /// **Panics** if `steps == 0`.
+    #[must_use]
+    pub fn gradient_accumulation(mut self, steps: usize) -> Self {
+        assert!(steps > 0, "gradient_accumulation: steps must be > 0");
+        self.accumulation = steps;
+        self
+    }
+
+    /// Clips the total gradient norm (2-norm over all parameters) before each step.
+    #[must_use]
+    pub fn clip_grad_norm(mut self, max_norm: f64) -> Self {
+        self.clip_norm = Some(max_norm);
+        self
+    }
+
+    /// Clips every gradient element to `[-value, value]` before each step.
+    #[must_use]
+    pub fn clip_grad_value(mut self, value: f64) -> Self {
+        self.clip_value = Some(value);
+        self
+    }
+
+    /// How much to print.
+    #[must_use]
+    pub fn verbosity(mut self, v: Verbosity) -> Self {
+        self.verbosity = v;
+        self
+    }
+
+    /// A learning-rate scheduler stepped per batch or per epoch.
+    #[must_use]
+    pub fn scheduler(mut self, s: impl LRScheduler + 'static, interval: SchedulerInterval) -> Self {
+        self.scheduler = Some((Box::new(s), interval));
+        self
+    }
+
+    /// Adds a callback.
+    #[must_use]
+    pub fn callback(mut self, c: impl Callback + 'static) -> Self {
+        self.callbacks.push(Box::new(c));
+        self
+    }
+
+    /// Trains `model` on `train` for the configured epochs, validating on `val` after each
+    /// epoch, and returns the per-epoch figures.
+    pub fn fit<M, O>(
+        &mut self,
+        model: &mut M,
+        optimizer: &mut O,
+        loss: &dyn TrainLoss,
+        train: &dyn BatchSource,
+        val: Option<&dyn BatchSource>,
+    ) -> History
+    where
+        M: Module<f32> + Forward<f32>,
+        O: Optimizer<f32> + LrGroups,
+    {
+        let mut history = History::default();
+        let params = model.parameters();
+        for c in &mut self.callbacks {
+            c.on_train_begin(model);
+        }
+        for epoch in self.initial_epoch..self.epochs {
+            model.train();
+            let started = Instant::now();
+            let n = train.num_batches();
+            let bar = self.bar(n as u64, epoch);
+            let mut metrics: Vec<Box<dyn Metric<Output = f64>>> = self.metrics.iter().map(|(_, f)| f()).collect();
+            let (mut loss_sum, mut samples) = (0.0f64, 0usize);
+            let mut pending = 0usize;
+            for (i, batch) in train.batches().enumerate() {
+                let x = Var::constant(batch.inputs.clone());
+                let out = model.forward(&x);
+                let l = loss.loss(&out, &batch.targets);
+                let lv = l.item() as f64;
+                let scaled = if self.accumulation > 1 { l.div_scalar(self.accumulation as f32) } else { l };
+                scaled.backward();
+                pending += 1;
+                let bs = batch.len();
+                loss_sum += lv * bs as f64;
+                samples += bs;
+                update_metrics(&mut metrics, &out.value(), &batch.targets);
+                if pending == self.accumulation || i + 1 == n {
+                    if let Some(v) = self.clip_value {
+                        clip_grad_value_(&params, v);
+                    }
+                    if let Some(m) = self.clip_norm {
+                        clip_grad_norm_(&params, m, 2.0);
+                    }
+                    optimizer.step();
+                    optimizer.zero_grad();
+                    pending = 0;
+                    if let Some((s, SchedulerInterval::Batch)) = &mut self.scheduler {
+                        s.step(optimizer);
+                    }
+                }
+                for c in &mut self.callbacks {
+                    c.on_batch_end(&mut BatchContext { epoch, batch: i, loss: lv, optimizer });
+                }
+                if let Some(b) = &bar {
+                    b.set_message(format!("loss {:.4}", loss_sum / samples.max(1) as f64));
+                    b.inc(1);
+                }
+            }
+            let mut logs = EpochLogs::new();
+            logs.insert("lr".into(), optimizer.group_lr(0));
+            logs.insert("loss".into(), loss_sum / samples.max(1) as f64);
+            for ((name, _), m) in self.metrics.iter().zip(&metrics) {
+                logs.insert(name.clone(), m.compute());
+            }
+            if let Some((s, SchedulerInterval::Epoch)) = &mut self.scheduler {
+                s.step(optimizer);
+            }
+            if let Some(v) = val {
+                let vl = self.evaluate(model, loss, v);
+                for (k, x) in vl {
+                    logs.insert(format!("val_{k}"), x);
+                }
+                model.train();
+            }
+            logs.insert("time_s".into(), started.elapsed().as_secs_f64());
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            if self.verbosity != Verbosity::Silent {
+                eprintln!("{}", epoch_line(epoch, self.epochs, &logs));
+            }
+            history.epochs.push(logs.clone());
+            let mut stop = false;
+            let state = if self.callbacks.iter().any(|c| c.wants_training_state()) {
+                Some(TrainingState::capture(&*optimizer, self.scheduler.as_ref().map(|(s, _)| &**s)))
+            } else {
+                None
+            };
+            for c in &mut self.callbacks {
+                let mut ctx = EpochContext {
+                    epoch,
+                    logs: &logs,
+                    history: &history,
+                    model,
+                    optimizer,
+                    stop: false,
+                    training_state: state.as_ref(),
+                };
+                c.on_epoch_end(&mut ctx);
+                stop |= ctx.stop;
+            }
+            if stop {
+                break;
+            }
+        }
+        for c in &mut self.callbacks {
+            c.on_train_end(model, &history);
+        }
+        model.eval();
+        history
+    }
+
+    /// The loss and metrics of `model` on `data` in evaluation mode, without recording a
+    /// graph (keys `loss` and each metric's name).
+    pub fn evaluate<M>(&self, model: &mut M, loss: &dyn TrainLoss, data: &dyn BatchSource) -> EpochLogs
+    where
+        M: Module<f32> + Forward<f32>,
+    {
+        model.eval();
+        let mut metrics: Vec<Box<dyn Metric<Output = f64>>> = self.metrics.iter().map(|(_, f)| f()).collect();
+        let (mut loss_sum, mut samples) = (0.0f64, 0usize);
+        no_grad(|| {
+            for batch in data.batches() {
+                let out = model.forward(&Var::constant(batch.inputs.clone()));
+                let l = loss.loss(&out, &batch.targets).item() as f64;
+                loss_sum += l * batch.len() as f64;
+                samples += batch.len();
+                update_metrics(&mut metrics, &out.value(), &batch.targets);
+            }
+        });
+        let mut logs = EpochLogs::new();
+        logs.insert("loss".into(), loss_sum / samples.max(1) as f64);
+        for ((name, _), m) in self.metrics.iter().zip(&metrics) {
+            logs.insert(name.clone(), m.compute());
+        }
+        logs
+    }
+
+    fn bar(&self, len: u64, epoch: usize) -> Option<ProgressBar> {
+        if self.verbosity != Verbosity::ProgressBar || !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let b = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+        b.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        b.set_prefix(format!("{}/{}", epoch + 1, self.epochs));
+        Some(b)
+    }
+}
+
+/// The model's outputs for every batch of `data`, concatenated along dim 0, in evaluation
+/// mode and without a graph, like Keras' `predict`.
+pub fn predict<M: Module<f32> + Forward<f32>>(model: &mut M, data: &dyn BatchSource) -> Tensor<f32> {
+    model.eval();
+    let outs: Vec<Tensor<f32>> = no_grad(|| data.batches().map(|b| model.forward(&Var::constant(b.inputs)).value()).collect());
+    assert!(!outs.is_empty(), "predict: the data source yielded no batch");
+    Tensor::cat(&outs, 0)
+}
+
+fn update_metrics(metrics: &mut [Box<dyn Metric<Output = f64>>], out: &Tensor<f32>, targets: &Targets) {
+    if metrics.is_empty() {
+        return;
+    }
+    match targets {
+        Targets::Classes(_) => {
+            let t = class_indices(targets);
+            for m in metrics.iter_mut() {
+                m.update(out, &t);
+            }
+        }
+        Targets::Values(v) => {
+            let v = if v.shape() == out.shape() { v.clone() } else { v.reshape(out.shape()) };
+            for m in metrics.iter_mut() {
+                m.update(out, &v);
+            }
+        }
+    }
+}
+
+fn epoch_line(epoch: usize, epochs: usize, logs: &EpochLogs) -> String {
+    let mut s = format!("epoch {}/{}", epoch + 1, epochs);
+    for (k, v) in logs {
+        if k == "time_s" {
+            continue;
+        }
+        s.push_str(&format!(" - {k}: {v:.4}"));
+    }
+    if let Some(t) = logs.get("time_s") {
+        s.push_str(&format!(" - {t:.1}s"));
+    }
+    s
+}
+
+/// Batches of in-memory tensors, for small data sets and tests: splits `inputs` and
+/// `targets` along dim 0 into batches of `batch_size` (in order).
+pub fn tensor_batches(inputs: &Tensor<f32>, targets: &Targets, batch_size: usize) -> Vec<Batch> {
+    assert!(batch_size > 0, "tensor_batches: batch_size must be > 0");
+    let n = inputs.shape()[0];
+    (0..n)
+        .step_by(batch_size)
+        .map(|s| {
+            let len = batch_size.min(n - s);
+            let t = match targets {
+                Targets::Classes(c) => Targets::Classes(c[s..s + len].to_vec()),
+                Targets::Values(v) => Targets::Values(v.narrow(0, s, len).contiguous()),
+            };
+            Batch { inputs: inputs.narrow(0, s, len).contiguous(), targets: t }
+        })
+        .collect()
+}
