@@ -254,9 +254,11 @@ pub fn run(o: &Options) -> Result<(), String> {
         let bench = o.shared.join("bench");
         let script = bench.join("pytorch_baseline.py");
         let threads: Vec<String> = o.threads.iter().map(|t| t.to_string()).collect();
+        // PyTorch's harness knows W1..W9 only (kiln's extra figures have no PyTorch row)
+        let shared: Vec<String> = o.workloads.iter().filter(|w| w.starts_with('W')).cloned().collect();
         let mut cmd = Command::new("python3");
         cmd.arg(&script)
-            .args(["--threads", &threads.join(","), "--workloads", &o.workloads.join(",")])
+            .args(["--threads", &threads.join(","), "--workloads", &shared.join(",")])
             .arg("--out")
             .arg(&o.pytorch_out);
         if o.quick {
