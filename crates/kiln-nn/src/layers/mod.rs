@@ -1,6 +1,7 @@
 //! The layers, one file each. Registering a layer is one `mod` line and one `pub use` line.
 
 mod activation;
+mod attention;
 mod batchnorm;
 mod containers;
 mod conv;
@@ -12,11 +13,14 @@ mod linear;
 mod lstm;
 mod norm;
 mod pool;
+mod positional;
 mod rnn;
 mod rnn_cells;
 mod rnn_common;
+mod transformer;
 
 pub use activation::{GeluApproximate, LeakyReLU, LogSoftmax, ReLU, SiLU, Sigmoid, Softmax, Softplus, Tanh, ELU, GELU};
+pub use attention::{causal_mask, scaled_dot_product_attention, AttnMask, MultiheadAttention, MultiheadAttentionConfig};
 pub use batchnorm::{BatchNorm, BatchNorm1d, BatchNorm2d, BatchNormConfig};
 pub use containers::{Identity, ModuleList, Sequential};
 pub use conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Padding};
@@ -31,6 +35,15 @@ pub use pool::{
     AdaptiveAvgPool2d, AvgPool1d, AvgPool1dConfig, AvgPool2d, AvgPool2dConfig, MaxPool1d, MaxPool1dConfig, MaxPool2d,
     MaxPool2dConfig,
 };
+pub use positional::{
+    sinusoidal_encoding, LearnedPositionalEmbedding, LearnedPositionalEmbeddingConfig, SinusoidalPositionalEncoding,
+    SinusoidalPositionalEncodingConfig,
+};
 pub use rnn::{RNNConfig, RNNNonlinearity, RNN};
 pub use rnn_cells::{GRUCell, GRUCellConfig, LSTMCell, LSTMCellConfig, RNNCell, RNNCellConfig};
 pub use rnn_common::{last_valid_output, RNNWeights};
+pub use transformer::{
+    Transformer, TransformerActivation, TransformerConfig, TransformerDecoder, TransformerDecoderLayer,
+    TransformerDecoderLayerConfig, TransformerEncoder, TransformerEncoderLayer, TransformerEncoderLayerConfig,
+    TransformerMasks,
+};
