@@ -8,6 +8,7 @@ mod w1_gemm;
 pub mod w2_mlp;
 mod w3_cnn;
 mod w4_lstm;
+mod w5_transformer;
 mod w6_autoencoder;
 mod w7_op_overhead;
 mod w8_conv_fwd;
@@ -30,6 +31,7 @@ pub fn all() -> &'static [Workload] {
         Workload { id: "W2", name: "mlp-mnist", run: w2_mlp::run },
         Workload { id: "W3", name: "cnn-mnist", run: w3_cnn::run },
         Workload { id: "W4", name: "lstm-imdb", run: w4_lstm::run },
+        Workload { id: "W5", name: "transformer", run: w5_transformer::run },
         Workload { id: "W6", name: "autoencoder", run: w6_autoencoder::run },
         Workload { id: "W7", name: "op-overhead", run: w7_op_overhead::run },
         Workload { id: "W8", name: "conv-fwd", run: w8_conv_fwd::run },
