@@ -1,6 +1,9 @@
 //! The error type of kiln-nn.
 
-/// What can go wrong when feeding a model data from outside (state dicts, configs).
+use std::path::PathBuf;
+
+/// What can go wrong when feeding a model data from outside (state dicts, configs, model
+/// files). Errors about a file name the file and, where there is one, the tensor key.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NnError {
     /// A state dict that does not fit the model; nothing was loaded.
@@ -16,4 +19,166 @@ pub enum NnError {
     /// A layer configuration that is out of range (`Linear: out_features must be > 0, got 0`).
     #[error("{0}")]
     Config(String),
+
+    // ----------------------------------------------------------------- model files
+    /// The operating system refused a read or a write of a model file.
+    #[error("{}: {action}: {message}", path.display())]
+    Io {
+        /// The file (for a failed save, the target, not the temporary file).
+        path: PathBuf,
+        /// What was being done (`open`, `write temporary file .m.safetensors.1234.0.tmp`, `rename`).
+        action: String,
+        /// The kind of the underlying I/O error (`NotFound`, `PermissionDenied`, ...).
+        kind: std::io::ErrorKind,
+        /// The underlying I/O error's message.
+        message: String,
+    },
+    /// The file is shorter than the 8-byte header length that opens every safetensors file.
+    #[error("{}: {len} bytes, too short for the 8-byte header length of a safetensors file (truncated file?)", path.display())]
+    FileTooShort {
+        /// The file.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: u64,
+    },
+    /// The header length (the little-endian `u64` at offset 0) runs past the end of the file.
+    #[error("{}: header length {header_len} (u64 at offset 0) runs past the end of the file of {file_len} bytes (truncated file, or not safetensors?)", path.display())]
+    HeaderLength {
+        /// The file.
+        path: PathBuf,
+        /// The header length the file claims.
+        header_len: u64,
+        /// The file's length in bytes.
+        file_len: u64,
+    },
+    /// The header (bytes `8..8 + header_len`) is not a JSON object.
+    #[error("{}: the header is not a JSON object: {message}", path.display())]
+    HeaderNotJson {
+        /// The file.
+        path: PathBuf,
+        /// The JSON parser's message, with the line and column inside the header.
+        message: String,
+    },
+    /// One entry of the header is malformed: a missing or mistyped field, an unknown dtype,
+    /// `data_offsets` with begin > end, a duplicate key, a non-string metadata value.
+    #[error("{}: header entry `{key}`: {message}", path.display())]
+    BadHeader {
+        /// The file.
+        path: PathBuf,
+        /// The tensor name (or `__metadata__`).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A tensor's `data_offsets` reach past the end of the data section.
+    #[error("{}: tensor `{key}`: data_offsets [{begin}, {end}) lie outside the data section of {data_len} bytes (truncated file?)", path.display())]
+    OffsetsOutOfRange {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        key: String,
+        /// Start of its bytes, relative to the data section.
+        begin: u64,
+        /// End of its bytes (exclusive).
+        end: u64,
+        /// The length of the data section.
+        data_len: u64,
+    },
+    /// Two tensors claim some of the same bytes.
+    #[error("{}: tensors `{key}` [{begin}, {end}) and `{other}` [{other_begin}, {other_end}) overlap", path.display())]
+    OffsetsOverlap {
+        /// The file.
+        path: PathBuf,
+        /// One tensor.
+        key: String,
+        /// Start of its bytes.
+        begin: u64,
+        /// End of its bytes (exclusive).
+        end: u64,
+        /// The tensor it overlaps.
+        other: String,
+        /// Start of the other's bytes.
+        other_begin: u64,
+        /// End of the other's bytes (exclusive).
+        other_end: u64,
+    },
+    /// Bytes of the data section that belong to no tensor (the format forbids holes, so
+    /// that a file cannot hide a second payload).
+    #[error("{}: bytes [{begin}, {end}) of the data section belong to no tensor (the safetensors format allows no holes)", path.display())]
+    DataGap {
+        /// The file.
+        path: PathBuf,
+        /// Start of the unclaimed bytes, relative to the data section.
+        begin: u64,
+        /// End of the unclaimed bytes (exclusive).
+        end: u64,
+    },
+    /// A tensor's byte range does not hold `shape`'s element count in its dtype.
+    #[error("{}: tensor `{key}`: {dtype} {shape:?} needs {} bytes but its data_offsets span {found}", path.display(), expected.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string()))]
+    SizeMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        key: String,
+        /// Its dtype as written in the header (`F32`).
+        dtype: String,
+        /// Its shape as written in the header.
+        shape: Vec<u64>,
+        /// The bytes the shape needs (`None` when that overflows 64 bits).
+        expected: Option<u64>,
+        /// The bytes its `data_offsets` span.
+        found: u64,
+    },
+    /// A tensor whose dtype cannot become what is asked for (`I64` where a float is needed).
+    #[error("{}: tensor `{key}` has dtype {found}, expected {expected}", path.display())]
+    WrongDtype {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        key: String,
+        /// What would have been accepted.
+        expected: String,
+        /// The dtype in the file.
+        found: String,
+    },
+    /// A tensor whose shape differs from the model's parameter or buffer of the same key.
+    #[error("{}: tensor `{key}` has shape {file:?} in the file but {model:?} in the model", path.display())]
+    ShapeMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The key (the model's, after any key mapping).
+        key: String,
+        /// The shape the model has.
+        model: Vec<usize>,
+        /// The shape in the file.
+        file: Vec<usize>,
+    },
+    /// A strict load whose file and model keys differ; nothing was loaded.
+    #[error("{}: keys do not match the model: missing {missing:?}, unexpected {unexpected:?}", path.display())]
+    KeyMismatch {
+        /// The file.
+        path: PathBuf,
+        /// Model keys the file lacks.
+        missing: Vec<String>,
+        /// File keys (as named in the file) the model lacks.
+        unexpected: Vec<String>,
+    },
+    /// A tensor asked for by name that the file does not have.
+    #[error("{}: no tensor `{key}`", path.display())]
+    NoSuchTensor {
+        /// The file.
+        path: PathBuf,
+        /// The name asked for.
+        key: String,
+    },
+    /// A key map sends two source keys to the same target key.
+    #[error("key map: `{first}` and `{second}` both map to `{target}`")]
+    KeyCollision {
+        /// The key both map to.
+        target: String,
+        /// One source key.
+        first: String,
+        /// The other source key.
+        second: String,
+    },
 }

@@ -25,11 +25,13 @@ pub mod init;
 pub mod layers;
 mod loss;
 mod module;
+pub mod serialize;
 
 pub use error::NnError;
 pub use layers::*;
 pub use loss::{BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss, MSELoss, NLLLoss, SmoothL1Loss};
 pub use functional::{CrossEntropyOptions, Reduction};
+pub use serialize::{load, load_mapped, load_state_dict_file, save, save_state_dict, KeyMap, KeyMapReport, Metadata, SafetensorsFile};
 pub use module::{visit_buffer, visit_param, Forward, Layer, LoadReport, Module, StateDict, TensorKind};
 
 /// `#[derive(Module)]`: writes [`Module`]'s `visit` and train/eval from a struct's fields
