@@ -77,14 +77,15 @@ pub fn install<R: Send>(f: impl FnOnce(usize) -> R + Send) -> R {
 
 /// Default element count from which elementwise kernels split their work across threads.
 ///
-/// Chosen with `cargo bench -p kiln-tensor --bench kernels -- threshold` on the 2-core
-/// development machine: `add` of two f32 vectors at 2 threads beats 1 thread from about 2^15
-/// elements; below that the fan-out (a pool round trip of a few microseconds) costs more than
-/// the second core saves.
+/// A starting value: below a few tens of thousands of elements a pool round trip (a few
+/// microseconds) costs more than a second core saves. `cargo bench -p kiln-tensor --bench
+/// kernels -- threshold` sweeps `add` from 2^12 to 2^17 elements at 1 and 2 threads (with the
+/// threshold forced to 0) to place it on a given machine; [`with_elementwise_threshold`] changes
+/// it at run time.
 pub const PAR_ELEMENTWISE_MIN: usize = 1 << 15;
 
 /// Default multiply-add count from which GEMM (and convolution) split their output across
-/// threads, chosen with the same bench (`gemm/t1` vs `gemm/t2` around n = 64).
+/// threads; the same bench sweeps square products from n = 24 to 96.
 pub const PAR_GEMM_MIN_FLOPS: usize = 1 << 18;
 
 static ELEMENTWISE_MIN: AtomicUsize = AtomicUsize::new(PAR_ELEMENTWISE_MIN);
