@@ -94,6 +94,17 @@ pub enum DataError {
         found: String,
     },
 
+    /// An archive (`.npz`) has no member of the name asked for.
+    #[error("{}: no member {member:?} in the archive (members: {members})", path.display())]
+    MissingMember {
+        /// The archive.
+        path: PathBuf,
+        /// The member that was looked for, e.g. `"x_test.npy"`.
+        member: String,
+        /// The members that are there, comma-separated.
+        members: String,
+    },
+
     /// A JSON file does not parse or has the wrong shape.
     #[error("{}: invalid JSON: {message}", path.display())]
     Json {

@@ -14,9 +14,9 @@ use crate::error::{DataError, Result};
 const MAX_GZIP_RATIO: u64 = 1032;
 
 /// An opened data file, decompressing when it is gzip.
-pub(crate) struct Source {
+pub(crate) struct Source<'a> {
     pub path: PathBuf,
-    pub reader: Box<dyn Read + Send>,
+    pub reader: Box<dyn Read + Send + 'a>,
     /// Upper bound of the (decompressed) payload.
     pub max_len: u64,
     /// Bytes consumed from `reader` so far.
@@ -30,9 +30,9 @@ pub(crate) fn is_gz(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
 }
 
-impl Source {
+impl<'a> Source<'a> {
     /// Opens `path`; gzip when the name ends in `.gz`.
-    pub fn open(path: &Path) -> Result<Source> {
+    pub fn open(path: &Path) -> Result<Source<'static>> {
         let file = File::open(path).map_err(|e| DataError::io(path, e))?;
         let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
         let (reader, max_len): (Box<dyn Read + Send>, u64) = if is_gz(path) {
@@ -50,6 +50,27 @@ impl Source {
             pos: 0,
             file_len: len,
         })
+    }
+
+    /// Reads `bytes` as if they were the file `path` (gzip when the name ends in `.gz`): the
+    /// parsers' entry point for in-memory data and fuzzing.
+    pub fn from_bytes(path: &Path, bytes: &'a [u8]) -> Source<'a> {
+        let len = bytes.len() as u64;
+        let (reader, max_len): (Box<dyn Read + Send + 'a>, u64) = if is_gz(path) {
+            (
+                Box::new(MultiGzDecoder::new(bytes)),
+                len.saturating_mul(MAX_GZIP_RATIO),
+            )
+        } else {
+            (Box::new(bytes), len)
+        };
+        Source {
+            path: path.to_path_buf(),
+            reader,
+            max_len,
+            pos: 0,
+            file_len: len,
+        }
     }
 
     fn map_read_error(&self, e: std::io::Error, expected_end: u64, found_end: u64) -> DataError {

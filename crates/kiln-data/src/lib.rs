@@ -5,7 +5,7 @@
 //! bounded prefetch, collation into [`Batch`] tensors), loaders for real data sets in
 //! [`datasets`] (MNIST, Fashion-MNIST, CIFAR-10, IMDB, Penn Treebank, image folders, CSV tables,
 //! and the embedded 8x8 [`datasets::Digits`]), seeded [`transforms`], [`text`] utilities,
-//! model-selection [`split`]s and verified [`download`]s.
+//! model-selection [`split`]s, verified [`download`]s, and NumPy `.npy`/`.npz` reading in [`npy`].
 //!
 //! Everything read from outside returns a typed [`DataError`] that names the file, the place in
 //! it, and what was expected and found.
@@ -29,6 +29,7 @@ pub mod download;
 pub mod error;
 pub mod image;
 mod io;
+pub mod npy;
 pub mod split;
 pub mod text;
 pub mod transforms;

@@ -114,6 +114,37 @@ impl Cifar10 {
         Self::new(data_dir().join("cifar10"), split)
     }
 
+    /// One batch file's bytes already in memory, as a data set: `name` is the file name used in
+    /// errors and decides gzip as a path does (a name ending in `.gz` is decompressed). The checks
+    /// and errors are those of [`Cifar10::new`] for one file; nothing larger than `bytes` could
+    /// hold is allocated. [`Cifar10::files`] is `[name]`.
+    ///
+    /// ```
+    /// use kiln_data::datasets::Cifar10;
+    /// use kiln_data::Dataset;
+    /// let mut record = vec![7u8];
+    /// record.extend([0u8; 3072]);
+    /// let one = Cifar10::from_batch_bytes("data_batch_1.bin".as_ref(), &record)?;
+    /// assert_eq!((one.len(), one.labels()), (1, &[7u8][..]));
+    /// assert!(Cifar10::from_batch_bytes("x.bin".as_ref(), &record[..100]).is_err());
+    /// # Ok::<(), kiln_data::DataError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Cifar10::new`] (without the I/O errors and [`DataError::NotFound`]).
+    pub fn from_batch_bytes(name: &Path, bytes: &[u8]) -> Result<Self> {
+        let mut images = Vec::new();
+        let mut labels = Vec::new();
+        parse_batch(Source::from_bytes(name, bytes), &mut images, &mut labels)?;
+        Ok(Cifar10 {
+            images,
+            labels,
+            files: vec![name.to_path_buf()],
+            classes: Self::CLASSES.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
     /// The batch files that were read, in order.
     pub fn files(&self) -> &[PathBuf] {
         &self.files
@@ -138,7 +169,12 @@ impl Cifar10 {
 }
 
 fn read_batch(path: &Path, images: &mut Vec<u8>, labels: &mut Vec<u8>) -> Result<()> {
-    let mut src = Source::open(path)?;
+    parse_batch(Source::open(path)?, images, labels)
+}
+
+fn parse_batch(mut src: Source<'_>, images: &mut Vec<u8>, labels: &mut Vec<u8>) -> Result<()> {
+    let path = src.path.clone();
+    let path = path.as_path();
     let bytes = if is_gz(path) {
         src.read_rest()?
     } else {

@@ -9,6 +9,7 @@ use super::{data_dir, Split};
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::io::{find_file, read_text};
+use crate::npy::{member_path, NpyArray, NpyData, Npz};
 use crate::text::keras_tokenize;
 
 /// The labelled IMDB reviews as text: items are `(review, label)` with label 1 = positive
@@ -236,7 +237,8 @@ pub struct ImdbConfig {
     pub num_words: Option<usize>,
     /// Indices below this become `oov_char` (Keras applies it to the start mark too).
     pub skip_top: usize,
-    /// Drop reviews longer than this (counting the start mark), as Keras does; `None`: keep all.
+    /// Keep only the reviews shorter than this (counting the start mark): Keras'
+    /// `len(x) < maxlen`; `None`: keep all.
     pub maxlen: Option<usize>,
     /// The index that starts every sequence (default 1); `None`: no start mark.
     pub start_char: Option<usize>,
@@ -267,6 +269,11 @@ impl Default for ImdbConfig {
 /// `imdb.npz` was tokenised by Keras before its release, so a few sequences differ from it; words
 /// missing from the index become `oov_char`. The reviews keep the file order (pos/neg
 /// alternating); shuffle before training (the [`crate::DataLoader`] does).
+///
+/// When the folder has neither the TSV files nor `aclImdb/` but has Keras' `imdb.npz`,
+/// [`Imdb::new`] reads that instead ([`Imdb::from_npz`]): its sequences are word ranks, which get
+/// the same `start_char` / `index_from` / `maxlen` / `num_words` / `skip_top` / `oov_char`
+/// treatment as in Keras' `load_data` (but no shuffle: the archive's order is kept).
 #[derive(Clone, Debug)]
 pub struct Imdb {
     sequences: Vec<Vec<usize>>,
@@ -279,15 +286,156 @@ impl Imdb {
     /// # Errors
     ///
     /// The errors of [`ImdbReviews::new`] and [`WordIndex::load`].
+    ///
+    /// When neither text layout is there but `dir/imdb.npz` is, reads that ([`Imdb::from_npz`]).
     pub fn new(dir: impl AsRef<Path>, split: Split, config: &ImdbConfig) -> Result<Self> {
         let dir = dir.as_ref();
-        let reviews = ImdbReviews::new(dir, split)?;
+        let reviews = match ImdbReviews::new(dir, split) {
+            Ok(reviews) => reviews,
+            Err(DataError::NotFound { .. }) if dir.join("imdb.npz").is_file() => {
+                return Self::from_npz(dir.join("imdb.npz"), split, config);
+            }
+            Err(e) => return Err(e),
+        };
         let index = WordIndex::load(find_file(
             dir,
             &["imdb_word_index.json"],
             "Keras' IMDB word index",
         )?)?;
         Ok(Self::encode(&reviews, &index, config))
+    }
+
+    /// Reads `split` from Keras' `imdb.npz` (`x_train.npy`, `y_train.npy`, `x_test.npy`,
+    /// `y_test.npy`; see [`crate::npy`] for the formats read) and applies Keras' `load_data`
+    /// conventions to its word ranks: `[start_char] + [w + index_from for w in x]`, then `maxlen`,
+    /// then `num_words` / `skip_top` with `oov_char`.
+    ///
+    /// The `x_*` member is a 1-D object array of integer lists (what Keras ships), or a 2-D
+    /// integer array (one row per review, what `np.save` makes of equal-length lists); `y_*` a
+    /// 1-D integer or boolean array of 0/1 labels.
+    ///
+    /// # Errors
+    ///
+    /// [`DataError::Io`] when the file cannot be read, and the errors of [`Imdb::from_npz_archive`].
+    pub fn from_npz(path: impl AsRef<Path>, split: Split, config: &ImdbConfig) -> Result<Self> {
+        Self::from_npz_archive(&Npz::open(path)?, split, config)
+    }
+
+    /// [`Imdb::from_npz`] on an archive already opened (e.g. with [`Npz::from_bytes`]).
+    ///
+    /// # Errors
+    ///
+    /// [`DataError::InvalidArgument`] for [`Split::Valid`]; [`DataError::MissingMember`] when a
+    /// member is missing; the zip, `.npy` and pickle errors of [`Npz::array`]; a
+    /// [`DataError::Format`] naming `imdb.npz[member]` for a wrong dtype or shape, a negative word
+    /// id or a label other than 0/1; [`DataError::CountMismatch`] when `x` and `y` disagree.
+    pub fn from_npz_archive(npz: &Npz, split: Split, config: &ImdbConfig) -> Result<Self> {
+        if split == Split::Valid {
+            return Err(DataError::InvalidArgument(
+                "IMDB has no validation split; use random_split".into(),
+            ));
+        }
+        let (x_name, y_name) = (
+            format!("x_{}.npy", split.name()),
+            format!("y_{}.npy", split.name()),
+        );
+        let x = npz.array(&x_name)?;
+        let y = npz.array(&y_name)?;
+        let x_path = member_path(npz.path(), &x_name);
+        let y_path = member_path(npz.path(), &y_name);
+        let labels = match (y.to_i64(), y.shape.as_slice()) {
+            (Some(labels), [_]) => labels,
+            _ => {
+                return Err(DataError::format(
+                    &y_path,
+                    0,
+                    "a 1-D integer array of labels",
+                    format!("dtype {:?} with shape {:?}", y.descr, y.shape),
+                ))
+            }
+        };
+        let wrong_x = |x: &NpyArray| {
+            DataError::format(
+                &x_path,
+                0,
+                "a 1-D object array of integer lists, or a 2-D integer array",
+                format!("dtype {:?} with shape {:?}", x.descr, x.shape),
+            )
+        };
+        let rows = match (&x.data, x.shape.as_slice()) {
+            (NpyData::Sequences(_), &[rows]) => rows,
+            (NpyData::Bool(_) | NpyData::Int(_) | NpyData::UInt(_), &[rows, _]) => rows,
+            _ => return Err(wrong_x(&x)),
+        };
+        // Before building any row: a forged shape like (2^40, 0) has no data bytes to refute it,
+        // but the labels (which do take bytes) must agree with it.
+        if rows != labels.len() {
+            return Err(DataError::CountMismatch {
+                what: "reviews".into(),
+                left_path: x_path,
+                left: rows as u64,
+                right_path: y_path,
+                right: labels.len() as u64,
+            });
+        }
+        let raw: Vec<Vec<i64>> = match x.shape.as_slice() {
+            &[rows, cols] => {
+                let flat = x.to_i64().ok_or_else(|| wrong_x(&x))?;
+                (0..rows)
+                    .map(|r| {
+                        (0..cols)
+                            .map(|c| {
+                                flat[if x.fortran_order {
+                                    c * rows + r
+                                } else {
+                                    r * cols + c
+                                }]
+                            })
+                            .collect()
+                    })
+                    .collect()
+            }
+            _ => match x.data {
+                NpyData::Sequences(items) => items,
+                _ => unreachable!("checked above"),
+            },
+        };
+        if let Some(i) = labels.iter().position(|&l| l != 0 && l != 1) {
+            return Err(DataError::format(
+                &y_path,
+                y.data_offset,
+                "labels 0 or 1",
+                format!("{} at index {i}", labels[i]),
+            ));
+        }
+        let mut sequences = Vec::with_capacity(raw.len());
+        let mut kept = Vec::with_capacity(raw.len());
+        for (k, (words, &label)) in raw.iter().zip(&labels).enumerate() {
+            let mut seq: Vec<usize> = Vec::with_capacity(words.len() + 1);
+            seq.extend(config.start_char);
+            for (j, &w) in words.iter().enumerate() {
+                let id = usize::try_from(w)
+                    .ok()
+                    .and_then(|w| w.checked_add(config.index_from))
+                    .ok_or_else(|| {
+                        DataError::format(
+                            &x_path,
+                            x.data_offset,
+                            "non-negative word ranks",
+                            format!("{w} at review {k}, position {j}"),
+                        )
+                    })?;
+                seq.push(id);
+            }
+            if let Some(seq) = keras_filter(seq, config) {
+                sequences.push(seq);
+                kept.push(label as usize);
+            }
+        }
+        Ok(Imdb {
+            sequences,
+            labels: kept,
+        })
     }
 
     /// Loads `split` from `data_dir()/imdb`.
@@ -312,19 +460,10 @@ impl Imdb {
                     (None, None) => {}
                 }
             }
-            if config.maxlen.is_some_and(|m| seq.len() > m) {
-                continue;
+            if let Some(seq) = keras_filter(seq, config) {
+                sequences.push(seq);
+                labels.push(label as usize);
             }
-            let keep = |w: usize| config.skip_top <= w && config.num_words.is_none_or(|n| w < n);
-            seq = match config.oov_char {
-                Some(oov) => seq
-                    .into_iter()
-                    .map(|w| if keep(w) { w } else { oov })
-                    .collect(),
-                None => seq.into_iter().filter(|&w| keep(w)).collect(),
-            };
-            sequences.push(seq);
-            labels.push(label as usize);
         }
         Imdb { sequences, labels }
     }
@@ -338,6 +477,23 @@ impl Imdb {
     pub fn labels(&self) -> &[usize] {
         &self.labels
     }
+}
+
+/// Keras' `load_data` after the start mark and `index_from` shift: drop a sequence that is not
+/// shorter than `maxlen` (`None` when dropped), then map the ids outside
+/// `skip_top..num_words` to `oov_char` (or drop them when there is none).
+fn keras_filter(seq: Vec<usize>, config: &ImdbConfig) -> Option<Vec<usize>> {
+    if config.maxlen.is_some_and(|m| seq.len() >= m) {
+        return None;
+    }
+    let keep = |w: usize| config.skip_top <= w && config.num_words.is_none_or(|n| w < n);
+    Some(match config.oov_char {
+        Some(oov) => seq
+            .into_iter()
+            .map(|w| if keep(w) { w } else { oov })
+            .collect(),
+        None => seq.into_iter().filter(|&w| keep(w)).collect(),
+    })
 }
 
 impl Dataset for Imdb {
@@ -395,7 +551,17 @@ mod tests {
             },
         );
         assert_eq!(skipped.sequences()[0], vec![2, 2, 5, 6, 7]);
+        // Keras keeps `len(x) < maxlen`: the 3-id review survives maxlen 4, not maxlen 3.
         let short = Imdb::encode(
+            &reviews,
+            &idx,
+            &ImdbConfig {
+                maxlen: Some(4),
+                ..Default::default()
+            },
+        );
+        assert_eq!((short.len(), short.labels()), (1, &[0][..]));
+        let none = Imdb::encode(
             &reviews,
             &idx,
             &ImdbConfig {
@@ -403,7 +569,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        assert_eq!((short.len(), short.labels()), (1, &[0][..]));
+        assert_eq!(none.len(), 0);
         let bare = Imdb::encode(
             &reviews,
             &idx,

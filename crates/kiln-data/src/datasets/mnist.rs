@@ -33,7 +33,32 @@ const IDX_UBYTE: u8 = 0x08;
 /// fewer bytes than the header promises, [`DataError::Format`] for trailing data or a bad gzip
 /// stream, [`DataError::Io`] when the file cannot be read.
 pub fn read_idx(path: &Path, ndim: u8) -> Result<Idx> {
-    let mut src = Source::open(path)?;
+    parse_idx(Source::open(path)?, ndim)
+}
+
+/// [`read_idx`] on bytes already in memory: `name` is the file name used in errors and decides
+/// gzip as the path does for [`read_idx`] (a name ending in `.gz` is decompressed). The checks and
+/// errors are those of [`read_idx`]; nothing larger than `bytes` could hold is allocated.
+///
+/// ```
+/// use kiln_data::datasets::read_idx_bytes;
+/// let file = [0, 0, 8, 1, 0, 0, 0, 2, 7, 3];
+/// let idx = read_idx_bytes("labels".as_ref(), &file, 1)?;
+/// assert_eq!((idx.dims, idx.data), (vec![2], vec![7, 3]));
+/// assert!(read_idx_bytes("labels".as_ref(), &file[..9], 1).is_err());
+/// # Ok::<(), kiln_data::DataError>(())
+/// ```
+///
+/// # Errors
+///
+/// As [`read_idx`] (without the I/O errors).
+pub fn read_idx_bytes(name: &Path, bytes: &[u8], ndim: u8) -> Result<Idx> {
+    parse_idx(Source::from_bytes(name, bytes), ndim)
+}
+
+fn parse_idx(mut src: Source<'_>, ndim: u8) -> Result<Idx> {
+    let path = src.path.clone();
+    let path = path.as_path();
     let header = src.read_header(4)?;
     let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
     let expected = u32::from_be_bytes([0, 0, IDX_UBYTE, ndim]);

@@ -20,7 +20,7 @@ pub use csv::{CsvDataset, CsvOptions, CsvTarget, TargetColumn};
 pub use digits::Digits;
 pub use image_folder::ImageFolder;
 pub use imdb::{Imdb, ImdbConfig, ImdbReviews, WordIndex};
-pub use mnist::{read_idx, FashionMnist, Idx, Mnist};
+pub use mnist::{read_idx, read_idx_bytes, FashionMnist, Idx, Mnist};
 pub use ptb::{PennTreebank, TokenStreams};
 
 /// Which part of a data set to load.
