@@ -303,9 +303,12 @@ mod tests {
             let (lo, hi, std) = (d["low"].as_f64().unwrap(), d["high"].as_f64().unwrap(), d["std"].as_f64().unwrap());
             let v = p.value().cast::<f64>();
             assert!(v.min_all() >= lo && v.max_all() <= hi, "{k}");
-            assert!(v.max_all() > 0.9 * hi && v.min_all() < 0.9 * lo, "{k}");
+            // The draws come from the shared generator (other tests draw from it too), so the
+            // statistical checks are sized for the 72-element biases: each fails with
+            // probability below 1e-3.
+            assert!(v.max_all() > 0.8 * hi && v.min_all() < 0.8 * lo, "{k}");
             let s = v.std(&[], 1, false).item();
-            assert!((s - std).abs() < 0.15 * std, "{k}: std {s} vs {std}");
+            assert!((s - std).abs() < 0.25 * std, "{k}: std {s} vs {std}");
         }
     }
 
