@@ -25,6 +25,7 @@ pub mod parallel;
 mod pool;
 mod reduce;
 pub mod rng;
+mod rnn;
 mod tensor;
 
 pub use element::{DType, Float};
@@ -34,4 +35,5 @@ pub use elementwise::{broadcast_shapes, sigmoid_scalar};
 pub use parallel::{get_num_threads, set_num_threads};
 pub use reduce::Norm;
 pub use rng::Rng;
+pub use rnn::{lstm_backward, lstm_forward, LstmGrads, LstmTape};
 pub use tensor::{Indices, Shape, Strides, Tensor};

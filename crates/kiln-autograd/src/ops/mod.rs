@@ -10,6 +10,7 @@ pub mod arith;
 pub mod conv;
 pub mod dropout;
 pub mod index;
+pub mod lstm;
 pub mod matmul;
 pub mod pool;
 pub mod reduce;

@@ -6,13 +6,13 @@ use std::sync::Mutex;
 use kiln_autograd::Var;
 use kiln_tensor::{Float, Rng};
 
-use super::rnn_common::{fork_rng, run, weights_at, CellKind, RNNWeights, Spec};
+use super::rnn_common::{fork_rng, run_with, weights_at, CellKind, RNNWeights, Spec};
 use crate::error::NnError;
 use crate::init;
 use crate::module::{Module, TensorKind};
 
 /// Configuration of an [`LSTM`] (PyTorch's defaults: one layer, with biases, time-major,
-/// no dropout, one direction; and no recurrent dropout).
+/// no dropout, one direction; and no recurrent dropout, fused kernels).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LSTMConfig {
     /// Features of each input step.
@@ -34,6 +34,13 @@ pub struct LSTMConfig {
     /// to the recurrent product `W_hh h`, with one mask per sequence (the same at every step),
     /// while training. Not in PyTorch; 0 gives PyTorch's LSTM.
     pub recurrent_dropout: f64,
+    /// Run each layer and direction as one fused op ([`Var::lstm_sequence`]: one input
+    /// projection, one recurrent GEMM per step, hand-written backward through time) instead
+    /// of composing every step from `Var` ops. Both compute the same values and gradients; the
+    /// fused path is several times faster, the composed one supports higher-order gradients
+    /// (a `create_graph` backward through a fused LSTM panics). Not in PyTorch (whose LSTM is
+    /// always fused); default `true`.
+    pub fused: bool,
 }
 
 impl LSTMConfig {
@@ -48,6 +55,7 @@ impl LSTMConfig {
             dropout: 0.0,
             bidirectional: false,
             recurrent_dropout: 0.0,
+            fused: true,
         }
     }
 
@@ -111,6 +119,12 @@ impl LSTMConfig {
 /// With `recurrent_dropout` (Keras'), while training, `h_{t-1}` in the `W_h· h_{t-1}` products
 /// is multiplied by one inverted-dropout mask per sequence and direction, drawn once per
 /// forward from the layer's own generator (forked from [`init`](crate::init)'s at build).
+///
+/// By default (`fused`) each layer and direction is one input-projection GEMM for the whole
+/// sequence, then one [`Var::lstm_sequence`] node: one recurrent GEMM per step for all four
+/// gates, a hand-written backward through time, no allocation per step. Such a layer does not
+/// support higher-order gradients; build it with `fused: false` for the same recurrence
+/// composed from differentiable `Var` ops.
 ///
 /// # Shapes
 /// - Input `x`: `[seq_len, batch, input_size]` (`[batch, seq_len, input_size]` when
@@ -213,7 +227,8 @@ impl<E: Float> LSTM<E> {
         lengths: Option<&[usize]>,
     ) -> (Var<E>, (Var<E>, Var<E>)) {
         let (h0, c0) = state.map_or((None, None), |(h, c)| (Some(h), Some(c)));
-        let (out, h_n, c_n) = run(&self.spec, &self.all_weights, x, h0, c0, lengths, self.training, &self.rng);
+        let (out, h_n, c_n) =
+            run_with(&self.spec, &self.all_weights, x, h0, c0, lengths, self.training, &self.rng, self.config.fused);
         (out, (h_n, c_n.expect("an LSTM has a cell state")))
     }
 }
@@ -236,7 +251,8 @@ impl<E: Float> Module<E> for LSTM<E> {
 
 impl<E: Float> fmt::Display for LSTM<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LSTM({}) [{} parameters]", self.spec.extra_repr(), self.num_parameters())
+        let fused = if self.config.fused { "" } else { ", fused=false" };
+        write!(f, "LSTM({}{fused}) [{} parameters]", self.spec.extra_repr(), self.num_parameters())
     }
 }
 
@@ -295,6 +311,8 @@ mod tests {
         );
         let l: LSTM = LSTM::new(128, 64);
         assert_eq!(l.to_string(), "LSTM(128, 64) [49664 parameters]");
+        let l: LSTM = LSTMConfig { fused: false, ..LSTMConfig::new(128, 64) }.build().unwrap();
+        assert_eq!(l.to_string(), "LSTM(128, 64, fused=false) [49664 parameters]");
         let l: LSTM = LSTMConfig {
             num_layers: 2,
             bias: false,
@@ -378,9 +396,16 @@ mod tests {
         }
     }
 
+    /// Checks the case on both paths: fused and composed.
     fn golden_case(name: &str) {
+        golden_case_on(name, true);
+        golden_case_on(name, false);
+    }
+
+    fn golden_case_on(name: &str, fused: bool) {
         let Some(c) = golden::load(&format!("rnn/{name}")) else { return };
         let cfg = LSTMConfig {
+            fused,
             num_layers: testing::kw_usize(&c, "num_layers", 1),
             bias: testing::kw_bool(&c, "bias", true),
             batch_first: testing::kw_bool(&c, "batch_first", false),
@@ -407,7 +432,7 @@ mod tests {
                 for t in n..g.shape()[1] {
                     assert!(
                         g.select(0, b).select(0, t).to_vec().iter().all(|&v| v == 0.0),
-                        "{name}: grad at padded ({b}, {t})"
+                        "{name} (fused {fused}): grad at padded ({b}, {t})"
                     );
                 }
             }
@@ -472,8 +497,8 @@ mod tests {
     }
 
     #[test]
-    fn second_derivatives_flow() {
-        let cfg = LSTMConfig::new(1, 2);
+    fn second_derivatives_flow_through_the_composed_path() {
+        let cfg = LSTMConfig { fused: false, ..LSTMConfig::new(1, 2) };
         let base = seeded(&cfg, 9);
         let mut inputs = vec![rand(&[2, 1, 1], 10)];
         inputs.extend(base.parameters().iter().map(|p| p.value()));
@@ -487,6 +512,143 @@ mod tests {
         };
         let r = gradgradcheck(f, &inputs, 1e-5, 1e-6, 1e-4);
         assert!(r.is_ok(), "{}", r.unwrap_err());
+    }
+
+    /// Runs the fused and the composed layer (same weights, same dropout generator state) on
+    /// the same inputs; asserts equal outputs, states and gradients of every input and
+    /// parameter, for `sum(out ⊙ u) + sum(h_n ⊙ v) + sum(c_n ⊙ w)`.
+    fn assert_fused_matches_composed(
+        cfg: &LSTMConfig,
+        x_shape: &[usize],
+        with_state: bool,
+        lengths: Option<&[usize]>,
+        training: bool,
+        seed: u64,
+    ) {
+        let what = format!("{cfg:?} x {x_shape:?} state {with_state} lengths {lengths:?} training {training}");
+        let mut layers = [true, false].map(|fused| seeded(&LSTMConfig { fused, ..cfg.clone() }, seed));
+        for l in &mut layers {
+            l.set_training(training);
+            *l.rng.lock().unwrap() = Rng::new(seed + 1);
+        }
+        let nld = cfg.num_layers * if cfg.bidirectional { 2 } else { 1 };
+        let unbatched = x_shape.len() == 2;
+        let batch = if unbatched { 0 } else { x_shape[usize::from(!cfg.batch_first)] };
+        let state_shape: Vec<usize> =
+            if unbatched { vec![nld, cfg.hidden_size] } else { vec![nld, batch, cfg.hidden_size] };
+        let x = rand(x_shape, seed + 2);
+        let (h0, c0) = (rand(&state_shape, seed + 3), rand(&state_shape, seed + 4));
+        let mut results = Vec::new();
+        for l in &layers {
+            let mut inputs = vec![Var::param(x.clone())];
+            if with_state {
+                inputs.extend([Var::param(h0.clone()), Var::param(c0.clone())]);
+            }
+            let state = with_state.then(|| (&inputs[1], &inputs[2]));
+            let (o, (h, c)) = l.forward_with(&inputs[0], state, lengths);
+            let mut r = Rng::new(seed + 5);
+            let mut proj =
+                |v: &Var<f64>| v.mul(&Var::constant(Tensor::uniform(&v.shape(), -1.0, 1.0, &mut r))).sum_all();
+            let loss = proj(&o).add(&proj(&h)).add(&proj(&c));
+            inputs.extend(l.parameters());
+            // (with every length 0 nothing depends on the inputs: no gradient counts as zeros)
+            let grads = if loss.requires_grad() {
+                kiln_autograd::grad(&[loss], &inputs, None, false)
+            } else {
+                vec![None; inputs.len()]
+            };
+            let mut vals = vec![o.value().to_vec(), h.value().to_vec(), c.value().to_vec()];
+            vals.extend(
+                grads
+                    .into_iter()
+                    .zip(&inputs)
+                    .map(|(g, v)| g.map_or_else(|| vec![0.0; v.numel()], |g| g.value().to_vec())),
+            );
+            results.push(vals);
+        }
+        let (fused, composed) = (&results[0], &results[1]);
+        for (k, (a, b)) in fused.iter().zip(composed).enumerate() {
+            assert_eq!(a.len(), b.len(), "{what}: result {k}");
+            for (p, q) in a.iter().zip(b) {
+                assert!(
+                    (p - q).abs() < 1e-10 * (1.0 + q.abs()),
+                    "{what}: result {k} (0-2: out, h_n, c_n; then grads): {p} vs {q}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fused_matches_composed_on_every_option() {
+        let base = LSTMConfig::new(3, 4);
+        let mut seed = 100;
+        for num_layers in [1, 2] {
+            for bidirectional in [false, true] {
+                for batch_first in [false, true] {
+                    let cfg = LSTMConfig { num_layers, bidirectional, batch_first, ..base.clone() };
+                    let x_shape = if batch_first { [3, 5, 3] } else { [5, 3, 3] };
+                    for lengths in [None, Some(&[5usize, 2, 3][..]), Some(&[1, 0, 4][..])] {
+                        for with_state in [false, true] {
+                            seed += 10;
+                            assert_fused_matches_composed(&cfg, &x_shape, with_state, lengths, false, seed);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_matches_composed_with_dropout_no_bias_and_unbatched() {
+        // recurrent and inter-layer dropout while training: both paths draw the same masks
+        let cfg = LSTMConfig {
+            num_layers: 2,
+            bidirectional: true,
+            dropout: 0.3,
+            recurrent_dropout: 0.4,
+            ..LSTMConfig::new(3, 4)
+        };
+        for batch_first in [false, true] {
+            let cfg = LSTMConfig { batch_first, ..cfg.clone() };
+            let x_shape = if batch_first { [3, 5, 3] } else { [5, 3, 3] };
+            assert_fused_matches_composed(&cfg, &x_shape, true, Some(&[5, 2, 4]), true, 7);
+            assert_fused_matches_composed(&cfg, &x_shape, false, None, true, 8);
+            assert_fused_matches_composed(&cfg, &[5, 3], true, None, true, 9);
+        }
+        let no_bias = LSTMConfig { bias: false, num_layers: 2, ..LSTMConfig::new(3, 4) };
+        assert_fused_matches_composed(&no_bias, &[4, 2, 3], true, Some(&[4, 3]), false, 10);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+        #[test]
+        fn fused_matches_composed_on_random_shapes(
+            input in 1usize..4, hidden in 1usize..4, t_len in 1usize..5, batch in 1usize..4,
+            num_layers in 1usize..3, bidirectional: bool, batch_first: bool, with_state: bool,
+            use_lengths: bool, rec_dropout: bool, seed in 0u64..10_000,
+        ) {
+            let cfg = LSTMConfig {
+                num_layers,
+                bidirectional,
+                batch_first,
+                recurrent_dropout: if rec_dropout { 0.5 } else { 0.0 },
+                ..LSTMConfig::new(input, hidden)
+            };
+            let x_shape = if batch_first { [batch, t_len, input] } else { [t_len, batch, input] };
+            let mut r = Rng::new(seed);
+            let lengths: Vec<usize> = (0..batch).map(|_| r.below(t_len as u64 + 1) as usize).collect();
+            let lengths = use_lengths.then_some(lengths.as_slice());
+            assert_fused_matches_composed(&cfg, &x_shape, with_state, lengths, rec_dropout, seed);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "double backward (create_graph) through the fused LSTM is not supported")]
+    fn fused_layer_refuses_second_derivatives() {
+        let l = seeded(&LSTMConfig::new(1, 2), 9);
+        let x = Var::param(rand(&[2, 1, 1], 10));
+        let (o, _) = l.forward(&x);
+        let _ = kiln_autograd::grad(&[o.sum_all()], &[x], None, true);
     }
 
     #[test]

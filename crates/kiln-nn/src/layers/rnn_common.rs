@@ -7,6 +7,12 @@
 //! (`h · W_hhᵀ + b_hh`), whose columns are cut into gates. Variable lengths are per-step
 //! masks: `h = m ? h_new : h_old`, the output is 0 where `m` is 0, so padded steps neither
 //! change a sequence's state nor receive gradient (what PyTorch's packed sequences give).
+//!
+//! An LSTM can instead run each layer and direction as one fused op
+//! ([`Var::lstm_sequence`]): the same input projection, then one node for the whole
+//! recurrence (its own forward and BPTT kernels, one recurrent GEMM per step, no allocation
+//! per step). The composed driver stays as its test oracle and as the path that supports
+//! higher-order gradients.
 
 use std::sync::{Arc, Mutex};
 
@@ -367,9 +373,9 @@ fn dropout_mask<E: Float>(shape: &[usize], p: f64, rng: &mut Rng) -> Tensor<E> {
     }
 }
 
-/// Runs a multi-layer, possibly bidirectional recurrence; returns `(output, h_n, c_n)`, `c_n`
-/// for LSTMs only. Shapes as PyTorch's (see the layers' docs); every shape is checked with a
-/// panic naming the given and the expected shape.
+/// Runs a multi-layer, possibly bidirectional recurrence composed step by step from `Var`
+/// ops; returns `(output, h_n, c_n)`, `c_n` for LSTMs only. Shapes as PyTorch's (see the
+/// layers' docs); every shape is checked with a panic naming the given and the expected shape.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run<E: Float>(
     spec: &Spec,
@@ -381,10 +387,29 @@ pub(crate) fn run<E: Float>(
     training: bool,
     rng: &Mutex<Rng>,
 ) -> (Var<E>, Var<E>, Option<Var<E>>) {
+    run_with(spec, weights, x, h0, c0, lengths, training, rng, false)
+}
+
+/// [`run`], with each LSTM layer and direction as one fused [`Var::lstm_sequence`] op when
+/// `fused` (ignored for other kinds). Both paths draw the same dropout masks from `rng` in the
+/// same order, so that they agree exactly for the same generator state.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_with<E: Float>(
+    spec: &Spec,
+    weights: &[RNNWeights<E>],
+    x: &Var<E>,
+    h0: Option<&Var<E>>,
+    c0: Option<&Var<E>>,
+    lengths: Option<&[usize]>,
+    training: bool,
+    rng: &Mutex<Rng>,
+    fused: bool,
+) -> (Var<E>, Var<E>, Option<Var<E>>) {
     let name = spec.kind.name();
     let (nd, hs) = (spec.num_directions(), spec.hidden_size);
     let nld = spec.num_layers * nd;
     let is_lstm = spec.kind == CellKind::Lstm;
+    let fused = fused && is_lstm;
     let (bd, td) = if spec.batch_first { (0usize, 1usize) } else { (1, 0) };
 
     let xs = x.shape();
@@ -400,6 +425,11 @@ pub(crate) fn run<E: Float>(
     let x = if unbatched { x.unsqueeze(bd as isize) } else { x.clone() };
     let (t_len, batch) = (x.shape()[td], x.shape()[bd]);
     assert!(t_len > 0, "{name}: input of shape {:?} has an empty sequence", xs.as_slice());
+    // The fused op reads the projection of a batch-first input in place (batch-major) and
+    // returns time-major outputs: layers above the first run time-major, and the output is
+    // turned back at the end.
+    let outputs_time_major = fused && spec.batch_first;
+    let mut input_batch_major = spec.batch_first;
 
     let state_shape: Vec<usize> = if unbatched { vec![nld, hs] } else { vec![nld, batch, hs] };
     let initial = |s: Option<&Var<E>>, what: &str| -> Option<Vec<Var<E>>> {
@@ -435,7 +465,8 @@ pub(crate) fn run<E: Float>(
                 xs.as_slice()
             );
             let max_len = l.iter().copied().max().unwrap_or(0);
-            let masks = (0..max_len)
+            // (the fused op takes the lengths themselves)
+            let masks = (0..if fused { 0 } else { max_len })
                 .map(|t| {
                     (l.iter().any(|&n| t >= n)).then(|| {
                         let m: Vec<E> = l.iter().map(|&n| if t < n { E::one() } else { E::zero() }).collect();
@@ -457,17 +488,37 @@ pub(crate) fn run<E: Float>(
     let (mut h_n, mut c_n) = (Vec::with_capacity(nld), Vec::with_capacity(nld));
     for layer in 0..spec.num_layers {
         if layer > 0 && training && spec.dropout > 0.0 {
-            layer_in = layer_in.dropout(spec.dropout, true, &mut lock());
+            layer_in = if outputs_time_major {
+                // the mask drawn in the caller's layout, as the composed path draws it
+                layer_in.transpose(0, 1).dropout(spec.dropout, true, &mut lock()).transpose(0, 1)
+            } else {
+                layer_in.dropout(spec.dropout, true, &mut lock())
+            };
         }
         let mut dir_outs = Vec::with_capacity(nd);
         for dir in 0..nd {
             let k = layer * nd + dir;
             let w = &weights[k];
-            let steps = unbind(&layer_in.linear(&w.weight_ih, w.bias_ih.as_ref()), td);
             let mut h = h0.as_ref().map_or_else(|| zeros.clone(), |v| v[k].clone());
             let mut c = is_lstm.then(|| c0.as_ref().map_or_else(|| zeros.clone(), |v| v[k].clone()));
-            let rec_mask =
-                use_rec_dropout.then(|| Var::constant(dropout_mask(&[batch, hs], spec.recurrent_dropout, &mut lock())));
+            let rec_mask = use_rec_dropout.then(|| dropout_mask(&[batch, hs], spec.recurrent_dropout, &mut lock()));
+            if fused {
+                // xp = x W_ihᵀ + (b_ih + b_hh) for the whole sequence, then one op for the recurrence
+                let bias = match (&w.bias_ih, &w.bias_hh) {
+                    (Some(a), Some(b)) => Some(a.add(b)),
+                    (a, b) => a.as_ref().or(b.as_ref()).cloned(),
+                };
+                let xp = layer_in.linear(&w.weight_ih, bias.as_ref());
+                let xp = if input_batch_major { xp.transpose(0, 1) } else { xp };
+                let c = c.expect("an LSTM has a cell state");
+                let packed = xp.lstm_sequence(&w.weight_hh, &h, &c, lengths, dir == 1, rec_mask.as_ref());
+                dir_outs.push(packed.narrow(0, 0, t_len));
+                h_n.push(packed.select(0, t_len));
+                c_n.push(packed.select(0, t_len + 1));
+                continue;
+            }
+            let rec_mask = rec_mask.map(Var::constant);
+            let steps = unbind(&layer_in.linear(&w.weight_ih, w.bias_ih.as_ref()), td);
             let mut outs: Vec<Var<E>> = vec![zeros.clone(); t_len];
             let order: Vec<usize> = if dir == 0 { (0..max_len).collect() } else { (0..max_len).rev().collect() };
             for t in order {
@@ -492,8 +543,9 @@ pub(crate) fn run<E: Float>(
             c_n.extend(c);
         }
         layer_in = if nd == 1 { dir_outs.pop().expect("one direction") } else { Var::cat(&dir_outs, -1) };
+        input_batch_major &= !fused;
     }
-    let mut output = layer_in;
+    let mut output = if outputs_time_major { layer_in.transpose(0, 1) } else { layer_in };
     let mut h_n = Var::stack(&h_n, 0);
     let mut c_n = is_lstm.then(|| Var::stack(&c_n, 0));
     if unbatched {
