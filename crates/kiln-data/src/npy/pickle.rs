@@ -806,7 +806,9 @@ mod tests {
             let mut p = vec![0x80, 4, op];
             p.extend(u64::MAX.to_le_bytes());
             match read(&p) {
-                Err(DataError::Truncated { expected, found, .. }) => {
+                Err(DataError::Truncated {
+                    expected, found, ..
+                }) => {
                     assert_eq!((expected, found), (u64::MAX, 111));
                 }
                 other => panic!("{other:?}"),
