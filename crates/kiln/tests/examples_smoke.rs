@@ -1,0 +1,133 @@
+//! Every recipe of `examples/` run on a tiny slice of its data (a few hundred samples, one
+//! epoch): the code paths of the real runs, in seconds. A recipe whose data set is not found
+//! (`KILN_DATA_DIR`, default `../shared/data`) is skipped with a message. The figures the full
+//! runs reach are in the examples' docs and the closing notes, not asserted here.
+
+use kiln::data::DataError;
+
+#[path = "../../../examples/autoencoder_mnist.rs"]
+#[allow(dead_code)]
+mod autoencoder_mnist;
+#[path = "../../../examples/cifar10_cnn.rs"]
+#[allow(dead_code)]
+mod cifar10_cnn;
+#[path = "../../../examples/cnn_mnist.rs"]
+#[allow(dead_code)]
+mod cnn_mnist;
+#[path = "../../../examples/cross_validation.rs"]
+#[allow(dead_code)]
+mod cross_validation;
+#[path = "../../../examples/fashion_mnist_cnn.rs"]
+#[allow(dead_code)]
+mod fashion_mnist_cnn;
+#[path = "../../../examples/imdb_lstm.rs"]
+#[allow(dead_code)]
+mod imdb_lstm;
+#[path = "../../../examples/logistic_regression.rs"]
+#[allow(dead_code)]
+mod logistic_regression;
+#[path = "../../../examples/mlp_mnist.rs"]
+#[allow(dead_code)]
+mod mlp_mnist;
+#[path = "../../../examples/pretrain_finetune.rs"]
+#[allow(dead_code)]
+mod pretrain_finetune;
+#[path = "../../../examples/ptb_language_model.rs"]
+#[allow(dead_code)]
+mod ptb_language_model;
+
+/// The report, or `None` (with a message) when the recipe's data set is not there; any other
+/// error fails the test.
+fn unless_missing<T>(example: &str, result: Result<T, DataError>) -> Option<T> {
+    match result {
+        Ok(report) => Some(report),
+        Err(e @ DataError::NotFound { .. }) => {
+            eprintln!("skipped {example}: {e} (set KILN_DATA_DIR to the shared data folder)");
+            None
+        }
+        Err(e) => panic!("{example}: {e}"),
+    }
+}
+
+fn is_fraction(x: f64) -> bool {
+    (0.0..=1.0).contains(&x)
+}
+
+#[test]
+fn logistic_regression_smoke() {
+    if let Some(r) = unless_missing("logistic_regression", logistic_regression::run(&logistic_regression::Opts::smoke())) {
+        // A few epochs of logistic regression already separate most tumours.
+        assert!(r.test_accuracy > 0.8, "{r:?}");
+    }
+}
+
+#[test]
+fn mlp_mnist_smoke() {
+    if let Some(r) = unless_missing("mlp_mnist", mlp_mnist::run(&mlp_mnist::Opts::smoke())) {
+        assert!(is_fraction(r.test_accuracy) && r.test_loss.is_finite(), "{r:?}");
+        assert!(r.test_accuracy > 0.3, "one epoch on 512 images learns something: {r:?}");
+    }
+}
+
+#[test]
+fn cnn_mnist_smoke() {
+    if let Some(r) = unless_missing("cnn_mnist", cnn_mnist::run(&cnn_mnist::Opts::smoke())) {
+        assert!(is_fraction(r.test_accuracy) && r.test_loss.is_finite(), "{r:?}");
+    }
+}
+
+#[test]
+fn fashion_mnist_cnn_smoke() {
+    if let Some(r) = unless_missing("fashion_mnist_cnn", fashion_mnist_cnn::run(&fashion_mnist_cnn::Opts::smoke())) {
+        assert!(is_fraction(r.test_accuracy) && r.test_loss.is_finite(), "{r:?}");
+    }
+}
+
+#[test]
+fn cifar10_cnn_smoke() {
+    if let Some(r) = unless_missing("cifar10_cnn", cifar10_cnn::run(&cifar10_cnn::Opts::smoke())) {
+        assert!(is_fraction(r.augmented_accuracy) && is_fraction(r.plain_accuracy), "{r:?}");
+        assert_eq!((r.train_images, r.test_images), (192, 64));
+    }
+}
+
+#[test]
+fn autoencoder_mnist_smoke() {
+    if let Some(r) = unless_missing("autoencoder_mnist", autoencoder_mnist::run(&autoencoder_mnist::Opts::smoke())) {
+        assert!(r.test_bce.is_finite() && r.test_bce < 0.7, "{r:?}");
+        let png = std::fs::read(&r.png).expect("the picture was written");
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        std::fs::remove_file(&r.png).ok();
+    }
+}
+
+#[test]
+fn pretrain_finetune_smoke() {
+    if let Some(r) = unless_missing("pretrain_finetune", pretrain_finetune::run(&pretrain_finetune::Opts::smoke())) {
+        assert_eq!(r.labelled, 50);
+        assert!(is_fraction(r.finetuned_accuracy) && is_fraction(r.scratch_accuracy) && r.autoencoder_bce.is_finite(), "{r:?}");
+    }
+}
+
+#[test]
+fn imdb_lstm_smoke() {
+    if let Some(r) = unless_missing("imdb_lstm", imdb_lstm::run(&imdb_lstm::Opts::smoke())) {
+        assert!(is_fraction(r.test_accuracy) && r.test_loss.is_finite(), "{r:?}");
+    }
+}
+
+#[test]
+fn ptb_language_model_smoke() {
+    if let Some(r) = unless_missing("ptb_language_model", ptb_language_model::run(&ptb_language_model::Opts::smoke())) {
+        // Below the 10,000 of a uniform guess after one short epoch.
+        assert!(r.test_perplexity.is_finite() && r.test_perplexity < 10_000.0, "{r:?}");
+    }
+}
+
+#[test]
+fn cross_validation_smoke() {
+    let r = cross_validation::run(&cross_validation::Opts::smoke());
+    assert_eq!(r.cv.folds.len(), 5);
+    assert!(is_fraction(r.mean_accuracy) && r.std_accuracy >= 0.0, "{r:?}");
+    assert!(r.mean_accuracy > 0.5, "two epochs on the digits: {r:?}");
+}

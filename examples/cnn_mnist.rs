@@ -1,0 +1,162 @@
+//! A convolutional network on MNIST, after PyTorch's `examples/mnist`: two 3x3 convolutions
+//! (32 and 64 channels) with max pooling, dropout, two linear layers, `log_softmax` and the
+//! negative log-likelihood loss (60,000 training and 10,000 test images, read from
+//! `KILN_DATA_DIR/mnist`, default `../shared/data/mnist`).
+//!
+//! ```text
+//! Conv2d(1, 32, 3, padding=1) -> ReLU -> MaxPool2d(2)      [32, 14, 14]
+//! Conv2d(32, 64, 3, padding=1) -> ReLU -> MaxPool2d(2)     [64, 7, 7]
+//! Dropout(0.25) -> Flatten -> Linear(3136, 128) -> ReLU -> Dropout(0.5)
+//! Linear(128, 10) -> LogSoftmax                             NLLLoss
+//! ```
+//!
+//! Pooling after each convolution (PyTorch's example pools once, after both) keeps an epoch
+//! affordable on two CPU cores. Adam (lr 1e-3), batches of 64, the learning rate multiplied by
+//! 0.7 every epoch as in PyTorch's example (StepLR).
+//!
+//!     cargo run --release --example cnn_mnist
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use kiln::data::datasets::{Mnist, Split};
+use kiln::data::{DataError, DataLoader, Dataset, DatasetExt, Image};
+use kiln::metrics::Accuracy;
+use kiln::nn::{Conv2d, Conv2dConfig, Dropout, Flatten, Linear, LogSoftmax, MaxPool2d, Module, NLLLoss, Padding, ReLU, Sequential};
+use kiln::optim::lr_scheduler::StepLR;
+use kiln::optim::{Adam, AdamConfig};
+use kiln::tensor::Rng;
+use kiln::train::{SchedulerInterval, Trainer, Verbosity};
+
+/// What to run: the full recipe, or a slice of it for the smoke test.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    /// Use the first this many training images (`None`: all 60,000).
+    pub train_samples: Option<usize>,
+    /// Use the first this many test images (`None`: all 10,000).
+    pub test_samples: Option<usize>,
+    /// Training epochs.
+    pub epochs: usize,
+    /// Print one line per epoch (or a progress bar on a terminal).
+    pub verbose: bool,
+}
+
+impl Opts {
+    /// The recipe as documented (`KILN_EPOCHS` overrides the epochs).
+    pub fn full() -> Self {
+        Opts { train_samples: None, test_samples: None, epochs: env_usize("KILN_EPOCHS").unwrap_or(5), verbose: true }
+    }
+
+    /// A few hundred images, one epoch, silent.
+    pub fn smoke() -> Self {
+        Opts { train_samples: Some(256), test_samples: Some(128), epochs: 1, verbose: false }
+    }
+}
+
+/// The figures reached.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Accuracy on the test images used.
+    pub test_accuracy: f64,
+    /// Mean negative log-likelihood on them.
+    pub test_loss: f64,
+    /// Epochs trained.
+    pub epochs: usize,
+    /// Wall time of loading and training, seconds.
+    pub seconds: f64,
+}
+
+/// Normalises with MNIST's mean and standard deviation, keeping the `[1, 28, 28]` shape.
+fn normalise(mut img: Image, _: &mut Rng) -> Image {
+    img.data.iter_mut().for_each(|v| *v = (*v - 0.1307) / 0.3081);
+    img
+}
+
+fn first<D: Dataset>(ds: D, n: Option<usize>) -> kiln::data::Subset<D> {
+    let n = n.unwrap_or(usize::MAX).min(ds.len());
+    ds.subset((0..n).collect())
+}
+
+/// A 3x3 convolution that keeps the image size (padding 1).
+fn conv3x3(in_channels: usize, out_channels: usize) -> Conv2d {
+    Conv2dConfig { padding: Padding::Explicit([1, 1]), ..Conv2dConfig::new(in_channels, out_channels, 3) }.build().expect("valid sizes")
+}
+
+/// The network of the module doc.
+pub fn model() -> Sequential {
+    Sequential::new()
+        .add(conv3x3(1, 32))
+        .add(ReLU)
+        .add(MaxPool2d::new(2))
+        .add(conv3x3(32, 64))
+        .add(ReLU)
+        .add(MaxPool2d::new(2))
+        .add(Dropout::new(0.25))
+        .add(Flatten::default())
+        .add(Linear::new(64 * 7 * 7, 128))
+        .add(ReLU)
+        .add(Dropout::new(0.5))
+        .add(Linear::new(128, 10))
+        .add(LogSoftmax { dim: 1 })
+}
+
+/// Trains and evaluates; `Err` when the MNIST files cannot be read.
+pub fn run(opts: &Opts) -> Result<Report, DataError> {
+    let started = Instant::now();
+    kiln::nn::init::manual_seed(0);
+    let dir = data_folder("mnist");
+    let train = first(Mnist::new(&dir, Split::Train)?, opts.train_samples).map_input(normalise);
+    let test = first(Mnist::new(&dir, Split::Test)?, opts.test_samples).map_input(normalise);
+    if opts.verbose {
+        println!("MNIST: {} training and {} test images", train.len(), test.len());
+    }
+    let train = DataLoader::new(train, 64).shuffle(true).seed(1);
+    let test = DataLoader::new(test, 500);
+
+    let mut model = model();
+    if opts.verbose {
+        println!("{model}");
+    }
+    let mut opt = Adam::new(model.parameters(), AdamConfig { lr: 1e-3, ..Default::default() });
+    let schedule = StepLR::new(&mut opt, 1, 0.7);
+    let mut trainer = Trainer::new(opts.epochs)
+        .metric("accuracy", || Accuracy::multiclass(10))
+        .scheduler(schedule, SchedulerInterval::Epoch)
+        .verbosity(if opts.verbose { Verbosity::ProgressBar } else { Verbosity::Silent });
+    let loss = NLLLoss::default();
+    trainer.fit(&mut model, &mut opt, &loss, &train, Some(&test));
+    let eval = trainer.evaluate(&mut model, &loss, &test);
+    Ok(Report { test_accuracy: eval["accuracy"], test_loss: eval["loss"], epochs: opts.epochs, seconds: started.elapsed().as_secs_f64() })
+}
+
+fn main() {
+    match run(&Opts::full()) {
+        Ok(r) => println!(
+            "CNN on MNIST: test accuracy {:.2}% (NLL {:.4}) after {} epochs, {:.1} s",
+            100.0 * r.test_accuracy,
+            r.test_loss,
+            r.epochs,
+            r.seconds
+        ),
+        Err(e) => {
+            eprintln!("cannot read MNIST ({e}); set KILN_DATA_DIR to the shared data folder");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// `KILN_DATA_DIR/<name>` (see `kiln::data::data_dir`), or the shared data folder beside the
+/// repository when that is where the set is.
+fn data_folder(name: &str) -> PathBuf {
+    let dir = kiln::data::data_dir().join(name);
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(name);
+    if dir.is_dir() || !shared.is_dir() {
+        dir
+    } else {
+        shared
+    }
+}
+
+fn env_usize(key: &str) -> Option<usize> {
+    std::env::var(key).ok()?.parse().ok()
+}
