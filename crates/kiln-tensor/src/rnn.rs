@@ -35,6 +35,7 @@ use std::sync::{Mutex, PoisonError};
 use crate::element::Float;
 use crate::elementwise::sigmoid_scalar;
 use crate::kernels::gemm::{gemm, gemm_slices, MatRef};
+use crate::parallel;
 use crate::tensor::Tensor;
 
 // ------------------------------------------------------------------------- activations
@@ -255,7 +256,8 @@ impl Rows {
 }
 
 /// `C = A·B + beta C` for `m x k` row-strided `A` (rows `rs_a` apart, unit column stride)
-/// read from `a`, `B` given with its strides, `C` a contiguous `m x n` slice.
+/// read from `a`, `B` given with its strides, `C` a contiguous `m x n` slice; on kiln's pool
+/// unless `single_thread` (inside a batch chunk, which already has its thread).
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn gemm_rows<E: Float>(
@@ -268,6 +270,7 @@ fn gemm_rows<E: Float>(
     (rs_b, cs_b): (usize, usize),
     beta: E,
     c: &mut [E],
+    single_thread: bool,
 ) {
     if m == 0 {
         return;
@@ -279,7 +282,85 @@ fn gemm_rows<E: Float>(
     let br = MatRef { ptr: b.as_ptr(), rs: rs_b as isize, cs: cs_b as isize };
     // SAFETY: the extents of A, B and C were checked against their slices above; C is a
     // distinct &mut slice, so it aliases neither operand.
-    unsafe { gemm(m, k, n, E::one(), ar, br, beta, c.as_mut_ptr(), n as isize, 1) }
+    unsafe {
+        if single_thread {
+            E::gemm_raw(
+                m,
+                k,
+                n,
+                E::one(),
+                ar.ptr,
+                ar.rs,
+                ar.cs,
+                br.ptr,
+                br.rs,
+                br.cs,
+                beta,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        } else {
+            gemm(m, k, n, E::one(), ar, br, beta, c.as_mut_ptr(), n as isize, 1);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------- batch chunks
+
+/// Sequences never interact, so the recurrence runs in chunks of the batch, one per thread
+/// of kiln's pool, with no synchronisation per step (a step's GEMM is too small to split).
+/// A chunk gets at least this many sequences.
+const MIN_CHUNK: usize = 8;
+
+/// Runs `f(b0, b1, in_chunk)` over `[0, batch)` cut into chunks, in parallel on kiln's pool
+/// when there is more than one (`in_chunk` is then true).
+fn for_batch_chunks(batch: usize, f: impl Fn(usize, usize, bool) + Sync) {
+    let n = parallel::get_num_threads().min(batch / MIN_CHUNK).max(1);
+    if n == 1 {
+        f(0, batch, false);
+        return;
+    }
+    parallel::install(|_| {
+        rayon::scope(|s| {
+            for k in 0..n {
+                let f = &f;
+                s.spawn(move |_| f(k * batch / n, (k + 1) * batch / n, true));
+            }
+        });
+    });
+}
+
+/// A buffer written by the batch chunks at the same time. Every row of every buffer belongs
+/// to one sequence, and a chunk only takes slices of its own sequences' rows, so the slices
+/// live at one time never overlap.
+#[derive(Clone, Copy)]
+struct Shared<E> {
+    ptr: *mut E,
+    len: usize,
+}
+
+// SAFETY: the chunks write disjoint parts (see `Shared::slice`); E is a plain float.
+unsafe impl<E: Send> Send for Shared<E> {}
+// SAFETY: as above.
+unsafe impl<E: Send> Sync for Shared<E> {}
+
+impl<E> Shared<E> {
+    fn new(v: &mut [E]) -> Self {
+        Shared { ptr: v.as_mut_ptr(), len: v.len() }
+    }
+
+    /// Elements `start..start + n`.
+    ///
+    /// # Safety
+    /// No other slice of these elements may be alive (in this thread or another) while the
+    /// returned one is; the buffer must outlive it.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice<'a>(self, start: usize, n: usize) -> &'a mut [E] {
+        assert!(start + n <= self.len, "rnn: rows {start}..{} out of a buffer of {}", start + n, self.len);
+        // SAFETY: in bounds (checked); exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), n) }
+    }
 }
 
 /// One step's elementwise work, for every active row `b`: the gate nonlinearities in place on
@@ -487,35 +568,55 @@ pub fn lstm_forward<E: Float>(
         }
     }
 
-    for s in 0..max_len {
-        let t = time_of(s, max_len, reverse);
-        let slot = if keep_tape { t } else { 0 };
-        let gt = &mut gates[slot * bg..(slot + 1) * bg];
-        // a = (h ⊙ m)·W_hhᵀ here, + xp_t in the elementwise pass
-        if need_h_rec {
-            let (base, stride) = if keep_tape { (rows.at(t, 0) * hidden, rsb * hidden) } else { (0, hidden) };
-            for b in 0..batch {
-                let hr = &mut h_rec[base + b * stride..base + b * stride + hidden];
-                let hb = &h[b * hidden..(b + 1) * hidden];
-                match &mask {
-                    Some(m) => {
-                        let mb = &m[b * hidden..(b + 1) * hidden];
-                        hr.iter_mut().zip(hb.iter().zip(mb)).for_each(|(r, (&hv, &mv))| *r = hv * mv);
-                    }
-                    None => hr.copy_from_slice(hb),
-                }
-            }
-            gemm_rows(batch, hidden, g4, &h_rec[base..], stride, wtv, (g4, 1), E::zero(), gt);
-        } else {
-            gemm_rows(batch, hidden, g4, &h, hidden, wtv, (g4, 1), E::zero(), gt);
+    let bufs = [&mut gates, &mut c_prev, &mut tanh_c, &mut h_rec, &mut out, &mut h, &mut c].map(|v| Shared::new(v));
+    let [gates_s, c_prev_s, tanh_c_s, h_rec_s, out_s, h_s, c_s] = bufs;
+    let mask_v = mask.as_deref();
+    for_batch_chunks(batch, |b0, b1, in_chunk| {
+        let nb = b1 - b0;
+        if nb == 0 {
+            return;
         }
-        let out_t = &mut out[t * bh..(t + 1) * bh];
-        let active_rows = |b: usize| active(lengths, t, b);
-        let saved =
-            keep_tape.then(|| (&mut c_prev[slot * bh..(slot + 1) * bh], &mut tanh_c[slot * bh..(slot + 1) * bh]));
-        let xp_t = &xv[rows.at(t, 0) * g4..];
-        cells_forward(gt, xp_t, rsb * g4, &mut h, &mut c, out_t, saved, hidden, &active_rows);
-    }
+        // SAFETY: chunks have disjoint [b0, b1); every slice below covers rows of sequences
+        // b0..b1 only, and the mutable ones are dropped before the spans read by the GEMMs
+        // are taken (those span rows of the same sequences).
+        unsafe {
+            let h = h_s.slice(b0 * hidden, nb * hidden);
+            let c = c_s.slice(b0 * hidden, nb * hidden);
+            for s in 0..max_len {
+                let t = time_of(s, max_len, reverse);
+                let slot = if keep_tape { t } else { 0 };
+                // a = (h ⊙ m)·W_hhᵀ here, + xp_t in the elementwise pass
+                let gt = gates_s.slice((slot * batch + b0) * g4, nb * g4);
+                if need_h_rec {
+                    let (base, stride) =
+                        if keep_tape { (rows.at(t, b0) * hidden, rsb * hidden) } else { (b0 * hidden, hidden) };
+                    for j in 0..nb {
+                        let hr = h_rec_s.slice(base + j * stride, hidden);
+                        let hb = &h[j * hidden..(j + 1) * hidden];
+                        match mask_v {
+                            Some(m) => {
+                                let mb = &m[(b0 + j) * hidden..(b0 + j + 1) * hidden];
+                                hr.iter_mut().zip(hb.iter().zip(mb)).for_each(|(r, (&hv, &mv))| *r = hv * mv);
+                            }
+                            None => hr.copy_from_slice(hb),
+                        }
+                    }
+                    let a = h_rec_s.slice(base, (nb - 1) * stride + hidden);
+                    gemm_rows(nb, hidden, g4, a, stride, wtv, (g4, 1), E::zero(), gt, in_chunk);
+                } else {
+                    gemm_rows(nb, hidden, g4, h, hidden, wtv, (g4, 1), E::zero(), gt, in_chunk);
+                }
+                let out_t = out_s.slice((t * batch + b0) * hidden, nb * hidden);
+                let saved = keep_tape.then(|| {
+                    let at = (slot * batch + b0) * hidden;
+                    (c_prev_s.slice(at, nb * hidden), tanh_c_s.slice(at, nb * hidden))
+                });
+                let xp_t = &xv[rows.at(t, b0) * g4..];
+                let active_rows = |j: usize| active(lengths, t, b0 + j);
+                cells_forward(gt, xp_t, rsb * g4, h, c, out_t, saved, hidden, &active_rows);
+            }
+        }
+    });
     out[t_len * bh..(t_len + 1) * bh].copy_from_slice(&h);
     out[(t_len + 1) * bh..].copy_from_slice(&c);
     let tape = keep_tape.then(|| LstmTape {
@@ -577,50 +678,64 @@ pub fn lstm_backward<E: Float>(tape: &LstmTape<E>, w_hh: &Tensor<E>, grad: &Tens
     let mut tmp = if tape.mask.is_some() { vec![E::zero(); bh] } else { Vec::new() };
     let one = E::one();
 
-    for s in (0..tape.max_len).rev() {
-        let t = time_of(s, tape.max_len, tape.reverse);
-        let gates = &tape.gates[t * bg..(t + 1) * bg];
-        let go = &gv[t * bh..(t + 1) * bh];
-        for b in 0..batch {
-            if !active(lengths, t, b) {
-                continue; // ∂a = 0; ∂h, ∂c carried over to the step before
-            }
-            let (o0, o1) = (b * hidden, (b + 1) * hidden);
-            let r = rows.at(t, b) * g4;
-            let row = &gates[b * g4..(b + 1) * g4];
-            let (ri, rest) = row.split_at(hidden);
-            let (rf, rest) = rest.split_at(hidden);
-            let (rg, ro) = rest.split_at(hidden);
-            let drow = &mut dxp[r..r + g4];
-            let (di, rest) = drow.split_at_mut(hidden);
-            let (df, rest) = rest.split_at_mut(hidden);
-            let (dg, dout) = rest.split_at_mut(hidden);
-            let cp = &tape.c_prev[t * bh + o0..t * bh + o1];
-            let tcs = &tape.tanh_c[t * bh + o0..t * bh + o1];
-            let (dhb, dcb, gob) = (&mut dh[o0..o1], &mut dc[o0..o1], &go[o0..o1]);
-            for j in 0..hidden {
-                let (i, f, g, o) = (ri[j], rf[j], rg[j], ro[j]);
-                let tc = tcs[j];
-                let dhj = dhb[j] + gob[j];
-                let dcj = dcb[j] + dhj * o * (one - tc * tc);
-                di[j] = dcj * g * i * (one - i);
-                df[j] = dcj * cp[j] * f * (one - f);
-                dg[j] = dcj * i * (one - g * g);
-                dout[j] = dhj * tc * o * (one - o);
-                dcb[j] = dcj * f;
-                dhb[j] = E::zero();
+    let [dxp_s, dh_s, dc_s, tmp_s] = [&mut dxp, &mut dh, &mut dc, &mut tmp].map(|v| Shared::new(v));
+    for_batch_chunks(batch, |b0, b1, in_chunk| {
+        let nb = b1 - b0;
+        if nb == 0 {
+            return;
+        }
+        // SAFETY: as in `lstm_forward`: chunks own the rows of their sequences b0..b1.
+        unsafe {
+            let dh = dh_s.slice(b0 * hidden, nb * hidden);
+            let dc = dc_s.slice(b0 * hidden, nb * hidden);
+            for s in (0..tape.max_len).rev() {
+                let t = time_of(s, tape.max_len, tape.reverse);
+                for j in 0..nb {
+                    let b = b0 + j;
+                    if !active(lengths, t, b) {
+                        continue; // ∂a = 0; ∂h, ∂c carried over to the step before
+                    }
+                    let (o0, o1) = (j * hidden, (j + 1) * hidden);
+                    let row = &tape.gates[(t * batch + b) * g4..(t * batch + b + 1) * g4];
+                    let (ri, rest) = row.split_at(hidden);
+                    let (rf, rest) = rest.split_at(hidden);
+                    let (rg, ro) = rest.split_at(hidden);
+                    let drow = dxp_s.slice(rows.at(t, b) * g4, g4);
+                    let (di, rest) = drow.split_at_mut(hidden);
+                    let (df, rest) = rest.split_at_mut(hidden);
+                    let (dg, dout) = rest.split_at_mut(hidden);
+                    let at = (t * batch + b) * hidden;
+                    let cp = &tape.c_prev[at..at + hidden];
+                    let tcs = &tape.tanh_c[at..at + hidden];
+                    let gob = &gv[at..at + hidden];
+                    let (dhb, dcb) = (&mut dh[o0..o1], &mut dc[o0..o1]);
+                    for k in 0..hidden {
+                        let (i, f, g, o) = (ri[k], rf[k], rg[k], ro[k]);
+                        let tc = tcs[k];
+                        let dhk = dhb[k] + gob[k];
+                        let dck = dcb[k] + dhk * o * (one - tc * tc);
+                        di[k] = dck * g * i * (one - i);
+                        df[k] = dck * cp[k] * f * (one - f);
+                        dg[k] = dck * i * (one - g * g);
+                        dout[k] = dhk * tc * o * (one - o);
+                        dcb[k] = dck * f;
+                        dhb[k] = E::zero();
+                    }
+                }
+                // ∂h_{t-1} = (∂a_t · W_hh) ⊙ m on the active rows (∂a is 0 on the others)
+                let da = dxp_s.slice(rows.at(t, b0) * g4, (nb - 1) * rsb * g4 + g4);
+                match &tape.mask {
+                    Some(m) => {
+                        let tmp = tmp_s.slice(b0 * hidden, nb * hidden);
+                        gemm_rows(nb, g4, hidden, da, rsb * g4, wv, (hidden, 1), E::zero(), tmp, in_chunk);
+                        let mb = &m[b0 * hidden..b1 * hidden];
+                        dh.iter_mut().zip(tmp.iter().zip(mb)).for_each(|(d, (&v, &mv))| *d += v * mv);
+                    }
+                    None => gemm_rows(nb, g4, hidden, da, rsb * g4, wv, (hidden, 1), one, dh, in_chunk),
+                }
             }
         }
-        // ∂h_{t-1} = (∂a_t · W_hh) ⊙ m on the active rows (∂a is 0 on the others)
-        let da = &dxp[rows.at(t, 0) * g4..];
-        match &tape.mask {
-            Some(m) => {
-                gemm_rows(batch, g4, hidden, da, rsb * g4, wv, (hidden, 1), E::zero(), &mut tmp);
-                dh.iter_mut().zip(tmp.iter().zip(m)).for_each(|(d, (&v, &mv))| *d += v * mv);
-            }
-            None => gemm_rows(batch, g4, hidden, da, rsb * g4, wv, (hidden, 1), one, &mut dh),
-        }
-    }
+    });
     // ∂W_hh = ∂aᵀ · h_rec over every step at once (rows of padded steps: ∂a = 0)
     let n_rows = if rows.batch_major { t_len * batch } else { tape.max_len * batch };
     let mut dw = vec![E::zero(); g4 * hidden];
@@ -859,6 +974,36 @@ mod tests {
                 assert!(p.is_finite() && (p - q).abs() < 1e-14, "{p} vs {q}");
             }
         }
+    }
+
+    #[test]
+    fn batch_chunks_on_several_threads_match_one() {
+        let (t_len, batch, hidden) = (5, 26, 3);
+        let mut rng = Rng::new(5);
+        let xp = rand(&[t_len, batch, 4 * hidden], &mut rng);
+        let xp_bm = xp.transpose(0, 1).contiguous().transpose(0, 1);
+        let w = rand(&[4 * hidden, hidden], &mut rng);
+        let (h0, c0) = (rand(&[batch, hidden], &mut rng), rand(&[batch, hidden], &mut rng));
+        let u = rand(&[t_len + 2, batch, hidden], &mut rng);
+        let m = Tensor::bernoulli(&[batch, hidden], 0.5, &mut rng).mul_scalar(2.0);
+        let lengths: Vec<usize> = (0..batch).map(|b| (b * 7) % (t_len + 1)).collect();
+        let before = crate::get_num_threads();
+        for (xp, mask, reverse, l) in [(&xp, None, false, None), (&xp_bm, Some(&m), true, Some(lengths.as_slice()))] {
+            let run = |threads: usize| {
+                // (other tests may set the thread count meanwhile: the results may not differ anyway)
+                crate::set_num_threads(threads);
+                let (o, tape) = lstm_forward(xp, &w, &h0, &c0, l, reverse, mask, true);
+                let g = lstm_backward(&tape.unwrap(), &w, &u);
+                [o, g.xp, g.w_hh, g.h0, g.c0].map(|t| t.to_vec())
+            };
+            let (one, three) = (run(1), run(3));
+            for (a, b) in one.iter().zip(&three) {
+                for (p, q) in a.iter().zip(b) {
+                    assert!((p - q).abs() < 1e-14, "{p} vs {q}");
+                }
+            }
+        }
+        crate::set_num_threads(before);
     }
 
     #[test]
