@@ -218,6 +218,45 @@ impl<E: Float> Tensor<E> {
         Tensor::from_vec(out, &self.shape)
     }
 
+    /// A copy of `self` with the elements `start..end` (step `step`) of dimension `dim` replaced
+    /// by `src`, like `torch.slice_scatter`. `end` is clamped to the dimension's size. This is
+    /// the backward of [`slice`](Tensor::slice) (with `self` zeros): one fill and one strided
+    /// copy, and no copy of `self` when its storage is unshared.
+    ///
+    /// **Panics** if `step == 0`, `dim` is out of range, or `src` does not have the sliced
+    /// shape.
+    ///
+    /// ```
+    /// use kiln_tensor::Tensor;
+    /// let x = Tensor::<f32>::zeros(&[2, 4]);
+    /// let y = x.slice_scatter(&Tensor::ones(&[2, 2]), 1, 1, 4, 2);
+    /// assert_eq!(y.to_vec(), vec![0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0]);
+    /// ```
+    pub fn slice_scatter(self, src: &Tensor<E>, dim: isize, start: usize, end: usize, step: usize) -> Tensor<E> {
+        let d = self.dim(dim, "slice_scatter");
+        let view = self.slice(dim, start, end, step);
+        assert!(
+            src.shape() == view.shape(),
+            "slice_scatter: src {:?} should be {:?} to fill dim {d} ({start}..{end}, step {step}) of {:?}",
+            src.shape(),
+            view.shape(),
+            self.shape
+        );
+        drop(view);
+        let shape = self.shape.clone();
+        let mut out = self.into_vec();
+        {
+            let mut all = ndarray::ArrayViewMutD::from_shape(ndarray::IxDyn(&shape), &mut out).expect("row-major");
+            let end = end.min(shape[d]);
+            let mut part = all.slice_axis_mut(
+                ndarray::Axis(d),
+                ndarray::Slice::new(start as isize, Some(end as isize), step as isize),
+            );
+            part.assign(&src.view_nd());
+        }
+        Tensor::from_vec(out, &shape)
+    }
+
     fn check_index_shape(&self, index: &Indices, d: usize, op: &str) {
         let ishape = index.shape();
         assert!(
@@ -391,7 +430,10 @@ mod tests {
     #[test]
     fn index_select_gather_scatter() {
         let x = r(12, &[3, 4]);
-        assert_eq!(x.index_select(0, &[2, 0, 2]).to_vec(), vec![8.0, 9.0, 10.0, 11.0, 0.0, 1.0, 2.0, 3.0, 8.0, 9.0, 10.0, 11.0]);
+        assert_eq!(
+            x.index_select(0, &[2, 0, 2]).to_vec(),
+            vec![8.0, 9.0, 10.0, 11.0, 0.0, 1.0, 2.0, 3.0, 8.0, 9.0, 10.0, 11.0]
+        );
         assert_eq!(x.index_select(1, &[3]).to_vec(), vec![3.0, 7.0, 11.0]);
         assert_eq!(x.t().index_select(0, &[1]).to_vec(), vec![1.0, 5.0, 9.0]);
         let idx = Indices::new(vec![3, 0, 1, 1, 2, 2], &[3, 2]);

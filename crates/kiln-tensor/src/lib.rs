@@ -15,6 +15,7 @@
 //! assert!(y.min_all() >= 0.0);
 //! ```
 
+pub mod alloc;
 mod conv;
 pub mod element;
 mod elementwise;

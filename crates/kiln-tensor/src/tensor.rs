@@ -118,6 +118,7 @@ impl<E: Float> Tensor<E> {
             "from_vec: shape {shape:?} holds {n} elements but the data has {}",
             data.len()
         );
+        crate::alloc::keep_freed_memory_once();
         Tensor { storage: Arc::new(data), shape: shape.into(), strides: contiguous_strides(shape), offset: 0 }
     }
 

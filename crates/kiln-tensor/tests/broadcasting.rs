@@ -7,298 +7,14 @@
 use kiln_tensor::{DType, Float, Tensor};
 use proptest::prelude::*;
 
+mod common;
+use common::*;
+
 /// The thread count is global: tests that set it hold this lock, so that a check meant to run
 /// at one thread does.
 static THREADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 // ------------------------------------------------------------------------------------ helpers
-// (each test file is its own crate, so these few helpers are repeated in every file)
-
-/// SplitMix64: the tests draw their own numbers so that the references never depend on kiln.
-struct Gen(u64);
-
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-    fn coin(&mut self) -> bool {
-        self.next() & 1 == 1
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-    fn perm(&mut self, n: usize) -> Vec<usize> {
-        let mut p: Vec<usize> = (0..n).collect();
-        for i in (1..n).rev() {
-            p.swap(i, self.below(i + 1));
-        }
-        p
-    }
-}
-
-/// Row-major multi-index of flat position `i`.
-fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
-    let mut idx = vec![0; shape.len()];
-    for d in (0..shape.len()).rev() {
-        idx[d] = i % shape[d];
-        i /= shape[d];
-    }
-    idx
-}
-
-/// Flat row-major position of a multi-index.
-fn ravel(idx: &[usize], shape: &[usize]) -> usize {
-    idx.iter().zip(shape).fold(0, |acc, (&i, &n)| acc * n + i)
-}
-
-/// `d` written either as itself or as its negative alias (`d - ndim`).
-fn any_sign(d: usize, ndim: usize, g: &mut Gen) -> isize {
-    if g.coin() {
-        d as isize - ndim as isize
-    } else {
-        d as isize
-    }
-}
-
-/// `cases` proptest cases, or `PROPTEST_CASES` when set (for long stress runs).
-fn config(cases: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(cases);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
-/// `x` rounded to the element type.
-fn rd<E: Float>(x: f64) -> f64 {
-    E::from_f64(x).to_f64()
-}
-
-fn vals<E: Float>(t: &Tensor<E>) -> Vec<f64> {
-    t.to_vec().into_iter().map(|x| x.to_f64()).collect()
-}
-
-type Draw<'a> = &'a dyn Fn(&mut Gen) -> f64;
-
-/// A tensor of logical shape `shape` together with its row-major values (rounded to `E`),
-/// reached through up to `depth` random view ops (permute, transpose, t, slice with a step,
-/// narrow, flip, expand, select, unsqueeze, squeeze), so that it is usually not contiguous.
-fn build<E: Float>(
-    shape: &[usize],
-    depth: usize,
-    g: &mut Gen,
-    draw: Draw,
-) -> (Tensor<E>, Vec<f64>) {
-    let nd = shape.len();
-    let n: usize = shape.iter().product();
-    let pick = if depth == 0 { 0 } else { g.below(8) };
-    let gather = |v: &[f64], q: &[usize], map: &dyn Fn(&[usize]) -> Vec<usize>| -> Vec<f64> {
-        (0..n)
-            .map(|i| v[ravel(&map(&unravel(i, shape)), q)])
-            .collect()
-    };
-    match pick {
-        // permute, transpose, t
-        1 if nd >= 2 => {
-            let (p, swap) = if g.coin() {
-                (g.perm(nd), None)
-            } else {
-                let (a, b) = (g.below(nd), g.below(nd));
-                let mut p: Vec<usize> = (0..nd).collect();
-                p.swap(a, b);
-                (p, Some((a, b)))
-            };
-            let mut q = vec![0; nd];
-            for i in 0..nd {
-                q[p[i]] = shape[i];
-            }
-            let (t, v) = build::<E>(&q, depth - 1, g, draw);
-            let view = match swap {
-                Some((a, b)) if nd == 2 && a != b && g.coin() => t.t(),
-                Some((a, b)) => t.transpose(any_sign(a, nd, g), any_sign(b, nd, g)),
-                None => t.permute(&p.iter().map(|&d| any_sign(d, nd, g)).collect::<Vec<_>>()),
-            };
-            let out = gather(&v, &q, &|idx| {
-                let mut j = vec![0; nd];
-                for k in 0..nd {
-                    j[p[k]] = idx[k];
-                }
-                j
-            });
-            (view, out)
-        }
-        // slice with a step, or narrow
-        2 if nd >= 1 => {
-            let d = g.below(nd);
-            let step = 1 + g.below(3);
-            let start = g.below(3);
-            let s = shape[d];
-            let exact_end = if s == 0 {
-                start
-            } else {
-                start + (s - 1) * step + 1
-            };
-            let mut q = shape.to_vec();
-            q[d] = exact_end + g.below(3);
-            let (t, v) = build::<E>(&q, depth - 1, g, draw);
-            let view = if step == 1 && g.coin() {
-                t.narrow(any_sign(d, nd, g), start, s)
-            } else {
-                let end = if s == 0 {
-                    start
-                } else {
-                    exact_end + g.below(step)
-                };
-                t.slice(any_sign(d, nd, g), start, end, step)
-            };
-            let out = gather(&v, &q, &|idx| {
-                let mut j = idx.to_vec();
-                j[d] = start + idx[d] * step;
-                j
-            });
-            (view, out)
-        }
-        // flip some dims
-        3 if nd >= 1 => {
-            let dims: Vec<usize> = (0..nd).filter(|_| g.coin()).collect();
-            let (t, v) = build::<E>(shape, depth - 1, g, draw);
-            let view = t.flip(&dims.iter().map(|&d| any_sign(d, nd, g)).collect::<Vec<_>>());
-            let out = gather(&v, shape, &|idx| {
-                let mut j = idx.to_vec();
-                for &d in &dims {
-                    j[d] = shape[d] - 1 - idx[d];
-                }
-                j
-            });
-            (view, out)
-        }
-        // expand (size-1 dims and missing leading dims get stride 0)
-        4 if nd >= 1 => {
-            let lead = if g.coin() { g.below(nd + 1) } else { 0 };
-            let q: Vec<usize> = shape[lead..]
-                .iter()
-                .map(|&s| if g.coin() { 1 } else { s })
-                .collect();
-            let (t, v) = build::<E>(&q, depth - 1, g, draw);
-            let view = if g.coin() {
-                t.expand(shape)
-            } else {
-                t.broadcast_to(shape)
-            };
-            let out = gather(&v, &q, &|idx| {
-                idx[lead..]
-                    .iter()
-                    .zip(&q)
-                    .map(|(&i, &s)| if s == 1 { 0 } else { i })
-                    .collect()
-            });
-            (view, out)
-        }
-        // select one index of an extra dim
-        5 => {
-            let d = g.below(nd + 1);
-            let k = 1 + g.below(3);
-            let at = g.below(k);
-            let mut q = shape.to_vec();
-            q.insert(d, k);
-            let (t, v) = build::<E>(&q, depth - 1, g, draw);
-            let view = t.select(any_sign(d, nd + 1, g), at);
-            let out = gather(&v, &q, &|idx| {
-                let mut j = idx.to_vec();
-                j.insert(d, at);
-                j
-            });
-            (view, out)
-        }
-        // unsqueeze (when the shape has a size-1 dim) or squeeze_dim of an extra size-1 dim
-        6 => {
-            let ones: Vec<usize> = (0..nd).filter(|&d| shape[d] == 1).collect();
-            if !ones.is_empty() && g.coin() {
-                let d = ones[g.below(ones.len())];
-                let mut q = shape.to_vec();
-                q.remove(d);
-                let (t, v) = build::<E>(&q, depth - 1, g, draw);
-                let view = t.unsqueeze(any_sign(d, nd, g));
-                let out = gather(&v, &q, &|idx| {
-                    let mut j = idx.to_vec();
-                    j.remove(d);
-                    j
-                });
-                (view, out)
-            } else {
-                let d = g.below(nd + 1);
-                let mut q = shape.to_vec();
-                q.insert(d, 1);
-                let (t, v) = build::<E>(&q, depth - 1, g, draw);
-                let view = t.squeeze_dim(any_sign(d, nd + 1, g));
-                let out = gather(&v, &q, &|idx| {
-                    let mut j = idx.to_vec();
-                    j.insert(d, 0);
-                    j
-                });
-                (view, out)
-            }
-        }
-        _ => {
-            let v: Vec<f64> = (0..n).map(|_| rd::<E>(draw(g))).collect();
-            (
-                Tensor::from_vec(v.iter().map(|&x| E::from_f64(x)).collect(), shape),
-                v,
-            )
-        }
-    }
-}
-
-fn close(got: f64, want: f64, rtol: f64, atol: f64) -> bool {
-    if want.is_nan() || got.is_nan() {
-        return want.is_nan() && got.is_nan();
-    }
-    if want.is_infinite() || got.is_infinite() {
-        return got == want;
-    }
-    (got - want).abs() <= atol + rtol * want.abs()
-}
-
-/// Checks a kiln result's shape and values against a reference.
-fn check<E: Float>(
-    got: &Tensor<E>,
-    shape: &[usize],
-    want: &[f64],
-    rtol: f64,
-    atol: f64,
-    what: &str,
-) -> Result<(), TestCaseError> {
-    prop_assert_eq!(got.shape(), shape, "{}: shape", what);
-    let g = vals(got);
-    prop_assert_eq!(g.len(), want.len(), "{}: element count", what);
-    for (i, (&x, &w)) in g.iter().zip(want).enumerate() {
-        prop_assert!(
-            close(x, w, rtol, atol),
-            "{}: element {} (index {:?}) is {}, want {}",
-            what,
-            i,
-            unravel(i, shape),
-            x,
-            w
-        );
-    }
-    Ok(())
-}
 
 /// Relative tolerance for results that are one rounding away from the f64 reference.
 fn tol<E: Float>() -> f64 {
@@ -321,16 +37,8 @@ fn bshape(a: &[usize], b: &[usize]) -> Vec<usize> {
     let nd = a.len().max(b.len());
     (0..nd)
         .map(|i| {
-            let da = if i + a.len() >= nd {
-                a[i + a.len() - nd]
-            } else {
-                1
-            };
-            let db = if i + b.len() >= nd {
-                b[i + b.len() - nd]
-            } else {
-                1
-            };
+            let da = if i + a.len() >= nd { a[i + a.len() - nd] } else { 1 };
+            let db = if i + b.len() >= nd { b[i + b.len() - nd] } else { 1 };
             if da == 1 {
                 db
             } else {
@@ -343,35 +51,18 @@ fn bshape(a: &[usize], b: &[usize]) -> Vec<usize> {
 /// The flat position in an operand of shape `shape` that output index `idx` reads.
 fn bpos(idx: &[usize], shape: &[usize]) -> usize {
     let lead = idx.len() - shape.len();
-    let j: Vec<usize> = shape
-        .iter()
-        .enumerate()
-        .map(|(d, &s)| if s == 1 { 0 } else { idx[lead + d] })
-        .collect();
+    let j: Vec<usize> = shape.iter().enumerate().map(|(d, &s)| if s == 1 { 0 } else { idx[lead + d] }).collect();
     ravel(&j, shape)
 }
 
 /// An operand shape that broadcasts to `out`: some leading dims dropped, some dims set to 1.
 fn operand_shape(out: &[usize], g: &mut Gen) -> Vec<usize> {
-    let lead = if g.below(3) == 0 {
-        g.below(out.len() + 1)
-    } else {
-        0
-    };
-    out[lead..]
-        .iter()
-        .map(|&d| if g.below(3) == 0 { 1 } else { d })
-        .collect()
+    let lead = if g.below(3) == 0 { g.below(out.len() + 1) } else { 0 };
+    out[lead..].iter().map(|&d| if g.below(3) == 0 { 1 } else { d }).collect()
 }
 
 /// Elementwise reference of a broadcasting binary op.
-fn ref_binary(
-    a: &[f64],
-    sa: &[usize],
-    b: &[f64],
-    sb: &[usize],
-    f: &dyn Fn(f64, f64) -> f64,
-) -> (Vec<usize>, Vec<f64>) {
+fn ref_binary(a: &[f64], sa: &[usize], b: &[f64], sb: &[usize], f: &dyn Fn(f64, f64) -> f64) -> (Vec<usize>, Vec<f64>) {
     let out = bshape(sa, sb);
     let n: usize = out.iter().product();
     let v = (0..n)
@@ -390,18 +81,6 @@ fn smooth(lo: f64, hi: f64) -> impl Fn(&mut Gen) -> f64 {
 /// Small integers: ties, zeros and exact comparisons happen often.
 fn discrete(g: &mut Gen) -> f64 {
     g.below(5) as f64 - 2.0
-}
-
-fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> Option<String> {
-    match std::panic::catch_unwind(f) {
-        Ok(()) => None,
-        Err(e) => Some(
-            e.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default(),
-        ),
-    }
 }
 
 fn mask(c: bool) -> f64 {
@@ -466,29 +145,13 @@ fn check_binary<E: Float>(out: &[usize], seed: u64) -> Result<(), TestCaseError>
     let (a, va) = build::<E>(&sa, 3, g, draw);
     let (b, vb) = build::<E>(&sb, 3, g, draw);
     for (name, op, _, f) in binary_table::<E>() {
-        let what = format!(
-            "{name} {sa:?} x {sb:?} ({:?}, strides {:?} and {:?})",
-            E::DTYPE,
-            a.strides(),
-            b.strides()
-        );
+        let what = format!("{name} {sa:?} x {sb:?} ({:?}, strides {:?} and {:?})", E::DTYPE, a.strides(), b.strides());
         let (shape, want) = ref_binary(&va, &sa, &vb, &sb, &|x, y| rd::<E>(f(x, y)));
-        let rt = if name == "pow" {
-            ftol::<E>()
-        } else {
-            tol::<E>()
-        };
+        let rt = if name == "pow" { ftol::<E>() } else { tol::<E>() };
         check(&op(&a, &b), &shape, &want, rt, 0.0, &what)?;
         // the mirror image broadcasts the other way
         let (shape, want) = ref_binary(&vb, &sb, &va, &sa, &|x, y| rd::<E>(f(x, y)));
-        check(
-            &op(&b, &a),
-            &shape,
-            &want,
-            rt,
-            0.0,
-            &format!("{what}, operands swapped"),
-        )?;
+        check(&op(&b, &a), &shape, &want, rt, 0.0, &format!("{what}, operands swapped"))?;
     }
     // inputs are untouched
     check(&a, &sa, &va, 0.0, 0.0, "lhs after the ops")?;
@@ -504,48 +167,19 @@ fn check_scalar_forms<E: Float>(shape: &[usize], seed: u64) -> Result<(), TestCa
     let (a, va) = build::<E>(shape, 3, g, draw);
     let s = rd::<E>(draw(g));
     for (name, _, op, f) in binary_table::<E>() {
-        let what = format!(
-            "{name}_scalar({s}) on {shape:?} ({:?}, strides {:?})",
-            E::DTYPE,
-            a.strides()
-        );
+        let what = format!("{name}_scalar({s}) on {shape:?} ({:?}, strides {:?})", E::DTYPE, a.strides());
         let want: Vec<f64> = va.iter().map(|&x| rd::<E>(f(x, s))).collect();
-        let rt = if name == "pow" {
-            ftol::<E>()
-        } else {
-            tol::<E>()
-        };
+        let rt = if name == "pow" { ftol::<E>() } else { tol::<E>() };
         check(&op(&a, E::from_f64(s)), shape, &want, rt, 0.0, &what)?;
     }
     let want: Vec<f64> = va.iter().map(|&x| rd::<E>(s - x)).collect();
-    check(
-        &a.rsub_scalar(E::from_f64(s)),
-        shape,
-        &want,
-        tol::<E>(),
-        0.0,
-        "rsub_scalar",
-    )?;
+    check(&a.rsub_scalar(E::from_f64(s)), shape, &want, tol::<E>(), 0.0, "rsub_scalar")?;
     let want: Vec<f64> = va.iter().map(|&x| rd::<E>(s / x)).collect();
-    check(
-        &a.rdiv_scalar(E::from_f64(s)),
-        shape,
-        &want,
-        tol::<E>(),
-        0.0,
-        "rdiv_scalar",
-    )?;
+    check(&a.rdiv_scalar(E::from_f64(s)), shape, &want, tol::<E>(), 0.0, "rdiv_scalar")?;
     // a one-element tensor broadcasts like a scalar, on either side
     let st = Tensor::<E>::from_vec(vec![E::from_f64(s)], &[1]);
     let (bs, want) = ref_binary(&va, shape, &[s], &[1], &|x, y| rd::<E>(x - y));
-    check(
-        &a.sub(&st),
-        &bs,
-        &want,
-        tol::<E>(),
-        0.0,
-        "sub with a [1] tensor",
-    )?;
+    check(&a.sub(&st), &bs, &want, tol::<E>(), 0.0, "sub with a [1] tensor")?;
     let (bs, want) = ref_binary(&[s], &[1], &va, shape, &|x, y| rd::<E>(x - y));
     check(&st.sub(&a), &bs, &want, tol::<E>(), 0.0, "[1] tensor sub")?;
     let s0 = Tensor::<E>::scalar(E::from_f64(s));
@@ -636,9 +270,7 @@ fn check_in_place<E: Float>(shape: &[usize], seed: u64) -> Result<(), TestCaseEr
     let (ea, eb) = (E::from_f64(alpha), E::from_f64(beta));
     let n = vbase.len();
     let rhs = |f: &dyn Fn(f64, f64) -> f64| -> Vec<f64> {
-        (0..n)
-            .map(|i| rd::<E>(f(vbase[i], vb[bpos(&unravel(i, shape), &sb)])))
-            .collect()
+        (0..n).map(|i| rd::<E>(f(vbase[i], vb[bpos(&unravel(i, shape), &sb)]))).collect()
     };
     // t1 * t2 and t1 / t2 as kiln forms them (rounded to E), broadcast to `shape`
     let prod = |f: &dyn Fn(f64, f64) -> f64| -> Vec<f64> {
@@ -652,58 +284,24 @@ fn check_in_place<E: Float>(shape: &[usize], seed: u64) -> Result<(), TestCaseEr
     let p_mul = prod(&|x, y| x * y);
     let p_div = prod(&|x, y| x / y);
     let (lo, hi) = (g.uniform(-1.5, 0.0), g.uniform(0.0, 1.5));
-    let bounds = [
-        (Some(lo), Some(hi)),
-        (Some(lo), None),
-        (None, Some(hi)),
-        (None, None),
-    ][g.below(4)];
+    let bounds = [(Some(lo), Some(hi)), (Some(lo), None), (None, Some(hi)), (None, None)][g.below(4)];
     #[allow(clippy::type_complexity)]
     let cases: Vec<(&str, Box<dyn Fn(&mut Tensor<E>)>, Vec<f64>, f64)> = vec![
-        (
-            "add_",
-            Box::new(|t| t.add_(&b)),
-            rhs(&|x, y| x + y),
-            tol::<E>(),
-        ),
-        (
-            "sub_",
-            Box::new(|t| t.sub_(&b)),
-            rhs(&|x, y| x - y),
-            tol::<E>(),
-        ),
-        (
-            "mul_",
-            Box::new(|t| t.mul_(&b)),
-            rhs(&|x, y| x * y),
-            tol::<E>(),
-        ),
-        (
-            "axpy_",
-            Box::new(|t| t.axpy_(ea, &b)),
-            rhs(&|x, y| x + alpha * y),
-            4.0 * tol::<E>(),
-        ),
-        (
-            "scale_add_",
-            Box::new(|t| t.scale_add_(eb, ea, &b)),
-            rhs(&|x, y| x * beta + alpha * y),
-            8.0 * tol::<E>(),
-        ),
+        ("add_", Box::new(|t| t.add_(&b)), rhs(&|x, y| x + y), tol::<E>()),
+        ("sub_", Box::new(|t| t.sub_(&b)), rhs(&|x, y| x - y), tol::<E>()),
+        ("mul_", Box::new(|t| t.mul_(&b)), rhs(&|x, y| x * y), tol::<E>()),
+        ("axpy_", Box::new(|t| t.axpy_(ea, &b)), rhs(&|x, y| x + alpha * y), 4.0 * tol::<E>()),
+        ("scale_add_", Box::new(|t| t.scale_add_(eb, ea, &b)), rhs(&|x, y| x * beta + alpha * y), 8.0 * tol::<E>()),
         (
             "addcmul_",
             Box::new(|t| t.addcmul_(ea, &t1, &t2)),
-            (0..n)
-                .map(|i| rd::<E>(vbase[i] + alpha * p_mul[i]))
-                .collect(),
+            (0..n).map(|i| rd::<E>(vbase[i] + alpha * p_mul[i])).collect(),
             8.0 * tol::<E>(),
         ),
         (
             "addcdiv_",
             Box::new(|t| t.addcdiv_(ea, &t1, &t2)),
-            (0..n)
-                .map(|i| rd::<E>(vbase[i] + alpha * p_div[i]))
-                .collect(),
+            (0..n).map(|i| rd::<E>(vbase[i] + alpha * p_div[i])).collect(),
             8.0 * tol::<E>(),
         ),
         ("copy_", Box::new(|t| t.copy_(&b)), rhs(&|_, y| y), 0.0),
@@ -727,52 +325,28 @@ fn check_in_place<E: Float>(shape: &[usize], seed: u64) -> Result<(), TestCaseEr
             vbase
                 .iter()
                 .map(|&x| {
-                    let x = bounds
-                        .0
-                        .map_or(x, |l| if x < rd::<E>(l) { rd::<E>(l) } else { x });
-                    bounds
-                        .1
-                        .map_or(x, |h| if x > rd::<E>(h) { rd::<E>(h) } else { x })
+                    let x = bounds.0.map_or(x, |l| if x < rd::<E>(l) { rd::<E>(l) } else { x });
+                    bounds.1.map_or(x, |h| if x > rd::<E>(h) { rd::<E>(h) } else { x })
                 })
                 .collect(),
             0.0,
         ),
     ];
     for (name, op, want, rt) in cases {
-        let what = format!(
-            "{name} on {shape:?} (strides {:?}) with rhs {sb:?} ({:?})",
-            base.strides(),
-            E::DTYPE
-        );
+        let what = format!("{name} on {shape:?} (strides {:?}) with rhs {sb:?} ({:?})", base.strides(), E::DTYPE);
         let mut t = base.clone();
         op(&mut t);
         // compound updates round more than once; operands are at most ~8 in magnitude
         check(&t, shape, &want, rt, 8.0 * rt, &what)?;
         // copy on write: the tensor it was cloned from, and the operands, never change
-        check(
-            &base,
-            shape,
-            &vbase,
-            0.0,
-            0.0,
-            &format!("{what}: the original"),
-        )?;
+        check(&base, shape, &vbase, 0.0, 0.0, &format!("{what}: the original"))?;
         check(&b, &sb, &vb, 0.0, 0.0, &format!("{what}: the rhs"))?;
     }
     // div_ with a divisor kept away from zero, broadcast from s2
     let mut t = base.clone();
     t.div_(&t2);
-    let want: Vec<f64> = (0..n)
-        .map(|i| rd::<E>(vbase[i] / v2[bpos(&unravel(i, shape), &s2)]))
-        .collect();
-    check(
-        &t,
-        shape,
-        &want,
-        tol::<E>(),
-        0.0,
-        &format!("div_ on {shape:?} by {s2:?} ({:?})", E::DTYPE),
-    )?;
+    let want: Vec<f64> = (0..n).map(|i| rd::<E>(vbase[i] / v2[bpos(&unravel(i, shape), &s2)])).collect();
+    check(&t, shape, &want, tol::<E>(), 0.0, &format!("div_ on {shape:?} by {s2:?} ({:?})", E::DTYPE))?;
     check(&base, shape, &vbase, 0.0, 0.0, "div_: the original")?;
     // in place with the tensor itself (aliased storage) as the right-hand side
     let mut t = base.clone();
@@ -824,11 +398,7 @@ fn in_place_on_a_unique_contiguous_tensor_does_not_reallocate() {
     a.mul_scalar_(2.0);
     a.clamp_(Some(-100.0), Some(100.0));
     a.copy_(&b);
-    assert_eq!(
-        p,
-        a.as_slice().unwrap().as_ptr(),
-        "an in-place op on unshared storage reallocated"
-    );
+    assert_eq!(p, a.as_slice().unwrap().as_ptr(), "an in-place op on unshared storage reallocated");
     assert_eq!(a.to_vec(), [1.0, 2.0, 3.0, 4.0].repeat(3));
 }
 
@@ -852,11 +422,7 @@ fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
-type UnaryCase<E> = (
-    String,
-    Box<dyn Fn(&Tensor<E>) -> Tensor<E>>,
-    Box<dyn Fn(f64) -> f64>,
-);
+type UnaryCase<E> = (String, Box<dyn Fn(&Tensor<E>) -> Tensor<E>>, Box<dyn Fn(f64) -> f64>);
 
 fn unary_table<E: Float>(g: &mut Gen) -> Vec<UnaryCase<E>> {
     fn case<E: Float>(
@@ -906,24 +472,12 @@ fn unary_table<E: Float>(g: &mut Gen) -> Vec<UnaryCase<E>> {
             move |t| t.leaky_relu(slope),
             move |x| if x > 0.0 { x } else { rd::<E>(slope) * x },
         ),
-        case(
-            format!("elu({alpha})"),
-            move |t| t.elu(alpha),
-            move |x| if x > 0.0 { x } else { alpha * x.exp_m1() },
-        ),
-        case(
-            "gelu",
-            |t| t.gelu(),
-            |x| 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)),
-        ),
+        case(format!("elu({alpha})"), move |t| t.elu(alpha), move |x| if x > 0.0 { x } else { alpha * x.exp_m1() }),
+        case("gelu", |t| t.gelu(), |x| 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))),
         case(
             "gelu_tanh",
             |t| t.gelu_tanh(),
-            |x| {
-                0.5 * x
-                    * (1.0
-                        + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
-            },
+            |x| 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh()),
         ),
         case("silu", |t| t.silu(), |x| x * sigmoid(x)),
         case(
@@ -959,11 +513,7 @@ fn check_unary<E: Float>(shape: &[usize], seed: u64) -> Result<(), TestCaseError
     };
     let (a, va) = build::<E>(shape, 3, g, &draw);
     for (name, k, f) in unary_table::<E>(g) {
-        let what = format!(
-            "{name} on {shape:?} (strides {:?}, {:?})",
-            a.strides(),
-            E::DTYPE
-        );
+        let what = format!("{name} on {shape:?} (strides {:?}, {:?})", a.strides(), E::DTYPE);
         let want: Vec<f64> = va.iter().map(|&x| f(x)).collect();
         check(&k(&a), shape, &want, ftol::<E>(), ftol::<E>(), &what)?;
     }
@@ -981,28 +531,16 @@ proptest! {
 }
 
 fn check_extremes<E: Float>() {
-    let x = Tensor::<E>::from_vec(
-        [-1000.0, -100.0, -30.0, 0.0, 30.0, 100.0, 1000.0]
-            .map(E::from_f64)
-            .to_vec(),
-        &[7],
-    );
+    let x = Tensor::<E>::from_vec([-1000.0, -100.0, -30.0, 0.0, 30.0, 100.0, 1000.0].map(E::from_f64).to_vec(), &[7]);
     let finite = |t: Tensor<E>, name: &str| {
         let v = vals(&t);
-        assert!(
-            v.iter().all(|x| x.is_finite()),
-            "{name} at extreme inputs ({:?}): {v:?}",
-            E::DTYPE
-        );
+        assert!(v.iter().all(|x| x.is_finite()), "{name} at extreme inputs ({:?}): {v:?}", E::DTYPE);
         v
     };
     let s = finite(x.sigmoid(), "sigmoid");
     assert_eq!(s[0], 0.0);
     assert_eq!(s[6], 1.0);
-    assert!(
-        s.windows(2).all(|w| w[0] <= w[1]),
-        "sigmoid not monotone: {s:?}"
-    );
+    assert!(s.windows(2).all(|w| w[0] <= w[1]), "sigmoid not monotone: {s:?}");
     let sp = finite(x.softplus(1.0, 20.0), "softplus");
     assert_eq!(sp[6], 1000.0);
     assert_eq!(sp[5], 100.0);
@@ -1063,10 +601,7 @@ fn unary_functions_propagate_nan() {
 fn clamp_with_min_above_max_gives_max_like_pytorch() {
     // torch.clamp: "If min is greater than max, sets all elements in input to the value of max."
     let x = Tensor::<f64>::from_vec(vec![-5.0, 0.0, 5.0], &[3]);
-    assert_eq!(
-        x.clamp(Some(1.0), Some(-1.0)).to_vec(),
-        vec![-1.0, -1.0, -1.0]
-    );
+    assert_eq!(x.clamp(Some(1.0), Some(-1.0)).to_vec(), vec![-1.0, -1.0, -1.0]);
     let mut y = x.clone();
     y.clamp_(Some(1.0), Some(-1.0));
     assert_eq!(y.to_vec(), vec![-1.0, -1.0, -1.0]);
@@ -1090,11 +625,7 @@ fn maximum_and_minimum_propagate_nan() {
 fn check_where<E: Float>(out: &[usize], seed: u64) -> Result<(), TestCaseError> {
     let g = &mut Gen(seed);
     let sm = smooth(-2.0, 2.0);
-    let (sm_, sa, sb) = (
-        operand_shape(out, g),
-        operand_shape(out, g),
-        operand_shape(out, g),
-    );
+    let (sm_, sa, sb) = (operand_shape(out, g), operand_shape(out, g), operand_shape(out, g));
     let (m, vm) = build::<E>(&sm_, 3, g, &discrete);
     let (a, va) = build::<E>(&sa, 3, g, &sm);
     let (b, vb) = build::<E>(&sb, 3, g, &sm);
@@ -1110,42 +641,17 @@ fn check_where<E: Float>(out: &[usize], seed: u64) -> Result<(), TestCaseError> 
             }
         })
         .collect();
-    check(
-        &a.where_(&m, &b),
-        &shape,
-        &want,
-        0.0,
-        0.0,
-        &format!("where_ mask {sm_:?} self {sa:?} other {sb:?}"),
-    )?;
+    check(&a.where_(&m, &b), &shape, &want, 0.0, 0.0, &format!("where_ mask {sm_:?} self {sa:?} other {sb:?}"))?;
     // masked_fill: the mask broadcasts to the tensor's shape
     let (x, vx) = build::<E>(out, 3, g, &sm);
     let sk = operand_shape(out, g);
     let (k, vk) = build::<E>(&sk, 3, g, &discrete);
     let value = rd::<E>(g.uniform(-9.0, 9.0));
     let n: usize = out.iter().product();
-    let want: Vec<f64> = (0..n)
-        .map(|i| {
-            if vk[bpos(&unravel(i, out), &sk)] != 0.0 {
-                value
-            } else {
-                vx[i]
-            }
-        })
-        .collect();
-    check(
-        &x.masked_fill(&k, E::from_f64(value)),
-        out,
-        &want,
-        0.0,
-        0.0,
-        &format!("masked_fill {out:?} mask {sk:?}"),
-    )?;
+    let want: Vec<f64> = (0..n).map(|i| if vk[bpos(&unravel(i, out), &sk)] != 0.0 { value } else { vx[i] }).collect();
+    check(&x.masked_fill(&k, E::from_f64(value)), out, &want, 0.0, 0.0, &format!("masked_fill {out:?} mask {sk:?}"))?;
     // comparison masks feed masked_fill, as attention masks do
-    let want: Vec<f64> = vx
-        .iter()
-        .map(|&v| if v > 0.5 { value } else { v })
-        .collect();
+    let want: Vec<f64> = vx.iter().map(|&v| if v > 0.5 { value } else { v }).collect();
     check(
         &x.masked_fill(&x.gt_scalar(E::from_f64(0.5)), E::from_f64(value)),
         out,
@@ -1177,10 +683,7 @@ fn zero_size_dims_broadcast() {
     assert_eq!(r.mul(&e).shape(), &[0, 3]);
     let c = Tensor::<f64>::ones(&[2, 1]);
     assert_eq!(c.add(&Tensor::zeros(&[2, 0])).shape(), &[2, 0]);
-    assert_eq!(
-        Tensor::<f32>::ones(&[1]).sub(&Tensor::zeros(&[0])).shape(),
-        &[0]
-    );
+    assert_eq!(Tensor::<f32>::ones(&[1]).sub(&Tensor::zeros(&[0])).shape(), &[0]);
     assert_eq!(e.exp().shape(), &[0, 3]);
     let mut z = Tensor::<f64>::zeros(&[0, 3]);
     z.add_(&r);
@@ -1220,10 +723,7 @@ fn large_inputs_take_the_parallel_paths_and_agree_with_loops() {
         );
         let mut k = f.clone();
         k.mul_(&f);
-        assert!(
-            k.to_vec().iter().zip(&full).all(|(x, y)| *x == y * y),
-            "mul_ by itself at {threads} threads"
-        );
+        assert!(k.to_vec().iter().zip(&full).all(|(x, y)| *x == y * y), "mul_ by itself at {threads} threads");
         let tv = ft.sub(&f).to_vec();
         assert!((0..full.len()).all(|i| {
             let idx = unravel(i, &[48, 25, 33]);
@@ -1242,52 +742,34 @@ fn shape_mismatch_panics_name_the_op_and_both_shapes() {
         })
         .unwrap_or_else(|| panic!("{name}: [2, 3] with [4] did not panic"));
         let want = format!("{name}: shapes [2, 3] and [4] cannot be broadcast");
-        assert!(
-            msg.contains(&want),
-            "{name}: message {msg:?} does not contain {want:?}"
-        );
+        assert!(msg.contains(&want), "{name}: message {msg:?} does not contain {want:?}");
     }
     let msg = panic_message(|| {
         let _ = &a + &b;
     })
     .unwrap();
-    assert!(
-        msg.contains("add: shapes [2, 3] and [4] cannot be broadcast"),
-        "{msg}"
-    );
+    assert!(msg.contains("add: shapes [2, 3] and [4] cannot be broadcast"), "{msg}");
     let msg = panic_message(|| {
         let _ = Tensor::<f64>::zeros(&[2, 3, 4]).sub(&Tensor::zeros(&[3, 2, 4]));
     })
     .unwrap();
-    assert!(
-        msg.contains("sub: shapes [2, 3, 4] and [3, 2, 4] cannot be broadcast"),
-        "{msg}"
-    );
+    assert!(msg.contains("sub: shapes [2, 3, 4] and [3, 2, 4] cannot be broadcast"), "{msg}");
     // where_ and masked_fill
     let msg = panic_message(|| {
         let _ = a.where_(&Tensor::zeros(&[5]), &a);
     })
     .unwrap();
-    assert!(
-        msg.contains("where_") && msg.contains("[5]") && msg.contains("[2, 3]"),
-        "{msg}"
-    );
+    assert!(msg.contains("where_") && msg.contains("[5]") && msg.contains("[2, 3]"), "{msg}");
     let msg = panic_message(|| {
         let _ = a.masked_fill(&b, 1.0);
     })
     .unwrap();
-    assert!(
-        msg.contains("masked_fill") && msg.contains("[4]") && msg.contains("[2, 3]"),
-        "{msg}"
-    );
+    assert!(msg.contains("masked_fill") && msg.contains("[4]") && msg.contains("[2, 3]"), "{msg}");
     let msg = panic_message(|| {
         let _ = Tensor::<f32>::zeros(&[3]).masked_fill(&Tensor::zeros(&[2, 3]), 1.0);
     })
     .unwrap();
-    assert!(
-        msg.contains("masked_fill") && msg.contains("[3]") && msg.contains("[2, 3]"),
-        "{msg}"
-    );
+    assert!(msg.contains("masked_fill") && msg.contains("[3]") && msg.contains("[2, 3]"), "{msg}");
     // in place: incompatible, and compatible but larger than self
     #[allow(clippy::type_complexity)]
     let in_place: Vec<(&str, Box<dyn Fn(&mut Tensor<f32>, &Tensor<f32>)>)> = vec![
@@ -1302,15 +784,16 @@ fn shape_mismatch_panics_name_the_op_and_both_shapes() {
         ("addcdiv_", Box::new(|t, o| t.addcdiv_(1.0, o, o))),
     ];
     for (name, op) in &in_place {
-        for (self_shape, rhs_shape) in [(&[2usize, 3][..], &[4usize][..]), (&[3][..], &[2, 3][..])]
-        {
+        for (self_shape, rhs_shape) in [(&[2usize, 3][..], &[4usize][..]), (&[3][..], &[2, 3][..])] {
             let msg = panic_message(std::panic::AssertUnwindSafe(|| {
                 let mut t = Tensor::<f32>::zeros(self_shape);
                 op(&mut t, &Tensor::zeros(rhs_shape));
             }))
             .unwrap_or_else(|| panic!("{name}: {self_shape:?} with {rhs_shape:?} did not panic"));
             assert!(
-                msg.contains(name) && msg.contains(&format!("{self_shape:?}")) && msg.contains(&format!("{rhs_shape:?}")),
+                msg.contains(name)
+                    && msg.contains(&format!("{self_shape:?}"))
+                    && msg.contains(&format!("{rhs_shape:?}")),
                 "{name}: message {msg:?} does not name the op and both shapes {self_shape:?} {rhs_shape:?}"
             );
         }
@@ -1334,8 +817,5 @@ fn the_layout_builder_makes_non_contiguous_views_with_the_stated_values() {
             assert_eq!(t.get(&unravel(i, &shape)), x);
         }
     }
-    assert!(
-        strided > 80,
-        "only {strided} of 200 inputs were strided views"
-    );
+    assert!(strided > 80, "only {strided} of 200 inputs were strided views");
 }

@@ -9,306 +9,10 @@ use std::sync::Mutex;
 use kiln_tensor::{DType, Float, Tensor};
 use proptest::prelude::*;
 
+mod common;
+use common::*;
+
 // ------------------------------------------------------------------------------------ helpers
-// (each test file is its own crate, so these few helpers are repeated in every file)
-
-/// SplitMix64: the tests draw their own numbers so that the references never depend on kiln.
-struct Gen(u64);
-
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-    fn coin(&mut self) -> bool {
-        self.next() & 1 == 1
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-    fn perm(&mut self, n: usize) -> Vec<usize> {
-        let mut p: Vec<usize> = (0..n).collect();
-        for i in (1..n).rev() {
-            p.swap(i, self.below(i + 1));
-        }
-        p
-    }
-}
-
-/// Row-major multi-index of flat position `i`.
-fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
-    let mut idx = vec![0; shape.len()];
-    for d in (0..shape.len()).rev() {
-        idx[d] = i % shape[d];
-        i /= shape[d];
-    }
-    idx
-}
-
-/// Flat row-major position of a multi-index.
-fn ravel(idx: &[usize], shape: &[usize]) -> usize {
-    idx.iter().zip(shape).fold(0, |acc, (&i, &n)| acc * n + i)
-}
-
-/// `d` written either as itself or as its negative alias (`d - ndim`).
-fn any_sign(d: usize, ndim: usize, g: &mut Gen) -> isize {
-    if g.coin() {
-        d as isize - ndim as isize
-    } else {
-        d as isize
-    }
-}
-
-/// `cases` proptest cases, or `PROPTEST_CASES` when set (for long stress runs).
-fn config(cases: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(cases);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
-/// `x` rounded to the element type.
-fn rd<E: Float>(x: f64) -> f64 {
-    E::from_f64(x).to_f64()
-}
-
-fn vals<E: Float>(t: &Tensor<E>) -> Vec<f64> {
-    t.to_vec().into_iter().map(|x| x.to_f64()).collect()
-}
-
-type Draw<'a> = &'a dyn Fn(&mut Gen) -> f64;
-
-/// A tensor of logical shape `shape` together with its row-major values (rounded to `E`),
-/// reached through up to `depth` random view ops (permute, transpose, t, slice with a step,
-/// narrow, flip, expand, select, unsqueeze, squeeze), so that it is usually not contiguous.
-fn build<E: Float>(
-    shape: &[usize],
-    depth: usize,
-    g: &mut Gen,
-    draw: Draw,
-) -> (Tensor<E>, Vec<f64>) {
-    let nd = shape.len();
-    let n: usize = shape.iter().product();
-    let pick = if depth == 0 { 0 } else { g.below(8) };
-    let gather = |v: &[f64], q: &[usize], map: &dyn Fn(&[usize]) -> Vec<usize>| -> Vec<f64> {
-        (0..n)
-            .map(|i| v[ravel(&map(&unravel(i, shape)), q)])
-            .collect()
-    };
-    match pick {
-        // permute, transpose, t
-        1 if nd >= 2 => {
-            let (p, swap) = if g.coin() {
-                (g.perm(nd), None)
-            } else {
-                let (a, b) = (g.below(nd), g.below(nd));
-                let mut p: Vec<usize> = (0..nd).collect();
-                p.swap(a, b);
-                (p, Some((a, b)))
-            };
-            let mut q = vec![0; nd];
-            for i in 0..nd {
-                q[p[i]] = shape[i];
-            }
-            let (t, v) = build::<E>(&q, depth - 1, g, draw);
-            let view = match swap {
-                Some((a, b)) if nd == 2 && a != b && g.coin() => t.t(),
-                Some((a, b)) => t.transpose(any_sign(a, nd, g), any_sign(b, nd, g)),
-                None => t.permute(&p.iter().map(|&d| any_sign(d, nd, g)).collect::<Vec<_>>()),
-            };
-            let out = gather(&v, &q, &|idx| {
-                let mut j = vec![0; nd];
-                for k in 0..nd {
-                    j[p[k]] = idx[k];
-                }
-                j
-            });
-            (view, out)
-        }
-        // slice with a step, or narrow
-        2 if nd >= 1 => {
-            let d = g.below(nd);
-            let step = 1 + g.below(3);
-            let start = g.below(3);
-            let s = shape[d];
-            let exact_end = if s == 0 {
-                start
-            } else {
-                start + (s - 1) * step + 1
-            };
-            let mut q = shape.to_vec();
-            q[d] = exact_end + g.below(3);
-            let (t, v) = build::<E>(&q, depth - 1, g, draw);
-            let view = if step == 1 && g.coin() {
-                t.narrow(any_sign(d, nd, g), start, s)
-            } else {
-                let end = if s == 0 {
-                    start
-                } else {
-                    exact_end + g.below(step)
-                };
-                t.slice(any_sign(d, nd, g), start, end, step)
-            };
-            let out = gather(&v, &q, &|idx| {
-                let mut j = idx.to_vec();
-                j[d] = start + idx[d] * step;
-                j
-            });
-            (view, out)
-        }
-        // flip some dims
-        3 if nd >= 1 => {
-            let dims: Vec<usize> = (0..nd).filter(|_| g.coin()).collect();
-            let (t, v) = build::<E>(shape, depth - 1, g, draw);
-            let view = t.flip(&dims.iter().map(|&d| any_sign(d, nd, g)).collect::<Vec<_>>());
-            let out = gather(&v, shape, &|idx| {
-                let mut j = idx.to_vec();
-                for &d in &dims {
-                    j[d] = shape[d] - 1 - idx[d];
-                }
-                j
-            });
-            (view, out)
-        }
-        // expand (size-1 dims and missing leading dims get stride 0)
-        4 if nd >= 1 => {
-            let lead = if g.coin() { g.below(nd + 1) } else { 0 };
-            let q: Vec<usize> = shape[lead..]
-                .iter()
-                .map(|&s| if g.coin() { 1 } else { s })
-                .collect();
-            let (t, v) = build::<E>(&q, depth - 1, g, draw);
-            let view = if g.coin() {
-                t.expand(shape)
-            } else {
-                t.broadcast_to(shape)
-            };
-            let out = gather(&v, &q, &|idx| {
-                idx[lead..]
-                    .iter()
-                    .zip(&q)
-                    .map(|(&i, &s)| if s == 1 { 0 } else { i })
-                    .collect()
-            });
-            (view, out)
-        }
-        // select one index of an extra dim
-        5 => {
-            let d = g.below(nd + 1);
-            let k = 1 + g.below(3);
-            let at = g.below(k);
-            let mut q = shape.to_vec();
-            q.insert(d, k);
-            let (t, v) = build::<E>(&q, depth - 1, g, draw);
-            let view = t.select(any_sign(d, nd + 1, g), at);
-            let out = gather(&v, &q, &|idx| {
-                let mut j = idx.to_vec();
-                j.insert(d, at);
-                j
-            });
-            (view, out)
-        }
-        // unsqueeze (when the shape has a size-1 dim) or squeeze_dim of an extra size-1 dim
-        6 => {
-            let ones: Vec<usize> = (0..nd).filter(|&d| shape[d] == 1).collect();
-            if !ones.is_empty() && g.coin() {
-                let d = ones[g.below(ones.len())];
-                let mut q = shape.to_vec();
-                q.remove(d);
-                let (t, v) = build::<E>(&q, depth - 1, g, draw);
-                let view = t.unsqueeze(any_sign(d, nd, g));
-                let out = gather(&v, &q, &|idx| {
-                    let mut j = idx.to_vec();
-                    j.remove(d);
-                    j
-                });
-                (view, out)
-            } else {
-                let d = g.below(nd + 1);
-                let mut q = shape.to_vec();
-                q.insert(d, 1);
-                let (t, v) = build::<E>(&q, depth - 1, g, draw);
-                let view = t.squeeze_dim(any_sign(d, nd + 1, g));
-                let out = gather(&v, &q, &|idx| {
-                    let mut j = idx.to_vec();
-                    j.insert(d, 0);
-                    j
-                });
-                (view, out)
-            }
-        }
-        _ => {
-            let v: Vec<f64> = (0..n).map(|_| rd::<E>(draw(g))).collect();
-            (
-                Tensor::from_vec(v.iter().map(|&x| E::from_f64(x)).collect(), shape),
-                v,
-            )
-        }
-    }
-}
-
-fn close(got: f64, want: f64, rtol: f64, atol: f64) -> bool {
-    if want.is_nan() || got.is_nan() {
-        return want.is_nan() && got.is_nan();
-    }
-    if want.is_infinite() || got.is_infinite() {
-        return got == want;
-    }
-    (got - want).abs() <= atol + rtol * want.abs()
-}
-
-/// Checks a kiln result's shape and values against a reference.
-fn check<E: Float>(
-    got: &Tensor<E>,
-    shape: &[usize],
-    want: &[f64],
-    rtol: f64,
-    atol: f64,
-    what: &str,
-) -> Result<(), TestCaseError> {
-    prop_assert_eq!(got.shape(), shape, "{}: shape", what);
-    let g = vals(got);
-    prop_assert_eq!(g.len(), want.len(), "{}: element count", what);
-    for (i, (&x, &w)) in g.iter().zip(want).enumerate() {
-        prop_assert!(
-            close(x, w, rtol, atol),
-            "{}: element {} (index {:?}) is {}, want {}",
-            what,
-            i,
-            unravel(i, shape),
-            x,
-            w
-        );
-    }
-    Ok(())
-}
-
-fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> Option<String> {
-    match std::panic::catch_unwind(f) {
-        Ok(()) => None,
-        Err(e) => Some(
-            e.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default(),
-        ),
-    }
-}
 
 /// The thread count is global: tests that set it run one at a time, so that a product meant to
 /// run on two threads does.
@@ -331,16 +35,8 @@ fn bshape(a: &[usize], b: &[usize]) -> Vec<usize> {
     let nd = a.len().max(b.len());
     (0..nd)
         .map(|i| {
-            let da = if i + a.len() >= nd {
-                a[i + a.len() - nd]
-            } else {
-                1
-            };
-            let db = if i + b.len() >= nd {
-                b[i + b.len() - nd]
-            } else {
-                1
-            };
+            let da = if i + a.len() >= nd { a[i + a.len() - nd] } else { 1 };
+            let db = if i + b.len() >= nd { b[i + b.len() - nd] } else { 1 };
             if da == 1 {
                 db
             } else {
@@ -353,27 +49,14 @@ fn bshape(a: &[usize], b: &[usize]) -> Vec<usize> {
 /// The index into an operand of batch shape `shape` that batch index `idx` reads.
 fn bidx(idx: &[usize], shape: &[usize]) -> Vec<usize> {
     let lead = idx.len() - shape.len();
-    shape
-        .iter()
-        .enumerate()
-        .map(|(d, &s)| if s == 1 { 0 } else { idx[lead + d] })
-        .collect()
+    shape.iter().enumerate().map(|(d, &s)| if s == 1 { 0 } else { idx[lead + d] }).collect()
 }
 
 /// PyTorch's matmul as loops: the result's shape, its values, and for each value the sum of
 /// `|a * b|` over its products (which bounds the rounding error).
-fn naive_matmul(
-    va: &[f64],
-    sa: &[usize],
-    vb: &[f64],
-    sb: &[usize],
-) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
+fn naive_matmul(va: &[f64], sa: &[usize], vb: &[f64], sb: &[usize]) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
     let (a1, b1) = (sa.len() == 1, sb.len() == 1);
-    let (m, k) = if a1 {
-        (1, sa[0])
-    } else {
-        (sa[sa.len() - 2], sa[sa.len() - 1])
-    };
+    let (m, k) = if a1 { (1, sa[0]) } else { (sa[sa.len() - 2], sa[sa.len() - 1]) };
     let n = if b1 { 1 } else { sb[sb.len() - 1] };
     let kb = if b1 { sb[0] } else { sb[sb.len() - 2] };
     assert_eq!(k, kb, "test bug: inner dims");
@@ -434,11 +117,7 @@ fn check_product<E: Float>(
 ) -> Result<(), TestCaseError> {
     let (sa, sb) = (a.shape().to_vec(), b.shape().to_vec());
     let (shape, want, mags) = naive_matmul(va, &sa, vb, &sb);
-    let k = if sa.len() == 1 {
-        sa[0]
-    } else {
-        sa[sa.len() - 1]
-    } as f64;
+    let k = if sa.len() == 1 { sa[0] } else { sa[sa.len() - 1] } as f64;
     for threads in [1, 2] {
         let got = with_threads(threads, || a.matmul(b));
         let what = format!(
@@ -469,15 +148,8 @@ fn check_product<E: Float>(
 
 /// An operand shape whose batch dims broadcast to `batch` (leading dims dropped, some set to 1).
 fn batch_of(batch: &[usize], g: &mut Gen) -> Vec<usize> {
-    let lead = if g.coin() {
-        g.below(batch.len() + 1)
-    } else {
-        0
-    };
-    batch[lead..]
-        .iter()
-        .map(|&d| if g.below(3) == 0 { 1 } else { d })
-        .collect()
+    let lead = if g.coin() { g.below(batch.len() + 1) } else { 0 };
+    batch[lead..].iter().map(|&d| if g.below(3) == 0 { 1 } else { d }).collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -491,16 +163,8 @@ fn check_random<E: Float>(
     seed: u64,
 ) -> Result<(), TestCaseError> {
     let g = &mut Gen(seed);
-    let sa = if a1 {
-        vec![k]
-    } else {
-        [batch_of(batch, g), vec![m, k]].concat()
-    };
-    let sb = if b1 {
-        vec![k]
-    } else {
-        [batch_of(batch, g), vec![k, n]].concat()
-    };
+    let sa = if a1 { vec![k] } else { [batch_of(batch, g), vec![m, k]].concat() };
+    let sb = if b1 { vec![k] } else { [batch_of(batch, g), vec![k, n]].concat() };
     let draw = |g: &mut Gen| g.uniform(-1.0, 1.0);
     let (a, va) = build::<E>(&sa, 3, g, &draw);
     let (b, vb) = build::<E>(&sb, 3, g, &draw);
@@ -581,9 +245,7 @@ fn run_named_layouts<E: Float>() {
     // flipped one; an expanded (stride 0) batch; a select of a batch
     let mut g = Gen(3);
     let mut r = |n: usize| -> Vec<f64> { (0..n).map(|_| rd::<E>(g.uniform(-1.0, 1.0))).collect() };
-    let t = |v: &[f64], s: &[usize]| {
-        Tensor::<E>::from_vec(v.iter().map(|&x| E::from_f64(x)).collect(), s)
-    };
+    let t = |v: &[f64], s: &[usize]| Tensor::<E>::from_vec(v.iter().map(|&x| E::from_f64(x)).collect(), s);
     let (vx, vw) = (r(4 * 6), r(5 * 6));
     let (x, w) = (t(&vx, &[4, 6]), t(&vw, &[5, 6]));
     let wt = w.t();
@@ -599,19 +261,11 @@ fn run_named_layouts<E: Float>() {
     let vbig = r(4 * 12);
     let xs = t(&vbig, &[4, 12]).slice(1, 0, 12, 2);
     let vxs: Vec<f64> = (0..24).map(|i| vbig[(i / 6) * 12 + (i % 6) * 2]).collect();
-    must(check_product(
-        &xs,
-        &vxs,
-        &wt,
-        &vwt,
-        "column slice with step 2 · W^T",
-    ));
+    must(check_product(&xs, &vxs, &wt, &vwt, "column slice with step 2 · W^T"));
     // rows 1, 4 of a [7, 6] as lhs, flipped along both dims (negative strides)
     let v7 = r(7 * 6);
     let xf = t(&v7, &[7, 6]).slice(0, 1, 7, 3).flip(&[0, 1]);
-    let vxf: Vec<f64> = (0..12)
-        .map(|i| v7[[4, 1][i / 6] * 6 + (5 - i % 6)])
-        .collect();
+    let vxf: Vec<f64> = (0..12).map(|i| v7[[4, 1][i / 6] * 6 + (5 - i % 6)]).collect();
     must(check_product(&xf, &vxf, &wt, &vwt, "flipped, stepped lhs"));
     // one [6, 5] matrix expanded over a batch of 3 as the rhs
     let (va, vb) = (r(3 * 2 * 6), r(6 * 5));
@@ -628,32 +282,14 @@ fn run_named_layouts<E: Float>() {
             vp[ravel(&[idx[2], idx[1], idx[0]], &[6, 3, 2])]
         })
         .collect();
-    must(check_product(
-        &ap,
-        &vap,
-        &t(&vb, &[6, 5]),
-        &vb,
-        "permuted batched lhs",
-    ));
+    must(check_product(&ap, &vap, &t(&vb, &[6, 5]), &vb, "permuted batched lhs"));
     // 1-D operands that are strided: a column of a matrix, and a reversed row
     let col = t(&v7, &[7, 6]).select(1, 2).narrow(0, 1, 6);
     let vcol: Vec<f64> = (1..7).map(|i| v7[i * 6 + 2]).collect();
-    must(check_product(
-        &x,
-        &vx,
-        &col,
-        &vcol,
-        "matrix · strided column",
-    ));
+    must(check_product(&x, &vx, &col, &vcol, "matrix · strided column"));
     let row = t(&v7, &[7, 6]).select(0, 3).flip(&[0]);
     let vrow: Vec<f64> = (0..6).map(|j| v7[3 * 6 + 5 - j]).collect();
-    must(check_product(
-        &row,
-        &vrow,
-        &col,
-        &vcol,
-        "dot of a reversed row and a column",
-    ));
+    must(check_product(&row, &vrow, &col, &vcol, "dot of a reversed row and a column"));
 }
 
 #[test]
@@ -668,9 +304,7 @@ fn run_large<E: Float>() {
     // short one split by columns; operands strided
     let mut g = Gen(9);
     let mut r = |n: usize| -> Vec<f64> { (0..n).map(|_| rd::<E>(g.uniform(-1.0, 1.0))).collect() };
-    let t = |v: &[f64], s: &[usize]| {
-        Tensor::<E>::from_vec(v.iter().map(|&x| E::from_f64(x)).collect(), s)
-    };
+    let t = |v: &[f64], s: &[usize]| Tensor::<E>::from_vec(v.iter().map(|&x| E::from_f64(x)).collect(), s);
     let must = |r: Result<(), TestCaseError>| {
         if let Err(e) = r {
             panic!("{e}")
@@ -686,38 +320,18 @@ fn run_large<E: Float>() {
         })
         .collect();
     let vb = r(48 * 80);
-    must(check_product(
-        &a,
-        &vat,
-        &t(&vb, &[48, 80]),
-        &vb,
-        "batched, large",
-    ));
+    must(check_product(&a, &vat, &t(&vb, &[48, 80]), &vb, "batched, large"));
     // [130, 70] rows of a stepped buffer x [70, 90] transposed
     let vl = r(260 * 70);
     let l = t(&vl, &[260, 70]).slice(0, 1, 260, 2);
-    let vls: Vec<f64> = (0..130 * 70)
-        .map(|i| vl[(1 + 2 * (i / 70)) * 70 + i % 70])
-        .collect();
+    let vls: Vec<f64> = (0..130 * 70).map(|i| vl[(1 + 2 * (i / 70)) * 70 + i % 70]).collect();
     let vr = r(90 * 70);
     let rt = t(&vr, &[90, 70]).t();
     let vrt: Vec<f64> = (0..70 * 90).map(|i| vr[(i % 90) * 70 + i / 90]).collect();
-    must(check_product(
-        &l,
-        &vls,
-        &rt,
-        &vrt,
-        "2-D, large, split by rows",
-    ));
+    must(check_product(&l, &vls, &rt, &vrt, "2-D, large, split by rows"));
     // [4, 64] x [64, 2000]: wide and short
     let (vw1, vw2) = (r(4 * 64), r(64 * 2000));
-    must(check_product(
-        &t(&vw1, &[4, 64]),
-        &vw1,
-        &t(&vw2, &[64, 2000]),
-        &vw2,
-        "wide, split by columns",
-    ));
+    must(check_product(&t(&vw1, &[4, 64]), &vw1, &t(&vw2, &[64, 2000]), &vw2, "wide, split by columns"));
 }
 
 #[test]
@@ -750,10 +364,7 @@ fn inner_dimension_mismatch_message_is_exact() {
         let _ = Tensor::<f32>::zeros(&[32, 784]).matmul(&Tensor::zeros(&[128, 10]));
     })
     .expect("matmul [32, 784] x [128, 10] must panic");
-    assert_eq!(
-        msg,
-        "matmul: [32, 784] x [128, 10]: inner dimensions 784 and 128 differ"
-    );
+    assert_eq!(msg, "matmul: [32, 784] x [128, 10]: inner dimensions 784 and 128 differ");
     let msg = panic_message(|| {
         let _ = Tensor::<f64>::zeros(&[3]).matmul(&Tensor::zeros(&[4]));
     })
@@ -763,10 +374,7 @@ fn inner_dimension_mismatch_message_is_exact() {
         let _ = Tensor::<f64>::zeros(&[2, 3, 4]).matmul(&Tensor::zeros(&[5]));
     })
     .unwrap();
-    assert_eq!(
-        msg,
-        "matmul: [2, 3, 4] x [5]: inner dimensions 4 and 5 differ"
-    );
+    assert_eq!(msg, "matmul: [2, 3, 4] x [5]: inner dimensions 4 and 5 differ");
     let msg = panic_message(|| {
         let _ = Tensor::<f64>::scalar(1.0).matmul(&Tensor::zeros(&[3]));
     })

@@ -8,310 +8,14 @@
 use kiln_tensor::{DType, Float, Norm, Tensor};
 use proptest::prelude::*;
 
+mod common;
+use common::*;
+
 /// The thread count is global: tests that set it hold this lock, so that a check meant to run
 /// at one thread does.
 static THREADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 // ------------------------------------------------------------------------------------ helpers
-// (each test file is its own crate, so these few helpers are repeated in every file)
-
-/// SplitMix64: the tests draw their own numbers so that the references never depend on kiln.
-struct Gen(u64);
-
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-    fn coin(&mut self) -> bool {
-        self.next() & 1 == 1
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-    fn perm(&mut self, n: usize) -> Vec<usize> {
-        let mut p: Vec<usize> = (0..n).collect();
-        for i in (1..n).rev() {
-            p.swap(i, self.below(i + 1));
-        }
-        p
-    }
-}
-
-/// Row-major multi-index of flat position `i`.
-fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
-    let mut idx = vec![0; shape.len()];
-    for d in (0..shape.len()).rev() {
-        idx[d] = i % shape[d];
-        i /= shape[d];
-    }
-    idx
-}
-
-/// Flat row-major position of a multi-index.
-fn ravel(idx: &[usize], shape: &[usize]) -> usize {
-    idx.iter().zip(shape).fold(0, |acc, (&i, &n)| acc * n + i)
-}
-
-/// `d` written either as itself or as its negative alias (`d - ndim`).
-fn any_sign(d: usize, ndim: usize, g: &mut Gen) -> isize {
-    if g.coin() {
-        d as isize - ndim as isize
-    } else {
-        d as isize
-    }
-}
-
-/// `cases` proptest cases, or `PROPTEST_CASES` when set (for long stress runs).
-fn config(cases: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(cases);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
-/// `x` rounded to the element type.
-fn rd<E: Float>(x: f64) -> f64 {
-    E::from_f64(x).to_f64()
-}
-
-fn vals<E: Float>(t: &Tensor<E>) -> Vec<f64> {
-    t.to_vec().into_iter().map(|x| x.to_f64()).collect()
-}
-
-type Draw<'a> = &'a dyn Fn(&mut Gen) -> f64;
-
-/// A tensor of logical shape `shape` together with its row-major values (rounded to `E`),
-/// reached through up to `depth` random view ops (permute, transpose, t, slice with a step,
-/// narrow, flip, expand, select, unsqueeze, squeeze), so that it is usually not contiguous.
-fn build<E: Float>(
-    shape: &[usize],
-    depth: usize,
-    g: &mut Gen,
-    draw: Draw,
-) -> (Tensor<E>, Vec<f64>) {
-    let nd = shape.len();
-    let n: usize = shape.iter().product();
-    let pick = if depth == 0 { 0 } else { g.below(8) };
-    let gather = |v: &[f64], q: &[usize], map: &dyn Fn(&[usize]) -> Vec<usize>| -> Vec<f64> {
-        (0..n)
-            .map(|i| v[ravel(&map(&unravel(i, shape)), q)])
-            .collect()
-    };
-    match pick {
-        // permute, transpose, t
-        1 if nd >= 2 => {
-            let (p, swap) = if g.coin() {
-                (g.perm(nd), None)
-            } else {
-                let (a, b) = (g.below(nd), g.below(nd));
-                let mut p: Vec<usize> = (0..nd).collect();
-                p.swap(a, b);
-                (p, Some((a, b)))
-            };
-            let mut q = vec![0; nd];
-            for i in 0..nd {
-                q[p[i]] = shape[i];
-            }
-            let (t, v) = build::<E>(&q, depth - 1, g, draw);
-            let view = match swap {
-                Some((a, b)) if nd == 2 && a != b && g.coin() => t.t(),
-                Some((a, b)) => t.transpose(any_sign(a, nd, g), any_sign(b, nd, g)),
-                None => t.permute(&p.iter().map(|&d| any_sign(d, nd, g)).collect::<Vec<_>>()),
-            };
-            let out = gather(&v, &q, &|idx| {
-                let mut j = vec![0; nd];
-                for k in 0..nd {
-                    j[p[k]] = idx[k];
-                }
-                j
-            });
-            (view, out)
-        }
-        // slice with a step, or narrow
-        2 if nd >= 1 => {
-            let d = g.below(nd);
-            let step = 1 + g.below(3);
-            let start = g.below(3);
-            let s = shape[d];
-            let exact_end = if s == 0 {
-                start
-            } else {
-                start + (s - 1) * step + 1
-            };
-            let mut q = shape.to_vec();
-            q[d] = exact_end + g.below(3);
-            let (t, v) = build::<E>(&q, depth - 1, g, draw);
-            let view = if step == 1 && g.coin() {
-                t.narrow(any_sign(d, nd, g), start, s)
-            } else {
-                let end = if s == 0 {
-                    start
-                } else {
-                    exact_end + g.below(step)
-                };
-                t.slice(any_sign(d, nd, g), start, end, step)
-            };
-            let out = gather(&v, &q, &|idx| {
-                let mut j = idx.to_vec();
-                j[d] = start + idx[d] * step;
-                j
-            });
-            (view, out)
-        }
-        // flip some dims
-        3 if nd >= 1 => {
-            let dims: Vec<usize> = (0..nd).filter(|_| g.coin()).collect();
-            let (t, v) = build::<E>(shape, depth - 1, g, draw);
-            let view = t.flip(&dims.iter().map(|&d| any_sign(d, nd, g)).collect::<Vec<_>>());
-            let out = gather(&v, shape, &|idx| {
-                let mut j = idx.to_vec();
-                for &d in &dims {
-                    j[d] = shape[d] - 1 - idx[d];
-                }
-                j
-            });
-            (view, out)
-        }
-        // expand (size-1 dims and missing leading dims get stride 0)
-        4 if nd >= 1 => {
-            let lead = if g.coin() { g.below(nd + 1) } else { 0 };
-            let q: Vec<usize> = shape[lead..]
-                .iter()
-                .map(|&s| if g.coin() { 1 } else { s })
-                .collect();
-            let (t, v) = build::<E>(&q, depth - 1, g, draw);
-            let view = if g.coin() {
-                t.expand(shape)
-            } else {
-                t.broadcast_to(shape)
-            };
-            let out = gather(&v, &q, &|idx| {
-                idx[lead..]
-                    .iter()
-                    .zip(&q)
-                    .map(|(&i, &s)| if s == 1 { 0 } else { i })
-                    .collect()
-            });
-            (view, out)
-        }
-        // select one index of an extra dim
-        5 => {
-            let d = g.below(nd + 1);
-            let k = 1 + g.below(3);
-            let at = g.below(k);
-            let mut q = shape.to_vec();
-            q.insert(d, k);
-            let (t, v) = build::<E>(&q, depth - 1, g, draw);
-            let view = t.select(any_sign(d, nd + 1, g), at);
-            let out = gather(&v, &q, &|idx| {
-                let mut j = idx.to_vec();
-                j.insert(d, at);
-                j
-            });
-            (view, out)
-        }
-        // unsqueeze (when the shape has a size-1 dim) or squeeze_dim of an extra size-1 dim
-        6 => {
-            let ones: Vec<usize> = (0..nd).filter(|&d| shape[d] == 1).collect();
-            if !ones.is_empty() && g.coin() {
-                let d = ones[g.below(ones.len())];
-                let mut q = shape.to_vec();
-                q.remove(d);
-                let (t, v) = build::<E>(&q, depth - 1, g, draw);
-                let view = t.unsqueeze(any_sign(d, nd, g));
-                let out = gather(&v, &q, &|idx| {
-                    let mut j = idx.to_vec();
-                    j.remove(d);
-                    j
-                });
-                (view, out)
-            } else {
-                let d = g.below(nd + 1);
-                let mut q = shape.to_vec();
-                q.insert(d, 1);
-                let (t, v) = build::<E>(&q, depth - 1, g, draw);
-                let view = t.squeeze_dim(any_sign(d, nd + 1, g));
-                let out = gather(&v, &q, &|idx| {
-                    let mut j = idx.to_vec();
-                    j.insert(d, 0);
-                    j
-                });
-                (view, out)
-            }
-        }
-        _ => {
-            let v: Vec<f64> = (0..n).map(|_| rd::<E>(draw(g))).collect();
-            (
-                Tensor::from_vec(v.iter().map(|&x| E::from_f64(x)).collect(), shape),
-                v,
-            )
-        }
-    }
-}
-
-fn close(got: f64, want: f64, rtol: f64, atol: f64) -> bool {
-    if want.is_nan() || got.is_nan() {
-        return want.is_nan() && got.is_nan();
-    }
-    if want.is_infinite() || got.is_infinite() {
-        return got == want;
-    }
-    (got - want).abs() <= atol + rtol * want.abs()
-}
-
-/// Checks a kiln result's shape and values against a reference.
-fn check<E: Float>(
-    got: &Tensor<E>,
-    shape: &[usize],
-    want: &[f64],
-    rtol: f64,
-    atol: f64,
-    what: &str,
-) -> Result<(), TestCaseError> {
-    prop_assert_eq!(got.shape(), shape, "{}: shape", what);
-    let g = vals(got);
-    prop_assert_eq!(g.len(), want.len(), "{}: element count", what);
-    for (i, (&x, &w)) in g.iter().zip(want).enumerate() {
-        prop_assert!(
-            close(x, w, rtol, atol),
-            "{}: element {} (index {:?}) is {}, want {}",
-            what,
-            i,
-            unravel(i, shape),
-            x,
-            w
-        );
-    }
-    Ok(())
-}
-
-fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> Option<String> {
-    match std::panic::catch_unwind(f) {
-        Ok(()) => None,
-        Err(e) => Some(
-            e.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default(),
-        ),
-    }
-}
 
 /// Unit roundoff of the element type.
 fn eps<E: Float>() -> f64 {
@@ -323,9 +27,7 @@ fn eps<E: Float>() -> f64 {
 
 /// Every subset of `0..nd`, as sorted lists.
 fn subsets(nd: usize) -> Vec<Vec<usize>> {
-    (0..1usize << nd)
-        .map(|m| (0..nd).filter(|d| m >> d & 1 == 1).collect())
-        .collect()
+    (0..1usize << nd).map(|m| (0..nd).filter(|d| m >> d & 1 == 1).collect()).collect()
 }
 
 /// The lanes of a reduction over `axes` (already expanded: never empty unless `shape` is 0-d):
@@ -366,15 +68,7 @@ fn check_each<E: Float>(
     let g = vals(got);
     prop_assert_eq!(g.len(), want.len(), "{}: element count", what);
     for (i, (&x, &(w, atol))) in g.iter().zip(want).enumerate() {
-        prop_assert!(
-            close(x, w, 0.0, atol),
-            "{}: element {} is {}, want {} (tolerance {:e})",
-            what,
-            i,
-            x,
-            w,
-            atol
-        );
+        prop_assert!(close(x, w, 0.0, atol), "{}: element {} is {}, want {} (tolerance {:e})", what, i, x, w, atol);
     }
     Ok(())
 }
@@ -420,12 +114,7 @@ fn reductions<E: Float>() -> Vec<Reduction<E>> {
         r(
             "sum",
             |t, a, k| t.sum(a, k),
-            |l, e| {
-                (
-                    l.iter().sum(),
-                    2.0 * e * l.len() as f64 * l.iter().map(|x| x.abs()).sum::<f64>(),
-                )
-            },
+            |l, e| (l.iter().sum(), 2.0 * e * l.len() as f64 * l.iter().map(|x| x.abs()).sum::<f64>()),
         ),
         r(
             "mean",
@@ -435,46 +124,20 @@ fn reductions<E: Float>() -> Vec<Reduction<E>> {
                 (l.iter().sum::<f64>() / n, 2.0 * e * (n + 1.0) * max_abs(l))
             },
         ),
-        r(
-            "var(0)",
-            |t, a, k| t.var(a, 0, k),
-            |l, e| (ref_var(l, 0), 8.0 * e * l.len() as f64 * max_abs(l).powi(2)),
-        ),
-        r(
-            "var(1)",
-            |t, a, k| t.var(a, 1, k),
-            |l, e| (ref_var(l, 1), 8.0 * e * l.len() as f64 * max_abs(l).powi(2)),
-        ),
+        r("var(0)", |t, a, k| t.var(a, 0, k), |l, e| (ref_var(l, 0), 8.0 * e * l.len() as f64 * max_abs(l).powi(2))),
+        r("var(1)", |t, a, k| t.var(a, 1, k), |l, e| (ref_var(l, 1), 8.0 * e * l.len() as f64 * max_abs(l).powi(2))),
         r(
             "std(0)",
             |t, a, k| t.std(a, 0, k),
-            |l, e| {
-                (
-                    ref_var(l, 0).sqrt(),
-                    (8.0 * e * l.len() as f64).sqrt() * max_abs(l),
-                )
-            },
+            |l, e| (ref_var(l, 0).sqrt(), (8.0 * e * l.len() as f64).sqrt() * max_abs(l)),
         ),
         r(
             "std(1)",
             |t, a, k| t.std(a, 1, k),
-            |l, e| {
-                (
-                    ref_var(l, 1).sqrt(),
-                    (8.0 * e * l.len() as f64).sqrt() * max_abs(l),
-                )
-            },
+            |l, e| (ref_var(l, 1).sqrt(), (8.0 * e * l.len() as f64).sqrt() * max_abs(l)),
         ),
-        r(
-            "max",
-            |t, a, k| t.max(a, k),
-            |l, _| (l.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x)), 0.0),
-        ),
-        r(
-            "min",
-            |t, a, k| t.min(a, k),
-            |l, _| (l.iter().fold(f64::INFINITY, |m, &x| m.min(x)), 0.0),
-        ),
+        r("max", |t, a, k| t.max(a, k), |l, _| (l.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x)), 0.0)),
+        r("min", |t, a, k| t.min(a, k), |l, _| (l.iter().fold(f64::INFINITY, |m, &x| m.min(x)), 0.0)),
         r(
             "logsumexp",
             |t, a, k| t.logsumexp(a, k),
@@ -503,19 +166,11 @@ fn reductions<E: Float>() -> Vec<Reduction<E>> {
             "norm(3)",
             |t, a, k| t.norm(Norm::P(3.0), a, k),
             |l, e| {
-                let w = l
-                    .iter()
-                    .map(|x| x.abs().powi(3))
-                    .sum::<f64>()
-                    .powf(1.0 / 3.0);
+                let w = l.iter().map(|x| x.abs().powi(3)).sum::<f64>().powf(1.0 / 3.0);
                 (w, 8.0 * e * l.len() as f64 * w)
             },
         ),
-        r(
-            "norm(inf)",
-            |t, a, k| t.norm(Norm::Inf, a, k),
-            |l, _| (max_abs(l), 0.0),
-        ),
+        r("norm(inf)", |t, a, k| t.norm(Norm::Inf, a, k), |l, _| (max_abs(l), 0.0)),
     ]
 }
 
@@ -536,11 +191,7 @@ fn check_reductions<E: Float>(shape: &[usize], seed: u64) -> Result<(), TestCase
         let p = g.perm(order.len());
         order = p.iter().map(|&i| order[i]).collect();
         let axes: Vec<isize> = order.iter().map(|&d| any_sign(d, nd, g)).collect();
-        let effective: Vec<usize> = if subset.is_empty() {
-            (0..nd).collect()
-        } else {
-            subset.clone()
-        };
+        let effective: Vec<usize> = if subset.is_empty() { (0..nd).collect() } else { subset.clone() };
         let ls = lanes(&v, shape, &effective);
         for keepdim in [false, true] {
             let out_shape = reduced_shape(shape, &effective, keepdim);
@@ -592,19 +243,13 @@ fn check_arg<E: Float>(shape: &[usize], seed: u64) -> Result<(), TestCaseError> 
     for d in 0..nd {
         let ls = lanes(&v, shape, &[d]);
         let first = |better: fn(f64, f64) -> bool| -> Vec<usize> {
-            ls.iter()
-                .map(|l| (1..l.len()).fold(0, |b, i| if better(l[i], l[b]) { i } else { b }))
-                .collect()
+            ls.iter().map(|l| (1..l.len()).fold(0, |b, i| if better(l[i], l[b]) { i } else { b })).collect()
         };
         let (imax, imin) = (first(|a, b| a > b), first(|a, b| a < b));
         for keepdim in [false, true] {
             let dim = any_sign(d, nd, g);
             let out_shape = reduced_shape(shape, &[d], keepdim);
-            let what = format!(
-                "dim {dim} keepdim {keepdim} of {shape:?} (strides {:?}, {:?})",
-                x.strides(),
-                E::DTYPE
-            );
+            let what = format!("dim {dim} keepdim {keepdim} of {shape:?} (strides {:?}, {:?})", x.strides(), E::DTYPE);
             let am = x.argmax(dim, keepdim);
             prop_assert_eq!(am.shape(), out_shape.as_slice(), "argmax {}", what);
             prop_assert_eq!(&am.data, &imax, "argmax {} on lanes {:?}", what, ls);
@@ -615,14 +260,7 @@ fn check_arg<E: Float>(shape: &[usize], seed: u64) -> Result<(), TestCaseError> 
             prop_assert_eq!(&mi.data, &imax, "max_dim indices {}", what);
             prop_assert_eq!(mi.shape(), out_shape.as_slice(), "max_dim indices {}", what);
             let want: Vec<f64> = ls.iter().zip(&imax).map(|(l, &i)| l[i]).collect();
-            check(
-                &mv,
-                &out_shape,
-                &want,
-                0.0,
-                0.0,
-                &format!("max_dim values {what}"),
-            )?;
+            check(&mv, &out_shape, &want, 0.0, 0.0, &format!("max_dim values {what}"))?;
         }
     }
     Ok(())
@@ -650,17 +288,11 @@ fn ref_softmax(l: &[f64]) -> Vec<f64> {
 /// Scatters per-lane results (lanes along `d`, in `lanes` order) back to row-major order.
 fn unlane(per_lane: &[Vec<f64>], shape: &[usize], d: usize) -> Vec<f64> {
     let n: usize = shape.iter().product();
-    let kept_shape: Vec<usize> = (0..shape.len())
-        .filter(|&k| k != d)
-        .map(|k| shape[k])
-        .collect();
+    let kept_shape: Vec<usize> = (0..shape.len()).filter(|&k| k != d).map(|k| shape[k]).collect();
     (0..n)
         .map(|i| {
             let idx = unravel(i, shape);
-            let k: Vec<usize> = (0..shape.len())
-                .filter(|&j| j != d)
-                .map(|j| idx[j])
-                .collect();
+            let k: Vec<usize> = (0..shape.len()).filter(|&j| j != d).map(|j| idx[j]).collect();
             per_lane[ravel(&k, &kept_shape)][idx[d]]
         })
         .collect()
@@ -680,30 +312,15 @@ fn check_softmax<E: Float>(shape: &[usize], seed: u64, shift: f64) -> Result<(),
         let dim = any_sign(d, nd, g);
         let ls = lanes(&v, shape, &[d]);
         let sm: Vec<Vec<f64>> = ls.iter().map(|l| ref_softmax(l)).collect();
-        let what = format!(
-            "along {dim} of {shape:?} (values {shift} ± {spread}, strides {:?}, {:?})",
-            x.strides(),
-            E::DTYPE
-        );
+        let what =
+            format!("along {dim} of {shape:?} (values {shift} ± {spread}, strides {:?}, {:?})", x.strides(), E::DTYPE);
         let s = x.softmax(dim);
-        check(
-            &s,
-            shape,
-            &unlane(&sm, shape, d),
-            rt,
-            at,
-            &format!("softmax {what}"),
-        )?;
+        check(&s, shape, &unlane(&sm, shape, d), rt, at, &format!("softmax {what}"))?;
         // every lane sums to one
         let sums = lanes(&vals(&s), shape, &[d]);
         for l in &sums {
             let t: f64 = l.iter().sum();
-            prop_assert!(
-                (t - 1.0).abs() < 4.0 * l.len() as f64 * eps::<E>(),
-                "softmax {}: a lane sums to {}",
-                what,
-                t
-            );
+            prop_assert!((t - 1.0).abs() < 4.0 * l.len() as f64 * eps::<E>(), "softmax {}: a lane sums to {}", what, t);
         }
         let lsm: Vec<Vec<f64>> = ls
             .iter()
@@ -762,10 +379,7 @@ proptest! {
 }
 
 fn check_large_lse<E: Float>() {
-    let x = Tensor::<E>::from_vec(
-        [1000.0, 1000.0, -1000.0, 999.0].map(E::from_f64).to_vec(),
-        &[2, 2],
-    );
+    let x = Tensor::<E>::from_vec([1000.0, 1000.0, -1000.0, 999.0].map(E::from_f64).to_vec(), &[2, 2]);
     let l = vals(&x.logsumexp(&[1], false));
     assert!((l[0] - (1000.0 + 2f64.ln())).abs() < 1e-3, "{l:?}");
     assert!((l[1] - 999.0).abs() < 1e-3, "{l:?}");
@@ -776,16 +390,10 @@ fn check_large_lse<E: Float>() {
     assert!(ls.iter().all(|v| v.is_finite()), "{ls:?}");
     assert!((ls[2] + 1999.0).abs() < 1e-3, "{ls:?}");
     // -inf entries (masked attention) get probability 0; a lane that is all -inf sums to nothing
-    let m = Tensor::<E>::from_vec(
-        [0.0, f64::NEG_INFINITY, 1.0, 1.0].map(E::from_f64).to_vec(),
-        &[2, 2],
-    );
+    let m = Tensor::<E>::from_vec([0.0, f64::NEG_INFINITY, 1.0, 1.0].map(E::from_f64).to_vec(), &[2, 2]);
     assert_eq!(vals(&m.softmax(1)), vec![1.0, 0.0, 0.5, 0.5]);
     let ninf = Tensor::<E>::full(&[3], E::neg_infinity());
-    assert_eq!(
-        ninf.logsumexp(&[], false).item().to_f64(),
-        f64::NEG_INFINITY
-    );
+    assert_eq!(ninf.logsumexp(&[], false).item().to_f64(), f64::NEG_INFINITY);
 }
 
 #[test]
@@ -813,15 +421,10 @@ fn nan_propagates_through_reductions_like_pytorch() {
     assert!(x.max_dim(1, false).0.to_vec()[0].is_nan());
     assert!(x.softmax(1).to_vec()[..3].iter().all(|v| v.is_nan()));
     // NaN beside infinities: PyTorch's logsumexp takes amax first, which is NaN
-    let y = Tensor::<f64>::from_vec(
-        vec![f64::NAN, f64::INFINITY, f64::NAN, f64::NEG_INFINITY],
-        &[2, 2],
-    );
+    let y = Tensor::<f64>::from_vec(vec![f64::NAN, f64::INFINITY, f64::NAN, f64::NEG_INFINITY], &[2, 2]);
     let r = y.logsumexp(&[1], false).to_vec();
     if !(r[0].is_nan() && r[1].is_nan()) {
-        bad.push(format!(
-            "logsumexp([NaN, inf]), logsumexp([NaN, -inf]): {r:?}"
-        ));
+        bad.push(format!("logsumexp([NaN, inf]), logsumexp([NaN, -inf]): {r:?}"));
     }
     assert!(bad.is_empty(), "these do not propagate NaN: {bad:?}");
 }
@@ -836,11 +439,7 @@ fn zero_size_reductions_follow_pytorch() {
                       v: &[f64]| {
         match std::panic::catch_unwind(|| f()) {
             Ok((s, got)) => {
-                let same = got.len() == v.len()
-                    && got
-                        .iter()
-                        .zip(v)
-                        .all(|(a, b)| a == b || (a.is_nan() && b.is_nan()));
+                let same = got.len() == v.len() && got.iter().zip(v).all(|(a, b)| a == b || (a.is_nan() && b.is_nan()));
                 if s != shape || !same {
                     bad.push(format!("{what}: got {s:?} {got:?}, want {shape:?} {v:?}"));
                 }
@@ -850,68 +449,23 @@ fn zero_size_reductions_follow_pytorch() {
     };
     let tv = |t: Tensor<f64>| (t.shape().to_vec(), t.to_vec());
     let x1 = x.clone();
-    expect(
-        "sum([2, 0], [0])",
-        Box::new(move || tv(x1.sum(&[0], false))),
-        &[0],
-        &[],
-    );
+    expect("sum([2, 0], [0])", Box::new(move || tv(x1.sum(&[0], false))), &[0], &[]);
     let x1 = x.clone();
-    expect(
-        "sum([2, 0], [1])",
-        Box::new(move || tv(x1.sum(&[1], false))),
-        &[2],
-        &[0.0, 0.0],
-    );
+    expect("sum([2, 0], [1])", Box::new(move || tv(x1.sum(&[1], false))), &[2], &[0.0, 0.0]);
     let x1 = x.clone();
-    expect(
-        "sum([2, 0], all)",
-        Box::new(move || tv(x1.sum(&[], false))),
-        &[],
-        &[0.0],
-    );
+    expect("sum([2, 0], all)", Box::new(move || tv(x1.sum(&[], false))), &[], &[0.0]);
     let x1 = x.clone();
-    expect(
-        "sum([2, 0], [0], keepdim)",
-        Box::new(move || tv(x1.sum(&[0], true))),
-        &[1, 0],
-        &[],
-    );
+    expect("sum([2, 0], [0], keepdim)", Box::new(move || tv(x1.sum(&[0], true))), &[1, 0], &[]);
     let x1 = x.clone();
-    expect(
-        "mean([2, 0], [1])",
-        Box::new(move || tv(x1.mean(&[1], false))),
-        &[2],
-        &[f64::NAN, f64::NAN],
-    );
+    expect("mean([2, 0], [1])", Box::new(move || tv(x1.mean(&[1], false))), &[2], &[f64::NAN, f64::NAN]);
     let x1 = x.clone();
-    expect(
-        "max([2, 0], [0])",
-        Box::new(move || tv(x1.max(&[0], false))),
-        &[0],
-        &[],
-    );
+    expect("max([2, 0], [0])", Box::new(move || tv(x1.max(&[0], false))), &[0], &[]);
     let x1 = x.clone();
-    expect(
-        "logsumexp([2, 0], [1])",
-        Box::new(move || tv(x1.logsumexp(&[1], false))),
-        &[2],
-        &[f64::NEG_INFINITY; 2],
-    );
+    expect("logsumexp([2, 0], [1])", Box::new(move || tv(x1.logsumexp(&[1], false))), &[2], &[f64::NEG_INFINITY; 2]);
     let x1 = x.clone();
-    expect(
-        "norm([2, 0])",
-        Box::new(move || tv(x1.norm(Norm::P(2.0), &[], false))),
-        &[],
-        &[0.0],
-    );
+    expect("norm([2, 0])", Box::new(move || tv(x1.norm(Norm::P(2.0), &[], false))), &[], &[0.0]);
     let x1 = x.clone();
-    expect(
-        "softmax([2, 0], 0)",
-        Box::new(move || tv(x1.softmax(0))),
-        &[2, 0],
-        &[],
-    );
+    expect("softmax([2, 0], 0)", Box::new(move || tv(x1.softmax(0))), &[2, 0], &[]);
     let x1 = x.clone();
     expect(
         "argmax([2, 0], 0)",
@@ -960,15 +514,9 @@ fn axis_out_of_range_panics_with_the_op_and_shape() {
             }
         }
     }
-    assert!(
-        bad.is_empty(),
-        "messages that do not name the op and shape: {bad:#?}"
-    );
+    assert!(bad.is_empty(), "messages that do not name the op and shape: {bad:#?}");
     for (name, f) in [
-        (
-            "argmax",
-            Box::new(|| drop(x.argmax(2, false))) as Box<dyn Fn() + std::panic::RefUnwindSafe>,
-        ),
+        ("argmax", Box::new(|| drop(x.argmax(2, false))) as Box<dyn Fn() + std::panic::RefUnwindSafe>),
         ("softmax", Box::new(|| drop(x.softmax(-3)))),
         ("log_softmax", Box::new(|| drop(x.log_softmax(2)))),
     ] {
@@ -982,9 +530,7 @@ fn large_reductions_take_the_parallel_paths_and_agree_with_loops() {
     // above the 2^15-element fan-out threshold, at 1 and 2 threads
     let shape = [36usize, 30, 31];
     let mut g = Gen(5);
-    let v: Vec<f64> = (0..shape.iter().product::<usize>())
-        .map(|_| g.uniform(-1.0, 1.0))
-        .collect();
+    let v: Vec<f64> = (0..shape.iter().product::<usize>()).map(|_| g.uniform(-1.0, 1.0)).collect();
     let base = Tensor::<f64>::from_vec(v.clone(), &shape);
     let flipped = Tensor::<f64>::from_vec(v.clone(), &shape).flip(&[1]);
     let vf: Vec<f64> = (0..v.len())
@@ -1004,10 +550,7 @@ fn large_reductions_take_the_parallel_paths_and_agree_with_loops() {
                 let s = t.sum(&ax, false).to_vec();
                 let m = t.max(&ax, false).to_vec();
                 for (k, l) in ls.iter().enumerate() {
-                    assert!(
-                        (s[k] - l.iter().sum::<f64>()).abs() < 1e-10,
-                        "sum over {axes:?} at {threads} threads"
-                    );
+                    assert!((s[k] - l.iter().sum::<f64>()).abs() < 1e-10, "sum over {axes:?} at {threads} threads");
                     assert_eq!(m[k], l.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b)));
                 }
             }
@@ -1016,10 +559,7 @@ fn large_reductions_take_the_parallel_paths_and_agree_with_loops() {
             let lx = lanes(vv, &shape, &[1]);
             for (l, x) in ls.iter().zip(&lx) {
                 let r = ref_softmax(x);
-                assert!(
-                    l.iter().zip(&r).all(|(a, b)| (a - b).abs() < 1e-14),
-                    "softmax at {threads} threads"
-                );
+                assert!(l.iter().zip(&r).all(|(a, b)| (a - b).abs() < 1e-14), "softmax at {threads} threads");
             }
         }
     }

@@ -8,320 +8,16 @@
 use kiln_tensor::{Float, Tensor};
 use proptest::prelude::*;
 
+mod common;
+use common::*;
+
 // ------------------------------------------------------------------------------------ helpers
-// (each test file is its own crate, so these few helpers are repeated in every file)
-
-/// SplitMix64: the tests draw their own numbers so that the references never depend on kiln.
-struct Gen(u64);
-
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-    fn coin(&mut self) -> bool {
-        self.next() & 1 == 1
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-    fn perm(&mut self, n: usize) -> Vec<usize> {
-        let mut p: Vec<usize> = (0..n).collect();
-        for i in (1..n).rev() {
-            p.swap(i, self.below(i + 1));
-        }
-        p
-    }
-}
-
-/// Row-major multi-index of flat position `i`.
-fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
-    let mut idx = vec![0; shape.len()];
-    for d in (0..shape.len()).rev() {
-        idx[d] = i % shape[d];
-        i /= shape[d];
-    }
-    idx
-}
-
-/// Flat row-major position of a multi-index.
-fn ravel(idx: &[usize], shape: &[usize]) -> usize {
-    idx.iter().zip(shape).fold(0, |acc, (&i, &n)| acc * n + i)
-}
-
-/// `d` written either as itself or as its negative alias (`d - ndim`).
-fn any_sign(d: usize, ndim: usize, g: &mut Gen) -> isize {
-    if g.coin() {
-        d as isize - ndim as isize
-    } else {
-        d as isize
-    }
-}
-
-/// `cases` proptest cases, or `PROPTEST_CASES` when set (for long stress runs).
-fn config(cases: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(cases);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
-/// `x` rounded to the element type.
-fn rd<E: Float>(x: f64) -> f64 {
-    E::from_f64(x).to_f64()
-}
-
-fn vals<E: Float>(t: &Tensor<E>) -> Vec<f64> {
-    t.to_vec().into_iter().map(|x| x.to_f64()).collect()
-}
-
-type Draw<'a> = &'a dyn Fn(&mut Gen) -> f64;
-
-/// A tensor of logical shape `shape` together with its row-major values (rounded to `E`),
-/// reached through up to `depth` random view ops (permute, transpose, t, slice with a step,
-/// narrow, flip, expand, select, unsqueeze, squeeze), so that it is usually not contiguous.
-fn build<E: Float>(
-    shape: &[usize],
-    depth: usize,
-    g: &mut Gen,
-    draw: Draw,
-) -> (Tensor<E>, Vec<f64>) {
-    let nd = shape.len();
-    let n: usize = shape.iter().product();
-    let pick = if depth == 0 { 0 } else { g.below(8) };
-    let gather = |v: &[f64], q: &[usize], map: &dyn Fn(&[usize]) -> Vec<usize>| -> Vec<f64> {
-        (0..n)
-            .map(|i| v[ravel(&map(&unravel(i, shape)), q)])
-            .collect()
-    };
-    match pick {
-        // permute, transpose, t
-        1 if nd >= 2 => {
-            let (p, swap) = if g.coin() {
-                (g.perm(nd), None)
-            } else {
-                let (a, b) = (g.below(nd), g.below(nd));
-                let mut p: Vec<usize> = (0..nd).collect();
-                p.swap(a, b);
-                (p, Some((a, b)))
-            };
-            let mut q = vec![0; nd];
-            for i in 0..nd {
-                q[p[i]] = shape[i];
-            }
-            let (t, v) = build::<E>(&q, depth - 1, g, draw);
-            let view = match swap {
-                Some((a, b)) if nd == 2 && a != b && g.coin() => t.t(),
-                Some((a, b)) => t.transpose(any_sign(a, nd, g), any_sign(b, nd, g)),
-                None => t.permute(&p.iter().map(|&d| any_sign(d, nd, g)).collect::<Vec<_>>()),
-            };
-            let out = gather(&v, &q, &|idx| {
-                let mut j = vec![0; nd];
-                for k in 0..nd {
-                    j[p[k]] = idx[k];
-                }
-                j
-            });
-            (view, out)
-        }
-        // slice with a step, or narrow
-        2 if nd >= 1 => {
-            let d = g.below(nd);
-            let step = 1 + g.below(3);
-            let start = g.below(3);
-            let s = shape[d];
-            let exact_end = if s == 0 {
-                start
-            } else {
-                start + (s - 1) * step + 1
-            };
-            let mut q = shape.to_vec();
-            q[d] = exact_end + g.below(3);
-            let (t, v) = build::<E>(&q, depth - 1, g, draw);
-            let view = if step == 1 && g.coin() {
-                t.narrow(any_sign(d, nd, g), start, s)
-            } else {
-                let end = if s == 0 {
-                    start
-                } else {
-                    exact_end + g.below(step)
-                };
-                t.slice(any_sign(d, nd, g), start, end, step)
-            };
-            let out = gather(&v, &q, &|idx| {
-                let mut j = idx.to_vec();
-                j[d] = start + idx[d] * step;
-                j
-            });
-            (view, out)
-        }
-        // flip some dims
-        3 if nd >= 1 => {
-            let dims: Vec<usize> = (0..nd).filter(|_| g.coin()).collect();
-            let (t, v) = build::<E>(shape, depth - 1, g, draw);
-            let view = t.flip(&dims.iter().map(|&d| any_sign(d, nd, g)).collect::<Vec<_>>());
-            let out = gather(&v, shape, &|idx| {
-                let mut j = idx.to_vec();
-                for &d in &dims {
-                    j[d] = shape[d] - 1 - idx[d];
-                }
-                j
-            });
-            (view, out)
-        }
-        // expand (size-1 dims and missing leading dims get stride 0)
-        4 if nd >= 1 => {
-            let lead = if g.coin() { g.below(nd + 1) } else { 0 };
-            let q: Vec<usize> = shape[lead..]
-                .iter()
-                .map(|&s| if g.coin() { 1 } else { s })
-                .collect();
-            let (t, v) = build::<E>(&q, depth - 1, g, draw);
-            let view = if g.coin() {
-                t.expand(shape)
-            } else {
-                t.broadcast_to(shape)
-            };
-            let out = gather(&v, &q, &|idx| {
-                idx[lead..]
-                    .iter()
-                    .zip(&q)
-                    .map(|(&i, &s)| if s == 1 { 0 } else { i })
-                    .collect()
-            });
-            (view, out)
-        }
-        // select one index of an extra dim
-        5 => {
-            let d = g.below(nd + 1);
-            let k = 1 + g.below(3);
-            let at = g.below(k);
-            let mut q = shape.to_vec();
-            q.insert(d, k);
-            let (t, v) = build::<E>(&q, depth - 1, g, draw);
-            let view = t.select(any_sign(d, nd + 1, g), at);
-            let out = gather(&v, &q, &|idx| {
-                let mut j = idx.to_vec();
-                j.insert(d, at);
-                j
-            });
-            (view, out)
-        }
-        // unsqueeze (when the shape has a size-1 dim) or squeeze_dim of an extra size-1 dim
-        6 => {
-            let ones: Vec<usize> = (0..nd).filter(|&d| shape[d] == 1).collect();
-            if !ones.is_empty() && g.coin() {
-                let d = ones[g.below(ones.len())];
-                let mut q = shape.to_vec();
-                q.remove(d);
-                let (t, v) = build::<E>(&q, depth - 1, g, draw);
-                let view = t.unsqueeze(any_sign(d, nd, g));
-                let out = gather(&v, &q, &|idx| {
-                    let mut j = idx.to_vec();
-                    j.remove(d);
-                    j
-                });
-                (view, out)
-            } else {
-                let d = g.below(nd + 1);
-                let mut q = shape.to_vec();
-                q.insert(d, 1);
-                let (t, v) = build::<E>(&q, depth - 1, g, draw);
-                let view = t.squeeze_dim(any_sign(d, nd + 1, g));
-                let out = gather(&v, &q, &|idx| {
-                    let mut j = idx.to_vec();
-                    j.insert(d, 0);
-                    j
-                });
-                (view, out)
-            }
-        }
-        _ => {
-            let v: Vec<f64> = (0..n).map(|_| rd::<E>(draw(g))).collect();
-            (
-                Tensor::from_vec(v.iter().map(|&x| E::from_f64(x)).collect(), shape),
-                v,
-            )
-        }
-    }
-}
-
-fn close(got: f64, want: f64, rtol: f64, atol: f64) -> bool {
-    if want.is_nan() || got.is_nan() {
-        return want.is_nan() && got.is_nan();
-    }
-    if want.is_infinite() || got.is_infinite() {
-        return got == want;
-    }
-    (got - want).abs() <= atol + rtol * want.abs()
-}
-
-/// Checks a kiln result's shape and values against a reference.
-fn check<E: Float>(
-    got: &Tensor<E>,
-    shape: &[usize],
-    want: &[f64],
-    rtol: f64,
-    atol: f64,
-    what: &str,
-) -> Result<(), TestCaseError> {
-    prop_assert_eq!(got.shape(), shape, "{}: shape", what);
-    let g = vals(got);
-    prop_assert_eq!(g.len(), want.len(), "{}: element count", what);
-    for (i, (&x, &w)) in g.iter().zip(want).enumerate() {
-        prop_assert!(
-            close(x, w, rtol, atol),
-            "{}: element {} (index {:?}) is {}, want {}",
-            what,
-            i,
-            unravel(i, shape),
-            x,
-            w
-        );
-    }
-    Ok(())
-}
-
-fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> Option<String> {
-    match std::panic::catch_unwind(f) {
-        Ok(()) => None,
-        Err(e) => Some(
-            e.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default(),
-        ),
-    }
-}
 
 /// The storage offset (relative to element 0) of every element in row-major order, from the
 /// public shape and strides.
 fn offsets<E: Float>(t: &Tensor<E>) -> Vec<isize> {
     let (shape, strides) = (t.shape(), t.strides());
-    (0..t.numel())
-        .map(|i| {
-            unravel(i, shape)
-                .iter()
-                .zip(strides)
-                .map(|(&i, &s)| i as isize * s)
-                .sum()
-        })
-        .collect()
+    (0..t.numel()).map(|i| unravel(i, shape).iter().zip(strides).map(|(&i, &s)| i as isize * s).sum()).collect()
 }
 
 /// Whether the elements sit one after another in memory, in row-major order.
@@ -348,14 +44,9 @@ fn viewable<E: Float>(t: &Tensor<E>, shape: &[usize]) -> bool {
             }
         })
         .collect();
-    o.iter().enumerate().all(|(i, &x)| {
-        unravel(i, shape)
-            .iter()
-            .zip(&strides)
-            .map(|(&i, &s)| i as isize * s)
-            .sum::<isize>()
-            == x
-    })
+    o.iter()
+        .enumerate()
+        .all(|(i, &x)| unravel(i, shape).iter().zip(&strides).map(|(&i, &s)| i as isize * s).sum::<isize>() == x)
 }
 
 /// A logical tensor: row-major values and a shape.
@@ -372,9 +63,7 @@ impl Naive {
     /// New shape `s`, element `i` read from `map(index of i)`.
     fn remap(&self, s: Vec<usize>, map: impl Fn(&[usize]) -> Vec<usize>) -> Naive {
         let n: usize = s.iter().product();
-        let v = (0..n)
-            .map(|i| self.v[ravel(&map(&unravel(i, &s)), &self.s)])
-            .collect();
+        let v = (0..n).map(|i| self.v[ravel(&map(&unravel(i, &s)), &self.s)]).collect();
         Naive { v, s }
     }
     fn permute(&self, p: &[usize]) -> Naive {
@@ -407,21 +96,12 @@ impl Naive {
         })
     }
     fn reshape(&self, s: &[usize]) -> Naive {
-        Naive {
-            v: self.v.clone(),
-            s: s.to_vec(),
-        }
+        Naive { v: self.v.clone(), s: s.to_vec() }
     }
     fn expand(&self, s: &[usize]) -> Naive {
         let lead = s.len() - self.s.len();
         let own = self.s.clone();
-        self.remap(s.to_vec(), |idx| {
-            idx[lead..]
-                .iter()
-                .zip(&own)
-                .map(|(&i, &n)| if n == 1 { 0 } else { i })
-                .collect()
-        })
+        self.remap(s.to_vec(), |idx| idx[lead..].iter().zip(&own).map(|(&i, &n)| if n == 1 { 0 } else { i }).collect())
     }
     fn flip(&self, dims: &[usize]) -> Naive {
         let s = self.s.clone();
@@ -545,13 +225,7 @@ fn step<E: Float>(t: &mut Tensor<E>, r: &mut Naive, g: &mut Gen) -> Result<Strin
         9 if nd < 5 => {
             let lead = if nd < 4 { g.below(2) } else { 0 };
             let mut s: Vec<usize> = (0..lead).map(|_| 1 + g.below(3)).collect();
-            s.extend(r.s.iter().map(|&n| {
-                if n == 1 && g.coin() {
-                    1 + g.below(3)
-                } else {
-                    n
-                }
-            }));
+            s.extend(r.s.iter().map(|&n| if n == 1 && g.coin() { 1 + g.below(3) } else { n }));
             *t = t.expand(&s);
             *r = r.expand(&s);
             desc = format!("expand({s:?})");
@@ -578,26 +252,17 @@ fn step<E: Float>(t: &mut Tensor<E>, r: &mut Naive, g: &mut Gen) -> Result<Strin
         12 => {
             let shape = random_shape(r.numel(), g);
             let can = viewable(t, &shape);
-            let what = format!(
-                "view/reshape {:?} (strides {:?}) as {shape:?}",
-                t.shape(),
-                t.strides()
-            );
+            let what = format!("view/reshape {:?} (strides {:?}) as {shape:?}", t.shape(), t.strides());
             if g.coin() {
                 let src = t.clone();
                 let sh = shape.clone();
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || src.view(&sh)))
-                {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || src.view(&sh))) {
                     Ok(v) => {
                         prop_assert!(can, "{}: kiln made a view the strides cannot express", what);
                         *t = v;
                     }
                     Err(_) => {
-                        prop_assert!(
-                            !can,
-                            "{}: view panicked though the strides allow a view",
-                            what
-                        );
+                        prop_assert!(!can, "{}: view panicked though the strides allow a view", what);
                         *t = t.reshape(&shape);
                     }
                 }
@@ -612,67 +277,32 @@ fn step<E: Float>(t: &mut Tensor<E>, r: &mut Naive, g: &mut Gen) -> Result<Strin
         _ => {
             must_share = t.is_contiguous();
             *t = t.contiguous();
-            prop_assert!(
-                t.is_contiguous(),
-                "contiguous() gave strides {:?} for {:?}",
-                t.strides(),
-                t.shape()
-            );
+            prop_assert!(t.is_contiguous(), "contiguous() gave strides {:?} for {:?}", t.strides(), t.shape());
             desc = "contiguous()".into();
         }
     }
-    let what = format!(
-        "after {desc} of {:?} (strides {:?})",
-        before.shape(),
-        before.strides()
-    );
-    prop_assert_eq!(
-        t.shares_storage(&before),
-        must_share,
-        "{}: shares storage",
-        what
-    );
+    let what = format!("after {desc} of {:?} (strides {:?})", before.shape(), before.strides());
+    prop_assert_eq!(t.shares_storage(&before), must_share, "{}: shares storage", what);
     check(t, &r.s, &r.v, 0.0, 0.0, &what)?;
     Ok(desc)
 }
 
-fn check_inspection<E: Float>(
-    t: &Tensor<E>,
-    r: &Naive,
-    g: &mut Gen,
-    what: &str,
-) -> Result<(), TestCaseError> {
+fn check_inspection<E: Float>(t: &Tensor<E>, r: &Naive, g: &mut Gen, what: &str) -> Result<(), TestCaseError> {
     prop_assert_eq!(t.numel(), r.numel());
     prop_assert_eq!(t.ndim(), r.s.len());
     // is_contiguous and as_slice agree with the element offsets
     let contiguous = really_contiguous(t);
-    prop_assert_eq!(
-        t.is_contiguous(),
-        contiguous,
-        "{}: is_contiguous with strides {:?}",
-        what,
-        t.strides()
-    );
+    prop_assert_eq!(t.is_contiguous(), contiguous, "{}: is_contiguous with strides {:?}", what, t.strides());
     match t.as_slice() {
         Some(s) => {
             prop_assert!(contiguous, "{}: as_slice of a strided tensor", what);
-            prop_assert_eq!(
-                s.iter().map(|&x| Float::to_f64(x)).collect::<Vec<_>>(),
-                r.v.clone(),
-                "{}: as_slice",
-                what
-            );
+            prop_assert_eq!(s.iter().map(|&x| Float::to_f64(x)).collect::<Vec<_>>(), r.v.clone(), "{}: as_slice", what);
         }
         None => prop_assert!(!contiguous, "{}: no as_slice for a contiguous tensor", what),
     }
     // contiguous() copies exactly when the tensor is not contiguous
     let c = t.contiguous();
-    prop_assert_eq!(
-        c.shares_storage(t),
-        contiguous,
-        "{}: contiguous() shared storage",
-        what
-    );
+    prop_assert_eq!(c.shares_storage(t), contiguous, "{}: contiguous() shared storage", what);
     check(&c, &r.s, &r.v, 0.0, 0.0, &format!("{what}: contiguous()"))?;
     // get and view_nd read the same elements
     for _ in 0..4 {
@@ -692,24 +322,12 @@ fn check_chain<E: Float>(shape: &[usize], seed: u64, steps: usize) -> Result<(),
     let g = &mut Gen(seed);
     let draw = |g: &mut Gen| g.uniform(-10.0, 10.0);
     let (base, vbase) = build::<E>(shape, if g.coin() { 0 } else { 2 }, g, &draw);
-    let (mut t, mut r) = (
-        base.clone(),
-        Naive {
-            v: vbase.clone(),
-            s: shape.to_vec(),
-        },
-    );
+    let (mut t, mut r) = (base.clone(), Naive { v: vbase.clone(), s: shape.to_vec() });
     let mut done = vec![];
     for _ in 0..steps {
-        let desc = step(&mut t, &mut r, g)
-            .map_err(|e| TestCaseError::fail(format!("{e} (after {done:?})")))?;
+        let desc = step(&mut t, &mut r, g).map_err(|e| TestCaseError::fail(format!("{e} (after {done:?})")))?;
         done.push(desc);
-        check_inspection(
-            &t,
-            &r,
-            g,
-            &format!("{done:?} on {shape:?} ({:?})", E::DTYPE),
-        )?;
+        check_inspection(&t, &r, g, &format!("{done:?} on {shape:?} ({:?})", E::DTYPE))?;
     }
     // the base never changed
     check(&base, shape, &vbase, 0.0, 0.0, "base after the chain")
@@ -731,10 +349,7 @@ fn check_cow(shape: &[usize], seed: u64) -> Result<(), TestCaseError> {
     let g = &mut Gen(seed);
     let draw = |g: &mut Gen| g.uniform(-10.0, 10.0);
     let (base, vbase) = build::<f64>(shape, 0, g, &draw);
-    let mut r = Naive {
-        v: vbase.clone(),
-        s: shape.to_vec(),
-    };
+    let mut r = Naive { v: vbase.clone(), s: shape.to_vec() };
     let mut view = base.clone();
     for _ in 0..3 {
         step(&mut view, &mut r, g)?;
@@ -787,36 +402,15 @@ fn check_cow(shape: &[usize], seed: u64) -> Result<(), TestCaseError> {
     let mut c = view.clone();
     let want = op(&mut c);
     check(&c, &sview, &want, 0.0, 0.0, "the changed clone")?;
-    check(
-        &view,
-        &sview,
-        &vview,
-        0.0,
-        0.0,
-        "a view whose clone was changed",
-    )?;
-    check(
-        &base,
-        shape,
-        &vbase,
-        0.0,
-        0.0,
-        "the base of a changed clone",
-    )?;
+    check(&view, &sview, &vview, 0.0, 0.0, "a view whose clone was changed")?;
+    check(&base, shape, &vbase, 0.0, 0.0, "the base of a changed clone")?;
     // 2. on the view itself: the base and another view of it keep theirs
     let mut v2 = view.clone();
     drop(view);
     let want = op(&mut v2);
     check(&v2, &sview, &want, 0.0, 0.0, "the changed view")?;
     check(&base, shape, &vbase, 0.0, 0.0, "the base of a changed view")?;
-    check(
-        &other,
-        shape,
-        &vother,
-        0.0,
-        0.0,
-        "a sibling view of a changed view",
-    )?;
+    check(&other, shape, &vother, 0.0, 0.0, "a sibling view of a changed view")?;
     // 3. on the base: views taken before keep their values
     let mut b = base.clone();
     let want = op(&mut b);
@@ -863,19 +457,10 @@ fn in_place_on_unshared_storage_stays_in_place() {
 fn zero_size_tensors_are_contiguous_like_pytorch() {
     // torch.zeros(2, 0).is_contiguous() is True; kernels rely on contiguous().as_slice()
     let mut bad = vec![];
-    for s in [
-        &[2usize, 0][..],
-        &[0][..],
-        &[0, 3][..],
-        &[3, 0, 2][..],
-        &[1, 0][..],
-    ] {
+    for s in [&[2usize, 0][..], &[0][..], &[0, 3][..], &[3, 0, 2][..], &[1, 0][..]] {
         let z = Tensor::<f32>::zeros(s);
         if !z.is_contiguous() {
-            bad.push(format!(
-                "zeros({s:?}).is_contiguous() is false (strides {:?})",
-                z.strides()
-            ));
+            bad.push(format!("zeros({s:?}).is_contiguous() is false (strides {:?})", z.strides()));
         }
         if z.contiguous().as_slice().is_none() {
             bad.push(format!("zeros({s:?}).contiguous().as_slice() is None"));
@@ -907,10 +492,7 @@ fn narrow_past_the_end_panics_like_pytorch() {
         let _ = x.narrow(0, 2, 5);
     });
     match msg {
-        None => panic!(
-            "narrow(0, 2, 5) of [3, 4] returned shape {:?} instead of panicking",
-            x.narrow(0, 2, 5).shape()
-        ),
+        None => panic!("narrow(0, 2, 5) of [3, 4] returned shape {:?} instead of panicking", x.narrow(0, 2, 5).shape()),
         Some(m) => assert!(m.contains("narrow") && m.contains("[3, 4]"), "{m}"),
     }
 }
@@ -922,43 +504,28 @@ fn view_errors_name_the_op_and_shapes() {
         let _ = x.t().view(&[12]);
     })
     .unwrap();
-    assert!(
-        m.starts_with("view: shape [4, 3] with strides [1, 4] cannot be viewed as [12]"),
-        "{m}"
-    );
+    assert!(m.starts_with("view: shape [4, 3] with strides [1, 4] cannot be viewed as [12]"), "{m}");
     let m = panic_message(|| {
         let _ = x.reshape(&[5, 2]);
     })
     .unwrap();
     // (assert_eq! prefixes "assertion `left == right` failed: ", so match the op's own text)
-    assert!(
-        m.contains("reshape: cannot reshape [3, 4] (12 elements) into [5, 2] (10 elements)"),
-        "{m}"
-    );
+    assert!(m.contains("reshape: cannot reshape [3, 4] (12 elements) into [5, 2] (10 elements)"), "{m}");
     let m = panic_message(|| {
         let _ = x.view(&[13]);
     })
     .unwrap();
-    assert!(
-        m.contains("view:") && m.contains("[3, 4]") && m.contains("[13]"),
-        "{m}"
-    );
+    assert!(m.contains("view:") && m.contains("[3, 4]") && m.contains("[13]"), "{m}");
     let m = panic_message(|| {
         let _ = x.expand(&[2, 3, 5]);
     })
     .unwrap();
-    assert!(
-        m.starts_with("expand:") && m.contains("[3, 4]") && m.contains("[2, 3, 5]"),
-        "{m}"
-    );
+    assert!(m.starts_with("expand:") && m.contains("[3, 4]") && m.contains("[2, 3, 5]"), "{m}");
     let m = panic_message(|| {
         let _ = x.expand(&[4]);
     })
     .unwrap();
-    assert!(
-        m.starts_with("expand:") && m.contains("[3, 4]") && m.contains("[4]"),
-        "{m}"
-    );
+    assert!(m.starts_with("expand:") && m.contains("[3, 4]") && m.contains("[4]"), "{m}");
     let m = panic_message(|| {
         let _ = Tensor::<f32>::zeros(&[2, 3, 4]).t();
     })
@@ -975,10 +542,7 @@ fn view_errors_name_the_op_and_shapes() {
     .unwrap();
     assert!(m.contains("permute:") && m.contains("[3, 4]"), "{m}");
     for (name, f) in [
-        (
-            "transpose",
-            Box::new(|| drop(x.transpose(0, 2))) as Box<dyn Fn() + std::panic::RefUnwindSafe>,
-        ),
+        ("transpose", Box::new(|| drop(x.transpose(0, 2))) as Box<dyn Fn() + std::panic::RefUnwindSafe>),
         ("select", Box::new(|| drop(x.select(1, 4)))),
         ("select", Box::new(|| drop(x.select(-3, 0)))),
         ("slice", Box::new(|| drop(x.slice(0, 4, 5, 1)))),
@@ -988,10 +552,7 @@ fn view_errors_name_the_op_and_shapes() {
         ("flatten", Box::new(|| drop(x.flatten(1, 0)))),
     ] {
         let m = panic_message(|| f()).unwrap_or_else(|| panic!("{name} did not panic"));
-        assert!(
-            m.starts_with(&format!("{name}:")) && m.contains("[3, 4]"),
-            "{name}: {m:?}"
-        );
+        assert!(m.starts_with(&format!("{name}:")) && m.contains("[3, 4]"), "{name}: {m:?}");
     }
 }
 

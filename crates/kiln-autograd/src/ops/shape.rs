@@ -26,6 +26,19 @@ pub(crate) fn scatter_into_zeros<E: Float>(g: &Var<E>, shape: &[usize], dim: usi
     Var::constant(Tensor::zeros(shape)).index_add(dim as isize, index, g)
 }
 
+/// The backward of `slice`: `g` written into zeros of `shape` at `start..end` (step `step`) of
+/// dimension `d`; its own backward slices again.
+// d slice_scatter(0, g)/dg = slice
+fn slice_into_zeros<E: Float>(g: &Var<E>, shape: &[usize], d: usize, start: usize, end: usize, step: usize) -> Var<E> {
+    let dim = d as isize;
+    unary_op(
+        g,
+        "slice_backward",
+        |g| Tensor::zeros(shape).slice_scatter(g, dim, start, end, step),
+        move |_, _, gg| gg.slice(dim, start, end, step),
+    )
+}
+
 impl<E: Float> Var<E> {
     /// The same elements with a new shape (a view when possible), like `torch.reshape`.
     // d reshape(x)/dx: reshape the gradient back
@@ -54,14 +67,19 @@ impl<E: Float> Var<E> {
     #[must_use]
     pub fn permute(&self, dims: &[isize]) -> Var<E> {
         let dims_v = dims.to_vec();
-        unary_op(self, "permute", |x| x.permute(dims), move |x, _, g| {
-            let (nd, shape) = (x.ndim(), x.shape());
-            let mut inverse = vec![0isize; nd];
-            for (i, &d) in dims_v.iter().enumerate() {
-                inverse[dim_of(d, nd, "permute", &shape)] = i as isize;
-            }
-            g.permute(&inverse)
-        })
+        unary_op(
+            self,
+            "permute",
+            |x| x.permute(dims),
+            move |x, _, g| {
+                let (nd, shape) = (x.ndim(), x.shape());
+                let mut inverse = vec![0isize; nd];
+                for (i, &d) in dims_v.iter().enumerate() {
+                    inverse[dim_of(d, nd, "permute", &shape)] = i as isize;
+                }
+                g.permute(&inverse)
+            },
+        )
     }
 
     /// Swaps two dimensions (a view), like `torch.transpose`.
@@ -103,12 +121,16 @@ impl<E: Float> Var<E> {
     // d slice(x)/dx: the gradient scattered into zeros of x's shape at the sliced positions
     #[must_use]
     pub fn slice(&self, dim: isize, start: usize, end: usize, step: usize) -> Var<E> {
-        unary_op(self, "slice", |x| x.slice(dim, start, end, step), move |x, _, g| {
-            let shape = x.shape();
-            let d = dim_of(dim, shape.len(), "slice", &shape);
-            let index: Vec<usize> = (start..end.min(shape[d])).step_by(step).collect();
-            scatter_into_zeros(g, &shape, d, &index)
-        })
+        unary_op(
+            self,
+            "slice",
+            |x| x.slice(dim, start, end, step),
+            move |x, _, g| {
+                let shape = x.shape();
+                let d = dim_of(dim, shape.len(), "slice", &shape);
+                slice_into_zeros(g, &shape, d, start, end, step)
+            },
+        )
     }
 
     /// The sub-tensor at `index` of dimension `dim`, with that dimension removed (a view),
@@ -118,11 +140,16 @@ impl<E: Float> Var<E> {
     // d select(x)/dx: the gradient, given back its dim, scattered into zeros at `index`
     #[must_use]
     pub fn select(&self, dim: isize, index: usize) -> Var<E> {
-        unary_op(self, "select", |x| x.select(dim, index), move |x, _, g| {
-            let shape = x.shape();
-            let d = dim_of(dim, shape.len(), "select", &shape);
-            scatter_into_zeros(&g.unsqueeze(d as isize), &shape, d, &[index])
-        })
+        unary_op(
+            self,
+            "select",
+            |x| x.select(dim, index),
+            move |x, _, g| {
+                let shape = x.shape();
+                let d = dim_of(dim, shape.len(), "select", &shape);
+                slice_into_zeros(&g.unsqueeze(d as isize), &shape, d, index, index + 1, 1)
+            },
+        )
     }
 
     /// Removes every dimension of size 1 (a view), like `torch.squeeze(x)`.
@@ -208,8 +235,14 @@ mod tests {
             (format!("permute {perm:?}"), Box::new(move |v: &Var<f64>| v.permute(&perm))),
             (format!("transpose {di} {d2i}"), Box::new(move |v: &Var<f64>| v.transpose(di, d2i))),
             (format!("narrow {d} {start} {len}"), Box::new(move |v: &Var<f64>| v.narrow(di, start, len))),
-            (format!("slice {d} {start}..{} step {step}", start + len), Box::new(move |v: &Var<f64>| v.slice(di, start, start + len, step))),
-            (format!("slice {d} {start}.. step {step}"), Box::new(move |v: &Var<f64>| v.slice(di, start, usize::MAX, step))),
+            (
+                format!("slice {d} {start}..{} step {step}", start + len),
+                Box::new(move |v: &Var<f64>| v.slice(di, start, start + len, step)),
+            ),
+            (
+                format!("slice {d} {start}.. step {step}"),
+                Box::new(move |v: &Var<f64>| v.slice(di, start, usize::MAX, step)),
+            ),
             (format!("select {d2i} {}", start.min(shape[d2] - 1)), {
                 let i = start.min(shape[d2] - 1);
                 Box::new(move |v: &Var<f64>| v.select(d2i, i))
