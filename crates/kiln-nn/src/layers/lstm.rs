@@ -380,9 +380,14 @@ mod tests {
             let (lo, hi, std) = (d["low"].as_f64().unwrap(), d["high"].as_f64().unwrap(), d["std"].as_f64().unwrap());
             let v = p.value().cast::<f64>();
             assert!(v.min_all() >= lo && v.max_all() <= hi, "{k}");
-            assert!(v.max_all() > 0.95 * hi && v.min_all() < 0.95 * lo, "{k}");
+            // Other tests draw from the same process-wide generator concurrently, so the values
+            // are random: bounds sized for n draws fail with probability about e^-15.
+            let n = v.numel() as f64;
+            let slack = (30.0 / n).min(1.0);
+            assert!(v.max_all() > hi * (1.0 - slack) && v.min_all() < lo * (1.0 - slack), "{k}");
             let s = v.std(&[], 1, false).item();
-            assert!((s - std).abs() < 0.12 * std, "{k}: std {s} vs {std}");
+            // sd(s)/sigma of a uniform sample is about 0.45/sqrt(n); six of those
+            assert!((s - std).abs() < 2.7 / n.sqrt() * std, "{k}: std {s} vs {std}");
             assert_eq!(
                 p.shape().as_slice(),
                 c.json["empirical"][&k]["shape"]
