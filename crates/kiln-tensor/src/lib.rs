@@ -22,6 +22,7 @@ mod elementwise;
 mod indexing;
 pub mod kernels;
 mod matmul;
+mod norm;
 pub mod parallel;
 mod pool;
 mod reduce;

@@ -197,7 +197,17 @@ impl<E: Float> Tensor<E> {
     pub fn max(&self, axes: &[isize], keepdim: bool) -> Self {
         self.reduce_lanes(axes, keepdim, "max", |l| {
             assert!(!l.is_empty(), "max: cannot reduce an empty dimension");
-            l.iter().copied().fold(E::neg_infinity(), |m, x| if x > m || x.is_nan() || m.is_nan() { if m.is_nan() { m } else { x } } else { m })
+            l.iter().copied().fold(E::neg_infinity(), |m, x| {
+                if x > m || x.is_nan() || m.is_nan() {
+                    if m.is_nan() {
+                        m
+                    } else {
+                        x
+                    }
+                } else {
+                    m
+                }
+            })
         })
     }
 
@@ -208,7 +218,17 @@ impl<E: Float> Tensor<E> {
     pub fn min(&self, axes: &[isize], keepdim: bool) -> Self {
         self.reduce_lanes(axes, keepdim, "min", |l| {
             assert!(!l.is_empty(), "min: cannot reduce an empty dimension");
-            l.iter().copied().fold(E::infinity(), |m, x| if x < m || x.is_nan() || m.is_nan() { if m.is_nan() { m } else { x } } else { m })
+            l.iter().copied().fold(E::infinity(), |m, x| {
+                if x < m || x.is_nan() || m.is_nan() {
+                    if m.is_nan() {
+                        m
+                    } else {
+                        x
+                    }
+                } else {
+                    m
+                }
+            })
         })
     }
 
@@ -241,7 +261,8 @@ impl<E: Float> Tensor<E> {
         let d = self.dim(dim, "max_dim");
         assert!(self.shape[d] > 0, "max_dim: dim {d} of shape {:?} is empty", self.shape);
         let lane = self.shape[d];
-        let order: Vec<isize> = (0..self.ndim()).filter(|&i| i != d).chain(std::iter::once(d)).map(|i| i as isize).collect();
+        let order: Vec<isize> =
+            (0..self.ndim()).filter(|&i| i != d).chain(std::iter::once(d)).map(|i| i as isize).collect();
         let src = self.permute(&order).contiguous();
         let data = src.as_slice().expect("contiguous");
         let n_out = data.len() / lane;
@@ -334,6 +355,81 @@ impl<E: Float> Tensor<E> {
         } else {
             t.transpose(d as isize, -1).contiguous()
         }
+    }
+
+    /// Like [`map_lanes`](Tensor::map_lanes) over two tensors of one shape: `f(a_lane, b_lane,
+    /// out_lane)` for every lane along `dim`.
+    fn zip_lanes(
+        &self,
+        other: &Tensor<E>,
+        dim: isize,
+        op: &str,
+        f: impl Fn(&[E], &[E], &mut [E]) + Sync + Send,
+    ) -> Self {
+        assert!(self.shape == other.shape, "{op}: shapes {:?} and {:?} differ", self.shape, other.shape);
+        let d = self.dim(dim, op);
+        let nd = self.ndim();
+        let lane = self.shape[d];
+        let last = d == nd - 1;
+        let lanes_of = |t: &Tensor<E>| if last { t.contiguous() } else { t.transpose(d as isize, -1).contiguous() };
+        let (a, b) = (lanes_of(self), lanes_of(other));
+        let (av, bv) = (a.as_slice().expect("contiguous"), b.as_slice().expect("contiguous"));
+        let mut out = vec![E::zero(); av.len()];
+        if lane > 0 {
+            if av.len() >= parallel::elementwise_min() && parallel::get_num_threads() > 1 {
+                parallel::install(|_| {
+                    out.par_chunks_mut(lane)
+                        .zip(av.par_chunks(lane).zip(bv.par_chunks(lane)))
+                        .for_each(|(o, (x, y))| f(x, y, o));
+                });
+            } else {
+                for (o, (x, y)) in out.chunks_mut(lane).zip(av.chunks(lane).zip(bv.chunks(lane))) {
+                    f(x, y, o);
+                }
+            }
+        }
+        let t = Tensor::from_vec(out, a.shape());
+        if last {
+            t
+        } else {
+            t.transpose(d as isize, -1).contiguous()
+        }
+    }
+
+    /// The gradient of `softmax` along `dim`, with `self` the softmax output `s` and `g` the
+    /// output gradient: `s ⊙ (g − Σ g ⊙ s)`, in one pass per lane (what the composition of
+    /// four ops computes).
+    ///
+    /// **Panics** if the shapes differ or `dim` is out of range.
+    ///
+    /// ```
+    /// use kiln_tensor::Tensor;
+    /// let s = Tensor::from_vec(vec![0.25f64, 0.75], &[1, 2]);
+    /// let g = Tensor::from_vec(vec![1.0, 0.0], &[1, 2]);
+    /// assert_eq!(s.softmax_backward(&g, -1).to_vec(), vec![0.1875, -0.1875]);
+    /// ```
+    #[must_use]
+    pub fn softmax_backward(&self, g: &Tensor<E>, dim: isize) -> Self {
+        self.zip_lanes(g, dim, "softmax_backward", |s, g, o| {
+            let dot = s.iter().zip(g).fold(E::zero(), |acc, (&s, &g)| acc + s * g);
+            for ((o, &s), &g) in o.iter_mut().zip(s).zip(g) {
+                *o = s * (g - dot);
+            }
+        })
+    }
+
+    /// The gradient of `log_softmax` along `dim`, with `self` its output `y` and `g` the output
+    /// gradient: `g − exp(y) Σ g`, in one pass per lane.
+    ///
+    /// **Panics** if the shapes differ or `dim` is out of range.
+    #[must_use]
+    pub fn log_softmax_backward(&self, g: &Tensor<E>, dim: isize) -> Self {
+        self.zip_lanes(g, dim, "log_softmax_backward", |y, g, o| {
+            let sum = g.iter().copied().fold(E::zero(), |acc, g| acc + g);
+            for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+                *o = g - y.exp() * sum;
+            }
+        })
     }
 
     /// `exp(x) / sum(exp(x))` along `dim`, computed stably (shifted by the lane maximum).

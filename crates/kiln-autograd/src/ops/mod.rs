@@ -12,6 +12,7 @@ pub mod dropout;
 pub mod index;
 pub mod lstm;
 pub mod matmul;
+pub mod norm;
 pub mod pool;
 pub mod reduce;
 pub mod shape;

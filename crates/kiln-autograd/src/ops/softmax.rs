@@ -1,12 +1,14 @@
 //! Softmax and log-softmax along one dimension.
 //!
 //! The values come from kiln-tensor's fused, max-shifted kernels (stable for large inputs);
-//! the backward is written with `Var` ops on the saved output, so it is differentiable again.
-//! The composition `exp(x) / sum(exp(x))` is the test oracle.
+//! the backward is written with `Var` ops on the saved output when it is recorded (`create_graph`,
+//! so it is differentiable again), and is one fused pass per lane otherwise
+//! ([`Tensor::softmax_backward`]). The composition `exp(x) / sum(exp(x))` is the test oracle.
 
 use kiln_tensor::{Float, Tensor};
 
 use super::unary_op;
+use crate::mode::is_grad_enabled;
 use crate::var::Var;
 
 impl<E: Float> Var<E> {
@@ -16,10 +18,21 @@ impl<E: Float> Var<E> {
     // d softmax(x)_i/dx_j = s_i (δ_ij - s_j), so the gradient is g s - s sum(g s)
     #[must_use]
     pub fn softmax(&self, dim: isize) -> Var<E> {
-        unary_op(self, "softmax", |x: &Tensor<E>| x.softmax(dim), move |_, s, g| {
-            let gs = g.mul(s);
-            gs.sub(&s.mul(&gs.sum(&[dim], true)))
-        })
+        unary_op(
+            self,
+            "softmax",
+            |x: &Tensor<E>| x.softmax(dim),
+            move |_, s, g| {
+                if is_grad_enabled() {
+                    // recorded for higher orders
+                    let gs = g.mul(s);
+                    gs.sub(&s.mul(&gs.sum(&[dim], true)))
+                } else {
+                    // the same in one fused pass
+                    Var::constant(s.with_value(|s| g.with_value(|g| s.softmax_backward(g, dim))))
+                }
+            },
+        )
     }
 
     /// `x - logsumexp(x)` along `dim`, like `torch.log_softmax(x, dim)`.
@@ -28,9 +41,18 @@ impl<E: Float> Var<E> {
     // d log_softmax(x)_i/dx_j = δ_ij - softmax(x)_j, so the gradient is g - exp(out) sum(g)
     #[must_use]
     pub fn log_softmax(&self, dim: isize) -> Var<E> {
-        unary_op(self, "log_softmax", |x: &Tensor<E>| x.log_softmax(dim), move |_, out, g| {
-            g.sub(&out.exp().mul(&g.sum(&[dim], true)))
-        })
+        unary_op(
+            self,
+            "log_softmax",
+            |x: &Tensor<E>| x.log_softmax(dim),
+            move |_, out, g| {
+                if is_grad_enabled() {
+                    g.sub(&out.exp().mul(&g.sum(&[dim], true)))
+                } else {
+                    Var::constant(out.with_value(|y| g.with_value(|g| y.log_softmax_backward(g, dim))))
+                }
+            },
+        )
     }
 }
 

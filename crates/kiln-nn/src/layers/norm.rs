@@ -142,8 +142,7 @@ impl<E: Float> Forward<E> for LayerNorm<E> {
             "LayerNorm: input {:?} does not end in normalized_shape {ns:?}",
             shape.as_slice()
         );
-        let axes: Vec<isize> = (shape.len() - ns.len()..shape.len()).map(|d| d as isize).collect();
-        let (mut y, _, _) = standardize(x, &axes, self.config.eps);
+        let mut y = x.standardize_trailing(ns.len(), self.config.eps);
         if let Some(w) = &self.weight {
             y = y.mul(w);
         }
@@ -288,7 +287,7 @@ impl<E: Float> Forward<E> for GroupNorm<E> {
         let shape = x.shape();
         assert!(shape.len() >= 2 && shape[1] == c, "GroupNorm: expected input [N, {c}, *], got {:?}", shape.as_slice());
         let per_group = shape[1..].iter().product::<usize>() / g;
-        let (y, _, _) = standardize(&x.reshape(&[shape[0], g, per_group]), &[2], self.config.eps);
+        let y = x.reshape(&[shape[0], g, per_group]).standardize_trailing(1, self.config.eps);
         let mut y = y.reshape(&shape);
         let cs = channel_shape(c, shape.len());
         if let Some(w) = &self.weight {
