@@ -28,8 +28,12 @@ use std::time::Instant;
 use kiln::autograd::{no_grad, Var};
 use kiln::data::datasets::{PennTreebank, Split, TokenStreams};
 use kiln::data::DataError;
-use kiln::nn::{Embedding, Forward, LSTMConfig, Linear, LinearConfig, Module, LSTM};
-use kiln::optim::{clip_grad_norm_, LrGroups, Optimizer, SGDConfig, SGD};
+use kiln::nn::{
+    causal_mask, Embedding, Forward, LSTMConfig, LayerNorm, LearnedPositionalEmbedding,
+    LearnedPositionalEmbeddingConfig, Linear, LinearConfig, Module, TransformerEncoder, TransformerEncoderLayerConfig,
+    LSTM,
+};
+use kiln::optim::{clip_grad_norm_, Adam, AdamConfig, LrGroups, Optimizer, SGDConfig, SGD};
 use kiln::tensor::Indices;
 
 /// What to run: the full recipe, or a slice of it for the smoke test.
@@ -43,8 +47,12 @@ pub struct Opts {
     pub hidden: usize,
     /// Words in the adaptive softmax's head.
     pub cutoff: usize,
-    /// Training epochs.
+    /// Training epochs of the LSTM.
     pub epochs: usize,
+    /// Model size of the Transformer.
+    pub d_model: usize,
+    /// Training epochs of the Transformer (0: skip it).
+    pub transformer_epochs: usize,
     /// Print progress.
     pub verbose: bool,
 }
@@ -58,25 +66,40 @@ impl Opts {
             hidden: 200,
             cutoff: 2000,
             epochs: env_usize("KILN_EPOCHS").unwrap_or(3),
+            d_model: 128,
+            transformer_epochs: env_usize("KILN_TRANSFORMER_EPOCHS").unwrap_or(3),
             verbose: true,
         }
     }
 
     /// A few thousand words, a small model, one epoch, silent.
     pub fn smoke() -> Self {
-        Opts { train_words: Some(4_000), eval_words: Some(1_000), hidden: 32, cutoff: 500, epochs: 1, verbose: false }
+        Opts {
+            train_words: Some(4_000),
+            eval_words: Some(1_000),
+            hidden: 32,
+            cutoff: 500,
+            epochs: 1,
+            d_model: 32,
+            transformer_epochs: 1,
+            verbose: false,
+        }
     }
 }
 
 /// The figures reached.
 #[derive(Clone, Debug)]
 pub struct Report {
-    /// Perplexity on the test text used.
+    /// The LSTM's perplexity on the test text used.
     pub test_perplexity: f64,
-    /// Perplexity on the validation text used, after the last epoch.
+    /// The LSTM's perplexity on the validation text used, after the last epoch.
     pub valid_perplexity: f64,
-    /// Epochs trained.
+    /// Epochs the LSTM trained.
     pub epochs: usize,
+    /// The Transformer's test perplexity (`NaN` when it was skipped).
+    pub transformer_test_perplexity: f64,
+    /// The Transformer's validation perplexity after its last epoch.
+    pub transformer_valid_perplexity: f64,
     /// Wall time of loading, training and evaluating, seconds.
     pub seconds: f64,
 }
@@ -147,7 +170,9 @@ impl LanguageModel {
     pub fn new(vocab: usize, hidden: usize, cutoff: usize) -> Self {
         let model = LanguageModel {
             embedding: Embedding::new(vocab, hidden),
-            lstm: LSTMConfig { num_layers: 2, batch_first: true, ..LSTMConfig::new(hidden, hidden) }.build().expect("valid sizes"),
+            lstm: LSTMConfig { num_layers: 2, batch_first: true, ..LSTMConfig::new(hidden, hidden) }
+                .build()
+                .expect("valid sizes"),
             output: AdaptiveSoftmax::new(hidden, vocab, cutoff),
         };
         kiln::nn::init::with_rng(|rng| {
@@ -168,6 +193,86 @@ impl LanguageModel {
     }
 }
 
+/// What the training and evaluation loops need of a language model: the top layer's features
+/// `[B * T, d]` for word ids `[B, T]` (from and to a carried state where the model has one),
+/// and the output layer.
+pub trait WordModel: Module<f32> {
+    /// Features of `ids`, and the state to carry into the next window (`None`: stateless).
+    fn features(&self, ids: &Indices, state: Option<&State>) -> (Var<f32>, Option<State>);
+    /// The adaptive softmax over the vocabulary.
+    fn output(&self) -> &AdaptiveSoftmax;
+}
+
+impl WordModel for LanguageModel {
+    fn features(&self, ids: &Indices, state: Option<&State>) -> (Var<f32>, Option<State>) {
+        let (h, s) = self.forward_state(ids, state);
+        (h, Some(s))
+    }
+    fn output(&self) -> &AdaptiveSoftmax {
+        &self.output
+    }
+}
+
+/// A small causal Transformer language model: word embedding (scaled by √d) plus a learned
+/// position embedding, two pre-norm `TransformerEncoderLayer`s (4 heads, feed-forward 4d,
+/// GELU, dropout 0.1) under a causal mask, a final LayerNorm, and the same adaptive softmax.
+/// It sees one window at a time (no state carried between windows).
+#[derive(kiln::nn::Module)]
+#[module(crate = "kiln::nn")]
+pub struct TransformerLm {
+    /// Word vectors.
+    pub embedding: Embedding,
+    /// Position vectors, batch first.
+    pub position: LearnedPositionalEmbedding,
+    /// The causal self-attention stack.
+    pub encoder: TransformerEncoder,
+    /// The output distribution.
+    pub output: AdaptiveSoftmax,
+}
+
+impl TransformerLm {
+    /// A model over `vocab` words of size `d_model`, for windows up to `max_len` words.
+    pub fn new(vocab: usize, d_model: usize, cutoff: usize, max_len: usize) -> Self {
+        let layer = TransformerEncoderLayerConfig {
+            dim_feedforward: 4 * d_model,
+            dropout: 0.1,
+            activation: kiln::nn::TransformerActivation::Gelu,
+            batch_first: true,
+            norm_first: true,
+            ..TransformerEncoderLayerConfig::new(d_model, 4)
+        }
+        .build()
+        .expect("valid sizes");
+        let embedding = Embedding::new(vocab, d_model);
+        kiln::nn::init::with_rng(|rng| kiln::nn::init::normal_(&embedding.weight, 0.0, 0.02, rng));
+        TransformerLm {
+            embedding,
+            position: LearnedPositionalEmbeddingConfig {
+                batch_first: true,
+                ..LearnedPositionalEmbeddingConfig::new(max_len, d_model)
+            }
+            .build()
+            .expect("valid sizes"),
+            encoder: TransformerEncoder::new(layer, 2, Some(LayerNorm::new(&[d_model]))),
+            output: AdaptiveSoftmax::new(d_model, vocab, cutoff),
+        }
+    }
+}
+
+impl WordModel for TransformerLm {
+    fn features(&self, ids: &Indices, _state: Option<&State>) -> (Var<f32>, Option<State>) {
+        let (b, t) = (ids.shape()[0], ids.shape()[1]);
+        let d = self.embedding.weight.shape()[1];
+        let words = self.embedding.forward_ids(ids).mul_scalar((d as f32).sqrt());
+        let x = self.position.forward(&words);
+        let y = self.encoder.forward_with(&x, Some(&causal_mask(t)), None);
+        (y.reshape(&[b * t, d]), None)
+    }
+    fn output(&self) -> &AdaptiveSoftmax {
+        &self.output
+    }
+}
+
 /// Word id -> frequency rank in `tokens` (0 = most frequent; ties by id).
 fn frequency_ranks(tokens: &[usize], vocab: usize) -> Vec<usize> {
     let mut counts = vec![0usize; vocab];
@@ -183,23 +288,66 @@ fn frequency_ranks(tokens: &[usize], vocab: usize) -> Vec<usize> {
     rank
 }
 
-/// `exp` of the mean negative log-likelihood per word of `model` over `streams`.
-fn perplexity(model: &mut LanguageModel, streams: &TokenStreams, rank: &[usize]) -> f64 {
+/// `exp` of the mean negative log-likelihood per word of `model` over `streams`, read in
+/// windows of `bptt` words.
+fn perplexity<M: WordModel>(model: &mut M, streams: &TokenStreams, rank: &[usize], bptt: usize) -> f64 {
     model.eval();
     let (mut nll, mut words) = (0.0f64, 0usize);
     no_grad(|| {
         let mut state: Option<State> = None;
-        for (x, y) in streams.bptt_batches(35) {
+        for (x, y) in streams.bptt_batches(bptt) {
             let len = x.len() / streams.batch_size();
-            let (hidden, next) = model.forward_state(&Indices::new(x, &[streams.batch_size(), len]), state.as_ref());
+            let (hidden, next) = model.features(&Indices::new(x, &[streams.batch_size(), len]), state.as_ref());
             let ranks: Vec<usize> = y.iter().map(|&w| rank[w]).collect();
-            nll += f64::from(model.output.nll_sum(&hidden, &ranks).item());
+            nll += f64::from(model.output().nll_sum(&hidden, &ranks).item());
             words += ranks.len();
-            state = Some(next);
+            state = next;
         }
     });
     model.train();
     (nll / words as f64).exp()
+}
+
+/// One epoch of truncated BPTT over `train` in windows of `bptt` words (the state carried and
+/// detached between windows); returns the training perplexity.
+fn train_epoch<M: WordModel, O: Optimizer<f32>>(
+    model: &M,
+    opt: &mut O,
+    train: &TokenStreams,
+    rank: &[usize],
+    bptt: usize,
+    clip: f64,
+    label: &str,
+    verbose: bool,
+) -> f64 {
+    let started = Instant::now();
+    let params = model.parameters();
+    let batch_size = train.batch_size();
+    let windows = train.num_windows(bptt);
+    let mut state: Option<State> = None;
+    let (mut nll_sum, mut seen) = (0.0f64, 0usize);
+    for (i, (x, y)) in train.bptt_batches(bptt).enumerate() {
+        let len = x.len() / batch_size;
+        let (hidden, next) = model.features(&Indices::new(x, &[batch_size, len]), state.as_ref());
+        let ranks: Vec<usize> = y.iter().map(|&w| rank[w]).collect();
+        let loss = model.output().nll_sum(&hidden, &ranks).div_scalar(ranks.len() as f32);
+        loss.backward();
+        clip_grad_norm_(&params, clip, 2.0);
+        opt.step();
+        opt.zero_grad();
+        state = next.map(|(h, c)| (h.detach(), c.detach()));
+        nll_sum += f64::from(loss.item()) * ranks.len() as f64;
+        seen += ranks.len();
+        if verbose && (i + 1) % 500 == 0 {
+            eprintln!(
+                "{label} window {}/{windows}: training perplexity {:.1} ({:.0} ms per window)",
+                i + 1,
+                (nll_sum / seen as f64).exp(),
+                1e3 * started.elapsed().as_secs_f64() / (i + 1) as f64
+            );
+        }
+    }
+    (nll_sum / seen.max(1) as f64).exp()
 }
 
 /// The first `n` tokens (all when `None`) in `batch_size` streams.
@@ -230,60 +378,84 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
             model.num_parameters()
         );
     }
-    let params = model.parameters();
-    let mut opt = SGD::new(params.clone(), SGDConfig { lr: 20.0, ..Default::default() });
+    let mut opt = SGD::new(model.parameters(), SGDConfig { lr: 20.0, ..Default::default() });
     let mut valid_perplexity = f64::NAN;
-    let windows = train.num_windows(bptt);
     for epoch in 0..opts.epochs {
         let epoch_started = Instant::now();
         if epoch + 1 == opts.epochs && epoch > 0 {
             // Anneal for the last epoch.
             opt.set_group_lr(0, 5.0);
         }
-        let mut state: Option<State> = None;
-        let (mut nll_sum, mut seen) = (0.0f64, 0usize);
-        for (i, (x, y)) in train.bptt_batches(bptt).enumerate() {
-            let len = x.len() / batch_size;
-            let (hidden, (h, c)) = model.forward_state(&Indices::new(x, &[batch_size, len]), state.as_ref());
-            let ranks: Vec<usize> = y.iter().map(|&w| rank[w]).collect();
-            let loss = model.output.nll_sum(&hidden, &ranks).div_scalar(ranks.len() as f32);
-            loss.backward();
-            clip_grad_norm_(&params, 0.25, 2.0);
-            opt.step();
-            opt.zero_grad();
-            state = Some((h.detach(), c.detach()));
-            nll_sum += f64::from(loss.item()) * ranks.len() as f64;
-            seen += ranks.len();
-            if opts.verbose && (i + 1) % 500 == 0 {
-                eprintln!(
-                    "epoch {} window {}/{windows}: training perplexity {:.1} ({:.0} ms per window)",
-                    epoch + 1,
-                    i + 1,
-                    (nll_sum / seen as f64).exp(),
-                    1e3 * epoch_started.elapsed().as_secs_f64() / (i + 1) as f64
-                );
-            }
-        }
-        valid_perplexity = perplexity(&mut model, &valid, &rank);
+        let label = format!("LSTM epoch {}", epoch + 1);
+        let train_ppl = train_epoch(&model, &mut opt, &train, &rank, bptt, 0.25, &label, opts.verbose);
+        valid_perplexity = perplexity(&mut model, &valid, &rank, 35);
         if opts.verbose {
             println!(
-                "epoch {}/{}: training perplexity {:.2}, validation perplexity {valid_perplexity:.2}, {:.1} s",
+                "LSTM epoch {}/{}: training perplexity {train_ppl:.2}, validation perplexity {valid_perplexity:.2}, {:.1} s",
                 epoch + 1,
                 opts.epochs,
-                (nll_sum / seen.max(1) as f64).exp(),
                 epoch_started.elapsed().as_secs_f64()
             );
         }
     }
-    let test_perplexity = perplexity(&mut model, &test, &rank);
-    Ok(Report { test_perplexity, valid_perplexity, epochs: opts.epochs, seconds: started.elapsed().as_secs_f64() })
+    let test_perplexity = perplexity(&mut model, &test, &rank, 35);
+    if opts.verbose {
+        println!("LSTM: test perplexity {test_perplexity:.2}");
+    }
+
+    // The causal Transformer, on windows of 35 words, Adam with the learning rate decayed
+    // linearly to a tenth.
+    let (mut transformer_valid_perplexity, mut transformer_test_perplexity) = (f64::NAN, f64::NAN);
+    if opts.transformer_epochs > 0 {
+        let context = 35;
+        let mut lm = TransformerLm::new(vocab, opts.d_model, opts.cutoff, context);
+        if opts.verbose {
+            println!(
+                "causal Transformer: d_model {}, 2 layers, 4 heads ({} parameters in all)",
+                opts.d_model,
+                lm.num_parameters()
+            );
+        }
+        let lr = 1e-3;
+        let mut opt = Adam::new(lm.parameters(), AdamConfig { lr, ..Default::default() });
+        for epoch in 0..opts.transformer_epochs {
+            let epoch_started = Instant::now();
+            let done = epoch as f64 / opts.transformer_epochs as f64;
+            opt.set_group_lr(0, lr * (1.0 - 0.9 * done));
+            let label = format!("Transformer epoch {}", epoch + 1);
+            let train_ppl = train_epoch(&lm, &mut opt, &train, &rank, context, 1.0, &label, opts.verbose);
+            transformer_valid_perplexity = perplexity(&mut lm, &valid, &rank, context);
+            if opts.verbose {
+                println!(
+                    "Transformer epoch {}/{}: training perplexity {train_ppl:.2}, validation perplexity {transformer_valid_perplexity:.2}, {:.1} s",
+                    epoch + 1,
+                    opts.transformer_epochs,
+                    epoch_started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        transformer_test_perplexity = perplexity(&mut lm, &test, &rank, context);
+    }
+    Ok(Report {
+        test_perplexity,
+        valid_perplexity,
+        epochs: opts.epochs,
+        transformer_test_perplexity,
+        transformer_valid_perplexity,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 fn main() {
     match run(&Opts::full()) {
         Ok(r) => println!(
-            "2-layer LSTM language model on Penn Treebank: test perplexity {:.2} (validation {:.2}) after {} epochs, {:.1} s",
-            r.test_perplexity, r.valid_perplexity, r.epochs, r.seconds
+            "Penn Treebank test perplexity: 2-layer LSTM {:.2} (validation {:.2}) after {} epochs; causal Transformer {:.2} (validation {:.2}); {:.1} s",
+            r.test_perplexity,
+            r.valid_perplexity,
+            r.epochs,
+            r.transformer_test_perplexity,
+            r.transformer_valid_perplexity,
+            r.seconds
         ),
         Err(e) => {
             eprintln!("cannot read the Penn Treebank ({e}); set KILN_DATA_DIR to the shared data folder");
