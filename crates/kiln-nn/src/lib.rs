@@ -17,6 +17,7 @@
 // Lets `#[derive(Module)]`'s `::kiln_nn::...` paths resolve inside this crate too.
 extern crate self as kiln_nn;
 
+pub mod distillation;
 mod error;
 pub mod functional;
 #[cfg(test)]
@@ -27,6 +28,7 @@ mod loss;
 mod module;
 pub mod serialize;
 
+pub use distillation::{distillation_loss, DistillationLoss};
 pub use error::NnError;
 pub use layers::*;
 pub use loss::{BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss, MSELoss, NLLLoss, SmoothL1Loss};

@@ -8,11 +8,13 @@
 //! Around it: [`checkpoint`]s of the whole training state (model, optimiser, scheduler, epoch,
 //! RNG, history) that a run resumes from exactly; [`History::plot`] and
 //! [`plot_confusion_matrix`] for PNG pictures; [`cross_validate`] for k-fold
-//! cross-validation; and [`TrainError`], the error of everything that reads or writes files.
+//! cross-validation; [`Distiller`] for knowledge distillation of a teacher into a student;
+//! and [`TrainError`], the error of everything that reads or writes files.
 
 pub mod callbacks;
 pub mod checkpoint;
 pub mod cross_validation;
+mod distill;
 mod error;
 mod history;
 mod plot;
@@ -22,6 +24,7 @@ mod trainer;
 pub use callbacks::{BatchContext, Callback, EpochContext};
 pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint};
 pub use cross_validation::{cross_validate, CrossValidation, CrossValidationReport, CvFold};
+pub use distill::{Distiller, Features};
 pub use error::TrainError;
 pub use history::{EpochLogs, History};
 pub use plot::plot_confusion_matrix;

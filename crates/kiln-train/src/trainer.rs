@@ -168,6 +168,34 @@ impl Trainer {
         M: Module<f32> + Forward<f32>,
         O: Optimizer<f32> + LrGroups,
     {
+        let mut step = |model: &M, batch: &Batch| {
+            let out = model.forward(&Var::constant(batch.inputs.clone()));
+            let l = loss.loss(&out, &batch.targets);
+            (out, l)
+        };
+        self.fit_with(model, optimizer, &mut step, loss, train, val)
+    }
+
+    /// [`fit`](Trainer::fit) with a custom training step: `step(model, batch)` returns the
+    /// model's output (what the metrics see) and the loss to minimise, for losses that need
+    /// more than the output and the targets (a teacher's outputs in
+    /// [`Distiller`](crate::Distiller), a penalty on intermediate activations, ...).
+    /// Validation and [`evaluate`](Trainer::evaluate) use `val_loss` on the model's output.
+    // The closure type reads better in the docs spelt out than behind an alias.
+    #[allow(clippy::type_complexity)]
+    pub fn fit_with<M, O>(
+        &mut self,
+        model: &mut M,
+        optimizer: &mut O,
+        step: &mut dyn FnMut(&M, &Batch) -> (Var<f32>, Var<f32>),
+        val_loss: &dyn TrainLoss,
+        train: &dyn BatchSource,
+        val: Option<&dyn BatchSource>,
+    ) -> History
+    where
+        M: Module<f32> + Forward<f32>,
+        O: Optimizer<f32> + LrGroups,
+    {
         let mut history = History::default();
         let params = model.parameters();
         for c in &mut self.callbacks {
@@ -182,9 +210,7 @@ impl Trainer {
             let (mut loss_sum, mut samples) = (0.0f64, 0usize);
             let mut pending = 0usize;
             for (i, batch) in train.batches().enumerate() {
-                let x = Var::constant(batch.inputs.clone());
-                let out = model.forward(&x);
-                let l = loss.loss(&out, &batch.targets);
+                let (out, l) = step(model, &batch);
                 let lv = l.item() as f64;
                 let scaled = if self.accumulation > 1 { l.div_scalar(self.accumulation as f32) } else { l };
                 scaled.backward();
@@ -225,7 +251,7 @@ impl Trainer {
                 s.step(optimizer);
             }
             if let Some(v) = val {
-                let vl = self.evaluate(model, loss, v);
+                let vl = self.evaluate(model, val_loss, v);
                 for (k, x) in vl {
                     logs.insert(format!("val_{k}"), x);
                 }
