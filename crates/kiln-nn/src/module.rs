@@ -207,8 +207,87 @@ pub trait Forward<E: Float = f32> {
 }
 
 /// A [`Module`] that is also [`Forward`]: what containers hold as `Box<dyn Layer<E>>`.
-pub trait Layer<E: Float = f32>: Module<E> + Forward<E> + std::fmt::Display {}
-impl<E: Float, T: Module<E> + Forward<E> + std::fmt::Display> Layer<E> for T {}
+///
+/// Every `'static` type that is a `Module`, a `Forward` and `Display` is a `Layer` (a blanket
+/// impl), and a `Layer` can be downcast back to its concrete type, as `Box<dyn Any>` can:
+/// [`downcast_ref`](Self::downcast_ref) / [`downcast_mut`](Self::downcast_mut) on a
+/// `dyn Layer`, [`downcast`](Self::downcast) on a `Box<dyn Layer>` (which gives the box back
+/// when the type differs), or [`as_any`](Layer::as_any) / [`into_any`](Layer::into_any) for
+/// [`std::any::Any`] itself. This is how code that converts models (quantisation, export)
+/// recognises a layer and reads its fields.
+///
+/// ```
+/// use kiln_nn::{Layer, Linear, ReLU, Sequential};
+/// let seq: Sequential = Sequential::new().add(Linear::new(4, 3)).add(ReLU);
+/// let fc = seq[0].as_any().downcast_ref::<Linear>().expect("a Linear");
+/// assert_eq!(fc.config.out_features, 3);
+/// assert!(seq[1].downcast_ref::<Linear>().is_none());
+/// assert!(seq[1].is::<ReLU>());
+///
+/// // by value: take the layers out and unbox the one wanted
+/// let mut layers = seq.into_layers();
+/// let relu: Box<dyn Layer> = layers.pop().unwrap();
+/// let not_linear = relu.downcast::<Linear>().err().unwrap(); // the box comes back
+/// assert_eq!(not_linear.to_string(), "ReLU()");
+/// let fc: Box<Linear> = layers.pop().unwrap().downcast::<Linear>().ok().unwrap();
+/// assert_eq!(fc.config.in_features, 4);
+/// ```
+///
+/// **Boxes**: `Box<dyn Layer<E>>` is itself a `Layer` (through the blanket impl), so calling
+/// the trait methods `as_any` / `into_any` through an extra level of indirection — on a
+/// `&Box<dyn Layer<E>>`, or a `Box<Box<dyn Layer<E>>>` — sees the *box* as the type. The
+/// inherent [`downcast_ref`](Self::downcast_ref), [`is`](Self::is) and
+/// [`downcast`](Self::downcast) always see the layer inside; otherwise deref first
+/// (`(**boxed).as_any()`).
+pub trait Layer<E: Float = f32>: Module<E> + Forward<E> + std::fmt::Display {
+    /// The layer as [`Any`](std::any::Any), to downcast by reference.
+    fn as_any(&self) -> &dyn std::any::Any;
+    /// The layer as mutable [`Any`](std::any::Any), to downcast by mutable reference.
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+    /// The boxed layer as a boxed [`Any`](std::any::Any), to downcast by value.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
+}
+
+impl<E: Float, T: Module<E> + Forward<E> + std::fmt::Display + 'static> Layer<E> for T {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+}
+
+impl<E: Float> dyn Layer<E> + '_ {
+    /// Whether the layer is a `T`.
+    pub fn is<T: 'static>(&self) -> bool {
+        self.as_any().is::<T>()
+    }
+
+    /// The layer as a `T`, if it is one.
+    pub fn downcast_ref<T: 'static>(&self) -> Option<&T> {
+        self.as_any().downcast_ref::<T>()
+    }
+
+    /// The layer as a mutable `T`, if it is one.
+    pub fn downcast_mut<T: 'static>(&mut self) -> Option<&mut T> {
+        self.as_any_mut().downcast_mut::<T>()
+    }
+
+    /// The boxed layer as a `Box<T>`, or the box unchanged (`Err`) if it is not a `T`.
+    ///
+    /// # Errors
+    /// The original box when the layer is not a `T`.
+    pub fn downcast<T: 'static>(self: Box<Self>) -> Result<Box<T>, Box<Self>> {
+        if self.is::<T>() {
+            Ok(self.into_any().downcast::<T>().unwrap_or_else(|_| unreachable!("checked by `is`")))
+        } else {
+            Err(self)
+        }
+    }
+}
 
 impl<E: Float, M: Module<E> + ?Sized> Module<E> for Box<M> {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {

@@ -17,6 +17,7 @@ pub use kiln_explain as explain;
 pub use kiln_metrics as metrics;
 pub use kiln_nn as nn;
 pub use kiln_optim as optim;
+pub use kiln_quant as quant;
 pub use kiln_tensor as tensor;
 pub use kiln_train as train;
 
@@ -28,5 +29,5 @@ pub mod prelude {
     pub use kiln_nn::{functional as F, CrossEntropyLoss, Forward, Layer, Linear, MSELoss, Module, ReLU, Sequential};
     pub use kiln_optim::{Adam, AdamConfig, AdamW, AdamWConfig, Optimizer, SGDConfig, SGD};
     pub use kiln_tensor::{Float, Indices, Rng, Tensor};
-    pub use kiln_train::{History, Trainer};
+    pub use kiln_train::{Distiller, History, Trainer};
 }

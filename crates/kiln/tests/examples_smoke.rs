@@ -17,6 +17,9 @@ mod cnn_mnist;
 #[path = "../../../examples/cross_validation.rs"]
 #[allow(dead_code)]
 mod cross_validation;
+#[path = "../../../examples/distill_mnist.rs"]
+#[allow(dead_code)]
+mod distill_mnist;
 #[path = "../../../examples/fashion_mnist_cnn.rs"]
 #[allow(dead_code)]
 mod fashion_mnist_cnn;
@@ -35,6 +38,9 @@ mod pretrain_finetune;
 #[path = "../../../examples/ptb_language_model.rs"]
 #[allow(dead_code)]
 mod ptb_language_model;
+#[path = "../../../examples/quantize_mnist.rs"]
+#[allow(dead_code)]
+mod quantize_mnist;
 
 /// The report, or `None` (with a message) when the recipe's data set is not there; any other
 /// error fails the test.
@@ -73,6 +79,15 @@ fn mlp_mnist_smoke() {
 fn cnn_mnist_smoke() {
     if let Some(r) = unless_missing("cnn_mnist", cnn_mnist::run(&cnn_mnist::Opts::smoke())) {
         assert!(is_fraction(r.test_accuracy) && r.test_loss.is_finite(), "{r:?}");
+    }
+}
+
+#[test]
+fn distill_mnist_smoke() {
+    if let Some(r) = unless_missing("distill_mnist", distill_mnist::run(&distill_mnist::Opts::smoke())) {
+        let accuracies = [r.teacher_accuracy, r.student_accuracy, r.distilled_accuracy];
+        assert!(accuracies.into_iter().all(is_fraction), "{r:?}");
+        assert_eq!((r.teacher_epochs, r.epochs), (1, 1));
     }
 }
 
@@ -121,6 +136,7 @@ fn ptb_language_model_smoke() {
     if let Some(r) = unless_missing("ptb_language_model", ptb_language_model::run(&ptb_language_model::Opts::smoke())) {
         // Below the 10,000 of a uniform guess after one short epoch.
         assert!(r.test_perplexity.is_finite() && r.test_perplexity < 10_000.0, "{r:?}");
+        assert!(r.transformer_test_perplexity.is_finite() && r.transformer_test_perplexity < 10_000.0, "{r:?}");
     }
 }
 
@@ -130,4 +146,16 @@ fn cross_validation_smoke() {
     assert_eq!(r.cv.folds.len(), 5);
     assert!(is_fraction(r.mean_accuracy) && r.std_accuracy >= 0.0, "{r:?}");
     assert!(r.mean_accuracy > 0.5, "two epochs on the digits: {r:?}");
+}
+
+#[test]
+fn quantize_mnist_smoke() {
+    if let Some(r) = unless_missing("quantize_mnist", quantize_mnist::run(&quantize_mnist::Opts::smoke())) {
+        assert!(is_fraction(r.f32_accuracy) && is_fraction(r.int8_accuracy), "{r:?}");
+        // int8 keeps the float model's predictions (a few points at most on 128 images)
+        assert!((r.int8_accuracy - r.f32_accuracy).abs() <= 0.05, "{r:?}");
+        assert!(r.reload_identical, "{r:?}");
+        assert!(r.int8_file_bytes * 3 < r.f32_file_bytes, "{r:?}");
+        assert!(r.ms_per_image_batch1.iter().chain(&r.ms_per_image_batch64).all(|t| t.is_finite() && *t > 0.0), "{r:?}");
+    }
 }

@@ -109,6 +109,23 @@ impl<E: Float> Sequential<E> {
     pub fn iter(&self) -> impl Iterator<Item = &dyn Layer<E>> + '_ {
         self.layers.iter().map(|l| &**l)
     }
+
+    /// The layers in order, by value (the inverse of collecting boxed layers into a
+    /// `Sequential`). With [`Layer::downcast`](crate::Layer) a converter can take the layers
+    /// it knows apart and keep the others as they are.
+    ///
+    /// ```
+    /// use kiln_nn::{Layer, Linear, ReLU, Sequential};
+    /// let model: Sequential = Sequential::new().add(Linear::new(4, 8)).add(ReLU);
+    /// let layers: Vec<Box<dyn Layer>> = model.into_layers();
+    /// assert_eq!(layers.len(), 2);
+    /// assert!(layers[0].is::<Linear>());
+    /// let again: Sequential = layers.into_iter().collect();
+    /// assert_eq!(again.len(), 2);
+    /// ```
+    pub fn into_layers(self) -> Vec<Box<dyn Layer<E>>> {
+        self.layers
+    }
 }
 
 impl<E: Float> Default for Sequential<E> {
@@ -423,6 +440,35 @@ mod tests {
   (2): Linear(in_features=2, out_features=1, bias=false) [2 parameters]
 ) [8 parameters]"
         );
+    }
+
+    #[test]
+    fn layers_downcast_and_come_out_by_value() {
+        let mut model: Sequential<f64> = Sequential::new().add(Linear::new(3, 2)).add(Tanh).add(Linear::new(2, 1));
+        let w0 = model[0].downcast_ref::<Linear<f64>>().unwrap().weight.value().to_vec();
+        assert!(model[1].is::<Tanh>() && !model[1].is::<Linear<f64>>());
+        // through short-lived references too
+        let kinds: Vec<bool> = model.iter().map(|l| l.is::<Linear<f64>>()).collect();
+        assert_eq!(kinds, [true, false, true]);
+        assert!(model.get(2).and_then(|l| l.downcast_ref::<Linear<f64>>()).is_some());
+        assert!(model[0].downcast_ref::<Linear<f32>>().is_none(), "the element type is part of the type");
+        model.get_mut(2).unwrap().downcast_mut::<Linear<f64>>().unwrap().bias = None;
+        model.eval();
+        let layers = model.into_layers();
+        assert_eq!(layers.len(), 3);
+        // the box itself is a Layer too; the inherent methods look through it
+        assert!(layers[1].is::<Tanh>());
+        assert!((*layers[1]).as_any().is::<Tanh>());
+        let mut it = layers.into_iter();
+        let first: Box<Linear<f64>> = it.next().unwrap().downcast().ok().unwrap();
+        assert_eq!(first.weight.value().to_vec(), w0, "the same parameters, not a copy");
+        let tanh = it.next().unwrap().downcast::<Linear<f64>>().err().unwrap();
+        assert_eq!(tanh.to_string(), "Tanh()");
+        let last = it.next().unwrap().into_any().downcast::<Linear<f64>>().unwrap();
+        assert!(last.bias.is_none());
+        let rebuilt: Sequential<f64> = [first as Box<dyn Layer<f64>>, tanh, last].into_iter().collect();
+        assert_eq!(rebuilt.len(), 3);
+        assert_eq!(rebuilt.named_parameters().len(), 3);
     }
 
     #[test]

@@ -1,0 +1,431 @@
+//! `QuantConv2d`: a 2-d convolution as int8 im2col + the int8 GEMM.
+
+use std::fmt;
+
+use rayon::prelude::*;
+
+use kiln_autograd::Var;
+use kiln_nn::{Conv2d, Forward, Module, Padding, TensorKind};
+use kiln_tensor::Tensor;
+
+use crate::error::QuantError;
+use crate::linear::{quantize_bytes, zero_byte, ActQuant, QuantWeights};
+use crate::observer::QParams;
+
+/// The geometry of a 2-d convolution with explicit (possibly asymmetric) padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// `[kh, kw]`.
+    pub kernel_size: [usize; 2],
+    /// `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// Zeros before the first row and column, `[top, left]`.
+    pub padding_before: [usize; 2],
+    /// Zeros after the last row and column, `[bottom, right]` (differs from `padding_before`
+    /// only for `padding='same'` with an even dilated kernel).
+    pub padding_after: [usize; 2],
+    /// `[dh, dw]`.
+    pub dilation: [usize; 2],
+}
+
+impl ConvGeometry {
+    /// `[out_h, out_w]` for an `[h, w]` input, `None` if the kernel does not fit.
+    #[must_use]
+    pub fn out_size(&self, h: usize, w: usize) -> Option<[usize; 2]> {
+        let f = |a: usize, n: usize| {
+            let padded = n + self.padding_before[a] + self.padding_after[a];
+            let span = self.dilation[a] * (self.kernel_size[a] - 1) + 1;
+            (padded >= span).then(|| (padded - span) / self.stride[a] + 1)
+        };
+        Some([f(0, h)?, f(1, w)?])
+    }
+
+    /// Elements of one im2col row: `in_channels · kh · kw`.
+    #[must_use]
+    pub fn patch_len(&self) -> usize {
+        self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+    }
+}
+
+/// Unrolls one `[C, H, W]` image of quantised bytes into `[out_h · out_w, C · kh · kw]` rows
+/// (one row per output pixel, in the weight's `(c, i, j)` order), writing `pad` where a tap
+/// falls in the padding (the code of 0.0, so padding stays zero after dequantisation).
+pub fn im2col_bytes(x: &[u8], h: usize, w: usize, g: &ConvGeometry, pad: u8, out_hw: [usize; 2], col: &mut [u8]) {
+    let [kh, kw] = g.kernel_size;
+    let k = g.patch_len();
+    let [oh, ow] = out_hw;
+    assert_eq!(
+        x.len(),
+        g.in_channels * h * w,
+        "im2col_bytes: image of {} bytes, expected [{}, {h}, {w}]",
+        x.len(),
+        g.in_channels
+    );
+    assert_eq!(col.len(), oh * ow * k, "im2col_bytes: buffer of {} bytes, expected [{}, {k}]", col.len(), oh * ow);
+    let [sh, sw] = g.stride;
+    let [dh, dw] = g.dilation;
+    let [ph, pw] = g.padding_before;
+    // Kernel columns `j` with `0 <= ox·sw + j·dw - pw < w`, as a range `jlo..jhi`.
+    let taps = |ox: usize| {
+        let x0 = (ox * sw) as isize - pw as isize;
+        let first = (0..kw).find(|&j| x0 + (j * dw) as isize >= 0).unwrap_or(kw);
+        let end = (first..kw).find(|&j| x0 + (j * dw) as isize >= w as isize).unwrap_or(kw);
+        (x0, first, end)
+    };
+    let columns: Vec<(isize, usize, usize)> = (0..ow).map(taps).collect();
+    for oy in 0..oh {
+        let y0 = (oy * sh) as isize - ph as isize;
+        for (ox, &(x0, jlo, jhi)) in columns.iter().enumerate() {
+            let row = &mut col[(oy * ow + ox) * k..(oy * ow + ox + 1) * k];
+            // one kernel row (kw taps) at a time: padding fills, the rest is copied
+            for (r, dst) in row.chunks_exact_mut(kw).enumerate() {
+                let (c, i) = (r / kh, r % kh);
+                let iy = y0 + (i * dh) as isize;
+                if iy < 0 || iy >= h as isize || jlo == jhi {
+                    dst.fill(pad);
+                    continue;
+                }
+                let src = &x[c * h * w + iy as usize * w..c * h * w + (iy as usize + 1) * w];
+                dst[..jlo].fill(pad);
+                dst[jhi..].fill(pad);
+                let ix0 = (x0 + (jlo * dw) as isize) as usize;
+                if dw == 1 && jhi - jlo > 16 {
+                    dst[jlo..jhi].copy_from_slice(&src[ix0..ix0 + (jhi - jlo)]);
+                } else if dw == 1 {
+                    // a few bytes: a `memcpy` call would cost more than the copy
+                    for (d, s) in dst[jlo..jhi].iter_mut().zip(&src[ix0..]) {
+                        *d = *s;
+                    }
+                } else {
+                    for (d, s) in dst[jlo..jhi].iter_mut().zip(src[ix0..].iter().step_by(dw)) {
+                        *d = *s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A quantised [`Conv2d`]: the input quantised per tensor, unrolled by a byte im2col, and
+/// multiplied by the int8 weights (per-output-channel symmetric) with the exact int8 GEMM;
+/// requantisation to `f32` and the bias are fused into the GEMM's output loop, which writes
+/// NCHW directly. Stride, padding (including `'same'`) and dilation are supported;
+/// `groups` must be 1 (conversion returns [`QuantError::Unsupported`] otherwise).
+/// Inference only.
+///
+/// # Shapes
+/// - Input: `[N, in_channels, H, W]` or unbatched `[in_channels, H, W]`
+/// - Output: `[N, out_channels, out_h, out_w]` (unbatched without `N`), as [`Conv2d`]
+///
+/// ```
+/// use kiln_nn::{Conv2d, Conv2dConfig, Forward, Padding};
+/// use kiln_quant::{ActQuant, QuantConv2d, QuantDtype};
+/// use kiln_autograd::Var;
+/// use kiln_tensor::{Rng, Tensor};
+/// let conv: Conv2d = Conv2dConfig { padding: Padding::Explicit([1, 1]), ..Conv2dConfig::new(3, 8, 3) }.build().unwrap();
+/// let q = QuantConv2d::from_conv2d(&conv, ActQuant::Dynamic(QuantDtype::UInt8)).unwrap();
+/// let x = Var::constant(Tensor::uniform(&[2, 3, 10, 10], 0.0, 1.0, &mut Rng::new(0)));
+/// let (want, got) = (conv.forward(&x).value(), q.forward(&x).value());
+/// assert_eq!(got.shape(), &[2, 8, 10, 10]);
+/// assert!(want.sub(&got).abs().max_all() < 0.02 * want.abs().max_all());
+/// ```
+#[derive(Clone, Debug)]
+pub struct QuantConv2d {
+    geometry: ConvGeometry,
+    pub(crate) weights: QuantWeights,
+    /// How the input is quantised.
+    pub act: ActQuant,
+}
+
+impl QuantConv2d {
+    /// Quantises a float convolution's weights.
+    ///
+    /// # Errors
+    /// [`QuantError::Unsupported`] (with index 0) when the layer has `groups > 1`.
+    pub fn from_conv2d(layer: &Conv2d, act: ActQuant) -> Result<Self, QuantError> {
+        let c = &layer.config;
+        if c.groups != 1 {
+            return Err(QuantError::Unsupported {
+                index: 0,
+                layer: layer.to_string(),
+                reason: format!("QuantConv2d supports groups = 1 only, got groups = {}", c.groups),
+            });
+        }
+        let (before, after) = match c.padding {
+            Padding::Valid => ([0, 0], [0, 0]),
+            Padding::Explicit(p) => (p, p),
+            Padding::Same => {
+                let total = |a: usize| c.dilation[a] * (c.kernel_size[a] - 1);
+                ([total(0) / 2, total(1) / 2], [total(0) - total(0) / 2, total(1) - total(1) / 2])
+            }
+        };
+        let geometry = ConvGeometry {
+            in_channels: c.in_channels,
+            out_channels: c.out_channels,
+            kernel_size: c.kernel_size,
+            stride: c.stride,
+            padding_before: before,
+            padding_after: after,
+            dilation: c.dilation,
+        };
+        let bias = layer.bias.as_ref().map(|b| b.value().to_vec());
+        Ok(Self::from_weight(geometry, &layer.weight.value(), bias, act))
+    }
+
+    /// Quantises an `[out_channels, in_channels, kh, kw]` weight for `geometry`.
+    ///
+    /// **Panics** if the weight's shape does not match the geometry.
+    #[must_use]
+    pub fn from_weight(geometry: ConvGeometry, weight: &Tensor<f32>, bias: Option<Vec<f32>>, act: ActQuant) -> Self {
+        let g = &geometry;
+        let want = [g.out_channels, g.in_channels, g.kernel_size[0], g.kernel_size[1]];
+        assert_eq!(weight.shape(), &want, "QuantConv2d: weight shape does not match {geometry:?}");
+        let w = weight.contiguous();
+        let weights = QuantWeights::from_f32(w.as_slice().expect("contiguous"), g.out_channels, g.patch_len(), bias);
+        QuantConv2d { geometry, weights, act }
+    }
+
+    pub(crate) fn from_parts(geometry: ConvGeometry, weights: QuantWeights, act: ActQuant) -> Self {
+        QuantConv2d { geometry, weights, act }
+    }
+
+    /// The geometry.
+    #[must_use]
+    pub fn geometry(&self) -> &ConvGeometry {
+        &self.geometry
+    }
+
+    /// The int8 weight codes, `[out_channels, in_channels, kh, kw]` row-major.
+    #[must_use]
+    pub fn weight_codes(&self) -> &[i8] {
+        self.weights.packed.weight()
+    }
+
+    /// The scale of each output channel's weights.
+    #[must_use]
+    pub fn weight_scales(&self) -> &[f32] {
+        &self.weights.scales
+    }
+
+    /// The bias, if any.
+    #[must_use]
+    pub fn bias(&self) -> Option<&[f32]> {
+        self.weights.bias.as_deref()
+    }
+
+    /// Applies the convolution to a tensor.
+    ///
+    /// **Panics** if `x` is not `[N, in_channels, H, W]` / `[in_channels, H, W]` or is smaller
+    /// than the dilated kernel after padding.
+    #[must_use]
+    pub fn forward_tensor(&self, x: &Tensor<f32>) -> Tensor<f32> {
+        let g = &self.geometry;
+        let (shape, unbatched) = match *x.shape() {
+            [n, c, h, w] => ([n, c, h, w], false),
+            [c, h, w] => ([1, c, h, w], true),
+            _ => panic!("QuantConv2d: input must be [N, C, H, W] or [C, H, W], got {:?}", x.shape()),
+        };
+        let [n, c, h, w] = shape;
+        assert_eq!(c, g.in_channels, "QuantConv2d: input {:?} has {c} channels, expected {}", x.shape(), g.in_channels);
+        let [oh, ow] = g.out_size(h, w).unwrap_or_else(|| {
+            panic!("QuantConv2d: input {:?} is smaller than the kernel {:?} after padding", x.shape(), g.kernel_size)
+        });
+        let x = x.contiguous();
+        let xs = x.as_slice().expect("contiguous");
+        let q = self.act.params_for(xs);
+        let mut xq = Vec::new();
+        quantize_bytes(xs, &q, &mut xq);
+        let (o, p, k) = (g.out_channels, oh * ow, g.patch_len());
+        let mut out = vec![0f32; n * o * p];
+        let image = |i: usize, dst: &mut [f32]| {
+            let mut col = vec![0u8; p * k];
+            im2col_bytes(&xq[i * c * h * w..(i + 1) * c * h * w], h, w, g, zero_byte(&q), [oh, ow], &mut col);
+            // [pixels, channels] written as [channels, pixels]
+            self.weights.apply(p, &col, &q, dst, 1, p);
+        };
+        if n == 1 || kiln_tensor::get_num_threads() == 1 {
+            out.chunks_mut(o * p).enumerate().for_each(|(i, d)| image(i, d));
+        } else {
+            kiln_tensor::parallel::install(|_| out.par_chunks_mut(o * p).enumerate().for_each(|(i, d)| image(i, d)));
+        }
+        let out_shape = [n, o, oh, ow];
+        Tensor::from_vec(out, if unbatched { &out_shape[1..] } else { &out_shape })
+    }
+
+    /// The input's quantisation parameters, when static.
+    #[must_use]
+    pub fn input_qparams(&self) -> Option<QParams> {
+        match self.act {
+            ActQuant::Static(q) => Some(q),
+            ActQuant::Dynamic(_) => None,
+        }
+    }
+}
+
+impl Forward<f32> for QuantConv2d {
+    fn forward(&self, x: &Var<f32>) -> Var<f32> {
+        Var::constant(x.with_value(|v| self.forward_tensor(v)))
+    }
+}
+
+/// No parameters or buffers: the int8 weights are not `f32` variables.
+impl Module<f32> for QuantConv2d {
+    fn visit(&self, _prefix: &str, _f: &mut dyn FnMut(&str, &Var<f32>, TensorKind)) {}
+    fn is_training(&self) -> bool {
+        false
+    }
+}
+
+impl fmt::Display for QuantConv2d {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let g = &self.geometry;
+        let pad = if g.padding_before == g.padding_after {
+            format!("({}, {})", g.padding_before[0], g.padding_before[1])
+        } else {
+            format!("(before {:?}, after {:?})", g.padding_before, g.padding_after)
+        };
+        write!(
+            f,
+            "QuantConv2d({}, {}, kernel_size=({}, {}), stride=({}, {}), padding={pad}, dilation=({}, {}), bias={}, \
+             weight=qint8 per-channel, {})",
+            g.in_channels,
+            g.out_channels,
+            g.kernel_size[0],
+            g.kernel_size[1],
+            g.stride[0],
+            g.stride[1],
+            g.dilation[0],
+            g.dilation[1],
+            self.weights.bias.is_some(),
+            self.act.describe()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observer::{MinMaxObserver, Observer, QuantDtype};
+    use kiln_nn::Conv2dConfig;
+    use kiln_tensor::Rng;
+
+    fn rel_err(want: &Tensor<f32>, got: &Tensor<f32>) -> f32 {
+        let d = want.sub(got);
+        (d.mul(&d).sum_all().item() / want.mul(want).sum_all().item()).sqrt()
+    }
+
+    #[test]
+    fn close_to_the_float_conv_on_every_geometry() {
+        let mut rng = Rng::new(8);
+        let configs = [
+            Conv2dConfig::new(3, 5, 3),
+            Conv2dConfig { stride: [2, 1], padding: Padding::Explicit([1, 2]), ..Conv2dConfig::new(3, 5, 3) },
+            Conv2dConfig { dilation: [2, 2], padding: Padding::Explicit([2, 2]), ..Conv2dConfig::new(3, 4, 3) },
+            Conv2dConfig {
+                kernel_size: [2, 4],
+                dilation: [1, 2],
+                padding: Padding::Same,
+                ..Conv2dConfig::new(3, 6, 1)
+            },
+            Conv2dConfig { bias: false, stride: [3, 3], ..Conv2dConfig::new(3, 2, 1) },
+        ];
+        for cfg in configs {
+            let conv: Conv2d = cfg.build().unwrap();
+            let x: Tensor<f32> = Tensor::uniform(&[2, 3, 9, 8], -1.0, 1.0, &mut rng);
+            let want = conv.forward(&Var::constant(x.clone())).value();
+            let mut obs = MinMaxObserver::default();
+            obs.observe(x.as_slice().unwrap());
+            for act in [ActQuant::Static(obs.qparams(QuantDtype::UInt8)), ActQuant::Dynamic(QuantDtype::Int8)] {
+                let q = QuantConv2d::from_conv2d(&conv, act).unwrap();
+                let got = q.forward_tensor(&x);
+                assert_eq!(got.shape(), want.shape(), "{cfg:?}");
+                let e = rel_err(&want, &got);
+                assert!(e < 0.02, "{cfg:?} {act:?}: relative error {e}");
+            }
+            // unbatched
+            let q = QuantConv2d::from_conv2d(&conv, ActQuant::Dynamic(QuantDtype::UInt8)).unwrap();
+            let one = q.forward_tensor(&x.select(0, 0).contiguous());
+            assert_eq!(one.shape(), &want.shape()[1..]);
+        }
+    }
+
+    #[test]
+    fn im2col_matches_a_tap_by_tap_reference() {
+        let mut rng = Rng::new(10);
+        for (kernel_size, stride, before, dilation) in
+            [([3, 3], [1, 1], [1, 1], [1, 1]), ([2, 4], [2, 3], [0, 2], [2, 1]), ([5, 1], [1, 2], [3, 0], [1, 3])]
+        {
+            let g = ConvGeometry {
+                in_channels: 3,
+                out_channels: 1,
+                kernel_size,
+                stride,
+                padding_before: before,
+                padding_after: [before[0] + 1, before[1]],
+                dilation,
+            };
+            let (h, w) = (7, 6);
+            let x: Vec<u8> = (0..3 * h * w).map(|_| rng.below(256) as u8).collect();
+            let [oh, ow] = g.out_size(h, w).unwrap();
+            let mut col = vec![0u8; oh * ow * g.patch_len()];
+            im2col_bytes(&x, h, w, &g, 77, [oh, ow], &mut col);
+            let mut want = Vec::new();
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for c in 0..3 {
+                        for i in 0..kernel_size[0] {
+                            for j in 0..kernel_size[1] {
+                                let iy = (oy * stride[0] + i * dilation[0]) as isize - before[0] as isize;
+                                let ix = (ox * stride[1] + j * dilation[1]) as isize - before[1] as isize;
+                                let inside = (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix);
+                                want.push(if inside { x[c * h * w + iy as usize * w + ix as usize] } else { 77 });
+                            }
+                        }
+                    }
+                }
+            }
+            assert_eq!(col, want, "{g:?}");
+        }
+    }
+
+    #[test]
+    fn padding_dequantises_to_zero() {
+        // An input of zeros quantised with a nonzero zero point: the output is the bias alone,
+        // also where taps fall into the padding.
+        let conv: Conv2d =
+            Conv2dConfig { padding: Padding::Explicit([2, 2]), ..Conv2dConfig::new(2, 3, 3) }.build().unwrap();
+        let q =
+            QuantConv2d::from_conv2d(&conv, ActQuant::Static(QParams::affine(-1.0, 3.0, QuantDtype::UInt8))).unwrap();
+        let y = q.forward_tensor(&Tensor::zeros(&[1, 2, 4, 4]));
+        let b = conv.bias.as_ref().unwrap().value().to_vec();
+        for (i, v) in y.to_vec().iter().enumerate() {
+            assert!((v - b[i / 36]).abs() < 1e-6, "{i}: {v}");
+        }
+    }
+
+    #[test]
+    fn groups_are_refused_with_a_typed_error() {
+        let conv: Conv2d = Conv2dConfig { groups: 2, ..Conv2dConfig::new(4, 4, 3) }.build().unwrap();
+        let e = QuantConv2d::from_conv2d(&conv, ActQuant::Dynamic(QuantDtype::UInt8)).unwrap_err();
+        assert!(matches!(e, QuantError::Unsupported { .. }));
+        assert!(e.to_string().contains("groups = 1 only, got groups = 2"), "{e}");
+    }
+
+    #[test]
+    fn large_batch_runs_in_parallel_identically() {
+        let conv: Conv2d =
+            Conv2dConfig { padding: Padding::Explicit([1, 1]), ..Conv2dConfig::new(2, 4, 3) }.build().unwrap();
+        let x: Tensor<f32> = Tensor::uniform(&[3, 2, 6, 6], -1.0, 1.0, &mut Rng::new(9));
+        let q =
+            QuantConv2d::from_conv2d(&conv, ActQuant::Static(QParams::affine(-1.0, 1.0, QuantDtype::UInt8))).unwrap();
+        let all = q.forward_tensor(&x);
+        for i in 0..3 {
+            let one = q.forward_tensor(&x.narrow(0, i, 1).contiguous());
+            assert_eq!(one.to_vec(), all.narrow(0, i, 1).contiguous().to_vec());
+        }
+    }
+}

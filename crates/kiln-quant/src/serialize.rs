@@ -1,0 +1,692 @@
+//! Quantised model files: safetensors with the int8 weights as `I8` tensors, scales, biases
+//! and zero points as `F32`/`I32` tensors, float layers' parameters as `F32`, and the layer
+//! list as JSON in the `__metadata__` map.
+//!
+//! For layer `i`:
+//!
+//! | tensor                  | dtype | shape                         |
+//! |-------------------------|-------|-------------------------------|
+//! | `i.weight`              | I8    | `[out, in]` / `[out, in, kh, kw]` |
+//! | `i.weight_scale`        | F32   | `[out]`                       |
+//! | `i.bias` (if any)       | F32   | `[out]`                       |
+//! | `i.input_scale` (static)| F32   | `[1]`                         |
+//! | `i.input_zero_point` (static) | I32 | `[1]`                   |
+//! | `i.<key>` (float layer) | F32   | the parameter's               |
+//!
+//! `__metadata__` holds `format: kiln-quant`, `kiln_quant_version`, and `layers`: a JSON list
+//! with one object per layer (`{"kind": "QuantLinear", "in_features", "out_features",
+//! "bias", "activation": {"mode": "static" | "dynamic", "dtype": "uint8" | "int8"}}`,
+//! `{"kind": "QuantConv2d", ...geometry}`, or `{"kind": "Float", "spec": {"layer", "args"}}`
+//! in [`kiln_nn::serialize::sequential_from_json`]'s format). Weights are stored unpacked and
+//! packed again for the reading machine's kernel.
+//!
+//! A float layer's `spec` is written from its fields ([`float_spec`], found by downcasting), so
+//! the layers a file can hold are the kiln-nn layers `sequential_from_json` rebuilds: `Linear`,
+//! `Conv1d`, `Conv2d`, `ConvTranspose2d`, the max/average/adaptive pools, `BatchNorm1d`/`2d`,
+//! `LayerNorm`, `GroupNorm`, `Dropout`, `Dropout2d`, `Flatten`, `Identity` and the
+//! activations (`ReLU`, `LeakyReLU`, `ELU`, `GELU`, `SiLU`, `Sigmoid`, `Tanh`, `Softplus`,
+//! `Softmax`, `LogSoftmax`). A model with any other float layer (a layer of your own, a nested
+//! `Sequential`, an `LSTM`) runs, but [`QuantSequential::save`] refuses it with
+//! [`QuantError::Unsupported`] naming the layer. Before writing, each spec is rebuilt and
+//! checked to give a layer that displays as the original does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde_json::{json, Value};
+
+use kiln_nn::{
+    AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, BatchNorm1d, BatchNorm2d, BatchNormConfig, Conv1d, Conv2d,
+    ConvTranspose2d, Dropout, Dropout2d, Flatten, GeluApproximate, GroupNorm, Identity, Layer, LayerNorm, LeakyReLU,
+    Linear, LogSoftmax, MaxPool1d, MaxPool2d, Padding, ReLU, SiLU, Sigmoid, Softmax, Softplus, StateDict, Tanh, ELU,
+    GELU,
+};
+use kiln_tensor::Tensor;
+
+use crate::conv::{ConvGeometry, QuantConv2d};
+use crate::error::QuantError;
+use crate::gemm::PackedB;
+use crate::linear::{ActQuant, QuantLinear, QuantWeights};
+use crate::observer::{QParams, QuantDtype};
+use crate::sequential::{FloatLayer, QuantLayer, QuantSequential};
+
+/// The value of `format` in the metadata.
+pub const FORMAT: &str = "kiln-quant";
+
+fn act_json(act: &ActQuant) -> Value {
+    match act {
+        ActQuant::Static(q) => json!({"mode": "static", "dtype": q.dtype.name()}),
+        ActQuant::Dynamic(d) => json!({"mode": "dynamic", "dtype": d.name()}),
+    }
+}
+
+fn batch_norm_args(c: &BatchNormConfig) -> Value {
+    json!({"num_features": c.num_features, "eps": c.eps, "momentum": c.momentum, "affine": c.affine,
+        "track_running_stats": c.track_running_stats})
+}
+
+/// A float layer's description in [`kiln_nn::serialize::sequential_from_json`]'s format,
+/// `{"layer": <PyTorch class>, "args": {...}}`, read from the fields of the concrete kiln-nn
+/// layer (found by downcasting); `None` for a layer that function cannot rebuild.
+///
+/// ```
+/// use kiln_nn::{Layer, MaxPool2d, Sequential};
+/// let seq: Sequential = Sequential::new().add(MaxPool2d::new(2));
+/// let spec = kiln_quant::serialize::float_spec(&seq[0]).unwrap();
+/// assert_eq!(spec["layer"], "MaxPool2d");
+/// assert_eq!(spec["args"]["kernel_size"], serde_json::json!([2, 2]));
+/// ```
+#[must_use]
+pub fn float_spec(layer: &dyn Layer<f32>) -> Option<Value> {
+    let pad2 = |p: Padding| match p {
+        Padding::Valid => json!("valid"),
+        Padding::Same => json!("same"),
+        Padding::Explicit(p) => json!(p),
+    };
+    let l = layer;
+    let (name, args) = if let Some(x) = l.downcast_ref::<Linear>() {
+        let c = &x.config;
+        ("Linear", json!({"in_features": c.in_features, "out_features": c.out_features, "bias": c.bias}))
+    } else if let Some(x) = l.downcast_ref::<Conv1d>() {
+        let c = &x.config;
+        let padding = match c.padding {
+            Padding::Valid => json!("valid"),
+            Padding::Same => json!("same"),
+            Padding::Explicit(p) => json!(p),
+        };
+        (
+            "Conv1d",
+            json!({"in_channels": c.in_channels, "out_channels": c.out_channels, "kernel_size": c.kernel_size,
+            "stride": c.stride, "padding": padding, "dilation": c.dilation, "groups": c.groups, "bias": c.bias}),
+        )
+    } else if let Some(x) = l.downcast_ref::<Conv2d>() {
+        let c = &x.config;
+        (
+            "Conv2d",
+            json!({"in_channels": c.in_channels, "out_channels": c.out_channels, "kernel_size": c.kernel_size,
+            "stride": c.stride, "padding": pad2(c.padding), "dilation": c.dilation, "groups": c.groups, "bias": c.bias}),
+        )
+    } else if let Some(x) = l.downcast_ref::<ConvTranspose2d>() {
+        let c = &x.config;
+        (
+            "ConvTranspose2d",
+            json!({"in_channels": c.in_channels, "out_channels": c.out_channels,
+            "kernel_size": c.kernel_size, "stride": c.stride, "padding": c.padding,
+            "output_padding": c.output_padding, "dilation": c.dilation, "groups": c.groups, "bias": c.bias}),
+        )
+    } else if let Some(x) = l.downcast_ref::<MaxPool1d>() {
+        let c = &x.config;
+        (
+            "MaxPool1d",
+            json!({"kernel_size": c.kernel_size, "stride": c.stride.unwrap_or(c.kernel_size),
+            "padding": c.padding, "dilation": c.dilation, "ceil_mode": c.ceil_mode}),
+        )
+    } else if let Some(x) = l.downcast_ref::<MaxPool2d>() {
+        let c = &x.config;
+        (
+            "MaxPool2d",
+            json!({"kernel_size": c.kernel_size, "stride": c.stride.unwrap_or(c.kernel_size),
+            "padding": c.padding, "dilation": c.dilation, "ceil_mode": c.ceil_mode}),
+        )
+    } else if let Some(x) = l.downcast_ref::<AvgPool1d>() {
+        let c = &x.config;
+        (
+            "AvgPool1d",
+            json!({"kernel_size": c.kernel_size, "stride": c.stride.unwrap_or(c.kernel_size),
+            "padding": c.padding, "ceil_mode": c.ceil_mode, "count_include_pad": c.count_include_pad}),
+        )
+    } else if let Some(x) = l.downcast_ref::<AvgPool2d>() {
+        let c = &x.config;
+        (
+            "AvgPool2d",
+            json!({"kernel_size": c.kernel_size, "stride": c.stride.unwrap_or(c.kernel_size),
+            "padding": c.padding, "ceil_mode": c.ceil_mode, "count_include_pad": c.count_include_pad,
+            "divisor_override": c.divisor_override}),
+        )
+    } else if let Some(x) = l.downcast_ref::<AdaptiveAvgPool2d>() {
+        ("AdaptiveAvgPool2d", json!({"output_size": x.output_size}))
+    } else if let Some(x) = l.downcast_ref::<BatchNorm1d>() {
+        ("BatchNorm1d", batch_norm_args(&x.config))
+    } else if let Some(x) = l.downcast_ref::<BatchNorm2d>() {
+        ("BatchNorm2d", batch_norm_args(&x.config))
+    } else if let Some(x) = l.downcast_ref::<LayerNorm>() {
+        let c = &x.config;
+        (
+            "LayerNorm",
+            json!({"normalized_shape": c.normalized_shape, "eps": c.eps,
+            "elementwise_affine": c.elementwise_affine, "bias": c.bias}),
+        )
+    } else if let Some(x) = l.downcast_ref::<GroupNorm>() {
+        let c = &x.config;
+        (
+            "GroupNorm",
+            json!({"num_groups": c.num_groups, "num_channels": c.num_channels, "eps": c.eps,
+            "affine": c.affine}),
+        )
+    } else if let Some(x) = l.downcast_ref::<Dropout>() {
+        ("Dropout", json!({"p": x.p}))
+    } else if let Some(x) = l.downcast_ref::<Dropout2d>() {
+        ("Dropout2d", json!({"p": x.p}))
+    } else if let Some(x) = l.downcast_ref::<Flatten>() {
+        ("Flatten", json!({"start_dim": x.start_dim, "end_dim": x.end_dim}))
+    } else if l.is::<Identity>() {
+        ("Identity", json!({}))
+    } else if l.is::<ReLU>() {
+        ("ReLU", json!({}))
+    } else if let Some(x) = l.downcast_ref::<LeakyReLU>() {
+        ("LeakyReLU", json!({"negative_slope": x.negative_slope}))
+    } else if let Some(x) = l.downcast_ref::<ELU>() {
+        ("ELU", json!({"alpha": x.alpha}))
+    } else if let Some(x) = l.downcast_ref::<GELU>() {
+        let approximate = match x.approximate {
+            GeluApproximate::None => "none",
+            GeluApproximate::Tanh => "tanh",
+        };
+        ("GELU", json!({"approximate": approximate}))
+    } else if l.is::<SiLU>() {
+        ("SiLU", json!({}))
+    } else if l.is::<Sigmoid>() {
+        ("Sigmoid", json!({}))
+    } else if l.is::<Tanh>() {
+        ("Tanh", json!({}))
+    } else if let Some(x) = l.downcast_ref::<Softplus>() {
+        ("Softplus", json!({"beta": x.beta, "threshold": x.threshold}))
+    } else if let Some(x) = l.downcast_ref::<Softmax>() {
+        ("Softmax", json!({"dim": x.dim}))
+    } else if let Some(x) = l.downcast_ref::<LogSoftmax>() {
+        ("LogSoftmax", json!({"dim": x.dim}))
+    } else {
+        return None;
+    };
+    Some(json!({"layer": name, "args": args}))
+}
+
+/// The spec of float layer `i` for a file, checked by rebuilding it.
+fn checked_spec(i: usize, f: &FloatLayer) -> Result<Value, QuantError> {
+    let refuse = |reason: String| QuantError::Unsupported { index: i, layer: f.to_string(), reason };
+    let spec = f.spec().ok_or_else(|| {
+        refuse("cannot be saved: a model file holds only the kiln-nn layers `sequential_from_json` rebuilds".into())
+    })?;
+    let rebuilt = FloatLayer::from_spec(&spec).map_err(|e| refuse(format!("cannot be saved: {e}")))?;
+    if rebuilt.to_string() != f.to_string() {
+        return Err(refuse(format!("cannot be saved: its description {spec} would rebuild it as {rebuilt}")));
+    }
+    Ok(spec)
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+impl QuantSequential {
+    /// Writes the model to a safetensors file (see the [module doc](crate::serialize) for the
+    /// layout), atomically: a temporary file in the same folder, fsynced, renamed over `path`.
+    ///
+    /// ```
+    /// use kiln_nn::{Linear, ReLU, Sequential};
+    /// use kiln_quant::{quantize_dynamic, QuantConfig, QuantSequential};
+    /// use kiln_tensor::Tensor;
+    /// let model: Sequential = Sequential::new().add(Linear::new(4, 3)).add(ReLU);
+    /// let q = quantize_dynamic(model, QuantConfig::default()).unwrap();
+    /// let path = std::env::temp_dir().join(format!("kiln-quant-doc-{}.safetensors", std::process::id()));
+    /// q.save(&path).unwrap();
+    /// let back = QuantSequential::load(&path).unwrap();
+    /// let x = Tensor::ones(&[2, 4]);
+    /// assert_eq!(back.forward_tensor(&x).to_vec(), q.forward_tensor(&x).to_vec());
+    /// # std::fs::remove_file(&path).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// [`QuantError::Unsupported`] naming the layer when a float layer is not one a file can
+    /// describe (see the [module doc](crate::serialize)); [`QuantError::Io`] when the file
+    /// cannot be written. Either way a previous file stays intact.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), QuantError> {
+        let path = path.as_ref();
+        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut list = Vec::new();
+        let quantised = |tensors: &mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
+                         i: usize,
+                         shape: Vec<usize>,
+                         w: &QuantWeights,
+                         act: &ActQuant| {
+            let codes: Vec<u8> = w.packed.weight().iter().map(|&v| v as u8).collect();
+            tensors.push((format!("{i}.weight"), Dtype::I8, shape, codes));
+            tensors.push((format!("{i}.weight_scale"), Dtype::F32, vec![w.scales.len()], f32_bytes(&w.scales)));
+            if let Some(b) = &w.bias {
+                tensors.push((format!("{i}.bias"), Dtype::F32, vec![b.len()], f32_bytes(b)));
+            }
+            if let ActQuant::Static(q) = act {
+                tensors.push((format!("{i}.input_scale"), Dtype::F32, vec![1], f32_bytes(&[q.scale])));
+                tensors.push((
+                    format!("{i}.input_zero_point"),
+                    Dtype::I32,
+                    vec![1],
+                    q.zero_point.to_le_bytes().to_vec(),
+                ));
+            }
+        };
+        for (i, layer) in self.layers().iter().enumerate() {
+            match layer {
+                QuantLayer::Linear(l) => {
+                    let (n, k) = (l.out_features(), l.in_features());
+                    quantised(&mut tensors, i, vec![n, k], &l.weights, &l.act);
+                    list.push(json!({"kind": "QuantLinear", "in_features": k, "out_features": n,
+                        "bias": l.bias().is_some(), "activation": act_json(&l.act)}));
+                }
+                QuantLayer::Conv2d(c) => {
+                    let g = c.geometry();
+                    let shape = vec![g.out_channels, g.in_channels, g.kernel_size[0], g.kernel_size[1]];
+                    quantised(&mut tensors, i, shape, &c.weights, &c.act);
+                    list.push(
+                        json!({"kind": "QuantConv2d", "in_channels": g.in_channels, "out_channels": g.out_channels,
+                        "kernel_size": g.kernel_size, "stride": g.stride, "padding_before": g.padding_before,
+                        "padding_after": g.padding_after, "dilation": g.dilation, "bias": c.bias().is_some(),
+                        "activation": act_json(&c.act)}),
+                    );
+                }
+                QuantLayer::Float(f) => {
+                    for (key, t) in f.layer().state_dict() {
+                        let t = t.contiguous();
+                        tensors.push((
+                            format!("{i}.{key}"),
+                            Dtype::F32,
+                            t.shape().to_vec(),
+                            f32_bytes(t.as_slice().expect("contiguous")),
+                        ));
+                    }
+                    list.push(json!({"kind": "Float", "spec": checked_spec(i, f)?}));
+                }
+            }
+        }
+        let metadata: HashMap<String, String> = [
+            ("format".to_string(), FORMAT.to_string()),
+            ("kiln_quant_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+            ("layers".to_string(), Value::Array(list).to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let views: Vec<(String, TensorView<'_>)> = tensors
+            .iter()
+            .map(|(name, dtype, shape, data)| {
+                (name.clone(), TensorView::new(*dtype, shape.clone(), data).expect("sizes match"))
+            })
+            .collect();
+        let bytes = safetensors::serialize(views, &Some(metadata)).map_err(|e| QuantError::Io {
+            path: path.to_path_buf(),
+            action: "serialize".into(),
+            message: e.to_string(),
+        })?;
+        kiln_nn::serialize::write_atomic(path, |w| w.write_all(&bytes)).map_err(|e| QuantError::Io {
+            path: path.to_path_buf(),
+            action: "write".into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads a model written by [`save`](QuantSequential::save), packing the weights for
+    /// this machine's kernel.
+    ///
+    /// # Errors
+    /// [`QuantError::Io`] when the file cannot be read; [`QuantError::Format`] when it is not
+    /// a valid safetensors file (truncated, corrupt header); [`QuantError::Field`] naming the
+    /// tensor or JSON field that is missing or has the wrong dtype, shape or value;
+    /// [`QuantError::Layer`] when a float layer cannot be rebuilt. Never panics on bad input.
+    pub fn load(path: impl AsRef<Path>) -> Result<QuantSequential, QuantError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| QuantError::Io {
+            path: path.to_path_buf(),
+            action: "read".into(),
+            message: e.to_string(),
+        })?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| QuantError::Format { path: path.to_path_buf(), message: format!("{e:?}") })?;
+        let r = Reader { path, st: &st };
+        let (_, meta) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| QuantError::Format { path: path.to_path_buf(), message: format!("{e:?}") })?;
+        let meta: BTreeMap<String, String> = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+        let format = meta.get("format").map(String::as_str).unwrap_or("nothing");
+        if format != FORMAT {
+            return Err(r.field("__metadata__.format", &format!("\"{FORMAT}\""), format));
+        }
+        let list_text =
+            meta.get("layers").ok_or_else(|| r.field("__metadata__.layers", "a JSON list of layers", "nothing"))?;
+        let list: Value = serde_json::from_str(list_text)
+            .map_err(|e| r.field("__metadata__.layers", "a JSON list of layers", &format!("invalid JSON ({e})")))?;
+        let list =
+            list.as_array().ok_or_else(|| r.field("__metadata__.layers", "a JSON list", "another JSON value"))?;
+        let mut layers = Vec::with_capacity(list.len());
+        for (i, entry) in list.iter().enumerate() {
+            let kind = r.str(entry, i, "kind")?;
+            layers.push(match kind {
+                "QuantLinear" => {
+                    let (k, n) = (r.usize(entry, i, "in_features")?, r.usize(entry, i, "out_features")?);
+                    let (w, act) = r.quantised(entry, i, &[n, k])?;
+                    QuantLayer::Linear(QuantLinear::from_codes(w.packed.weight(), w.scales, w.bias, n, k, act))
+                }
+                "QuantConv2d" => {
+                    let g = ConvGeometry {
+                        in_channels: r.usize(entry, i, "in_channels")?,
+                        out_channels: r.usize(entry, i, "out_channels")?,
+                        kernel_size: r.pair(entry, i, "kernel_size", true)?,
+                        stride: r.pair(entry, i, "stride", true)?,
+                        padding_before: r.pair(entry, i, "padding_before", false)?,
+                        padding_after: r.pair(entry, i, "padding_after", false)?,
+                        dilation: r.pair(entry, i, "dilation", true)?,
+                    };
+                    let shape = [g.out_channels, g.in_channels, g.kernel_size[0], g.kernel_size[1]];
+                    let (w, act) = r.quantised(entry, i, &shape)?;
+                    QuantLayer::Conv2d(QuantConv2d::from_parts(g, w, act))
+                }
+                "Float" => {
+                    let spec = entry
+                        .get("spec")
+                        .cloned()
+                        .ok_or_else(|| r.field(&format!("layers[{i}].spec"), "a layer description", "nothing"))?;
+                    let f = FloatLayer::from_spec(&spec).map_err(|message| QuantError::Layer {
+                        path: path.to_path_buf(),
+                        index: i,
+                        message,
+                    })?;
+                    let mut state = StateDict::new();
+                    for (key, t) in f.layer().state_dict() {
+                        state.insert(key.clone(), r.f32_tensor(&format!("{i}.{key}"), t.shape())?);
+                    }
+                    f.layer().load_state_dict(&state, true).map_err(|e| QuantError::Layer {
+                        path: path.to_path_buf(),
+                        index: i,
+                        message: e.to_string(),
+                    })?;
+                    QuantLayer::Float(f)
+                }
+                other => return Err(r.field(&format!("layers[{i}].kind"), "QuantLinear, QuantConv2d or Float", other)),
+            });
+        }
+        Ok(QuantSequential::from_layers(layers))
+    }
+}
+
+struct Reader<'a> {
+    path: &'a Path,
+    st: &'a SafeTensors<'a>,
+}
+
+impl Reader<'_> {
+    fn field(&self, field: &str, expected: &str, found: &str) -> QuantError {
+        QuantError::Field {
+            path: self.path.to_path_buf(),
+            field: field.into(),
+            expected: expected.into(),
+            found: found.into(),
+        }
+    }
+
+    fn str<'v>(&self, entry: &'v Value, i: usize, key: &str) -> Result<&'v str, QuantError> {
+        entry
+            .get(key)
+            .and_then(Value::as_str)
+            .ok_or_else(|| self.field(&format!("layers[{i}].{key}"), "a string", &show(entry.get(key))))
+    }
+
+    fn usize(&self, entry: &Value, i: usize, key: &str) -> Result<usize, QuantError> {
+        entry
+            .get(key)
+            .and_then(Value::as_u64)
+            .filter(|&n| n > 0 && n <= crate::gemm::MAX_K as u64)
+            .map(|n| n as usize)
+            .ok_or_else(|| {
+                self.field(
+                    &format!("layers[{i}].{key}"),
+                    &format!("an integer in 1..={}", crate::gemm::MAX_K),
+                    &show(entry.get(key)),
+                )
+            })
+    }
+
+    fn pair(&self, entry: &Value, i: usize, key: &str, positive: bool) -> Result<[usize; 2], QuantError> {
+        let v = entry.get(key).and_then(Value::as_array);
+        let ok = |x: &Value| x.as_u64().filter(|&n| n < 1 << 16 && (!positive || n > 0)).map(|n| n as usize);
+        match v.map(|a| a.iter().map(ok).collect::<Option<Vec<_>>>()) {
+            Some(Some(p)) if p.len() == 2 => Ok([p[0], p[1]]),
+            _ => Err(self.field(
+                &format!("layers[{i}].{key}"),
+                if positive { "two positive integers" } else { "two integers" },
+                &show(entry.get(key)),
+            )),
+        }
+    }
+
+    fn tensor(&self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<TensorView<'_>, QuantError> {
+        let t =
+            self.st.tensor(name).map_err(|_| self.field(name, &format!("a {dtype:?} tensor {shape:?}"), "nothing"))?;
+        if t.dtype() != dtype || t.shape() != shape {
+            return Err(self.field(
+                name,
+                &format!("a {dtype:?} tensor {shape:?}"),
+                &format!("a {:?} tensor {:?}", t.dtype(), t.shape()),
+            ));
+        }
+        Ok(t)
+    }
+
+    fn f32s(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, QuantError> {
+        let t = self.tensor(name, Dtype::F32, shape)?;
+        Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+
+    fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor<f32>, QuantError> {
+        Ok(Tensor::from_vec(self.f32s(name, shape)?, shape))
+    }
+
+    fn quantised(&self, entry: &Value, i: usize, shape: &[usize]) -> Result<(QuantWeights, ActQuant), QuantError> {
+        let n = shape[0];
+        let k: usize = shape[1..].iter().product();
+        if k > crate::gemm::MAX_K {
+            return Err(self.field(
+                &format!("layers[{i}]"),
+                &format!("at most {} inputs per output", crate::gemm::MAX_K),
+                &k.to_string(),
+            ));
+        }
+        let codes: Vec<i8> =
+            self.tensor(&format!("{i}.weight"), Dtype::I8, shape)?.data().iter().map(|&b| b as i8).collect();
+        let scales = self.f32s(&format!("{i}.weight_scale"), &[n])?;
+        if let Some(bad) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(self.field(&format!("{i}.weight_scale"), "positive finite scales", &bad.to_string()));
+        }
+        let has_bias = entry
+            .get("bias")
+            .and_then(Value::as_bool)
+            .ok_or_else(|| self.field(&format!("layers[{i}].bias"), "true or false", &show(entry.get("bias"))))?;
+        let bias = if has_bias { Some(self.f32s(&format!("{i}.bias"), &[n])?) } else { None };
+        let act = entry
+            .get("activation")
+            .ok_or_else(|| self.field(&format!("layers[{i}].activation"), "an object", "nothing"))?;
+        let dtype = match act.get("dtype").and_then(Value::as_str) {
+            Some("uint8") => QuantDtype::UInt8,
+            Some("int8") => QuantDtype::Int8,
+            other => {
+                return Err(self.field(
+                    &format!("layers[{i}].activation.dtype"),
+                    "\"uint8\" or \"int8\"",
+                    &show(other.map(|s| Value::String(s.into())).as_ref()),
+                ))
+            }
+        };
+        let act = match act.get("mode").and_then(Value::as_str) {
+            Some("dynamic") => ActQuant::Dynamic(dtype),
+            Some("static") => {
+                let scale = self.f32s(&format!("{i}.input_scale"), &[1])?[0];
+                if !(scale.is_finite() && scale > 0.0) {
+                    return Err(self.field(&format!("{i}.input_scale"), "a positive finite scale", &scale.to_string()));
+                }
+                let zp_t = self.tensor(&format!("{i}.input_zero_point"), Dtype::I32, &[1])?;
+                let d = zp_t.data();
+                let zero_point = i32::from_le_bytes([d[0], d[1], d[2], d[3]]);
+                let (lo, hi) = dtype.range();
+                if !(lo..=hi).contains(&zero_point) {
+                    return Err(self.field(
+                        &format!("{i}.input_zero_point"),
+                        &format!("a zero point in {lo}..={hi}"),
+                        &zero_point.to_string(),
+                    ));
+                }
+                ActQuant::Static(QParams { scale, zero_point, dtype })
+            }
+            other => {
+                return Err(self.field(
+                    &format!("layers[{i}].activation.mode"),
+                    "\"static\" or \"dynamic\"",
+                    &show(other.map(|s| Value::String(s.into())).as_ref()),
+                ))
+            }
+        };
+        let packed = PackedB::pack(&codes, n, k);
+        Ok((QuantWeights { packed, scales, bias }, act))
+    }
+}
+
+fn show(v: Option<&Value>) -> String {
+    v.map_or_else(|| "nothing".to_string(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{quantize_sequential, QuantConfig};
+    use kiln_nn::{BatchNorm2d, Conv2dConfig, Flatten, Forward, Linear, MaxPool2d, Module, Padding, ReLU, Sequential};
+    use kiln_tensor::Rng;
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("kiln-quant-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    fn model_f32() -> Sequential {
+        Sequential::new()
+            .add(Conv2dConfig { padding: Padding::Same, ..Conv2dConfig::new(2, 4, 2) }.build::<f32>().unwrap())
+            .add(BatchNorm2d::new(4))
+            .add(ReLU)
+            .add(MaxPool2d::new(2))
+            .add(Flatten::default())
+            .add(Linear::new(4 * 3 * 3, 5))
+    }
+
+    fn quantised() -> QuantSequential {
+        let mut rng = Rng::new(5);
+        let batches: Vec<Tensor<f32>> = (0..2).map(|_| Tensor::uniform(&[4, 2, 6, 6], -1.0, 1.0, &mut rng)).collect();
+        quantize_sequential(model_f32(), &batches, QuantConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn round_trip_gives_identical_outputs() {
+        let q = quantised();
+        let path = temp("round_trip.safetensors");
+        q.save(&path).unwrap();
+        let back = QuantSequential::load(&path).unwrap();
+        assert_eq!(back.to_string(), q.to_string());
+        let x = Tensor::uniform(&[3, 2, 6, 6], -1.0, 1.0, &mut Rng::new(6));
+        assert_eq!(back.forward_tensor(&x).to_vec(), q.forward_tensor(&x).to_vec());
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn every_float_layer_kind_is_described_and_read_back() {
+        use kiln_nn::{
+            AvgPool2dConfig, BatchNorm1d, Conv1dConfig, Dropout, Dropout2d, GeluApproximate, GroupNorm, Identity,
+            LayerNorm, LeakyReLU, LogSoftmax, MaxPool2dConfig, SiLU, Sigmoid, Softmax, Softplus, Tanh, ELU, GELU,
+        };
+        // Conv2d stays f32 under dynamic quantisation; non-default arguments everywhere
+        let model: Sequential = Sequential::new()
+            .add(
+                Conv2dConfig { stride: [2, 1], dilation: [1, 2], bias: false, ..Conv2dConfig::new(2, 4, 3) }
+                    .build::<f32>()
+                    .unwrap(),
+            )
+            .add(BatchNorm2d::new(4))
+            .add(GroupNorm::new(2, 4))
+            .add(LeakyReLU::new(0.2))
+            .add(Dropout2d::new(0.1))
+            .add(
+                AvgPool2dConfig { padding: [1, 1], count_include_pad: false, ..AvgPool2dConfig::new(2) }
+                    .build()
+                    .unwrap(),
+            )
+            .add(MaxPool2dConfig { stride: Some([1, 1]), ..MaxPool2dConfig::new(1) }.build().unwrap())
+            .add(GELU::new(GeluApproximate::Tanh))
+            .add(Flatten::new(2, -1))
+            .add(Conv1dConfig { padding: Padding::Same, ..Conv1dConfig::new(4, 3, 3) }.build::<f32>().unwrap())
+            .add(ELU::new(0.5))
+            .add(SiLU)
+            .add(Identity)
+            .add(Softplus::new(2.0, 10.0))
+            .add(Sigmoid)
+            .add(Tanh)
+            .add(LayerNorm::new(&[3, 6]))
+            .add(Flatten::default())
+            .add(BatchNorm1d::new(18))
+            .add(Dropout::new(0.3))
+            .add(Linear::new(18, 6))
+            .add(Softmax::new(1))
+            .add(LogSoftmax::new(-1));
+        let q = kiln_quant_dynamic(model);
+        let path = temp("kinds.safetensors");
+        q.save(&path).unwrap();
+        let back = QuantSequential::load(&path).unwrap();
+        assert_eq!(back.to_string(), q.to_string());
+        let x = Tensor::uniform(&[3, 2, 8, 8], -1.0, 1.0, &mut Rng::new(7));
+        assert_eq!(back.forward_tensor(&x).to_vec(), q.forward_tensor(&x).to_vec());
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    fn kiln_quant_dynamic(model: Sequential) -> QuantSequential {
+        let mut m = model;
+        // give BatchNorm some running statistics to carry
+        m.train();
+        let _ = m.forward(&kiln_autograd::Var::constant(Tensor::uniform(&[5, 2, 8, 8], 0.0, 2.0, &mut Rng::new(8))));
+        crate::quantize_dynamic(m, QuantConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn truncated_and_corrupt_files_give_errors() {
+        let q = quantised();
+        let path = temp("corrupt.safetensors");
+        q.save(&path).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        for cut in [0, 5, 8, 100, good.len() / 2, good.len() - 1] {
+            std::fs::write(&path, &good[..cut]).unwrap();
+            match QuantSequential::load(&path) {
+                Err(e @ QuantError::Format { .. }) => assert!(e.to_string().contains("corrupt.safetensors"), "{e}"),
+                Err(e) => panic!("cut {cut}: unexpected {e}"),
+                Ok(_) => panic!("cut {cut}: loaded a truncated file"),
+            }
+        }
+        // garbage in the header
+        let mut bad = good.clone();
+        bad[10] = b'!';
+        std::fs::write(&path, &bad).unwrap();
+        assert!(matches!(QuantSequential::load(&path), Err(QuantError::Format { .. })));
+        // a valid file whose layer list disagrees with its tensors: the field is named
+        let st = SafeTensors::deserialize(&good).unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&good).unwrap();
+        let mut md = meta.metadata().clone().unwrap();
+        let layers = md["layers"].replace("\"in_features\":36", "\"in_features\":37");
+        md.insert("layers".into(), layers);
+        let rewritten = safetensors::serialize(st.tensors(), &Some(md.clone())).unwrap();
+        std::fs::write(&path, rewritten).unwrap();
+        match QuantSequential::load(&path) {
+            Err(QuantError::Field { field, expected, found, .. }) => {
+                assert_eq!(field, "5.weight");
+                assert_eq!((expected.as_str(), found.as_str()), ("a I8 tensor [5, 37]", "a I8 tensor [5, 36]"));
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        md.insert("format".into(), "pt".into());
+        std::fs::write(&path, safetensors::serialize(st.tensors(), &Some(md)).unwrap()).unwrap();
+        let e = QuantSequential::load(&path).err().unwrap();
+        assert!(e.to_string().ends_with("field `__metadata__.format`: expected \"kiln-quant\", found pt"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(QuantSequential::load(&path), Err(QuantError::Io { .. })));
+    }
+}
