@@ -444,11 +444,7 @@ impl<E: Float> Tensor<E> {
         self.map_lanes(dim, "softmax", |l, o| {
             let m = l.iter().copied().fold(E::neg_infinity(), E::max);
             let m = if m.is_finite() { m } else { E::zero() };
-            let mut s = E::zero();
-            for (o, &x) in o.iter_mut().zip(l) {
-                *o = (x - m).exp();
-                s += *o;
-            }
+            let s = E::exp_shifted_sum(l, m, o);
             let inv = s.recip();
             o.iter_mut().for_each(|o| *o *= inv);
         })

@@ -420,8 +420,6 @@ impl<E: Float> MultiheadAttention<E> {
             ks.as_slice(),
             vs.as_slice()
         );
-        let self_attention = query.same(key) && key.same(value);
-        let kv_same = key.same(value);
         // Work batch-first: [N, L, E] (views only).
         let to_bf = |x: &Var<E>| {
             if !batched {
@@ -442,25 +440,19 @@ impl<E: Float> MultiheadAttention<E> {
             vs.as_slice()
         );
 
-        // Input projections, packed where the inputs coincide (PyTorch's _in_projection_packed).
+        // Input projections from the row blocks of the packed weight `[W_Q; W_K; W_V]`. Where
+        // the inputs coincide PyTorch runs one packed product and slices its output; separate
+        // products over the weight's row blocks do the same arithmetic but give contiguous q,
+        // k, v (the head split below stays a view) and put the slicing backward on the small
+        // weight instead of the `[N, L, 3E]` activation.
         let w = &self.in_proj_weight;
         let b = self.in_proj_bias.as_ref();
-        let rows = |start: usize, len: usize| (w.narrow(0, start, len), b.map(|b| b.narrow(0, start, len)));
-        let (q, k, v) = if self_attention {
-            let qkv = q.linear(w, b);
-            (qkv.narrow(-1, 0, e), qkv.narrow(-1, e, e), qkv.narrow(-1, 2 * e, e))
-        } else {
-            let (wq, bq) = rows(0, e);
-            let q = q.linear(&wq, bq.as_ref());
-            if kv_same {
-                let (wkv, bkv) = rows(e, 2 * e);
-                let kv = k.linear(&wkv, bkv.as_ref());
-                (q, kv.narrow(-1, 0, e), kv.narrow(-1, e, e))
-            } else {
-                let ((wk, bk), (wv, bv)) = (rows(e, e), rows(2 * e, e));
-                (q, k.linear(&wk, bk.as_ref()), v.linear(&wv, bv.as_ref()))
-            }
+        let project = |x: &Var<E>, block: usize| {
+            let wb = w.narrow(0, block * e, e);
+            let bb = b.map(|b| b.narrow(0, block * e, e));
+            x.linear(&wb, bb.as_ref())
         };
+        let (q, k, v) = (project(&q, 0), project(&k, 1), project(&v, 2));
         // [N, T, E] -> [N, H, T, D], a view
         let heads = |x: &Var<E>, t: usize| x.reshape(&[n, t, h, d]).permute(&[0, 2, 1, 3]);
         let (q, k, v) = (heads(&q, l), heads(&k, s), heads(&v, s));
