@@ -481,7 +481,53 @@ fn max_window(o: usize, stride: usize, pad: usize, kernel: usize, dil: usize, le
     (start as usize, end.max(0) as usize)
 }
 
+/// The common case of non-overlapping 2x2 windows (kernel 2, stride 2, no padding, dilation 1,
+/// every window inside the input): no clipping, values and indices written straight to their
+/// buffers. Same results as the general loop (the first maximum wins, a NaN wins, the last one
+/// if several, as in PyTorch).
+fn max_pool_2x2<E: Float>(x: &[E], g: &Geom) -> (Vec<E>, [usize; 4], Vec<usize>) {
+    let (hw, ohw, w) = (g.in_plane(), g.out_plane(), g.w);
+    let mut vals = vec![E::zero(); g.planes * ohw];
+    let mut idx = vec![0usize; g.planes * ohw];
+    let plane = |p: usize, (vals, idx): (&mut [E], &mut [usize])| {
+        let src = &x[p * hw..(p + 1) * hw];
+        for oy in 0..g.oh {
+            let (top, bottom) = (2 * oy * w, (2 * oy + 1) * w);
+            let (vrow, irow) = (&mut vals[oy * g.ow..(oy + 1) * g.ow], &mut idx[oy * g.ow..(oy + 1) * g.ow]);
+            for (ox, (v, i)) in vrow.iter_mut().zip(irow.iter_mut()).enumerate() {
+                let mut at = top + 2 * ox;
+                let mut best = src[at];
+                for j in [top + 2 * ox + 1, bottom + 2 * ox, bottom + 2 * ox + 1] {
+                    let c = src[j];
+                    if c > best || c.is_nan() {
+                        best = c;
+                        at = j;
+                    }
+                }
+                *v = best;
+                *i = at;
+            }
+        }
+    };
+    if g.parallel() && ohw > 0 {
+        parallel::install(|_| {
+            vals.par_chunks_mut(ohw).zip(idx.par_chunks_mut(ohw)).enumerate().for_each(|(p, o)| plane(p, o));
+        });
+    } else if ohw > 0 {
+        vals.chunks_mut(ohw).zip(idx.chunks_mut(ohw)).enumerate().for_each(|(p, o)| plane(p, o));
+    }
+    (vals, g.out_shape(), idx)
+}
+
 fn max_pool_impl<E: Float>(x: &[E], g: &Geom) -> (Vec<E>, [usize; 4], Vec<usize>) {
+    let simple = g.kernel == [2, 2] && g.stride == [2, 2] && g.pad == [0, 0] && g.dil == [1, 1];
+    if simple && 2 * g.oh <= g.h && 2 * g.ow <= g.w {
+        return max_pool_2x2(x, g);
+    }
+    max_pool_general(x, g)
+}
+
+fn max_pool_general<E: Float>(x: &[E], g: &Geom) -> (Vec<E>, [usize; 4], Vec<usize>) {
     let (hw, ohw) = (g.in_plane(), g.out_plane());
     // Value and index side by side, so that one plane of each is one chunk.
     let mut out = vec![(E::zero(), 0usize); g.planes * ohw];
@@ -744,6 +790,27 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn max_pool_2x2_fast_path_matches_the_general_loop(
+            n in 1usize..3, c in 1usize..4, h in 2usize..9, w in 2usize..9, seed in 0u64..1 << 20, kind in 0u8..3,
+        ) {
+            let mut rng = crate::Rng::new(seed);
+            // ties (small integers), NaNs, or plain values
+            let x: Vec<f64> = (0..n * c * h * w)
+                .map(|_| match kind {
+                    0 => (rng.below(3) as f64) - 1.0,
+                    1 if rng.below(4) == 0 => f64::NAN,
+                    _ => rng.next_f64() * 2.0 - 1.0,
+                })
+                .collect();
+            let g = geom("max_pool2d", [n, c, h, w], [2, 2], [2, 2], [0, 0], [1, 1], false, &[n, c, h, w]);
+            let (fv, fs, fi) = max_pool_2x2(&x, &g);
+            let (gv, gs, gi) = max_pool_general(&x, &g);
+            prop_assert_eq!(fs, gs);
+            prop_assert_eq!(&fi, &gi);
+            prop_assert!(fv.iter().zip(&gv).all(|(a, b)| a == b || (a.is_nan() && b.is_nan())));
+        }
 
         #[test]
         fn max_pool2d_matches_direct_loops(c in case(3), small_ints: bool) {
