@@ -493,16 +493,16 @@ fn max_pool_2x2<E: Float>(x: &[E], g: &Geom) -> (Vec<E>, [usize; 4], Vec<usize>)
         let src = &x[p * hw..(p + 1) * hw];
         for oy in 0..g.oh {
             let (top, bottom) = (2 * oy * w, (2 * oy + 1) * w);
+            let (r0, r1) = (&src[top..top + 2 * g.ow], &src[bottom..bottom + 2 * g.ow]);
             let (vrow, irow) = (&mut vals[oy * g.ow..(oy + 1) * g.ow], &mut idx[oy * g.ow..(oy + 1) * g.ow]);
-            for (ox, (v, i)) in vrow.iter_mut().zip(irow.iter_mut()).enumerate() {
-                let mut at = top + 2 * ox;
-                let mut best = src[at];
-                for j in [top + 2 * ox + 1, bottom + 2 * ox, bottom + 2 * ox + 1] {
-                    let c = src[j];
-                    if c > best || c.is_nan() {
-                        best = c;
-                        at = j;
-                    }
+            let pairs = r0.chunks_exact(2).zip(r1.chunks_exact(2));
+            for (ox, ((v, i), (a, b))) in vrow.iter_mut().zip(irow.iter_mut()).zip(pairs).enumerate() {
+                // selects rather than branches: on real data the winner is unpredictable
+                let (mut best, mut at) = (a[0], top + 2 * ox);
+                for (c, j) in [(a[1], top + 2 * ox + 1), (b[0], bottom + 2 * ox), (b[1], bottom + 2 * ox + 1)] {
+                    let take = c > best || c.is_nan();
+                    best = if take { c } else { best };
+                    at = if take { j } else { at };
                 }
                 *v = best;
                 *i = at;
