@@ -65,7 +65,7 @@ fn elementwise(c: &mut Criterion) {
 fn threshold(c: &mut Criterion) {
     let mut g = c.benchmark_group("threshold");
     let mut rng = Rng::new(3);
-    for log2 in [12u32, 13, 14, 15, 16, 17] {
+    for log2 in [12u32, 14, 15, 16, 17, 18, 19, 20] {
         let n = 1usize << log2;
         let a: Tensor = Tensor::randn(&[n], &mut rng);
         let b: Tensor = Tensor::randn(&[n], &mut rng);
@@ -77,7 +77,7 @@ fn threshold(c: &mut Criterion) {
             });
         }
     }
-    for n in [24usize, 32, 48, 64, 96] {
+    for n in [32usize, 48, 64, 96, 128, 192, 256] {
         let a: Tensor = Tensor::randn(&[n, n], &mut rng);
         let b: Tensor = Tensor::randn(&[n, n], &mut rng);
         for threads in [1, 2] {

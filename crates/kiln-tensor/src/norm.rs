@@ -29,10 +29,10 @@ impl<E: Float> Tensor<E> {
     ///
     /// ```
     /// use kiln_tensor::Tensor;
-    /// let x = Tensor::from_vec(vec![1.0f64, 3.0, 0.0, 0.0], &[2, 2]);
+    /// let x = Tensor::from_vec(vec![1.0f64, 3.0, 2.0, 6.0], &[2, 2]);
     /// let (y, rstd) = x.standardize_trailing(1, 0.0);
-    /// assert_eq!(y.to_vec(), vec![-1.0, 1.0, 0.0, 0.0]);
-    /// assert_eq!(rstd.to_vec()[0], 1.0);
+    /// assert_eq!(y.to_vec(), vec![-1.0, 1.0, -1.0, 1.0]);
+    /// assert_eq!(rstd.to_vec(), vec![1.0, 0.5]);
     /// ```
     pub fn standardize_trailing(&self, ndim: usize, eps: f64) -> (Tensor<E>, Tensor<E>) {
         assert!(ndim <= self.ndim(), "standardize_trailing: {ndim} trailing dims of shape {:?}", self.shape());

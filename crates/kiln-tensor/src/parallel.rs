@@ -77,16 +77,22 @@ pub fn install<R: Send>(f: impl FnOnce(usize) -> R + Send) -> R {
 
 /// Default element count from which elementwise kernels split their work across threads.
 ///
-/// A starting value: below a few tens of thousands of elements a pool round trip (a few
-/// microseconds) costs more than a second core saves. `cargo bench -p kiln-tensor --bench
-/// kernels -- threshold` sweeps `add` from 2^12 to 2^17 elements at 1 and 2 threads (with the
-/// threshold forced to 0) to place it on a given machine; [`with_elementwise_threshold`] changes
-/// it at run time.
-pub const PAR_ELEMENTWISE_MIN: usize = 1 << 15;
+/// Placed by measurement on the 2-core development machine (AMD EPYC, 2 vCPUs): `cargo bench
+/// -p kiln-tensor --bench kernels -- threshold` forces the split (threshold 0) and times `add`
+/// at 1 and 2 threads from 2^12 to 2^20 elements. A forced split costs about 15 µs of fan-out,
+/// and in that isolated loop 2 threads never beat 1 (2^17: 17.7 against 24.1 µs; 2^20: 155
+/// against 191 µs), so the bench gives only a lower bound. Inside training steps, where the
+/// pool's threads are already awake, the workloads decided: with the threshold at 2^15,
+/// 2^17 and 2^20, W2 (MLP, largest elementwise op 32k elements) ran 1.53, 1.03 and 1.03 ms per
+/// step at 2 threads and W6 (autoencoder, 200k elements) 6.66, 6.75 and 8.55 ms; 2^17 keeps
+/// both fast. [`with_elementwise_threshold`] changes it at run time.
+pub const PAR_ELEMENTWISE_MIN: usize = 1 << 17;
 
 /// Default multiply-add count from which GEMM (and convolution) split their output across
-/// threads; the same bench sweeps square products from n = 24 to 96.
-pub const PAR_GEMM_MIN_FLOPS: usize = 1 << 18;
+/// threads. The same bench times square products from n = 32 to 256 with the split forced:
+/// 2 threads start to win between n = 96 (884,736 multiply-adds: 20.2 µs at 1 thread, 24.2
+/// µs at 2) and n = 128 (2,097,152: 44.6 against 33.3 µs), hence 2^20.
+pub const PAR_GEMM_MIN_FLOPS: usize = 1 << 20;
 
 static ELEMENTWISE_MIN: AtomicUsize = AtomicUsize::new(PAR_ELEMENTWISE_MIN);
 static GEMM_MIN_FLOPS: AtomicUsize = AtomicUsize::new(PAR_GEMM_MIN_FLOPS);

@@ -692,7 +692,7 @@ fn zero_size_dims_broadcast() {
 
 #[test]
 fn large_inputs_take_the_parallel_paths_and_agree_with_loops() {
-    // above the elementwise fan-out threshold (2^15 elements), with broadcasting, a transposed
+    // split across threads (forced), with broadcasting, a transposed
     // operand, contiguous same-shape operands and the in-place forms, at 1 and 2 threads
     let (sa, sb) = ([48usize, 1, 33], [1usize, 25, 33]);
     let mut g = Gen(7);
@@ -705,31 +705,34 @@ fn large_inputs_take_the_parallel_paths_and_agree_with_loops() {
     let f = Tensor::<f64>::from_vec(full.clone(), &[48, 25, 33]);
     let ft = Tensor::<f64>::from_vec(full.clone(), &[33, 25, 48]).permute(&[2, 1, 0]);
     let _guard = THREADS.lock().unwrap_or_else(|e| e.into_inner());
-    for threads in [1, 2] {
-        kiln_tensor::set_num_threads(threads);
-        let got = a.mul(&b).add(&a);
-        assert_eq!(got.shape(), shape.as_slice());
-        assert_eq!(got.to_vec(), want, "broadcast mul/add at {threads} threads");
-        let s = f.add(&f).to_vec();
-        assert!(s.iter().zip(&full).all(|(x, y)| *x == y + y));
-        let e = f.tanh().to_vec();
-        assert!(e.iter().zip(&full).all(|(x, y)| *x == y.tanh()));
-        let mut h = f.clone();
-        h.add_(&b);
-        let hv = h.to_vec();
-        assert!(
-            (0..full.len()).all(|i| hv[i] == full[i] + vb[bpos(&unravel(i, &[48, 25, 33]), &sb)]),
-            "add_ with a broadcast rhs at {threads} threads"
-        );
-        let mut k = f.clone();
-        k.mul_(&f);
-        assert!(k.to_vec().iter().zip(&full).all(|(x, y)| *x == y * y), "mul_ by itself at {threads} threads");
-        let tv = ft.sub(&f).to_vec();
-        assert!((0..full.len()).all(|i| {
-            let idx = unravel(i, &[48, 25, 33]);
-            tv[i] == full[ravel(&[idx[2], idx[1], idx[0]], &[33, 25, 48])] - full[i]
-        }));
-    }
+    // the split is forced (these sizes are below the default threshold)
+    kiln_tensor::parallel::with_elementwise_threshold(1 << 12, || {
+        for threads in [1, 2] {
+            kiln_tensor::set_num_threads(threads);
+            let got = a.mul(&b).add(&a);
+            assert_eq!(got.shape(), shape.as_slice());
+            assert_eq!(got.to_vec(), want, "broadcast mul/add at {threads} threads");
+            let s = f.add(&f).to_vec();
+            assert!(s.iter().zip(&full).all(|(x, y)| *x == y + y));
+            let e = f.tanh().to_vec();
+            assert!(e.iter().zip(&full).all(|(x, y)| *x == y.tanh()));
+            let mut h = f.clone();
+            h.add_(&b);
+            let hv = h.to_vec();
+            assert!(
+                (0..full.len()).all(|i| hv[i] == full[i] + vb[bpos(&unravel(i, &[48, 25, 33]), &sb)]),
+                "add_ with a broadcast rhs at {threads} threads"
+            );
+            let mut k = f.clone();
+            k.mul_(&f);
+            assert!(k.to_vec().iter().zip(&full).all(|(x, y)| *x == y * y), "mul_ by itself at {threads} threads");
+            let tv = ft.sub(&f).to_vec();
+            assert!((0..full.len()).all(|i| {
+                let idx = unravel(i, &[48, 25, 33]);
+                tv[i] == full[ravel(&[idx[2], idx[1], idx[0]], &[33, 25, 48])] - full[i]
+            }));
+        }
+    });
 }
 
 #[test]

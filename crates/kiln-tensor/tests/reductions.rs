@@ -527,7 +527,7 @@ fn axis_out_of_range_panics_with_the_op_and_shape() {
 
 #[test]
 fn large_reductions_take_the_parallel_paths_and_agree_with_loops() {
-    // above the 2^15-element fan-out threshold, at 1 and 2 threads
+    // split across threads, at 1 and 2 threads
     let shape = [36usize, 30, 31];
     let mut g = Gen(5);
     let v: Vec<f64> = (0..shape.iter().product::<usize>()).map(|_| g.uniform(-1.0, 1.0)).collect();
@@ -541,26 +541,29 @@ fn large_reductions_take_the_parallel_paths_and_agree_with_loops() {
         })
         .collect();
     let _guard = THREADS.lock().unwrap_or_else(|e| e.into_inner());
-    for threads in [1, 2] {
-        kiln_tensor::set_num_threads(threads);
-        for (t, vv) in [(&base, &v), (&flipped, &vf)] {
-            for axes in [vec![0usize], vec![1], vec![2], vec![0, 2]] {
-                let ax: Vec<isize> = axes.iter().map(|&d| d as isize).collect();
-                let ls = lanes(vv, &shape, &axes);
-                let s = t.sum(&ax, false).to_vec();
-                let m = t.max(&ax, false).to_vec();
-                for (k, l) in ls.iter().enumerate() {
-                    assert!((s[k] - l.iter().sum::<f64>()).abs() < 1e-10, "sum over {axes:?} at {threads} threads");
-                    assert_eq!(m[k], l.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b)));
+    // the split is forced (these sizes are below the default threshold)
+    kiln_tensor::parallel::with_elementwise_threshold(1 << 12, || {
+        for threads in [1, 2] {
+            kiln_tensor::set_num_threads(threads);
+            for (t, vv) in [(&base, &v), (&flipped, &vf)] {
+                for axes in [vec![0usize], vec![1], vec![2], vec![0, 2]] {
+                    let ax: Vec<isize> = axes.iter().map(|&d| d as isize).collect();
+                    let ls = lanes(vv, &shape, &axes);
+                    let s = t.sum(&ax, false).to_vec();
+                    let m = t.max(&ax, false).to_vec();
+                    for (k, l) in ls.iter().enumerate() {
+                        assert!((s[k] - l.iter().sum::<f64>()).abs() < 1e-10, "sum over {axes:?} at {threads} threads");
+                        assert_eq!(m[k], l.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b)));
+                    }
+                }
+                let sm = t.softmax(1);
+                let ls = lanes(&sm.to_vec(), &shape, &[1]);
+                let lx = lanes(vv, &shape, &[1]);
+                for (l, x) in ls.iter().zip(&lx) {
+                    let r = ref_softmax(x);
+                    assert!(l.iter().zip(&r).all(|(a, b)| (a - b).abs() < 1e-14), "softmax at {threads} threads");
                 }
             }
-            let sm = t.softmax(1);
-            let ls = lanes(&sm.to_vec(), &shape, &[1]);
-            let lx = lanes(vv, &shape, &[1]);
-            for (l, x) in ls.iter().zip(&lx) {
-                let r = ref_softmax(x);
-                assert!(l.iter().zip(&r).all(|(a, b)| (a - b).abs() < 1e-14), "softmax at {threads} threads");
-            }
         }
-    }
+    });
 }

@@ -1017,7 +1017,7 @@ mod tests {
 
     #[test]
     fn large_input_takes_the_parallel_path_and_agrees() {
-        let shape = [4, 8, 40, 40]; // 51200 elements > PAR_ELEMENTWISE_MIN
+        let shape = [4, 8, 40, 40]; // 51200 elements: the split is forced below
         let mut rng = crate::Rng::new(9);
         let x = rand_vec(&mut rng, shape.iter().product());
         let run = || {
@@ -1032,7 +1032,7 @@ mod tests {
         crate::set_num_threads(1);
         let one = run();
         crate::set_num_threads(2);
-        assert!(run() == one);
+        assert!(crate::parallel::with_elementwise_threshold(1, run) == one);
     }
 
     #[test]
