@@ -50,7 +50,13 @@ impl Opts {
 
     /// A few hundred images, one epoch, silent, the picture in the system's temporary folder.
     pub fn smoke() -> Self {
-        Opts { train_samples: Some(512), test_samples: Some(256), epochs: 1, out_dir: std::env::temp_dir(), verbose: false }
+        Opts {
+            train_samples: Some(512),
+            test_samples: Some(256),
+            epochs: 1,
+            out_dir: std::env::temp_dir(),
+            verbose: false,
+        }
     }
 }
 
@@ -105,7 +111,8 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
         println!("{model}");
     }
     let mut opt = Adam::new(model.parameters(), AdamConfig { lr: 1e-3, ..Default::default() });
-    let mut trainer = Trainer::new(opts.epochs).verbosity(if opts.verbose { Verbosity::ProgressBar } else { Verbosity::Silent });
+    let mut trainer =
+        Trainer::new(opts.epochs).verbosity(if opts.verbose { Verbosity::ProgressBar } else { Verbosity::Silent });
     let loss = BCELoss::default();
     trainer.fit(&mut model, &mut opt, &loss, &train, Some(&test));
     let test_bce = trainer.evaluate(&mut model, &loss, &test)["loss"];

@@ -29,7 +29,8 @@ use kiln::data::transforms::{Normalize, RandomCrop, RandomHorizontalFlip, Transf
 use kiln::data::{DataError, DataLoader, Dataset, DatasetExt, Image};
 use kiln::metrics::Accuracy;
 use kiln::nn::{
-    BatchNorm2d, Conv2d, Conv2dConfig, CrossEntropyLoss, Dropout, Flatten, Linear, MaxPool2d, Module, Padding, ReLU, Sequential,
+    BatchNorm2d, Conv2d, Conv2dConfig, CrossEntropyLoss, Dropout, Flatten, Linear, MaxPool2d, Module, Padding, ReLU,
+    Sequential,
 };
 use kiln::optim::lr_scheduler::CosineAnnealingLR;
 use kiln::optim::{SGDConfig, SGD};
@@ -143,11 +144,17 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let train_set = std::sync::Arc::new(Cifar10::new(&dir, Split::Train)?);
     let test_set = std::sync::Arc::new(Cifar10::new(&dir, Split::Test)?);
     let (train, test) = if train_set.len() >= 50_000 && test_set.len() >= 10_000 {
-        (train_set.clone().subset((0..train_set.len()).collect()), test_set.clone().subset((0..test_set.len()).collect()))
+        (
+            train_set.clone().subset((0..train_set.len()).collect()),
+            test_set.clone().subset((0..test_set.len()).collect()),
+        )
     } else {
         let n_train = opts.train_samples.min(train_set.len());
         let n_test = opts.test_samples.min(train_set.len() - n_train);
-        (train_set.clone().subset((0..n_train).collect()), train_set.clone().subset((n_train..n_train + n_test).collect()))
+        (
+            train_set.clone().subset((0..n_train).collect()),
+            train_set.clone().subset((n_train..n_train + n_test).collect()),
+        )
     };
     if opts.verbose {
         println!("CIFAR-10: {} training and {} test images", train.len(), test.len());

@@ -22,7 +22,9 @@ use std::time::Instant;
 use kiln::data::datasets::{Mnist, Split};
 use kiln::data::{DataError, DataLoader, Dataset, DatasetExt, Image};
 use kiln::metrics::Accuracy;
-use kiln::nn::{Conv2d, Conv2dConfig, Dropout, Flatten, Linear, LogSoftmax, MaxPool2d, Module, NLLLoss, Padding, ReLU, Sequential};
+use kiln::nn::{
+    Conv2d, Conv2dConfig, Dropout, Flatten, Linear, LogSoftmax, MaxPool2d, Module, NLLLoss, Padding, ReLU, Sequential,
+};
 use kiln::optim::lr_scheduler::StepLR;
 use kiln::optim::{Adam, AdamConfig};
 use kiln::tensor::Rng;
@@ -79,7 +81,9 @@ fn first<D: Dataset>(ds: D, n: Option<usize>) -> kiln::data::Subset<D> {
 
 /// A 3x3 convolution that keeps the image size (padding 1).
 fn conv3x3(in_channels: usize, out_channels: usize) -> Conv2d {
-    Conv2dConfig { padding: Padding::Explicit([1, 1]), ..Conv2dConfig::new(in_channels, out_channels, 3) }.build().expect("valid sizes")
+    Conv2dConfig { padding: Padding::Explicit([1, 1]), ..Conv2dConfig::new(in_channels, out_channels, 3) }
+        .build()
+        .expect("valid sizes")
 }
 
 /// The network of the module doc.
@@ -126,7 +130,12 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let loss = NLLLoss::default();
     trainer.fit(&mut model, &mut opt, &loss, &train, Some(&test));
     let eval = trainer.evaluate(&mut model, &loss, &test);
-    Ok(Report { test_accuracy: eval["accuracy"], test_loss: eval["loss"], epochs: opts.epochs, seconds: started.elapsed().as_secs_f64() })
+    Ok(Report {
+        test_accuracy: eval["accuracy"],
+        test_loss: eval["loss"],
+        epochs: opts.epochs,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 fn main() {

@@ -84,7 +84,8 @@ pub fn run(opts: &Opts) -> Report {
             let train = select_batches(&x, &y, &train_idx, 32);
             let val = fold.val_batches(&x, &y, 512);
             let mut opt = Adam::new(model.parameters(), AdamConfig { lr: 1e-3, ..Default::default() });
-            let mut trainer = Trainer::new(opts.epochs).metric("accuracy", || Accuracy::multiclass(10)).verbosity(Verbosity::Silent);
+            let mut trainer =
+                Trainer::new(opts.epochs).metric("accuracy", || Accuracy::multiclass(10)).verbosity(Verbosity::Silent);
             trainer.fit(model, &mut opt, &loss, &train, None);
             let logs = trainer.evaluate(model, &loss, &val);
             if opts.verbose {

@@ -20,7 +20,9 @@ use std::time::Instant;
 use kiln::autograd::{no_grad, Var};
 use kiln::data::datasets::{Imdb, ImdbConfig, Split, WordIndex};
 use kiln::data::text::{pad_sequences, Side};
-use kiln::explain::{integrated_gradients, kernel_shap, lime, KernelShapConfig, LimeConfig, Segmented, Segments, TokenScores};
+use kiln::explain::{
+    integrated_gradients, kernel_shap, lime, KernelShapConfig, LimeConfig, Segmented, Segments, TokenScores,
+};
 use kiln::nn::{BCEWithLogitsLoss, Embedding, Forward, LSTMConfig, Linear, Module, LSTM};
 use kiln::optim::{Adam, AdamConfig, Optimizer};
 use kiln::tensor::{Indices, Rng, Tensor};
@@ -106,7 +108,8 @@ fn main() {
         let order = rng.permutation(padded.len());
         let (mut total, mut correct) = (0.0, 0);
         for batch in order.chunks(64) {
-            let ids = Indices::new(batch.iter().flat_map(|&i| padded[i].iter().copied()).collect(), &[batch.len(), MAXLEN]);
+            let ids =
+                Indices::new(batch.iter().flat_map(|&i| padded[i].iter().copied()).collect(), &[batch.len(), MAXLEN]);
             let y: Vec<f32> = batch.iter().map(|&i| labels[i]).collect();
             opt.zero_grad();
             let logits = model.classify_embeddings(&model.embedding.forward_ids(&ids)).reshape(&[batch.len()]);
@@ -134,9 +137,13 @@ fn main() {
     let mut correct = 0;
     no_grad(|| {
         for chunk in (0..n_test).collect::<Vec<_>>().chunks(250) {
-            let ids = Indices::new(chunk.iter().flat_map(|&k| test_padded[k].iter().copied()).collect(), &[chunk.len(), MAXLEN]);
+            let ids = Indices::new(
+                chunk.iter().flat_map(|&k| test_padded[k].iter().copied()).collect(),
+                &[chunk.len(), MAXLEN],
+            );
             let logits = model.classify_embeddings(&model.embedding.forward_ids(&ids)).value().to_vec();
-            correct += chunk.iter().zip(logits).filter(|(&k, l)| (*l > 0.0) == (test.labels()[test_idx[k]] == 1)).count();
+            correct +=
+                chunk.iter().zip(logits).filter(|(&k, l)| (*l > 0.0) == (test.labels()[test_idx[k]] == 1)).count();
         }
     });
     println!(
@@ -147,7 +154,10 @@ fn main() {
 
     // Explain a short positive and a short negative review the model gets right.
     let logit = |ids: &[usize]| {
-        no_grad(|| model.forward(&Var::constant(Tensor::from_vec(ids.iter().map(|&i| i as f32).collect(), &[1, ids.len()])))).item()
+        no_grad(|| {
+            model.forward(&Var::constant(Tensor::from_vec(ids.iter().map(|&i| i as f32).collect(), &[1, ids.len()])))
+        })
+        .item()
     };
     for (label, name) in [(1, "positive"), (0, "negative")] {
         let Some(i) = (0..test.labels().len()).find(|&i| {
@@ -201,7 +211,8 @@ fn main() {
         let from_emb = |e: &Var| model.classify_embeddings(e);
         let ig = integrated_gradients(&from_emb, &embed(ids.clone()), 0, &embed(hidden), 64);
         let per_word = ig.attributions.sum(&[1], false).to_vec();
-        let ig_scores = TokenScores::new(ids.iter().zip(per_word).skip(1).map(|(&id, s)| (vocab(id), f64::from(s))).collect());
+        let ig_scores =
+            TokenScores::new(ids.iter().zip(per_word).skip(1).map(|(&id, s)| (vocab(id), f64::from(s))).collect());
         println!(
             "Integrated Gradients on the embeddings (completeness error {:.2e}), top words: {}",
             ig.error,

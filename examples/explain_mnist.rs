@@ -20,8 +20,8 @@ use std::time::Instant;
 use kiln::autograd::Var;
 use kiln::data::datasets::{Mnist, Split};
 use kiln::explain::{
-    gradient_x_input, integrated_gradients, kernel_shap, lime, occlusion, render_heatmap, saliency, smooth_grad, Heatmap,
-    HeatmapOptions, KernelShapConfig, LimeConfig, Segmented,
+    gradient_x_input, integrated_gradients, kernel_shap, lime, occlusion, render_heatmap, saliency, smooth_grad,
+    Heatmap, HeatmapOptions, KernelShapConfig, LimeConfig, Segmented,
 };
 use kiln::nn::functional::{cross_entropy, CrossEntropyOptions};
 use kiln::nn::{Conv2d, Conv2dConfig, Flatten, Forward, Linear, MaxPool2d, Module, Padding, ReLU, Sequential};
@@ -124,7 +124,12 @@ fn main() {
             100.0 * ig.relative_error()
         );
         let patches = Segmented::image(&x, [4, 4], 0.0);
-        let shap = kernel_shap(&model, &patches, target, &KernelShapConfig { n_samples: Some(2048), seed: i as u64, ..Default::default() });
+        let shap = kernel_shap(
+            &model,
+            &patches,
+            target,
+            &KernelShapConfig { n_samples: Some(2048), seed: i as u64, ..Default::default() },
+        );
         println!(
             "  Kernel SHAP over {} 4x4 patches ({} coalitions): values sum {:.4} = f(x) {:.4} - E[f(black)] {:.4}",
             patches.segments().len(),

@@ -26,8 +26,8 @@ use kiln::data::transforms::{Compose, Normalize, RandomHorizontalFlip};
 use kiln::data::{DataError, DataLoader, Dataset, DatasetExt};
 use kiln::metrics::Accuracy;
 use kiln::nn::{
-    BatchNorm1d, BatchNorm2d, Conv2d, Conv2dConfig, CrossEntropyLoss, Dropout, Flatten, Linear, MaxPool2d, Module, Padding, ReLU,
-    Sequential,
+    BatchNorm1d, BatchNorm2d, Conv2d, Conv2dConfig, CrossEntropyLoss, Dropout, Flatten, Linear, MaxPool2d, Module,
+    Padding, ReLU, Sequential,
 };
 use kiln::optim::lr_scheduler::CosineAnnealingLR;
 use kiln::optim::{Adam, AdamConfig};
@@ -132,7 +132,12 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let loss = CrossEntropyLoss::default();
     trainer.fit(&mut model, &mut opt, &loss, &train, Some(&test));
     let eval = trainer.evaluate(&mut model, &loss, &test);
-    Ok(Report { test_accuracy: eval["accuracy"], test_loss: eval["loss"], epochs: opts.epochs, seconds: started.elapsed().as_secs_f64() })
+    Ok(Report {
+        test_accuracy: eval["accuracy"],
+        test_loss: eval["loss"],
+        epochs: opts.epochs,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 fn main() {

@@ -96,7 +96,9 @@ pub struct SentimentLstm {
 impl SentimentLstm {
     /// A freshly initialised model.
     pub fn new() -> Self {
-        let embedding: Embedding = EmbeddingConfig { padding_idx: Some(0), ..EmbeddingConfig::new(NUM_WORDS, 128) }.build().expect("valid sizes");
+        let embedding: Embedding = EmbeddingConfig { padding_idx: Some(0), ..EmbeddingConfig::new(NUM_WORDS, 128) }
+            .build()
+            .expect("valid sizes");
         // Keras' `Embedding` starts from U(-0.05, 0.05), PyTorch's from N(0, 1); the small start
         // learns faster here. The padding row stays zero.
         kiln::nn::init::with_rng(|rng| kiln::nn::init::uniform_(&embedding.weight, -0.05, 0.05, rng));
@@ -108,7 +110,9 @@ impl SentimentLstm {
         SentimentLstm {
             embedding,
             dropout: Dropout::new(0.2),
-            lstm: LSTMConfig { batch_first: true, recurrent_dropout: 0.2, ..LSTMConfig::new(128, 64) }.build().expect("valid sizes"),
+            lstm: LSTMConfig { batch_first: true, recurrent_dropout: 0.2, ..LSTMConfig::new(128, 64) }
+                .build()
+                .expect("valid sizes"),
             fc: Linear::new(64, 1),
         }
     }
@@ -170,7 +174,12 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let loss = BCEWithLogitsLoss::default();
     trainer.fit(&mut model, &mut opt, &loss, &train, Some(&test));
     let eval = trainer.evaluate(&mut model, &loss, &test);
-    Ok(Report { test_accuracy: eval["accuracy"], test_loss: eval["loss"], epochs: opts.epochs, seconds: started.elapsed().as_secs_f64() })
+    Ok(Report {
+        test_accuracy: eval["accuracy"],
+        test_loss: eval["loss"],
+        epochs: opts.epochs,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 fn main() {

@@ -13,14 +13,20 @@ use kiln::tensor::Tensor;
 
 /// Reads iris.csv (a scikit-learn header line, then `f0,f1,f2,f3,label` rows).
 fn iris() -> Result<Vec<[f64; 4]>, String> {
-    let dir = std::env::var("KILN_DATA_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data").into());
+    let dir = std::env::var("KILN_DATA_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data").into());
     let path = std::path::Path::new(&dir).join("sklearn-small/iris.csv");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     text.lines()
         .skip(1)
         .enumerate()
         .map(|(i, l)| {
-            let v: Vec<f64> = l.split(',').take(4).map(|c| c.trim().parse::<f64>()).collect::<Result<_, _>>().map_err(|e| format!("{}:{}: {e}", path.display(), i + 2))?;
+            let v: Vec<f64> = l
+                .split(',')
+                .take(4)
+                .map(|c| c.trim().parse::<f64>())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{}:{}: {e}", path.display(), i + 2))?;
             Ok([v[0], v[1], v[2], v[3]])
         })
         .collect()

@@ -58,7 +58,8 @@ pub struct Report {
 pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let started = Instant::now();
     kiln::nn::init::manual_seed(0);
-    let table: CsvDataset<f32> = CsvDataset::new(data_folder("sklearn-small").join("breast_cancer.csv"), CsvOptions::default())?;
+    let table: CsvDataset<f32> =
+        CsvDataset::new(data_folder("sklearn-small").join("breast_cancer.csv"), CsvOptions::default())?;
     let (n, d) = (table.targets().len(), table.n_features());
     let (train_idx, test_idx) = train_test_split(n, 0.2, 42);
 
@@ -78,7 +79,13 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let part = |idx: &[usize]| {
         let x: Vec<f32> = idx
             .iter()
-            .flat_map(|&i| table.row(i).iter().enumerate().map(|(j, &v)| ((f64::from(v) - mean[j]) / var[j].sqrt().max(1e-12)) as f32))
+            .flat_map(|&i| {
+                table
+                    .row(i)
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &v)| ((f64::from(v) - mean[j]) / var[j].sqrt().max(1e-12)) as f32)
+            })
             .collect();
         let y: Vec<f32> = idx.iter().map(|&i| table.targets()[i]).collect();
         (Tensor::from_vec(x, &[idx.len(), d]), Targets::Values(Tensor::from_vec(y, &[idx.len()])))

@@ -98,7 +98,12 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let loss = CrossEntropyLoss::default();
     trainer.fit(&mut model, &mut opt, &loss, &train, Some(&test));
     let eval = trainer.evaluate(&mut model, &loss, &test);
-    Ok(Report { test_accuracy: eval["accuracy"], test_loss: eval["loss"], epochs: opts.epochs, seconds: started.elapsed().as_secs_f64() })
+    Ok(Report {
+        test_accuracy: eval["accuracy"],
+        test_loss: eval["loss"],
+        epochs: opts.epochs,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 fn main() {

@@ -155,22 +155,34 @@ fn labelled_subset(labels: &[u8], per_class: usize, seed: u64) -> Vec<usize> {
 }
 
 /// Trains `model`'s trainable parameters on the labelled images and returns its test accuracy.
-fn train_classifier<D, T>(model: &mut Classifier, labelled: &DataLoader<D>, test: &DataLoader<T>, epochs: usize, verbose: bool) -> f64
+fn train_classifier<D, T>(
+    model: &mut Classifier,
+    labelled: &DataLoader<D>,
+    test: &DataLoader<T>,
+    epochs: usize,
+    verbose: bool,
+) -> f64
 where
     D: Dataset<Item = (Vec<f32>, usize)> + 'static,
     T: Dataset<Item = (Vec<f32>, usize)> + 'static,
 {
     let trainable: Vec<Var<f32>> = model.parameters().into_iter().filter(|p| p.requires_grad()).collect();
     let mut opt = Adam::new(trainable, AdamConfig { lr: 1e-3, weight_decay: 1e-4, ..Default::default() });
-    let mut trainer = Trainer::new(epochs)
-        .metric("accuracy", || Accuracy::multiclass(10))
-        .verbosity(if verbose { Verbosity::Epochs } else { Verbosity::Silent });
+    let mut trainer = Trainer::new(epochs).metric("accuracy", || Accuracy::multiclass(10)).verbosity(if verbose {
+        Verbosity::Epochs
+    } else {
+        Verbosity::Silent
+    });
     let loss = CrossEntropyLoss::default();
     let history = trainer.fit(model, &mut opt, &loss, labelled, None);
     let eval = trainer.evaluate(model, &loss, test);
     if verbose {
         let last = history.last().expect("trained at least one epoch");
-        println!("  after {epochs} epochs: training accuracy {:.2}%, test accuracy {:.2}%", 100.0 * last["accuracy"], 100.0 * eval["accuracy"]);
+        println!(
+            "  after {epochs} epochs: training accuracy {:.2}%, test accuracy {:.2}%",
+            100.0 * last["accuracy"],
+            100.0 * eval["accuracy"]
+        );
     }
     eval["accuracy"]
 }
@@ -186,11 +198,13 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let test = first(Mnist::new(&dir, Split::Test)?, opts.test_samples).map_input(pixels);
 
     // 1. Denoising autoencoder on unlabelled images.
-    let unlabelled = first(Arc::clone(&train_all), opts.pretrain_samples).map(|(img, _): (Image, usize), rng: &mut Rng| {
-        let clean = img.data;
-        let noisy: Vec<f32> = clean.iter().map(|&v| if rng.next_f32() < MASKING { 0.0 } else { v / (1.0 - MASKING) }).collect();
-        (noisy, clean)
-    });
+    let unlabelled =
+        first(Arc::clone(&train_all), opts.pretrain_samples).map(|(img, _): (Image, usize), rng: &mut Rng| {
+            let clean = img.data;
+            let noisy: Vec<f32> =
+                clean.iter().map(|&v| if rng.next_f32() < MASKING { 0.0 } else { v / (1.0 - MASKING) }).collect();
+            (noisy, clean)
+        });
     let test_pairs = DataLoader::new(pairs(&test), 1000);
     if opts.verbose {
         println!("pre-training a denoising autoencoder on {} unlabelled MNIST images", unlabelled.len());
@@ -198,7 +212,8 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let unlabelled = DataLoader::new(unlabelled, 256).shuffle(true).seed(1);
     let mut autoencoder = Autoencoder { encoder: Linear::new(784, 256), decoder: Linear::new(256, 784) };
     let mut opt = Adam::new(autoencoder.parameters(), AdamConfig { lr: 1e-3, ..Default::default() });
-    let mut trainer = Trainer::new(opts.pretrain_epochs).verbosity(if opts.verbose { Verbosity::Epochs } else { Verbosity::Silent });
+    let mut trainer =
+        Trainer::new(opts.pretrain_epochs).verbosity(if opts.verbose { Verbosity::Epochs } else { Verbosity::Silent });
     trainer.fit(&mut autoencoder, &mut opt, &BCELoss::default(), &unlabelled, None);
     let autoencoder_bce = trainer.evaluate(&mut autoencoder, &BCELoss::default(), &test_pairs)["loss"];
     if opts.verbose {
@@ -227,10 +242,19 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     kiln::nn::init::manual_seed(1);
     let mut scratch = Classifier { encoder: Linear::new(784, 256), head: Linear::new(256, 10) };
     if opts.verbose {
-        println!("the same classifier from scratch, {n_labelled} labelled images (all {} parameters trained):", scratch.num_parameters());
+        println!(
+            "the same classifier from scratch, {n_labelled} labelled images (all {} parameters trained):",
+            scratch.num_parameters()
+        );
     }
     let scratch_accuracy = train_classifier(&mut scratch, &labelled, &test, opts.finetune_epochs, opts.verbose);
-    Ok(Report { finetuned_accuracy, scratch_accuracy, autoencoder_bce, labelled: n_labelled, seconds: started.elapsed().as_secs_f64() })
+    Ok(Report {
+        finetuned_accuracy,
+        scratch_accuracy,
+        autoencoder_bce,
+        labelled: n_labelled,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// Labelled images as autoencoder pairs `(pixels, pixels)`.

@@ -13,7 +13,8 @@ use kiln::train::Trainer;
 fn main() {
     kiln::nn::init::manual_seed(0);
     // Pixels are 0..16; scale them to [0, 1].
-    let digits = Digits::load().map_input(|x: Vec<f32>, _: &mut kiln::tensor::Rng| x.into_iter().map(|v| v / 16.0).collect::<Vec<f32>>());
+    let digits = Digits::load()
+        .map_input(|x: Vec<f32>, _: &mut kiln::tensor::Rng| x.into_iter().map(|v| v / 16.0).collect::<Vec<f32>>());
     let n = digits.len();
     let n_test = n / 5;
     let mut parts = random_split(digits, &[n - n_test, n_test], 42).into_iter();

@@ -49,7 +49,13 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
                 let v = value("--threads")?;
                 o.threads = v
                     .split(',')
-                    .map(|t| t.trim().parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| format!("--threads: `{t}` is not a positive integer")))
+                    .map(|t| {
+                        t.trim()
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|&n| n > 0)
+                            .ok_or_else(|| format!("--threads: `{t}` is not a positive integer"))
+                    })
                     .collect::<Result<_, _>>()?;
             }
             "--out" => o.out = value("--out")?.into(),
@@ -152,7 +158,12 @@ impl OtherLoad {
 pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -172,7 +183,8 @@ fn version() -> String {
 
 fn utc_now() -> String {
     // Civil-from-days (Howard Hinnant), to avoid a date dependency.
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -242,7 +254,11 @@ pub fn run(o: &Options) -> Result<(), String> {
                     other.map(|p| format!("{p:.0}%")).unwrap_or_else(|| "?".into())
                 );
                 if other.is_some_and(|p| p > 5.0) {
-                    eprintln!("warning: other processes used {:.0}% of the CPU during {}: the figure is suspect", other.unwrap_or(0.0), r.workload);
+                    eprintln!(
+                        "warning: other processes used {:.0}% of the CPU during {}: the figure is suspect",
+                        other.unwrap_or(0.0),
+                        r.workload
+                    );
                 }
                 records.push(r);
             }
@@ -266,7 +282,11 @@ pub fn run(o: &Options) -> Result<(), String> {
         }
         let st = cmd.status().map_err(|e| format!("cannot run {}: {e}", script.display()))?;
         if !st.success() {
-            return Err(format!("{} failed ({st}); is PyTorch installed? see {}", script.display(), bench.join("README.md").display()));
+            return Err(format!(
+                "{} failed ({st}); is PyTorch installed? see {}",
+                script.display(),
+                bench.join("README.md").display()
+            ));
         }
         let st = Command::new("python3")
             .arg(bench.join("compare.py"))

@@ -70,9 +70,7 @@ fn download(args: &[String]) -> Result<(), String> {
         }
     }
     let name = name.ok_or_else(|| format!("download: which data set?\n{USAGE}"))?;
-    let dir = dir
-        .or_else(|| std::env::var("KILN_DATA_DIR").ok())
-        .unwrap_or_else(|| "data".to_string());
+    let dir = dir.or_else(|| std::env::var("KILN_DATA_DIR").ok()).unwrap_or_else(|| "data".to_string());
     let files = kiln_data::download::download_dataset(&name, &dir).map_err(|e| e.to_string())?;
     for f in files {
         println!("{}", f.display());

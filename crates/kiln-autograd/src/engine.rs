@@ -115,7 +115,12 @@ pub(crate) fn run<E: Float>(
         } else {
             node.op.backward(&g, &inputs, &output)
         };
-        debug_assert_eq!(in_grads.len(), inputs.len(), "{}: backward returned a wrong number of gradients", node.op.name());
+        debug_assert_eq!(
+            in_grads.len(),
+            inputs.len(),
+            "{}: backward returned a wrong number of gradients",
+            node.op.name()
+        );
         for (inp, gi) in inputs.iter().zip(in_grads) {
             let Some(gi) = gi else { continue };
             if !inp.requires_grad() {
@@ -187,7 +192,12 @@ pub fn grad<E: Float>(
         None => outputs
             .iter()
             .map(|o| {
-                assert_eq!(o.numel(), 1, "grad: grad_outputs needed for the output of shape {:?}", o.shape().as_slice());
+                assert_eq!(
+                    o.numel(),
+                    1,
+                    "grad: grad_outputs needed for the output of shape {:?}",
+                    o.shape().as_slice()
+                );
                 Var::constant(o.with_value(|v| v.ones_like()))
             })
             .collect(),

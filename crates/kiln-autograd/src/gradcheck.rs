@@ -112,7 +112,13 @@ pub fn gradcheck(
             report.checked += 1;
             report.max_abs_error = report.max_abs_error.max(err);
             if err > tol || !a[j].is_finite() {
-                return Err(GradcheckError { input: i, element: unravel(j, inputs[i].shape()), analytical: a[j], numerical: num, tolerance: tol });
+                return Err(GradcheckError {
+                    input: i,
+                    element: unravel(j, inputs[i].shape()),
+                    analytical: a[j],
+                    numerical: num,
+                    tolerance: tol,
+                });
             }
         }
     }

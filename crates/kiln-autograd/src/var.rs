@@ -202,10 +202,7 @@ impl<E: Float> Var<E> {
     ///
     /// **Panics** when asked to turn off tracking of a non-leaf.
     pub fn set_requires_grad(&self, on: bool) {
-        assert!(
-            self.node.is_leaf || on,
-            "set_requires_grad: only a leaf can stop requiring grad; use detach()"
-        );
+        assert!(self.node.is_leaf || on, "set_requires_grad: only a leaf can stop requiring grad; use detach()");
         self.node.requires_grad.store(on, Ordering::Relaxed);
     }
 
@@ -288,7 +285,13 @@ impl<E: Float> Var<E> {
             grad.shape(),
             shape.as_slice()
         );
-        engine::run(&[self.clone()], vec![Var::constant(grad.clone())], retain_graph || create_graph, create_graph, None);
+        engine::run(
+            &[self.clone()],
+            vec![Var::constant(grad.clone())],
+            retain_graph || create_graph,
+            create_graph,
+            None,
+        );
     }
 }
 

@@ -122,7 +122,8 @@ fn hessian_vector_product_of_mlp_matches_finite_differences() {
     let hv = grad(&[gv], &[w1], None, false)[0].clone().unwrap().value();
     // numerical: (g(w + eps v) - g(w - eps v)) / 2 eps
     let eps = 1e-5;
-    let num = gradient(&w1_0.add(&v.mul_scalar(eps))).sub(&gradient(&w1_0.sub(&v.mul_scalar(eps)))).div_scalar(2.0 * eps);
+    let num =
+        gradient(&w1_0.add(&v.mul_scalar(eps))).sub(&gradient(&w1_0.sub(&v.mul_scalar(eps)))).div_scalar(2.0 * eps);
     for (a, b) in hv.to_vec().iter().zip(num.to_vec()) {
         assert!((a - b).abs() < 1e-6 * (1.0 + b.abs()), "Hv {a} vs finite difference {b}");
     }

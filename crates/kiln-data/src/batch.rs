@@ -47,10 +47,7 @@ impl Targets {
     pub fn classes(&self) -> &[usize] {
         match self {
             Targets::Classes(c) => c,
-            Targets::Values(v) => panic!(
-                "Targets::classes: the targets are values of shape {:?}",
-                v.shape()
-            ),
+            Targets::Values(v) => panic!("Targets::classes: the targets are values of shape {:?}", v.shape()),
         }
     }
 
@@ -129,10 +126,7 @@ impl CollateTarget for Vec<f32> {
     fn collate_targets(targets: Vec<Vec<f32>>) -> Targets {
         let n = targets.len();
         let k = targets.first().map_or(0, Vec::len);
-        assert!(
-            targets.iter().all(|t| t.len() == k),
-            "collate: target vectors of different lengths in one batch"
-        );
+        assert!(targets.iter().all(|t| t.len() == k), "collate: target vectors of different lengths in one batch");
         Targets::Values(Tensor::from_vec(targets.concat(), &[n, k]))
     }
 }
@@ -149,28 +143,19 @@ impl<X: CollateInput, Y: CollateTarget> Collate<(X, Y)> for DefaultCollate {
     type Batch = Batch;
     fn collate(&self, items: Vec<(X, Y)>) -> Batch {
         let n = items.len();
-        let shape = items
-            .first()
-            .map(|(x, _)| x.sample_shape())
-            .unwrap_or_default();
+        let shape = items.first().map(|(x, _)| x.sample_shape()).unwrap_or_default();
         let per: usize = shape.iter().product();
         let mut data = Vec::with_capacity(n * per);
         let mut targets = Vec::with_capacity(n);
         for (i, (x, y)) in items.into_iter().enumerate() {
             let s = x.sample_shape();
-            assert_eq!(
-                s, shape,
-                "collate: sample {i} of the batch has shape {s:?}, sample 0 has {shape:?}"
-            );
+            assert_eq!(s, shape, "collate: sample {i} of the batch has shape {s:?}, sample 0 has {shape:?}");
             x.extend_into(&mut data);
             targets.push(y);
         }
         let mut full = vec![n];
         full.extend_from_slice(&shape);
-        Batch {
-            inputs: Tensor::from_vec(data, &full),
-            targets: Y::collate_targets(targets),
-        }
+        Batch { inputs: Tensor::from_vec(data, &full), targets: Y::collate_targets(targets) }
     }
 }
 
@@ -197,10 +182,7 @@ impl<Y> TensorDataset<Y> {
     /// **Panics** if `inputs` is 0-dimensional or its first dimension differs from `targets.len()`.
     pub fn new(inputs: Tensor<f32>, targets: Vec<Y>) -> Self {
         let shape = inputs.shape().to_vec();
-        assert!(
-            !shape.is_empty(),
-            "TensorDataset: inputs must have a sample dimension, got a scalar"
-        );
+        assert!(!shape.is_empty(), "TensorDataset: inputs must have a sample dimension, got a scalar");
         Self::from_vec(inputs.to_vec(), &shape[1..], targets)
     }
 
@@ -216,11 +198,7 @@ impl<Y> TensorDataset<Y> {
             data.len(),
             targets.len()
         );
-        TensorDataset {
-            data,
-            sample_shape: sample_shape.to_vec(),
-            targets,
-        }
+        TensorDataset { data, sample_shape: sample_shape.to_vec(), targets }
     }
 
     /// The shape of one input.
@@ -241,16 +219,10 @@ impl<Y: Clone + Send + Sync> Dataset for TensorDataset<Y> {
     }
     fn get_with_rng(&self, index: usize, _rng: &mut Rng) -> (Tensor<f32>, Y) {
         let n = self.targets.len();
-        assert!(
-            index < n,
-            "TensorDataset: index {index} out of range for a data set of {n} samples"
-        );
+        assert!(index < n, "TensorDataset: index {index} out of range for a data set of {n} samples");
         let per: usize = self.sample_shape.iter().product();
         let row = self.data[index * per..(index + 1) * per].to_vec();
-        (
-            Tensor::from_vec(row, &self.sample_shape),
-            self.targets[index].clone(),
-        )
+        (Tensor::from_vec(row, &self.sample_shape), self.targets[index].clone())
     }
 }
 
@@ -261,11 +233,7 @@ mod tests {
 
     #[test]
     fn default_collate_stacks_images_and_classes() {
-        let ds = VecDataset::new(
-            (0..5)
-                .map(|i| (Image::new(vec![i as f32; 6], 1, 2, 3), i))
-                .collect(),
-        );
+        let ds = VecDataset::new((0..5).map(|i| (Image::new(vec![i as f32; 6], 1, 2, 3), i)).collect());
         let loader = DataLoader::new(ds, 2);
         let batches: Vec<Batch> = loader.iter().collect();
         assert_eq!(batches.len(), 3);
@@ -277,17 +245,10 @@ mod tests {
 
     #[test]
     fn tensor_dataset_round_trips_with_value_targets() {
-        let ds = TensorDataset::from_vec(
-            (0..12).map(|v| v as f32).collect(),
-            &[2, 2],
-            vec![0.5f32, 1.5, 2.5],
-        );
+        let ds = TensorDataset::from_vec((0..12).map(|v| v as f32).collect(), &[2, 2], vec![0.5f32, 1.5, 2.5]);
         let batch: Batch = DataLoader::new(ds, 3).iter().next().unwrap();
         assert_eq!(batch.inputs.shape(), &[3, 2, 2]);
-        assert_eq!(
-            batch.inputs.to_vec(),
-            (0..12).map(|v| v as f32).collect::<Vec<_>>()
-        );
+        assert_eq!(batch.inputs.to_vec(), (0..12).map(|v| v as f32).collect::<Vec<_>>());
         assert_eq!(batch.targets.values().to_vec(), vec![0.5, 1.5, 2.5]);
         assert_eq!(batch.len(), 3);
     }

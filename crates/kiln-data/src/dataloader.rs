@@ -139,10 +139,7 @@ impl<D: Dataset, C> DataLoader<D, C> {
     /// **Panics** if `prefetch_factor == 0`.
     #[must_use]
     pub fn prefetch_factor(mut self, prefetch_factor: usize) -> Self {
-        assert!(
-            prefetch_factor > 0,
-            "DataLoader: prefetch_factor must be > 0, got 0"
-        );
+        assert!(prefetch_factor > 0, "DataLoader: prefetch_factor must be > 0, got 0");
         self.prefetch_factor = prefetch_factor;
         self
     }
@@ -196,15 +193,9 @@ impl<D: Dataset, C> DataLoader<D, C> {
     /// The dataset indices of each batch of `epoch`, in order.
     pub fn batch_indices(&self, epoch: u64) -> Vec<Vec<usize>> {
         let n = self.dataset.len();
-        let order: Vec<usize> = if self.shuffle {
-            sample_rng(self.seed, epoch, usize::MAX).permutation(n)
-        } else {
-            (0..n).collect()
-        };
-        let mut batches: Vec<Vec<usize>> = order
-            .chunks(self.batch_size)
-            .map(<[usize]>::to_vec)
-            .collect();
+        let order: Vec<usize> =
+            if self.shuffle { sample_rng(self.seed, epoch, usize::MAX).permutation(n) } else { (0..n).collect() };
+        let mut batches: Vec<Vec<usize>> = order.chunks(self.batch_size).map(<[usize]>::to_vec).collect();
         if self.drop_last && batches.last().is_some_and(|b| b.len() < self.batch_size) {
             batches.pop();
         }
@@ -253,10 +244,7 @@ where
                     }
                 })
                 .expect("DataLoader: cannot spawn a worker thread");
-            it.workers.push(Worker {
-                rx: Some(rx),
-                handle: Some(handle),
-            });
+            it.workers.push(Worker { rx: Some(rx), handle: Some(handle) });
         }
         it
     }
@@ -319,22 +307,11 @@ impl<D: Dataset, C: Collate<D::Item>> Iterator for DataLoaderIter<D, C> {
         let k = self.next;
         self.next += 1;
         if self.workers.is_empty() {
-            return Some(make_batch(
-                &*self.dataset,
-                &*self.collate,
-                &self.batches[k],
-                self.seed,
-                self.epoch,
-            ));
+            return Some(make_batch(&*self.dataset, &*self.collate, &self.batches[k], self.seed, self.epoch));
         }
         let w = self.workers.len();
         let worker = &mut self.workers[k % w];
-        match worker
-            .rx
-            .as_ref()
-            .expect("receiver present until drop")
-            .recv()
-        {
+        match worker.rx.as_ref().expect("receiver present until drop").recv() {
             Ok(batch) => Some(batch),
             Err(_) => {
                 // The worker ended without sending: it panicked. Re-raise its panic here.
@@ -379,14 +356,7 @@ mod tests {
         (0..n).collect()
     }
 
-    fn epoch_batches(
-        n: u32,
-        bs: usize,
-        drop_last: bool,
-        workers: usize,
-        seed: u64,
-        epoch: u64,
-    ) -> Vec<Vec<u32>> {
+    fn epoch_batches(n: u32, bs: usize, drop_last: bool, workers: usize, seed: u64, epoch: u64) -> Vec<Vec<u32>> {
         DataLoader::new(numbers(n), bs)
             .shuffle(true)
             .seed(seed)
@@ -404,11 +374,7 @@ mod tests {
                 let batches = epoch_batches(n, bs, false, workers, 1, 0);
                 let mut all: Vec<u32> = batches.concat();
                 all.sort();
-                assert_eq!(
-                    all,
-                    (0..n).collect::<Vec<_>>(),
-                    "n={n} bs={bs} workers={workers}"
-                );
+                assert_eq!(all, (0..n).collect::<Vec<_>>(), "n={n} bs={bs} workers={workers}");
                 assert_eq!(batches.len(), (n as usize).div_ceil(bs));
 
                 let dropped = epoch_batches(n, bs, true, workers, 1, 0);
@@ -430,10 +396,7 @@ mod tests {
         assert_eq!(a, epoch_batches(50, 8, false, 0, 3, 0));
         assert_ne!(a, epoch_batches(50, 8, false, 0, 4, 0));
         assert_ne!(a, epoch_batches(50, 8, false, 0, 3, 1));
-        let unshuffled: Vec<Vec<u32>> = DataLoader::new(numbers(5), 2)
-            .collate_fn(VecCollate)
-            .iter()
-            .collect();
+        let unshuffled: Vec<Vec<u32>> = DataLoader::new(numbers(5), 2).collate_fn(VecCollate).iter().collect();
         assert_eq!(unshuffled, vec![vec![0, 1], vec![2, 3], vec![4]]);
     }
 
@@ -458,9 +421,7 @@ mod tests {
 
     #[test]
     fn iter_advances_epochs_and_is_exact_size() {
-        let loader = DataLoader::new(numbers(10), 4)
-            .shuffle(true)
-            .collate_fn(VecCollate);
+        let loader = DataLoader::new(numbers(10), 4).shuffle(true).collate_fn(VecCollate);
         let mut it = loader.iter();
         assert_eq!(it.len(), 3);
         it.next();
@@ -475,9 +436,7 @@ mod tests {
 
     #[test]
     fn dropping_early_stops_workers() {
-        let loader = DataLoader::new(numbers(1000), 1)
-            .num_workers(2)
-            .collate_fn(VecCollate);
+        let loader = DataLoader::new(numbers(1000), 1).num_workers(2).collate_fn(VecCollate);
         let mut it = loader.iter();
         assert_eq!(it.next(), Some(vec![0]));
         assert_eq!(it.next(), Some(vec![1]));

@@ -68,10 +68,7 @@ fn mix64(mut z: u64) -> u64 {
 }
 
 fn check_index(what: &str, index: usize, len: usize) {
-    assert!(
-        index < len,
-        "{what}: index {index} out of range for a data set of {len} samples"
-    );
+    assert!(index < len, "{what}: index {index} out of range for a data set of {len} samples");
 }
 
 impl<D: Dataset + ?Sized> Dataset for Arc<D> {
@@ -108,10 +105,7 @@ impl<D: Dataset + ?Sized> Dataset for &D {
 pub trait DatasetExt: Dataset + Sized {
     /// Applies `transform` to every whole item (like a torchvision `transform` on the sample).
     fn map<T: Transform<Self::Item>>(self, transform: T) -> MapDataset<Self, T> {
-        MapDataset {
-            dataset: self,
-            transform,
-        }
+        MapDataset { dataset: self, transform }
     }
 
     /// Applies `transform` to the input of `(input, target)` items, leaving the target alone.
@@ -120,10 +114,7 @@ pub trait DatasetExt: Dataset + Sized {
         Self: Dataset<Item = (X, Y)>,
         T: Transform<X>,
     {
-        MapInput {
-            dataset: self,
-            transform,
-        }
+        MapInput { dataset: self, transform }
     }
 
     /// The samples at `indices`, in that order.
@@ -170,9 +161,7 @@ impl<T: Clone + Send + Sync> Dataset for VecDataset<T> {
 
 impl<T> FromIterator<T> for VecDataset<T> {
     fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
-        VecDataset {
-            items: iter.into_iter().collect(),
-        }
+        VecDataset { items: iter.into_iter().collect() }
     }
 }
 
@@ -273,20 +262,14 @@ impl<D: Dataset> Dataset for ConcatDataset<D> {
 pub fn random_split<D: Dataset>(dataset: D, lengths: &[usize], seed: u64) -> Vec<Subset<Arc<D>>> {
     let n = dataset.len();
     let total: usize = lengths.iter().sum();
-    assert_eq!(
-        total, n,
-        "random_split: lengths {lengths:?} add up to {total}, but the data set has {n} samples"
-    );
+    assert_eq!(total, n, "random_split: lengths {lengths:?} add up to {total}, but the data set has {n} samples");
     let perm = Rng::new(seed).permutation(n);
     let dataset = Arc::new(dataset);
     let mut start = 0;
     lengths
         .iter()
         .map(|&len| {
-            let part = Subset {
-                dataset: Arc::clone(&dataset),
-                indices: perm[start..start + len].to_vec(),
-            };
+            let part = Subset { dataset: Arc::clone(&dataset), indices: perm[start..start + len].to_vec() };
             start += len;
             part
         })
@@ -297,11 +280,7 @@ pub fn random_split<D: Dataset>(dataset: D, lengths: &[usize], seed: u64) -> Vec
 /// samples and the remainder is handed out one by one from the first part on, as PyTorch does.
 ///
 /// **Panics** if the fractions are negative or do not add up to 1 (within 1e-6).
-pub fn random_split_fractions<D: Dataset>(
-    dataset: D,
-    fractions: &[f64],
-    seed: u64,
-) -> Vec<Subset<Arc<D>>> {
+pub fn random_split_fractions<D: Dataset>(dataset: D, fractions: &[f64], seed: u64) -> Vec<Subset<Arc<D>>> {
     let lengths = lengths_from_fractions(dataset.len(), fractions);
     random_split(dataset, &lengths, seed)
 }
@@ -312,10 +291,7 @@ pub(crate) fn lengths_from_fractions(n: usize, fractions: &[f64]) -> Vec<usize> 
         fractions.iter().all(|&f| (0.0..=1.0).contains(&f)) && (sum - 1.0).abs() < 1e-6,
         "random_split: fractions {fractions:?} must be in [0, 1] and add up to 1"
     );
-    let mut lengths: Vec<usize> = fractions
-        .iter()
-        .map(|&f| (n as f64 * f).floor() as usize)
-        .collect();
+    let mut lengths: Vec<usize> = fractions.iter().map(|&f| (n as f64 * f).floor() as usize).collect();
     let mut remainder = n - lengths.iter().sum::<usize>();
     let (mut k, parts) = (0, lengths.len());
     while remainder > 0 {
@@ -400,10 +376,7 @@ mod tests {
         assert_eq!((0..3).map(|i| s.get(i)).collect::<Vec<_>>(), vec![9, 0, 4]);
         let c = ConcatDataset::new(vec![numbers(3), numbers(0), numbers(2)]);
         assert_eq!(c.len(), 5);
-        assert_eq!(
-            (0..5).map(|i| c.get(i)).collect::<Vec<_>>(),
-            vec![0, 1, 2, 0, 1]
-        );
+        assert_eq!((0..5).map(|i| c.get(i)).collect::<Vec<_>>(), vec![0, 1, 2, 0, 1]);
     }
 
     #[test]
@@ -415,26 +388,16 @@ mod tests {
     #[test]
     fn random_split_is_a_seeded_partition() {
         let parts = random_split(numbers(100), &[70, 20, 10], 7);
-        let mut all: Vec<u32> = parts
-            .iter()
-            .flat_map(|p| (0..p.len()).map(|i| p.get(i)))
-            .collect();
-        let again: Vec<u32> = random_split(numbers(100), &[70, 20, 10], 7)
-            .iter()
-            .flat_map(|p| (0..p.len()).map(|i| p.get(i)))
-            .collect();
+        let mut all: Vec<u32> = parts.iter().flat_map(|p| (0..p.len()).map(|i| p.get(i))).collect();
+        let again: Vec<u32> =
+            random_split(numbers(100), &[70, 20, 10], 7).iter().flat_map(|p| (0..p.len()).map(|i| p.get(i))).collect();
         assert_eq!(all, again);
-        let other: Vec<u32> = random_split(numbers(100), &[70, 20, 10], 8)
-            .iter()
-            .flat_map(|p| (0..p.len()).map(|i| p.get(i)))
-            .collect();
+        let other: Vec<u32> =
+            random_split(numbers(100), &[70, 20, 10], 8).iter().flat_map(|p| (0..p.len()).map(|i| p.get(i))).collect();
         assert_ne!(all, other);
         all.sort();
         assert_eq!(all, (0..100).collect::<Vec<_>>());
-        assert_eq!(
-            lengths_from_fractions(10, &[0.33, 0.33, 0.34]),
-            vec![4, 3, 3]
-        );
+        assert_eq!(lengths_from_fractions(10, &[0.33, 0.33, 0.34]), vec![4, 3, 3]);
         let parts = random_split_fractions(numbers(10), &[0.5, 0.5], 1);
         assert_eq!(parts[0].len() + parts[1].len(), 10);
     }
@@ -446,8 +409,7 @@ mod tests {
         let b = ds.get_with_rng(2, &mut Rng::new(5));
         assert_eq!(a, b);
         assert_eq!(a / 1000, 2);
-        let pairs =
-            VecDataset::new(vec![(1.0f32, 3usize)]).map_input(|x: f32, _: &mut Rng| x * 2.0);
+        let pairs = VecDataset::new(vec![(1.0f32, 3usize)]).map_input(|x: f32, _: &mut Rng| x * 2.0);
         assert_eq!(pairs.get(0), (2.0, 3));
     }
 }

@@ -143,27 +143,19 @@ impl Drop for TempFile {
 }
 
 fn temp_path(target: &Path) -> PathBuf {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     target.with_file_name(format!(".{name}.part-{}", std::process::id()))
 }
 
 fn progress_bar(len: Option<u64>, label: &str) -> indicatif::ProgressBar {
     // ProgressDrawTarget::stderr draws nothing when standard error is not a terminal.
     let bar = match len {
-        Some(n) => indicatif::ProgressBar::with_draw_target(
-            Some(n),
-            indicatif::ProgressDrawTarget::stderr(),
-        ),
-        None => {
-            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
-        }
+        Some(n) => indicatif::ProgressBar::with_draw_target(Some(n), indicatif::ProgressDrawTarget::stderr()),
+        None => indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr()),
     };
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    ) {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(label.to_string());
@@ -187,35 +179,22 @@ pub fn download_file(url: &str, target: &Path, checksum: &Checksum) -> Result<Ou
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
     }
-    let http_err = |message: String| DataError::Http {
-        url: url.to_string(),
-        message,
-    };
+    let http_err = |message: String| DataError::Http { url: url.to_string(), message };
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(30))
         .timeout_read(Duration::from_secs(60))
         .build();
     let response = match agent.get(url).call() {
         Ok(r) => r,
-        Err(ureq::Error::Status(code, r)) => {
-            return Err(http_err(format!("HTTP status {code} {}", r.status_text())))
-        }
+        Err(ureq::Error::Status(code, r)) => return Err(http_err(format!("HTTP status {code} {}", r.status_text()))),
         Err(e) => return Err(http_err(e.to_string())),
     };
-    let expected_len: Option<u64> = response
-        .header("Content-Length")
-        .and_then(|v| v.trim().parse().ok());
+    let expected_len: Option<u64> = response.header("Content-Length").and_then(|v| v.trim().parse().ok());
 
-    let tmp = TempFile {
-        path: temp_path(target),
-        armed: true,
-    };
+    let tmp = TempFile { path: temp_path(target), armed: true };
     let mut file = File::create(&tmp.path).map_err(|e| DataError::io(&tmp.path, e))?;
     let mut hasher = checksum.hasher();
-    let label = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let label = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let bar = progress_bar(expected_len, &label);
     let mut reader = response.into_reader();
     let mut buf = vec![0u8; 1 << 16];
@@ -227,22 +206,17 @@ pub fn download_file(url: &str, target: &Path, checksum: &Checksum) -> Result<Ou
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 bar.abandon();
-                return Err(http_err(format!(
-                    "reading the body after {received} bytes: {e}"
-                )));
+                return Err(http_err(format!("reading the body after {received} bytes: {e}")));
             }
         };
         hasher.update(&buf[..n]);
-        file.write_all(&buf[..n])
-            .map_err(|e| DataError::io(&tmp.path, e))?;
+        file.write_all(&buf[..n]).map_err(|e| DataError::io(&tmp.path, e))?;
         received += n as u64;
         bar.set_position(received);
     }
     bar.finish_and_clear();
     if let Some(len) = expected_len.filter(|&len| len != received) {
-        return Err(http_err(format!(
-            "body has {received} bytes, Content-Length says {len}"
-        )));
+        return Err(http_err(format!("body has {received} bytes, Content-Length says {len}")));
     }
     let found = hasher.hex();
     if found != checksum.expected() {
@@ -271,17 +245,10 @@ pub fn extract_tar_gz(archive: &Path, prefix: &str, dest: &Path) -> Result<Vec<P
     extract_filtered(archive, prefix, dest, &|_| true)
 }
 
-fn extract_filtered(
-    archive: &Path,
-    prefix: &str,
-    dest: &Path,
-    keep: &dyn Fn(&Path) -> bool,
-) -> Result<Vec<PathBuf>> {
+fn extract_filtered(archive: &Path, prefix: &str, dest: &Path, keep: &dyn Fn(&Path) -> bool) -> Result<Vec<PathBuf>> {
     let file = File::open(archive).map_err(|e| DataError::io(archive, e))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
-    let bad = |e: std::io::Error| {
-        DataError::format(archive, 0, "a readable .tar.gz archive", e.to_string())
-    };
+    let bad = |e: std::io::Error| DataError::format(archive, 0, "a readable .tar.gz archive", e.to_string());
     let mut written = Vec::new();
     for entry in tar.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
@@ -295,26 +262,15 @@ fn extract_filtered(
         if !keep(rel) {
             continue;
         }
-        if rel
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
-            return Err(DataError::format(
-                archive,
-                0,
-                "entry paths inside the archive",
-                path.display().to_string(),
-            ));
+        if rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+            return Err(DataError::format(archive, 0, "entry paths inside the archive", path.display().to_string()));
         }
         let out = dest.join(rel);
         if !out.is_file() {
             if let Some(parent) = out.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
             }
-            let tmp = TempFile {
-                path: temp_path(&out),
-                armed: true,
-            };
+            let tmp = TempFile { path: temp_path(&out), armed: true };
             let mut f = File::create(&tmp.path).map_err(|e| DataError::io(&tmp.path, e))?;
             std::io::copy(&mut entry, &mut f).map_err(bad)?;
             f.sync_all().map_err(|e| DataError::io(&tmp.path, e))?;
@@ -338,11 +294,7 @@ pub struct RemoteFile {
 }
 
 fn remote(url: impl Into<String>, file_name: &'static str, checksum: Checksum) -> RemoteFile {
-    RemoteFile {
-        url: url.into(),
-        file_name,
-        checksum,
-    }
+    RemoteFile { url: url.into(), file_name, checksum }
 }
 
 /// The names [`download_dataset`] accepts (besides `"all"`).
@@ -480,24 +432,15 @@ pub fn download_dataset(name: &str, root: impl AsRef<Path>) -> Result<Vec<PathBu
         let target = dir.join(f.file_name);
         download_file(&f.url, &target, &f.checksum)?;
         match f.file_name {
-            "cifar-10-binary.tar.gz" => {
-                out.extend(extract_tar_gz(&target, "cifar-10-batches-bin", &dir)?)
-            }
+            "cifar-10-binary.tar.gz" => out.extend(extract_tar_gz(&target, "cifar-10-batches-bin", &dir)?),
             "aclImdb_v1.tar.gz" => {
                 // The 50,000 unlabelled reviews (train/unsup) and the bag-of-words files are left out.
                 let keep = |rel: &Path| {
                     let s = rel.to_string_lossy();
                     s == "imdb.vocab"
-                        || ["train/pos/", "train/neg/", "test/pos/", "test/neg/"]
-                            .iter()
-                            .any(|p| s.starts_with(p))
+                        || ["train/pos/", "train/neg/", "test/pos/", "test/neg/"].iter().any(|p| s.starts_with(p))
                 };
-                out.extend(extract_filtered(
-                    &target,
-                    "aclImdb",
-                    &dir.join("aclImdb"),
-                    &keep,
-                )?);
+                out.extend(extract_filtered(&target, "aclImdb", &dir.join("aclImdb"), &keep)?);
             }
             _ => out.push(target),
         }
@@ -518,10 +461,7 @@ mod tests {
     const BODY: &[u8] = b"kiln test payload: 0123456789 abcdefghijklmnopqrstuvwxyz\n";
 
     fn sha_hex(bytes: &[u8]) -> String {
-        Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Serves on 127.0.0.1: /good, /corrupt (same length, different bytes), /truncated (half the
@@ -551,19 +491,14 @@ mod tests {
                 let path = request.split(' ').nth(1).unwrap_or("/").to_string();
                 let mut s = stream;
                 let head = |status: &str, len: usize| {
-                    format!(
-                        "HTTP/1.1 {status}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-                    )
+                    format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
                 };
                 let _ = match path.as_str() {
-                    "/good" => s
-                        .write_all(head("200 OK", BODY.len()).as_bytes())
-                        .and_then(|_| s.write_all(BODY)),
+                    "/good" => s.write_all(head("200 OK", BODY.len()).as_bytes()).and_then(|_| s.write_all(BODY)),
                     "/corrupt" => {
                         let mut bad = BODY.to_vec();
                         bad[5] ^= 1;
-                        s.write_all(head("200 OK", bad.len()).as_bytes())
-                            .and_then(|_| s.write_all(&bad))
+                        s.write_all(head("200 OK", bad.len()).as_bytes()).and_then(|_| s.write_all(&bad))
                     }
                     "/truncated" => s
                         .write_all(head("200 OK", BODY.len()).as_bytes())
@@ -578,10 +513,7 @@ mod tests {
 
     fn entries(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)
-            .map(|rd| {
-                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
+            .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
         v.sort();
         v
@@ -593,31 +525,17 @@ mod tests {
         let dir = TempDir::new("download-good");
         let target = dir.0.join("sub/file.bin");
         let sum = Checksum::sha256(&sha_hex(BODY));
-        assert_eq!(
-            download_file(&format!("{base}/good"), &target, &sum).unwrap(),
-            Outcome::Downloaded
-        );
+        assert_eq!(download_file(&format!("{base}/good"), &target, &sum).unwrap(), Outcome::Downloaded);
         assert_eq!(std::fs::read(&target).unwrap(), BODY);
         assert_eq!(entries(&dir.0.join("sub")), vec!["file.bin"]);
         // Present and verified: no request is made.
-        assert_eq!(
-            download_file(&format!("{base}/good"), &target, &sum).unwrap(),
-            Outcome::AlreadyPresent
-        );
+        assert_eq!(download_file(&format!("{base}/good"), &target, &sum).unwrap(), Outcome::AlreadyPresent);
         assert_eq!(count.load(Ordering::SeqCst), 1);
         // Present but corrupted: fetched again and replaced.
         std::fs::write(&target, b"junk").unwrap();
-        assert_eq!(
-            download_file(&format!("{base}/good"), &target, &sum).unwrap(),
-            Outcome::Downloaded
-        );
+        assert_eq!(download_file(&format!("{base}/good"), &target, &sum).unwrap(), Outcome::Downloaded);
         assert_eq!(std::fs::read(&target).unwrap(), BODY);
-        let md5 = Checksum::md5(
-            &Md5::digest(BODY)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>(),
-        );
+        let md5 = Checksum::md5(&Md5::digest(BODY).iter().map(|b| format!("{b:02x}")).collect::<String>());
         verify_file(&target, &md5).unwrap();
     }
 
@@ -629,12 +547,7 @@ mod tests {
         let target = dir.0.join("file.bin");
 
         match download_file(&format!("{base}/corrupt"), &target, &sum) {
-            Err(DataError::Checksum {
-                algorithm: "SHA-256",
-                expected,
-                found,
-                ..
-            }) => {
+            Err(DataError::Checksum { algorithm: "SHA-256", expected, found, .. }) => {
                 assert_eq!(expected, sha_hex(BODY));
                 assert_ne!(found, expected);
             }
@@ -647,25 +560,16 @@ mod tests {
         assert_eq!(entries(&dir.0), Vec::<String>::new());
 
         let err = download_file(&format!("{base}/missing"), &target, &sum).unwrap_err();
-        assert!(
-            matches!(&err, DataError::Http { message, .. } if message.contains("404")),
-            "{err:?}"
-        );
+        assert!(matches!(&err, DataError::Http { message, .. } if message.contains("404")), "{err:?}");
         assert_eq!(entries(&dir.0), Vec::<String>::new());
 
         // Right body, wrong published checksum.
         let wrong = Checksum::sha256(&"0".repeat(64));
-        assert!(matches!(
-            download_file(&format!("{base}/good"), &target, &wrong),
-            Err(DataError::Checksum { .. })
-        ));
+        assert!(matches!(download_file(&format!("{base}/good"), &target, &wrong), Err(DataError::Checksum { .. })));
         assert_eq!(entries(&dir.0), Vec::<String>::new());
 
         // Nothing listens here (the listener is dropped at once).
-        let closed = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let err = download_file(&format!("http://{closed}/good"), &target, &sum).unwrap_err();
         assert!(matches!(err, DataError::Http { .. }), "{err:?}");
         assert_eq!(entries(&dir.0), Vec::<String>::new());
@@ -675,10 +579,7 @@ mod tests {
     fn extracts_tar_gz_under_a_prefix() {
         let dir = TempDir::new("tar");
         let mut builder = tar::Builder::new(Vec::new());
-        for (name, data) in [
-            ("cifar-10-batches-bin/data_batch_1.bin", &b"abc"[..]),
-            ("other/readme", b"x"),
-        ] {
+        for (name, data) in [("cifar-10-batches-bin/data_batch_1.bin", &b"abc"[..]), ("other/readme", b"x")] {
             let mut header = tar::Header::new_gnu();
             header.set_size(data.len() as u64);
             header.set_mode(0o644);
@@ -697,14 +598,9 @@ mod tests {
     fn known_sets_have_urls_and_unknown_names_fail() {
         for name in DATASETS {
             let files = dataset_files(name).unwrap();
-            assert!(files
-                .iter()
-                .all(|f| f.url.starts_with("http") && f.url.ends_with(f.file_name)));
+            assert!(files.iter().all(|f| f.url.starts_with("http") && f.url.ends_with(f.file_name)));
         }
-        assert!(matches!(
-            download_dataset("nope", "/nonexistent"),
-            Err(DataError::UnknownDataset { .. })
-        ));
+        assert!(matches!(download_dataset("nope", "/nonexistent"), Err(DataError::UnknownDataset { .. })));
     }
 
     #[test]
@@ -713,10 +609,7 @@ mod tests {
             return;
         };
         let files = dataset_files("mnist").unwrap();
-        let labels = files
-            .iter()
-            .find(|f| f.file_name == "t10k-labels-idx1-ubyte.gz")
-            .unwrap();
+        let labels = files.iter().find(|f| f.file_name == "t10k-labels-idx1-ubyte.gz").unwrap();
         verify_file(&dir.join(labels.file_name), &labels.checksum).unwrap();
         // A data root holding verified files is complete without the network.
         let ptb = crate::io::testutil::real_data("ptb").unwrap();

@@ -165,10 +165,7 @@ pub type Result<T, E = DataError> = std::result::Result<T, E>;
 impl DataError {
     /// An [`DataError::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io {
-            path: path.into(),
-            source,
-        }
+        DataError::Io { path: path.into(), source }
     }
 
     /// A [`DataError::Format`] for `path` at `offset`.
@@ -178,11 +175,6 @@ impl DataError {
         expected: impl Into<String>,
         found: impl Into<String>,
     ) -> Self {
-        DataError::Format {
-            path: path.into(),
-            offset,
-            expected: expected.into(),
-            found: found.into(),
-        }
+        DataError::Format { path: path.into(), offset, expected: expected.into(), found: found.into() }
     }
 }

@@ -33,34 +33,19 @@ impl Image {
             "Image::new: {} values for a {channels}x{height}x{width} image",
             data.len()
         );
-        Image {
-            data,
-            channels,
-            height,
-            width,
-        }
+        Image { data, channels, height, width }
     }
 
     /// A zero image.
     pub fn zeros(channels: usize, height: usize, width: usize) -> Self {
-        Image {
-            data: vec![0.0; channels * height * width],
-            channels,
-            height,
-            width,
-        }
+        Image { data: vec![0.0; channels * height * width], channels, height, width }
     }
 
     /// An image from CHW bytes, scaled to `[0, 1]` by dividing by 255.
     ///
     /// **Panics** if `bytes.len() != channels * height * width`.
     pub fn from_u8(bytes: &[u8], channels: usize, height: usize, width: usize) -> Self {
-        Image::new(
-            bytes.iter().map(|&b| f32::from(b) / 255.0).collect(),
-            channels,
-            height,
-            width,
-        )
+        Image::new(bytes.iter().map(|&b| f32::from(b) / 255.0).collect(), channels, height, width)
     }
 
     /// `[channels, height, width]`.
@@ -148,11 +133,7 @@ impl Image {
                 let sy = top + y as isize;
                 for x in 0..width {
                     let sx = left + x as isize;
-                    let v = if sy < 0
-                        || sx < 0
-                        || sy >= self.height as isize
-                        || sx >= self.width as isize
-                    {
+                    let v = if sy < 0 || sx < 0 || sy >= self.height as isize || sx >= self.width as isize {
                         fill
                     } else {
                         self.get(c, sy as usize, sx as usize)

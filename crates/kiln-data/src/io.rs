@@ -26,8 +26,7 @@ pub(crate) struct Source<'a> {
 }
 
 pub(crate) fn is_gz(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"))
 }
 
 impl<'a> Source<'a> {
@@ -36,20 +35,11 @@ impl<'a> Source<'a> {
         let file = File::open(path).map_err(|e| DataError::io(path, e))?;
         let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
         let (reader, max_len): (Box<dyn Read + Send>, u64) = if is_gz(path) {
-            (
-                Box::new(MultiGzDecoder::new(BufReader::new(file))),
-                len.saturating_mul(MAX_GZIP_RATIO),
-            )
+            (Box::new(MultiGzDecoder::new(BufReader::new(file))), len.saturating_mul(MAX_GZIP_RATIO))
         } else {
             (Box::new(BufReader::new(file)), len)
         };
-        Ok(Source {
-            path: path.to_path_buf(),
-            reader,
-            max_len,
-            pos: 0,
-            file_len: len,
-        })
+        Ok(Source { path: path.to_path_buf(), reader, max_len, pos: 0, file_len: len })
     }
 
     /// Reads `bytes` as if they were the file `path` (gzip when the name ends in `.gz`): the
@@ -57,29 +47,18 @@ impl<'a> Source<'a> {
     pub fn from_bytes(path: &Path, bytes: &'a [u8]) -> Source<'a> {
         let len = bytes.len() as u64;
         let (reader, max_len): (Box<dyn Read + Send + 'a>, u64) = if is_gz(path) {
-            (
-                Box::new(MultiGzDecoder::new(bytes)),
-                len.saturating_mul(MAX_GZIP_RATIO),
-            )
+            (Box::new(MultiGzDecoder::new(bytes)), len.saturating_mul(MAX_GZIP_RATIO))
         } else {
             (Box::new(bytes), len)
         };
-        Source {
-            path: path.to_path_buf(),
-            reader,
-            max_len,
-            pos: 0,
-            file_len: len,
-        }
+        Source { path: path.to_path_buf(), reader, max_len, pos: 0, file_len: len }
     }
 
     fn map_read_error(&self, e: std::io::Error, expected_end: u64, found_end: u64) -> DataError {
         match e.kind() {
-            ErrorKind::UnexpectedEof => DataError::Truncated {
-                path: self.path.clone(),
-                expected: expected_end,
-                found: found_end,
-            },
+            ErrorKind::UnexpectedEof => {
+                DataError::Truncated { path: self.path.clone(), expected: expected_end, found: found_end }
+            }
             ErrorKind::InvalidInput | ErrorKind::InvalidData => {
                 DataError::format(&self.path, found_end, "a valid gzip stream", e.to_string())
             }
@@ -97,27 +76,18 @@ impl<'a> Source<'a> {
     pub fn read_payload(&mut self, n: u64) -> Result<Vec<u8>> {
         let end = self.pos.saturating_add(n);
         if end > self.max_len {
-            return Err(DataError::Truncated {
-                path: self.path.clone(),
-                expected: end,
-                found: self.max_len,
-            });
+            return Err(DataError::Truncated { path: self.path.clone(), expected: end, found: self.max_len });
         }
         // Plain files: n is bounded by the file size (checked above). Gzip: start from a few times
         // the compressed size and let the buffer grow with the bytes that really arrive.
-        let mut buf =
-            Vec::with_capacity(n.min(self.file_len.saturating_mul(4)).min(1 << 30) as usize);
+        let mut buf = Vec::with_capacity(n.min(self.file_len.saturating_mul(4)).min(1 << 30) as usize);
         let result = (&mut self.reader).take(n).read_to_end(&mut buf);
         let found = self.pos + buf.len() as u64;
         if let Err(e) = result {
             return Err(self.map_read_error(e, end, found));
         }
         if (buf.len() as u64) < n {
-            return Err(DataError::Truncated {
-                path: self.path.clone(),
-                expected: end,
-                found,
-            });
+            return Err(DataError::Truncated { path: self.path.clone(), expected: end, found });
         }
         self.pos = end;
         Ok(buf)
@@ -141,12 +111,7 @@ impl<'a> Source<'a> {
         loop {
             return match self.reader.read(&mut probe) {
                 Ok(0) => Ok(()),
-                Ok(_) => Err(DataError::format(
-                    &self.path,
-                    self.pos,
-                    "end of file",
-                    "more data",
-                )),
+                Ok(_) => Err(DataError::format(&self.path, self.pos, "end of file", "more data")),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => Err(self.map_read_error(e, self.pos, self.pos)),
             };
@@ -177,10 +142,7 @@ pub(crate) fn find_file(dir: &Path, names: &[&str], what: &str) -> Result<PathBu
             }
         }
     }
-    Err(DataError::NotFound {
-        path: dir.join(names[0]),
-        what: format!("{what} (also tried .gz and {names:?})"),
-    })
+    Err(DataError::NotFound { path: dir.join(names[0]), what: format!("{what} (also tried .gz and {names:?})") })
 }
 
 #[cfg(test)]
@@ -231,17 +193,12 @@ pub(crate) mod testutil {
     pub fn real_data(sub: &str) -> Option<PathBuf> {
         let root = std::env::var_os("KILN_DATA_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data"))
-            });
+            .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data")));
         let dir = root.join(sub);
         if dir.is_dir() {
             Some(dir)
         } else {
-            eprintln!(
-                "skipped: no real data at {} (set KILN_DATA_DIR)",
-                dir.display()
-            );
+            eprintln!("skipped: no real data at {} (set KILN_DATA_DIR)", dir.display());
             None
         }
     }

@@ -37,8 +37,8 @@ pub mod transforms;
 pub use batch::{Batch, CollateInput, CollateTarget, DefaultCollate, Targets, TensorDataset};
 pub use dataloader::{Collate, DataLoader, DataLoaderIter, VecCollate};
 pub use dataset::{
-    random_split, random_split_fractions, sample_rng, ConcatDataset, Dataset, DatasetExt,
-    MapDataset, MapInput, Subset, VecDataset,
+    random_split, random_split_fractions, sample_rng, ConcatDataset, Dataset, DatasetExt, MapDataset, MapInput, Subset,
+    VecDataset,
 };
 pub use datasets::data_dir;
 pub use error::{DataError, Result};

@@ -29,14 +29,8 @@ impl KFold {
     ///
     /// **Panics** if `n_splits < 2`.
     pub fn new(n_splits: usize) -> Self {
-        assert!(
-            n_splits >= 2,
-            "KFold: n_splits must be >= 2, got {n_splits}"
-        );
-        KFold {
-            n_splits,
-            shuffle: None,
-        }
+        assert!(n_splits >= 2, "KFold: n_splits must be >= 2, got {n_splits}");
+        KFold { n_splits, shuffle: None }
     }
 
     /// Shuffle the indices first, with this seed.
@@ -50,11 +44,7 @@ impl KFold {
     ///
     /// **Panics** if `n < n_splits`.
     pub fn split(&self, n: usize) -> Vec<Fold> {
-        assert!(
-            n >= self.n_splits,
-            "KFold: cannot make {} folds of {n} samples",
-            self.n_splits
-        );
+        assert!(n >= self.n_splits, "KFold: cannot make {} folds of {n} samples", self.n_splits);
         let order = match self.shuffle {
             Some(seed) => Rng::new(seed).permutation(n),
             None => (0..n).collect(),
@@ -69,11 +59,7 @@ impl KFold {
             folds.push(test);
             start += size;
         }
-        folds
-            .into_iter()
-            .enumerate()
-            .map(|(k, test)| ((0..n).filter(|&i| fold_of[i] != k).collect(), test))
-            .collect()
+        folds.into_iter().enumerate().map(|(k, test)| ((0..n).filter(|&i| fold_of[i] != k).collect(), test)).collect()
     }
 }
 
@@ -91,14 +77,8 @@ impl StratifiedKFold {
     ///
     /// **Panics** if `n_splits < 2`.
     pub fn new(n_splits: usize) -> Self {
-        assert!(
-            n_splits >= 2,
-            "StratifiedKFold: n_splits must be >= 2, got {n_splits}"
-        );
-        StratifiedKFold {
-            n_splits,
-            shuffle: None,
-        }
+        assert!(n_splits >= 2, "StratifiedKFold: n_splits must be >= 2, got {n_splits}");
+        StratifiedKFold { n_splits, shuffle: None }
     }
 
     /// Shuffle within each class first, with this seed.
@@ -113,11 +93,7 @@ impl StratifiedKFold {
     /// **Panics** if there are fewer samples than folds.
     pub fn split(&self, labels: &[usize]) -> Vec<Fold> {
         let n = labels.len();
-        assert!(
-            n >= self.n_splits,
-            "StratifiedKFold: cannot make {} folds of {n} samples",
-            self.n_splits
-        );
+        assert!(n >= self.n_splits, "StratifiedKFold: cannot make {} folds of {n} samples", self.n_splits);
         let mut order: Vec<usize> = (0..n).collect();
         if let Some(seed) = self.shuffle {
             Rng::new(seed).shuffle(&mut order);
@@ -129,8 +105,7 @@ impl StratifiedKFold {
         }
         (0..self.n_splits)
             .map(|k| {
-                let (test, train): (Vec<usize>, Vec<usize>) =
-                    (0..n).partition(|&i| fold_of[i] == k);
+                let (test, train): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| fold_of[i] == k);
                 (train, test)
             })
             .collect()
@@ -174,10 +149,7 @@ mod tests {
     fn kfold_partitions_and_shuffles_reproducibly() {
         let folds = KFold::new(4).split(10);
         check_partition(&folds, 10);
-        assert_eq!(
-            folds.iter().map(|f| f.1.len()).collect::<Vec<_>>(),
-            vec![3, 3, 2, 2]
-        );
+        assert_eq!(folds.iter().map(|f| f.1.len()).collect::<Vec<_>>(), vec![3, 3, 2, 2]);
         let a = KFold::new(3).shuffle(5).split(20);
         check_partition(&a, 20);
         assert_eq!(a, KFold::new(3).shuffle(5).split(20));

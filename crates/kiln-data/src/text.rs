@@ -83,20 +83,12 @@ impl Vocab {
     /// Options for building a vocabulary from token counts: `min_freq` 1, no size limit, no
     /// specials; `"<unk>"` becomes the unknown index when it is among the specials.
     pub fn builder() -> VocabBuilder {
-        VocabBuilder {
-            min_freq: 1,
-            max_size: None,
-            specials: Vec::new(),
-            unk: Some("<unk>".into()),
-        }
+        VocabBuilder { min_freq: 1, max_size: None, specials: Vec::new(), unk: Some("<unk>".into()) }
     }
 
     /// A vocabulary of `tokens` in order of first appearance (duplicates ignored), with
     /// `unk` (if given and present) as the index of unknown tokens.
-    pub fn from_tokens<S: AsRef<str>>(
-        tokens: impl IntoIterator<Item = S>,
-        unk: Option<&str>,
-    ) -> Self {
+    pub fn from_tokens<S: AsRef<str>>(tokens: impl IntoIterator<Item = S>, unk: Option<&str>) -> Self {
         let mut v = Vocab::default();
         for t in tokens {
             v.add(t.as_ref());
@@ -135,9 +127,9 @@ impl Vocab {
     ///
     /// **Panics** if the token is unknown and there is no unknown index.
     pub fn index(&self, token: &str) -> usize {
-        self.get(token).or(self.unk).unwrap_or_else(|| {
-            panic!("Vocab: token {token:?} is not in the vocabulary and there is no unknown index")
-        })
+        self.get(token)
+            .or(self.unk)
+            .unwrap_or_else(|| panic!("Vocab: token {token:?} is not in the vocabulary and there is no unknown index"))
     }
 
     /// The indices of `tokens` (unknown ones mapped to the unknown index).
@@ -213,19 +205,14 @@ impl VocabBuilder {
                 *counts.entry(t.as_ref().to_string()).or_default() += 1;
             }
         }
-        let mut ranked: Vec<(String, usize)> = counts
-            .into_iter()
-            .filter(|(t, c)| *c >= self.min_freq && !self.specials.contains(t))
-            .collect();
+        let mut ranked: Vec<(String, usize)> =
+            counts.into_iter().filter(|(t, c)| *c >= self.min_freq && !self.specials.contains(t)).collect();
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         if let Some(max) = self.max_size {
             ranked.truncate(max);
         }
         let mut v = Vocab::from_tokens(
-            self.specials
-                .iter()
-                .map(String::as_str)
-                .chain(ranked.iter().map(|(t, _)| t.as_str())),
+            self.specials.iter().map(String::as_str).chain(ranked.iter().map(|(t, _)| t.as_str())),
             None,
         );
         v.unk = self.unk.as_deref().and_then(|u| v.get(u));
@@ -310,12 +297,7 @@ pub struct PadCollate {
 
 impl Default for PadCollate {
     fn default() -> Self {
-        PadCollate {
-            maxlen: None,
-            padding: Side::Pre,
-            truncating: Side::Pre,
-            pad_index: 0,
-        }
+        PadCollate { maxlen: None, padding: Side::Pre, truncating: Side::Pre, pad_index: 0 }
     }
 }
 
@@ -323,21 +305,10 @@ impl Collate<(Vec<usize>, usize)> for PadCollate {
     type Batch = SequenceBatch;
     fn collate(&self, items: Vec<(Vec<usize>, usize)>) -> SequenceBatch {
         let (seqs, targets): (Vec<Vec<usize>>, Vec<usize>) = items.into_iter().unzip();
-        let rows = pad_sequences(
-            &seqs,
-            self.maxlen,
-            self.padding,
-            self.truncating,
-            self.pad_index,
-        );
+        let rows = pad_sequences(&seqs, self.maxlen, self.padding, self.truncating, self.pad_index);
         let len = rows.first().map_or(self.maxlen.unwrap_or(0), Vec::len);
         let lengths = seqs.iter().map(|s| s.len().min(len)).collect();
-        SequenceBatch {
-            shape: [rows.len(), len],
-            tokens: rows.concat(),
-            lengths,
-            targets,
-        }
+        SequenceBatch { shape: [rows.len(), len], tokens: rows.concat(), lengths, targets }
     }
 }
 
@@ -356,37 +327,22 @@ mod tests {
             pad_sequences(&seqs, Some(3), Side::Post, Side::Pre, 9),
             vec![vec![2, 3, 4], vec![5, 6, 9], vec![9, 9, 9]]
         );
-        assert_eq!(
-            pad_sequences::<u8>(&[], None, Side::Pre, Side::Pre, 0),
-            Vec::<Vec<u8>>::new()
-        );
-        let batch = PadCollate {
-            maxlen: Some(3),
-            ..Default::default()
-        }
-        .collate(vec![(vec![1, 2, 3, 4], 1), (vec![5], 0)]);
+        assert_eq!(pad_sequences::<u8>(&[], None, Side::Pre, Side::Pre, 0), Vec::<Vec<u8>>::new());
+        let batch =
+            PadCollate { maxlen: Some(3), ..Default::default() }.collate(vec![(vec![1, 2, 3, 4], 1), (vec![5], 0)]);
         assert_eq!(batch.tokens, vec![2, 3, 4, 0, 0, 5]);
-        assert_eq!(
-            (batch.shape, batch.lengths, batch.targets),
-            ([2, 3], vec![3, 1], vec![1, 0])
-        );
+        assert_eq!((batch.shape, batch.lengths, batch.targets), ([2, 3], vec![3, 1], vec![1, 0]));
     }
 
     #[test]
     fn vocab_orders_by_count_then_token_and_limits() {
         let docs = ["b a c a b a d"];
-        let v = Vocab::builder()
-            .specials(&["<unk>"])
-            .max_size(2)
-            .build(docs.iter().map(|d| d.split(' ')));
+        let v = Vocab::builder().specials(&["<unk>"]).max_size(2).build(docs.iter().map(|d| d.split(' ')));
         assert_eq!(v.tokens(), &["<unk>", "a", "b"]);
         assert_eq!(v.encode(&["a", "zzz"]), vec![1, 0]);
         let no_unk = Vocab::builder().unk(None).build(vec![vec!["x"]]);
         assert_eq!(no_unk.get("y"), None);
         assert_eq!(keras_tokenize("a--b  c"), vec!["a", "b", "c"]);
-        assert_eq!(
-            basic_english("A (test); \"quoted\""),
-            vec!["a", "(", "test", ")", "quoted"]
-        );
+        assert_eq!(basic_english("A (test); \"quoted\""), vec!["a", "(", "test", ")", "quoted"]);
     }
 }

@@ -12,9 +12,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::path::Path;
 
-use common::{
-    cifar_record, gzip, idx, imdb_npz, npy, npy_i64, npy_object, pickle_object_array, zip,
-};
+use common::{cifar_record, gzip, idx, imdb_npz, npy, npy_i64, npy_object, pickle_object_array, zip};
 use kiln_data::datasets::{read_idx_bytes, Cifar10, Imdb, ImdbConfig, Split};
 use kiln_data::npy::{read_npy, NpyData, Npz};
 use kiln_data::Dataset;
@@ -101,8 +99,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         (any::<usize>(), 1u8..=255).prop_map(|(p, x)| Mutation::Flip(p, x)),
         (any::<usize>(), any::<u8>()).prop_map(|(p, x)| Mutation::Set(p, x)),
         any::<usize>().prop_map(Mutation::Truncate),
-        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..16))
-            .prop_map(|(p, b)| Mutation::Insert(p, b)),
+        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..16)).prop_map(|(p, b)| Mutation::Insert(p, b)),
         (any::<usize>(), 1usize..64).prop_map(|(p, n)| Mutation::Delete(p, n)),
         (any::<usize>(), 0u8..4, interesting).prop_map(|(p, k, v)| Mutation::Field(p, k, v)),
     ]
@@ -128,16 +125,8 @@ fn apply(mut bytes: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
                 let width = if kind & 1 == 0 { 4 } else { 8 };
                 if len >= width {
                     let p = p % (len - width + 1);
-                    let field = if kind & 2 == 0 {
-                        v.to_le_bytes()
-                    } else {
-                        v.to_be_bytes()
-                    };
-                    let field = if kind & 2 == 0 {
-                        field[..width].to_vec()
-                    } else {
-                        field[8 - width..].to_vec()
-                    };
+                    let field = if kind & 2 == 0 { v.to_le_bytes() } else { v.to_be_bytes() };
+                    let field = if kind & 2 == 0 { field[..width].to_vec() } else { field[8 - width..].to_vec() };
                     bytes[p..p + width].copy_from_slice(&field);
                 }
             }
@@ -158,20 +147,13 @@ fn idx_seeds() -> Vec<(u8, Vec<u8>)> {
 }
 
 fn cifar_seeds() -> Vec<Vec<u8>> {
-    vec![
-        cifar_record(3, 10),
-        [cifar_record(0, 0), cifar_record(9, 255)].concat(),
-    ]
+    vec![cifar_record(3, 10), [cifar_record(0, 0), cifar_record(9, 255)].concat()]
 }
 
 fn npy_seeds() -> Vec<Vec<u8>> {
     let mut v = vec![
         npy_i64(&[1, 0, 1, -5]),
-        npy(
-            "<i4",
-            &[2, 2],
-            &[1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0],
-        ),
+        npy("<i4", &[2, 2], &[1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0]),
         npy(">u2", &[3], &[0, 1, 1, 0, 255, 255]),
         npy("|b1", &[2], &[0, 1]),
         npy("<f8", &[1], &1.5f64.to_le_bytes()),
@@ -214,11 +196,7 @@ fn npz_seeds() -> Vec<Vec<u8>> {
 fn check_idx(ndim: u8, gz: bool, file: &[u8]) -> Result<(), TestCaseError> {
     let name = if gz { "f.idx.gz" } else { "f.idx" };
     let (res, largest) = measured(|| read_idx_bytes(name.as_ref(), file, ndim));
-    prop_assert!(
-        largest <= bound(file.len(), gz),
-        "allocated {largest} for {} bytes",
-        file.len()
-    );
+    prop_assert!(largest <= bound(file.len(), gz), "allocated {largest} for {} bytes", file.len());
     if let Ok(idx) = res {
         let count: u64 = idx.dims.iter().map(|&d| d as u64).product();
         prop_assert_eq!(idx.data.len() as u64, count);
@@ -227,17 +205,9 @@ fn check_idx(ndim: u8, gz: bool, file: &[u8]) -> Result<(), TestCaseError> {
 }
 
 fn check_cifar(gz: bool, file: &[u8]) -> Result<(), TestCaseError> {
-    let name = if gz {
-        "data_batch_1.bin.gz"
-    } else {
-        "data_batch_1.bin"
-    };
+    let name = if gz { "data_batch_1.bin.gz" } else { "data_batch_1.bin" };
     let (res, largest) = measured(|| Cifar10::from_batch_bytes(name.as_ref(), file));
-    prop_assert!(
-        largest <= bound(file.len(), gz),
-        "allocated {largest} for {} bytes",
-        file.len()
-    );
+    prop_assert!(largest <= bound(file.len(), gz), "allocated {largest} for {} bytes", file.len());
     if let Ok(b) = res {
         prop_assert!(b.labels().iter().all(|&l| l < 10));
         if !b.is_empty() {
@@ -249,11 +219,7 @@ fn check_cifar(gz: bool, file: &[u8]) -> Result<(), TestCaseError> {
 
 fn check_npy(file: &[u8]) -> Result<(), TestCaseError> {
     let (res, largest) = measured(|| read_npy("f.npy".as_ref(), file));
-    prop_assert!(
-        largest <= bound(file.len(), false),
-        "allocated {largest} for {} bytes",
-        file.len()
-    );
+    prop_assert!(largest <= bound(file.len(), false), "allocated {largest} for {} bytes", file.len());
     if let Ok(a) = res {
         prop_assert_eq!(a.data.len(), a.shape.iter().product::<usize>());
         if let NpyData::Sequences(items) = &a.data {
@@ -282,11 +248,7 @@ fn check_npz(file: &[u8], sel: u8) -> Result<(), TestCaseError> {
         Ok::<_, kiln_data::DataError>((train, test))
     });
     // Members may be deflated.
-    prop_assert!(
-        largest <= bound(file.len(), true),
-        "allocated {largest} for {} bytes",
-        file.len()
-    );
+    prop_assert!(largest <= bound(file.len(), true), "allocated {largest} for {} bytes", file.len());
     if let Ok((train, test)) = res {
         for ds in [train, test].into_iter().flatten() {
             prop_assert_eq!(ds.sequences().len(), ds.labels().len());

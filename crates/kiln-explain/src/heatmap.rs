@@ -184,7 +184,9 @@ pub fn render_heatmap<E: Float>(input: &Tensor<E>, attribution: &Tensor<E>, opti
             // (a white-centred colormap would whiten the digit's strokes instead).
             let color = if v >= 0.0 { [1.0, 0.0, 0.0] } else { [0.0, 0.0, 1.0] };
             let alpha = options.opacity.clamp(0.0, 1.0) * m;
-            let px: [u8; 3] = std::array::from_fn(|c| ((g * (1.0 - alpha) + color[c] * alpha) * 255.0).round().clamp(0.0, 255.0) as u8);
+            let px: [u8; 3] = std::array::from_fn(|c| {
+                ((g * (1.0 - alpha) + color[c] * alpha) * 255.0).round().clamp(0.0, 255.0) as u8
+            });
             for dy in 0..scale {
                 for dx in 0..scale {
                     let i = ((y * scale + dy) * width + x * scale + dx) * 3;
@@ -215,7 +217,11 @@ pub fn render_heatmap<E: Float>(input: &Tensor<E>, attribution: &Tensor<E>, opti
 /// # std::fs::remove_file(&path)?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn save_heatmap_png<E: Float>(input: &Tensor<E>, attribution: &Tensor<E>, path: impl AsRef<Path>) -> Result<(), ExplainError> {
+pub fn save_heatmap_png<E: Float>(
+    input: &Tensor<E>,
+    attribution: &Tensor<E>,
+    path: impl AsRef<Path>,
+) -> Result<(), ExplainError> {
     save_heatmap_png_with(input, attribution, path, &HeatmapOptions::default())
 }
 

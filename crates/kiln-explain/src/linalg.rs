@@ -109,7 +109,13 @@ pub(crate) fn weighted_ridge(x: &[f64], d: usize, y: &[f64], w: &[f64], alpha: f
         ss_res += w[i] * (y[i] - pred).powi(2);
         ss_tot += w[i] * (y[i] - ybar).powi(2);
     }
-    let score = if ss_tot > 0.0 { 1.0 - ss_res / ss_tot } else if ss_res == 0.0 { 1.0 } else { 0.0 };
+    let score = if ss_tot > 0.0 {
+        1.0 - ss_res / ss_tot
+    } else if ss_res == 0.0 {
+        1.0
+    } else {
+        0.0
+    };
     Fit { coefficients: beta, intercept, score }
 }
 

@@ -73,9 +73,7 @@ pub(crate) fn target_column<E: Float>(out: &Var<E>, n: usize, target: usize, met
             assert!(target < *c, "{method}: target {target} out of range for a model output of shape [{m}, {c}]");
             out.select(1, target)
         }
-        s => panic!(
-            "{method}: the model must map a batch of {n} inputs to [{n}, classes] or [{n}], got {s:?}"
-        ),
+        s => panic!("{method}: the model must map a batch of {n} inputs to [{n}, classes] or [{n}], got {s:?}"),
     }
 }
 
@@ -140,11 +138,8 @@ pub(crate) fn gradients<E: Float>(
         outputs.extend(y.value().to_vec().into_iter().map(|v| v.to_f64()));
         // The rows are independent, so d(sum of outputs)/d(row i) is d(output i)/d(row i).
         let total = y.sum_all();
-        let g = if total.requires_grad() {
-            kiln_autograd::grad(&[total], &[x], None, false).pop().flatten()
-        } else {
-            None
-        };
+        let g =
+            if total.requires_grad() { kiln_autograd::grad(&[total], &[x], None, false).pop().flatten() } else { None };
         match g {
             Some(g) => grads.extend(g.value().to_vec()),
             // The output does not depend on the input: a zero gradient.

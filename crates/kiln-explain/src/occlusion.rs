@@ -43,10 +43,7 @@ pub fn occlusion<E: Float, V>(
         stride.len(),
         "occlusion: window {window:?} and stride {stride:?} name different numbers of dimensions"
     );
-    assert!(
-        window.len() <= shape.len(),
-        "occlusion: window {window:?} has more dimensions than the input {shape:?}"
-    );
+    assert!(window.len() <= shape.len(), "occlusion: window {window:?} has more dimensions than the input {shape:?}");
     let lead = shape.len() - window.len();
     // Full windows over the leading dimensions.
     let win: Vec<usize> = shape[..lead].iter().copied().chain(window.iter().copied()).collect();

@@ -244,7 +244,14 @@ impl<E: Float> Segmented<E> {
 
     /// The explained output for each coalition (`masks`, `len()` flags per coalition, `true` =
     /// segment shown), averaged over the background samples.
-    pub(crate) fn evaluate_masks(&self, model: DynModel<'_, E>, masks: &[Vec<bool>], target: usize, batch_size: usize, method: &str) -> Vec<f64> {
+    pub(crate) fn evaluate_masks(
+        &self,
+        model: DynModel<'_, E>,
+        masks: &[Vec<bool>],
+        target: usize,
+        batch_size: usize,
+        method: &str,
+    ) -> Vec<f64> {
         let x = self.input.as_slice().expect("contiguous");
         let bg = self.background.as_slice().expect("contiguous");
         let numel = x.len();

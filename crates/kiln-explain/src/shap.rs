@@ -110,7 +110,8 @@ pub fn kernel_shap<E: Float, V>(
     let players: Vec<usize> = (0..total).filter(|&s| varying[s]).collect();
     let m = players.len();
 
-    let ends = input.evaluate_masks(&f, &[vec![true; total], vec![false; total]], target, config.batch_size, "kernel_shap");
+    let ends =
+        input.evaluate_masks(&f, &[vec![true; total], vec![false; total]], target, config.batch_size, "kernel_shap");
     let (prediction, expected_value) = (ends[0], ends[1]);
     let delta = prediction - expected_value;
     let mut values = vec![0.0; total];
@@ -134,11 +135,8 @@ pub fn kernel_shap<E: Float, V>(
     let all = if m < 63 { (1u64 << m) - 2 } else { u64::MAX };
     let budget = config.n_samples.unwrap_or(2 * m + 2048).max(2) as u64;
     let exact = m <= config.exact_max_segments || budget >= all;
-    let (coalitions, weights) = if exact {
-        enumerate_all(m)
-    } else {
-        sample_coalitions(m, budget as usize, &mut Rng::new(config.seed))
-    };
+    let (coalitions, weights) =
+        if exact { enumerate_all(m) } else { sample_coalitions(m, budget as usize, &mut Rng::new(config.seed)) };
 
     // Coalitions over the players, widened to all segments (non-varying ones shown: it makes
     // no difference to the output).

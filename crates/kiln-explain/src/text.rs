@@ -40,9 +40,7 @@ impl TokenScores {
         let seg = input.segments();
         assert_eq!(values.len(), seg.len(), "TokenScores: {} values for {} tokens", values.len(), seg.len());
         let ids = input.token_ids();
-        let tokens = (0..seg.numel())
-            .filter_map(|i| seg.label(i).map(|s| (vocab(ids[i]), values[s])))
-            .collect();
+        let tokens = (0..seg.numel()).filter_map(|i| seg.label(i).map(|s| (vocab(ids[i]), values[s]))).collect();
         TokenScores { tokens }
     }
 

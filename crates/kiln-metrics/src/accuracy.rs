@@ -55,23 +55,13 @@ impl Accuracy {
     /// **Panics** if `num_classes` is 0.
     #[must_use]
     pub fn multiclass(num_classes: usize) -> Accuracy {
-        Accuracy {
-            task: Task::multiclass("Accuracy", num_classes),
-            top_k: 1,
-            correct: 0,
-            total: 0,
-        }
+        Accuracy { task: Task::multiclass("Accuracy", num_classes), top_k: 1, correct: 0, total: 0 }
     }
 
     /// Binary accuracy with threshold 0.5 (see [`with_threshold`](Accuracy::with_threshold)).
     #[must_use]
     pub fn binary() -> Accuracy {
-        Accuracy {
-            task: Task::Binary { threshold: 0.5 },
-            top_k: 1,
-            correct: 0,
-            total: 0,
-        }
+        Accuracy { task: Task::Binary { threshold: 0.5 }, top_k: 1, correct: 0, total: 0 }
     }
 
     /// Sets the threshold of a binary accuracy: a score `>= threshold` predicts class 1
@@ -93,10 +83,7 @@ impl Accuracy {
             Task::Binary { .. } => panic!("Accuracy: top-k applies to multiclass accuracy only"),
             Task::Multiclass { num_classes } => num_classes,
         };
-        assert!(
-            k >= 1 && k <= c,
-            "Accuracy: top_k must be in 1..={c}, got {k}"
-        );
+        assert!(k >= 1 && k <= c, "Accuracy: top_k must be in 1..={c}, got {k}");
         self.top_k = k;
         self
     }
@@ -124,11 +111,7 @@ impl Accuracy {
     /// **Panics** if the lengths differ, an index is out of range, or top-k is set (it needs
     /// scores).
     pub fn update_labels(&mut self, preds: &[usize], targets: &[usize]) {
-        assert!(
-            self.top_k == 1,
-            "Accuracy: top_k = {} needs scores, got class indices",
-            self.top_k
-        );
+        assert!(self.top_k == 1, "Accuracy: top_k = {} needs scores, got class indices", self.top_k);
         check_same_len("Accuracy", preds.len(), targets.len());
         let c = self.task.num_classes();
         check_labels("Accuracy", "predictions", preds, c);
@@ -149,10 +132,7 @@ impl Accuracy {
         }
         check_score_rows("Accuracy", scores.len(), c, targets.len());
         check_labels("Accuracy", "targets", targets, c);
-        let hits = scores
-            .chunks_exact(c)
-            .zip(targets)
-            .filter(|&(row, &t)| in_top_k(row, t, self.top_k));
+        let hits = scores.chunks_exact(c).zip(targets).filter(|&(row, &t)| in_top_k(row, t, self.top_k));
         self.correct += hits.count() as u64;
         self.total += targets.len() as u64;
     }
@@ -241,12 +221,7 @@ pub fn binary_accuracy<E: Float>(scores: &[E], targets: &[usize], threshold: f64
 /// assert_eq!(top_k_accuracy(&scores, &[2, 2], 3, 2), 0.5);
 /// ```
 #[must_use]
-pub fn top_k_accuracy<E: Float>(
-    scores: &[E],
-    targets: &[usize],
-    num_classes: usize,
-    k: usize,
-) -> f64 {
+pub fn top_k_accuracy<E: Float>(scores: &[E], targets: &[usize], num_classes: usize, k: usize) -> f64 {
     let mut acc = Accuracy::multiclass(num_classes).with_top_k(k);
     acc.update_scores(scores, targets);
     acc.compute()
@@ -261,9 +236,7 @@ mod tests {
     fn hand_checked() {
         assert_eq!(accuracy(&[0, 1, 2, 2], &[0, 1, 1, 2]), 0.75);
         assert!(accuracy(&[], &[]).is_nan());
-        let scores = [
-            0.2f64, 0.5, 0.3, /**/ 0.6, 0.3, 0.1, /**/ 0.1, 0.1, 0.8,
-        ];
+        let scores = [0.2f64, 0.5, 0.3, /**/ 0.6, 0.3, 0.1, /**/ 0.1, 0.1, 0.8];
         let targets = [2, 0, 1];
         assert_eq!(top_k_accuracy(&scores, &targets, 3, 1), 1.0 / 3.0);
         assert_eq!(top_k_accuracy(&scores, &targets, 3, 2), 2.0 / 3.0);
@@ -286,15 +259,9 @@ mod tests {
     #[test]
     fn binary_threshold() {
         assert_eq!(binary_accuracy(&[0.5f64, 0.49999], &[1, 0], 0.5), 1.0);
-        assert_eq!(
-            binary_accuracy(&[-0.1f64, 0.0, 3.0], &[0, 0, 1], 0.0),
-            2.0 / 3.0
-        );
+        assert_eq!(binary_accuracy(&[-0.1f64, 0.0, 3.0], &[0, 0, 1], 0.0), 2.0 / 3.0);
         let mut acc = Accuracy::binary().with_threshold(0.7);
-        acc.update(
-            &Shaped(vec![0.6, 0.8], vec![2, 1]),
-            &Shaped(vec![0.0, 1.0], vec![2]),
-        );
+        acc.update(&Shaped(vec![0.6, 0.8], vec![2, 1]), &Shaped(vec![0.0, 1.0], vec![2]));
         assert_eq!(acc.compute(), 1.0);
     }
 
@@ -329,9 +296,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "Accuracy: top_k = 2 needs scores, got class indices")]
     fn top_k_needs_scores() {
-        Accuracy::multiclass(3)
-            .with_top_k(2)
-            .update_labels(&[0], &[0]);
+        Accuracy::multiclass(3).with_top_k(2).update_labels(&[0], &[0]);
     }
 
     #[test]

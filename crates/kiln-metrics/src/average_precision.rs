@@ -60,9 +60,7 @@ impl AveragePrecision {
     /// Binary average precision: one score per sample (higher means class 1), targets 0/1.
     #[must_use]
     pub fn binary() -> AveragePrecision {
-        AveragePrecision {
-            ranking: Ranking::binary(),
-        }
+        AveragePrecision { ranking: Ranking::binary() }
     }
 
     /// One-vs-rest average precision over `num_classes` classes, from `[N, num_classes]`
@@ -71,24 +69,20 @@ impl AveragePrecision {
     /// **Panics** if `num_classes` is 0 or `average` is [`Average::Binary`].
     #[must_use]
     pub fn multiclass(num_classes: usize, average: Average) -> AveragePrecision {
-        AveragePrecision {
-            ranking: Ranking::multiclass("AveragePrecision", num_classes, average),
-        }
+        AveragePrecision { ranking: Ranking::multiclass("AveragePrecision", num_classes, average) }
     }
 
     /// Accumulates scores: one per sample (binary) or `[N, num_classes]` row-major rows.
     ///
     /// **Panics** if the number of scores does not fit the targets or a target is out of range.
     pub fn update_scores<E: Float>(&mut self, scores: &[E], targets: &[usize]) {
-        self.ranking
-            .update_scores("AveragePrecision", scores, targets);
+        self.ranking.update_scores("AveragePrecision", scores, targets);
     }
 
     /// The average precision of every class against the rest (one value if binary).
     #[must_use]
     pub fn compute_per_class(&self) -> Vec<f64> {
-        self.ranking
-            .per_class("AveragePrecision", average_precision_of)
+        self.ranking.per_class("AveragePrecision", average_precision_of)
     }
 
     /// The number of samples kept.
@@ -123,8 +117,7 @@ impl Metric for AveragePrecision {
     }
 
     fn compute(&self) -> f64 {
-        self.ranking
-            .compute("AveragePrecision", average_precision_of)
+        self.ranking.compute("AveragePrecision", average_precision_of)
     }
 
     fn reset(&mut self) {
@@ -159,12 +152,7 @@ pub fn average_precision<E: Float>(scores: &[E], targets: &[usize]) -> f64 {
 /// **Panics** if the scores do not form `[targets.len(), num_classes]`, a target is out of
 /// range, a score is NaN, or `average` is [`Average::Binary`].
 #[must_use]
-pub fn average_precision_ovr<E: Float>(
-    scores: &[E],
-    targets: &[usize],
-    num_classes: usize,
-    average: Average,
-) -> f64 {
+pub fn average_precision_ovr<E: Float>(scores: &[E], targets: &[usize], num_classes: usize, average: Average) -> f64 {
     let mut m = AveragePrecision::multiclass(num_classes, average);
     m.update_scores(scores, targets);
     m.compute()
@@ -174,11 +162,7 @@ pub fn average_precision_ovr<E: Float>(
 ///
 /// **Panics** as [`average_precision_ovr`].
 #[must_use]
-pub fn average_precision_ovr_per_class<E: Float>(
-    scores: &[E],
-    targets: &[usize],
-    num_classes: usize,
-) -> Vec<f64> {
+pub fn average_precision_ovr_per_class<E: Float>(scores: &[E], targets: &[usize], num_classes: usize) -> Vec<f64> {
     let mut m = AveragePrecision::multiclass(num_classes, Average::Macro);
     m.update_scores(scores, targets);
     m.compute_per_class()
@@ -216,20 +200,11 @@ pub fn precision_recall_curve<E: Float>(scores: &[E], targets: &[usize]) -> Prec
     let positive: Vec<bool> = r.targets.iter().map(|&t| t == 1).collect();
     let curve = ClfCurve::new("precision_recall_curve", &r.scores, &positive);
     let p = curve.positives();
-    let mut out = PrecisionRecallCurve {
-        precision: Vec::new(),
-        recall: Vec::new(),
-        thresholds: Vec::new(),
-    };
+    let mut out = PrecisionRecallCurve { precision: Vec::new(), recall: Vec::new(), thresholds: Vec::new() };
     for k in (0..curve.tps.len()).rev() {
         let (tp, fp) = (curve.tps[k], curve.fps[k]);
-        out.precision.push(if tp + fp == 0 {
-            0.0
-        } else {
-            tp as f64 / (tp + fp) as f64
-        });
-        out.recall
-            .push(if p == 0 { 1.0 } else { tp as f64 / p as f64 });
+        out.precision.push(if tp + fp == 0 { 0.0 } else { tp as f64 / (tp + fp) as f64 });
+        out.recall.push(if p == 0 { 1.0 } else { tp as f64 / p as f64 });
         out.thresholds.push(curve.thresholds[k]);
     }
     out.precision.push(1.0);
@@ -245,9 +220,7 @@ mod tests {
     /// `-Σ diff(recall) · precision[:-1]`.
     fn from_curve(scores: &[f64], targets: &[usize]) -> f64 {
         let c = precision_recall_curve(scores, targets);
-        -(0..c.recall.len() - 1)
-            .map(|i| (c.recall[i + 1] - c.recall[i]) * c.precision[i])
-            .sum::<f64>()
+        -(0..c.recall.len() - 1).map(|i| (c.recall[i + 1] - c.recall[i]) * c.precision[i]).sum::<f64>()
     }
 
     #[test]
@@ -257,9 +230,7 @@ mod tests {
         // thresholds 0.9 (tp 1, fp 0), 0.5 (tp 2, fp 3), 0.1 (tp 3, fp 3)
         let expected = (1.0 / 3.0) * 1.0 + (1.0 / 3.0) * (2.0 / 5.0) + (1.0 / 3.0) * 0.5;
         assert!((average_precision(&scores, &targets) - expected).abs() < 1e-15);
-        assert!(
-            (average_precision(&scores, &targets) - from_curve(&scores, &targets)).abs() < 1e-15
-        );
+        assert!((average_precision(&scores, &targets) - from_curve(&scores, &targets)).abs() < 1e-15);
     }
 
     #[test]
@@ -274,10 +245,7 @@ mod tests {
 
     #[test]
     fn one_vs_rest() {
-        let scores = [
-            0.7, 0.2, 0.1, /**/ 0.3, 0.6, 0.1, /**/ 0.5, 0.4, 0.1, /**/ 0.2, 0.2,
-            0.6,
-        ];
+        let scores = [0.7, 0.2, 0.1, /**/ 0.3, 0.6, 0.1, /**/ 0.5, 0.4, 0.1, /**/ 0.2, 0.2, 0.6];
         let targets = [0, 1, 0, 1];
         let per = average_precision_ovr_per_class(&scores, &targets, 3);
         assert_eq!(per[0], 1.0);
@@ -288,10 +256,7 @@ mod tests {
         assert!((macro_ - (1.0 + 0.75) / 3.0).abs() < 1e-15);
         let weighted = average_precision_ovr(&scores, &targets, 3, Average::Weighted);
         assert!((weighted - 0.875).abs() < 1e-15);
-        let flat_targets: Vec<usize> = targets
-            .iter()
-            .flat_map(|&t| (0..3).map(move |c| usize::from(c == t)))
-            .collect();
+        let flat_targets: Vec<usize> = targets.iter().flat_map(|&t| (0..3).map(move |c| usize::from(c == t))).collect();
         let micro = average_precision_ovr(&scores, &targets, 3, Average::Micro);
         assert_eq!(micro, average_precision(&scores, &flat_targets));
     }

@@ -52,14 +52,7 @@ impl ClassStats {
     pub(crate) fn new(op: &str, task: Task, average: Average) -> ClassStats {
         let c = task.num_classes();
         average.check(op, c);
-        ClassStats {
-            task,
-            average,
-            zero_division: 0.0,
-            tp: vec![0; c],
-            fp: vec![0; c],
-            fn_: vec![0; c],
-        }
+        ClassStats { task, average, zero_division: 0.0, tp: vec![0; c], fp: vec![0; c], fn_: vec![0; c] }
     }
 
     pub(crate) fn num_classes(&self) -> usize {
@@ -112,11 +105,7 @@ impl ClassStats {
             other.average,
             other.zero_division
         );
-        for (a, b) in [
-            (&mut self.tp, &other.tp),
-            (&mut self.fp, &other.fp),
-            (&mut self.fn_, &other.fn_),
-        ] {
+        for (a, b) in [(&mut self.tp, &other.tp), (&mut self.fp, &other.fp), (&mut self.fn_, &other.fn_)] {
             a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
         }
     }
@@ -128,15 +117,7 @@ impl ClassStats {
 
     pub(crate) fn per_class(&self, score: Score) -> Vec<f64> {
         (0..self.num_classes())
-            .map(|c| {
-                score_of(
-                    score,
-                    self.tp[c],
-                    self.fp[c],
-                    self.fn_[c],
-                    self.zero_division,
-                )
-            })
+            .map(|c| score_of(score, self.tp[c], self.fp[c], self.fn_[c], self.zero_division))
             .collect()
     }
 
@@ -145,13 +126,7 @@ impl ClassStats {
             Average::Binary => self.per_class(score)[1],
             Average::Micro => {
                 let sum = |v: &[u64]| v.iter().sum::<u64>();
-                score_of(
-                    score,
-                    sum(&self.tp),
-                    sum(&self.fp),
-                    sum(&self.fn_),
-                    self.zero_division,
-                )
+                score_of(score, sum(&self.tp), sum(&self.fp), sum(&self.fn_), self.zero_division)
             }
             Average::Macro => nan_average(&self.per_class(score), None),
             Average::Weighted => {
@@ -303,10 +278,7 @@ mod tests {
         assert_eq!(score_of(Score::FBeta(1.0), 2, 1, 3, 0.0), 4.0 / 8.0);
         assert_eq!(score_of(Score::FBeta(2.0), 2, 1, 3, 0.0), 10.0 / 23.0);
         assert_eq!(score_of(Score::FBeta(0.0), 2, 1, 3, 0.0), 2.0 / 3.0);
-        assert_eq!(
-            score_of(Score::FBeta(f64::INFINITY), 2, 1, 3, 0.0),
-            2.0 / 5.0
-        );
+        assert_eq!(score_of(Score::FBeta(f64::INFINITY), 2, 1, 3, 0.0), 2.0 / 5.0);
     }
 
     #[test]

@@ -51,21 +51,13 @@ impl ConfusionMatrix {
     #[must_use]
     pub fn multiclass(num_classes: usize) -> ConfusionMatrix {
         let task = Task::multiclass("ConfusionMatrix", num_classes);
-        ConfusionMatrix {
-            task,
-            normalize: None,
-            counts: vec![0; num_classes * num_classes],
-        }
+        ConfusionMatrix { task, normalize: None, counts: vec![0; num_classes * num_classes] }
     }
 
     /// A 2 x 2 confusion matrix of binary scores thresholded at 0.5.
     #[must_use]
     pub fn binary() -> ConfusionMatrix {
-        ConfusionMatrix {
-            task: Task::Binary { threshold: 0.5 },
-            normalize: None,
-            counts: vec![0; 4],
-        }
+        ConfusionMatrix { task: Task::Binary { threshold: 0.5 }, normalize: None, counts: vec![0; 4] }
     }
 
     /// Sets the threshold of a binary matrix: a score `>= threshold` predicts class 1.
@@ -93,10 +85,7 @@ impl ConfusionMatrix {
     /// The raw counts, one row per true class.
     #[must_use]
     pub fn counts(&self) -> Vec<Vec<u64>> {
-        self.counts
-            .chunks(self.num_classes())
-            .map(<[u64]>::to_vec)
-            .collect()
+        self.counts.chunks(self.num_classes()).map(<[u64]>::to_vec).collect()
     }
 
     /// Accumulates hard predictions (class indices).
@@ -140,10 +129,7 @@ impl Metric for ConfusionMatrix {
         let counts = self.counts();
         match self.normalize {
             Some(how) => normalize_confusion_matrix(&counts, how),
-            None => counts
-                .iter()
-                .map(|row| row.iter().map(|&x| x as f64).collect())
-                .collect(),
+            None => counts.iter().map(|row| row.iter().map(|&x| x as f64).collect()).collect(),
         }
     }
 
@@ -160,10 +146,7 @@ impl Metric for ConfusionMatrix {
             other.task,
             other.normalize
         );
-        self.counts
-            .iter_mut()
-            .zip(&other.counts)
-            .for_each(|(a, b)| *a += b);
+        self.counts.iter_mut().zip(&other.counts).for_each(|(a, b)| *a += b);
     }
 }
 
@@ -205,9 +188,8 @@ pub fn normalize_confusion_matrix(counts: &[Vec<u64>], how: Normalize) -> Vec<Ve
         }
     };
     let row_sums: Vec<u64> = counts.iter().map(|r| r.iter().sum()).collect();
-    let col_sums: Vec<u64> = (0..counts.first().map_or(0, Vec::len))
-        .map(|j| counts.iter().map(|r| r[j]).sum())
-        .collect();
+    let col_sums: Vec<u64> =
+        (0..counts.first().map_or(0, Vec::len)).map(|j| counts.iter().map(|r| r[j]).sum()).collect();
     let all: u64 = row_sums.iter().sum();
     (0..n)
         .map(|i| {
@@ -233,15 +215,7 @@ mod tests {
     fn hand_checked_with_empty_class() {
         // class 3 never occurs and is never predicted
         let cm = confusion_matrix(&[0, 1, 1, 2, 0], &[0, 1, 2, 2, 1], 4);
-        assert_eq!(
-            cm,
-            vec![
-                vec![1, 0, 0, 0],
-                vec![1, 1, 0, 0],
-                vec![0, 1, 1, 0],
-                vec![0, 0, 0, 0]
-            ]
-        );
+        assert_eq!(cm, vec![vec![1, 0, 0, 0], vec![1, 1, 0, 0], vec![0, 1, 1, 0], vec![0, 0, 0, 0]]);
         let cols = normalize_confusion_matrix(&cm, Normalize::Pred);
         assert_eq!(cols[1], vec![0.5, 0.5, 0.0, 0.0]);
         assert_eq!(cols[3], vec![0.0; 4]);
@@ -254,10 +228,7 @@ mod tests {
     #[test]
     fn binary_layout_and_scores() {
         let mut cm = ConfusionMatrix::binary().with_threshold(0.3);
-        cm.update(
-            &Shaped(vec![0.2, 0.3, 0.9, 0.1], vec![4]),
-            &Shaped(vec![0.0, 0.0, 1.0, 1.0], vec![4]),
-        );
+        cm.update(&Shaped(vec![0.2, 0.3, 0.9, 0.1], vec![4]), &Shaped(vec![0.0, 0.0, 1.0, 1.0], vec![4]));
         // tn 1, fp 1, fn 1, tp 1
         assert_eq!(cm.counts(), vec![vec![1, 1], vec![1, 1]]);
         assert_eq!(cm.name(), "confusion_matrix");

@@ -38,10 +38,7 @@ impl FBeta {
     #[must_use]
     pub fn binary(beta: f64) -> FBeta {
         check_beta("FBeta", beta);
-        FBeta {
-            stats: ClassStats::new("FBeta", Task::Binary { threshold: 0.5 }, Average::Binary),
-            beta,
-        }
+        FBeta { stats: ClassStats::new("FBeta", Task::Binary { threshold: 0.5 }, Average::Binary), beta }
     }
 
     /// Multiclass F-beta over `num_classes` classes.
@@ -52,10 +49,7 @@ impl FBeta {
     pub fn multiclass(beta: f64, num_classes: usize, average: Average) -> FBeta {
         check_beta("FBeta", beta);
         let task = Task::multiclass("FBeta", num_classes);
-        FBeta {
-            stats: ClassStats::new("FBeta", task, average),
-            beta,
-        }
+        FBeta { stats: ClassStats::new("FBeta", task, average), beta }
     }
 
     /// The β this metric was built with.
@@ -98,9 +92,7 @@ impl F1Score {
     /// Binary F1 of class 1 (threshold 0.5, [`Average::Binary`]).
     #[must_use]
     pub fn binary() -> F1Score {
-        F1Score {
-            stats: ClassStats::new("F1Score", Task::Binary { threshold: 0.5 }, Average::Binary),
-        }
+        F1Score { stats: ClassStats::new("F1Score", Task::Binary { threshold: 0.5 }, Average::Binary) }
     }
 
     /// Multiclass F1 over `num_classes` classes.
@@ -110,9 +102,7 @@ impl F1Score {
     #[must_use]
     pub fn multiclass(num_classes: usize, average: Average) -> F1Score {
         let task = Task::multiclass("F1Score", num_classes);
-        F1Score {
-            stats: ClassStats::new("F1Score", task, average),
-        }
+        F1Score { stats: ClassStats::new("F1Score", task, average) }
     }
 
     fn score(&self) -> Score {
@@ -145,15 +135,7 @@ pub fn fbeta_score(
     zero_division: f64,
 ) -> f64 {
     check_beta("fbeta_score", beta);
-    stats_of(
-        "fbeta_score",
-        preds,
-        targets,
-        num_classes,
-        average,
-        zero_division,
-    )
-    .compute(Score::FBeta(beta))
+    stats_of("fbeta_score", preds, targets, num_classes, average, zero_division).compute(Score::FBeta(beta))
 }
 
 /// F-beta score of every class (scikit-learn's `average=None`).
@@ -168,15 +150,7 @@ pub fn fbeta_score_per_class(
     zero_division: f64,
 ) -> Vec<f64> {
     check_beta("fbeta_score", beta);
-    stats_of(
-        "fbeta_score",
-        preds,
-        targets,
-        num_classes,
-        Average::Macro,
-        zero_division,
-    )
-    .per_class(Score::FBeta(beta))
+    stats_of("fbeta_score", preds, targets, num_classes, Average::Macro, zero_division).per_class(Score::FBeta(beta))
 }
 
 /// F1 score of hard predictions (scikit-learn's `f1_score`): [`fbeta_score`] with β = 1.
@@ -188,13 +162,7 @@ pub fn fbeta_score_per_class(
 /// assert_eq!(f1_score(&[1, 1, 0, 0], &[1, 0, 1, 1], 2, Average::Binary, 0.0), 0.4);
 /// ```
 #[must_use]
-pub fn f1_score(
-    preds: &[usize],
-    targets: &[usize],
-    num_classes: usize,
-    average: Average,
-    zero_division: f64,
-) -> f64 {
+pub fn f1_score(preds: &[usize], targets: &[usize], num_classes: usize, average: Average, zero_division: f64) -> f64 {
     fbeta_score(preds, targets, num_classes, 1.0, average, zero_division)
 }
 
@@ -202,12 +170,7 @@ pub fn f1_score(
 ///
 /// **Panics** if the lengths differ or an index is `>= num_classes`.
 #[must_use]
-pub fn f1_score_per_class(
-    preds: &[usize],
-    targets: &[usize],
-    num_classes: usize,
-    zero_division: f64,
-) -> Vec<f64> {
+pub fn f1_score_per_class(preds: &[usize], targets: &[usize], num_classes: usize, zero_division: f64) -> Vec<f64> {
     fbeta_score_per_class(preds, targets, num_classes, 1.0, zero_division)
 }
 
@@ -237,10 +200,7 @@ mod tests {
         let p = precision_per_class(&preds, &targets, 3, 0.0);
         let r = recall_per_class(&preds, &targets, 3, 0.0);
         assert_eq!(fbeta_score_per_class(&preds, &targets, 3, 0.0, 0.0), p);
-        assert_eq!(
-            fbeta_score_per_class(&preds, &targets, 3, f64::INFINITY, 0.0),
-            r
-        );
+        assert_eq!(fbeta_score_per_class(&preds, &targets, 3, f64::INFINITY, 0.0), r);
     }
 
     #[test]
@@ -249,10 +209,7 @@ mod tests {
         // class 3 is neither: F = zero_division
         let preds = [0, 1, 1];
         let targets = [0, 1, 2];
-        assert_eq!(
-            f1_score_per_class(&preds, &targets, 4, 1.0),
-            vec![1.0, 2.0 / 3.0, 0.0, 1.0]
-        );
+        assert_eq!(f1_score_per_class(&preds, &targets, 4, 1.0), vec![1.0, 2.0 / 3.0, 0.0, 1.0]);
         let mut f = F1Score::multiclass(4, Average::Weighted).with_zero_division(1.0);
         f.update_labels(&preds, &targets);
         // weights 1, 1, 1, 0

@@ -16,8 +16,7 @@
 
 pub use crate::accuracy::{accuracy, binary_accuracy, top_k_accuracy};
 pub use crate::average_precision::{
-    average_precision, average_precision_ovr, average_precision_ovr_per_class,
-    precision_recall_curve,
+    average_precision, average_precision_ovr, average_precision_ovr_per_class, precision_recall_curve,
 };
 pub use crate::confusion_matrix::{confusion_matrix, normalize_confusion_matrix};
 pub use crate::fbeta::{f1_score, f1_score_per_class, fbeta_score, fbeta_score_per_class};

@@ -42,16 +42,8 @@ impl Task {
     pub(crate) fn predict<E: Float>(&self, op: &str, scores: &[E], n: usize) -> Vec<usize> {
         match *self {
             Task::Binary { threshold } => {
-                assert_eq!(
-                    scores.len(),
-                    n,
-                    "{op}: {} binary scores for {n} targets",
-                    scores.len()
-                );
-                scores
-                    .iter()
-                    .map(|&s| usize::from(Float::to_f64(s) >= threshold))
-                    .collect()
+                assert_eq!(scores.len(), n, "{op}: {} binary scores for {n} targets", scores.len());
+                scores.iter().map(|&s| usize::from(Float::to_f64(s) >= threshold)).collect()
             }
             Task::Multiclass { num_classes } => {
                 check_score_rows(op, scores.len(), num_classes, n);
@@ -108,11 +100,7 @@ pub(crate) fn argmax_rows<E: Float>(scores: &[E], num_classes: usize) -> Vec<usi
 /// broken by the lower class index (so `k = 1` agrees with [`argmax_rows`]).
 pub(crate) fn in_top_k<E: Float>(row: &[E], target: usize, k: usize) -> bool {
     let t = row[target];
-    let ahead = row
-        .iter()
-        .enumerate()
-        .filter(|&(j, &v)| v > t || (v == t && j < target))
-        .count();
+    let ahead = row.iter().enumerate().filter(|&(j, &v)| v > t || (v == t && j < target)).count();
     ahead < k
 }
 
@@ -125,21 +113,13 @@ pub(crate) fn check_labels(op: &str, what: &str, labels: &[usize], num_classes: 
 
 /// Panics unless predictions and targets have the same length.
 pub(crate) fn check_same_len(op: &str, preds: usize, targets: usize) {
-    assert!(
-        preds == targets,
-        "{op}: {preds} predictions and {targets} targets differ in length"
-    );
+    assert!(preds == targets, "{op}: {preds} predictions and {targets} targets differ in length");
 }
 
 /// Converts floating class indices (as stored in a tensor) to `usize`.
 ///
 /// **Panics** unless every value is a whole number in `0..num_classes`.
-pub(crate) fn labels_from_f64(
-    op: &str,
-    what: &str,
-    values: &[f64],
-    num_classes: usize,
-) -> Vec<usize> {
+pub(crate) fn labels_from_f64(op: &str, what: &str, values: &[f64], num_classes: usize) -> Vec<usize> {
     values
         .iter()
         .enumerate()
@@ -216,10 +196,7 @@ pub(crate) fn read_classification(
                 let labels = labels_from_f64(op, "predictions", &preds.to_f64_vec(), num_classes);
                 (Prediction::Labels(labels), target_values)
             } else if is_score_layout(&ps, &ts, num_classes) {
-                (
-                    Prediction::Scores(class_axis_last(preds.to_f64_vec(), &ps)),
-                    target_values,
-                )
+                (Prediction::Scores(class_axis_last(preds.to_f64_vec(), &ps)), target_values)
             } else {
                 panic!(
                     "{op}: predictions {ps:?} do not fit targets {ts:?}: expected class indices of \
@@ -233,16 +210,9 @@ pub(crate) fn read_classification(
 /// Reads a regression batch: predictions and targets of one shape (size-1 axes aside).
 ///
 /// **Panics** if the shapes differ.
-pub(crate) fn read_regression(
-    op: &str,
-    preds: &dyn MetricInput,
-    targets: &dyn MetricInput,
-) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn read_regression(op: &str, preds: &dyn MetricInput, targets: &dyn MetricInput) -> (Vec<f64>, Vec<f64>) {
     let (ps, ts) = (preds.shape(), targets.shape());
-    assert!(
-        squeezed(&ps) == squeezed(&ts),
-        "{op}: predictions {ps:?} and targets {ts:?} must have the same shape"
-    );
+    assert!(squeezed(&ps) == squeezed(&ts), "{op}: predictions {ps:?} and targets {ts:?} must have the same shape");
     (preds.to_f64_vec(), targets.to_f64_vec())
 }
 
@@ -281,10 +251,7 @@ pub(crate) mod tests {
     fn class_axis_moves_last() {
         // [N=1, C=2, L=3]: class 0 = [0, 1, 2], class 1 = [10, 11, 12]
         let v = vec![0.0, 1.0, 2.0, 10.0, 11.0, 12.0];
-        assert_eq!(
-            class_axis_last(v, &[1, 2, 3]),
-            vec![0.0, 10.0, 1.0, 11.0, 2.0, 12.0]
-        );
+        assert_eq!(class_axis_last(v, &[1, 2, 3]), vec![0.0, 10.0, 1.0, 11.0, 2.0, 12.0]);
     }
 
     #[test]
@@ -297,11 +264,7 @@ pub(crate) mod tests {
         let (p, _) = task.read("t", &Shaped(vec![0.0; 6], vec![2, 3]), &t);
         assert_eq!(p, Prediction::Scores(vec![0.0; 6]));
         let binary = Task::Binary { threshold: 0.5 };
-        let (p, _) = binary.read(
-            "t",
-            &Shaped(vec![0.2, 0.7], vec![2, 1]),
-            &Shaped(vec![0.0, 1.0], vec![2]),
-        );
+        let (p, _) = binary.read("t", &Shaped(vec![0.2, 0.7], vec![2, 1]), &Shaped(vec![0.0, 1.0], vec![2]));
         assert_eq!(p, Prediction::Scores(vec![0.2, 0.7]));
     }
 
@@ -309,21 +272,13 @@ pub(crate) mod tests {
     #[should_panic(expected = "t: targets[1] = 1.5 is not a class index in 0..3")]
     fn rejects_fractional_targets() {
         let task = Task::Multiclass { num_classes: 3 };
-        task.read(
-            "t",
-            &Shaped(vec![0.0, 1.0], vec![2]),
-            &Shaped(vec![0.0, 1.5], vec![2]),
-        );
+        task.read("t", &Shaped(vec![0.0, 1.0], vec![2]), &Shaped(vec![0.0, 1.5], vec![2]));
     }
 
     #[test]
     #[should_panic(expected = "predictions [2, 4] do not fit targets [2]")]
     fn rejects_wrong_class_count() {
         let task = Task::Multiclass { num_classes: 3 };
-        task.read(
-            "t",
-            &Shaped(vec![0.0; 8], vec![2, 4]),
-            &Shaped(vec![0.0, 1.0], vec![2]),
-        );
+        task.read("t", &Shaped(vec![0.0; 8], vec![2, 4]), &Shaped(vec![0.0, 1.0], vec![2]));
     }
 }

@@ -118,10 +118,7 @@ mod tests {
         let mut a = MeanAbsoluteError::new();
         let mut b = MeanAbsoluteError::new();
         a.update_values(&p[..7], &t[..7]);
-        b.update(
-            &Shaped(p[7..].to_vec(), vec![13, 1]),
-            &Shaped(t[7..].to_vec(), vec![13]),
-        );
+        b.update(&Shaped(p[7..].to_vec(), vec![13, 1]), &Shaped(t[7..].to_vec(), vec![13]));
         a.merge(&b);
         assert!((a.compute() - whole.compute()).abs() < 1e-15);
         assert_eq!(a.count(), 20);
@@ -130,13 +127,8 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(
-        expected = "MeanAbsoluteError: predictions [3, 2] and targets [3] must have the same shape"
-    )]
+    #[should_panic(expected = "MeanAbsoluteError: predictions [3, 2] and targets [3] must have the same shape")]
     fn shape_mismatch() {
-        MeanAbsoluteError::new().update(
-            &Shaped(vec![0.0; 6], vec![3, 2]),
-            &Shaped(vec![0.0; 3], vec![3]),
-        );
+        MeanAbsoluteError::new().update(&Shaped(vec![0.0; 6], vec![3, 2]), &Shaped(vec![0.0; 3], vec![3]));
     }
 }

@@ -119,10 +119,7 @@ mod tests {
         let mut a = MeanSquaredError::new();
         let mut b = MeanSquaredError::new();
         a.update_values(&p[..7], &t[..7]);
-        b.update(
-            &Shaped(p[7..].to_vec(), vec![13, 1]),
-            &Shaped(t[7..].to_vec(), vec![13]),
-        );
+        b.update(&Shaped(p[7..].to_vec(), vec![13, 1]), &Shaped(t[7..].to_vec(), vec![13]));
         a.merge(&b);
         assert!((a.compute() - whole.compute()).abs() < 1e-15);
         assert_eq!(a.count(), 20);
@@ -131,13 +128,8 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(
-        expected = "MeanSquaredError: predictions [3, 2] and targets [3] must have the same shape"
-    )]
+    #[should_panic(expected = "MeanSquaredError: predictions [3, 2] and targets [3] must have the same shape")]
     fn shape_mismatch() {
-        MeanSquaredError::new().update(
-            &Shaped(vec![0.0; 6], vec![3, 2]),
-            &Shaped(vec![0.0; 3], vec![3]),
-        );
+        MeanSquaredError::new().update(&Shaped(vec![0.0; 6], vec![3, 2]), &Shaped(vec![0.0; 3], vec![3]));
     }
 }

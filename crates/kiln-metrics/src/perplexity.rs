@@ -63,26 +63,14 @@ impl Perplexity {
     ///
     /// **Panics** if the scores do not form `[targets.len(), num_classes]`, or a target is out
     /// of range and not the ignore index.
-    pub fn update_log_probs<E: Float>(
-        &mut self,
-        scores: &[E],
-        num_classes: usize,
-        targets: &[usize],
-    ) {
+    pub fn update_log_probs<E: Float>(&mut self, scores: &[E], num_classes: usize, targets: &[usize]) {
         check_score_rows("Perplexity", scores.len(), num_classes, targets.len());
-        let targets = targets
-            .iter()
-            .map(|&t| i64::try_from(t).unwrap_or(i64::MAX));
+        let targets = targets.iter().map(|&t| i64::try_from(t).unwrap_or(i64::MAX));
         self.add_rows(scores, num_classes, targets);
     }
 
     /// Adds the NLL of every row whose target is not the ignore index.
-    fn add_rows<E: Float>(
-        &mut self,
-        scores: &[E],
-        num_classes: usize,
-        targets: impl Iterator<Item = i64>,
-    ) {
+    fn add_rows<E: Float>(&mut self, scores: &[E], num_classes: usize, targets: impl Iterator<Item = i64>) {
         for (i, (row, t)) in scores.chunks_exact(num_classes).zip(targets).enumerate() {
             if self.ignore_index == Some(t) {
                 continue;
@@ -119,10 +107,7 @@ impl Perplexity {
 
 /// `-log_softmax(row)[target]`, computed stably: `logsumexp(row) - row[target]`.
 fn nll_of<E: Float>(row: &[E], target: usize) -> f64 {
-    let max = row
-        .iter()
-        .map(|&x| Float::to_f64(x))
-        .fold(f64::NEG_INFINITY, f64::max);
+    let max = row.iter().map(|&x| Float::to_f64(x)).fold(f64::NEG_INFINITY, f64::max);
     if max == f64::NEG_INFINITY {
         return f64::INFINITY;
     }
@@ -157,10 +142,7 @@ impl Metric for Perplexity {
     }
 
     fn reset(&mut self) {
-        *self = Perplexity {
-            ignore_index: self.ignore_index,
-            ..Perplexity::default()
-        };
+        *self = Perplexity { ignore_index: self.ignore_index, ..Perplexity::default() };
     }
 
     fn merge(&mut self, other: &Perplexity) {
@@ -218,10 +200,7 @@ mod tests {
     fn large_logits_are_stable() {
         assert!((perplexity(&[1000.0f32, 1000.0], 2, &[0]) - 2.0).abs() < 1e-6);
         // a certain wrong prediction: infinite perplexity
-        assert_eq!(
-            perplexity(&[0.0f64, f64::NEG_INFINITY], 2, &[1]),
-            f64::INFINITY
-        );
+        assert_eq!(perplexity(&[0.0f64, f64::NEG_INFINITY], 2, &[1]), f64::INFINITY);
     }
 
     #[test]
@@ -264,9 +243,6 @@ mod tests {
     #[test]
     #[should_panic(expected = "Perplexity: targets[0] = -1 is not a class index in 0..2")]
     fn negative_target_without_ignore_index() {
-        Perplexity::new().update(
-            &Shaped(vec![0.0; 2], vec![1, 2]),
-            &Shaped(vec![-1.0], vec![1]),
-        );
+        Perplexity::new().update(&Shaped(vec![0.0; 2], vec![1, 2]), &Shaped(vec![-1.0], vec![1]));
     }
 }

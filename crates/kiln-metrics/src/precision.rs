@@ -43,13 +43,7 @@ impl Precision {
     /// Binary precision of class 1 (threshold 0.5, [`Average::Binary`]).
     #[must_use]
     pub fn binary() -> Precision {
-        Precision {
-            stats: ClassStats::new(
-                "Precision",
-                Task::Binary { threshold: 0.5 },
-                Average::Binary,
-            ),
-        }
+        Precision { stats: ClassStats::new("Precision", Task::Binary { threshold: 0.5 }, Average::Binary) }
     }
 
     /// Multiclass precision over `num_classes` classes.
@@ -59,9 +53,7 @@ impl Precision {
     #[must_use]
     pub fn multiclass(num_classes: usize, average: Average) -> Precision {
         let task = Task::multiclass("Precision", num_classes);
-        Precision {
-            stats: ClassStats::new("Precision", task, average),
-        }
+        Precision { stats: ClassStats::new("Precision", task, average) }
     }
 
     fn score(&self) -> Score {
@@ -85,43 +77,16 @@ class_stats_metric!(Precision, "Precision");
 /// assert_eq!(precision(&[1, 1, 0], &[1, 0, 0], 2, Average::Binary, 0.0), 0.5);
 /// ```
 #[must_use]
-pub fn precision(
-    preds: &[usize],
-    targets: &[usize],
-    num_classes: usize,
-    average: Average,
-    zero_division: f64,
-) -> f64 {
-    stats_of(
-        "precision",
-        preds,
-        targets,
-        num_classes,
-        average,
-        zero_division,
-    )
-    .compute(Score::Precision)
+pub fn precision(preds: &[usize], targets: &[usize], num_classes: usize, average: Average, zero_division: f64) -> f64 {
+    stats_of("precision", preds, targets, num_classes, average, zero_division).compute(Score::Precision)
 }
 
 /// Precision of every class (scikit-learn's `average=None`).
 ///
 /// **Panics** if the lengths differ or an index is `>= num_classes`.
 #[must_use]
-pub fn precision_per_class(
-    preds: &[usize],
-    targets: &[usize],
-    num_classes: usize,
-    zero_division: f64,
-) -> Vec<f64> {
-    stats_of(
-        "precision",
-        preds,
-        targets,
-        num_classes,
-        Average::Macro,
-        zero_division,
-    )
-    .per_class(Score::Precision)
+pub fn precision_per_class(preds: &[usize], targets: &[usize], num_classes: usize, zero_division: f64) -> Vec<f64> {
+    stats_of("precision", preds, targets, num_classes, Average::Macro, zero_division).per_class(Score::Precision)
 }
 
 #[cfg(test)]
@@ -137,14 +102,8 @@ mod tests {
         let targets = [0, 0, 2, 1, 2];
         let per = precision_per_class(&preds, &targets, 3, 0.0);
         assert_eq!(per, vec![2.0 / 3.0, 0.5, 0.0]);
-        assert_eq!(
-            precision(&preds, &targets, 3, Average::Micro, 0.0),
-            3.0 / 5.0
-        );
-        assert_eq!(
-            precision(&preds, &targets, 3, Average::Macro, 0.0),
-            (2.0 / 3.0 + 0.5) / 3.0
-        );
+        assert_eq!(precision(&preds, &targets, 3, Average::Micro, 0.0), 3.0 / 5.0);
+        assert_eq!(precision(&preds, &targets, 3, Average::Macro, 0.0), (2.0 / 3.0 + 0.5) / 3.0);
         // supports 2, 1, 2
         let weighted = (2.0 * 2.0 / 3.0 + 0.5) / 5.0;
         assert!((precision(&preds, &targets, 3, Average::Weighted, 0.0) - weighted).abs() < 1e-15);
@@ -170,10 +129,7 @@ mod tests {
         p.update_scores(&[0.5f64, 0.49], &[0, 1]);
         assert_eq!(p.compute(), 0.0); // 0.5 predicts 1 (a false positive)
         let mut logits = Precision::binary().with_threshold(0.0);
-        logits.update(
-            &Shaped(vec![2.0, -1.0, 0.3], vec![3, 1]),
-            &Shaped(vec![1.0, 1.0, 0.0], vec![3]),
-        );
+        logits.update(&Shaped(vec![2.0, -1.0, 0.3], vec![3, 1]), &Shaped(vec![1.0, 1.0, 0.0], vec![3]));
         assert_eq!(logits.compute(), 0.5);
         assert_eq!(logits.name(), "precision");
     }

@@ -71,15 +71,8 @@ impl R2Score {
         if targets.is_empty() {
             return;
         }
-        let shift = if self.count == 0 {
-            Float::to_f64(targets[0])
-        } else {
-            self.shift
-        };
-        let mut batch = R2Score {
-            shift,
-            ..R2Score::default()
-        };
+        let shift = if self.count == 0 { Float::to_f64(targets[0]) } else { self.shift };
+        let mut batch = R2Score { shift, ..R2Score::default() };
         let mut sum = CompensatedSum::default();
         for (&p, &t) in preds.iter().zip(targets) {
             let (p, t) = (Float::to_f64(p), Float::to_f64(t));
@@ -189,11 +182,7 @@ mod tests {
     #[test]
     fn large_offset_does_not_cancel() {
         let t: Vec<f64> = (0..100).map(|i| 1e9 + (i % 7) as f64).collect();
-        let p: Vec<f64> = t
-            .iter()
-            .enumerate()
-            .map(|(i, x)| x + if i % 2 == 0 { 0.5 } else { -0.5 })
-            .collect();
+        let p: Vec<f64> = t.iter().enumerate().map(|(i, x)| x + if i % 2 == 0 { 0.5 } else { -0.5 }).collect();
         let mean = t.iter().sum::<f64>() / 100.0;
         let ss_tot: f64 = t.iter().map(|x| (x - mean) * (x - mean)).sum();
         let expected = 1.0 - 25.0 / ss_tot;
@@ -206,22 +195,13 @@ mod tests {
 
     #[test]
     fn merge_equals_single_pass() {
-        let t: Vec<f64> = (0..30)
-            .map(|i| (i as f64 * 0.7).sin() * 3.0 + 1.0)
-            .collect();
-        let p: Vec<f64> = t
-            .iter()
-            .enumerate()
-            .map(|(i, x)| x + (i as f64 * 1.3).cos() * 0.4)
-            .collect();
+        let t: Vec<f64> = (0..30).map(|i| (i as f64 * 0.7).sin() * 3.0 + 1.0).collect();
+        let p: Vec<f64> = t.iter().enumerate().map(|(i, x)| x + (i as f64 * 1.3).cos() * 0.4).collect();
         let whole = r2_score(&p, &t);
         let mut a = R2Score::new();
         let mut b = R2Score::new();
         a.update_values(&p[..11], &t[..11]);
-        b.update(
-            &Shaped(p[11..].to_vec(), vec![19]),
-            &Shaped(t[11..].to_vec(), vec![19, 1]),
-        );
+        b.update(&Shaped(p[11..].to_vec(), vec![19]), &Shaped(t[11..].to_vec(), vec![19, 1]));
         a.merge(&b);
         assert!((a.compute() - whole).abs() < 1e-14);
         let mut empty = R2Score::new();

@@ -6,8 +6,7 @@ use kiln_tensor::Float;
 
 use crate::average::Average;
 use crate::input::{
-    check_labels, check_same_len, check_score_rows, class_axis_last, is_score_layout,
-    labels_from_f64, squeezed, Task,
+    check_labels, check_same_len, check_score_rows, class_axis_last, is_score_layout, labels_from_f64, squeezed, Task,
 };
 use crate::metric::MetricInput;
 
@@ -31,11 +30,7 @@ impl ClfCurve {
         }
         let mut order: Vec<usize> = (0..scores.len()).collect();
         order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-        let mut curve = ClfCurve {
-            fps: Vec::new(),
-            tps: Vec::new(),
-            thresholds: Vec::new(),
-        };
+        let mut curve = ClfCurve { fps: Vec::new(), tps: Vec::new(), thresholds: Vec::new() };
         let (mut tp, mut fp) = (0u64, 0u64);
         for (k, &i) in order.iter().enumerate() {
             if positive[i] {
@@ -76,11 +71,7 @@ pub(crate) fn ovr_average(per_class: &[f64], support: &[u64], average: Average) 
             if total == 0 {
                 return 0.0;
             }
-            let sum: f64 = per_class
-                .iter()
-                .zip(support)
-                .map(|(&s, &w)| if w == 0 { 0.0 } else { s * w as f64 })
-                .sum();
+            let sum: f64 = per_class.iter().zip(support).map(|(&s, &w)| if w == 0 { 0.0 } else { s * w as f64 }).sum();
             sum / total as f64
         }
         Average::Micro | Average::Binary => unreachable!("handled by the caller"),
@@ -114,12 +105,7 @@ impl Ranking {
             average != Average::Binary,
             "{op}: Average::Binary is for the binary metric; one-vs-rest takes Micro, Macro or Weighted"
         );
-        Ranking {
-            task: Task::multiclass(op, num_classes),
-            average,
-            scores: Vec::new(),
-            targets: Vec::new(),
-        }
+        Ranking { task: Task::multiclass(op, num_classes), average, scores: Vec::new(), targets: Vec::new() }
     }
 
     pub(crate) fn num_classes(&self) -> usize {
@@ -187,13 +173,7 @@ impl Ranking {
             }
             Task::Multiclass { num_classes } => (0..num_classes)
                 .map(|c| {
-                    let column: Vec<f64> = self
-                        .scores
-                        .iter()
-                        .skip(c)
-                        .step_by(num_classes)
-                        .copied()
-                        .collect();
+                    let column: Vec<f64> = self.scores.iter().skip(c).step_by(num_classes).copied().collect();
                     let positive: Vec<bool> = self.targets.iter().map(|&t| t == c).collect();
                     binary_metric(&ClfCurve::new(op, &column, &positive))
                 })
@@ -209,11 +189,8 @@ impl Ranking {
         match (self.task, self.average) {
             (Task::Binary { .. }, _) => self.per_class(op, binary_metric)[0],
             (Task::Multiclass { num_classes }, Average::Micro) => {
-                let positive: Vec<bool> = self
-                    .targets
-                    .iter()
-                    .flat_map(|&t| (0..num_classes).map(move |c| c == t))
-                    .collect();
+                let positive: Vec<bool> =
+                    self.targets.iter().flat_map(|&t| (0..num_classes).map(move |c| c == t)).collect();
                 binary_metric(&ClfCurve::new(op, &self.scores, &positive))
             }
             (Task::Multiclass { num_classes }, average) => {

@@ -33,9 +33,7 @@ impl Recall {
     /// Binary recall of class 1 (threshold 0.5, [`Average::Binary`]).
     #[must_use]
     pub fn binary() -> Recall {
-        Recall {
-            stats: ClassStats::new("Recall", Task::Binary { threshold: 0.5 }, Average::Binary),
-        }
+        Recall { stats: ClassStats::new("Recall", Task::Binary { threshold: 0.5 }, Average::Binary) }
     }
 
     /// Multiclass recall over `num_classes` classes.
@@ -45,9 +43,7 @@ impl Recall {
     #[must_use]
     pub fn multiclass(num_classes: usize, average: Average) -> Recall {
         let task = Task::multiclass("Recall", num_classes);
-        Recall {
-            stats: ClassStats::new("Recall", task, average),
-        }
+        Recall { stats: ClassStats::new("Recall", task, average) }
     }
 
     fn score(&self) -> Score {
@@ -71,43 +67,16 @@ class_stats_metric!(Recall, "Recall");
 /// assert_eq!(recall(&[1, 0, 0], &[1, 1, 0], 2, Average::Binary, 0.0), 0.5);
 /// ```
 #[must_use]
-pub fn recall(
-    preds: &[usize],
-    targets: &[usize],
-    num_classes: usize,
-    average: Average,
-    zero_division: f64,
-) -> f64 {
-    stats_of(
-        "recall",
-        preds,
-        targets,
-        num_classes,
-        average,
-        zero_division,
-    )
-    .compute(Score::Recall)
+pub fn recall(preds: &[usize], targets: &[usize], num_classes: usize, average: Average, zero_division: f64) -> f64 {
+    stats_of("recall", preds, targets, num_classes, average, zero_division).compute(Score::Recall)
 }
 
 /// Recall of every class (scikit-learn's `average=None`).
 ///
 /// **Panics** if the lengths differ or an index is `>= num_classes`.
 #[must_use]
-pub fn recall_per_class(
-    preds: &[usize],
-    targets: &[usize],
-    num_classes: usize,
-    zero_division: f64,
-) -> Vec<f64> {
-    stats_of(
-        "recall",
-        preds,
-        targets,
-        num_classes,
-        Average::Macro,
-        zero_division,
-    )
-    .per_class(Score::Recall)
+pub fn recall_per_class(preds: &[usize], targets: &[usize], num_classes: usize, zero_division: f64) -> Vec<f64> {
+    stats_of("recall", preds, targets, num_classes, Average::Macro, zero_division).per_class(Score::Recall)
 }
 
 #[cfg(test)]
@@ -119,26 +88,14 @@ mod tests {
         let preds = [0, 0, 0, 1, 1];
         let targets = [0, 0, 2, 1, 2];
         // class 0: 2 of 2; class 1: 1 of 1; class 2: 0 of 2; class 3: absent (0/0)
-        assert_eq!(
-            recall_per_class(&preds, &targets, 4, 0.0),
-            vec![1.0, 1.0, 0.0, 0.0]
-        );
-        assert_eq!(
-            recall_per_class(&preds, &targets, 4, 1.0),
-            vec![1.0, 1.0, 0.0, 1.0]
-        );
+        assert_eq!(recall_per_class(&preds, &targets, 4, 0.0), vec![1.0, 1.0, 0.0, 0.0]);
+        assert_eq!(recall_per_class(&preds, &targets, 4, 1.0), vec![1.0, 1.0, 0.0, 1.0]);
         assert_eq!(recall(&preds, &targets, 4, Average::Macro, 0.0), 0.5);
         assert_eq!(recall(&preds, &targets, 4, Average::Micro, 0.0), 3.0 / 5.0);
         // weighted recall equals accuracy for single-label data
-        assert_eq!(
-            recall(&preds, &targets, 4, Average::Weighted, 0.0),
-            3.0 / 5.0
-        );
+        assert_eq!(recall(&preds, &targets, 4, Average::Weighted, 0.0), 3.0 / 5.0);
         // NaN zero-division leaves the absent class out of the macro average
-        assert_eq!(
-            recall(&preds, &targets, 4, Average::Macro, f64::NAN),
-            2.0 / 3.0
-        );
+        assert_eq!(recall(&preds, &targets, 4, Average::Macro, f64::NAN), 2.0 / 3.0);
     }
 
     #[test]
@@ -148,10 +105,7 @@ mod tests {
         assert_eq!(r.compute(), 0.0);
         assert_eq!(r.clone().with_zero_division(1.0).compute(), 1.0);
         assert_eq!(r.name(), "recall");
-        assert_eq!(
-            Recall::multiclass(2, Average::Weighted).name(),
-            "recall_weighted"
-        );
+        assert_eq!(Recall::multiclass(2, Average::Weighted).name(), "recall_weighted");
     }
 
     #[test]

@@ -66,9 +66,7 @@ impl RocAuc {
     /// Binary ROC AUC: one score per sample (higher means class 1), targets 0/1.
     #[must_use]
     pub fn binary() -> RocAuc {
-        RocAuc {
-            ranking: Ranking::binary(),
-        }
+        RocAuc { ranking: Ranking::binary() }
     }
 
     /// One-vs-rest ROC AUC over `num_classes` classes, from `[N, num_classes]` scores.
@@ -76,9 +74,7 @@ impl RocAuc {
     /// **Panics** if `num_classes` is 0 or `average` is [`Average::Binary`].
     #[must_use]
     pub fn multiclass(num_classes: usize, average: Average) -> RocAuc {
-        RocAuc {
-            ranking: Ranking::multiclass("RocAuc", num_classes, average),
-        }
+        RocAuc { ranking: Ranking::multiclass("RocAuc", num_classes, average) }
     }
 
     /// Accumulates scores: one per sample (binary) or `[N, num_classes]` row-major rows.
@@ -161,12 +157,7 @@ pub fn roc_auc<E: Float>(scores: &[E], targets: &[usize]) -> f64 {
 /// **Panics** if the scores do not form `[targets.len(), num_classes]`, a target is out of
 /// range, a score is NaN, or `average` is [`Average::Binary`].
 #[must_use]
-pub fn roc_auc_ovr<E: Float>(
-    scores: &[E],
-    targets: &[usize],
-    num_classes: usize,
-    average: Average,
-) -> f64 {
+pub fn roc_auc_ovr<E: Float>(scores: &[E], targets: &[usize], num_classes: usize, average: Average) -> f64 {
     let mut m = RocAuc::multiclass(num_classes, average);
     m.update_scores(scores, targets);
     m.compute()
@@ -176,11 +167,7 @@ pub fn roc_auc_ovr<E: Float>(
 ///
 /// **Panics** as [`roc_auc_ovr`].
 #[must_use]
-pub fn roc_auc_ovr_per_class<E: Float>(
-    scores: &[E],
-    targets: &[usize],
-    num_classes: usize,
-) -> Vec<f64> {
+pub fn roc_auc_ovr_per_class<E: Float>(scores: &[E], targets: &[usize], num_classes: usize) -> Vec<f64> {
     let mut m = RocAuc::multiclass(num_classes, Average::Macro);
     m.update_scores(scores, targets);
     m.compute_per_class()
@@ -222,9 +209,7 @@ pub fn roc_curve<E: Float>(scores: &[E], targets: &[usize]) -> RocCurve {
         let second = |v: &[u64]| i128::from(v[k + 1]) - 2 * i128::from(v[k]) + i128::from(v[k - 1]);
         second(&curve.fps) != 0 || second(&curve.tps) != 0
     };
-    let keep: Vec<usize> = (0..m)
-        .filter(|&k| m <= 2 || k == 0 || k == m - 1 || bend(k))
-        .collect();
+    let keep: Vec<usize> = (0..m).filter(|&k| m <= 2 || k == 0 || k == m - 1 || bend(k)).collect();
     let rate = |v: u64, total: u64| {
         if total == 0 {
             f64::NAN
@@ -233,11 +218,7 @@ pub fn roc_curve<E: Float>(scores: &[E], targets: &[usize]) -> RocCurve {
         }
     };
     let (p, n) = (curve.positives(), curve.negatives());
-    let mut out = RocCurve {
-        fpr: vec![rate(0, n)],
-        tpr: vec![rate(0, p)],
-        thresholds: vec![f64::INFINITY],
-    };
+    let mut out = RocCurve { fpr: vec![rate(0, n)], tpr: vec![rate(0, p)], thresholds: vec![f64::INFINITY] };
     for k in keep {
         out.fpr.push(rate(curve.fps[k], n));
         out.tpr.push(rate(curve.tps[k], p));
@@ -292,10 +273,7 @@ mod tests {
     #[test]
     fn one_vs_rest_with_absent_class() {
         // class 2 never occurs
-        let scores = [
-            0.7, 0.2, 0.1, /**/ 0.3, 0.6, 0.1, /**/ 0.5, 0.4, 0.1, /**/ 0.2, 0.2,
-            0.6,
-        ];
+        let scores = [0.7, 0.2, 0.1, /**/ 0.3, 0.6, 0.1, /**/ 0.5, 0.4, 0.1, /**/ 0.2, 0.2, 0.6];
         let targets = [0, 1, 0, 1];
         let per = roc_auc_ovr_per_class(&scores, &targets, 3);
         assert_eq!(per[0], 1.0);
@@ -303,33 +281,22 @@ mod tests {
         assert!(per[2].is_nan());
         assert!(roc_auc_ovr(&scores, &targets, 3, Average::Macro).is_nan());
         // weighted: the absent class has weight 0
-        assert_eq!(
-            roc_auc_ovr(&scores, &targets, 3, Average::Weighted),
-            (2.0 * 1.0 + 2.0 * 0.625) / 4.0
-        );
+        assert_eq!(roc_auc_ovr(&scores, &targets, 3, Average::Weighted), (2.0 * 1.0 + 2.0 * 0.625) / 4.0);
     }
 
     #[test]
     fn micro_flattens_one_vs_rest() {
-        let scores = [
-            0.7, 0.2, 0.1, /**/ 0.3, 0.6, 0.1, /**/ 0.5, 0.4, 0.1,
-        ];
+        let scores = [0.7, 0.2, 0.1, /**/ 0.3, 0.6, 0.1, /**/ 0.5, 0.4, 0.1];
         let targets = [0, 1, 2];
-        let flat_targets: Vec<usize> = targets
-            .iter()
-            .flat_map(|&t| (0..3).map(move |c| usize::from(c == t)))
-            .collect();
-        assert_eq!(
-            roc_auc_ovr(&scores, &targets, 3, Average::Micro),
-            roc_auc(&scores, &flat_targets)
-        );
+        let flat_targets: Vec<usize> = targets.iter().flat_map(|&t| (0..3).map(move |c| usize::from(c == t))).collect();
+        assert_eq!(roc_auc_ovr(&scores, &targets, 3, Average::Micro), roc_auc(&scores, &flat_targets));
     }
 
     #[test]
     fn merge_equals_single_pass() {
         let scores = [
-            0.7, 0.2, 0.1, /**/ 0.3, 0.6, 0.1, /**/ 0.5, 0.4, 0.1, /**/ 0.2, 0.2,
-            0.6, /**/ 0.1, 0.1, 0.8,
+            0.7, 0.2, 0.1, /**/ 0.3, 0.6, 0.1, /**/ 0.5, 0.4, 0.1, /**/ 0.2, 0.2, 0.6, /**/ 0.1,
+            0.1, 0.8,
         ];
         let targets = [0, 1, 2, 1, 2];
         let mut whole = RocAuc::multiclass(3, Average::Weighted);
@@ -337,10 +304,7 @@ mod tests {
         let mut a = RocAuc::multiclass(3, Average::Weighted);
         let mut b = a.clone();
         a.update_scores(&scores[..6], &targets[..2]);
-        b.update(
-            &Shaped(scores[6..].to_vec(), vec![3, 3]),
-            &Shaped(vec![2.0, 1.0, 2.0], vec![3]),
-        );
+        b.update(&Shaped(scores[6..].to_vec(), vec![3, 3]), &Shaped(vec![2.0, 1.0, 2.0], vec![3]));
         a.merge(&b);
         assert_eq!(a.compute(), whole.compute());
         assert_eq!(a.len(), 5);
@@ -363,9 +327,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "RocAuc: scores [2] do not fit targets [2]")]
     fn one_vs_rest_needs_scores() {
-        RocAuc::multiclass(3, Average::Macro).update(
-            &Shaped(vec![0.0, 1.0], vec![2]),
-            &Shaped(vec![0.0, 1.0], vec![2]),
-        );
+        RocAuc::multiclass(3, Average::Macro)
+            .update(&Shaped(vec![0.0, 1.0], vec![2]), &Shaped(vec![0.0, 1.0], vec![2]));
     }
 }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use kiln_metrics::functional as F;
 use kiln_metrics::{
-    Accuracy, Average, AveragePrecision, ConfusionMatrix, F1Score, FBeta, MeanAbsoluteError,
-    MeanSquaredError, Metric, Perplexity, Precision, R2Score, Recall, RocAuc,
+    Accuracy, Average, AveragePrecision, ConfusionMatrix, F1Score, FBeta, MeanAbsoluteError, MeanSquaredError, Metric,
+    Perplexity, Precision, R2Score, Recall, RocAuc,
 };
 use kiln_tensor::{Float, Tensor};
 use safetensors::{Dtype, SafeTensors};
@@ -38,11 +38,7 @@ impl Case {
     }
 
     fn float(&self, name: &str) -> &[f64] {
-        &self
-            .floats
-            .get(name)
-            .unwrap_or_else(|| panic!("{}: no float tensor {name}", self.name))
-            .0
+        &self.floats.get(name).unwrap_or_else(|| panic!("{}: no float tensor {name}", self.name)).0
     }
 
     fn shape(&self, name: &str) -> &[usize] {
@@ -53,14 +49,8 @@ impl Case {
     }
 
     fn labels(&self, name: &str) -> Vec<usize> {
-        let v = &self
-            .ints
-            .get(name)
-            .unwrap_or_else(|| panic!("{}: no int tensor {name}", self.name))
-            .0;
-        v.iter()
-            .map(|&x| usize::try_from(x).expect("non-negative label"))
-            .collect()
+        let v = &self.ints.get(name).unwrap_or_else(|| panic!("{}: no int tensor {name}", self.name)).0;
+        v.iter().map(|&x| usize::try_from(x).expect("non-negative label")).collect()
     }
 
     fn ints(&self, name: &str) -> &[i64] {
@@ -78,12 +68,7 @@ impl Case {
     }
 
     fn check_all(&self, what: &str, got: &[f64], want: &Value) {
-        let want: Vec<f64> = want
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
+        let want: Vec<f64> = want.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         assert_eq!(got.len(), want.len(), "{} {what}: length", self.name);
         for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
             self.check(&format!("{what}[{i}]"), g, w);
@@ -96,7 +81,10 @@ fn golden_dir() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir.to_path_buf())
     } else {
-        eprintln!("skipping golden test: {} not found (the shared golden folder sits beside the checkout)", dir.display());
+        eprintln!(
+            "skipping golden test: {} not found (the shared golden folder sits beside the checkout)",
+            dir.display()
+        );
         None
     }
 }
@@ -112,28 +100,17 @@ fn load(dir: &Path, group: &str, case: &str) -> Case {
         let data = view.data();
         match view.dtype() {
             Dtype::F64 => {
-                let v = data
-                    .chunks_exact(8)
-                    .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-                    .collect();
+                let v = data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect();
                 floats.insert(name, (v, shape));
             }
             Dtype::I64 => {
-                let v = data
-                    .chunks_exact(8)
-                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-                    .collect();
+                let v = data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
                 ints.insert(name, (v, shape));
             }
             other => panic!("{case}: unexpected dtype {other:?} for {name}"),
         }
     }
-    Case {
-        name: format!("{group}/{case}"),
-        json,
-        floats,
-        ints,
-    }
+    Case { name: format!("{group}/{case}"), json, floats, ints }
 }
 
 /// A tensor of element type `E` from f64 values.
@@ -143,20 +120,12 @@ fn tensor<E: Float>(values: &[f64], shape: &[usize]) -> Tensor<E> {
 
 /// Labels as a floating tensor, the way a trainer holds targets.
 fn label_tensor<E: Float>(labels: &[usize]) -> Tensor<E> {
-    Tensor::from_vec(
-        labels.iter().map(|&x| E::from_usize(x)).collect(),
-        &[labels.len()],
-    )
+    Tensor::from_vec(labels.iter().map(|&x| E::from_usize(x)).collect(), &[labels.len()])
 }
 
 /// Feeds `[N, ...]` scores and `[N]` labels to fresh copies of `metric`, 64 rows per worker,
 /// merges the workers and returns the result (the tensor path with merging).
-fn by_workers<M: Metric + Clone, E: Float>(
-    metric: &M,
-    scores: &[f64],
-    shape: &[usize],
-    labels: &[usize],
-) -> M {
+fn by_workers<M: Metric + Clone, E: Float>(metric: &M, scores: &[f64], shape: &[usize], labels: &[usize]) -> M {
     let n = shape[0];
     let row: usize = shape[1..].iter().product();
     let mut total = metric.clone();
@@ -167,10 +136,7 @@ fn by_workers<M: Metric + Clone, E: Float>(
         worker.reset();
         let mut s = shape.to_vec();
         s[0] = end - start;
-        worker.update(
-            &tensor::<E>(&scores[start * row..end * row], &s),
-            &label_tensor::<E>(&labels[start..end]),
-        );
+        worker.update(&tensor::<E>(&scores[start * row..end * row], &s), &label_tensor::<E>(&labels[start..end]));
         total.merge(&worker);
     }
     total
@@ -190,13 +156,7 @@ fn counts(value: &Value) -> Vec<Vec<u64>> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap())
-                .collect()
-        })
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect())
         .collect()
 }
 
@@ -217,11 +177,7 @@ fn golden_binary() {
             "accuracy" => {
                 let want = want.as_f64().unwrap();
                 case.check("accuracy", F::accuracy(&y_pred, &y_true), want);
-                case.check(
-                    "binary_accuracy",
-                    F::binary_accuracy(y_score, &y_true, 0.5),
-                    want,
-                );
+                case.check("binary_accuracy", F::binary_accuracy(y_score, &y_true, 0.5), want);
                 case.check(
                     "Accuracy f64",
                     by_workers::<_, f64>(&Accuracy::binary(), y_score, &[n], &y_true).compute(),
@@ -238,8 +194,7 @@ fn golden_binary() {
                 let (functional, stateful) = match key.as_str() {
                     "precision" => (
                         F::precision(&y_pred, &y_true, 2, Average::Binary, 0.0),
-                        by_workers::<_, f32>(&Precision::binary(), y_score, &[n], &y_true)
-                            .compute(),
+                        by_workers::<_, f32>(&Precision::binary(), y_score, &[n], &y_true).compute(),
                     ),
                     "recall" => (
                         F::recall(&y_pred, &y_true, 2, Average::Binary, 0.0),
@@ -259,11 +214,7 @@ fn golden_binary() {
             }
             "confusion_matrix" => {
                 let want = counts(want);
-                assert_eq!(
-                    F::confusion_matrix(&y_pred, &y_true, 2),
-                    want,
-                    "binary confusion_matrix"
-                );
+                assert_eq!(F::confusion_matrix(&y_pred, &y_true, 2), want, "binary confusion_matrix");
                 let cm = by_workers::<_, f32>(&ConfusionMatrix::binary(), y_score, &[n], &y_true);
                 assert_eq!(cm.counts(), want, "binary ConfusionMatrix");
             }
@@ -283,24 +234,18 @@ fn golden_binary() {
                 );
                 // the area under roc_curve's points, by trapezoid
                 let c = F::roc_curve(y_score, &y_true);
-                let trapezoid: f64 = (1..c.fpr.len())
-                    .map(|i| (c.fpr[i] - c.fpr[i - 1]) * (c.tpr[i] + c.tpr[i - 1]) / 2.0)
-                    .sum();
+                let trapezoid: f64 =
+                    (1..c.fpr.len()).map(|i| (c.fpr[i] - c.fpr[i - 1]) * (c.tpr[i] + c.tpr[i - 1]) / 2.0).sum();
                 case.check("trapezoid of roc_curve", trapezoid, want);
             }
             "average_precision" => {
                 let want = want.as_f64().unwrap();
-                case.check(
-                    "average_precision",
-                    F::average_precision(y_score, &y_true),
-                    want,
-                );
+                case.check("average_precision", F::average_precision(y_score, &y_true), want);
                 let ap = by_workers::<_, f32>(&AveragePrecision::binary(), y_score, &[n], &y_true);
                 case.check("AveragePrecision", ap.compute(), want);
                 let c = F::precision_recall_curve(y_score, &y_true);
-                let steps: f64 = -(1..c.recall.len())
-                    .map(|i| (c.recall[i] - c.recall[i - 1]) * c.precision[i - 1])
-                    .sum::<f64>();
+                let steps: f64 =
+                    -(1..c.recall.len()).map(|i| (c.recall[i] - c.recall[i - 1]) * c.precision[i - 1]).sum::<f64>();
                 case.check("steps of precision_recall_curve", steps, want);
             }
             other => panic!("{}: golden metric {other} is not checked", case.name),
@@ -330,17 +275,8 @@ fn golden_multiclass() {
             }
             ["top2", "accuracy"] => {
                 let want = want.as_f64().unwrap();
-                case.check(
-                    "top_k_accuracy",
-                    F::top_k_accuracy(y_score, &y_true, c, 2),
-                    want,
-                );
-                let acc = by_workers::<_, f64>(
-                    &Accuracy::multiclass(c).with_top_k(2),
-                    y_score,
-                    &shape,
-                    &y_true,
-                );
+                case.check("top_k_accuracy", F::top_k_accuracy(y_score, &y_true, c, 2), want);
+                let acc = by_workers::<_, f64>(&Accuracy::multiclass(c).with_top_k(2), y_score, &shape, &y_true);
                 case.check("Accuracy top-2", acc.compute(), want);
             }
             [metric @ ("precision" | "recall" | "f1"), "per", "class"] => {
@@ -351,27 +287,14 @@ fn golden_multiclass() {
                 };
                 case.check_all(key, &got, want);
                 let stateful = match *metric {
-                    "precision" => by_workers::<_, f32>(
-                        &Precision::multiclass(c, Average::Macro),
-                        y_score,
-                        &shape,
-                        &y_true,
-                    )
-                    .compute_per_class(),
-                    "recall" => by_workers::<_, f32>(
-                        &Recall::multiclass(c, Average::Macro),
-                        y_score,
-                        &shape,
-                        &y_true,
-                    )
-                    .compute_per_class(),
-                    _ => by_workers::<_, f32>(
-                        &F1Score::multiclass(c, Average::Macro),
-                        y_score,
-                        &shape,
-                        &y_true,
-                    )
-                    .compute_per_class(),
+                    "precision" => {
+                        by_workers::<_, f32>(&Precision::multiclass(c, Average::Macro), y_score, &shape, &y_true)
+                            .compute_per_class()
+                    }
+                    "recall" => by_workers::<_, f32>(&Recall::multiclass(c, Average::Macro), y_score, &shape, &y_true)
+                        .compute_per_class(),
+                    _ => by_workers::<_, f32>(&F1Score::multiclass(c, Average::Macro), y_score, &shape, &y_true)
+                        .compute_per_class(),
                 };
                 case.check_all(&format!("{key} (stateful)"), &stateful, want);
             }
@@ -381,28 +304,15 @@ fn golden_multiclass() {
                 let (functional, stateful) = match *metric {
                     "precision" => (
                         F::precision(&y_pred, &y_true, c, avg, 0.0),
-                        by_workers::<_, f64>(
-                            &Precision::multiclass(c, avg),
-                            y_score,
-                            &shape,
-                            &y_true,
-                        )
-                        .compute(),
+                        by_workers::<_, f64>(&Precision::multiclass(c, avg), y_score, &shape, &y_true).compute(),
                     ),
                     "recall" => (
                         F::recall(&y_pred, &y_true, c, avg, 0.0),
-                        by_workers::<_, f64>(&Recall::multiclass(c, avg), y_score, &shape, &y_true)
-                            .compute(),
+                        by_workers::<_, f64>(&Recall::multiclass(c, avg), y_score, &shape, &y_true).compute(),
                     ),
                     _ => (
                         F::f1_score(&y_pred, &y_true, c, avg, 0.0),
-                        by_workers::<_, f64>(
-                            &F1Score::multiclass(c, avg),
-                            y_score,
-                            &shape,
-                            &y_true,
-                        )
-                        .compute(),
+                        by_workers::<_, f64>(&F1Score::multiclass(c, avg), y_score, &shape, &y_true).compute(),
                     ),
                 };
                 case.check(key, functional, want);
@@ -411,24 +321,14 @@ fn golden_multiclass() {
             ["fbeta2", avg] => {
                 let want = want.as_f64().unwrap();
                 let avg = average(avg);
-                case.check(
-                    key,
-                    F::fbeta_score(&y_pred, &y_true, c, 2.0, avg, 0.0),
-                    want,
-                );
-                let f2 =
-                    by_workers::<_, f32>(&FBeta::multiclass(2.0, c, avg), y_score, &shape, &y_true);
+                case.check(key, F::fbeta_score(&y_pred, &y_true, c, 2.0, avg, 0.0), want);
+                let f2 = by_workers::<_, f32>(&FBeta::multiclass(2.0, c, avg), y_score, &shape, &y_true);
                 case.check(&format!("{key} (stateful)"), f2.compute(), want);
             }
             ["confusion", "matrix"] => {
                 let want = counts(want);
-                assert_eq!(
-                    F::confusion_matrix(&y_pred, &y_true, c),
-                    want,
-                    "multiclass confusion_matrix"
-                );
-                let cm =
-                    by_workers::<_, f64>(&ConfusionMatrix::multiclass(c), y_score, &shape, &y_true);
+                assert_eq!(F::confusion_matrix(&y_pred, &y_true, c), want, "multiclass confusion_matrix");
+                let cm = by_workers::<_, f64>(&ConfusionMatrix::multiclass(c), y_score, &shape, &y_true);
                 assert_eq!(cm.counts(), want, "multiclass ConfusionMatrix");
                 // the never-predicted class is an all-zero column
                 let never = case.json["never_predicted_class"].as_u64().unwrap() as usize;
@@ -438,8 +338,7 @@ fn golden_multiclass() {
                 let want = want.as_f64().unwrap();
                 let avg = average(avg);
                 case.check(key, F::roc_auc_ovr(y_score, &y_true, c, avg), want);
-                let auc =
-                    by_workers::<_, f64>(&RocAuc::multiclass(c, avg), y_score, &shape, &y_true);
+                let auc = by_workers::<_, f64>(&RocAuc::multiclass(c, avg), y_score, &shape, &y_true);
                 case.check(&format!("{key} (stateful)"), auc.compute(), want);
             }
             _ => panic!("{}: golden metric {key} is not checked", case.name),
@@ -459,10 +358,7 @@ fn golden_regression() {
         let mut total = M::default();
         for (p, t) in y_pred.chunks(64).zip(y_true.chunks(64)) {
             let mut worker = M::default();
-            worker.update(
-                &tensor::<f64>(p, &[p.len(), 1]),
-                &tensor::<f64>(t, &[t.len()]),
-            );
+            worker.update(&tensor::<f64>(p, &[p.len(), 1]), &tensor::<f64>(t, &[t.len()]));
             total.merge(&worker);
         }
         total.compute()
@@ -471,28 +367,12 @@ fn golden_regression() {
         let want = want.as_f64().unwrap();
         match key.as_str() {
             "mse" => {
-                case.check(
-                    "mean_squared_error",
-                    F::mean_squared_error(y_pred, y_true),
-                    want,
-                );
-                case.check(
-                    "MeanSquaredError",
-                    workers::<MeanSquaredError>(y_pred, y_true),
-                    want,
-                );
+                case.check("mean_squared_error", F::mean_squared_error(y_pred, y_true), want);
+                case.check("MeanSquaredError", workers::<MeanSquaredError>(y_pred, y_true), want);
             }
             "mae" => {
-                case.check(
-                    "mean_absolute_error",
-                    F::mean_absolute_error(y_pred, y_true),
-                    want,
-                );
-                case.check(
-                    "MeanAbsoluteError",
-                    workers::<MeanAbsoluteError>(y_pred, y_true),
-                    want,
-                );
+                case.check("mean_absolute_error", F::mean_absolute_error(y_pred, y_true), want);
+                case.check("MeanAbsoluteError", workers::<MeanAbsoluteError>(y_pred, y_true), want);
             }
             "r2" => {
                 case.check("r2_score", F::r2_score(y_pred, y_true), want);
@@ -516,30 +396,18 @@ fn golden_regression() {
 #[test]
 fn golden_perplexity_is_exp_cross_entropy() {
     let Some(dir) = golden_dir() else { return };
-    for name in [
-        "cross_entropy",
-        "nll_loss",
-        "cross_entropy_ignore_index",
-        "cross_entropy_3d",
-    ] {
+    for name in ["cross_entropy", "nll_loss", "cross_entropy_ignore_index", "cross_entropy_3d"] {
         let case = load(&dir, "losses", name);
         let input = case.float("input.input");
         let shape = case.shape("input.input").to_vec();
-        let targets: Vec<f64> = case
-            .ints("input.target")
-            .iter()
-            .map(|&t| t as f64)
-            .collect();
+        let targets: Vec<f64> = case.ints("input.target").iter().map(|&t| t as f64).collect();
         let target_shape = case.shape("input.target").to_vec();
         let loss = case.float("output.output")[0];
         let mut ppl = Perplexity::new();
         if let Some(ignore) = case.json["constructor_kwargs"].get("ignore_index") {
             ppl = ppl.with_ignore_index(ignore.as_i64().unwrap());
         }
-        ppl.update(
-            &tensor::<f64>(input, &shape),
-            &tensor::<f64>(&targets, &target_shape),
-        );
+        ppl.update(&tensor::<f64>(input, &shape), &tensor::<f64>(&targets, &target_shape));
         case.check("mean NLL", ppl.mean_nll(), loss);
         case.check("perplexity", ppl.compute(), loss.exp());
     }

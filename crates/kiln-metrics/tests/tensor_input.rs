@@ -1,9 +1,7 @@
 //! Metrics fed through `Metric::update` with kiln-tensor types: `Tensor<f32>`, `Tensor<f64>`
 //! and `Indices`, as a trainer would.
 
-use kiln_metrics::{
-    Accuracy, Average, ConfusionMatrix, F1Score, Metric, Perplexity, Precision, RocAuc,
-};
+use kiln_metrics::{Accuracy, Average, ConfusionMatrix, F1Score, Metric, Perplexity, Precision, RocAuc};
 use kiln_tensor::{Indices, Tensor};
 
 fn logits<E: kiln_tensor::Float>() -> Tensor<E> {
@@ -33,10 +31,7 @@ fn class_indices_as_predictions() {
     let targets = Indices::from_vec(vec![0, 2, 2, 1]);
     let mut cm = ConfusionMatrix::multiclass(3);
     cm.update(&preds, &targets);
-    assert_eq!(
-        cm.counts(),
-        vec![vec![1, 0, 0], vec![1, 0, 0], vec![0, 1, 1]]
-    );
+    assert_eq!(cm.counts(), vec![vec![1, 0, 0], vec![1, 0, 0], vec![0, 1, 1]]);
     let mut acc = Accuracy::multiclass(3);
     acc.update(&preds, &targets);
     assert_eq!(acc.compute(), 0.5);
@@ -76,6 +71,5 @@ fn boxed_metrics_for_a_trainer() {
 #[test]
 #[should_panic(expected = "F1Score: predictions [4, 3] do not fit targets [3]")]
 fn mismatched_batch_panics_with_shapes() {
-    F1Score::multiclass(3, Average::Macro)
-        .update(&logits::<f32>(), &Indices::from_vec(vec![0, 1, 2]));
+    F1Score::multiclass(3, Average::Macro).update(&logits::<f32>(), &Indices::from_vec(vec![0, 1, 2]));
 }

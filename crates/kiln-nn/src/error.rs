@@ -7,7 +7,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NnError {
     /// A state dict that does not fit the model; nothing was loaded.
-    #[error("load_state_dict: missing keys {missing:?}, unexpected keys {unexpected:?}, shape mismatches {mismatched:?}")]
+    #[error(
+        "load_state_dict: missing keys {missing:?}, unexpected keys {unexpected:?}, shape mismatches {mismatched:?}"
+    )]
     StateDict {
         /// Model keys the state dict lacks.
         missing: Vec<String>,

@@ -103,13 +103,23 @@ pub struct CrossEntropyOptions<E: Float = f32> {
 
 /// Per-position class weights as a mask of the input's shape: `w[target]` at the target
 /// class (0 for ignored positions), and the per-sample weights.
-fn class_mask<E: Float>(shape: &[usize], target: &Indices, weight: Option<&Tensor<E>>, ignore: Option<usize>, op: &str) -> (Tensor<E>, Vec<E>) {
+fn class_mask<E: Float>(
+    shape: &[usize],
+    target: &Indices,
+    weight: Option<&Tensor<E>>,
+    ignore: Option<usize>,
+    op: &str,
+) -> (Tensor<E>, Vec<E>) {
     assert!(shape.len() >= 2, "{op}: input needs a class dim: got {shape:?}");
     let (n, c) = (shape[0], shape[1]);
     let inner: usize = shape[2..].iter().product();
     let mut want: Vec<usize> = vec![n];
     want.extend_from_slice(&shape[2..]);
-    assert!(target.shape() == want.as_slice(), "{op}: input {shape:?} needs targets of shape {want:?}, got {:?}", target.shape());
+    assert!(
+        target.shape() == want.as_slice(),
+        "{op}: input {shape:?} needs targets of shape {want:?}, got {:?}",
+        target.shape()
+    );
     if let Some(w) = weight {
         assert!(w.shape() == [c], "{op}: weight {:?} should have one entry per class ({c})", w.shape());
     }
@@ -175,7 +185,8 @@ pub fn cross_entropy<E: Float>(input: &Var<E>, target: &Indices, opts: &CrossEnt
     let mut wshape = vec![1usize; shape.len()];
     wshape[1] = c;
     let w = opts.weight.clone().map(|w| w.reshape(&wshape)).unwrap_or_else(|| Tensor::ones(&wshape));
-    let keep: Vec<E> = target.data.iter().map(|&t| if Some(t) == opts.ignore_index { E::zero() } else { E::one() }).collect();
+    let keep: Vec<E> =
+        target.data.iter().map(|&t| if Some(t) == opts.ignore_index { E::zero() } else { E::one() }).collect();
     let mut kshape = shape.to_vec();
     kshape[1] = 1;
     let keep_t = Tensor::from_vec(keep.clone(), &kshape);
@@ -197,7 +208,12 @@ pub fn cross_entropy<E: Float>(input: &Var<E>, target: &Indices, opts: &CrossEnt
 /// the mean divides by the number of samples).
 pub fn cross_entropy_probs<E: Float>(input: &Var<E>, target: &Tensor<E>, opts: &CrossEntropyOptions<E>) -> Var<E> {
     let shape = input.shape();
-    assert!(target.shape() == shape.as_slice(), "cross_entropy: input {:?} and probability target {:?} differ", shape.as_slice(), target.shape());
+    assert!(
+        target.shape() == shape.as_slice(),
+        "cross_entropy: input {:?} and probability target {:?} differ",
+        shape.as_slice(),
+        target.shape()
+    );
     assert!(opts.ignore_index.is_none(), "cross_entropy: ignore_index is not supported with probability targets");
     let c = shape[1];
     let logp = input.log_softmax(1);
@@ -223,7 +239,12 @@ pub fn cross_entropy_probs<E: Float>(input: &Var<E>, target: &Tensor<E>, opts: &
 
 /// Binary cross-entropy of probabilities, like `F.binary_cross_entropy`: logs are clamped
 /// at -100 as PyTorch does, so a probability of 0 or 1 gives a finite loss.
-pub fn binary_cross_entropy<E: Float>(input: &Var<E>, target: &Var<E>, weight: Option<&Tensor<E>>, r: Reduction) -> Var<E> {
+pub fn binary_cross_entropy<E: Float>(
+    input: &Var<E>,
+    target: &Var<E>,
+    weight: Option<&Tensor<E>>,
+    r: Reduction,
+) -> Var<E> {
     check_same_shape("binary_cross_entropy", input, target);
     let log_p = input.log().clamp(Some(-100.0), None);
     let log_q = input.rsub_scalar(E::one()).log().clamp(Some(-100.0), None);

@@ -50,8 +50,12 @@ pub(crate) fn load(group_case: &str) -> Option<Case> {
             let shape = view.shape().to_vec();
             let data = view.data();
             let vals: Vec<f64> = match view.dtype() {
-                safetensors::Dtype::F64 => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-                safetensors::Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+                safetensors::Dtype::F64 => {
+                    data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+                }
+                safetensors::Dtype::F32 => {
+                    data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+                }
                 safetensors::Dtype::I64 => {
                     let v: Vec<i64> = data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
                     ints.insert(name.clone(), (v.clone(), shape.clone()));

@@ -30,11 +30,15 @@ pub mod serialize;
 
 pub use distillation::{distillation_loss, DistillationLoss};
 pub use error::NnError;
-pub use layers::*;
-pub use loss::{BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss, MSELoss, NLLLoss, SmoothL1Loss};
 pub use functional::{CrossEntropyOptions, Reduction};
-pub use serialize::{load, load_mapped, load_state_dict_file, save, save_state_dict, KeyMap, KeyMapReport, Metadata, SafetensorsFile};
+pub use layers::*;
+pub use loss::{
+    BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss, MSELoss, NLLLoss, SmoothL1Loss,
+};
 pub use module::{visit_buffer, visit_param, Forward, Layer, LoadReport, Module, StateDict, TensorKind};
+pub use serialize::{
+    load, load_mapped, load_state_dict_file, save, save_state_dict, KeyMap, KeyMapReport, Metadata, SafetensorsFile,
+};
 
 /// `#[derive(Module)]`: writes [`Module`]'s `visit` and train/eval from a struct's fields
 /// (the derive and the trait share the name, as serde's `Serialize` does).

@@ -153,7 +153,13 @@ pub struct BCEWithLogitsLoss<E: Float = f32> {
 impl<E: Float> BCEWithLogitsLoss<E> {
     /// The loss of logits `input` against `target`.
     pub fn forward(&self, input: &Var<E>, target: &Var<E>) -> Var<E> {
-        F::binary_cross_entropy_with_logits(input, target, self.weight.as_ref(), self.pos_weight.as_ref(), self.reduction)
+        F::binary_cross_entropy_with_logits(
+            input,
+            target,
+            self.weight.as_ref(),
+            self.pos_weight.as_ref(),
+            self.reduction,
+        )
     }
 }
 
@@ -222,7 +228,13 @@ mod tests {
 
     #[test]
     fn golden_classification_losses() {
-        for case in ["cross_entropy", "cross_entropy_3d", "cross_entropy_ignore_index", "cross_entropy_label_smoothing", "cross_entropy_weight"] {
+        for case in [
+            "cross_entropy",
+            "cross_entropy_3d",
+            "cross_entropy_ignore_index",
+            "cross_entropy_label_smoothing",
+            "cross_entropy_weight",
+        ] {
             run(case, |x, c| {
                 let k = &c.json["constructor_kwargs"];
                 let opts = CrossEntropyOptions {
@@ -238,7 +250,8 @@ mod tests {
         run("nll_loss", |x, c| NLLLoss::default().forward(x, &indices(c, "input.target")));
         run("bce", |x, c| BCELoss::default().forward(x, &Var::constant(c.t("input.target"))));
         run("bce_with_logits_pos_weight", |x, c| {
-            BCEWithLogitsLoss { pos_weight: Some(c.t("param.pos_weight")), ..Default::default() }.forward(x, &Var::constant(c.t("input.target")))
+            BCEWithLogitsLoss { pos_weight: Some(c.t("param.pos_weight")), ..Default::default() }
+                .forward(x, &Var::constant(c.t("input.target")))
         });
         for case in ["kl_div_batchmean", "kl_div_batchmean_log_target"] {
             run(case, |x, c| {
@@ -257,23 +270,64 @@ mod tests {
         let t = Indices::from_vec(vec![0, 3, 1]);
         let w = Tensor::from_vec(vec![0.5, 1.0, 2.0, 1.5], &[4]);
         let checks: Vec<(&str, Box<dyn Fn(&[Var<f64>]) -> Var<f64>>, Tensor<f64>)> = vec![
-            ("mse", Box::new(|v: &[Var<f64>]| F::mse_loss(&v[0], &Var::constant(y.clone()), Reduction::Mean)), x.clone()),
-            ("smooth_l1", Box::new(|v: &[Var<f64>]| F::smooth_l1_loss(&v[0], &Var::constant(y.clone()), 0.3, Reduction::Sum)), x.clone()),
-            ("huber", Box::new(|v: &[Var<f64>]| F::huber_loss(&v[0], &Var::constant(y.clone()), 0.7, Reduction::Mean)), x.clone()),
+            (
+                "mse",
+                Box::new(|v: &[Var<f64>]| F::mse_loss(&v[0], &Var::constant(y.clone()), Reduction::Mean)),
+                x.clone(),
+            ),
+            (
+                "smooth_l1",
+                Box::new(|v: &[Var<f64>]| F::smooth_l1_loss(&v[0], &Var::constant(y.clone()), 0.3, Reduction::Sum)),
+                x.clone(),
+            ),
+            (
+                "huber",
+                Box::new(|v: &[Var<f64>]| F::huber_loss(&v[0], &Var::constant(y.clone()), 0.7, Reduction::Mean)),
+                x.clone(),
+            ),
             (
                 "cross_entropy",
                 Box::new(|v: &[Var<f64>]| {
-                    F::cross_entropy(&v[0], &t, &CrossEntropyOptions { weight: Some(w.clone()), label_smoothing: 0.2, ignore_index: Some(1), reduction: Reduction::Mean })
+                    F::cross_entropy(
+                        &v[0],
+                        &t,
+                        &CrossEntropyOptions {
+                            weight: Some(w.clone()),
+                            label_smoothing: 0.2,
+                            ignore_index: Some(1),
+                            reduction: Reduction::Mean,
+                        },
+                    )
                 }),
                 x.clone(),
             ),
-            ("bce", Box::new(|v: &[Var<f64>]| F::binary_cross_entropy(&v[0], &Var::constant(p.clone()), None, Reduction::Mean)), p.clone()),
+            (
+                "bce",
+                Box::new(|v: &[Var<f64>]| {
+                    F::binary_cross_entropy(&v[0], &Var::constant(p.clone()), None, Reduction::Mean)
+                }),
+                p.clone(),
+            ),
             (
                 "bce_logits",
-                Box::new(|v: &[Var<f64>]| F::binary_cross_entropy_with_logits(&v[0], &Var::constant(p.clone()), None, Some(&w), Reduction::Mean)),
+                Box::new(|v: &[Var<f64>]| {
+                    F::binary_cross_entropy_with_logits(
+                        &v[0],
+                        &Var::constant(p.clone()),
+                        None,
+                        Some(&w),
+                        Reduction::Mean,
+                    )
+                }),
                 x.clone(),
             ),
-            ("kl", Box::new(|v: &[Var<f64>]| F::kl_div(&v[0].log_softmax(1), &Var::constant(p.clone()), Reduction::BatchMean, false)), x.clone()),
+            (
+                "kl",
+                Box::new(|v: &[Var<f64>]| {
+                    F::kl_div(&v[0].log_softmax(1), &Var::constant(p.clone()), Reduction::BatchMean, false)
+                }),
+                x.clone(),
+            ),
         ];
         for (name, f, inp) in checks {
             let r = gradcheck(|v| f(v), &[inp], 1e-6, 1e-7, 1e-5);
@@ -307,6 +361,10 @@ mod tests {
     #[test]
     #[should_panic(expected = "mse_loss: input [2] and target [3] must have the same shape")]
     fn shape_mismatch_panics() {
-        let _ = F::mse_loss(&Var::constant(Tensor::<f32>::zeros(&[2])), &Var::constant(Tensor::zeros(&[3])), Reduction::Mean);
+        let _ = F::mse_loss(
+            &Var::constant(Tensor::<f32>::zeros(&[2])),
+            &Var::constant(Tensor::zeros(&[3])),
+            Reduction::Mean,
+        );
     }
 }

@@ -17,7 +17,9 @@ fn gemm(c: &mut Criterion) {
         g.throughput(Throughput::Elements((2 * n * n * n) as u64));
         for threads in [1, 2] {
             set_num_threads(threads);
-            g.bench_with_input(BenchmarkId::new(format!("matmul/t{threads}"), n), &n, |bch, _| bch.iter(|| a.matmul(&b)));
+            g.bench_with_input(BenchmarkId::new(format!("matmul/t{threads}"), n), &n, |bch, _| {
+                bch.iter(|| a.matmul(&b))
+            });
         }
         set_num_threads(1);
         let at = a.t();

@@ -146,9 +146,7 @@ impl<E: Float> Tensor<E> {
     pub fn map_inplace(&mut self, f: impl Fn(E) -> E + Sync + Send) {
         let s = self.unique_slice_mut();
         if s.len() >= parallel::elementwise_min() && parallel::get_num_threads() > 1 {
-            parallel::install(|_| {
-                s.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x = f(*x)))
-            });
+            parallel::install(|_| s.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x = f(*x))));
         } else {
             s.iter_mut().for_each(|x| *x = f(*x));
         }
@@ -392,9 +390,11 @@ impl<E: Float> Tensor<E> {
         let mut out = vec![E::zero(); shape.iter().product()];
         {
             let ov = ArrayViewMutD::from_shape(IxDyn(&shape), &mut out).expect("sized");
-            Zip::from(ov).and(&m.view_nd()).and(&a.view_nd()).and(&b.view_nd()).for_each(|o, &m, &a, &b| {
-                *o = if m != E::zero() { a } else { b }
-            });
+            Zip::from(ov)
+                .and(&m.view_nd())
+                .and(&a.view_nd())
+                .and(&b.view_nd())
+                .for_each(|o, &m, &a, &b| *o = if m != E::zero() { a } else { b });
         }
         Self::from_vec(out, &shape)
     }

@@ -31,9 +31,9 @@ mod rnn;
 mod tensor;
 
 pub use element::{DType, Float};
+pub use elementwise::{broadcast_shapes, sigmoid_scalar};
 pub use indexing::PadMode;
 pub use kernels::conv::{Conv1dParams, Conv2dParams, ConvTranspose2dParams};
-pub use elementwise::{broadcast_shapes, sigmoid_scalar};
 pub use parallel::{get_num_threads, set_num_threads};
 pub use reduce::Norm;
 pub use rng::Rng;

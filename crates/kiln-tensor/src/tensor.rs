@@ -112,12 +112,7 @@ impl<E: Float> Tensor<E> {
     /// ```
     pub fn from_vec(data: Vec<E>, shape: &[usize]) -> Self {
         let n: usize = shape.iter().product();
-        assert_eq!(
-            n,
-            data.len(),
-            "from_vec: shape {shape:?} holds {n} elements but the data has {}",
-            data.len()
-        );
+        assert_eq!(n, data.len(), "from_vec: shape {shape:?} holds {n} elements but the data has {}", data.len());
         crate::alloc::keep_freed_memory_once();
         Tensor { storage: Arc::new(data), shape: shape.into(), strides: contiguous_strides(shape), offset: 0 }
     }
@@ -182,10 +177,7 @@ impl<E: Float> Tensor<E> {
     /// **Panics** if `step` is zero or has the wrong sign for the range.
     pub fn arange(start: f64, end: f64, step: f64) -> Self {
         assert!(step != 0.0, "arange: step must be non-zero");
-        assert!(
-            (end - start) * step >= 0.0,
-            "arange: step {step} cannot go from {start} to {end}"
-        );
+        assert!((end - start) * step >= 0.0, "arange: step {step} cannot go from {start} to {end}");
         let n = ((end - start) / step).ceil().max(0.0) as usize;
         Self::from_vec((0..n).map(|i| E::from_f64(start + i as f64 * step)).collect(), &[n])
     }
@@ -244,7 +236,8 @@ impl<E: Float> Tensor<E> {
     /// Bernoulli draws with per-element probabilities taken from `self`, like `torch.bernoulli`.
     #[must_use]
     pub fn bernoulli_like(&self, rng: &mut Rng) -> Self {
-        let data = self.to_vec().into_iter().map(|p| if rng.next_f64() < p.to_f64() { E::one() } else { E::zero() }).collect();
+        let data =
+            self.to_vec().into_iter().map(|p| if rng.next_f64() < p.to_f64() { E::one() } else { E::zero() }).collect();
         Self::from_vec(data, &self.shape)
     }
 
@@ -706,11 +699,7 @@ impl<E: Float> Tensor<E> {
     #[must_use]
     pub fn expand(&self, shape: &[usize]) -> Self {
         let nd = shape.len();
-        assert!(
-            nd >= self.ndim(),
-            "expand: cannot expand shape {:?} to fewer dims {shape:?}",
-            self.shape
-        );
+        assert!(nd >= self.ndim(), "expand: cannot expand shape {:?} to fewer dims {shape:?}", self.shape);
         let lead = nd - self.ndim();
         let mut strides: Strides = smallvec::smallvec![0; nd];
         for i in 0..self.ndim() {
@@ -772,7 +761,15 @@ impl<E: Float> std::fmt::Display for Tensor<E> {
         let summarize = self.numel() > 1000;
         let prec = f.precision().unwrap_or(4);
         let mut out = String::from("tensor(");
-        fn rec<E: Float>(t: &Tensor<E>, d: usize, idx: &mut Vec<usize>, out: &mut String, sum: bool, prec: usize, indent: usize) {
+        fn rec<E: Float>(
+            t: &Tensor<E>,
+            d: usize,
+            idx: &mut Vec<usize>,
+            out: &mut String,
+            sum: bool,
+            prec: usize,
+            indent: usize,
+        ) {
             if d == t.ndim() {
                 let v = t.get(idx);
                 out.push_str(&format!("{:.*}", prec, v));
@@ -991,7 +988,8 @@ pub(crate) mod tests {
         let y: Tensor<f64> = serde_json::from_str(&j).unwrap();
         assert_eq!(x, y);
         let bytes = bincode::serde::encode_to_vec(&x, bincode::config::standard()).unwrap();
-        let (z, _): (Tensor<f64>, usize) = bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+        let (z, _): (Tensor<f64>, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
         assert_eq!(x, z);
         let bad = r#"{"shape":[2,2],"data":[1.0]}"#;
         assert!(serde_json::from_str::<Tensor<f64>>(bad).is_err());

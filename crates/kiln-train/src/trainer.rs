@@ -340,7 +340,8 @@ impl Trainer {
 /// mode and without a graph, like Keras' `predict`.
 pub fn predict<M: Module<f32> + Forward<f32>>(model: &mut M, data: &dyn BatchSource) -> Tensor<f32> {
     model.eval();
-    let outs: Vec<Tensor<f32>> = no_grad(|| data.batches().map(|b| model.forward(&Var::constant(b.inputs)).value()).collect());
+    let outs: Vec<Tensor<f32>> =
+        no_grad(|| data.batches().map(|b| model.forward(&Var::constant(b.inputs)).value()).collect());
     assert!(!outs.is_empty(), "predict: the data source yielded no batch");
     Tensor::cat(&outs, 0)
 }

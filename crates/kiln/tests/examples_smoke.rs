@@ -61,7 +61,9 @@ fn is_fraction(x: f64) -> bool {
 
 #[test]
 fn logistic_regression_smoke() {
-    if let Some(r) = unless_missing("logistic_regression", logistic_regression::run(&logistic_regression::Opts::smoke())) {
+    if let Some(r) =
+        unless_missing("logistic_regression", logistic_regression::run(&logistic_regression::Opts::smoke()))
+    {
         // A few epochs of logistic regression already separate most tumours.
         assert!(r.test_accuracy > 0.8, "{r:?}");
     }
@@ -120,7 +122,10 @@ fn autoencoder_mnist_smoke() {
 fn pretrain_finetune_smoke() {
     if let Some(r) = unless_missing("pretrain_finetune", pretrain_finetune::run(&pretrain_finetune::Opts::smoke())) {
         assert_eq!(r.labelled, 50);
-        assert!(is_fraction(r.finetuned_accuracy) && is_fraction(r.scratch_accuracy) && r.autoencoder_bce.is_finite(), "{r:?}");
+        assert!(
+            is_fraction(r.finetuned_accuracy) && is_fraction(r.scratch_accuracy) && r.autoencoder_bce.is_finite(),
+            "{r:?}"
+        );
     }
 }
 
@@ -156,6 +161,9 @@ fn quantize_mnist_smoke() {
         assert!((r.int8_accuracy - r.f32_accuracy).abs() <= 0.05, "{r:?}");
         assert!(r.reload_identical, "{r:?}");
         assert!(r.int8_file_bytes * 3 < r.f32_file_bytes, "{r:?}");
-        assert!(r.ms_per_image_batch1.iter().chain(&r.ms_per_image_batch64).all(|t| t.is_finite() && *t > 0.0), "{r:?}");
+        assert!(
+            r.ms_per_image_batch1.iter().chain(&r.ms_per_image_batch64).all(|t| t.is_finite() && *t > 0.0),
+            "{r:?}"
+        );
     }
 }

@@ -32,7 +32,12 @@ pub fn run(timer: &Timer) -> Vec<Figure> {
                 })
                 .collect();
             rates.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-            Figure { variant: format!("mnist,batch=64,workers={workers}"), value: rates[rates.len() / 2], unit: "samples/s", reps: epochs }
+            Figure {
+                variant: format!("mnist,batch=64,workers={workers}"),
+                value: rates[rates.len() / 2],
+                unit: "samples/s",
+                reps: epochs,
+            }
         })
         .collect()
 }

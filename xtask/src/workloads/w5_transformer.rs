@@ -4,7 +4,8 @@
 
 use kiln_autograd::Var;
 use kiln_nn::{
-    CrossEntropyLoss, Forward, Linear, Module, TransformerEncoder, TransformerEncoderLayer, TransformerEncoderLayerConfig,
+    CrossEntropyLoss, Forward, Linear, Module, TransformerEncoder, TransformerEncoderLayer,
+    TransformerEncoderLayerConfig,
 };
 use kiln_optim::{Adam, AdamConfig, Optimizer};
 use kiln_tensor::{Indices, Rng, Tensor};
@@ -16,7 +17,12 @@ pub fn run(timer: &Timer) -> Vec<Figure> {
     let mut rng = Rng::new(5);
     let x = Var::constant(Tensor::<f32>::randn(&[16, 128, 256], &mut rng));
     let y = Indices::from_vec((0..16).map(|_| rng.below(10) as usize).collect());
-    let cfg = TransformerEncoderLayerConfig { dim_feedforward: 1024, dropout: 0.0, batch_first: true, ..TransformerEncoderLayerConfig::new(256, 8) };
+    let cfg = TransformerEncoderLayerConfig {
+        dim_feedforward: 1024,
+        dropout: 0.0,
+        batch_first: true,
+        ..TransformerEncoderLayerConfig::new(256, 8)
+    };
     let layer: TransformerEncoderLayer = cfg.build().expect("valid config");
     let enc = TransformerEncoder::new(layer, 2, None);
     let head: Linear = Linear::new(256, 10);

@@ -121,7 +121,10 @@ impl<E: Float> Var<E> {
         Var::from_op(
             self.with_value(|x| x.add_scalar(s)),
             smallvec![self.clone()],
-            OpFn { name: "add_scalar", f: |g: &Var<E>, _: &[Var<E>], _: &Var<E>| -> Grads<E> { smallvec![Some(g.clone())] } },
+            OpFn {
+                name: "add_scalar",
+                f: |g: &Var<E>, _: &[Var<E>], _: &Var<E>| -> Grads<E> { smallvec![Some(g.clone())] },
+            },
         )
     }
 
@@ -138,7 +141,10 @@ impl<E: Float> Var<E> {
         Var::from_op(
             self.with_value(|x| x.mul_scalar(s)),
             smallvec![self.clone()],
-            OpFn { name: "mul_scalar", f: move |g: &Var<E>, _: &[Var<E>], _: &Var<E>| -> Grads<E> { smallvec![Some(g.mul_scalar(s))] } },
+            OpFn {
+                name: "mul_scalar",
+                f: move |g: &Var<E>, _: &[Var<E>], _: &Var<E>| -> Grads<E> { smallvec![Some(g.mul_scalar(s))] },
+            },
         )
     }
 
@@ -166,13 +172,18 @@ impl<E: Float> Var<E> {
     // d(x^e)/dx = e x^(e-1)
     #[must_use]
     pub fn powf(&self, e: f64) -> Var<E> {
-        unary_op(self, "powf", |x| x.powf(e), move |x, _, g| {
-            if e == 2.0 {
-                g.mul(x).mul_scalar(E::from_f64(2.0))
-            } else {
-                g.mul(&x.powf(e - 1.0)).mul_scalar(E::from_f64(e))
-            }
-        })
+        unary_op(
+            self,
+            "powf",
+            |x| x.powf(e),
+            move |x, _, g| {
+                if e == 2.0 {
+                    g.mul(x).mul_scalar(E::from_f64(2.0))
+                } else {
+                    g.mul(&x.powf(e - 1.0)).mul_scalar(E::from_f64(e))
+                }
+            },
+        )
     }
 }
 
@@ -224,9 +235,9 @@ impl<E: Float> Neg for &Var<E> {
 mod tests {
     // Not `super::*`: that would bring std::ops::Mul into scope, and `v.mul(..)` on an owned
     // Var would then pick the by-value operator.
+    use crate::testing::{broadcast_pair, check, check2, noncontiguous, tensor_strategy};
     use crate::var::Var;
     use kiln_tensor::Tensor;
-    use crate::testing::{broadcast_pair, check, check2, noncontiguous, tensor_strategy};
     use proptest::prelude::*;
 
     fn t(v: &[f64], s: &[usize]) -> Tensor<f64> {
@@ -253,7 +264,11 @@ mod tests {
         assert_eq!(b.grad().unwrap().to_vec(), vec![1.0, 0.5, 0.0]);
     }
 
-    fn check_binary(f: impl Fn(&Var<f64>, &Var<f64>) -> Var<f64>, a: Tensor<f64>, b: Tensor<f64>) -> Result<(), TestCaseError> {
+    fn check_binary(
+        f: impl Fn(&Var<f64>, &Var<f64>) -> Var<f64>,
+        a: Tensor<f64>,
+        b: Tensor<f64>,
+    ) -> Result<(), TestCaseError> {
         let r = check(|v| f(&v[0], &v[1]), &[a.clone(), b.clone()]);
         prop_assert!(r.is_ok(), "{}", r.unwrap_err());
         Ok(())

@@ -248,7 +248,12 @@ mod tests {
         Case { x: uniform(&xs, &mut rng), w: uniform(&ws, &mut rng), b: uniform(&[co], &mut rng) }
     }
 
-    fn run(case: &Case, nc: bool, f: impl Fn(&Var<f64>, &Var<f64>, Option<&Var<f64>>) -> Var<f64> + Copy, second: bool) -> Result<(), TestCaseError> {
+    fn run(
+        case: &Case,
+        nc: bool,
+        f: impl Fn(&Var<f64>, &Var<f64>, Option<&Var<f64>>) -> Var<f64> + Copy,
+        second: bool,
+    ) -> Result<(), TestCaseError> {
         let x = if nc { noncontiguous(&case.x) } else { case.x.clone() };
         let inputs = [x, case.w.clone(), case.b.clone()];
         let r = check(|v| f(&v[0], &v[1], Some(&v[2])), &inputs);

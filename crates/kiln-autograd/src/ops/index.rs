@@ -101,10 +101,15 @@ impl<E: Float> Var<E> {
     #[must_use]
     pub fn index_select(&self, dim: isize, index: &[usize]) -> Var<E> {
         let idx = index.to_vec();
-        unary_op(self, "index_select", |x| x.index_select(dim, index), move |x, _, g| {
-            let shape = x.shape();
-            scatter_into_zeros(g, &shape, dim_of(dim, shape.len(), "index_select", &shape), &idx)
-        })
+        unary_op(
+            self,
+            "index_select",
+            |x| x.index_select(dim, index),
+            move |x, _, g| {
+                let shape = x.shape();
+                scatter_into_zeros(g, &shape, dim_of(dim, shape.len(), "index_select", &shape), &idx)
+            },
+        )
     }
 
     /// Adds the slices of `src` along `dim` into a copy of `self` at `index`
@@ -123,7 +128,10 @@ impl<E: Float> Var<E> {
             OpFn {
                 name: "index_add",
                 f: move |g: &Var<E>, i: &[Var<E>], _: &Var<E>| -> Grads<E> {
-                    smallvec![i[0].requires_grad().then(|| g.clone()), i[1].requires_grad().then(|| g.index_select(dim, &idx))]
+                    smallvec![
+                        i[0].requires_grad().then(|| g.clone()),
+                        i[1].requires_grad().then(|| g.index_select(dim, &idx))
+                    ]
                 },
             },
         )
@@ -183,9 +191,12 @@ impl<E: Float> Var<E> {
     #[must_use]
     pub fn gather(&self, dim: isize, index: &Indices) -> Var<E> {
         let idx = index.clone();
-        unary_op(self, "gather", |x| x.gather(dim, index), move |x, _, g| {
-            Var::constant(Tensor::zeros(&x.shape())).scatter_add(dim, &idx, g)
-        })
+        unary_op(
+            self,
+            "gather",
+            |x| x.gather(dim, index),
+            move |x, _, g| Var::constant(Tensor::zeros(&x.shape())).scatter_add(dim, &idx, g),
+        )
     }
 
     /// Adds `src` into a copy of `self` at the positions `index` gives along `dim`
@@ -209,7 +220,8 @@ impl<E: Float> Var<E> {
                         let gathered = g.gather(dim, &idx);
                         // zeros for the entries of src beyond index's extent
                         let sshape = i[1].shape();
-                        let pads: Vec<(usize, usize)> = sshape.iter().zip(idx.shape()).rev().map(|(&s, &k)| (0, s - k)).collect();
+                        let pads: Vec<(usize, usize)> =
+                            sshape.iter().zip(idx.shape()).rev().map(|(&s, &k)| (0, s - k)).collect();
                         if pads.iter().all(|&(_, a)| a == 0) {
                             gathered
                         } else {
@@ -230,7 +242,12 @@ impl<E: Float> Var<E> {
     #[must_use]
     pub fn masked_fill(&self, mask: &Tensor<E>, value: E) -> Var<E> {
         let m = mask.clone();
-        unary_op(self, "masked_fill", |x| x.masked_fill(mask, value), move |_, _, g| g.mul(&Var::constant(m.eq_scalar(E::zero()))))
+        unary_op(
+            self,
+            "masked_fill",
+            |x| x.masked_fill(mask, value),
+            move |_, _, g| g.mul(&Var::constant(m.eq_scalar(E::zero()))),
+        )
     }
 
     /// `self` where `mask` is nonzero, `other` elsewhere, broadcasting all three, like
@@ -261,31 +278,36 @@ impl<E: Float> Var<E> {
     #[must_use]
     pub fn pad(&self, pads: &[(usize, usize)], mode: PadMode) -> Var<E> {
         let pads_v = pads.to_vec();
-        unary_op(self, "pad", |x| x.pad(pads, mode), move |x, _, g| {
-            let shape = x.shape();
-            let nd = shape.len();
-            let mut g = g.clone();
-            for (k, &(before, after)) in pads_v.iter().enumerate() {
-                if before == 0 && after == 0 {
-                    continue;
-                }
-                let d = nd - 1 - k;
-                let n = shape[d];
-                g = match mode {
-                    PadMode::Constant(_) => g.narrow(d as isize, before, n),
-                    PadMode::Reflect | PadMode::Replicate => {
-                        // the input position each output position along d copies
-                        let source: Vec<usize> = (0..(before + n + after) as isize)
-                            .map(|p| pad_source(p - before as isize, n as isize, mode))
-                            .collect();
-                        let mut to = g.shape();
-                        to[d] = n;
-                        scatter_into_zeros(&g, &to, d, &source)
+        unary_op(
+            self,
+            "pad",
+            |x| x.pad(pads, mode),
+            move |x, _, g| {
+                let shape = x.shape();
+                let nd = shape.len();
+                let mut g = g.clone();
+                for (k, &(before, after)) in pads_v.iter().enumerate() {
+                    if before == 0 && after == 0 {
+                        continue;
                     }
-                };
-            }
-            g
-        })
+                    let d = nd - 1 - k;
+                    let n = shape[d];
+                    g = match mode {
+                        PadMode::Constant(_) => g.narrow(d as isize, before, n),
+                        PadMode::Reflect | PadMode::Replicate => {
+                            // the input position each output position along d copies
+                            let source: Vec<usize> = (0..(before + n + after) as isize)
+                                .map(|p| pad_source(p - before as isize, n as isize, mode))
+                                .collect();
+                            let mut to = g.shape();
+                            to[d] = n;
+                            scatter_into_zeros(&g, &to, d, &source)
+                        }
+                    };
+                }
+                g
+            },
+        )
     }
 
     /// Tiles `self` `repeats[d]` times along each dimension, like `torch.Tensor.repeat` (more
@@ -296,18 +318,26 @@ impl<E: Float> Var<E> {
     #[must_use]
     pub fn repeat(&self, repeats: &[usize]) -> Var<E> {
         let reps = repeats.to_vec();
-        unary_op(self, "repeat", |x| x.repeat(repeats), move |x, _, g| {
-            let shape = x.shape();
-            let lead = reps.len() - shape.len();
-            // [r0, s0, r1, s1, ...]: sum over the r's
-            let tiles: Vec<usize> =
-                reps.iter().enumerate().flat_map(|(d, &r)| [r, if d < lead { 1 } else { shape[d - lead] }]).collect();
-            let axes: Vec<isize> = (0..reps.len() as isize).map(|d| 2 * d).collect();
-            if axes.is_empty() {
-                return g.clone();
-            }
-            g.reshape(&tiles).sum(&axes, false).reshape(&shape)
-        })
+        unary_op(
+            self,
+            "repeat",
+            |x| x.repeat(repeats),
+            move |x, _, g| {
+                let shape = x.shape();
+                let lead = reps.len() - shape.len();
+                // [r0, s0, r1, s1, ...]: sum over the r's
+                let tiles: Vec<usize> = reps
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(d, &r)| [r, if d < lead { 1 } else { shape[d - lead] }])
+                    .collect();
+                let axes: Vec<isize> = (0..reps.len() as isize).map(|d| 2 * d).collect();
+                if axes.is_empty() {
+                    return g.clone();
+                }
+                g.reshape(&tiles).sum(&axes, false).reshape(&shape)
+            },
+        )
     }
 }
 
@@ -512,7 +542,10 @@ mod tests {
 
         let x = Var::param(r(5, &[5]));
         let parts = x.split(2, 0);
-        assert_eq!(parts.iter().map(|p| p.value().to_vec()).collect::<Vec<_>>(), vec![vec![0.0, 1.0], vec![2.0, 3.0], vec![4.0]]);
+        assert_eq!(
+            parts.iter().map(|p| p.value().to_vec()).collect::<Vec<_>>(),
+            vec![vec![0.0, 1.0], vec![2.0, 3.0], vec![4.0]]
+        );
         parts[2].mul_scalar(3.0).add(&parts[0].sum_all()).sum_all().backward();
         assert_eq!(x.grad().unwrap().to_vec(), vec![1.0, 1.0, 0.0, 0.0, 3.0]);
         assert_eq!(Var::param(r(5, &[5])).chunk(2, 0).iter().map(Var::numel).collect::<Vec<_>>(), vec![3, 2]);
@@ -601,7 +634,10 @@ mod tests {
         assert_eq!(y.shape().as_slice(), &[2, 6]);
         y.backward_with(&r(12, &[2, 6]));
         // tiles of the flattened grad [[0..6], [6..12]] at columns (0,2,4) and (1,3,5)
-        assert_eq!(x.grad().unwrap().to_vec(), vec![0.0 + 2.0 + 4.0 + 6.0 + 8.0 + 10.0, 1.0 + 3.0 + 5.0 + 7.0 + 9.0 + 11.0]);
+        assert_eq!(
+            x.grad().unwrap().to_vec(),
+            vec![0.0 + 2.0 + 4.0 + 6.0 + 8.0 + 10.0, 1.0 + 3.0 + 5.0 + 7.0 + 9.0 + 11.0]
+        );
     }
 
     #[test]

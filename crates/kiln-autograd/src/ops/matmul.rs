@@ -209,10 +209,12 @@ mod tests {
     }
 
     fn operands() -> impl Strategy<Value = (Tensor<f64>, Tensor<f64>)> {
-        (any::<u8>(), 1usize..=3, 1usize..=3, 1usize..=3, 1usize..=3, 1usize..=2).prop_flat_map(|(c, m, k, n, b1, b2)| {
-            let (sa, sb) = matmul_shapes(c, m, k, n, b1, b2);
-            (values(sa), values(sb))
-        })
+        (any::<u8>(), 1usize..=3, 1usize..=3, 1usize..=3, 1usize..=3, 1usize..=2).prop_flat_map(
+            |(c, m, k, n, b1, b2)| {
+                let (sa, sb) = matmul_shapes(c, m, k, n, b1, b2);
+                (values(sa), values(sb))
+            },
+        )
     }
 
     /// `x` as a non-contiguous view with the same values: transposed storage, or a strided

@@ -49,7 +49,14 @@ pub fn unary_op<E: Float>(
     derivative: impl Fn(&Var<E>, &Var<E>, &Var<E>) -> Var<E> + Send + Sync + 'static,
 ) -> Var<E> {
     let value = x.with_value(forward);
-    Var::from_op(value, smallvec![x.clone()], OpFn { name, f: move |g: &Var<E>, i: &[Var<E>], out: &Var<E>| -> Grads<E> { smallvec![Some(derivative(&i[0], out, g))] } })
+    Var::from_op(
+        value,
+        smallvec![x.clone()],
+        OpFn {
+            name,
+            f: move |g: &Var<E>, i: &[Var<E>], out: &Var<E>| -> Grads<E> { smallvec![Some(derivative(&i[0], out, g))] },
+        },
+    )
 }
 
 /// Records a two-input broadcasting op. `da(a, b, out, grad)` and `db(...)` give the

@@ -24,7 +24,13 @@ use crate::var::{Grads, Var};
 /// A pooling that is a linear map of its input, with its hyper-parameters.
 #[derive(Clone, Copy, Debug)]
 enum LinearPool {
-    Avg1d { kernel: usize, stride: usize, padding: usize, ceil_mode: bool, count_include_pad: bool },
+    Avg1d {
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        ceil_mode: bool,
+        count_include_pad: bool,
+    },
     Avg2d {
         kernel: [usize; 2],
         stride: [usize; 2],
@@ -80,7 +86,9 @@ impl LinearPool {
 // d (P x)/dx = P^T g
 fn pool_op<E: Float>(pool: LinearPool, x: &Var<E>) -> Var<E> {
     let value = x.with_value(|v| pool.apply(v));
-    let f = move |g: &Var<E>, i: &[Var<E>], _: &Var<E>| -> Grads<E> { smallvec![Some(pool_adjoint_op(pool, g, i[0].shape()))] };
+    let f = move |g: &Var<E>, i: &[Var<E>], _: &Var<E>| -> Grads<E> {
+        smallvec![Some(pool_adjoint_op(pool, g, i[0].shape()))]
+    };
     Var::from_op(value, smallvec![x.clone()], OpFn { name: pool.names()[0], f })
 }
 
@@ -190,7 +198,14 @@ impl<E: Float> Var<E> {
     ///
     /// **Panics** as [`max_pool2d`](Var::max_pool2d) does.
     #[must_use]
-    pub fn max_pool1d(&self, kernel_size: usize, stride: usize, padding: usize, dilation: usize, ceil_mode: bool) -> Var<E> {
+    pub fn max_pool1d(
+        &self,
+        kernel_size: usize,
+        stride: usize,
+        padding: usize,
+        dilation: usize,
+        ceil_mode: bool,
+    ) -> Var<E> {
         self.max_pool1d_with_indices(kernel_size, stride, padding, dilation, ceil_mode).0
     }
 
@@ -400,7 +415,10 @@ mod tests {
         let y = x.max_pool1d(2, 1, 1, 2, false);
         assert_eq!(y.value().to_vec(), vec![f64::NEG_INFINITY]);
         let u = Var::param(Tensor::from_vec(vec![1.0f64], &[1, 1, 1]));
-        let gx = crate::grad(std::slice::from_ref(&y), std::slice::from_ref(&x), Some(std::slice::from_ref(&u)), true)[0].clone().unwrap();
+        let gx = crate::grad(std::slice::from_ref(&y), std::slice::from_ref(&x), Some(std::slice::from_ref(&u)), true)
+            [0]
+        .clone()
+        .unwrap();
         assert_eq!(gx.value().to_vec(), vec![0.0]);
         let gu = crate::grad(&[gx.sum_all()], &[u], None, false)[0].clone().unwrap();
         assert_eq!(gu.value().to_vec(), vec![0.0]);

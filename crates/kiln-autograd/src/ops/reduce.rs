@@ -28,11 +28,16 @@ impl<E: Float> Var<E> {
     #[must_use]
     pub fn sum(&self, axes: &[isize], keepdim: bool) -> Var<E> {
         let axes_v = axes.to_vec();
-        unary_op(self, "sum", |x| x.sum(axes, keepdim), move |x, _, g| {
-            let shape = x.shape();
-            let kept = keepdim_shape(&shape, &axes_of(&shape, &axes_v));
-            g.reshape(&kept).expand(&shape)
-        })
+        unary_op(
+            self,
+            "sum",
+            |x| x.sum(axes, keepdim),
+            move |x, _, g| {
+                let shape = x.shape();
+                let kept = keepdim_shape(&shape, &axes_of(&shape, &axes_v));
+                g.reshape(&kept).expand(&shape)
+            },
+        )
     }
 
     /// Sum of all elements (a 0-d `Var`).
@@ -57,13 +62,18 @@ impl<E: Float> Var<E> {
     #[must_use]
     pub fn var(&self, axes: &[isize], correction: usize, keepdim: bool) -> Var<E> {
         let axes_v = axes.to_vec();
-        unary_op(self, "var", |x| x.var(axes, correction, keepdim), move |x, _, g| {
-            let shape = x.shape();
-            let ax = axes_of(&shape, &axes_v);
-            let n: usize = ax.iter().map(|&d| shape[d]).product();
-            let scale = if n > correction { E::from_usize(2) / E::from_usize(n - correction) } else { E::nan() };
-            x.sub(&x.mean(&axes_v, true)).mul(&g.reshape(&keepdim_shape(&shape, &ax))).mul_scalar(scale)
-        })
+        unary_op(
+            self,
+            "var",
+            |x| x.var(axes, correction, keepdim),
+            move |x, _, g| {
+                let shape = x.shape();
+                let ax = axes_of(&shape, &axes_v);
+                let n: usize = ax.iter().map(|&d| shape[d]).product();
+                let scale = if n > correction { E::from_usize(2) / E::from_usize(n - correction) } else { E::nan() };
+                x.sub(&x.mean(&axes_v, true)).mul(&g.reshape(&keepdim_shape(&shape, &ax))).mul_scalar(scale)
+            },
+        )
     }
 
     /// Standard deviation over `axes` with Bessel's `correction`: `sqrt(var)`. Its gradient is
@@ -115,11 +125,16 @@ impl<E: Float> Var<E> {
     #[must_use]
     pub fn logsumexp(&self, axes: &[isize], keepdim: bool) -> Var<E> {
         let axes_v = axes.to_vec();
-        unary_op(self, "logsumexp", |x| x.logsumexp(axes, keepdim), move |x, out, g| {
-            let shape = x.shape();
-            let kept = keepdim_shape(&shape, &axes_of(&shape, &axes_v));
-            x.sub(&out.reshape(&kept)).exp().mul(&g.reshape(&kept))
-        })
+        unary_op(
+            self,
+            "logsumexp",
+            |x| x.logsumexp(axes, keepdim),
+            move |x, out, g| {
+                let shape = x.shape();
+                let kept = keepdim_shape(&shape, &axes_of(&shape, &axes_v));
+                x.sub(&out.reshape(&kept)).exp().mul(&g.reshape(&kept))
+            },
+        )
     }
 
     /// The vector norm over `axes` (all when empty), like `torch.linalg.vector_norm(x, p, dim,
@@ -135,35 +150,40 @@ impl<E: Float> Var<E> {
     #[must_use]
     pub fn norm(&self, p: Norm, axes: &[isize], keepdim: bool) -> Var<E> {
         let axes_v = axes.to_vec();
-        unary_op(self, "norm", |x| x.norm(p, axes, keepdim), move |x, out, g| {
-            let shape = x.shape();
-            let kept = keepdim_shape(&shape, &axes_of(&shape, &axes_v));
-            let gk = g.reshape(&kept);
-            let sign = || Var::constant(x.with_value(|v| v.sign()));
-            // the norm with 1 put in where it is 0, so that lanes of zeros divide 0 by 1
-            let safe_norm = || {
-                let o = out.reshape(&kept);
-                let zeros = Var::constant(o.with_value(|v| v.eq_scalar(E::zero())));
-                o.add(&zeros)
-            };
-            match p {
-                Norm::Inf => {
-                    let w = x.with_value(|xv| {
-                        let a = xv.abs();
-                        out.with_value(|o| tie_weights(&a, &o.reshape(&kept), &axes_v, "norm")).mul(&xv.sign())
-                    });
-                    gk.mul(&Var::constant(w))
+        unary_op(
+            self,
+            "norm",
+            |x| x.norm(p, axes, keepdim),
+            move |x, out, g| {
+                let shape = x.shape();
+                let kept = keepdim_shape(&shape, &axes_of(&shape, &axes_v));
+                let gk = g.reshape(&kept);
+                let sign = || Var::constant(x.with_value(|v| v.sign()));
+                // the norm with 1 put in where it is 0, so that lanes of zeros divide 0 by 1
+                let safe_norm = || {
+                    let o = out.reshape(&kept);
+                    let zeros = Var::constant(o.with_value(|v| v.eq_scalar(E::zero())));
+                    o.add(&zeros)
+                };
+                match p {
+                    Norm::Inf => {
+                        let w = x.with_value(|xv| {
+                            let a = xv.abs();
+                            out.with_value(|o| tie_weights(&a, &o.reshape(&kept), &axes_v, "norm")).mul(&xv.sign())
+                        });
+                        gk.mul(&Var::constant(w))
+                    }
+                    Norm::P(1.0) => gk.mul(&sign()),
+                    Norm::P(2.0) => x.div(&safe_norm()).mul(&gk),
+                    Norm::P(p) => {
+                        // |x| + [x = 0] keeps |x|^(p-1) finite for p < 1; sign(0) = 0 zeroes it
+                        let zeros = Var::constant(x.with_value(|v| v.eq_scalar(E::zero())));
+                        let num = x.abs().add(&zeros).powf(p - 1.0).mul(&sign());
+                        num.div(&safe_norm().powf(p - 1.0)).mul(&gk)
+                    }
                 }
-                Norm::P(1.0) => gk.mul(&sign()),
-                Norm::P(2.0) => x.div(&safe_norm()).mul(&gk),
-                Norm::P(p) => {
-                    // |x| + [x = 0] keeps |x|^(p-1) finite for p < 1; sign(0) = 0 zeroes it
-                    let zeros = Var::constant(x.with_value(|v| v.eq_scalar(E::zero())));
-                    let num = x.abs().add(&zeros).powf(p - 1.0).mul(&sign());
-                    num.div(&safe_norm().powf(p - 1.0)).mul(&gk)
-                }
-            }
-        })
+            },
+        )
     }
 }
 
@@ -202,8 +222,10 @@ mod tests {
     fn pick_axes(shape: &[usize], bits: u8) -> (Vec<isize>, usize) {
         let nd = shape.len();
         // a negative axis now and then
-        let axes: Vec<isize> =
-            (0..nd).filter(|d| bits >> d & 1 == 1).map(|d| if bits & 0x80 != 0 { d as isize - nd as isize } else { d as isize }).collect();
+        let axes: Vec<isize> = (0..nd)
+            .filter(|d| bits >> d & 1 == 1)
+            .map(|d| if bits & 0x80 != 0 { d as isize - nd as isize } else { d as isize })
+            .collect();
         let lane = if axes.is_empty() {
             shape.iter().product()
         } else {

@@ -100,26 +100,38 @@ impl<E: Float> Var<E> {
     // d relu(x)/dx = [x > 0]
     #[must_use]
     pub fn relu(&self) -> Var<E> {
-        unary_op(self, "relu", Tensor::relu, |x, _, g| g.mul(&const_of(x, |v| if v > E::zero() { E::one() } else { E::zero() })))
+        unary_op(self, "relu", Tensor::relu, |x, _, g| {
+            g.mul(&const_of(x, |v| if v > E::zero() { E::one() } else { E::zero() }))
+        })
     }
     /// Leaky ReLU with the given negative slope (PyTorch's default is 0.01).
     // d lrelu(x)/dx = 1 if x > 0 else slope
     #[must_use]
     pub fn leaky_relu(&self, slope: f64) -> Var<E> {
         let s = E::from_f64(slope);
-        unary_op(self, "leaky_relu", |x| x.leaky_relu(slope), move |x, _, g| g.mul(&const_of(x, move |v| if v > E::zero() { E::one() } else { s })))
+        unary_op(
+            self,
+            "leaky_relu",
+            |x| x.leaky_relu(slope),
+            move |x, _, g| g.mul(&const_of(x, move |v| if v > E::zero() { E::one() } else { s })),
+        )
     }
     /// ELU with the given alpha (PyTorch's default is 1).
     // d elu(x)/dx = 1 if x > 0 else alpha e^x
     #[must_use]
     pub fn elu(&self, alpha: f64) -> Var<E> {
         let a = E::from_f64(alpha);
-        unary_op(self, "elu", |x| x.elu(alpha), move |x, _, g| {
-            let pos = const_of(x, |v| if v > E::zero() { E::one() } else { E::zero() });
-            // alpha e^x on the negative side, written with Var ops for higher order
-            let neg = x.exp().mul_scalar(a).mul(&pos.rsub_scalar(E::one()));
-            g.mul(&pos.add(&neg))
-        })
+        unary_op(
+            self,
+            "elu",
+            |x| x.elu(alpha),
+            move |x, _, g| {
+                let pos = const_of(x, |v| if v > E::zero() { E::one() } else { E::zero() });
+                // alpha e^x on the negative side, written with Var ops for higher order
+                let neg = x.exp().mul_scalar(a).mul(&pos.rsub_scalar(E::one()));
+                g.mul(&pos.add(&neg))
+            },
+        )
     }
     /// GELU, exact erf form.
     // d gelu(x)/dx = Phi(x) + x phi(x)
@@ -128,14 +140,18 @@ impl<E: Float> Var<E> {
         unary_op(self, "gelu", Tensor::gelu, |x, _, g| {
             let inv_sqrt2 = E::from_f64(std::f64::consts::FRAC_1_SQRT_2);
             let inv_sqrt_2pi = E::from_f64(1.0 / (2.0 * std::f64::consts::PI).sqrt());
-            let cdf = Var::constant(x.with_value(|v| v.map(move |t| E::from_f64(0.5) * (E::one() + (t * inv_sqrt2).erf()))));
+            let cdf =
+                Var::constant(x.with_value(|v| v.map(move |t| E::from_f64(0.5) * (E::one() + (t * inv_sqrt2).erf()))));
             // phi(x) = e^(-x^2/2) / sqrt(2 pi), differentiable in x
             let pdf = x.mul(x).mul_scalar(E::from_f64(-0.5)).exp().mul_scalar(inv_sqrt_2pi);
             let cdf_part = if crate::is_grad_enabled() {
                 // Phi(x) with its own derivative phi(x) for higher orders
-                unary_op(x, "normal_cdf", move |v| v.map(move |t| E::from_f64(0.5) * (E::one() + (t * inv_sqrt2).erf())), move |y, _, gg| {
-                    gg.mul(&y.mul(y).mul_scalar(E::from_f64(-0.5)).exp().mul_scalar(inv_sqrt_2pi))
-                })
+                unary_op(
+                    x,
+                    "normal_cdf",
+                    move |v| v.map(move |t| E::from_f64(0.5) * (E::one() + (t * inv_sqrt2).erf())),
+                    move |y, _, gg| gg.mul(&y.mul(y).mul_scalar(E::from_f64(-0.5)).exp().mul_scalar(inv_sqrt_2pi)),
+                )
             } else {
                 cdf
             };
@@ -153,7 +169,11 @@ impl<E: Float> Var<E> {
             let x2 = x.mul(x);
             let th = x.add(&x2.mul(x).mul_scalar(c)).mul_scalar(k).tanh();
             let left = th.add_scalar(E::one()).mul_scalar(half);
-            let right = x.mul_scalar(half).mul(&th.mul(&th).rsub_scalar(E::one())).mul(&x2.mul_scalar(E::from_f64(3.0) * c).add_scalar(E::one())).mul_scalar(k);
+            let right = x
+                .mul_scalar(half)
+                .mul(&th.mul(&th).rsub_scalar(E::one()))
+                .mul(&x2.mul_scalar(E::from_f64(3.0) * c).add_scalar(E::one()))
+                .mul_scalar(k);
             g.mul(&left.add(&right))
         })
     }
@@ -171,11 +191,16 @@ impl<E: Float> Var<E> {
     #[must_use]
     pub fn softplus(&self, beta: f64, threshold: f64) -> Var<E> {
         let (b, t) = (E::from_f64(beta), E::from_f64(threshold));
-        unary_op(self, "softplus", |x| x.softplus(beta, threshold), move |x, _, g| {
-            let lin = const_of(x, move |v| if v * b > t { E::one() } else { E::zero() });
-            let s = x.mul_scalar(b).sigmoid();
-            g.mul(&s.mul(&lin.rsub_scalar(E::one())).add(&lin))
-        })
+        unary_op(
+            self,
+            "softplus",
+            |x| x.softplus(beta, threshold),
+            move |x, _, g| {
+                let lin = const_of(x, move |v| if v * b > t { E::one() } else { E::zero() });
+                let s = x.mul_scalar(b).sigmoid();
+                g.mul(&s.mul(&lin.rsub_scalar(E::one())).add(&lin))
+            },
+        )
     }
     /// Clamps to `[min, max]` (gradient 1 inside, 0 where clamped; bounds included inside).
     // d clamp(x)/dx = [min <= x <= max]
@@ -183,7 +208,12 @@ impl<E: Float> Var<E> {
     pub fn clamp(&self, min: Option<f64>, max: Option<f64>) -> Var<E> {
         let lo = min.map(E::from_f64).unwrap_or(E::neg_infinity());
         let hi = max.map(E::from_f64).unwrap_or(E::infinity());
-        unary_op(self, "clamp", |x| x.clamp(min, max), move |x, _, g| g.mul(&const_of(x, move |v| if v >= lo && v <= hi { E::one() } else { E::zero() })))
+        unary_op(
+            self,
+            "clamp",
+            |x| x.clamp(min, max),
+            move |x, _, g| g.mul(&const_of(x, move |v| if v >= lo && v <= hi { E::one() } else { E::zero() })),
+        )
     }
 }
 

@@ -30,18 +30,8 @@ pub struct Cifar10 {
 
 impl Cifar10 {
     /// The class names, in label order.
-    pub const CLASSES: [&'static str; 10] = [
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ];
+    pub const CLASSES: [&'static str; 10] =
+        ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 
     /// Loads every batch file of `split` found in `dir`.
     ///
@@ -57,9 +47,7 @@ impl Cifar10 {
             Split::Train => "data_batch",
             Split::Test => "test_batch",
             Split::Valid => {
-                return Err(DataError::InvalidArgument(
-                    "CIFAR-10 has no validation split; use random_split".into(),
-                ))
+                return Err(DataError::InvalidArgument("CIFAR-10 has no validation split; use random_split".into()))
             }
         };
         let mut files = Vec::new();
@@ -70,8 +58,7 @@ impl Cifar10 {
             for entry in entries {
                 let entry = entry.map_err(|e| DataError::io(&folder, e))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with(prefix) && (name.ends_with(".bin") || name.ends_with(".bin.gz"))
-                {
+                if name.starts_with(prefix) && (name.ends_with(".bin") || name.ends_with(".bin.gz")) {
                     files.push(entry.path());
                 }
             }
@@ -89,20 +76,10 @@ impl Cifar10 {
             read_batch(file, &mut images, &mut labels)?;
         }
         let classes = match read_text(&dir.join("batches.meta.txt")) {
-            Ok(text) => text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from)
-                .collect(),
+            Ok(text) => text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect(),
             Err(_) => Self::CLASSES.iter().map(|s| s.to_string()).collect(),
         };
-        Ok(Cifar10 {
-            images,
-            labels,
-            files,
-            classes,
-        })
+        Ok(Cifar10 { images, labels, files, classes })
     }
 
     /// Loads `split` from `data_dir()/cifar10`.
@@ -184,11 +161,7 @@ fn parse_batch(mut src: Source<'_>, images: &mut Vec<u8>, labels: &mut Vec<u8>) 
                 path,
                 size - size % RECORD,
                 format!("a whole number of {RECORD}-byte records"),
-                format!(
-                    "{size} bytes ({} records and {} bytes over)",
-                    size / RECORD,
-                    size % RECORD
-                ),
+                format!("{size} bytes ({} records and {} bytes over)", size / RECORD, size % RECORD),
             ));
         }
         src.read_payload(size)?
@@ -203,12 +176,7 @@ fn parse_batch(mut src: Source<'_>, images: &mut Vec<u8>, labels: &mut Vec<u8>) 
     }
     for (k, record) in bytes.chunks_exact(RECORD as usize).enumerate() {
         if record[0] > 9 {
-            return Err(DataError::format(
-                path,
-                k as u64 * RECORD,
-                "a label in 0..10",
-                record[0].to_string(),
-            ));
+            return Err(DataError::format(path, k as u64 * RECORD, "a label in 0..10", record[0].to_string()));
         }
         labels.push(record[0]);
         images.extend_from_slice(&record[1..]);
@@ -222,15 +190,8 @@ impl Dataset for Cifar10 {
         self.labels.len()
     }
     fn get_with_rng(&self, index: usize, _rng: &mut Rng) -> (Image, usize) {
-        assert!(
-            index < self.len(),
-            "Cifar10: index {index} out of range for {} samples",
-            self.len()
-        );
-        (
-            Image::from_u8(self.image_bytes(index), 3, 32, 32),
-            self.labels[index] as usize,
-        )
+        assert!(index < self.len(), "Cifar10: index {index} out of range for {} samples", self.len());
+        (Image::from_u8(self.image_bytes(index), 3, 32, 32), self.labels[index] as usize)
     }
 }
 
@@ -249,10 +210,7 @@ mod tests {
     fn reads_plain_and_gzip_batches_in_order() {
         let dir = TempDir::new("cifar");
         dir.write("data_batch_1.bin", &[record(3, 10), record(4, 20)].concat());
-        dir.write(
-            "cifar-10-batches-bin/data_batch_2.bin.gz",
-            &gzip(&record(9, 255)),
-        );
+        dir.write("cifar-10-batches-bin/data_batch_2.bin.gz", &gzip(&record(9, 255)));
         dir.write("test_batch.bin", &record(0, 0));
         let train = Cifar10::new(&dir.0, Split::Train).unwrap();
         assert_eq!(train.len(), 3);
@@ -270,9 +228,7 @@ mod tests {
         short.pop();
         dir.write("data_batch_1.bin", &[record(0, 0), short.clone()].concat());
         match Cifar10::new(&dir.0, Split::Train) {
-            Err(DataError::Format {
-                offset, expected, ..
-            }) => {
+            Err(DataError::Format { offset, expected, .. }) => {
                 assert_eq!(offset, 3073);
                 assert!(expected.contains("3073-byte records"));
             }
@@ -280,19 +236,10 @@ mod tests {
         }
         std::fs::remove_file(dir.0.join("data_batch_1.bin")).unwrap();
         dir.write("data_batch_1.bin.gz", &gzip(&short));
-        assert!(matches!(
-            Cifar10::new(&dir.0, Split::Train),
-            Err(DataError::Truncated { found: 3072, .. })
-        ));
+        assert!(matches!(Cifar10::new(&dir.0, Split::Train), Err(DataError::Truncated { found: 3072, .. })));
         dir.write("test_batch.bin", &[record(0, 0), record(12, 0)].concat());
-        assert!(matches!(
-            Cifar10::new(&dir.0, Split::Test),
-            Err(DataError::Format { offset: 3073, .. })
-        ));
-        assert!(matches!(
-            Cifar10::new(dir.0.join("none"), Split::Test),
-            Err(DataError::NotFound { .. })
-        ));
+        assert!(matches!(Cifar10::new(&dir.0, Split::Test), Err(DataError::Format { offset: 3073, .. })));
+        assert!(matches!(Cifar10::new(dir.0.join("none"), Split::Test), Err(DataError::NotFound { .. })));
     }
 
     #[test]
@@ -302,10 +249,7 @@ mod tests {
         };
         let test = Cifar10::new(&dir, Split::Test).unwrap();
         assert_eq!(test.len(), 20);
-        assert_eq!(
-            test.labels(),
-            &[3, 8, 8, 0, 6, 6, 1, 6, 3, 1, 0, 9, 5, 7, 9, 8, 5, 7, 8, 6]
-        );
+        assert_eq!(test.labels(), &[3, 8, 8, 0, 6, 6, 1, 6, 3, 1, 0, 9, 5, 7, 9, 8, 5, 7, 8, 6]);
         let train = Cifar10::new(&dir, Split::Train).unwrap();
         assert_eq!(train.len(), 4000);
         assert_eq!(&train.labels()[..10], &[6, 9, 9, 4, 1, 1, 2, 7, 8, 3]);
@@ -313,11 +257,6 @@ mod tests {
         train.labels().iter().for_each(|&l| counts[l as usize] += 1);
         assert_eq!(counts, [396, 366, 420, 384, 422, 393, 414, 385, 407, 413]);
         assert_eq!(train.classes(), &Cifar10::CLASSES.map(String::from));
-        eprintln!(
-            "CIFAR-10: {} train images from {:?}, {} test images",
-            train.len(),
-            train.files(),
-            test.len()
-        );
+        eprintln!("CIFAR-10: {} train images from {:?}, {} test images", train.len(), train.files(), test.len());
     }
 }

@@ -36,12 +36,7 @@ pub struct CsvOptions {
 
 impl Default for CsvOptions {
     fn default() -> Self {
-        CsvOptions {
-            has_header: true,
-            delimiter: ',',
-            target: TargetColumn::Last,
-            categorical_target: false,
-        }
+        CsvOptions { has_header: true, delimiter: ',', target: TargetColumn::Last, categorical_target: false }
     }
 }
 
@@ -123,10 +118,7 @@ impl<Y: CsvTarget> CsvDataset<Y> {
     pub fn new(path: impl AsRef<Path>, options: CsvOptions) -> Result<Self> {
         let path = path.as_ref();
         if !path.is_file() {
-            return Err(DataError::NotFound {
-                path: path.to_path_buf(),
-                what: "a CSV file".into(),
-            });
+            return Err(DataError::NotFound { path: path.to_path_buf(), what: "a CSV file".into() });
         }
         let text = read_text(path)?;
         Self::parse(path, &text, &options)
@@ -138,26 +130,19 @@ impl<Y: CsvTarget> CsvDataset<Y> {
     ///
     /// As [`CsvDataset::new`].
     pub fn parse(path: &Path, text: &str, options: &CsvOptions) -> Result<Self> {
-        let mut lines = text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty());
-        let parse_err =
-            |line: usize, column: usize, expected: &str, found: &str| DataError::Parse {
-                path: PathBuf::from(path),
-                line: line as u64 + 1,
-                column: column as u64 + 1,
-                expected: expected.to_string(),
-                found: found.to_string(),
-            };
+        let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+        let parse_err = |line: usize, column: usize, expected: &str, found: &str| DataError::Parse {
+            path: PathBuf::from(path),
+            line: line as u64 + 1,
+            column: column as u64 + 1,
+            expected: expected.to_string(),
+            found: found.to_string(),
+        };
         let mut rows: Vec<(usize, Vec<String>)> = Vec::new();
         let header: Option<Vec<String>> = if options.has_header {
-            lines.next().map(|(_, l)| {
-                split_fields(l, options.delimiter)
-                    .into_iter()
-                    .map(|f| f.trim().to_string())
-                    .collect()
-            })
+            lines
+                .next()
+                .map(|(_, l)| split_fields(l, options.delimiter).into_iter().map(|f| f.trim().to_string()).collect())
         } else {
             None
         };
@@ -193,11 +178,7 @@ impl<Y: CsvTarget> CsvDataset<Y> {
         let mut features = Vec::with_capacity(rows.len() * n_features);
         let mut targets = Vec::with_capacity(rows.len());
         let class_names = if options.categorical_target {
-            let set: BTreeSet<&str> = rows
-                .iter()
-                .filter_map(|(_, r)| r.get(target))
-                .map(|s| s.trim())
-                .collect();
+            let set: BTreeSet<&str> = rows.iter().filter_map(|(_, r)| r.get(target)).map(|s| s.trim()).collect();
             Some(set.into_iter().map(String::from).collect::<Vec<_>>())
         } else {
             None
@@ -216,38 +197,21 @@ impl<Y: CsvTarget> CsvDataset<Y> {
                 if col == target {
                     let y = match &class_names {
                         Some(classes) => {
-                            let k = classes
-                                .iter()
-                                .position(|c| c == cell)
-                                .expect("collected above");
+                            let k = classes.iter().position(|c| c == cell).expect("collected above");
                             Y::parse_cell(&k.to_string())
                         }
                         None => Y::parse_cell(cell),
                     };
                     targets.push(y.ok_or_else(|| parse_err(*line, col, Y::EXPECTED, cell))?);
                 } else {
-                    let v: f32 = cell
-                        .parse()
-                        .map_err(|_| parse_err(*line, col, "a number", cell))?;
+                    let v: f32 = cell.parse().map_err(|_| parse_err(*line, col, "a number", cell))?;
                     features.push(v);
                 }
             }
         }
         let target_name = names[target].clone();
-        let feature_names = names
-            .into_iter()
-            .enumerate()
-            .filter(|&(k, _)| k != target)
-            .map(|(_, n)| n)
-            .collect();
-        Ok(CsvDataset {
-            features,
-            n_features,
-            targets,
-            feature_names,
-            target_name,
-            class_names,
-        })
+        let feature_names = names.into_iter().enumerate().filter(|&(k, _)| k != target).map(|(_, n)| n).collect();
+        Ok(CsvDataset { features, n_features, targets, feature_names, target_name, class_names })
     }
 
     /// Number of feature columns.
@@ -294,11 +258,7 @@ impl<Y: CsvTarget> Dataset for CsvDataset<Y> {
         self.targets.len()
     }
     fn get_with_rng(&self, index: usize, _rng: &mut Rng) -> (Vec<f32>, Y) {
-        assert!(
-            index < self.len(),
-            "CsvDataset: index {index} out of range for {} rows",
-            self.len()
-        );
+        assert!(index < self.len(), "CsvDataset: index {index} out of range for {} rows", self.len());
         (self.row(index).to_vec(), self.targets[index].clone())
     }
 }
@@ -311,19 +271,13 @@ mod tests {
     #[test]
     fn parses_header_target_and_quotes() {
         let text = "a,\"b,x\",label\n1,2,cat\n\n3,\"4\",dog\n";
-        let opts = CsvOptions {
-            categorical_target: true,
-            ..Default::default()
-        };
+        let opts = CsvOptions { categorical_target: true, ..Default::default() };
         let ds: CsvDataset<usize> = CsvDataset::parse(Path::new("t.csv"), text, &opts).unwrap();
         assert_eq!(ds.len(), 2);
         assert_eq!(ds.feature_names(), &["a", "b,x"]);
         assert_eq!(ds.get(1), (vec![3.0, 4.0], 1));
         assert_eq!(ds.class_names().unwrap(), &["cat", "dog"]);
-        let opts = CsvOptions {
-            target: TargetColumn::Name("a".into()),
-            ..Default::default()
-        };
+        let opts = CsvOptions { target: TargetColumn::Name("a".into()), ..Default::default() };
         let text = "a,b\n1.5,2\n";
         let reg: CsvDataset<f32> = CsvDataset::parse(Path::new("t.csv"), text, &opts).unwrap();
         assert_eq!(reg.get(0), (vec![2.0], 1.5));
@@ -336,37 +290,19 @@ mod tests {
         let p = dir.write("t.csv", b"x,y,label\n1,2,0\n3,oops,1\n");
         let err = CsvDataset::<usize>::new(&p, CsvOptions::default()).unwrap_err();
         match &err {
-            DataError::Parse {
-                line: 3,
-                column: 2,
-                found,
-                ..
-            } => assert_eq!(found, "oops"),
+            DataError::Parse { line: 3, column: 2, found, .. } => assert_eq!(found, "oops"),
             other => panic!("{other:?}"),
         }
         assert!(err.to_string().contains("t.csv: line 3, column 2"), "{err}");
         let p = dir.write("u.csv", b"x,label\n1,2\n3,-1\n");
         assert!(matches!(
             CsvDataset::<usize>::new(&p, CsvOptions::default()),
-            Err(DataError::Parse {
-                line: 3,
-                column: 2,
-                ..
-            })
+            Err(DataError::Parse { line: 3, column: 2, .. })
         ));
         let p = dir.write("v.csv", b"x,label\n1,2\n3\n");
-        assert!(matches!(
-            CsvDataset::<usize>::new(&p, CsvOptions::default()),
-            Err(DataError::Parse { line: 3, .. })
-        ));
-        let opts = CsvOptions {
-            target: TargetColumn::Name("nope".into()),
-            ..Default::default()
-        };
-        assert!(matches!(
-            CsvDataset::<usize>::new(&p, opts),
-            Err(DataError::InvalidArgument(_))
-        ));
+        assert!(matches!(CsvDataset::<usize>::new(&p, CsvOptions::default()), Err(DataError::Parse { line: 3, .. })));
+        let opts = CsvOptions { target: TargetColumn::Name("nope".into()), ..Default::default() };
+        assert!(matches!(CsvDataset::<usize>::new(&p, opts), Err(DataError::InvalidArgument(_))));
     }
 
     #[test]
@@ -375,15 +311,12 @@ mod tests {
             return;
         };
         // scikit-learn's files start with "n_samples,n_features,class names", read here as a header.
-        let iris: CsvDataset<usize> =
-            CsvDataset::new(dir.join("iris.csv"), CsvOptions::default()).unwrap();
+        let iris: CsvDataset<usize> = CsvDataset::new(dir.join("iris.csv"), CsvOptions::default()).unwrap();
         assert_eq!((iris.len(), iris.n_features()), (150, 4));
         assert_eq!(iris.get(0), (vec![5.1, 3.5, 1.4, 0.2], 0));
-        let wine: CsvDataset<usize> =
-            CsvDataset::new(dir.join("wine_data.csv"), CsvOptions::default()).unwrap();
+        let wine: CsvDataset<usize> = CsvDataset::new(dir.join("wine_data.csv"), CsvOptions::default()).unwrap();
         assert_eq!((wine.len(), wine.n_features()), (178, 13));
-        let cancer: CsvDataset<usize> =
-            CsvDataset::new(dir.join("breast_cancer.csv"), CsvOptions::default()).unwrap();
+        let cancer: CsvDataset<usize> = CsvDataset::new(dir.join("breast_cancer.csv"), CsvOptions::default()).unwrap();
         assert_eq!((cancer.len(), cancer.n_features()), (569, 30));
         assert_eq!(cancer.targets().iter().filter(|&&y| y == 0).count(), 212);
     }

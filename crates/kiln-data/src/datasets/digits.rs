@@ -44,10 +44,7 @@ impl Digits {
         flate2::read::GzDecoder::new(DIGITS_CSV_GZ)
             .read_to_string(&mut text)
             .expect("the embedded digits.csv.gz is valid gzip");
-        let options = CsvOptions {
-            has_header: false,
-            ..Default::default()
-        };
+        let options = CsvOptions { has_header: false, ..Default::default() };
         let table = CsvDataset::parse(Path::new("<embedded digits.csv.gz>"), &text, &options)
             .expect("the embedded digits.csv.gz parses");
         Digits { table }
@@ -68,12 +65,7 @@ impl Digits {
     /// **Panics** if `index >= len()`.
     #[must_use]
     pub fn image(&self, index: usize) -> Image {
-        Image::new(
-            self.table.row(index).iter().map(|v| v / 16.0).collect(),
-            1,
-            8,
-            8,
-        )
+        Image::new(self.table.row(index).iter().map(|v| v / 16.0).collect(), 1, 8, 8)
     }
 }
 
@@ -96,10 +88,7 @@ mod tests {
         let d = Digits::load();
         assert_eq!(d.len(), Digits::LEN);
         assert_eq!(d.features().len(), 1797 * 64);
-        assert!(d
-            .features()
-            .iter()
-            .all(|&v| (0.0..=16.0).contains(&v) && v.fract() == 0.0));
+        assert!(d.features().iter().all(|&v| (0.0..=16.0).contains(&v) && v.fract() == 0.0));
         let mut counts = [0usize; 10];
         d.targets().iter().for_each(|&y| counts[y] += 1);
         assert_eq!(counts, [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]);

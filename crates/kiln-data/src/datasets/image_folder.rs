@@ -43,18 +43,9 @@ impl ImageFolder {
         let mut samples = Vec::new();
         for class_dir in list(root)?.into_iter().filter(|p| p.is_dir()) {
             let class = classes.len();
-            classes.push(
-                class_dir
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned(),
-            );
+            classes.push(class_dir.file_name().unwrap_or_default().to_string_lossy().into_owned());
             for file in list(&class_dir)? {
-                let ext = file
-                    .extension()
-                    .map(|e| e.to_string_lossy().to_lowercase())
-                    .unwrap_or_default();
+                let ext = file.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
                 if file.is_file() && EXTENSIONS.contains(&ext.as_str()) {
                     samples.push((file, class));
                 }
@@ -88,10 +79,7 @@ impl ImageFolder {
     /// **Panics** if `index >= len()`.
     pub fn try_get(&self, index: usize) -> Result<(Image, usize)> {
         let (path, class) = &self.samples[index];
-        let decoded = image::open(path).map_err(|e| DataError::Image {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let decoded = image::open(path).map_err(|e| DataError::Image { path: path.clone(), message: e.to_string() })?;
         let rgb = decoded.to_rgb8();
         let (w, h) = (rgb.width() as usize, rgb.height() as usize);
         let mut img = Image::zeros(3, h, w);
@@ -112,13 +100,8 @@ impl Dataset for ImageFolder {
     /// **Panics** with the [`DataError`] message when the file cannot be decoded (use
     /// [`ImageFolder::try_get`] to handle it).
     fn get_with_rng(&self, index: usize, _rng: &mut Rng) -> (Image, usize) {
-        assert!(
-            index < self.len(),
-            "ImageFolder: index {index} out of range for {} images",
-            self.len()
-        );
-        self.try_get(index)
-            .unwrap_or_else(|e| panic!("ImageFolder: {e}"))
+        assert!(index < self.len(), "ImageFolder: index {index} out of range for {} images", self.len());
+        self.try_get(index).unwrap_or_else(|e| panic!("ImageFolder: {e}"))
     }
 }
 
@@ -136,9 +119,7 @@ mod tests {
         std::fs::create_dir_all(dir.0.join("cat")).unwrap();
         png.save(dir.0.join("dog/b.png")).unwrap();
         png.save(dir.0.join("cat/a.png")).unwrap();
-        image::GrayImage::new(4, 4)
-            .save(dir.0.join("cat/c.jpg"))
-            .unwrap();
+        image::GrayImage::new(4, 4).save(dir.0.join("cat/c.jpg")).unwrap();
         dir.write("cat/notes.txt", b"not an image");
         dir.write("dog/broken.png", b"not a png");
         let ds = ImageFolder::new(&dir.0).unwrap();
@@ -146,21 +127,11 @@ mod tests {
         assert_eq!(ds.len(), 4);
         let (img, class) = ds.get(0);
         assert_eq!((img.shape(), class), ([3, 2, 3], 0));
-        assert_eq!(
-            (img.get(0, 1, 2), img.get(1, 1, 2), img.get(2, 1, 2)),
-            (1.0, 0.0, 0.2)
-        );
+        assert_eq!((img.get(0, 1, 2), img.get(1, 1, 2), img.get(2, 1, 2)), (1.0, 0.0, 0.2));
         assert_eq!(ds.get(1).0.shape(), [3, 4, 4]);
-        let broken = ds
-            .samples()
-            .iter()
-            .position(|(p, _)| p.ends_with("broken.png"))
-            .unwrap();
+        let broken = ds.samples().iter().position(|(p, _)| p.ends_with("broken.png")).unwrap();
         assert!(matches!(ds.try_get(broken), Err(DataError::Image { .. })));
         let empty = TempDir::new("imagefolder-empty");
-        assert!(matches!(
-            ImageFolder::new(&empty.0),
-            Err(DataError::NotFound { .. })
-        ));
+        assert!(matches!(ImageFolder::new(&empty.0), Err(DataError::NotFound { .. })));
     }
 }

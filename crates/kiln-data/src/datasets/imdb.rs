@@ -35,9 +35,7 @@ impl ImdbReviews {
     pub fn new(dir: impl AsRef<Path>, split: Split) -> Result<Self> {
         let dir = dir.as_ref();
         if split == Split::Valid {
-            return Err(DataError::InvalidArgument(
-                "IMDB has no validation split; use random_split".into(),
-            ));
+            return Err(DataError::InvalidArgument("IMDB has no validation split; use random_split".into()));
         }
         let tsv = format!("imdb_{}.tsv", split.name());
         match find_file(dir, &[&tsv], "IMDB reviews") {
@@ -82,9 +80,7 @@ impl ImdbReviews {
                 expected: expected.into(),
                 found: found.chars().take(40).collect(),
             };
-            let (label, review) = line
-                .split_once('\t')
-                .ok_or_else(|| err(1, "label<TAB>text", line))?;
+            let (label, review) = line.split_once('\t').ok_or_else(|| err(1, "label<TAB>text", line))?;
             let label = match label {
                 "0" => 0,
                 "1" => 1,
@@ -109,18 +105,12 @@ impl ImdbReviews {
             for entry in entries {
                 let path = entry.map_err(|e| DataError::io(&folder, e))?.path();
                 if path.extension().is_some_and(|e| e == "txt") {
-                    let stem = path
-                        .file_stem()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .into_owned();
+                    let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
                     let id: u64 = stem
                         .split('_')
                         .next()
                         .and_then(|s| s.parse().ok())
-                        .ok_or_else(|| {
-                            DataError::format(&path, 0, "a file name ID_RATING.txt", stem.clone())
-                        })?;
+                        .ok_or_else(|| DataError::format(&path, 0, "a file name ID_RATING.txt", stem.clone()))?;
                     files.push((id, path));
                 }
             }
@@ -158,11 +148,7 @@ impl Dataset for ImdbReviews {
         self.labels.len()
     }
     fn get_with_rng(&self, index: usize, _rng: &mut Rng) -> (String, usize) {
-        assert!(
-            index < self.len(),
-            "ImdbReviews: index {index} out of range for {} reviews",
-            self.len()
-        );
+        assert!(index < self.len(), "ImdbReviews: index {index} out of range for {} reviews", self.len());
         (self.texts[index].clone(), self.labels[index] as usize)
     }
 }
@@ -182,22 +168,14 @@ impl WordIndex {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = read_text(path)?;
-        let json: HashMap<String, serde_json::Value> =
-            serde_json::from_str(&text).map_err(|e| DataError::Json {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+        let json: HashMap<String, serde_json::Value> = serde_json::from_str(&text)
+            .map_err(|e| DataError::Json { path: path.to_path_buf(), message: e.to_string() })?;
         let mut ranks = HashMap::with_capacity(json.len());
         for (word, v) in json {
-            let rank = v
-                .as_u64()
-                .filter(|&r| r > 0)
-                .ok_or_else(|| DataError::Json {
-                    path: path.to_path_buf(),
-                    message: format!(
-                        "the rank of {word:?} should be a positive integer, found {v}"
-                    ),
-                })?;
+            let rank = v.as_u64().filter(|&r| r > 0).ok_or_else(|| DataError::Json {
+                path: path.to_path_buf(),
+                message: format!("the rank of {word:?} should be a positive integer, found {v}"),
+            })?;
             ranks.insert(word, rank as usize);
         }
         Ok(WordIndex { ranks })
@@ -250,14 +228,7 @@ pub struct ImdbConfig {
 
 impl Default for ImdbConfig {
     fn default() -> Self {
-        ImdbConfig {
-            num_words: None,
-            skip_top: 0,
-            maxlen: None,
-            start_char: Some(1),
-            oov_char: Some(2),
-            index_from: 3,
-        }
+        ImdbConfig { num_words: None, skip_top: 0, maxlen: None, start_char: Some(1), oov_char: Some(2), index_from: 3 }
     }
 }
 
@@ -297,11 +268,7 @@ impl Imdb {
             }
             Err(e) => return Err(e),
         };
-        let index = WordIndex::load(find_file(
-            dir,
-            &["imdb_word_index.json"],
-            "Keras' IMDB word index",
-        )?)?;
+        let index = WordIndex::load(find_file(dir, &["imdb_word_index.json"], "Keras' IMDB word index")?)?;
         Ok(Self::encode(&reviews, &index, config))
     }
 
@@ -331,14 +298,9 @@ impl Imdb {
     /// id or a label other than 0/1; [`DataError::CountMismatch`] when `x` and `y` disagree.
     pub fn from_npz_archive(npz: &Npz, split: Split, config: &ImdbConfig) -> Result<Self> {
         if split == Split::Valid {
-            return Err(DataError::InvalidArgument(
-                "IMDB has no validation split; use random_split".into(),
-            ));
+            return Err(DataError::InvalidArgument("IMDB has no validation split; use random_split".into()));
         }
-        let (x_name, y_name) = (
-            format!("x_{}.npy", split.name()),
-            format!("y_{}.npy", split.name()),
-        );
+        let (x_name, y_name) = (format!("x_{}.npy", split.name()), format!("y_{}.npy", split.name()));
         let x = npz.array(&x_name)?;
         let y = npz.array(&y_name)?;
         let x_path = member_path(npz.path(), &x_name);
@@ -383,15 +345,7 @@ impl Imdb {
                 let flat = x.to_i64().ok_or_else(|| wrong_x(&x))?;
                 (0..rows)
                     .map(|r| {
-                        (0..cols)
-                            .map(|c| {
-                                flat[if x.fortran_order {
-                                    c * rows + r
-                                } else {
-                                    r * cols + c
-                                }]
-                            })
-                            .collect()
+                        (0..cols).map(|c| flat[if x.fortran_order { c * rows + r } else { r * cols + c }]).collect()
                     })
                     .collect()
             }
@@ -414,17 +368,14 @@ impl Imdb {
             let mut seq: Vec<usize> = Vec::with_capacity(words.len() + 1);
             seq.extend(config.start_char);
             for (j, &w) in words.iter().enumerate() {
-                let id = usize::try_from(w)
-                    .ok()
-                    .and_then(|w| w.checked_add(config.index_from))
-                    .ok_or_else(|| {
-                        DataError::format(
-                            &x_path,
-                            x.data_offset,
-                            "non-negative word ranks",
-                            format!("{w} at review {k}, position {j}"),
-                        )
-                    })?;
+                let id = usize::try_from(w).ok().and_then(|w| w.checked_add(config.index_from)).ok_or_else(|| {
+                    DataError::format(
+                        &x_path,
+                        x.data_offset,
+                        "non-negative word ranks",
+                        format!("{w} at review {k}, position {j}"),
+                    )
+                })?;
                 seq.push(id);
             }
             if let Some(seq) = keras_filter(seq, config) {
@@ -432,10 +383,7 @@ impl Imdb {
                 kept.push(label as usize);
             }
         }
-        Ok(Imdb {
-            sequences,
-            labels: kept,
-        })
+        Ok(Imdb { sequences, labels: kept })
     }
 
     /// Loads `split` from `data_dir()/imdb`.
@@ -488,10 +436,7 @@ fn keras_filter(seq: Vec<usize>, config: &ImdbConfig) -> Option<Vec<usize>> {
     }
     let keep = |w: usize| config.skip_top <= w && config.num_words.is_none_or(|n| w < n);
     Some(match config.oov_char {
-        Some(oov) => seq
-            .into_iter()
-            .map(|w| if keep(w) { w } else { oov })
-            .collect(),
+        Some(oov) => seq.into_iter().map(|w| if keep(w) { w } else { oov }).collect(),
         None => seq.into_iter().filter(|&w| keep(w)).collect(),
     })
 }
@@ -502,11 +447,7 @@ impl Dataset for Imdb {
         self.labels.len()
     }
     fn get_with_rng(&self, index: usize, _rng: &mut Rng) -> (Vec<usize>, usize) {
-        assert!(
-            index < self.len(),
-            "Imdb: index {index} out of range for {} reviews",
-            self.len()
-        );
+        assert!(index < self.len(), "Imdb: index {index} out of range for {} reviews", self.len());
         (self.sequences[index].clone(), self.labels[index])
     }
 }
@@ -518,67 +459,30 @@ mod tests {
 
     fn small_index() -> WordIndex {
         let ranks = [("the", 1), ("movie", 2), ("was", 3), ("great", 4)];
-        WordIndex {
-            ranks: ranks.iter().map(|&(w, r)| (w.to_string(), r)).collect(),
-        }
+        WordIndex { ranks: ranks.iter().map(|&(w, r)| (w.to_string(), r)).collect() }
     }
 
     #[test]
     fn keras_conventions() {
-        let reviews = ImdbReviews {
-            texts: vec!["The movie was GREAT!".into(), "the unknownword".into()],
-            labels: vec![1, 0],
-        };
+        let reviews =
+            ImdbReviews { texts: vec!["The movie was GREAT!".into(), "the unknownword".into()], labels: vec![1, 0] };
         let idx = small_index();
         let all = Imdb::encode(&reviews, &idx, &ImdbConfig::default());
         assert_eq!(all.sequences(), &[vec![1, 4, 5, 6, 7], vec![1, 4, 2]]);
-        let limited = Imdb::encode(
-            &reviews,
-            &idx,
-            &ImdbConfig {
-                num_words: Some(6),
-                skip_top: 0,
-                ..Default::default()
-            },
-        );
+        let limited =
+            Imdb::encode(&reviews, &idx, &ImdbConfig { num_words: Some(6), skip_top: 0, ..Default::default() });
         assert_eq!(limited.sequences()[0], vec![1, 4, 5, 2, 2]);
-        let skipped = Imdb::encode(
-            &reviews,
-            &idx,
-            &ImdbConfig {
-                skip_top: 5,
-                ..Default::default()
-            },
-        );
+        let skipped = Imdb::encode(&reviews, &idx, &ImdbConfig { skip_top: 5, ..Default::default() });
         assert_eq!(skipped.sequences()[0], vec![2, 2, 5, 6, 7]);
         // Keras keeps `len(x) < maxlen`: the 3-id review survives maxlen 4, not maxlen 3.
-        let short = Imdb::encode(
-            &reviews,
-            &idx,
-            &ImdbConfig {
-                maxlen: Some(4),
-                ..Default::default()
-            },
-        );
+        let short = Imdb::encode(&reviews, &idx, &ImdbConfig { maxlen: Some(4), ..Default::default() });
         assert_eq!((short.len(), short.labels()), (1, &[0][..]));
-        let none = Imdb::encode(
-            &reviews,
-            &idx,
-            &ImdbConfig {
-                maxlen: Some(3),
-                ..Default::default()
-            },
-        );
+        let none = Imdb::encode(&reviews, &idx, &ImdbConfig { maxlen: Some(3), ..Default::default() });
         assert_eq!(none.len(), 0);
         let bare = Imdb::encode(
             &reviews,
             &idx,
-            &ImdbConfig {
-                start_char: None,
-                oov_char: None,
-                index_from: 0,
-                ..Default::default()
-            },
+            &ImdbConfig { start_char: None, oov_char: None, index_from: 0, ..Default::default() },
         );
         assert_eq!(bare.sequences(), &[vec![1, 2, 3, 4], vec![1]]);
     }
@@ -597,19 +501,9 @@ mod tests {
         assert_eq!(t.texts(), &["best", "worst", "fine"]);
         assert_eq!(t.labels(), &[1, 0, 1]);
         let p = dir.write("bad.tsv", b"1\tok\n2\tnope\n");
-        assert!(matches!(
-            ImdbReviews::from_tsv(&p),
-            Err(DataError::Parse {
-                line: 2,
-                column: 1,
-                ..
-            })
-        ));
+        assert!(matches!(ImdbReviews::from_tsv(&p), Err(DataError::Parse { line: 2, column: 1, .. })));
         let p = dir.write("bad2.tsv", b"no tab here\n");
-        assert!(matches!(
-            ImdbReviews::from_tsv(&p),
-            Err(DataError::Parse { line: 1, .. })
-        ));
+        assert!(matches!(ImdbReviews::from_tsv(&p), Err(DataError::Parse { line: 1, .. })));
         let p = dir.write("idx.json", b"{\"a\": -1}");
         assert!(matches!(WordIndex::load(&p), Err(DataError::Json { .. })));
     }
@@ -617,31 +511,19 @@ mod tests {
     #[test]
     fn real_imdb_test_split() {
         let Some(dir) = real_data("imdb") else { return };
-        let cfg = ImdbConfig {
-            num_words: Some(10_000),
-            ..Default::default()
-        };
+        let cfg = ImdbConfig { num_words: Some(10_000), ..Default::default() };
         let ds = Imdb::new(&dir, Split::Test, &cfg).unwrap();
         assert_eq!(ds.len(), 25_000);
         assert_eq!(ds.labels().iter().filter(|&&l| l == 1).count(), 12_500);
         assert_eq!(&ds.labels()[..4], &[1, 0, 1, 0]);
-        assert!(ds
-            .sequences()
-            .iter()
-            .all(|s| s[0] == 1 && s.iter().all(|&w| w < 10_000)));
+        assert!(ds.sequences().iter().all(|s| s[0] == 1 && s.iter().all(|&w| w < 10_000)));
         let idx = WordIndex::load(dir.join("imdb_word_index.json")).unwrap();
-        assert_eq!(
-            (idx.len(), idx.rank("the"), idx.rank("and")),
-            (88_584, Some(1), Some(2))
-        );
+        assert_eq!((idx.len(), idx.rank("the"), idx.rank("and")), (88_584, Some(1), Some(2)));
         // test/neg/0_2.txt (row 1) starts "Once again Mr. Costner has dragged out a movie".
         let once = idx.rank("once").unwrap() + 3;
         assert_eq!(ds.sequences()[1][1], once);
         let oov = ds.sequences().iter().flatten().filter(|&&w| w == 2).count();
         let total: usize = ds.sequences().iter().map(Vec::len).sum();
-        eprintln!(
-            "IMDB test: {} reviews, {total} tokens, {oov} OOV with num_words=10000",
-            ds.len()
-        );
+        eprintln!("IMDB test: {} reviews, {total} tokens, {oov} OOV with num_words=10000", ds.len());
     }
 }

@@ -63,28 +63,14 @@ fn parse_idx(mut src: Source<'_>, ndim: u8) -> Result<Idx> {
     let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
     let expected = u32::from_be_bytes([0, 0, IDX_UBYTE, ndim]);
     if magic != expected {
-        return Err(DataError::BadMagic {
-            path: path.to_path_buf(),
-            expected,
-            found: magic,
-        });
+        return Err(DataError::BadMagic { path: path.to_path_buf(), expected, found: magic });
     }
     let raw = src.read_header(4 * ndim as usize)?;
-    let dims: Vec<usize> = raw
-        .chunks(4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        .collect();
+    let dims: Vec<usize> = raw.chunks(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).collect();
     let count = dims
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-        .ok_or_else(|| {
-            DataError::format(
-                path,
-                4,
-                "dimensions whose product fits in 64 bits",
-                format!("{dims:?}"),
-            )
-        })?;
+        .ok_or_else(|| DataError::format(path, 4, "dimensions whose product fits in 64 bits", format!("{dims:?}")))?;
     let data = src.read_payload(count)?;
     src.expect_end()?;
     Ok(Idx { dims, data })
@@ -139,25 +125,17 @@ impl Mnist {
             Split::Train => "train",
             Split::Test => "t10k",
             Split::Valid => {
-                return Err(DataError::InvalidArgument(
-                    "MNIST has no validation split; use random_split".into(),
-                ))
+                return Err(DataError::InvalidArgument("MNIST has no validation split; use random_split".into()))
             }
         };
         let images_path = find_file(
             dir,
-            &[
-                &format!("{prefix}-images-idx3-ubyte"),
-                &format!("{prefix}-images.idx3-ubyte"),
-            ],
+            &[&format!("{prefix}-images-idx3-ubyte"), &format!("{prefix}-images.idx3-ubyte")],
             "IDX images",
         )?;
         let labels_path = find_file(
             dir,
-            &[
-                &format!("{prefix}-labels-idx1-ubyte"),
-                &format!("{prefix}-labels.idx1-ubyte"),
-            ],
+            &[&format!("{prefix}-labels-idx1-ubyte"), &format!("{prefix}-labels.idx1-ubyte")],
             "IDX labels",
         )?;
         Self::from_files(&images_path, &labels_path, classes)
@@ -189,12 +167,7 @@ impl Mnist {
                 labels.data[i].to_string(),
             ));
         }
-        Ok(Mnist {
-            images: images.data,
-            labels: labels.data,
-            rows,
-            cols,
-        })
+        Ok(Mnist { images: images.data, labels: labels.data, rows, cols })
     }
 
     /// All pixels, `len() * rows * cols` bytes, image after image.
@@ -227,15 +200,8 @@ impl Dataset for Mnist {
         self.labels.len()
     }
     fn get_with_rng(&self, index: usize, _rng: &mut Rng) -> (Image, usize) {
-        assert!(
-            index < self.len(),
-            "Mnist: index {index} out of range for {} samples",
-            self.len()
-        );
-        (
-            Image::from_u8(self.image_bytes(index), 1, self.rows, self.cols),
-            self.labels[index] as usize,
-        )
+        assert!(index < self.len(), "Mnist: index {index} out of range for {} samples", self.len());
+        (Image::from_u8(self.image_bytes(index), 1, self.rows, self.cols), self.labels[index] as usize)
     }
 }
 
@@ -248,18 +214,8 @@ pub struct FashionMnist {
 
 impl FashionMnist {
     /// The class names, in label order.
-    pub const CLASSES: [&'static str; 10] = [
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    ];
+    pub const CLASSES: [&'static str; 10] =
+        ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
     /// Loads `split` from the folder `dir` holding the IDX files.
     ///
@@ -267,9 +223,7 @@ impl FashionMnist {
     ///
     /// As [`Mnist::new`].
     pub fn new(dir: impl AsRef<Path>, split: Split) -> Result<Self> {
-        Ok(FashionMnist {
-            inner: Mnist::load_idx(dir.as_ref(), split, 10)?,
-        })
+        Ok(FashionMnist { inner: Mnist::load_idx(dir.as_ref(), split, 10)? })
     }
 
     /// Loads `split` from `data_dir()/fashion-mnist`.
@@ -331,19 +285,13 @@ mod tests {
         // Wrong magic (an IDX1 file where IDX3 is expected).
         let p = dir.write("a", &idx(1, &[2], &[1, 2]));
         match read_idx(&p, 3) {
-            Err(DataError::BadMagic {
-                expected: 0x0803,
-                found: 0x0801,
-                ..
-            }) => {}
+            Err(DataError::BadMagic { expected: 0x0803, found: 0x0801, .. }) => {}
             other => panic!("{other:?}"),
         }
         // A header claiming 4 billion images, in a file of 20 bytes: rejected before allocating.
         let p = dir.write("b", &idx(3, &[u32::MAX, 28, 28], &[0; 4]));
         match read_idx(&p, 3) {
-            Err(DataError::Truncated {
-                expected, found, ..
-            }) => {
+            Err(DataError::Truncated { expected, found, .. }) => {
                 assert_eq!(expected, 16 + u32::MAX as u64 * 784);
                 assert_eq!(found, 20);
             }
@@ -355,28 +303,18 @@ mod tests {
         // A count slightly above the data: truncated with exact figures.
         let p = dir.write("c.gz", &gzip(&idx(1, &[5], &[1, 2, 3])));
         match read_idx(&p, 1) {
-            Err(DataError::Truncated {
-                expected: 13,
-                found: 11,
-                ..
-            }) => {}
+            Err(DataError::Truncated { expected: 13, found: 11, .. }) => {}
             other => panic!("{other:?}"),
         }
         // A truncated gzip stream.
         let full = gzip(&idx(1, &[1000], &[9; 1000]));
         let p = dir.write("d.gz", &full[..full.len() / 2]);
         let err = read_idx(&p, 1).unwrap_err();
-        assert!(
-            matches!(err, DataError::Truncated { .. } | DataError::Format { .. }),
-            "{err:?}"
-        );
+        assert!(matches!(err, DataError::Truncated { .. } | DataError::Format { .. }), "{err:?}");
         assert!(err.to_string().contains("d.gz"), "{err}");
         // Trailing bytes after the data.
         let p = dir.write("e", &idx(1, &[1], &[1, 2]));
-        assert!(matches!(
-            read_idx(&p, 1),
-            Err(DataError::Format { offset: 9, .. })
-        ));
+        assert!(matches!(read_idx(&p, 1), Err(DataError::Format { offset: 9, .. })));
     }
 
     #[test]
@@ -385,9 +323,7 @@ mod tests {
         dir.write("t10k-images-idx3-ubyte", &idx(3, &[2, 1, 1], &[0, 0]));
         dir.write("t10k-labels-idx1-ubyte", &idx(1, &[3], &[0, 1, 2]));
         match Mnist::new(&dir.0, Split::Test) {
-            Err(DataError::CountMismatch {
-                left: 2, right: 3, ..
-            }) => {}
+            Err(DataError::CountMismatch { left: 2, right: 3, .. }) => {}
             other => panic!("{other:?}"),
         }
         dir.write("t10k-labels-idx1-ubyte", &idx(1, &[2], &[0, 10]));
@@ -395,10 +331,7 @@ mod tests {
             Err(DataError::Format { offset: 9, .. }) => {}
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            Mnist::new(dir.0.join("nowhere"), Split::Test),
-            Err(DataError::NotFound { .. })
-        ));
+        assert!(matches!(Mnist::new(dir.0.join("nowhere"), Split::Test), Err(DataError::NotFound { .. })));
     }
 
     #[test]
@@ -412,10 +345,7 @@ mod tests {
         assert_eq!(&ds.labels()[..10], &[7, 2, 1, 0, 4, 1, 4, 9, 5, 9]);
         let mut counts = [0usize; 10];
         ds.labels().iter().for_each(|&l| counts[l as usize] += 1);
-        assert_eq!(
-            counts,
-            [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-        );
+        assert_eq!(counts, [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]);
         let (img, label) = ds.get(0);
         assert_eq!((img.shape(), label), ([1, 28, 28], 7));
         assert!(img.data.iter().all(|v| (0.0..=1.0).contains(v)));
@@ -440,15 +370,9 @@ mod tests {
         };
         let ds = FashionMnist::new(&dir, Split::Test).unwrap();
         assert_eq!(ds.len(), 10_000);
-        assert_eq!(
-            &ds.as_mnist().labels()[..10],
-            &[9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
-        );
+        assert_eq!(&ds.as_mnist().labels()[..10], &[9, 2, 1, 1, 6, 1, 4, 6, 5, 7]);
         let mut counts = [0usize; 10];
-        ds.as_mnist()
-            .labels()
-            .iter()
-            .for_each(|&l| counts[l as usize] += 1);
+        ds.as_mnist().labels().iter().for_each(|&l| counts[l as usize] += 1);
         assert_eq!(counts, [1000; 10]);
         let train_labels = read_idx(&dir.join("train-labels-idx1-ubyte.gz"), 1).unwrap();
         assert_eq!(&train_labels.data[..10], &[9, 0, 0, 3, 0, 2, 7, 2, 5, 5]);

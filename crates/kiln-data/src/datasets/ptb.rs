@@ -44,12 +44,7 @@ impl PennTreebank {
         vocab.set_unk_index(vocab.get("<unk>"));
         let valid = tokenize(dir, Split::Valid, &mut vocab, false)?;
         let test = tokenize(dir, Split::Test, &mut vocab, false)?;
-        Ok(PennTreebank {
-            vocab,
-            train,
-            valid,
-            test,
-        })
+        Ok(PennTreebank { vocab, train, valid, test })
     }
 
     /// Reads `data_dir()/ptb`.
@@ -89,24 +84,17 @@ fn tokenize(dir: &Path, split: Split, vocab: &mut Vocab, grow: bool) -> Result<V
     let text = read_text(&path)?;
     let mut ids = Vec::with_capacity(text.len() / 5);
     for (i, line) in text.lines().enumerate() {
-        for (k, word) in line
-            .split_whitespace()
-            .chain(std::iter::once("<eos>"))
-            .enumerate()
-        {
+        for (k, word) in line.split_whitespace().chain(std::iter::once("<eos>")).enumerate() {
             let id = if grow {
                 vocab.add(word)
             } else {
-                vocab
-                    .get(word)
-                    .or(vocab.unk_index())
-                    .ok_or_else(|| DataError::Parse {
-                        path: path.clone(),
-                        line: i as u64 + 1,
-                        column: k as u64 + 1,
-                        expected: "a word of the training vocabulary (which has no <unk>)".into(),
-                        found: word.into(),
-                    })?
+                vocab.get(word).or(vocab.unk_index()).ok_or_else(|| DataError::Parse {
+                    path: path.clone(),
+                    line: i as u64 + 1,
+                    column: k as u64 + 1,
+                    expected: "a word of the training vocabulary (which has no <unk>)".into(),
+                    found: word.into(),
+                })?
             };
             ids.push(id);
         }
@@ -129,16 +117,9 @@ impl TokenStreams {
     ///
     /// **Panics** if `batch_size == 0`.
     pub fn new(tokens: &[usize], batch_size: usize) -> Self {
-        assert!(
-            batch_size > 0,
-            "TokenStreams: batch_size must be > 0, got 0"
-        );
+        assert!(batch_size > 0, "TokenStreams: batch_size must be > 0, got 0");
         let steps = tokens.len() / batch_size;
-        TokenStreams {
-            data: tokens[..steps * batch_size].to_vec(),
-            batch_size,
-            steps,
-        }
+        TokenStreams { data: tokens[..steps * batch_size].to_vec(), batch_size, steps }
     }
 
     /// Number of parallel streams.
@@ -166,14 +147,8 @@ impl TokenStreams {
     /// may be shorter.
     ///
     /// **Panics** if `bptt == 0`.
-    pub fn bptt_batches(
-        &self,
-        bptt: usize,
-    ) -> impl ExactSizeIterator<Item = (Vec<usize>, Vec<usize>)> + '_ {
-        assert!(
-            bptt > 0,
-            "TokenStreams::bptt_batches: bptt must be > 0, got 0"
-        );
+    pub fn bptt_batches(&self, bptt: usize) -> impl ExactSizeIterator<Item = (Vec<usize>, Vec<usize>)> + '_ {
+        assert!(bptt > 0, "TokenStreams::bptt_batches: bptt must be > 0, got 0");
         (0..self.num_windows(bptt)).map(move |w| {
             let start = w * bptt;
             let len = bptt.min(self.steps - 1 - start);
@@ -205,23 +180,13 @@ mod tests {
         assert_eq!(ptb.tokens(Split::Train), &[0, 1, 2, 3, 1, 4, 3]);
         assert_eq!(ptb.tokens(Split::Valid), &[4, 2, 3]);
         let s = TokenStreams::new(&(0..11).collect::<Vec<_>>(), 2);
-        assert_eq!(
-            (s.steps(), s.data()),
-            (5, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9][..])
-        );
+        assert_eq!((s.steps(), s.data()), (5, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9][..]));
         let windows: Vec<_> = s.bptt_batches(3).collect();
         assert_eq!(windows.len(), 2);
         assert_eq!(windows[0], (vec![0, 1, 2, 5, 6, 7], vec![1, 2, 3, 6, 7, 8]));
         assert_eq!(windows[1], (vec![3, 8], vec![4, 9]));
         dir.write("ptb.train.txt", b" a\n");
-        assert!(matches!(
-            PennTreebank::new(&dir.0),
-            Err(DataError::Parse {
-                line: 1,
-                column: 1,
-                ..
-            })
-        ));
+        assert!(matches!(PennTreebank::new(&dir.0), Err(DataError::Parse { line: 1, column: 1, .. })));
     }
 
     #[test]

@@ -222,9 +222,7 @@ impl LitParser<'_> {
                     self.pos += 1;
                 }
                 let text = std::str::from_utf8(&self.s[start..self.pos]).unwrap_or("");
-                let n = text
-                    .parse::<i128>()
-                    .map_err(|_| format!("the number {text:?}"))?;
+                let n = text.parse::<i128>().map_err(|_| format!("the number {text:?}"))?;
                 // Python 2 wrote long integers with an L suffix.
                 if matches!(self.s.get(self.pos), Some(b'L' | b'l')) {
                     self.pos += 1;
@@ -232,11 +230,8 @@ impl LitParser<'_> {
                 Ok(Lit::Int(n))
             }
             _ => {
-                for (word, lit) in [
-                    (&b"True"[..], Lit::Bool(true)),
-                    (b"False", Lit::Bool(false)),
-                    (b"None", Lit::None),
-                ] {
+                for (word, lit) in [(&b"True"[..], Lit::Bool(true)), (b"False", Lit::Bool(false)), (b"None", Lit::None)]
+                {
                     if self.s[self.pos..].starts_with(word) {
                         self.pos += word.len();
                         return Ok(lit);
@@ -271,9 +266,7 @@ fn parse_descr(descr: &str) -> Option<(Kind, usize, bool)> {
     if !size.iter().all(u8::is_ascii_digit) || size.len() > 2 {
         return None;
     }
-    let size = size
-        .iter()
-        .fold(0usize, |n, &d| n * 10 + (d - b'0') as usize);
+    let size = size.iter().fold(0usize, |n, &d| n * 10 + (d - b'0') as usize);
     let kind = match (kind, size) {
         (b'b' | b'?', 1) => Kind::Bool,
         (b'i', 1 | 2 | 4 | 8) => Kind::Int,
@@ -286,15 +279,7 @@ fn parse_descr(descr: &str) -> Option<(Kind, usize, bool)> {
 }
 
 fn describe_bytes(b: &[u8]) -> String {
-    b.iter()
-        .map(|&c| {
-            if c.is_ascii_graphic() {
-                (c as char).to_string()
-            } else {
-                format!("\\x{c:02x}")
-            }
-        })
-        .collect()
+    b.iter().map(|&c| if c.is_ascii_graphic() { (c as char).to_string() } else { format!("\\x{c:02x}") }).collect()
 }
 
 /// Parses a `.npy` file held in `bytes`; `path` names it in errors.
@@ -307,19 +292,10 @@ fn describe_bytes(b: &[u8]) -> String {
 /// [`DataError::Truncated`] when the file is shorter than its header or than the data its shape
 /// and dtype need (checked before anything is allocated).
 pub fn read_npy(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
-    let trunc = |expected: u64| DataError::Truncated {
-        path: path.to_path_buf(),
-        expected,
-        found: bytes.len() as u64,
-    };
+    let trunc = |expected: u64| DataError::Truncated { path: path.to_path_buf(), expected, found: bytes.len() as u64 };
     let head = &bytes[..bytes.len().min(6)];
     if head != &MAGIC[..head.len()] {
-        return Err(DataError::format(
-            path,
-            0,
-            "the .npy magic string \\x93NUMPY",
-            describe_bytes(head),
-        ));
+        return Err(DataError::format(path, 0, "the .npy magic string \\x93NUMPY", describe_bytes(head)));
     }
     if bytes.len() < 10 {
         return Err(trunc(10));
@@ -329,14 +305,7 @@ pub fn read_npy(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
         1 => (2, false),
         2 => (4, false),
         3 => (4, true),
-        _ => {
-            return Err(DataError::format(
-                path,
-                6,
-                "format version 1.0, 2.0 or 3.0",
-                format!("{major}.{minor}"),
-            ))
-        }
+        _ => return Err(DataError::format(path, 6, "format version 1.0, 2.0 or 3.0", format!("{major}.{minor}"))),
     };
     let start = 8 + len_bytes;
     if bytes.len() < start {
@@ -353,12 +322,7 @@ pub fn read_npy(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
     }
     let header = &bytes[start..data_offset as usize];
     let bad_header = |found: String| {
-        DataError::format(
-            path,
-            start as u64,
-            "a header dict {'descr': ..., 'fortran_order': ..., 'shape': ...}",
-            found,
-        )
+        DataError::format(path, start as u64, "a header dict {'descr': ..., 'fortran_order': ..., 'shape': ...}", found)
     };
     if utf8 && std::str::from_utf8(header).is_err() {
         return Err(bad_header("invalid UTF-8 in a version 3 header".into()));
@@ -367,24 +331,14 @@ pub fn read_npy(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
     let dict = parser.value(0).map_err(bad_header)?;
     parser.ws();
     if parser.pos != header.len() {
-        return Err(bad_header(format!(
-            "text after the dict at header byte {}",
-            parser.pos
-        )));
+        return Err(bad_header(format!("text after the dict at header byte {}", parser.pos)));
     }
     let Lit::Dict(items) = dict else {
         return Err(bad_header(format!("{dict:?}")));
     };
-    let get = |key: &str| {
-        items
-            .iter()
-            .find(|(k, _)| matches!(k, Lit::Str(s) if s == key))
-            .map(|(_, v)| v)
-    };
+    let get = |key: &str| items.iter().find(|(k, _)| matches!(k, Lit::Str(s) if s == key)).map(|(_, v)| v);
     let keys: Vec<&Lit> = items.iter().map(|(k, _)| k).collect();
-    let (Some(descr), Some(fortran), Some(shape)) =
-        (get("descr"), get("fortran_order"), get("shape"))
-    else {
+    let (Some(descr), Some(fortran), Some(shape)) = (get("descr"), get("fortran_order"), get("shape")) else {
         return Err(bad_header(format!("the keys {keys:?}")));
     };
     if items.len() != 3 {
@@ -448,13 +402,7 @@ pub fn read_npy(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
                 format!("a list of {}", arr.items.len()),
             ));
         }
-        return Ok(NpyArray {
-            descr,
-            shape,
-            fortran_order,
-            data_offset,
-            data: NpyData::Sequences(arr.items),
-        });
+        return Ok(NpyArray { descr, shape, fortran_order, data_offset, data: NpyData::Sequences(arr.items) });
     }
     let need = count
         .checked_mul(size as u64)
@@ -495,24 +443,12 @@ pub fn read_npy(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
         ),
         Kind::Float => NpyData::Float(
             chunks
-                .map(|c| {
-                    if size == 4 {
-                        f32::from_bits(word(c) as u32) as f64
-                    } else {
-                        f64::from_bits(word(c))
-                    }
-                })
+                .map(|c| if size == 4 { f32::from_bits(word(c) as u32) as f64 } else { f64::from_bits(word(c)) })
                 .collect(),
         ),
         Kind::Object => unreachable!("handled above"),
     };
-    Ok(NpyArray {
-        descr,
-        shape,
-        fortran_order,
-        data_offset,
-        data,
-    })
+    Ok(NpyArray { descr, shape, fortran_order, data_offset, data })
 }
 
 /// A `.npz` archive (what `np.savez` and `np.savez_compressed` write): a zip of `.npy` members.
@@ -548,11 +484,7 @@ impl Npz {
     pub fn from_bytes(path: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self> {
         let path = path.into();
         let entries = zip::read_directory(&path, &bytes)?;
-        Ok(Npz {
-            path,
-            bytes,
-            entries,
-        })
+        Ok(Npz { path, bytes, entries })
     }
 
     /// The archive's path (as given).
@@ -573,11 +505,7 @@ impl Npz {
             .or_else(|| self.entries.iter().find(|e| e.name == with_ext))
             .ok_or_else(|| DataError::MissingMember {
                 path: self.path.clone(),
-                member: if name.ends_with(".npy") {
-                    name.to_string()
-                } else {
-                    with_ext.clone()
-                },
+                member: if name.ends_with(".npy") { name.to_string() } else { with_ext.clone() },
                 members: self.names().join(", "),
             })
     }
@@ -624,51 +552,18 @@ mod tests {
     #[test]
     fn numeric_dtypes_and_byte_orders() {
         let p = Path::new("a.npy");
-        let a = read_npy(
-            p,
-            &npy(
-                "{'descr': '>i2', 'fortran_order': True, 'shape': (2L, 1), }\n",
-                &[0xff, 0xfe, 0, 5],
-            ),
-        )
-        .unwrap();
+        let a = read_npy(p, &npy("{'descr': '>i2', 'fortran_order': True, 'shape': (2L, 1), }\n", &[0xff, 0xfe, 0, 5]))
+            .unwrap();
         assert_eq!(a.data, NpyData::Int(vec![-2, 5]));
         assert_eq!((a.shape, a.fortran_order), (vec![2, 1], true));
-        let a = read_npy(
-            p,
-            &npy(
-                "{\"descr\":\"|u1\",\"fortran_order\":False,\"shape\":(3,)}",
-                &[1, 2, 255],
-            ),
-        )
-        .unwrap();
+        let a = read_npy(p, &npy("{\"descr\":\"|u1\",\"fortran_order\":False,\"shape\":(3,)}", &[1, 2, 255])).unwrap();
         assert_eq!(a.data, NpyData::UInt(vec![1, 2, 255]));
-        let a = read_npy(
-            p,
-            &npy(
-                "{'descr': '<f4', 'fortran_order': False, 'shape': ()}",
-                &1.5f32.to_le_bytes(),
-            ),
-        )
-        .unwrap();
+        let a =
+            read_npy(p, &npy("{'descr': '<f4', 'fortran_order': False, 'shape': ()}", &1.5f32.to_le_bytes())).unwrap();
         assert_eq!((a.data, a.shape), (NpyData::Float(vec![1.5]), vec![]));
-        let a = read_npy(
-            p,
-            &npy(
-                "{'descr': '|b1', 'fortran_order': False, 'shape': (2,)}",
-                &[0, 1],
-            ),
-        )
-        .unwrap();
+        let a = read_npy(p, &npy("{'descr': '|b1', 'fortran_order': False, 'shape': (2,)}", &[0, 1])).unwrap();
         assert_eq!(a.to_i64(), Some(vec![0, 1]));
-        let a = read_npy(
-            p,
-            &npy(
-                "{'descr': '<i8', 'fortran_order': False, 'shape': (0, 5)}",
-                &[],
-            ),
-        )
-        .unwrap();
+        let a = read_npy(p, &npy("{'descr': '<i8', 'fortran_order': False, 'shape': (0, 5)}", &[])).unwrap();
         assert!(a.data.is_empty());
     }
 
@@ -676,54 +571,28 @@ mod tests {
     fn bad_headers_are_typed_errors() {
         let p = Path::new("a.npy");
         let err = |bytes: &[u8]| read_npy(p, bytes).unwrap_err();
-        assert!(matches!(
-            err(b"PK\x03\x04xxxxxxxxxx"),
-            DataError::Format { offset: 0, .. }
-        ));
-        assert!(matches!(
-            err(b"\x93NUM"),
-            DataError::Truncated { expected: 10, .. }
-        ));
-        assert!(matches!(
-            err(b"\x93NUMPY\x09\x00\x00\x00"),
-            DataError::Format { offset: 6, .. }
-        ));
+        assert!(matches!(err(b"PK\x03\x04xxxxxxxxxx"), DataError::Format { offset: 0, .. }));
+        assert!(matches!(err(b"\x93NUM"), DataError::Truncated { expected: 10, .. }));
+        assert!(matches!(err(b"\x93NUMPY\x09\x00\x00\x00"), DataError::Format { offset: 6, .. }));
         // A header length beyond the file.
-        assert!(matches!(
-            err(b"\x93NUMPY\x02\x00\xff\xff\xff\xff{}"),
-            DataError::Truncated { .. }
-        ));
+        assert!(matches!(err(b"\x93NUMPY\x02\x00\xff\xff\xff\xff{}"), DataError::Truncated { .. }));
         // Unsupported dtype, named.
-        match err(&npy(
-            "{'descr': '<U5', 'fortran_order': False, 'shape': (1,)}",
-            &[0; 20],
-        )) {
-            DataError::Format {
-                found, offset: 10, ..
-            } => assert_eq!(found, "\"<U5\""),
+        match err(&npy("{'descr': '<U5', 'fortran_order': False, 'shape': (1,)}", &[0; 20])) {
+            DataError::Format { found, offset: 10, .. } => assert_eq!(found, "\"<U5\""),
             other => panic!("{other:?}"),
         }
         // A non-ASCII byte in the dtype (found by tests/fuzz_parsers.rs: it used to panic on
         // slicing inside the replacement character).
-        let mut h = npy(
-            "{'descr': '<i8', 'fortran_order': False, 'shape': (1,)}",
-            &[0; 8],
-        );
+        let mut h = npy("{'descr': '<i8', 'fortran_order': False, 'shape': (1,)}", &[0; 8]);
         h[21] = 0x80;
         assert!(matches!(read_npy(p, &h), Err(DataError::Format { .. })));
         assert!(matches!(
-            err(&npy(
-                "{'descr': '\u{e9}O', 'fortran_order': False, 'shape': (1,)}",
-                &[]
-            )),
+            err(&npy("{'descr': '\u{e9}O', 'fortran_order': False, 'shape': (1,)}", &[])),
             DataError::Format { .. }
         ));
         // Structured dtype.
         assert!(matches!(
-            err(&npy(
-                "{'descr': [('a', '<i4')], 'fortran_order': False, 'shape': (1,)}",
-                &[0; 4]
-            )),
+            err(&npy("{'descr': [('a', '<i4')], 'fortran_order': False, 'shape': (1,)}", &[0; 4])),
             DataError::Format { .. }
         ));
         // Missing key, extra key, bad shape, garbage.
@@ -735,45 +604,28 @@ mod tests {
             "((((((((((((((((((((((((((((((",
             "{'descr': '<i4', 'fortran_order': 0, 'shape': (1,)}",
         ] {
-            assert!(
-                matches!(err(&npy(h, &[0; 4])), DataError::Format { offset: 10, .. }),
-                "{h}"
-            );
+            assert!(matches!(err(&npy(h, &[0; 4])), DataError::Format { offset: 10, .. }), "{h}");
         }
         // A forged shape: 2^40 x 8 bytes claimed in a 4-byte body, rejected before allocating.
-        match err(&npy(
-            "{'descr': '<i8', 'fortran_order': False, 'shape': (1099511627776,)}",
-            &[0; 4],
-        )) {
-            DataError::Truncated {
-                expected, found, ..
-            } => {
+        match err(&npy("{'descr': '<i8', 'fortran_order': False, 'shape': (1099511627776,)}", &[0; 4])) {
+            DataError::Truncated { expected, found, .. } => {
                 assert_eq!((expected, found), (77 + (1u64 << 43), 81));
             }
             other => panic!("{other:?}"),
         }
         // Size overflow and trailing data.
         assert!(matches!(
-            err(&npy(
-                "{'descr': '<i8', 'fortran_order': False, 'shape': (4294967296, 4294967296)}",
-                &[]
-            )),
+            err(&npy("{'descr': '<i8', 'fortran_order': False, 'shape': (4294967296, 4294967296)}", &[])),
             DataError::Format { .. }
         ));
         assert!(matches!(
-            err(&npy(
-                "{'descr': '<i4', 'fortran_order': False, 'shape': (1,)}",
-                &[0; 5]
-            )),
+            err(&npy("{'descr': '<i4', 'fortran_order': False, 'shape': (1,)}", &[0; 5])),
             DataError::Format { .. }
         ));
     }
 
     #[test]
     fn member_paths_name_archive_and_member() {
-        assert_eq!(
-            member_path(Path::new("/d/imdb.npz"), "x_train.npy"),
-            PathBuf::from("/d/imdb.npz[x_train.npy]")
-        );
+        assert_eq!(member_path(Path::new("/d/imdb.npz"), "x_train.npy"), PathBuf::from("/d/imdb.npz[x_train.npy]"));
     }
 }

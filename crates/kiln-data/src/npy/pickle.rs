@@ -108,12 +108,7 @@ const NUMPY_MULTIARRAY: [&str; 2] = ["numpy.core.multiarray", "numpy._core.multi
 
 impl Machine<'_> {
     fn err(&self, at: usize, expected: impl Into<String>, found: impl Into<String>) -> DataError {
-        DataError::format(
-            PathBuf::from(self.path),
-            self.base + at as u64,
-            expected,
-            found,
-        )
+        DataError::format(PathBuf::from(self.path), self.base + at as u64, expected, found)
     }
 
     fn take(&mut self, n: u64) -> Result<&[u8]> {
@@ -203,11 +198,7 @@ impl Machine<'_> {
         a[..low.len()].copy_from_slice(low);
         let v = i64::from_le_bytes(a);
         if high.iter().any(|&b| b != fill) || (v < 0) != negative {
-            return Err(self.err(
-                at,
-                "an integer that fits in 64 bits",
-                format!("a {}-byte integer", bytes.len()),
-            ));
+            return Err(self.err(at, "an integer that fits in 64 bits", format!("a {}-byte integer", bytes.len())));
         }
         Ok(v)
     }
@@ -215,13 +206,7 @@ impl Machine<'_> {
     fn parse_decimal(&self, at: usize, line: &[u8]) -> Result<i64> {
         let s = String::from_utf8_lossy(line);
         let t = s.trim_end_matches('L');
-        t.parse::<i64>().map_err(|_| {
-            self.err(
-                at,
-                "a decimal integer",
-                s.chars().take(40).collect::<String>(),
-            )
-        })
+        t.parse::<i64>().map_err(|_| self.err(at, "a decimal integer", s.chars().take(40).collect::<String>()))
     }
 
     fn memo_put(&mut self, op_at: usize, key: u64) -> Result<()> {
@@ -260,9 +245,7 @@ impl Machine<'_> {
 
     fn push_text(&mut self, at: usize, n: u64) -> Result<()> {
         let bytes = self.take(n)?;
-        let s = std::str::from_utf8(bytes)
-            .map_err(|_| ())
-            .map(str::to_owned);
+        let s = std::str::from_utf8(bytes).map_err(|_| ()).map(str::to_owned);
         let s = s.map_err(|()| self.err(at, "UTF-8 text", "invalid UTF-8"))?;
         let v = self.alloc(Obj::Text(s));
         self.stack.push(v);
@@ -286,11 +269,7 @@ impl Machine<'_> {
                     // PROTO
                     let p = self.take(1)?[0];
                     if p > 5 {
-                        return Err(self.err(
-                            at,
-                            "pickle protocol 0 to 5",
-                            format!("protocol {p}"),
-                        ));
+                        return Err(self.err(at, "pickle protocol 0 to 5", format!("protocol {p}")));
                     }
                 }
                 0x95 => {
@@ -350,9 +329,7 @@ impl Machine<'_> {
                         self.take(1)?[0] as u64
                     } else {
                         let n = i32::from_le_bytes(self.le()?);
-                        u64::try_from(n).map_err(|_| {
-                            self.err(at, "a non-negative LONG4 length", n.to_string())
-                        })?
+                        u64::try_from(n).map_err(|_| self.err(at, "a non-negative LONG4 length", n.to_string()))?
                     };
                     let bytes = self.take(n)?.to_vec();
                     let v = self.int_from_le(at, &bytes)?;
@@ -384,9 +361,8 @@ impl Machine<'_> {
                 }
                 b'T' => {
                     let n = i32::from_le_bytes(self.le()?);
-                    let n = u64::try_from(n).map_err(|_| {
-                        self.err(at, "a non-negative BINSTRING length", n.to_string())
-                    })?;
+                    let n =
+                        u64::try_from(n).map_err(|_| self.err(at, "a non-negative BINSTRING length", n.to_string()))?;
                     self.push_bytes(n)?;
                 }
                 0x8e => {
@@ -477,11 +453,7 @@ impl Machine<'_> {
                     // REDUCE: func(*args); NEWOBJ: cls.__new__(cls, *args). Recorded, not run.
                     let args = self.pop(at)?;
                     let func = self.pop(at)?;
-                    let v = self.alloc(Obj::Call {
-                        func,
-                        args,
-                        state: None,
-                    });
+                    let v = self.alloc(Obj::Call { func, args, state: None });
                     self.stack.push(v);
                 }
                 b'b' => {
@@ -490,21 +462,9 @@ impl Machine<'_> {
                     match target {
                         Val::Obj(i) => match &mut self.objs[i] {
                             Obj::Call { state: s, .. } => *s = Some(state),
-                            _ => {
-                                return Err(self.err(
-                                    at,
-                                    "BUILD on a reconstructed object",
-                                    "another value",
-                                ))
-                            }
+                            _ => return Err(self.err(at, "BUILD on a reconstructed object", "another value")),
                         },
-                        _ => {
-                            return Err(self.err(
-                                at,
-                                "BUILD on a reconstructed object",
-                                "another value",
-                            ))
-                        }
+                        _ => return Err(self.err(at, "BUILD on a reconstructed object", "another value")),
                     }
                 }
                 b'p' => {
@@ -543,11 +503,7 @@ impl Machine<'_> {
                     } else {
                         format!("opcode {other:#04x}")
                     };
-                    return Err(self.err(
-                        at,
-                        "a pickle opcode of a numpy object array of integer lists",
-                        shown,
-                    ));
+                    return Err(self.err(at, "a pickle opcode of a numpy object array of integer lists", shown));
                 }
             }
         }
@@ -631,21 +587,12 @@ impl Machine<'_> {
                                 })
                                 .collect::<Option<Vec<usize>>>()
                         })
-                        .ok_or_else(|| {
-                            shape_err(
-                                "a shape tuple of non-negative integers",
-                                self.describe(state[0]),
-                            )
-                        })?;
+                        .ok_or_else(|| shape_err("a shape tuple of non-negative integers", self.describe(state[0])))?;
                     // dtype('O8', ...): the array must hold Python objects.
                     let descr = match state[1] {
                         Val::Obj(d) => match &self.objs[d] {
-                            Obj::Call { func, args, .. }
-                                if self.global_is(*func, &["numpy"], "dtype") =>
-                            {
-                                self.tuple(*args)
-                                    .and_then(|a| a.first())
-                                    .and_then(|&s| self.text(s))
+                            Obj::Call { func, args, .. } if self.global_is(*func, &["numpy"], "dtype") => {
+                                self.tuple(*args).and_then(|a| a.first()).and_then(|&s| self.text(s))
                             }
                             _ => None,
                         },
@@ -660,50 +607,25 @@ impl Machine<'_> {
                     let fortran = match state[2] {
                         Val::Bool(b) => b,
                         Val::Int(n) => n != 0,
-                        other => {
-                            return Err(shape_err("a boolean is_fortran", self.describe(other)))
-                        }
+                        other => return Err(shape_err("a boolean is_fortran", self.describe(other))),
                     };
                     (Some(shape), fortran, state[3])
                 }
-                _ => {
-                    return Err(shape_err(
-                        "a pickled numpy object array or list",
-                        self.describe(root),
-                    ))
-                }
+                _ => return Err(shape_err("a pickled numpy object array or list", self.describe(root))),
             },
-            other => {
-                return Err(shape_err(
-                    "a pickled numpy object array or list",
-                    self.describe(other),
-                ))
-            }
+            other => return Err(shape_err("a pickled numpy object array or list", self.describe(other))),
         };
         let items = match list {
             Val::Obj(i) => match &self.objs[i] {
                 Obj::List(l) => l,
-                _ => {
-                    return Err(shape_err(
-                        "a list of the array's items",
-                        self.describe(list),
-                    ))
-                }
+                _ => return Err(shape_err("a list of the array's items", self.describe(list))),
             },
-            other => {
-                return Err(shape_err(
-                    "a list of the array's items",
-                    self.describe(other),
-                ))
-            }
+            other => return Err(shape_err("a list of the array's items", self.describe(other))),
         };
         if let Some(shape) = &shape {
             let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
             if count != Some(items.len()) {
-                return Err(shape_err(
-                    &format!("{shape:?} items"),
-                    format!("{}", items.len()),
-                ));
+                return Err(shape_err(&format!("{shape:?} items"), format!("{}", items.len())));
             }
         }
         // Every integer copied out must have cost the pickle at least one byte (two in fact),
@@ -720,13 +642,9 @@ impl Machine<'_> {
                 },
                 _ => &[],
             };
-            let is_seq =
-                matches!(item, Val::Obj(i) if matches!(self.objs[i], Obj::List(_) | Obj::Tuple(_)));
+            let is_seq = matches!(item, Val::Obj(i) if matches!(self.objs[i], Obj::List(_) | Obj::Tuple(_)));
             if !is_seq {
-                return Err(shape_err(
-                    &format!("item {k} to be a list of integers"),
-                    self.describe(item),
-                ));
+                return Err(shape_err(&format!("item {k} to be a list of integers"), self.describe(item)));
             }
             total += values.len();
             if total > budget {
@@ -748,11 +666,7 @@ impl Machine<'_> {
                 .collect::<Result<Vec<i64>>>()?;
             out.push(seq);
         }
-        Ok(ObjectArray {
-            shape,
-            fortran_order,
-            items: out,
-        })
+        Ok(ObjectArray { shape, fortran_order, items: out })
     }
 }
 
@@ -779,36 +693,25 @@ mod tests {
     #[test]
     fn plain_list_and_errors() {
         // protocol 4: [[1, 2], [300]]
-        let plain =
-            b"\x80\x04\x95\x0f\x00\x00\x00\x00\x00\x00\x00]\x94(]\x94(K\x01K\x02e]\x94M,\x01ae.";
+        let plain = b"\x80\x04\x95\x0f\x00\x00\x00\x00\x00\x00\x00]\x94(]\x94(K\x01K\x02e]\x94M,\x01ae.";
         let a = read(plain).unwrap();
         assert_eq!((a.shape, a.items), (None, vec![vec![1, 2], vec![300]]));
         // Truncated: no STOP.
-        assert!(matches!(
-            read(&plain[..plain.len() - 1]),
-            Err(DataError::Truncated { .. })
-        ));
+        assert!(matches!(read(&plain[..plain.len() - 1]), Err(DataError::Truncated { .. })));
         // An opcode outside the set (INST 'i'), with its offset.
         match read(b"\x80\x02i") {
-            Err(DataError::Format {
-                offset: 102, found, ..
-            }) => assert!(found.contains("0x69")),
+            Err(DataError::Format { offset: 102, found, .. }) => assert!(found.contains("0x69")),
             other => panic!("{other:?}"),
         }
         // A string longer than the data left: truncated, nothing allocated.
-        assert!(matches!(
-            read(b"\x80\x04\x8d\xff\xff\xff\xff\xff\xff\xff\x7f"),
-            Err(DataError::Truncated { .. })
-        ));
+        assert!(matches!(read(b"\x80\x04\x8d\xff\xff\xff\xff\xff\xff\xff\x7f"), Err(DataError::Truncated { .. })));
         // A BINUNICODE8 / BINBYTES8 length of 2^64 - 1: truncated, without overflowing the
         // offset arithmetic (a `cargo fuzz` finding).
         for op in [0x8d, 0x8e] {
             let mut p = vec![0x80, 4, op];
             p.extend(u64::MAX.to_le_bytes());
             match read(&p) {
-                Err(DataError::Truncated {
-                    expected, found, ..
-                }) => {
+                Err(DataError::Truncated { expected, found, .. }) => {
                     assert_eq!((expected, found), (u64::MAX, 111));
                 }
                 other => panic!("{other:?}"),
@@ -827,10 +730,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Integers beyond 64 bits.
-        assert!(matches!(
-            read(b"](]\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01aa."),
-            Err(DataError::Format { .. })
-        ));
+        assert!(matches!(read(b"](]\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01aa."), Err(DataError::Format { .. })));
         // Stack underflow and a BUILD on a list.
         assert!(matches!(read(b"a"), Err(DataError::Format { .. })));
         assert!(matches!(read(b"]]b."), Err(DataError::Format { .. })));

@@ -61,11 +61,7 @@ fn u64_at(data: &[u8], at: usize) -> Option<u64> {
 }
 
 fn truncated(path: &Path, expected: u64, found: usize) -> DataError {
-    DataError::Truncated {
-        path: path.to_path_buf(),
-        expected,
-        found: found as u64,
-    }
+    DataError::Truncated { path: path.to_path_buf(), expected, found: found as u64 }
 }
 
 /// Where the central directory is and how many entries it declares.
@@ -86,11 +82,7 @@ fn find_directory(path: &Path, data: &[u8]) -> Result<Directory> {
             u32::from_le_bytes(a)
         });
         if data.len() >= 4 && found != EOCD_SIG && found != LOCAL_SIG {
-            return Err(DataError::BadMagic {
-                path: path.to_path_buf(),
-                expected: LOCAL_SIG,
-                found,
-            });
+            return Err(DataError::BadMagic { path: path.to_path_buf(), expected: LOCAL_SIG, found });
         }
         return Err(truncated(path, EOCD_LEN as u64, data.len()));
     }
@@ -130,9 +122,7 @@ fn find_directory(path: &Path, data: &[u8]) -> Result<Directory> {
     let offset = u32_at(data, at + 16).unwrap_or(0);
     let zip64 = entries == u16::MAX || size == u32::MAX || offset == u32::MAX;
     // A zip64 end record is announced by a 20-byte locator just before the plain one.
-    let locator = at
-        .checked_sub(20)
-        .filter(|&l| u32_at(data, l) == Some(EOCD64_LOCATOR_SIG));
+    let locator = at.checked_sub(20).filter(|&l| u32_at(data, l) == Some(EOCD64_LOCATOR_SIG));
     match locator {
         Some(l) => {
             let rec = u64_at(data, l + 8).unwrap_or(u64::MAX);
@@ -168,12 +158,7 @@ fn find_directory(path: &Path, data: &[u8]) -> Result<Directory> {
             "a zip64 end-record locator before an end record with 0xFFFF/0xFFFFFFFF fields",
             "none",
         )),
-        None => Ok(Directory {
-            entries: entries as u64,
-            size: size as u64,
-            offset: offset as u64,
-            limit: at as u64,
-        }),
+        None => Ok(Directory { entries: entries as u64, size: size as u64, offset: offset as u64, limit: at as u64 }),
     }
 }
 
@@ -185,39 +170,27 @@ pub(crate) fn read_directory(path: &Path, data: &[u8]) -> Result<Vec<ZipEntry>> 
         return Err(DataError::format(
             path,
             dir.offset,
-            format!(
-                "a central directory that ends before its end record at offset {}",
-                dir.limit
-            ),
+            format!("a central directory that ends before its end record at offset {}", dir.limit),
             format!("{} bytes at offset {}", dir.size, dir.offset),
         ));
     }
     let (start, end) = (dir.offset as usize, end as usize);
     // Each entry takes at least 46 bytes, so the directory's size bounds the count.
-    let mut entries =
-        Vec::with_capacity(dir.entries.min((dir.size / CENTRAL_LEN as u64) + 1) as usize);
+    let mut entries = Vec::with_capacity(dir.entries.min((dir.size / CENTRAL_LEN as u64) + 1) as usize);
     let mut at = start;
     for k in 0..dir.entries {
-        let bad = |offset: usize, expected: String, found: String| {
-            DataError::format(path, offset as u64, expected, found)
-        };
+        let bad =
+            |offset: usize, expected: String, found: String| DataError::format(path, offset as u64, expected, found);
         if at + CENTRAL_LEN > end {
             return Err(bad(
                 at,
-                format!(
-                    "{} central-directory entries in {} bytes",
-                    dir.entries, dir.size
-                ),
+                format!("{} central-directory entries in {} bytes", dir.entries, dir.size),
                 format!("room for {k}"),
             ));
         }
         let sig = u32_at(data, at).unwrap_or(0);
         if sig != CENTRAL_SIG {
-            return Err(bad(
-                at,
-                "a central-directory entry (signature PK\\x01\\x02)".into(),
-                format!("{sig:#010x}"),
-            ));
+            return Err(bad(at, "a central-directory entry (signature PK\\x01\\x02)".into(), format!("{sig:#010x}")));
         }
         let flags = u16_at(data, at + 8).unwrap_or(0);
         let method = u16_at(data, at + 10).unwrap_or(0);
@@ -241,11 +214,8 @@ pub(crate) fn read_directory(path: &Path, data: &[u8]) -> Result<Vec<ZipEntry>> 
         }
         let name = String::from_utf8_lossy(&data[name_at..extra_at]).into_owned();
         // Zip64 extra field (id 1): the 64-bit values of the fields that are 0xFFFFFFFF, in order.
-        let need = [
-            uncompressed_size == u32::MAX as u64,
-            compressed_size == u32::MAX as u64,
-            local_offset == u32::MAX as u64,
-        ];
+        let need =
+            [uncompressed_size == u32::MAX as u64, compressed_size == u32::MAX as u64, local_offset == u32::MAX as u64];
         if need.iter().any(|&n| n) {
             let extra = &data[extra_at..extra_at + extra_len];
             let mut field = None;
@@ -265,13 +235,8 @@ pub(crate) fn read_directory(path: &Path, data: &[u8]) -> Result<Vec<ZipEntry>> 
                 a.copy_from_slice(c);
                 u64::from_le_bytes(a)
             });
-            for (slot, needed) in [
-                &mut uncompressed_size,
-                &mut compressed_size,
-                &mut local_offset,
-            ]
-            .into_iter()
-            .zip(need)
+            for (slot, needed) in
+                [&mut uncompressed_size, &mut compressed_size, &mut local_offset].into_iter().zip(need)
             {
                 if needed {
                     *slot = values.next().ok_or_else(|| {
@@ -285,21 +250,9 @@ pub(crate) fn read_directory(path: &Path, data: &[u8]) -> Result<Vec<ZipEntry>> 
             }
         }
         if disk != 0 && disk != u16::MAX {
-            return Err(bad(
-                at + 34,
-                "a member on disk 0".into(),
-                format!("{name:?} on disk {disk}"),
-            ));
+            return Err(bad(at + 34, "a member on disk 0".into(), format!("{name:?} on disk {disk}")));
         }
-        entries.push(ZipEntry {
-            name,
-            method,
-            flags,
-            crc32,
-            compressed_size,
-            uncompressed_size,
-            local_offset,
-        });
+        entries.push(ZipEntry { name, method, flags, crc32, compressed_size, uncompressed_size, local_offset });
         at = next;
     }
     Ok(entries)
@@ -346,19 +299,13 @@ pub(crate) fn extract(path: &Path, data: &[u8], entry: &ZipEntry) -> Result<Vec<
                     path,
                     entry.local_offset,
                     format!("a stored member {name:?} whose sizes agree"),
-                    format!(
-                        "compressed {} bytes, uncompressed {size}",
-                        entry.compressed_size
-                    ),
+                    format!("compressed {} bytes, uncompressed {size}", entry.compressed_size),
                 ));
             }
             raw.to_vec()
         }
         8 => {
-            let most = entry
-                .compressed_size
-                .saturating_mul(MAX_DEFLATE_RATIO)
-                .saturating_add(64);
+            let most = entry.compressed_size.saturating_mul(MAX_DEFLATE_RATIO).saturating_add(64);
             if size > most {
                 return Err(DataError::format(
                     path,
@@ -372,17 +319,9 @@ pub(crate) fn extract(path: &Path, data: &[u8], entry: &ZipEntry) -> Result<Vec<
             }
             // Start small and grow with the bytes the decoder really produces.
             let mut out = Vec::with_capacity(size.min(raw.len() as u64 * 4 + 64) as usize);
-            flate2::read::DeflateDecoder::new(raw)
-                .take(size + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| {
-                    DataError::format(
-                        path,
-                        start,
-                        format!("a valid deflate stream for {name:?}"),
-                        e.to_string(),
-                    )
-                })?;
+            flate2::read::DeflateDecoder::new(raw).take(size + 1).read_to_end(&mut out).map_err(|e| {
+                DataError::format(path, start, format!("a valid deflate stream for {name:?}"), e.to_string())
+            })?;
             if out.len() as u64 != size {
                 return Err(DataError::format(
                     path,

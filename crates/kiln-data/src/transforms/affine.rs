@@ -10,10 +10,7 @@ use crate::image::Image;
 /// the inverse-mapped point, and points outside read `fill`.
 #[must_use]
 pub fn affine(img: &Image, angle: f64, tx: f64, ty: f64, scale: f64, fill: f32) -> Image {
-    let (cy, cx) = (
-        (img.height as f64 - 1.0) / 2.0,
-        (img.width as f64 - 1.0) / 2.0,
-    );
+    let (cy, cx) = ((img.height as f64 - 1.0) / 2.0, (img.width as f64 - 1.0) / 2.0);
     let (sin, cos) = angle.to_radians().sin_cos();
     let mut out = Image::zeros(img.channels, img.height, img.width);
     for y in 0..img.height {
@@ -45,23 +42,14 @@ impl RandomRotation {
     ///
     /// **Panics** if `degrees < 0`.
     pub fn new(degrees: f64) -> Self {
-        assert!(
-            degrees >= 0.0,
-            "RandomRotation: degrees must be >= 0, got {degrees}"
-        );
-        RandomRotation {
-            degrees: (-degrees, degrees),
-            fill: 0.0,
-        }
+        assert!(degrees >= 0.0, "RandomRotation: degrees must be >= 0, got {degrees}");
+        RandomRotation { degrees: (-degrees, degrees), fill: 0.0 }
     }
 
     /// Angles in `[low, high]`.
     pub fn range(low: f64, high: f64) -> Self {
         assert!(low <= high, "RandomRotation: empty range ({low}, {high})");
-        RandomRotation {
-            degrees: (low, high),
-            fill: 0.0,
-        }
+        RandomRotation { degrees: (low, high), fill: 0.0 }
     }
 
     /// The value of pixels rotated in from outside (default 0).
@@ -95,26 +83,15 @@ impl RandomAffine {
     ///
     /// **Panics** if `degrees < 0`.
     pub fn new(degrees: f64) -> Self {
-        assert!(
-            degrees >= 0.0,
-            "RandomAffine: degrees must be >= 0, got {degrees}"
-        );
-        RandomAffine {
-            degrees: (-degrees, degrees),
-            translate: None,
-            scale: None,
-            fill: 0.0,
-        }
+        assert!(degrees >= 0.0, "RandomAffine: degrees must be >= 0, got {degrees}");
+        RandomAffine { degrees: (-degrees, degrees), translate: None, scale: None, fill: 0.0 }
     }
 
     /// Shifts of up to `a * width` horizontally and `b * height` vertically (rounded to pixels, as
     /// torchvision does).
     #[must_use]
     pub fn translate(mut self, a: f64, b: f64) -> Self {
-        assert!(
-            (0.0..=1.0).contains(&a) && (0.0..=1.0).contains(&b),
-            "RandomAffine: translate must be in [0, 1]"
-        );
+        assert!((0.0..=1.0).contains(&a) && (0.0..=1.0).contains(&b), "RandomAffine: translate must be in [0, 1]");
         self.translate = Some((a, b));
         self
     }
@@ -122,10 +99,7 @@ impl RandomAffine {
     /// Scale factors drawn from `[low, high]`.
     #[must_use]
     pub fn scale(mut self, low: f64, high: f64) -> Self {
-        assert!(
-            0.0 < low && low <= high,
-            "RandomAffine: bad scale range ({low}, {high})"
-        );
+        assert!(0.0 < low && low <= high, "RandomAffine: bad scale range ({low}, {high})");
         self.scale = Some((low, high));
         self
     }
@@ -168,10 +142,7 @@ mod tests {
         assert_eq!(rounded, vec![1., 3., 0., 2.]);
         assert_eq!(affine(&img, 0.0, 0.0, 0.0, 1.0, 0.0), img);
         // A one-pixel shift right brings in the fill on the left.
-        assert_eq!(
-            affine(&img, 0.0, 1.0, 0.0, 1.0, 9.0).data,
-            vec![9., 0., 9., 2.]
-        );
+        assert_eq!(affine(&img, 0.0, 1.0, 0.0, 1.0, 9.0).data, vec![9., 0., 9., 2.]);
     }
 
     #[test]

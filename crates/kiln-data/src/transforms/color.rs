@@ -37,9 +37,7 @@ impl ColorJitter {
 fn grey(img: &Image) -> Vec<f32> {
     if img.channels == 3 {
         let (r, g, b) = (img.plane(0), img.plane(1), img.plane(2));
-        (0..r.len())
-            .map(|i| 0.299 * r[i] + 0.587 * g[i] + 0.114 * b[i])
-            .collect()
+        (0..r.len()).map(|i| 0.299 * r[i] + 0.587 * g[i] + 0.114 * b[i]).collect()
     } else {
         img.plane(0).to_vec()
     }
@@ -97,14 +95,7 @@ mod tests {
         let out = ColorJitter::new(0.5, 0.0, 0.0).apply(img.clone(), &mut Rng::new(4));
         let ratio = out.data[10] / img.data[10];
         assert!((0.5..=1.5).contains(&ratio));
-        assert!(out
-            .data
-            .iter()
-            .zip(&img.data)
-            .all(|(o, i)| (o - (i * ratio).min(1.0)).abs() < 1e-5));
-        assert_eq!(
-            ColorJitter::new(0.0, 0.0, 0.0).apply(img.clone(), &mut rng),
-            img
-        );
+        assert!(out.data.iter().zip(&img.data).all(|(o, i)| (o - (i * ratio).min(1.0)).abs() < 1e-5));
+        assert_eq!(ColorJitter::new(0.0, 0.0, 0.0).apply(img.clone(), &mut rng), img);
     }
 }

@@ -17,10 +17,7 @@ impl Resize {
     ///
     /// **Panics** if a size is 0.
     pub fn new(height: usize, width: usize) -> Self {
-        assert!(
-            height > 0 && width > 0,
-            "Resize: size must be > 0, got {height}x{width}"
-        );
+        assert!(height > 0 && width > 0, "Resize: size must be > 0, got {height}x{width}");
         Resize { height, width }
     }
 }
@@ -69,12 +66,7 @@ pub struct RandomCrop {
 impl RandomCrop {
     /// A random crop of `height` x `width` with no padding.
     pub fn new(height: usize, width: usize) -> Self {
-        RandomCrop {
-            height,
-            width,
-            padding: 0,
-            fill: 0.0,
-        }
+        RandomCrop { height, width, padding: 0, fill: 0.0 }
     }
 
     /// Pads each side by `padding` pixels first.
@@ -123,21 +115,13 @@ impl RandomResizedCrop {
     /// Output `height` x `width`, with torchvision's defaults `scale = (0.08, 1)`,
     /// `ratio = (3/4, 4/3)`.
     pub fn new(height: usize, width: usize) -> Self {
-        RandomResizedCrop {
-            height,
-            width,
-            scale: (0.08, 1.0),
-            ratio: (3.0 / 4.0, 4.0 / 3.0),
-        }
+        RandomResizedCrop { height, width, scale: (0.08, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0) }
     }
 
     /// Range of the crop's area as a fraction of the image's.
     #[must_use]
     pub fn scale(mut self, low: f64, high: f64) -> Self {
-        assert!(
-            0.0 < low && low <= high,
-            "RandomResizedCrop: bad scale range ({low}, {high})"
-        );
+        assert!(0.0 < low && low <= high, "RandomResizedCrop: bad scale range ({low}, {high})");
         self.scale = (low, high);
         self
     }
@@ -145,10 +129,7 @@ impl RandomResizedCrop {
     /// Range of the crop's aspect ratio (width / height).
     #[must_use]
     pub fn ratio(mut self, low: f64, high: f64) -> Self {
-        assert!(
-            0.0 < low && low <= high,
-            "RandomResizedCrop: bad ratio range ({low}, {high})"
-        );
+        assert!(0.0 < low && low <= high, "RandomResizedCrop: bad ratio range ({low}, {high})");
         self.ratio = (low, high);
         self
     }
@@ -184,8 +165,7 @@ impl Transform<Image> for RandomResizedCrop {
     type Output = Image;
     fn apply(&self, img: Image, rng: &mut Rng) -> Image {
         let (top, left, ch, cw) = self.window(img.height, img.width, rng);
-        img.crop(top as isize, left as isize, ch, cw, 0.0)
-            .resize(self.height, self.width)
+        img.crop(top as isize, left as isize, ch, cw, 0.0).resize(self.height, self.width)
     }
 }
 
@@ -209,14 +189,8 @@ mod tests {
             seen.insert(out.data.iter().filter(|&&v| v == -1.0).count());
         }
         // 0 padded pixels (centre), 4 (one side), 7 (a corner).
-        assert!(
-            seen.contains(&0) && seen.contains(&4) && seen.contains(&7),
-            "{seen:?}"
-        );
-        assert_eq!(
-            CenterCrop::new(2, 2).apply(img, &mut rng).data,
-            vec![5., 6., 9., 10.]
-        );
+        assert!(seen.contains(&0) && seen.contains(&4) && seen.contains(&7), "{seen:?}");
+        assert_eq!(CenterCrop::new(2, 2).apply(img, &mut rng).data, vec![5., 6., 9., 10.]);
     }
 
     #[test]
@@ -228,9 +202,6 @@ mod tests {
             assert_eq!(out.shape(), [1, 8, 6]);
             assert!(out.data.iter().all(|&v| (0.0..600.0).contains(&v)));
         }
-        assert_eq!(
-            Resize::new(3, 3).apply(ramp(6, 6), &mut rng).shape(),
-            [1, 3, 3]
-        );
+        assert_eq!(Resize::new(3, 3).apply(ramp(6, 6), &mut rng).shape(), [1, 3, 3]);
     }
 }

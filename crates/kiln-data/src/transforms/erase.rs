@@ -18,12 +18,7 @@ pub struct RandomErasing {
 
 impl Default for RandomErasing {
     fn default() -> Self {
-        RandomErasing {
-            p: 0.5,
-            scale: (0.02, 0.33),
-            ratio: (0.3, 3.3),
-            value: 0.0,
-        }
+        RandomErasing { p: 0.5, scale: (0.02, 0.33), ratio: (0.3, 3.3), value: 0.0 }
     }
 }
 
@@ -32,23 +27,14 @@ impl RandomErasing {
     ///
     /// **Panics** if `p` is not in `[0, 1]`.
     pub fn new(p: f64) -> Self {
-        assert!(
-            (0.0..=1.0).contains(&p),
-            "RandomErasing: p must be in [0, 1], got {p}"
-        );
-        RandomErasing {
-            p,
-            ..Default::default()
-        }
+        assert!((0.0..=1.0).contains(&p), "RandomErasing: p must be in [0, 1], got {p}");
+        RandomErasing { p, ..Default::default() }
     }
 
     /// Range of the erased area as a fraction of the image.
     #[must_use]
     pub fn scale(mut self, low: f64, high: f64) -> Self {
-        assert!(
-            0.0 <= low && low <= high && high <= 1.0,
-            "RandomErasing: bad scale ({low}, {high})"
-        );
+        assert!(0.0 <= low && low <= high && high <= 1.0, "RandomErasing: bad scale ({low}, {high})");
         self.scale = (low, high);
         self
     }
@@ -56,10 +42,7 @@ impl RandomErasing {
     /// Range of the rectangle's aspect ratio.
     #[must_use]
     pub fn ratio(mut self, low: f64, high: f64) -> Self {
-        assert!(
-            0.0 < low && low <= high,
-            "RandomErasing: bad ratio ({low}, {high})"
-        );
+        assert!(0.0 < low && low <= high, "RandomErasing: bad ratio ({low}, {high})");
         self.ratio = (low, high);
         self
     }
@@ -116,10 +99,7 @@ mod tests {
         for _ in 0..20 {
             let out = t.apply(img.clone(), &mut rng);
             let zeros = out.plane(0).iter().filter(|&&v| v == 0.0).count();
-            assert!(
-                zeros > 0 && zeros <= (0.33 * 400.0 * 1.3) as usize,
-                "{zeros}"
-            );
+            assert!(zeros > 0 && zeros <= (0.33 * 400.0 * 1.3) as usize, "{zeros}");
             assert_eq!(out.plane(0), out.plane(1));
         }
         assert_eq!(RandomErasing::new(0.0).apply(img.clone(), &mut rng), img);

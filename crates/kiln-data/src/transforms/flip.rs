@@ -16,10 +16,7 @@ impl RandomHorizontalFlip {
     ///
     /// **Panics** if `p` is not in `[0, 1]`.
     pub fn new(p: f64) -> Self {
-        assert!(
-            (0.0..=1.0).contains(&p),
-            "RandomHorizontalFlip: p must be in [0, 1], got {p}"
-        );
+        assert!((0.0..=1.0).contains(&p), "RandomHorizontalFlip: p must be in [0, 1], got {p}");
         RandomHorizontalFlip { p }
     }
 }
@@ -54,10 +51,7 @@ impl RandomVerticalFlip {
     ///
     /// **Panics** if `p` is not in `[0, 1]`.
     pub fn new(p: f64) -> Self {
-        assert!(
-            (0.0..=1.0).contains(&p),
-            "RandomVerticalFlip: p must be in [0, 1], got {p}"
-        );
+        assert!((0.0..=1.0).contains(&p), "RandomVerticalFlip: p must be in [0, 1], got {p}");
         RandomVerticalFlip { p }
     }
 }
@@ -93,25 +87,10 @@ mod tests {
     fn flips_mirror_and_p_zero_is_identity() {
         let img = Image::new((0..6).map(|v| v as f32).collect(), 1, 3, 2);
         let mut rng = Rng::new(0);
-        assert_eq!(
-            RandomHorizontalFlip::new(1.0)
-                .apply(img.clone(), &mut rng)
-                .data,
-            vec![1., 0., 3., 2., 5., 4.]
-        );
-        assert_eq!(
-            RandomVerticalFlip::new(1.0)
-                .apply(img.clone(), &mut rng)
-                .data,
-            vec![4., 5., 2., 3., 0., 1.]
-        );
-        assert_eq!(
-            RandomVerticalFlip::new(0.0).apply(img.clone(), &mut rng),
-            img
-        );
-        let flips = (0..1000)
-            .filter(|_| RandomHorizontalFlip::default().apply(img.clone(), &mut rng) != img)
-            .count();
+        assert_eq!(RandomHorizontalFlip::new(1.0).apply(img.clone(), &mut rng).data, vec![1., 0., 3., 2., 5., 4.]);
+        assert_eq!(RandomVerticalFlip::new(1.0).apply(img.clone(), &mut rng).data, vec![4., 5., 2., 3., 0., 1.]);
+        assert_eq!(RandomVerticalFlip::new(0.0).apply(img.clone(), &mut rng), img);
+        let flips = (0..1000).filter(|_| RandomHorizontalFlip::default().apply(img.clone(), &mut rng) != img).count();
         assert!((400..600).contains(&flips), "{flips}");
     }
 }

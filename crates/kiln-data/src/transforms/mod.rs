@@ -64,10 +64,7 @@ impl<A, B> Compose<A, B> {
 
     /// This chain, then `next`.
     pub fn then<C>(self, next: C) -> Compose<Self, C> {
-        Compose {
-            first: self,
-            second: next,
-        }
+        Compose { first: self, second: next }
     }
 }
 
@@ -110,10 +107,7 @@ impl Normalize {
             mean.len(),
             std.len()
         );
-        assert!(
-            std.iter().all(|&s| s > 0.0),
-            "Normalize: std must be > 0, got {std:?}"
-        );
+        assert!(std.iter().all(|&s| s > 0.0), "Normalize: std must be > 0, got {std:?}");
         Normalize { mean, std }
     }
 }
@@ -122,17 +116,9 @@ impl Transform<Image> for Normalize {
     type Output = Image;
     fn apply(&self, mut input: Image, _rng: &mut Rng) -> Image {
         let k = self.mean.len();
-        assert!(
-            k == 1 || k == input.channels,
-            "Normalize: {k} means for an image of {} channels",
-            input.channels
-        );
+        assert!(k == 1 || k == input.channels, "Normalize: {k} means for an image of {} channels", input.channels);
         for c in 0..input.channels {
-            let (m, s) = if k == 1 {
-                (self.mean[0], self.std[0])
-            } else {
-                (self.mean[c], self.std[c])
-            };
+            let (m, s) = if k == 1 { (self.mean[0], self.std[0]) } else { (self.mean[c], self.std[c]) };
             for v in input.plane_mut(c) {
                 *v = (*v - m) / s;
             }
@@ -153,10 +139,7 @@ impl<T> RandomApply<T> {
     ///
     /// **Panics** if `p` is not in `[0, 1]`.
     pub fn new(transform: T, p: f64) -> Self {
-        assert!(
-            (0.0..=1.0).contains(&p),
-            "RandomApply: p must be in [0, 1], got {p}"
-        );
+        assert!((0.0..=1.0).contains(&p), "RandomApply: p must be in [0, 1], got {p}");
         RandomApply { transform, p }
     }
 }
@@ -184,14 +167,11 @@ mod tests {
     #[test]
     fn compose_chains_and_to_tensor_keeps_shape() {
         let t = Compose::new(Normalize::new(vec![0.5, 0.0], vec![0.5, 2.0]), ToTensor);
-        let out = t.apply(
-            Image::new(vec![1.0, 0.0, 4.0, 2.0], 2, 1, 2),
-            &mut Rng::new(0),
-        );
+        let out = t.apply(Image::new(vec![1.0, 0.0, 4.0, 2.0], 2, 1, 2), &mut Rng::new(0));
         assert_eq!(out.shape(), &[2, 1, 2]);
         assert_eq!(out.to_vec(), vec![1.0, -1.0, 2.0, 1.0]);
-        let twice = Compose::new(|x: i32, _: &mut Rng| x + 1, |x: i32, _: &mut Rng| x * 10)
-            .then(|x: i32, _: &mut Rng| x - 1);
+        let twice =
+            Compose::new(|x: i32, _: &mut Rng| x + 1, |x: i32, _: &mut Rng| x * 10).then(|x: i32, _: &mut Rng| x - 1);
         assert_eq!(twice.apply(1, &mut Rng::new(0)), 19);
         let never = RandomApply::new(|x: i32, _: &mut Rng| x + 1, 0.0);
         assert_eq!(never.apply(1, &mut Rng::new(0)), 1);

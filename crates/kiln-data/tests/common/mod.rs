@@ -82,9 +82,7 @@ pub fn pickle_object_array(seqs: &[Vec<i64>]) -> Vec<u8> {
     p.push(0x93);
     short_text(&mut p, "numpy");
     short_text(&mut p, "ndarray");
-    p.extend([
-        0x93, b'K', 0, 0x85, b'C', 1, b'b', 0x87, b'R', b'(', b'K', 1,
-    ]);
+    p.extend([0x93, b'K', 0, 0x85, b'C', 1, b'b', 0x87, b'R', b'(', b'K', 1]);
     int(&mut p, seqs.len() as i64);
     p.push(0x85);
     short_text(&mut p, "numpy");
@@ -116,8 +114,7 @@ pub fn zip(members: &[(&str, Vec<u8>)], deflate: bool) -> Vec<u8> {
     for (name, data) in members {
         let crc = crc32fast::hash(data);
         let (method, body) = if deflate {
-            let mut enc =
-                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+            let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
             enc.write_all(data).unwrap();
             (8u16, enc.finish().unwrap())
         } else {
@@ -161,13 +158,7 @@ pub fn zip(members: &[(&str, Vec<u8>)], deflate: bool) -> Vec<u8> {
 }
 
 /// An `imdb.npz` as Keras ships it: object arrays of word ranks and `<i8` labels.
-pub fn imdb_npz(
-    train: &[Vec<i64>],
-    y_train: &[i64],
-    test: &[Vec<i64>],
-    y_test: &[i64],
-    deflate: bool,
-) -> Vec<u8> {
+pub fn imdb_npz(train: &[Vec<i64>], y_train: &[i64], test: &[Vec<i64>], y_test: &[i64], deflate: bool) -> Vec<u8> {
     zip(
         &[
             ("x_train.npy", npy_object(train)),

@@ -20,7 +20,9 @@ mod rnn_common;
 mod transformer;
 
 pub use activation::{GeluApproximate, LeakyReLU, LogSoftmax, ReLU, SiLU, Sigmoid, Softmax, Softplus, Tanh, ELU, GELU};
-pub use attention::{causal_mask, scaled_dot_product_attention, AttnMask, MultiheadAttention, MultiheadAttentionConfig};
+pub use attention::{
+    causal_mask, scaled_dot_product_attention, AttnMask, MultiheadAttention, MultiheadAttentionConfig,
+};
 pub use batchnorm::{BatchNorm, BatchNorm1d, BatchNorm2d, BatchNormConfig};
 pub use containers::{Identity, ModuleList, Sequential};
 pub use conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Padding};
