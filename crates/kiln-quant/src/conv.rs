@@ -81,28 +81,33 @@ pub fn im2col_bytes(x: &[u8], h: usize, w: usize, g: &ConvGeometry, pad: u8, out
         let y0 = (oy * sh) as isize - ph as isize;
         for (ox, &(x0, jlo, jhi)) in columns.iter().enumerate() {
             let row = &mut col[(oy * ow + ox) * k..(oy * ow + ox + 1) * k];
-            // one kernel row (kw taps) at a time: padding fills, the rest is copied
-            for (r, dst) in row.chunks_exact_mut(kw).enumerate() {
-                let (c, i) = (r / kh, r % kh);
-                let iy = y0 + (i * dh) as isize;
-                if iy < 0 || iy >= h as isize || jlo == jhi {
-                    dst.fill(pad);
-                    continue;
-                }
-                let src = &x[c * h * w + iy as usize * w..c * h * w + (iy as usize + 1) * w];
-                dst[..jlo].fill(pad);
-                dst[jhi..].fill(pad);
-                let ix0 = (x0 + (jlo * dw) as isize) as usize;
-                if dw == 1 && jhi - jlo > 16 {
-                    dst[jlo..jhi].copy_from_slice(&src[ix0..ix0 + (jhi - jlo)]);
-                } else if dw == 1 {
-                    // a few bytes: a `memcpy` call would cost more than the copy
-                    for (d, s) in dst[jlo..jhi].iter_mut().zip(&src[ix0..]) {
-                        *d = *s;
+            // one kernel row (kw taps) at a time: padding fills, the rest is copied; channels and
+            // kernel rows are counted by nested loops (a division per row cost more than the copy)
+            let mut rows = row.chunks_exact_mut(kw);
+            for c in 0..g.in_channels {
+                let plane = &x[c * h * w..(c + 1) * h * w];
+                for i in 0..kh {
+                    let dst = rows.next().expect("k = in_channels * kh * kw");
+                    let iy = y0 + (i * dh) as isize;
+                    if iy < 0 || iy >= h as isize || jlo == jhi {
+                        dst.fill(pad);
+                        continue;
                     }
-                } else {
-                    for (d, s) in dst[jlo..jhi].iter_mut().zip(src[ix0..].iter().step_by(dw)) {
-                        *d = *s;
+                    let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                    dst[..jlo].fill(pad);
+                    dst[jhi..].fill(pad);
+                    let ix0 = (x0 + (jlo * dw) as isize) as usize;
+                    if dw == 1 && jhi - jlo > 16 {
+                        dst[jlo..jhi].copy_from_slice(&src[ix0..ix0 + (jhi - jlo)]);
+                    } else if dw == 1 {
+                        // a few bytes: a `memcpy` call would cost more than the copy
+                        for (d, s) in dst[jlo..jhi].iter_mut().zip(&src[ix0..]) {
+                            *d = *s;
+                        }
+                    } else {
+                        for (d, s) in dst[jlo..jhi].iter_mut().zip(src[ix0..].iter().step_by(dw)) {
+                            *d = *s;
+                        }
                     }
                 }
             }
