@@ -40,7 +40,7 @@ impl<E: Float> Tensor<E> {
         let lane: usize = self.shape()[self.ndim() - ndim..].iter().product();
         let x = self.contiguous();
         let xv = x.as_slice().expect("contiguous");
-        let rows = if lane == 0 { lead.iter().product() } else { xv.len() / lane };
+        let rows = xv.len().checked_div(lane).unwrap_or_else(|| lead.iter().product());
         let mut rstd = vec![E::zero(); rows];
         // rows are few next to elements: compute the statistics first, then normalise
         let eps = E::from_f64(eps);
