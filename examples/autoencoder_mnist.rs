@@ -19,6 +19,10 @@ use kiln::optim::{Adam, AdamConfig};
 use kiln::tensor::{Rng, Tensor};
 use kiln::train::{predict, tensor_batches, Trainer, Verbosity};
 
+#[path = "common.rs"]
+mod common;
+use common::{data_folder, env_usize, first};
+
 /// What to run: the full recipe, or a slice of it for the smoke test.
 #[derive(Clone, Debug)]
 pub struct Opts {
@@ -81,11 +85,6 @@ pub fn model() -> Sequential {
 /// An image as `(input, target)`: its 784 pixels in [0, 1], twice.
 fn to_pair(item: (Image, usize), _: &mut Rng) -> (Vec<f32>, Vec<f32>) {
     (item.0.data.clone(), item.0.data)
-}
-
-fn first<D: Dataset>(ds: D, n: Option<usize>) -> kiln::data::Subset<D> {
-    let n = n.unwrap_or(usize::MAX).min(ds.len());
-    ds.subset((0..n).collect())
 }
 
 /// Trains, evaluates and draws; `Err` when the MNIST files cannot be read or the picture cannot
@@ -191,23 +190,7 @@ fn main() {
     }
 }
 
-/// `KILN_DATA_DIR/<name>` (see `kiln::data::data_dir`), or the shared data folder beside the
-/// repository when that is where the set is.
-fn data_folder(name: &str) -> PathBuf {
-    let dir = kiln::data::data_dir().join(name);
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(name);
-    if dir.is_dir() || !shared.is_dir() {
-        dir
-    } else {
-        shared
-    }
-}
-
 /// The workspace folder (this file is in `examples/`, the manifest in `crates/kiln/`).
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("crates/kiln is two levels down").to_path_buf()
-}
-
-fn env_usize(key: &str) -> Option<usize> {
-    std::env::var(key).ok()?.parse().ok()
 }

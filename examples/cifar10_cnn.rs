@@ -21,7 +21,6 @@
 //!
 //!     cargo run --release --example cifar10_cnn
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kiln::data::datasets::{Cifar10, Split};
@@ -36,6 +35,10 @@ use kiln::optim::lr_scheduler::CosineAnnealingLR;
 use kiln::optim::{SGDConfig, SGD};
 use kiln::tensor::Rng;
 use kiln::train::{SchedulerInterval, Trainer, Verbosity};
+
+#[path = "common.rs"]
+mod common;
+use common::{data_folder, env_usize};
 
 /// What to run: the full recipe, or a slice of it for the smoke test.
 #[derive(Clone, Debug)]
@@ -193,20 +196,4 @@ fn main() {
             std::process::exit(2);
         }
     }
-}
-
-/// `KILN_DATA_DIR/<name>` (see `kiln::data::data_dir`), or the shared data folder beside the
-/// repository when that is where the set is.
-fn data_folder(name: &str) -> PathBuf {
-    let dir = kiln::data::data_dir().join(name);
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(name);
-    if dir.is_dir() || !shared.is_dir() {
-        dir
-    } else {
-        shared
-    }
-}
-
-fn env_usize(key: &str) -> Option<usize> {
-    std::env::var(key).ok()?.parse().ok()
 }

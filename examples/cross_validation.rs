@@ -19,6 +19,10 @@ use kiln::tensor::{Rng, Tensor};
 use kiln::train::cross_validation::select_batches;
 use kiln::train::{CrossValidation, CrossValidationReport, Trainer, Verbosity};
 
+#[path = "common.rs"]
+mod common;
+use common::env_usize;
+
 /// What to run: the full recipe, or a shorter one for the smoke test.
 #[derive(Clone, Debug)]
 pub struct Opts {
@@ -119,8 +123,4 @@ fn main() {
         r.epochs,
         r.seconds
     );
-}
-
-fn env_usize(key: &str) -> Option<usize> {
-    std::env::var(key).ok()?.parse().ok()
 }

@@ -14,7 +14,6 @@
 //!
 //!     cargo run --release --example explain_imdb
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kiln::autograd::{no_grad, Var};
@@ -26,6 +25,10 @@ use kiln::explain::{
 use kiln::nn::{BCEWithLogitsLoss, Embedding, Forward, LSTMConfig, Linear, Module, LSTM};
 use kiln::optim::{Adam, AdamConfig, Optimizer};
 use kiln::tensor::{Indices, Rng, Tensor};
+
+#[path = "common.rs"]
+mod common;
+use common::data_folder;
 
 const VOCAB: usize = 10_000;
 const MAXLEN: usize = 200;
@@ -225,16 +228,4 @@ fn main() {
 /// The five words with the largest scores, signed.
 fn top(scores: &TokenScores) -> String {
     scores.top(5).iter().map(|(w, s)| format!("{w} ({s:+.3})")).collect::<Vec<_>>().join(", ")
-}
-
-/// `KILN_DATA_DIR/<name>` (see `kiln::data::data_dir`), or the shared data folder beside the
-/// repository when that is where the set is.
-fn data_folder(name: &str) -> PathBuf {
-    let dir = kiln::data::data_dir().join(name);
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(name);
-    if dir.is_dir() || !shared.is_dir() {
-        dir
-    } else {
-        shared
-    }
 }

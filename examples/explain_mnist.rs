@@ -28,6 +28,10 @@ use kiln::nn::{Conv2d, Conv2dConfig, Flatten, Forward, Linear, MaxPool2d, Module
 use kiln::optim::{Adam, AdamConfig, Optimizer};
 use kiln::tensor::{Indices, Rng, Tensor};
 
+#[path = "common.rs"]
+mod common;
+use common::{data_folder, env_usize};
+
 const MEAN: f32 = 0.1307;
 const STD: f32 = 0.3081;
 
@@ -164,20 +168,4 @@ fn main() {
 fn save(map: &Heatmap, path: &Path) {
     map.save_png(path).unwrap_or_else(|e| panic!("{e}"));
     println!("  wrote {}", path.display());
-}
-
-/// `KILN_DATA_DIR/<name>` (see `kiln::data::data_dir`), or the shared data folder beside the
-/// repository when that is where the set is.
-fn data_folder(name: &str) -> PathBuf {
-    let dir = kiln::data::data_dir().join(name);
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(name);
-    if dir.is_dir() || !shared.is_dir() {
-        dir
-    } else {
-        shared
-    }
-}
-
-fn env_usize(key: &str) -> Option<usize> {
-    std::env::var(key).ok()?.parse().ok()
 }

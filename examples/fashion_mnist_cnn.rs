@@ -18,7 +18,6 @@
 //!
 //!     cargo run --release --example fashion_mnist_cnn
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kiln::data::datasets::{FashionMnist, Split};
@@ -32,6 +31,10 @@ use kiln::nn::{
 use kiln::optim::lr_scheduler::CosineAnnealingLR;
 use kiln::optim::{Adam, AdamConfig};
 use kiln::train::{SchedulerInterval, Trainer, Verbosity};
+
+#[path = "common.rs"]
+mod common;
+use common::{data_folder, env_usize, first};
 
 /// What to run: the full recipe, or a slice of it for the smoke test.
 #[derive(Clone, Debug)]
@@ -69,11 +72,6 @@ pub struct Report {
     pub epochs: usize,
     /// Wall time of loading and training, seconds.
     pub seconds: f64,
-}
-
-fn first<D: Dataset>(ds: D, n: Option<usize>) -> kiln::data::Subset<D> {
-    let n = n.unwrap_or(usize::MAX).min(ds.len());
-    ds.subset((0..n).collect())
 }
 
 /// A 3x3 convolution that keeps the image size (padding 1), without bias.
@@ -154,20 +152,4 @@ fn main() {
             std::process::exit(2);
         }
     }
-}
-
-/// `KILN_DATA_DIR/<name>` (see `kiln::data::data_dir`), or the shared data folder beside the
-/// repository when that is where the set is.
-fn data_folder(name: &str) -> PathBuf {
-    let dir = kiln::data::data_dir().join(name);
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(name);
-    if dir.is_dir() || !shared.is_dir() {
-        dir
-    } else {
-        shared
-    }
-}
-
-fn env_usize(key: &str) -> Option<usize> {
-    std::env::var(key).ok()?.parse().ok()
 }

@@ -18,7 +18,6 @@
 //!
 //!     cargo run --release --example imdb_lstm
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kiln::autograd::Var;
@@ -28,6 +27,10 @@ use kiln::metrics::Accuracy;
 use kiln::nn::{BCEWithLogitsLoss, Dropout, Embedding, EmbeddingConfig, Forward, LSTMConfig, Linear, Module, LSTM};
 use kiln::optim::{Adam, AdamConfig};
 use kiln::train::{Trainer, Verbosity};
+
+#[path = "common.rs"]
+mod common;
+use common::{data_folder, env_usize};
 
 /// Vocabulary size (Keras' `num_words`).
 pub const NUM_WORDS: usize = 10_000;
@@ -196,20 +199,4 @@ fn main() {
             std::process::exit(2);
         }
     }
-}
-
-/// `KILN_DATA_DIR/<name>` (see `kiln::data::data_dir`), or the shared data folder beside the
-/// repository when that is where the set is.
-fn data_folder(name: &str) -> PathBuf {
-    let dir = kiln::data::data_dir().join(name);
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(name);
-    if dir.is_dir() || !shared.is_dir() {
-        dir
-    } else {
-        shared
-    }
-}
-
-fn env_usize(key: &str) -> Option<usize> {
-    std::env::var(key).ok()?.parse().ok()
 }

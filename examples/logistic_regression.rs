@@ -8,7 +8,6 @@
 //!
 //!     cargo run --release --example logistic_regression
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kiln::data::datasets::{CsvDataset, CsvOptions};
@@ -19,6 +18,10 @@ use kiln::nn::{BCEWithLogitsLoss, Linear, Module};
 use kiln::optim::{Adam, AdamConfig};
 use kiln::tensor::Tensor;
 use kiln::train::{tensor_batches, Trainer, Verbosity};
+
+#[path = "common.rs"]
+mod common;
+use common::{data_folder, env_usize};
 
 /// What to run: the full recipe, or a smaller one for the smoke test.
 #[derive(Clone, Debug)]
@@ -135,20 +138,4 @@ fn main() {
             std::process::exit(2);
         }
     }
-}
-
-/// `KILN_DATA_DIR/<name>` (see `kiln::data::data_dir`), or the shared data folder beside the
-/// repository when that is where the set is.
-fn data_folder(name: &str) -> PathBuf {
-    let dir = kiln::data::data_dir().join(name);
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(name);
-    if dir.is_dir() || !shared.is_dir() {
-        dir
-    } else {
-        shared
-    }
-}
-
-fn env_usize(key: &str) -> Option<usize> {
-    std::env::var(key).ok()?.parse().ok()
 }

@@ -7,7 +7,6 @@
 //!
 //!     cargo run --release --example mlp_mnist
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kiln::data::datasets::{Mnist, Split};
@@ -18,6 +17,10 @@ use kiln::optim::lr_scheduler::StepLR;
 use kiln::optim::{Adam, AdamConfig};
 use kiln::tensor::Rng;
 use kiln::train::{SchedulerInterval, Trainer, Verbosity};
+
+#[path = "common.rs"]
+mod common;
+use common::{data_folder, env_usize, first};
 
 /// What to run: the full recipe, or a slice of it for the smoke test.
 #[derive(Clone, Debug)]
@@ -60,11 +63,6 @@ pub struct Report {
 /// An MNIST image as the MLP's input: 784 normalised values.
 fn flatten_normalised(img: Image, _: &mut Rng) -> Vec<f32> {
     img.data.into_iter().map(|v| (v - 0.1307) / 0.3081).collect()
-}
-
-fn first<D: Dataset>(ds: D, n: Option<usize>) -> kiln::data::Subset<D> {
-    let n = n.unwrap_or(usize::MAX).min(ds.len());
-    ds.subset((0..n).collect())
 }
 
 /// Trains and evaluates; `Err` when the MNIST files cannot be read.
@@ -120,20 +118,4 @@ fn main() {
             std::process::exit(2);
         }
     }
-}
-
-/// `KILN_DATA_DIR/<name>` (see `kiln::data::data_dir`), or the shared data folder beside the
-/// repository when that is where the set is.
-fn data_folder(name: &str) -> PathBuf {
-    let dir = kiln::data::data_dir().join(name);
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(name);
-    if dir.is_dir() || !shared.is_dir() {
-        dir
-    } else {
-        shared
-    }
-}
-
-fn env_usize(key: &str) -> Option<usize> {
-    std::env::var(key).ok()?.parse().ok()
 }

@@ -22,7 +22,6 @@
 //!
 //!     cargo run --release --example pretrain_finetune
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,6 +33,10 @@ use kiln::nn::{BCELoss, CrossEntropyLoss, Forward, Linear, Module};
 use kiln::optim::{Adam, AdamConfig};
 use kiln::tensor::Rng;
 use kiln::train::{Trainer, Verbosity};
+
+#[path = "common.rs"]
+mod common;
+use common::{data_folder, env_usize, first};
 
 /// What to run: the full recipe, or a slice of it for the smoke test.
 #[derive(Clone, Debug)]
@@ -131,11 +134,6 @@ const MASKING: f32 = 0.5;
 /// 784 pixels in [0, 1].
 fn pixels(img: Image, _: &mut Rng) -> Vec<f32> {
     img.data
-}
-
-fn first<D: Dataset>(ds: D, n: Option<usize>) -> kiln::data::Subset<D> {
-    let n = n.unwrap_or(usize::MAX).min(ds.len());
-    ds.subset((0..n).collect())
 }
 
 /// `per_class` random training images of each digit (seeded).
@@ -278,20 +276,4 @@ fn main() {
             std::process::exit(2);
         }
     }
-}
-
-/// `KILN_DATA_DIR/<name>` (see `kiln::data::data_dir`), or the shared data folder beside the
-/// repository when that is where the set is.
-fn data_folder(name: &str) -> PathBuf {
-    let dir = kiln::data::data_dir().join(name);
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(name);
-    if dir.is_dir() || !shared.is_dir() {
-        dir
-    } else {
-        shared
-    }
-}
-
-fn env_usize(key: &str) -> Option<usize> {
-    std::env::var(key).ok()?.parse().ok()
 }

@@ -22,7 +22,6 @@
 //!
 //!     cargo run --release --example ptb_language_model
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kiln::autograd::{no_grad, Var};
@@ -35,6 +34,10 @@ use kiln::nn::{
 };
 use kiln::optim::{clip_grad_norm_, Adam, AdamConfig, LrGroups, Optimizer, SGDConfig, SGD};
 use kiln::tensor::Indices;
+
+#[path = "common.rs"]
+mod common;
+use common::{data_folder, env_usize};
 
 /// What to run: the full recipe, or a slice of it for the smoke test.
 #[derive(Clone, Debug)]
@@ -462,20 +465,4 @@ fn main() {
             std::process::exit(2);
         }
     }
-}
-
-/// `KILN_DATA_DIR/<name>` (see `kiln::data::data_dir`), or the shared data folder beside the
-/// repository when that is where the set is.
-fn data_folder(name: &str) -> PathBuf {
-    let dir = kiln::data::data_dir().join(name);
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(name);
-    if dir.is_dir() || !shared.is_dir() {
-        dir
-    } else {
-        shared
-    }
-}
-
-fn env_usize(key: &str) -> Option<usize> {
-    std::env::var(key).ok()?.parse().ok()
 }

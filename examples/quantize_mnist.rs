@@ -16,23 +16,29 @@
 //!
 //!     cargo run --release --example quantize_mnist
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use kiln::autograd::{no_grad, Var};
 use kiln::data::datasets::{Mnist, Split};
-use kiln::data::{DataError, DataLoader, Dataset, DatasetExt, Image};
+use kiln::data::{DataError, DataLoader, Dataset, DatasetExt};
 use kiln::metrics::Accuracy;
-use kiln::nn::{
-    Conv2d, Conv2dConfig, Dropout, Flatten, Forward, Linear, LogSoftmax, MaxPool2d, Module, NLLLoss, Padding, ReLU,
-    Sequential,
-};
+use kiln::nn::{Forward, Module, NLLLoss};
 use kiln::optim::lr_scheduler::StepLR;
 use kiln::optim::{Adam, AdamConfig};
 use kiln::quant::gemm::Isa;
 use kiln::quant::{quantize_sequential, QuantConfig, QuantSequential};
-use kiln::tensor::{Rng, Tensor};
+use kiln::tensor::Tensor;
 use kiln::train::{BatchSource, SchedulerInterval, Trainer, Verbosity};
+
+// The MNIST CNN of `cnn_mnist` (model and input normalisation).
+#[path = "cnn_mnist.rs"]
+#[allow(dead_code)]
+mod cnn_mnist;
+use cnn_mnist::{model, normalise};
+#[path = "common.rs"]
+mod common;
+use common::{data_folder, env_usize, first};
 
 /// What to run: the full recipe, or a slice of it for the smoke test.
 #[derive(Clone, Debug)]
@@ -98,42 +104,6 @@ pub struct Report {
     pub kernel: String,
     /// Wall time of the whole run, seconds.
     pub seconds: f64,
-}
-
-/// Normalises with MNIST's mean and standard deviation, keeping the `[1, 28, 28]` shape.
-fn normalise(mut img: Image, _: &mut Rng) -> Image {
-    img.data.iter_mut().for_each(|v| *v = (*v - 0.1307) / 0.3081);
-    img
-}
-
-fn first<D: Dataset>(ds: D, n: Option<usize>) -> kiln::data::Subset<D> {
-    let n = n.unwrap_or(usize::MAX).min(ds.len());
-    ds.subset((0..n).collect())
-}
-
-/// A 3x3 convolution that keeps the image size (padding 1).
-fn conv3x3(in_channels: usize, out_channels: usize) -> Conv2d {
-    Conv2dConfig { padding: Padding::Explicit([1, 1]), ..Conv2dConfig::new(in_channels, out_channels, 3) }
-        .build()
-        .expect("valid sizes")
-}
-
-/// The network of `cnn_mnist.rs` (and of the module doc).
-pub fn model() -> Sequential {
-    Sequential::new()
-        .add(conv3x3(1, 32))
-        .add(ReLU)
-        .add(MaxPool2d::new(2))
-        .add(conv3x3(32, 64))
-        .add(ReLU)
-        .add(MaxPool2d::new(2))
-        .add(Dropout::new(0.25))
-        .add(Flatten::default())
-        .add(Linear::new(64 * 7 * 7, 128))
-        .add(ReLU)
-        .add(Dropout::new(0.5))
-        .add(Linear::new(128, 10))
-        .add(LogSoftmax { dim: 1 })
 }
 
 /// The median wall time of `runs` calls of `f`, in milliseconds.
@@ -272,20 +242,4 @@ fn main() {
             std::process::exit(2);
         }
     }
-}
-
-/// `KILN_DATA_DIR/<name>` (see `kiln::data::data_dir`), or the shared data folder beside the
-/// repository when that is where the set is.
-fn data_folder(name: &str) -> PathBuf {
-    let dir = kiln::data::data_dir().join(name);
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(name);
-    if dir.is_dir() || !shared.is_dir() {
-        dir
-    } else {
-        shared
-    }
-}
-
-fn env_usize(key: &str) -> Option<usize> {
-    std::env::var(key).ok()?.parse().ok()
 }
