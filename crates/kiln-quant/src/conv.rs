@@ -2,15 +2,15 @@
 
 use std::fmt;
 
-use rayon::prelude::*;
-
 use kiln_autograd::Var;
 use kiln_nn::{Conv2d, Forward, Module, Padding, TensorKind};
 use kiln_tensor::Tensor;
 
+use crate::codes::{per_image, Act, Codes};
 use crate::error::QuantError;
-use crate::linear::{quantize_bytes, zero_byte, ActQuant, QuantWeights};
-use crate::observer::QParams;
+use crate::gemm::{gemm_requant, gemm_requant_codes, PackedB};
+use crate::linear::{as_rows, zero_byte, ActQuant, QuantWeights};
+use crate::observer::{quantize_weight_per_channel, QParams};
 
 /// The geometry of a 2-d convolution with explicit (possibly asymmetric) padding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,68 +51,65 @@ impl ConvGeometry {
     }
 }
 
-/// Unrolls one `[C, H, W]` image of quantised bytes into `[out_h · out_w, C · kh · kw]` rows
-/// (one row per output pixel, in the weight's `(c, i, j)` order), writing `pad` where a tap
-/// falls in the padding (the code of 0.0, so padding stays zero after dequantisation).
-pub fn im2col_bytes(x: &[u8], h: usize, w: usize, g: &ConvGeometry, pad: u8, out_hw: [usize; 2], col: &mut [u8]) {
+/// Unrolls one channels-last `[H, W, C]` image of quantised bytes into `[out_h · out_w,
+/// kh · kw · C]` rows (one row per output pixel, taps in `(i, j, c)` order: each tap is a
+/// whole pixel, `C` contiguous bytes), writing `pad` where a tap falls in the padding (the
+/// code of 0.0, so padding stays zero after dequantisation).
+///
+/// **Panics** if `x` or `col` do not have the sizes the geometry gives.
+pub fn im2col_nhwc(x: &[u8], h: usize, w: usize, g: &ConvGeometry, pad: u8, out_hw: [usize; 2], col: &mut [u8]) {
     let [kh, kw] = g.kernel_size;
+    let c = g.in_channels;
     let k = g.patch_len();
     let [oh, ow] = out_hw;
-    assert_eq!(
-        x.len(),
-        g.in_channels * h * w,
-        "im2col_bytes: image of {} bytes, expected [{}, {h}, {w}]",
-        x.len(),
-        g.in_channels
-    );
-    assert_eq!(col.len(), oh * ow * k, "im2col_bytes: buffer of {} bytes, expected [{}, {k}]", col.len(), oh * ow);
+    assert_eq!(x.len(), h * w * c, "im2col_nhwc: image of {} bytes, expected [{h}, {w}, {c}]", x.len());
+    assert_eq!(col.len(), oh * ow * k, "im2col_nhwc: buffer of {} bytes, expected [{}, {k}]", col.len(), oh * ow);
     let [sh, sw] = g.stride;
     let [dh, dw] = g.dilation;
     let [ph, pw] = g.padding_before;
-    // Kernel columns `j` with `0 <= ox·sw + j·dw - pw < w`, as a range `jlo..jhi`.
-    let taps = |ox: usize| {
-        let x0 = (ox * sw) as isize - pw as isize;
-        let first = (0..kw).find(|&j| x0 + (j * dw) as isize >= 0).unwrap_or(kw);
-        let end = (first..kw).find(|&j| x0 + (j * dw) as isize >= w as isize).unwrap_or(kw);
-        (x0, first, end)
-    };
-    let columns: Vec<(isize, usize, usize)> = (0..ow).map(taps).collect();
     for oy in 0..oh {
         let y0 = (oy * sh) as isize - ph as isize;
-        for (ox, &(x0, jlo, jhi)) in columns.iter().enumerate() {
+        for ox in 0..ow {
+            let x0 = (ox * sw) as isize - pw as isize;
             let row = &mut col[(oy * ow + ox) * k..(oy * ow + ox + 1) * k];
-            // one kernel row (kw taps) at a time: padding fills, the rest is copied; channels and
-            // kernel rows are counted by nested loops (a division per row cost more than the copy)
-            let mut rows = row.chunks_exact_mut(kw);
-            for c in 0..g.in_channels {
-                let plane = &x[c * h * w..(c + 1) * h * w];
-                for i in 0..kh {
-                    let dst = rows.next().expect("k = in_channels * kh * kw");
-                    let iy = y0 + (i * dh) as isize;
-                    if iy < 0 || iy >= h as isize || jlo == jhi {
-                        dst.fill(pad);
-                        continue;
-                    }
-                    let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                    dst[..jlo].fill(pad);
-                    dst[jhi..].fill(pad);
-                    let ix0 = (x0 + (jlo * dw) as isize) as usize;
-                    if dw == 1 && jhi - jlo > 16 {
-                        dst[jlo..jhi].copy_from_slice(&src[ix0..ix0 + (jhi - jlo)]);
-                    } else if dw == 1 {
-                        // a few bytes: a `memcpy` call would cost more than the copy
-                        for (d, s) in dst[jlo..jhi].iter_mut().zip(&src[ix0..]) {
-                            *d = *s;
-                        }
+            for i in 0..kh {
+                let iy = y0 + (i * dh) as isize;
+                let taps = &mut row[i * kw * c..(i + 1) * kw * c];
+                if iy < 0 || iy >= h as isize {
+                    taps.fill(pad);
+                    continue;
+                }
+                let line = &x[iy as usize * w * c..(iy as usize + 1) * w * c];
+                if dw == 1 && x0 >= 0 && x0 as usize + kw <= w {
+                    // the whole kernel row inside the image: one contiguous run of kw pixels
+                    taps.copy_from_slice(&line[x0 as usize * c..(x0 as usize + kw) * c]);
+                    continue;
+                }
+                for (j, tap) in taps.chunks_exact_mut(c).enumerate() {
+                    let ix = x0 + (j * dw) as isize;
+                    if ix < 0 || ix >= w as isize {
+                        tap.fill(pad);
                     } else {
-                        for (d, s) in dst[jlo..jhi].iter_mut().zip(src[ix0..].iter().step_by(dw)) {
-                            *d = *s;
-                        }
+                        tap.copy_from_slice(&line[ix as usize * c..(ix as usize + 1) * c]);
                     }
                 }
             }
         }
     }
+}
+
+/// `[O, C, kh, kw]` codes reordered to `[O, kh, kw, C]`, the tap order of [`im2col_nhwc`].
+fn channels_last(codes: &[i8], g: &ConvGeometry) -> Vec<i8> {
+    let (c, taps) = (g.in_channels, g.kernel_size[0] * g.kernel_size[1]);
+    let mut out = vec![0i8; codes.len()];
+    for (src, dst) in codes.chunks_exact(c * taps).zip(out.chunks_exact_mut(c * taps)) {
+        for ch in 0..c {
+            for t in 0..taps {
+                dst[t * c + ch] = src[ch * taps + t];
+            }
+        }
+    }
+    out
 }
 
 /// A quantised [`Conv2d`]: the input quantised per tensor, unrolled by a byte im2col, and
@@ -141,6 +138,9 @@ pub fn im2col_bytes(x: &[u8], h: usize, w: usize, g: &ConvGeometry, pad: u8, out
 #[derive(Clone, Debug)]
 pub struct QuantConv2d {
     geometry: ConvGeometry,
+    /// `[O, C, kh, kw]` codes, as PyTorch lays out the weight (what files store).
+    codes: Vec<i8>,
+    /// The same codes in `[O, kh, kw, C]` order, packed for the GEMM over channels-last patches.
     pub(crate) weights: QuantWeights,
     /// How the input is quantised.
     pub act: ActQuant,
@@ -190,12 +190,21 @@ impl QuantConv2d {
         let want = [g.out_channels, g.in_channels, g.kernel_size[0], g.kernel_size[1]];
         assert_eq!(weight.shape(), &want, "QuantConv2d: weight shape does not match {geometry:?}");
         let w = weight.contiguous();
-        let weights = QuantWeights::from_f32(w.as_slice().expect("contiguous"), g.out_channels, g.patch_len(), bias);
-        QuantConv2d { geometry, weights, act }
+        let (codes, scales) =
+            quantize_weight_per_channel(w.as_slice().expect("contiguous"), g.out_channels, g.patch_len());
+        Self::from_parts(geometry, codes, scales, bias, act)
     }
 
-    pub(crate) fn from_parts(geometry: ConvGeometry, weights: QuantWeights, act: ActQuant) -> Self {
-        QuantConv2d { geometry, weights, act }
+    /// A layer from `[O, C, kh, kw]` int8 codes, per-channel scales and bias (as read from a file).
+    pub(crate) fn from_parts(
+        geometry: ConvGeometry,
+        codes: Vec<i8>,
+        scales: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        act: ActQuant,
+    ) -> Self {
+        let packed = PackedB::pack(&channels_last(&codes, &geometry), geometry.out_channels, geometry.patch_len());
+        QuantConv2d { geometry, codes, weights: QuantWeights { packed, scales, bias }, act }
     }
 
     /// The geometry.
@@ -207,7 +216,7 @@ impl QuantConv2d {
     /// The int8 weight codes, `[out_channels, in_channels, kh, kw]` row-major.
     #[must_use]
     pub fn weight_codes(&self) -> &[i8] {
-        self.weights.packed.weight()
+        &self.codes
     }
 
     /// The scale of each output channel's weights.
@@ -228,37 +237,80 @@ impl QuantConv2d {
     /// than the dilated kernel after padding.
     #[must_use]
     pub fn forward_tensor(&self, x: &Tensor<f32>) -> Tensor<f32> {
-        let g = &self.geometry;
-        let (shape, unbatched) = match *x.shape() {
-            [n, c, h, w] => ([n, c, h, w], false),
-            [c, h, w] => ([1, c, h, w], true),
+        let unbatched = match x.shape() {
+            [_, _, _, _] => false,
+            [_, _, _] => true,
             _ => panic!("QuantConv2d: input must be [N, C, H, W] or [C, H, W], got {:?}", x.shape()),
         };
-        let [n, c, h, w] = shape;
+        let batched = if unbatched { x.unsqueeze(0) } else { x.clone() };
+        let c = batched.shape()[1];
+        let g = &self.geometry;
         assert_eq!(c, g.in_channels, "QuantConv2d: input {:?} has {c} channels, expected {}", x.shape(), g.in_channels);
-        let [oh, ow] = g.out_size(h, w).unwrap_or_else(|| {
-            panic!("QuantConv2d: input {:?} is smaller than the kernel {:?} after padding", x.shape(), g.kernel_size)
-        });
-        let x = x.contiguous();
-        let xs = x.as_slice().expect("contiguous");
-        let q = self.act.params_for(xs);
-        let mut xq = Vec::new();
-        quantize_bytes(xs, &q, &mut xq);
-        let (o, p, k) = (g.out_channels, oh * ow, g.patch_len());
-        let mut out = vec![0f32; n * o * p];
-        let image = |i: usize, dst: &mut [f32]| {
-            let mut col = vec![0u8; p * k];
-            im2col_bytes(&xq[i * c * h * w..(i + 1) * c * h * w], h, w, g, zero_byte(&q), [oh, ow], &mut col);
-            // [pixels, channels] written as [channels, pixels]
-            self.weights.apply(p, &col, &q, dst, 1, p);
+        let q = match self.act {
+            ActQuant::Static(q) => q,
+            ActQuant::Dynamic(_) => self.act.params_for(batched.contiguous().as_slice().expect("contiguous")),
         };
-        if n == 1 || kiln_tensor::get_num_threads() == 1 {
-            out.chunks_mut(o * p).enumerate().for_each(|(i, d)| image(i, d));
+        let y = match self.forward_codes(&Codes::from_nchw(&batched, q), None) {
+            Act::F32(y) => y,
+            Act::Codes(_) => unreachable!("no output parameters given"),
+        };
+        if unbatched {
+            y.squeeze_dim(0)
         } else {
-            kiln_tensor::parallel::install(|_| out.par_chunks_mut(o * p).enumerate().for_each(|(i, d)| image(i, d)));
+            y
         }
-        let out_shape = [n, o, oh, ow];
-        Tensor::from_vec(out, if unbatched { &out_shape[1..] } else { &out_shape })
+    }
+
+    /// Applies the convolution to channels-last codes (`x.q` is the input's quantisation):
+    /// `f32` NCHW values out, or with `out = Some((q, relu))` channels-last codes quantised
+    /// with `q` (after a `ReLU` when `relu`).
+    ///
+    /// **Panics** if `x` does not hold `[N, in_channels, H, W]` channels-last, or is smaller
+    /// than the dilated kernel after padding.
+    pub(crate) fn forward_codes(&self, x: &Codes, out: Option<(QParams, bool)>) -> Act {
+        let g = &self.geometry;
+        assert!(x.nhwc, "QuantConv2d: codes must be channels-last");
+        let [n, c, h, w] = x.dims4();
+        assert_eq!(c, g.in_channels, "QuantConv2d: input {:?} has {c} channels, expected {}", x.shape, g.in_channels);
+        let [oh, ow] = g.out_size(h, w).unwrap_or_else(|| {
+            panic!("QuantConv2d: input {:?} is smaller than the kernel {:?} after padding", x.shape, g.kernel_size)
+        });
+        let (o, p, k) = (g.out_channels, oh * ow, g.patch_len());
+        let (xq, q) = (&x.data, &x.q);
+        let pad = zero_byte(q);
+        // one product per image on each thread; a single image may split its product instead
+        let may_split = n == 1;
+        let req = self.weights.requant(q);
+        let unroll = |img: &[u8], f: &mut dyn FnMut(&[u8])| {
+            COL.with(|col| {
+                let mut col = col.borrow_mut();
+                col.resize(p * k, 0);
+                im2col_nhwc(img, h, w, g, pad, [oh, ow], &mut col);
+                f(&col);
+            })
+        };
+        match out {
+            None => {
+                let mut y = vec![0f32; n * o * p];
+                per_image(n, xq, &mut y, |img, dst| {
+                    unroll(img, &mut |col| {
+                        // [pixels, channels] written as [channels, pixels]
+                        gemm_requant(p, as_rows(col, q.dtype), k, &self.weights.packed, &req, dst, 1, p, may_split)
+                    })
+                });
+                Act::F32(Tensor::from_vec(y, &[n, o, oh, ow]))
+            }
+            Some((out_q, relu)) => {
+                let mut y = vec![0u8; n * p * o];
+                per_image(n, xq, &mut y, |img, dst| {
+                    unroll(img, &mut |col| {
+                        let rows = as_rows(col, q.dtype);
+                        gemm_requant_codes(p, rows, k, &self.weights.packed, &req, &out_q, relu, dst, o, may_split)
+                    })
+                });
+                Act::Codes(Codes { data: y, shape: vec![n, o, oh, ow], nhwc: true, q: out_q })
+            }
+        }
     }
 
     /// The input's quantisation parameters, when static.
@@ -269,6 +321,11 @@ impl QuantConv2d {
             ActQuant::Dynamic(_) => None,
         }
     }
+}
+
+thread_local! {
+    /// Each thread's im2col buffer, reused from image to image and call to call.
+    static COL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Forward<f32> for QuantConv2d {
@@ -361,9 +418,12 @@ mod tests {
     #[test]
     fn im2col_matches_a_tap_by_tap_reference() {
         let mut rng = Rng::new(10);
-        for (kernel_size, stride, before, dilation) in
-            [([3, 3], [1, 1], [1, 1], [1, 1]), ([2, 4], [2, 3], [0, 2], [2, 1]), ([5, 1], [1, 2], [3, 0], [1, 3])]
-        {
+        for (kernel_size, stride, before, dilation) in [
+            ([3, 3], [1, 1], [1, 1], [1, 1]),
+            ([2, 4], [2, 3], [0, 2], [2, 1]),
+            ([5, 1], [1, 2], [3, 0], [1, 3]),
+            ([3, 2], [1, 1], [0, 0], [1, 1]),
+        ] {
             let g = ConvGeometry {
                 in_channels: 3,
                 out_channels: 1,
@@ -374,26 +434,50 @@ mod tests {
                 dilation,
             };
             let (h, w) = (7, 6);
+            // channels-last image
             let x: Vec<u8> = (0..3 * h * w).map(|_| rng.below(256) as u8).collect();
             let [oh, ow] = g.out_size(h, w).unwrap();
             let mut col = vec![0u8; oh * ow * g.patch_len()];
-            im2col_bytes(&x, h, w, &g, 77, [oh, ow], &mut col);
+            im2col_nhwc(&x, h, w, &g, 77, [oh, ow], &mut col);
             let mut want = Vec::new();
             for oy in 0..oh {
                 for ox in 0..ow {
-                    for c in 0..3 {
-                        for i in 0..kernel_size[0] {
-                            for j in 0..kernel_size[1] {
+                    for i in 0..kernel_size[0] {
+                        for j in 0..kernel_size[1] {
+                            for c in 0..3 {
                                 let iy = (oy * stride[0] + i * dilation[0]) as isize - before[0] as isize;
                                 let ix = (ox * stride[1] + j * dilation[1]) as isize - before[1] as isize;
                                 let inside = (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix);
-                                want.push(if inside { x[c * h * w + iy as usize * w + ix as usize] } else { 77 });
+                                want.push(if inside { x[(iy as usize * w + ix as usize) * 3 + c] } else { 77 });
                             }
                         }
                     }
                 }
             }
             assert_eq!(col, want, "{g:?}");
+        }
+    }
+
+    #[test]
+    fn codes_out_equal_float_out_quantised() {
+        // The output written as the next layer's codes (with and without the ReLU) is exactly
+        // the f32 output quantised.
+        let conv: Conv2d =
+            Conv2dConfig { padding: Padding::Explicit([1, 1]), ..Conv2dConfig::new(3, 5, 3) }.build().unwrap();
+        let x: Tensor<f32> = Tensor::uniform(&[3, 3, 6, 7], -1.0, 1.0, &mut Rng::new(11));
+        for dtype in [QuantDtype::UInt8, QuantDtype::Int8] {
+            let q = QuantConv2d::from_conv2d(&conv, ActQuant::Static(QParams::affine(-1.0, 1.0, dtype))).unwrap();
+            let codes = Codes::from_nchw(&x, q.input_qparams().unwrap());
+            let Act::F32(y) = q.forward_codes(&codes, None) else { panic!("f32 asked") };
+            assert_eq!(y.to_vec(), q.forward_tensor(&x).to_vec());
+            let out_q = QParams::affine(-0.7, 0.9, dtype);
+            for relu in [false, true] {
+                let Act::Codes(c) = q.forward_codes(&codes, Some((out_q, relu))) else { panic!("codes asked") };
+                let want = if relu { y.relu() } else { y.clone() };
+                let want: Vec<i32> = want.to_vec().iter().map(|&v| out_q.quantize(v)).collect();
+                let got: Vec<i32> = c.to_tensor().to_vec().iter().map(|&v| out_q.quantize(v)).collect();
+                assert_eq!(got, want, "{dtype:?} relu {relu}");
+            }
         }
     }
 

@@ -10,7 +10,8 @@
 //! - **Kernels**: an exact int8 × int8 → int32 GEMM ([`gemm`]) with AVX-512 VNNI, AVX2 and
 //!   portable micro-kernels chosen at run time, weights packed once, requantisation to `f32`
 //!   with per-channel scales and bias fused into its output loop; a quantised conv2d as
-//!   byte im2col + that GEMM (stride, padding, dilation; `groups = 1`).
+//!   channels-last byte im2col + that GEMM (stride, padding, dilation; `groups = 1`); between
+//!   quantised layers activations stay int8 codes (ReLU, max-pool and flatten run on them).
 //! - **Modules** [`QuantLinear`], [`QuantConv2d`], [`QuantLSTM`], [`QuantSequential`]: kiln-nn
 //!   [`Module`](kiln_nn::Module)s and [`Forward`](kiln_nn::Forward)s, inference only.
 //! - **Conversion** by type: [`quantize_sequential`] takes a `Sequential` by value, downcasts
@@ -41,6 +42,7 @@
 //! # std::fs::remove_file(&path).unwrap();
 //! ```
 
+mod codes;
 mod conv;
 mod error;
 pub mod gemm;
@@ -50,7 +52,7 @@ pub mod observer;
 mod sequential;
 pub mod serialize;
 
-pub use conv::{im2col_bytes, ConvGeometry, QuantConv2d};
+pub use conv::{im2col_nhwc, ConvGeometry, QuantConv2d};
 pub use error::QuantError;
 pub use linear::{ActQuant, QuantLinear};
 pub use lstm::QuantLSTM;

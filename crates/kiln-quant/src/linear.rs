@@ -8,7 +8,8 @@ use kiln_autograd::Var;
 use kiln_nn::{Forward, Linear, Module, TensorKind};
 use kiln_tensor::Tensor;
 
-use crate::gemm::{gemm_requant, PackedB, QuantizedRows, Requant};
+use crate::codes::{Act, Codes};
+use crate::gemm::{gemm_requant, gemm_requant_codes, PackedB, QuantizedRows, Requant};
 use crate::observer::{min_max, quantize_weight_per_channel, QParams, QuantDtype};
 
 /// How a quantised layer quantises its input.
@@ -105,15 +106,9 @@ impl QuantWeights {
         QuantWeights { packed: PackedB::pack(&codes, n, k), scales, bias }
     }
 
-    /// `out[m * rs + n * cs] = requant(x_q[m] · W_qᵀ)` for `m` rows of `x` quantised with `q`.
-    pub(crate) fn apply(&self, m: usize, xq: &[u8], q: &QParams, out: &mut [f32], rs: usize, cs: usize) {
-        let req = Requant {
-            a_scale: q.scale,
-            a_zero_point: q.zero_point,
-            w_scales: &self.scales,
-            bias: self.bias.as_deref(),
-        };
-        gemm_requant(m, as_rows(xq, q.dtype), self.packed.k(), &self.packed, &req, out, rs, cs);
+    /// How the GEMM turns sums over inputs quantised with `q` into `f32` outputs.
+    pub(crate) fn requant(&self, q: &QParams) -> Requant<'_> {
+        Requant { a_scale: q.scale, a_zero_point: q.zero_point, w_scales: &self.scales, bias: self.bias.as_deref() }
     }
 }
 
@@ -195,6 +190,15 @@ impl QuantLinear {
         }
     }
 
+    /// The input's quantisation parameters, when static.
+    #[must_use]
+    pub fn input_qparams(&self) -> Option<QParams> {
+        match self.act {
+            ActQuant::Static(q) => Some(q),
+            ActQuant::Dynamic(_) => None,
+        }
+    }
+
     /// Size of each input sample.
     #[must_use]
     pub fn in_features(&self) -> usize {
@@ -251,7 +255,44 @@ impl QuantLinear {
         let q = self.act.params_for(x);
         let mut xq = Vec::new();
         quantize_bytes(x, &q, &mut xq);
-        self.weights.apply(m, &xq, &q, out, self.out_features, 1);
+        self.apply_codes(m, &xq, &q, out);
+    }
+
+    /// `out = layer(x)` on `m` rows of `in_features` codes quantised with `q`.
+    pub(crate) fn apply_codes(&self, m: usize, xq: &[u8], q: &QParams, out: &mut [f32]) {
+        let (k, req) = (self.in_features, self.weights.requant(q));
+        gemm_requant(m, as_rows(xq, q.dtype), k, &self.weights.packed, &req, out, self.out_features, 1, true);
+    }
+
+    /// The layer on codes (`x.q` is the input's quantisation; the last dimension holds the
+    /// features): `f32` values out, or with `out = Some((q, relu))` codes quantised with `q`
+    /// (after a `ReLU` when `relu`).
+    ///
+    /// **Panics** if the codes are channels-last feature maps or do not end in `in_features`.
+    pub(crate) fn forward_codes(&self, x: &Codes, out: Option<(QParams, bool)>) -> Act {
+        assert!(
+            !x.nhwc && x.shape.last() == Some(&self.in_features),
+            "QuantLinear: input {:?} does not end in in_features = {}",
+            x.shape,
+            self.in_features
+        );
+        let m = x.data.len() / self.in_features;
+        let mut shape = x.shape.clone();
+        *shape.last_mut().expect("not empty") = self.out_features;
+        match out {
+            None => {
+                let mut y = vec![0f32; m * self.out_features];
+                self.apply_codes(m, &x.data, &x.q, &mut y);
+                Act::F32(Tensor::from_vec(y, &shape))
+            }
+            Some((out_q, relu)) => {
+                let (k, n, req) = (self.in_features, self.out_features, self.weights.requant(&x.q));
+                let mut y = vec![0u8; m * n];
+                let rows = as_rows(&x.data, x.q.dtype);
+                gemm_requant_codes(m, rows, k, &self.weights.packed, &req, &out_q, relu, &mut y, n, true);
+                Act::Codes(Codes { data: y, shape, nhwc: false, q: out_q })
+            }
+        }
     }
 }
 

@@ -14,14 +14,17 @@ use serde_json::Value;
 
 use kiln_autograd::{no_grad, Var};
 use kiln_nn::serialize::sequential_from_json;
-use kiln_nn::{Conv2d, Forward, Layer, Linear, Module, Sequential, TensorKind};
+use kiln_nn::{
+    Conv2d, Dropout, Flatten, Forward, Layer, Linear, MaxPool2d, MaxPool2dConfig, Module, ReLU, Sequential, TensorKind,
+};
 use kiln_tensor::Tensor;
 
+use crate::codes::{Act, Codes};
 use crate::conv::QuantConv2d;
 use crate::error::QuantError;
 use crate::gemm::MAX_K;
 use crate::linear::{ActQuant, QuantLinear};
-use crate::observer::{Observer, ObserverKind, QuantDtype};
+use crate::observer::{Observer, ObserverKind, QParams, QuantDtype};
 
 /// Options of [`quantize_sequential`] and [`quantize_dynamic`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -174,10 +177,72 @@ impl QuantSequential {
 
     /// Applies every layer in order to a tensor.
     ///
+    /// Between quantised layers the activations stay int8 codes wherever only `ReLU`,
+    /// `MaxPool2d`, `Dropout` and `Flatten` stand between them (see the crate's `codes`
+    /// module): a quantised layer then writes the next one's input codes directly. The result
+    /// is the same, bit for bit, as running each layer on its own in `f32`
+    /// ([`into_sequential`](QuantSequential::into_sequential)).
+    ///
     /// **Panics** when a layer does (shape mismatch).
     #[must_use]
     pub fn forward_tensor(&self, x: &Tensor<f32>) -> Tensor<f32> {
-        no_grad(|| self.forward(&Var::constant(x.clone())).value())
+        no_grad(|| {
+            let mut act = Act::F32(x.clone());
+            let mut i = 0;
+            while i < self.layers.len() {
+                let (out, skip) = self.codes_out(i);
+                act = match &self.layers[i] {
+                    QuantLayer::Conv2d(c) => match (act, c.input_qparams()) {
+                        (Act::Codes(x), Some(q)) if x.nhwc && x.q == q => c.forward_codes(&x, out),
+                        (Act::F32(x), Some(q)) if x.ndim() == 4 => c.forward_codes(&Codes::from_nchw(&x, q), out),
+                        (act, _) => Act::F32(c.forward_tensor(&act.into_tensor())),
+                    },
+                    QuantLayer::Linear(l) => match (act, l.input_qparams()) {
+                        (Act::Codes(x), Some(q)) if !x.nhwc && x.q == q => l.forward_codes(&x, out),
+                        (Act::F32(x), Some(q)) => l.forward_codes(&Codes::from_tensor(&x, q), out),
+                        (act, _) => Act::F32(l.forward_tensor(&act.into_tensor())),
+                    },
+                    QuantLayer::Float(f) => match (act, CodeOp::of(f)) {
+                        (Act::Codes(mut x), Some(CodeOp::Relu)) => {
+                            x.relu();
+                            Act::Codes(x)
+                        }
+                        (Act::Codes(x), Some(CodeOp::MaxPool2d(cfg))) if x.nhwc => Act::Codes(x.max_pool2d(cfg)),
+                        (Act::Codes(x), Some(CodeOp::Identity)) => Act::Codes(x),
+                        (Act::Codes(x), Some(CodeOp::Flatten)) if x.shape.len() >= 2 => Act::Codes(x.flatten()),
+                        (act, _) => Act::F32(f.forward(&Var::constant(act.into_tensor())).value()),
+                    },
+                };
+                i += 1 + skip;
+            }
+            act.into_tensor()
+        })
+    }
+
+    /// Where quantised layer `i` should send its output: as codes for the next quantised
+    /// layer (its static input parameters, and whether a `ReLU` right after `i` is folded in,
+    /// which skips that layer) when only layers that run on codes stand between them.
+    fn codes_out(&self, i: usize) -> (Option<(QParams, bool)>, usize) {
+        if matches!(self.layers[i], QuantLayer::Float(_)) {
+            return (None, 0);
+        }
+        for layer in &self.layers[i + 1..] {
+            match layer {
+                QuantLayer::Float(f) if CodeOp::of(f).is_some() => continue,
+                QuantLayer::Float(_) => return (None, 0),
+                QuantLayer::Conv2d(c) => return self.fold_relu(i, c.input_qparams()),
+                QuantLayer::Linear(l) => return self.fold_relu(i, l.input_qparams()),
+            }
+        }
+        (None, 0)
+    }
+
+    fn fold_relu(&self, i: usize, next: Option<QParams>) -> (Option<(QParams, bool)>, usize) {
+        let relu = matches!(self.layers.get(i + 1), Some(QuantLayer::Float(f)) if f.layer().is::<ReLU>());
+        match next {
+            Some(q) => (Some((q, relu)), usize::from(relu)),
+            None => (None, 0),
+        }
     }
 
     /// The same layers in a kiln-nn [`Sequential`] (which cannot be saved with
@@ -190,13 +255,36 @@ impl QuantSequential {
     }
 }
 
+/// A float layer that runs on codes as well.
+enum CodeOp<'a> {
+    Relu,
+    MaxPool2d(&'a MaxPool2dConfig),
+    /// `Dropout` in evaluation mode.
+    Identity,
+    /// `Flatten` from dimension 1 to the last.
+    Flatten,
+}
+
+impl<'a> CodeOp<'a> {
+    fn of(f: &'a FloatLayer) -> Option<CodeOp<'a>> {
+        let l = f.layer();
+        if l.is::<ReLU>() {
+            Some(CodeOp::Relu)
+        } else if let Some(p) = l.downcast_ref::<MaxPool2d>() {
+            Some(CodeOp::MaxPool2d(&p.config))
+        } else if l.is::<Dropout>() {
+            Some(CodeOp::Identity)
+        } else {
+            l.downcast_ref::<Flatten>().filter(|f| f.start_dim == 1 && f.end_dim == -1).map(|_| CodeOp::Flatten)
+        }
+    }
+}
+
+/// Inference only: the output carries no gradient (see
+/// [`forward_tensor`](QuantSequential::forward_tensor)).
 impl Forward<f32> for QuantSequential {
     fn forward(&self, x: &Var<f32>) -> Var<f32> {
-        let mut y = x.clone();
-        for l in &self.layers {
-            y = l.as_layer().forward(&y);
-        }
-        y
+        Var::constant(x.with_value(|v| self.forward_tensor(v)))
     }
 }
 
@@ -465,6 +553,44 @@ mod tests {
             assert!(same >= 58, "{config:?}: {same}/64 predictions kept");
             // BatchNorm's statistics came along as buffers of the float layer
             assert!(q.named_buffers().iter().any(|(k, _)| k == "1.running_mean"));
+        }
+    }
+
+    fn mnist_like(batchnorm: bool) -> Sequential {
+        let conv = |i, o| {
+            Conv2dConfig { padding: Padding::Explicit([1, 1]), ..Conv2dConfig::new(i, o, 3) }.build::<f32>().unwrap()
+        };
+        let mut s = Sequential::new().add(conv(1, 4)).add(ReLU).add(MaxPool2d::new(2)).add(conv(4, 8));
+        if batchnorm {
+            s = s.add(BatchNorm2d::new(8));
+        }
+        s.add(ReLU)
+            .add(MaxPool2d::new(2))
+            .add(Dropout::new(0.25))
+            .add(Flatten::default())
+            .add(Linear::new(8 * 3 * 3, 16))
+            .add(ReLU)
+            .add(Dropout::new(0.5))
+            .add(Linear::new(16, 5))
+            .add(LogSoftmax { dim: 1 })
+    }
+
+    #[test]
+    fn codes_between_layers_give_exactly_the_layer_by_layer_result() {
+        let mut rng = Rng::new(21);
+        for (batchnorm, dtype) in [(false, QuantDtype::UInt8), (false, QuantDtype::Int8), (true, QuantDtype::UInt8)] {
+            let batches: Vec<Tensor<f32>> =
+                (0..2).map(|_| Tensor::uniform(&[8, 1, 12, 12], 0.0, 1.0, &mut rng)).collect();
+            let config = QuantConfig { activation_dtype: dtype, observer: ObserverKind::MinMax };
+            let q = quantize_sequential(mnist_like(batchnorm), &batches, config).unwrap();
+            // wider than the calibration range, so that clamping happens too
+            let x = Tensor::uniform(&[5, 1, 12, 12], -0.2, 1.3, &mut rng);
+            let fused = q.forward_tensor(&x);
+            let one = q.forward_tensor(&x.narrow(0, 2, 1).contiguous());
+            let by_layer = q.into_sequential().forward(&Var::constant(x)).value();
+            assert_eq!(fused.shape(), &[5, 5]);
+            assert_eq!(fused.to_vec(), by_layer.to_vec(), "batchnorm {batchnorm}, {dtype:?}");
+            assert_eq!(one.to_vec(), by_layer.narrow(0, 2, 1).contiguous().to_vec(), "batch of one");
         }
     }
 

@@ -46,7 +46,6 @@ use kiln_tensor::Tensor;
 
 use crate::conv::{ConvGeometry, QuantConv2d};
 use crate::error::QuantError;
-use crate::gemm::PackedB;
 use crate::linear::{ActQuant, QuantLinear, QuantWeights};
 use crate::observer::{QParams, QuantDtype};
 use crate::sequential::{FloatLayer, QuantLayer, QuantSequential};
@@ -248,9 +247,10 @@ impl QuantSequential {
         let quantised = |tensors: &mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
                          i: usize,
                          shape: Vec<usize>,
+                         codes: &[i8],
                          w: &QuantWeights,
                          act: &ActQuant| {
-            let codes: Vec<u8> = w.packed.weight().iter().map(|&v| v as u8).collect();
+            let codes: Vec<u8> = codes.iter().map(|&v| v as u8).collect();
             tensors.push((format!("{i}.weight"), Dtype::I8, shape, codes));
             tensors.push((format!("{i}.weight_scale"), Dtype::F32, vec![w.scales.len()], f32_bytes(&w.scales)));
             if let Some(b) = &w.bias {
@@ -270,14 +270,14 @@ impl QuantSequential {
             match layer {
                 QuantLayer::Linear(l) => {
                     let (n, k) = (l.out_features(), l.in_features());
-                    quantised(&mut tensors, i, vec![n, k], &l.weights, &l.act);
+                    quantised(&mut tensors, i, vec![n, k], l.weight_codes(), &l.weights, &l.act);
                     list.push(json!({"kind": "QuantLinear", "in_features": k, "out_features": n,
                         "bias": l.bias().is_some(), "activation": act_json(&l.act)}));
                 }
                 QuantLayer::Conv2d(c) => {
                     let g = c.geometry();
                     let shape = vec![g.out_channels, g.in_channels, g.kernel_size[0], g.kernel_size[1]];
-                    quantised(&mut tensors, i, shape, &c.weights, &c.act);
+                    quantised(&mut tensors, i, shape, c.weight_codes(), &c.weights, &c.act);
                     list.push(
                         json!({"kind": "QuantConv2d", "in_channels": g.in_channels, "out_channels": g.out_channels,
                         "kernel_size": g.kernel_size, "stride": g.stride, "padding_before": g.padding_before,
@@ -361,8 +361,8 @@ impl QuantSequential {
             layers.push(match kind {
                 "QuantLinear" => {
                     let (k, n) = (r.usize(entry, i, "in_features")?, r.usize(entry, i, "out_features")?);
-                    let (w, act) = r.quantised(entry, i, &[n, k])?;
-                    QuantLayer::Linear(QuantLinear::from_codes(w.packed.weight(), w.scales, w.bias, n, k, act))
+                    let (codes, scales, bias, act) = r.quantised(entry, i, &[n, k])?;
+                    QuantLayer::Linear(QuantLinear::from_codes(&codes, scales, bias, n, k, act))
                 }
                 "QuantConv2d" => {
                     let g = ConvGeometry {
@@ -375,8 +375,8 @@ impl QuantSequential {
                         dilation: r.pair(entry, i, "dilation", true)?,
                     };
                     let shape = [g.out_channels, g.in_channels, g.kernel_size[0], g.kernel_size[1]];
-                    let (w, act) = r.quantised(entry, i, &shape)?;
-                    QuantLayer::Conv2d(QuantConv2d::from_parts(g, w, act))
+                    let (codes, scales, bias, act) = r.quantised(entry, i, &shape)?;
+                    QuantLayer::Conv2d(QuantConv2d::from_parts(g, codes, scales, bias, act))
                 }
                 "Float" => {
                     let spec = entry
@@ -478,7 +478,8 @@ impl Reader<'_> {
         Ok(Tensor::from_vec(self.f32s(name, shape)?, shape))
     }
 
-    fn quantised(&self, entry: &Value, i: usize, shape: &[usize]) -> Result<(QuantWeights, ActQuant), QuantError> {
+    /// The int8 codes, weight scales, bias and input quantisation of quantised layer `i`.
+    fn quantised(&self, entry: &Value, i: usize, shape: &[usize]) -> Result<QuantisedParts, QuantError> {
         let n = shape[0];
         let k: usize = shape[1..].iter().product();
         if k > crate::gemm::MAX_K {
@@ -541,10 +542,12 @@ impl Reader<'_> {
                 ))
             }
         };
-        let packed = PackedB::pack(&codes, n, k);
-        Ok((QuantWeights { packed, scales, bias }, act))
+        Ok((codes, scales, bias, act))
     }
 }
+
+/// `(codes, weight scales, bias, input quantisation)` of a quantised layer read from a file.
+type QuantisedParts = (Vec<i8>, Vec<f32>, Option<Vec<f32>>, ActQuant);
 
 fn show(v: Option<&Value>) -> String {
     v.map_or_else(|| "nothing".to_string(), |v| v.to_string())

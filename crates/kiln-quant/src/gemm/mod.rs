@@ -239,8 +239,9 @@ unsafe fn run_tile(b: &PackedB, signed: bool, a: *const u8, lda: usize, rows: us
 }
 
 /// Walks the `m x n` output in tiles and calls `sink(m0, n0, rows, cols, tile, nr)` for each
-/// (`tile[r * nr + j]` is `C[m0 + r, n0 + j]`), on kiln's pool when the product is large.
-fn drive(m: usize, a: &[u8], lda: usize, signed: bool, b: &PackedB, sink: &Sink<'_>) {
+/// (`tile[r * nr + j]` is `C[m0 + r, n0 + j]`), on kiln's pool when the product is large and
+/// `may_split` (a caller that already runs one product per thread passes `false`).
+fn drive(m: usize, a: &[u8], lda: usize, signed: bool, b: &PackedB, may_split: bool, sink: &Sink<'_>) {
     let (k, n) = (b.k, b.n);
     if m == 0 || n == 0 {
         return;
@@ -264,7 +265,7 @@ fn drive(m: usize, a: &[u8], lda: usize, signed: bool, b: &PackedB, sink: &Sink<
         }
     };
     let work = m.saturating_mul(n).saturating_mul(k.max(1));
-    if work < kiln_tensor::parallel::gemm_min_flops() || kiln_tensor::get_num_threads() == 1 {
+    if !may_split || work < kiln_tensor::parallel::gemm_min_flops() || kiln_tensor::get_num_threads() == 1 {
         block(0..m, 0..panels);
         return;
     }
@@ -311,7 +312,7 @@ fn store_sink(
 /// **Panics** if a slice is shorter than its matrix or a stride is shorter than its row.
 pub fn gemm_u8i8(m: usize, a: &[u8], lda: usize, b: &PackedB, c: &mut [i32], ldc: usize) {
     let sink = store_sink(c, ldc, m, b.n);
-    drive(m, a, lda, false, b, &sink);
+    drive(m, a, lda, false, b, true, &sink);
 }
 
 /// `C = A · Bᵀ` for signed activations `a` (`m x k`, row stride `lda`) and packed signed
@@ -322,7 +323,7 @@ pub fn gemm_i8i8(m: usize, a: &[i8], lda: usize, b: &PackedB, c: &mut [i32], ldc
     let sink = store_sink(c, ldc, m, b.n);
     // SAFETY: i8 and u8 have the same size and alignment; the kernels reinterpret the bits.
     let bytes = unsafe { std::slice::from_raw_parts(a.as_ptr() as *const u8, a.len()) };
-    drive(m, bytes, lda, true, b, &sink);
+    drive(m, bytes, lda, true, b, true, &sink);
 }
 
 /// The textbook triple loop over the unpacked weight `w` (`[n, k]`), in `i64`: the oracle the
@@ -372,11 +373,39 @@ pub struct Requant<'a> {
     pub bias: Option<&'a [f32]>,
 }
 
+impl Requant<'_> {
+    /// Per column: `a_scale · w_scale[n]`, `a_zero_point · Σ_k w[n, k]` and the bias.
+    fn columns(&self, b: &PackedB) -> (Vec<f32>, Vec<i32>, Vec<f32>) {
+        let n = b.n;
+        assert_eq!(self.w_scales.len(), n, "int8 gemm: {} weight scales for {n} columns", self.w_scales.len());
+        if let Some(bias) = self.bias {
+            assert_eq!(bias.len(), n, "int8 gemm: {} biases for {n} columns", bias.len());
+        }
+        let mult = self.w_scales.iter().map(|&s| s * self.a_scale).collect();
+        let offset = b.col_sums.iter().map(|&s| s.wrapping_mul(self.a_zero_point)).collect();
+        let bias = self.bias.map_or_else(|| vec![0.0; n], <[f32]>::to_vec);
+        (mult, offset, bias)
+    }
+}
+
+/// Runs [`drive`] over unsigned or signed activation rows.
+fn drive_rows(m: usize, a: QuantizedRows<'_>, lda: usize, b: &PackedB, may_split: bool, sink: &Sink<'_>) {
+    match a {
+        QuantizedRows::U8(a) => drive(m, a, lda, false, b, may_split, sink),
+        QuantizedRows::I8(a) => {
+            // SAFETY: i8 and u8 have the same layout.
+            let bytes = unsafe { std::slice::from_raw_parts(a.as_ptr() as *const u8, a.len()) };
+            drive(m, bytes, lda, true, b, may_split, sink)
+        }
+    }
+}
+
 /// The int8 GEMM with the requantisation fused into the output loop: each finished tile is
 /// turned into `f32` ([`Requant`]) and written to `out[m * rs + n * cs]`.
 ///
 /// `rs`/`cs` let a convolution write its `[pixels, channels]` product straight into NCHW
-/// (`rs = 1`, `cs = pixels`).
+/// (`rs = 1`, `cs = pixels`). `may_split = false` keeps the product on the calling thread
+/// (for callers that run one product per thread already).
 ///
 /// **Panics** if `a` is shorter than `m x k` (row stride `lda`), `w_scales` or `bias` do not
 /// have one value per column, or `out` is too short for the strides.
@@ -389,20 +418,14 @@ pub fn gemm_requant(
     out: &mut [f32],
     rs: usize,
     cs: usize,
+    may_split: bool,
 ) {
     let n = b.n;
-    assert_eq!(q.w_scales.len(), n, "gemm_requant: {} weight scales for {n} columns", q.w_scales.len());
-    if let Some(bias) = q.bias {
-        assert_eq!(bias.len(), n, "gemm_requant: {} biases for {n} columns", bias.len());
-    }
+    let (mult, offset, bias) = q.columns(b);
     if m == 0 || n == 0 {
         return;
     }
     assert!(out.len() > (m - 1) * rs + (n - 1) * cs, "gemm_requant: output holds {} values, too few", out.len());
-    let mult: Vec<f32> = q.w_scales.iter().map(|&s| s * q.a_scale).collect();
-    let offset: Vec<i32> = b.col_sums.iter().map(|&s| s.wrapping_mul(q.a_zero_point)).collect();
-    let zeros = vec![0.0f32; n];
-    let bias = q.bias.unwrap_or(&zeros);
     let dst = OutPtr(out.as_mut_ptr());
     let sink = move |m0: usize, n0: usize, rows: usize, cols: usize, tile: &[i32], nr: usize| {
         let dst = dst;
@@ -416,14 +439,69 @@ pub fn gemm_requant(
             }
         }
     };
-    match a {
-        QuantizedRows::U8(a) => drive(m, a, lda, false, b, &sink),
-        QuantizedRows::I8(a) => {
-            // SAFETY: i8 and u8 have the same layout.
-            let bytes = unsafe { std::slice::from_raw_parts(a.as_ptr() as *const u8, a.len()) };
-            drive(m, bytes, lda, true, b, &sink)
-        }
+    drive_rows(m, a, lda, b, may_split, &sink);
+}
+
+/// [`gemm_requant`] whose outputs are quantised again, with `out_q`, into codes (`u8`, or the
+/// bits of `i8` codes for [`QuantDtype::Int8`](crate::QuantDtype)), row-major `m x n` with row
+/// stride `ldc`: the output of a quantised layer feeding the next one without leaving the
+/// integers. Each code is `out_q.quantize(y)` of the `f32` value `y` [`gemm_requant`] would
+/// write, so the two agree exactly; with `relu` codes below `out_q`'s zero point (negative
+/// values) are raised to it, which is `ReLU` applied before quantising.
+///
+/// ```
+/// use kiln_quant::gemm::{gemm_requant, gemm_requant_codes, PackedB, QuantizedRows, Requant};
+/// use kiln_quant::{QParams, QuantDtype};
+/// let packed = PackedB::pack(&[1, -2, 3, 4, 5, -6], 2, 3);
+/// let req = Requant { a_scale: 0.1, a_zero_point: 2, w_scales: &[0.05, 0.02], bias: Some(&[0.1, -0.3]) };
+/// let a = [7u8, 0, 255, 3, 4, 5];
+/// let mut y = [0f32; 4];
+/// gemm_requant(2, QuantizedRows::U8(&a), 3, &packed, &req, &mut y, 2, 1, true);
+/// let out_q = QParams::affine(-1.0, 4.0, QuantDtype::UInt8);
+/// let mut codes = [0u8; 4];
+/// gemm_requant_codes(2, QuantizedRows::U8(&a), 3, &packed, &req, &out_q, false, &mut codes, 2, true);
+/// assert_eq!(codes.map(i32::from), y.map(|v| out_q.quantize(v)));
+/// ```
+///
+/// **Panics** as [`gemm_requant`] does, or if `ldc < n`.
+pub fn gemm_requant_codes(
+    m: usize,
+    a: QuantizedRows<'_>,
+    lda: usize,
+    b: &PackedB,
+    q: &Requant<'_>,
+    out_q: &crate::QParams,
+    relu: bool,
+    out: &mut [u8],
+    ldc: usize,
+    may_split: bool,
+) {
+    let n = b.n;
+    let (mult, offset, bias) = q.columns(b);
+    if m == 0 || n == 0 {
+        return;
     }
+    assert!(ldc >= n, "gemm_requant_codes: ldc {ldc} < n {n}");
+    assert!(out.len() >= (m - 1) * ldc + n, "gemm_requant_codes: output holds {} codes, too few", out.len());
+    let (qmin, qmax) = out_q.dtype.range();
+    let lo = if relu { out_q.zero_point } else { qmin } as f32;
+    let (scale, zp) = (out_q.scale, out_q.zero_point as f32);
+    let dst = OutPtr(out.as_mut_ptr());
+    let sink = move |m0: usize, n0: usize, rows: usize, cols: usize, tile: &[i32], nr: usize| {
+        let dst = dst;
+        let (mult, offset, bias) = (&mult[n0..n0 + cols], &offset[n0..n0 + cols], &bias[n0..n0 + cols]);
+        for r in 0..rows {
+            // SAFETY: in bounds (checked above); tiles are disjoint.
+            let row = unsafe { std::slice::from_raw_parts_mut(dst.0.add((m0 + r) * ldc + n0), cols) };
+            for ((((o, &t), &mul), &off), &bb) in row.iter_mut().zip(&tile[r * nr..]).zip(mult).zip(offset).zip(bias) {
+                let v = t.wrapping_sub(off) as f32 * mul + bb;
+                // `QParams::quantize`, with the ReLU's floor
+                let code = crate::observer::round_half_even(v / scale) + zp;
+                *o = code.clamp(lo, qmax as f32) as i32 as u8;
+            }
+        }
+    };
+    drive_rows(m, a, lda, b, may_split, &sink);
 }
 
 #[cfg(test)]
@@ -510,7 +588,7 @@ mod tests {
         let q = Requant { a_scale: 0.1, a_zero_point: 3, w_scales: &scales, bias: Some(&bias) };
         // Transposed output: out[n][m].
         let mut out = vec![0f32; m * n];
-        gemm_requant(m, QuantizedRows::U8(&a), k, &b, &q, &mut out, 1, m);
+        gemm_requant(m, QuantizedRows::U8(&a), k, &b, &q, &mut out, 1, m, true);
         for i in 0..m {
             for j in 0..n {
                 let s: i32 = (0..k).map(|kk| (a[i * k + kk] as i32 - 3) * w[j * k + kk] as i32).sum();
