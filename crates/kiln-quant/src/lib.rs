@@ -17,7 +17,8 @@
 //! - **Conversion** by type: [`quantize_sequential`] takes a `Sequential` by value, downcasts
 //!   each layer (`Linear`, `Conv2d`) and moves every other layer into the result unchanged.
 //! - **Files**: [`QuantSequential::save`] / [`QuantSequential::load`], safetensors with `I8`
-//!   weights (see [`serialize`] for the float layers a file can hold).
+//!   weights (see [`serialize`] for the float layers a file can hold); [`QuantLSTM::save`] /
+//!   [`QuantLSTM::load`] for a quantised LSTM.
 //!
 //! ```
 //! use kiln_nn::{Flatten, Forward, Linear, ReLU, Sequential};

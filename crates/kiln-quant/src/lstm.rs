@@ -78,6 +78,23 @@ impl QuantLSTM {
         QuantLSTM { config: c.clone(), cells }
     }
 
+    /// A layer from its configuration and, for each layer and direction (forward first), the
+    /// quantised input projection (with both biases folded in) and recurrent projection.
+    pub(crate) fn from_parts(config: LSTMConfig, cells: Vec<(QuantLinear, QuantLinear)>) -> Self {
+        QuantLSTM { config, cells: cells.into_iter().map(|(ih, hh)| Cell { ih, hh }).collect() }
+    }
+
+    /// For each layer and direction (forward first): the input and recurrent projections.
+    pub(crate) fn cells(&self) -> impl Iterator<Item = (&QuantLinear, &QuantLinear)> {
+        self.cells.iter().map(|c| (&c.ih, &c.hh))
+    }
+
+    /// The code type activations are quantised to.
+    #[must_use]
+    pub fn dtype(&self) -> QuantDtype {
+        self.cells.first().map_or(QuantDtype::UInt8, |c| c.ih.act.dtype())
+    }
+
     /// The configuration of the LSTM it was made from.
     #[must_use]
     pub fn config(&self) -> &LSTMConfig {

@@ -29,6 +29,10 @@
 //! `Sequential`, an `LSTM`) runs, but [`QuantSequential::save`] refuses it with
 //! [`QuantError::Unsupported`] naming the layer. Before writing, each spec is rebuilt and
 //! checked to give a layer that displays as the original does.
+//!
+//! A [`QuantLSTM`] (not a `Sequential` layer: it returns its states too) has a file of its own,
+//! [`QuantLSTM::save`] / [`QuantLSTM::load`], with PyTorch's parameter names (see
+//! [`LSTM_FORMAT`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -38,15 +42,16 @@ use serde_json::{json, Value};
 
 use kiln_nn::{
     AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, BatchNorm1d, BatchNorm2d, BatchNormConfig, Conv1d, Conv2d,
-    ConvTranspose2d, Dropout, Dropout2d, Flatten, GeluApproximate, GroupNorm, Identity, Layer, LayerNorm, LeakyReLU,
-    Linear, LogSoftmax, MaxPool1d, MaxPool2d, Padding, ReLU, SiLU, Sigmoid, Softmax, Softplus, StateDict, Tanh, ELU,
-    GELU,
+    ConvTranspose2d, Dropout, Dropout2d, Flatten, GeluApproximate, GroupNorm, Identity, LSTMConfig, Layer, LayerNorm,
+    LeakyReLU, Linear, LogSoftmax, MaxPool1d, MaxPool2d, Padding, ReLU, SiLU, Sigmoid, Softmax, Softplus, StateDict,
+    Tanh, ELU, GELU,
 };
 use kiln_tensor::Tensor;
 
 use crate::conv::{ConvGeometry, QuantConv2d};
 use crate::error::QuantError;
 use crate::linear::{ActQuant, QuantLinear, QuantWeights};
+use crate::lstm::QuantLSTM;
 use crate::observer::{QParams, QuantDtype};
 use crate::sequential::{FloatLayer, QuantLayer, QuantSequential};
 
@@ -242,30 +247,26 @@ impl QuantSequential {
     /// cannot be written. Either way a previous file stays intact.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), QuantError> {
         let path = path.as_ref();
-        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut tensors: Vec<Entry> = Vec::new();
         let mut list = Vec::new();
-        let quantised = |tensors: &mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
-                         i: usize,
-                         shape: Vec<usize>,
-                         codes: &[i8],
-                         w: &QuantWeights,
-                         act: &ActQuant| {
-            let codes: Vec<u8> = codes.iter().map(|&v| v as u8).collect();
-            tensors.push((format!("{i}.weight"), Dtype::I8, shape, codes));
-            tensors.push((format!("{i}.weight_scale"), Dtype::F32, vec![w.scales.len()], f32_bytes(&w.scales)));
-            if let Some(b) = &w.bias {
-                tensors.push((format!("{i}.bias"), Dtype::F32, vec![b.len()], f32_bytes(b)));
-            }
-            if let ActQuant::Static(q) = act {
-                tensors.push((format!("{i}.input_scale"), Dtype::F32, vec![1], f32_bytes(&[q.scale])));
-                tensors.push((
-                    format!("{i}.input_zero_point"),
-                    Dtype::I32,
-                    vec![1],
-                    q.zero_point.to_le_bytes().to_vec(),
-                ));
-            }
-        };
+        let quantised =
+            |tensors: &mut Vec<Entry>, i: usize, shape: Vec<usize>, codes: &[i8], w: &QuantWeights, act: &ActQuant| {
+                let codes: Vec<u8> = codes.iter().map(|&v| v as u8).collect();
+                tensors.push((format!("{i}.weight"), Dtype::I8, shape, codes));
+                tensors.push((format!("{i}.weight_scale"), Dtype::F32, vec![w.scales.len()], f32_bytes(&w.scales)));
+                if let Some(b) = &w.bias {
+                    tensors.push((format!("{i}.bias"), Dtype::F32, vec![b.len()], f32_bytes(b)));
+                }
+                if let ActQuant::Static(q) = act {
+                    tensors.push((format!("{i}.input_scale"), Dtype::F32, vec![1], f32_bytes(&[q.scale])));
+                    tensors.push((
+                        format!("{i}.input_zero_point"),
+                        Dtype::I32,
+                        vec![1],
+                        q.zero_point.to_le_bytes().to_vec(),
+                    ));
+                }
+            };
         for (i, layer) in self.layers().iter().enumerate() {
             match layer {
                 QuantLayer::Linear(l) => {
@@ -299,29 +300,7 @@ impl QuantSequential {
                 }
             }
         }
-        let metadata: HashMap<String, String> = [
-            ("format".to_string(), FORMAT.to_string()),
-            ("kiln_quant_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-            ("layers".to_string(), Value::Array(list).to_string()),
-        ]
-        .into_iter()
-        .collect();
-        let views: Vec<(String, TensorView<'_>)> = tensors
-            .iter()
-            .map(|(name, dtype, shape, data)| {
-                (name.clone(), TensorView::new(*dtype, shape.clone(), data).expect("sizes match"))
-            })
-            .collect();
-        let bytes = safetensors::serialize(views, &Some(metadata)).map_err(|e| QuantError::Io {
-            path: path.to_path_buf(),
-            action: "serialize".into(),
-            message: e.to_string(),
-        })?;
-        kiln_nn::serialize::write_atomic(path, |w| w.write_all(&bytes)).map_err(|e| QuantError::Io {
-            path: path.to_path_buf(),
-            action: "write".into(),
-            message: e.to_string(),
-        })
+        write_file(path, &tensors, FORMAT, [("layers", Value::Array(list).to_string())])
     }
 
     /// Reads a model written by [`save`](QuantSequential::save), packing the weights for
@@ -334,21 +313,9 @@ impl QuantSequential {
     /// [`QuantError::Layer`] when a float layer cannot be rebuilt. Never panics on bad input.
     pub fn load(path: impl AsRef<Path>) -> Result<QuantSequential, QuantError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| QuantError::Io {
-            path: path.to_path_buf(),
-            action: "read".into(),
-            message: e.to_string(),
-        })?;
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| QuantError::Format { path: path.to_path_buf(), message: format!("{e:?}") })?;
+        let bytes = read_file(path)?;
+        let (st, meta) = open(path, &bytes, FORMAT)?;
         let r = Reader { path, st: &st };
-        let (_, meta) = SafeTensors::read_metadata(&bytes)
-            .map_err(|e| QuantError::Format { path: path.to_path_buf(), message: format!("{e:?}") })?;
-        let meta: BTreeMap<String, String> = meta.metadata().clone().unwrap_or_default().into_iter().collect();
-        let format = meta.get("format").map(String::as_str).unwrap_or("nothing");
-        if format != FORMAT {
-            return Err(r.field("__metadata__.format", &format!("\"{FORMAT}\""), format));
-        }
         let list_text =
             meta.get("layers").ok_or_else(|| r.field("__metadata__.layers", "a JSON list of layers", "nothing"))?;
         let list: Value = serde_json::from_str(list_text)
@@ -406,6 +373,188 @@ impl QuantSequential {
     }
 }
 
+/// The `format` in the metadata of a [`QuantLSTM`] file.
+pub const LSTM_FORMAT: &str = "kiln-quant-lstm";
+
+/// `l{layer}` or `l{layer}_reverse`, PyTorch's suffix for a layer and direction.
+fn lstm_suffix(layer: usize, reverse: bool) -> String {
+    format!("l{layer}{}", if reverse { "_reverse" } else { "" })
+}
+
+/// Quantised LSTM files: safetensors with, for each layer `k` and direction (suffix `lk` or
+/// `lk_reverse`, as PyTorch names them), `weight_ih_lk` and `weight_hh_lk` as `I8` codes
+/// (`[4·hidden, input]`, `[4·hidden, hidden]`), their per-row scales `weight_ih_lk_scale` and
+/// `weight_hh_lk_scale` (`F32`, `[4·hidden]`) and, with a bias, `bias_lk` (`F32`,
+/// `bias_ih + bias_hh`); the metadata holds `format: kiln-quant-lstm` and `config`, a JSON
+/// object (`input_size`, `hidden_size`, `num_layers`, `bias`, `batch_first`, `bidirectional`,
+/// `dtype`).
+impl QuantLSTM {
+    /// Writes the layer to `path` (atomically: a failed write leaves a previous file intact).
+    ///
+    /// ```
+    /// use kiln_nn::{LSTMConfig, LSTM};
+    /// use kiln_quant::{QuantDtype, QuantLSTM};
+    /// use kiln_tensor::{Rng, Tensor};
+    /// let lstm: LSTM = LSTMConfig { num_layers: 2, bidirectional: true, ..LSTMConfig::new(3, 4) }.build().unwrap();
+    /// let q = QuantLSTM::dynamic(&lstm, QuantDtype::UInt8);
+    /// let path = std::env::temp_dir().join(format!("kiln-quant-lstm-doc-{}.safetensors", std::process::id()));
+    /// q.save(&path).unwrap();
+    /// let back = QuantLSTM::load(&path).unwrap();
+    /// let x = Tensor::uniform(&[5, 2, 3], -1.0, 1.0, &mut Rng::new(0));
+    /// assert_eq!(back.forward_tensor(&x).0.to_vec(), q.forward_tensor(&x).0.to_vec());
+    /// # std::fs::remove_file(&path).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// [`QuantError::Io`] when the file cannot be written.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), QuantError> {
+        let c = self.config();
+        let nd = if c.bidirectional { 2 } else { 1 };
+        let mut tensors: Vec<Entry> = Vec::new();
+        for (i, (ih, hh)) in self.cells().enumerate() {
+            let sfx = lstm_suffix(i / nd, i % nd == 1);
+            for (name, l) in [("weight_ih", ih), ("weight_hh", hh)] {
+                let codes = l.weight_codes().iter().map(|&v| v as u8).collect();
+                tensors.push((format!("{name}_{sfx}"), Dtype::I8, vec![l.out_features(), l.in_features()], codes));
+                let scales = l.weight_scales();
+                tensors.push((format!("{name}_{sfx}_scale"), Dtype::F32, vec![scales.len()], f32_bytes(scales)));
+            }
+            if let Some(b) = ih.bias() {
+                tensors.push((format!("bias_{sfx}"), Dtype::F32, vec![b.len()], f32_bytes(b)));
+            }
+        }
+        let config = json!({"input_size": c.input_size, "hidden_size": c.hidden_size, "num_layers": c.num_layers,
+            "bias": c.bias, "batch_first": c.batch_first, "bidirectional": c.bidirectional,
+            "dtype": self.dtype().name()});
+        write_file(path.as_ref(), &tensors, LSTM_FORMAT, [("config", config.to_string())])
+    }
+
+    /// Reads a layer written by [`save`](QuantLSTM::save), packing the weights for this
+    /// machine's kernel.
+    ///
+    /// # Errors
+    /// [`QuantError::Io`] when the file cannot be read; [`QuantError::Format`] when it is not
+    /// a valid safetensors file; [`QuantError::Field`] naming the tensor or `config` field
+    /// that is missing or has the wrong dtype, shape or value. Never panics on bad input.
+    pub fn load(path: impl AsRef<Path>) -> Result<QuantLSTM, QuantError> {
+        let path = path.as_ref();
+        let bytes = read_file(path)?;
+        let (st, meta) = open(path, &bytes, LSTM_FORMAT)?;
+        let r = Reader { path, st: &st };
+        let text = meta.get("config").ok_or_else(|| r.field("__metadata__.config", "a JSON object", "nothing"))?;
+        let cfg: Value = serde_json::from_str(text)
+            .map_err(|e| r.field("__metadata__.config", "a JSON object", &format!("invalid JSON ({e})")))?;
+        let size = |key: &str| r.positive(&cfg, "config", key);
+        let flag = |key: &str| {
+            cfg.get(key)
+                .and_then(Value::as_bool)
+                .ok_or_else(|| r.field(&format!("config.{key}"), "true or false", &show(cfg.get(key))))
+        };
+        let mut config = LSTMConfig::new(size("input_size")?, size("hidden_size")?);
+        config.num_layers = size("num_layers")?;
+        config.bias = flag("bias")?;
+        config.batch_first = flag("batch_first")?;
+        config.bidirectional = flag("bidirectional")?;
+        let dtype = match cfg.get("dtype").and_then(Value::as_str) {
+            Some("uint8") => QuantDtype::UInt8,
+            Some("int8") => QuantDtype::Int8,
+            _ => return Err(r.field("config.dtype", "\"uint8\" or \"int8\"", &show(cfg.get("dtype")))),
+        };
+        let (hidden, nd) = (config.hidden_size, if config.bidirectional { 2 } else { 1 });
+        let rows = 4 * hidden;
+        if rows > crate::gemm::MAX_K || config.num_layers > 1024 {
+            return Err(r.field("config", "a hidden size up to 16384 and at most 1024 layers", &cfg.to_string()));
+        }
+        let act = ActQuant::Dynamic(dtype);
+        let mut cells = Vec::with_capacity(config.num_layers * nd);
+        for layer in 0..config.num_layers {
+            let input = if layer == 0 { config.input_size } else { nd * hidden };
+            for d in 0..nd {
+                let sfx = lstm_suffix(layer, d == 1);
+                let bias = if config.bias { Some(r.f32s(&format!("bias_{sfx}"), &[rows])?) } else { None };
+                let proj = |name: &str, k: usize, bias: Option<Vec<f32>>| -> Result<QuantLinear, QuantError> {
+                    let key = format!("{name}_{sfx}");
+                    let codes: Vec<i8> =
+                        r.tensor(&key, Dtype::I8, &[rows, k])?.data().iter().map(|&b| b as i8).collect();
+                    let scales = r.scales(&format!("{key}_scale"), rows)?;
+                    Ok(QuantLinear::from_codes(&codes, scales, bias, rows, k, act))
+                };
+                let ih = proj("weight_ih", input, bias)?;
+                let hh = proj("weight_hh", hidden, None)?;
+                cells.push((ih, hh));
+            }
+        }
+        Ok(QuantLSTM::from_parts(config, cells))
+    }
+}
+
+/// A tensor to write: name, dtype, shape, little-endian bytes.
+type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// Writes `tensors` as a safetensors file with `format`, the crate version and `extra` in its
+/// metadata, atomically (a failed write leaves a previous file intact).
+fn write_file<const N: usize>(
+    path: &Path,
+    tensors: &[Entry],
+    format: &str,
+    extra: [(&str, String); N],
+) -> Result<(), QuantError> {
+    let metadata: HashMap<String, String> =
+        [("format".to_string(), format.to_string()), ("kiln_quant_version".to_string(), VERSION.to_string())]
+            .into_iter()
+            .chain(extra.into_iter().map(|(k, v)| (k.to_string(), v)))
+            .collect();
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            (name.clone(), TensorView::new(*dtype, shape.clone(), data).expect("sizes match"))
+        })
+        .collect();
+    let bytes = safetensors::serialize(views, &Some(metadata)).map_err(|e| QuantError::Io {
+        path: path.to_path_buf(),
+        action: "serialize".into(),
+        message: e.to_string(),
+    })?;
+    kiln_nn::serialize::write_atomic(path, |w| w.write_all(&bytes)).map_err(|e| QuantError::Io {
+        path: path.to_path_buf(),
+        action: "write".into(),
+        message: e.to_string(),
+    })
+}
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn read_file(path: &Path) -> Result<Vec<u8>, QuantError> {
+    std::fs::read(path).map_err(|e| QuantError::Io {
+        path: path.to_path_buf(),
+        action: "read".into(),
+        message: e.to_string(),
+    })
+}
+
+/// Parses a safetensors file and its metadata, checking that it is of `format`.
+fn open<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+    format: &str,
+) -> Result<(SafeTensors<'a>, BTreeMap<String, String>), QuantError> {
+    let bad =
+        |e: safetensors::SafeTensorError| QuantError::Format { path: path.to_path_buf(), message: format!("{e:?}") };
+    let st = SafeTensors::deserialize(bytes).map_err(bad)?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(bad)?;
+    let meta: BTreeMap<String, String> = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+    let found = meta.get("format").map(String::as_str).unwrap_or("nothing");
+    if found != format {
+        return Err(QuantError::Field {
+            path: path.to_path_buf(),
+            field: "__metadata__.format".into(),
+            expected: format!("\"{format}\""),
+            found: found.into(),
+        });
+    }
+    Ok((st, meta))
+}
+
 struct Reader<'a> {
     path: &'a Path,
     st: &'a SafeTensors<'a>,
@@ -429,6 +578,11 @@ impl Reader<'_> {
     }
 
     fn usize(&self, entry: &Value, i: usize, key: &str) -> Result<usize, QuantError> {
+        self.positive(entry, &format!("layers[{i}]"), key)
+    }
+
+    /// `entry[key]`, an integer in `1..=MAX_K`; errors name the field `{at}.{key}`.
+    fn positive(&self, entry: &Value, at: &str, key: &str) -> Result<usize, QuantError> {
         entry
             .get(key)
             .and_then(Value::as_u64)
@@ -436,11 +590,20 @@ impl Reader<'_> {
             .map(|n| n as usize)
             .ok_or_else(|| {
                 self.field(
-                    &format!("layers[{i}].{key}"),
+                    &format!("{at}.{key}"),
                     &format!("an integer in 1..={}", crate::gemm::MAX_K),
                     &show(entry.get(key)),
                 )
             })
+    }
+
+    /// `n` positive finite weight scales.
+    fn scales(&self, name: &str, n: usize) -> Result<Vec<f32>, QuantError> {
+        let scales = self.f32s(name, &[n])?;
+        if let Some(bad) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(self.field(name, "positive finite scales", &bad.to_string()));
+        }
+        Ok(scales)
     }
 
     fn pair(&self, entry: &Value, i: usize, key: &str, positive: bool) -> Result<[usize; 2], QuantError> {
@@ -491,10 +654,7 @@ impl Reader<'_> {
         }
         let codes: Vec<i8> =
             self.tensor(&format!("{i}.weight"), Dtype::I8, shape)?.data().iter().map(|&b| b as i8).collect();
-        let scales = self.f32s(&format!("{i}.weight_scale"), &[n])?;
-        if let Some(bad) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-            return Err(self.field(&format!("{i}.weight_scale"), "positive finite scales", &bad.to_string()));
-        }
+        let scales = self.scales(&format!("{i}.weight_scale"), n)?;
         let has_bias = entry
             .get("bias")
             .and_then(Value::as_bool)
@@ -691,5 +851,62 @@ mod tests {
         assert!(e.to_string().ends_with("field `__metadata__.format`: expected \"kiln-quant\", found pt"), "{e}");
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(QuantSequential::load(&path), Err(QuantError::Io { .. })));
+    }
+
+    #[test]
+    fn lstm_files_round_trip_and_refuse_bad_input() {
+        use kiln_nn::LSTM;
+        let mut rng = kiln_tensor::Rng::new(31);
+        let configs = [
+            LSTMConfig::new(3, 4),
+            LSTMConfig { num_layers: 2, bidirectional: true, batch_first: true, ..LSTMConfig::new(3, 5) },
+            LSTMConfig { bias: false, ..LSTMConfig::new(2, 3) },
+        ];
+        let path = temp("lstm.safetensors");
+        for (config, dtype) in configs.iter().zip([QuantDtype::UInt8, QuantDtype::Int8, QuantDtype::UInt8]) {
+            let lstm: LSTM = config.clone().build().unwrap();
+            let q = QuantLSTM::dynamic(&lstm, dtype);
+            q.save(&path).unwrap();
+            let back = QuantLSTM::load(&path).unwrap();
+            assert_eq!(back.to_string(), q.to_string());
+            let x = Tensor::uniform(&[4, 2, config.input_size], -1.0, 1.0, &mut rng);
+            let ((a, ha, ca), (b, hb, cb)) = (q.forward_tensor(&x), back.forward_tensor(&x));
+            assert_eq!((a.to_vec(), ha.to_vec(), ca.to_vec()), (b.to_vec(), hb.to_vec(), cb.to_vec()), "{config:?}");
+        }
+        // the two-layer bidirectional file: truncated, wrong tensor shape, bad config, other format
+        let lstm: LSTM = configs[1].clone().build().unwrap();
+        QuantLSTM::dynamic(&lstm, QuantDtype::UInt8).save(&path).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        for cut in [0, 7, good.len() / 3, good.len() - 1] {
+            std::fs::write(&path, &good[..cut]).unwrap();
+            assert!(matches!(QuantLSTM::load(&path), Err(QuantError::Format { .. })), "cut {cut}");
+        }
+        let st = SafeTensors::deserialize(&good).unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&good).unwrap();
+        let md = meta.metadata().clone().unwrap();
+        let rewrite = |key: &str, from: &str, to: &str| {
+            let mut md = md.clone();
+            let v = md[key].replace(from, to);
+            assert_ne!(v, md[key], "{from} not in {key}");
+            md.insert(key.into(), v);
+            std::fs::write(&path, safetensors::serialize(st.tensors(), &Some(md)).unwrap()).unwrap();
+            QuantLSTM::load(&path).err().expect("loaded a bad file").to_string()
+        };
+        let e = rewrite("config", "\"hidden_size\":5", "\"hidden_size\":6");
+        assert!(e.contains("field `bias_l0`: expected a F32 tensor [24], found a F32 tensor [20]"), "{e}");
+        let e = rewrite("config", "\"num_layers\":2", "\"num_layers\":3");
+        assert!(e.contains("field `bias_l2`: expected a F32 tensor [20], found nothing"), "{e}");
+        let e = rewrite("config", "\"num_layers\":2", "\"num_layers\":0");
+        assert!(e.contains("field `config.num_layers`: expected an integer in 1..=65536, found 0"), "{e}");
+        let e = rewrite("config", "\"dtype\":\"uint8\"", "\"dtype\":\"f16\"");
+        assert!(e.contains("field `config.dtype`"), "{e}");
+        let e = rewrite("format", "kiln-quant-lstm", "kiln-quant");
+        assert!(e.ends_with("field `__metadata__.format`: expected \"kiln-quant-lstm\", found kiln-quant"), "{e}");
+        // a QuantSequential file is not an LSTM file, and the other way round
+        quantised().save(&path).unwrap();
+        assert!(matches!(QuantLSTM::load(&path), Err(QuantError::Field { .. })));
+        std::fs::write(&path, &good).unwrap();
+        assert!(matches!(QuantSequential::load(&path), Err(QuantError::Field { .. })));
+        std::fs::remove_file(&path).unwrap();
     }
 }
