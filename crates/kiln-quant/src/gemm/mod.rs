@@ -326,6 +326,59 @@ pub fn gemm_i8i8(m: usize, a: &[i8], lda: usize, b: &PackedB, c: &mut [i32], ldc
     drive(m, bytes, lda, true, b, true, &sink);
 }
 
+/// Per-column requantisation factors of a tile: `a_scale · w_scale`, the zero-point offset
+/// `a_zero_point · Σ_k w` and the bias.
+struct Columns<'a> {
+    mult: &'a [f32],
+    offset: &'a [i32],
+    bias: &'a [f32],
+}
+
+/// Output quantisation of [`gemm_requant_codes`]: `clamp(round(y / scale) + zero_point, lo, hi)`.
+#[derive(Clone, Copy)]
+struct CodeParams {
+    scale: f32,
+    zero_point: f32,
+    lo: f32,
+    hi: f32,
+}
+
+/// One tile row: `row[j] = code(y)` with `y = (t[j] - offset[j]) · mult[j] + bias[j]`; a
+/// straight loop over equal-length slices that the compiler vectorises (at the width of the
+/// target features of the function it is inlined into).
+#[inline(always)]
+fn requant_row(t: &[i32], c: &Columns<'_>, q: &CodeParams, row: &mut [u8]) {
+    let n = row.len();
+    let (t, mult, offset, bias) = (&t[..n], &c.mult[..n], &c.offset[..n], &c.bias[..n]);
+    for j in 0..n {
+        let v = t[j].wrapping_sub(offset[j]) as f32 * mult[j] + bias[j];
+        // `QParams::quantize`, with the ReLU's floor
+        let code = (crate::observer::round_half_even(v / q.scale) + q.zero_point).max(q.lo).min(q.hi);
+        // SAFETY: `code` is a number in `lo..=hi` within the code range (max/min turn NaN into `lo`).
+        row[j] = unsafe { code.to_int_unchecked::<i32>() } as u8;
+    }
+}
+
+/// [`requant_row`] compiled for AVX-512 (16 lanes).
+///
+/// # Safety
+/// The CPU must support AVX-512F and AVX-512BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn requant_row_avx512(t: &[i32], c: &Columns<'_>, q: &CodeParams, row: &mut [u8]) {
+    requant_row(t, c, q, row)
+}
+
+/// [`requant_row`] compiled for AVX2 (8 lanes).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn requant_row_avx2(t: &[i32], c: &Columns<'_>, q: &CodeParams, row: &mut [u8]) {
+    requant_row(t, c, q, row)
+}
+
 /// The textbook triple loop over the unpacked weight `w` (`[n, k]`), in `i64`: the oracle the
 /// kernels are tested against. Unsigned activations.
 #[must_use]
@@ -446,8 +499,9 @@ pub fn gemm_requant(
 /// bits of `i8` codes for [`QuantDtype::Int8`](crate::QuantDtype)), row-major `m x n` with row
 /// stride `ldc`: the output of a quantised layer feeding the next one without leaving the
 /// integers. Each code is `out_q.quantize(y)` of the `f32` value `y` [`gemm_requant`] would
-/// write, so the two agree exactly; with `relu` codes below `out_q`'s zero point (negative
-/// values) are raised to it, which is `ReLU` applied before quantising.
+/// write, so the two agree exactly (for every `y` but NaN, which gives the lowest code here);
+/// with `relu` codes below `out_q`'s zero point (negative values) are raised to it, which is
+/// `ReLU` applied before quantising.
 ///
 /// ```
 /// use kiln_quant::gemm::{gemm_requant, gemm_requant_codes, PackedB, QuantizedRows, Requant};
@@ -485,7 +539,8 @@ pub fn gemm_requant_codes(
     assert!(out.len() >= (m - 1) * ldc + n, "gemm_requant_codes: output holds {} codes, too few", out.len());
     let (qmin, qmax) = out_q.dtype.range();
     let lo = if relu { out_q.zero_point } else { qmin } as f32;
-    let (scale, zp) = (out_q.scale, out_q.zero_point as f32);
+    let codes = CodeParams { scale: out_q.scale, zero_point: out_q.zero_point as f32, lo, hi: qmax as f32 };
+    let isa = b.isa;
     let dst = OutPtr(out.as_mut_ptr());
     let sink = move |m0: usize, n0: usize, rows: usize, cols: usize, tile: &[i32], nr: usize| {
         let dst = dst;
@@ -493,11 +548,15 @@ pub fn gemm_requant_codes(
         for r in 0..rows {
             // SAFETY: in bounds (checked above); tiles are disjoint.
             let row = unsafe { std::slice::from_raw_parts_mut(dst.0.add((m0 + r) * ldc + n0), cols) };
-            for ((((o, &t), &mul), &off), &bb) in row.iter_mut().zip(&tile[r * nr..]).zip(mult).zip(offset).zip(bias) {
-                let v = t.wrapping_sub(off) as f32 * mul + bb;
-                // `QParams::quantize`, with the ReLU's floor
-                let code = crate::observer::round_half_even(v / scale) + zp;
-                *o = code.clamp(lo, qmax as f32) as i32 as u8;
+            let t = &tile[r * nr..r * nr + cols];
+            let cols = Columns { mult, offset, bias };
+            match isa {
+                // SAFETY: the CPU has the features (the kernel of this ISA was checked available).
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512Vnni => unsafe { requant_row_avx512(t, &cols, &codes, row) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { requant_row_avx2(t, &cols, &codes, row) },
+                _ => requant_row(t, &cols, &codes, row),
             }
         }
     };
@@ -597,6 +656,35 @@ mod tests {
             }
         }
         assert_eq!(c.len(), m * n);
+    }
+
+    #[test]
+    fn codes_out_are_the_float_out_quantised_on_every_isa() {
+        use crate::{QParams, QuantDtype};
+        let (m, k, n) = (13, 21, 45);
+        let a = bytes(m * k, 7, false);
+        let w = as_i8(&bytes(n * k, 8, true));
+        let scales: Vec<f32> = (0..n).map(|j| 0.001 + 0.0007 * j as f32).collect();
+        let bias: Vec<f32> = (0..n).map(|j| (j as f32 - 20.0) * 0.05).collect();
+        let req = Requant { a_scale: 0.02, a_zero_point: 100, w_scales: &scales, bias: Some(&bias) };
+        for isa in Isa::available() {
+            let b = PackedB::pack_for(isa, &w, n, k);
+            let mut y = vec![0f32; m * n];
+            gemm_requant(m, QuantizedRows::U8(&a), k, &b, &req, &mut y, n, 1, true);
+            for dtype in [QuantDtype::UInt8, QuantDtype::Int8] {
+                // a narrow range, so that codes clamp at both ends
+                let out_q = QParams::affine(-0.8, 0.6, dtype);
+                for relu in [false, true] {
+                    let mut codes = vec![0u8; m * n];
+                    gemm_requant_codes(m, QuantizedRows::U8(&a), k, &b, &req, &out_q, relu, &mut codes, n, true);
+                    for (i, (&c, &v)) in codes.iter().zip(&y).enumerate() {
+                        let got = if dtype == QuantDtype::Int8 { i32::from(c as i8) } else { i32::from(c) };
+                        let want = out_q.quantize(if relu { v.max(0.0) } else { v });
+                        assert_eq!(got, want, "{isa:?} {dtype:?} relu {relu} at {i}: y = {v}");
+                    }
+                }
+            }
+        }
     }
 
     proptest! {
