@@ -278,7 +278,11 @@ impl Float for f32 {
         rsc: isize,
         csc: isize,
     ) {
-        // SAFETY: forwarded contract.
+        // SAFETY (both calls): forwarded contract.
+        #[cfg(target_arch = "x86_64")]
+        if unsafe { crate::kernels::sgemm::try_sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) } {
+            return;
+        }
         unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
     }
 }
