@@ -453,18 +453,25 @@ impl<E: Float> MultiheadAttention<E> {
             x.linear(&wb, bb.as_ref())
         };
         let (q, k, v) = (project(&q, 0), project(&k, 1), project(&v, 2));
-        // [N, T, E] -> [N, H, T, D], a view
-        let heads = |x: &Var<E>, t: usize| x.reshape(&[n, t, h, d]).permute(&[0, 2, 1, 3]);
-        let (q, k, v) = (heads(&q, l), heads(&k, s), heads(&v, s));
 
         let mask = self.merged_mask(key_padding_mask, attn_mask, batched, n, l, s);
         let p = if self.training { c.dropout } else { 0.0 };
-        let (out, weights) = {
-            let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-            attention(&q, &k, &v, mask, p, Some(&mut rng))
+        let (out, weights) = if mask.is_none() && p == 0.0 && !need_weights {
+            // No mask, no dropout, no weights returned: the fused per-head op (no copies for
+            // the head split and merge, the softmax done per head in cache).
+            (q.multi_head_attention(&k, &v, h), None)
+        } else {
+            // [N, T, E] -> [N, H, T, D], a view
+            let heads = |x: &Var<E>, t: usize| x.reshape(&[n, t, h, d]).permute(&[0, 2, 1, 3]);
+            let (q, k, v) = (heads(&q, l), heads(&k, s), heads(&v, s));
+            let (out, weights) = {
+                let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+                attention(&q, &k, &v, mask, p, Some(&mut rng))
+            };
+            // [N, H, L, D] -> [N, L, E]
+            (out.permute(&[0, 2, 1, 3]).reshape(&[n, l, e]), Some(weights))
         };
-        // [N, H, L, D] -> [N, L, E]
-        let out = self.out_proj.forward(&out.permute(&[0, 2, 1, 3]).reshape(&[n, l, e]));
+        let out = self.out_proj.forward(&out);
         let out = if !batched {
             out.squeeze_dim(0)
         } else if c.batch_first {
@@ -472,7 +479,7 @@ impl<E: Float> MultiheadAttention<E> {
         } else {
             out.transpose(0, 1)
         };
-        let weights = need_weights.then(|| {
+        let weights = weights.filter(|_| need_weights).map(|weights| {
             let w = if average_attn_weights { weights.mean(&[1], false) } else { weights };
             if batched {
                 w
