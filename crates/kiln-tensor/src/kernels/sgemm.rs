@@ -221,27 +221,49 @@ unsafe fn blocked(
 /// 64-byte aligned.
 #[target_feature(enable = "avx512f")]
 unsafe fn pack(kc: usize, w: usize, src: *const f32, sk: isize, sw: isize, dst: *mut f32) {
-    for (s, j0) in (0..w).step_by(16).enumerate() {
-        let jw = 16.min(w - j0);
-        let mask: __mmask16 = if jw == 16 { 0xFFFF } else { (1u16 << jw) - 1 };
-        // SAFETY (whole strip): inside the block and the buffer by the caller's contract.
-        unsafe {
+    // The operands are activations of several MiB read once: the loops below read memory in
+    // long contiguous runs and prefetch ahead, since hardware prefetchers lose track of rows
+    // that start on a new page every few hundred bytes (packing was memory-latency bound).
+    let mask_of = |n: usize| -> __mmask16 {
+        if n >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << n) - 1
+        }
+    };
+    // SAFETY (whole function): every address read lies inside the block and every address
+    // written inside the buffer, by the caller's contract; prefetches may point past the block,
+    // which is harmless (they never fault) and computed with wrapping arithmetic.
+    unsafe {
+        if sw == 1 {
+            // Row p of the block is contiguous: walk the rows in order, each row giving one
+            // vector to every strip.
+            const AHEAD: isize = 8;
+            for p in 0..kc {
+                let row = src.offset(p as isize * sk);
+                let next = src.wrapping_offset((p as isize + AHEAD) * sk);
+                for j0 in (0..w).step_by(16) {
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(j0).cast());
+                    let v = _mm512_maskz_loadu_ps(mask_of(w - j0), row.add(j0));
+                    _mm512_store_ps(dst.add(j0 * kc + p * 16), v);
+                }
+            }
+            return;
+        }
+        for (s, j0) in (0..w).step_by(16).enumerate() {
+            let jw = 16.min(w - j0);
             let out = dst.add(s * kc * 16);
             let base = src.offset(j0 as isize * sw);
-            if sw == 1 {
-                // Rows of the strip are contiguous: one (masked) vector per p.
-                for p in 0..kc {
-                    let v = _mm512_maskz_loadu_ps(mask, base.offset(p as isize * sk));
-                    _mm512_store_ps(out.add(p * 16), v);
-                }
-            } else if sk == 1 {
-                // Columns are contiguous along p: transpose 16 x 16 blocks in registers.
+            if sk == 1 {
+                // Columns are contiguous along p: transpose 16 x 16 blocks in registers, the
+                // 16 rows read as 16 streams while the next strip's rows are prefetched.
                 for p0 in (0..kc).step_by(16) {
                     let pw = 16.min(kc - p0);
-                    let pmask: __mmask16 = if pw == 16 { 0xFFFF } else { (1u16 << pw) - 1 };
                     let mut r = [_mm512_setzero_ps(); 16];
                     for (j, rj) in r.iter_mut().enumerate().take(jw) {
-                        *rj = _mm512_maskz_loadu_ps(pmask, base.offset(j as isize * sw + p0 as isize));
+                        let at = base.offset(j as isize * sw + p0 as isize);
+                        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_offset(16 * sw).cast());
+                        *rj = _mm512_maskz_loadu_ps(mask_of(pw), at);
                     }
                     let t = transpose16(r);
                     for (q, tq) in t.iter().enumerate().take(pw) {
