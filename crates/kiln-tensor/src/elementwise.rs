@@ -181,11 +181,37 @@ impl<E: Float> Tensor<E> {
             return self.map_inplace(move |a| f(a, b));
         }
         let same = other.shape == shape && other.is_contiguous();
+        let par = self.numel() >= parallel::elementwise_min() && parallel::get_num_threads() > 1;
+        if !same {
+            // A contiguous operand broadcast along the leading dims (a bias): row by row.
+            let ps = other.shape();
+            let ps = &ps[ps.iter().position(|&d| d != 1).unwrap_or(ps.len())..];
+            let lane: usize = ps.iter().product();
+            if let (true, Some(bs)) =
+                (ps.len() <= shape.len() && shape[shape.len() - ps.len()..] == *ps && lane > 0, other.as_slice())
+            {
+                let s = self.unique_slice_mut();
+                let rows = |a: &mut [E]| {
+                    for row in a.chunks_mut(lane) {
+                        for (a, &b) in row.iter_mut().zip(bs) {
+                            *a = f(*a, b);
+                        }
+                    }
+                };
+                if par {
+                    let chunk = CHUNK.div_ceil(lane) * lane;
+                    parallel::install(|_| s.par_chunks_mut(chunk).for_each(rows));
+                } else {
+                    rows(s);
+                }
+                return;
+            }
+        }
         let b = if same { other.clone() } else { other.expand(&shape) };
         let s = self.unique_slice_mut();
         if same {
             let bs = b.as_slice().expect("contiguous");
-            if s.len() >= parallel::elementwise_min() && parallel::get_num_threads() > 1 {
+            if par {
                 parallel::install(|_| {
                     s.par_chunks_mut(CHUNK).zip(bs.par_chunks(CHUNK)).for_each(|(a, b)| {
                         for (a, &b) in a.iter_mut().zip(b) {
