@@ -179,53 +179,18 @@ impl<E: Float> Tensor<E> {
         heads: usize,
     ) -> (Tensor<E>, Tensor<E>, Tensor<E>) {
         check_shapes("multi_head_attention_backward", self, k, v, heads);
-        let (n, l, e) = (self.shape[0], self.shape[1], self.shape[2]);
-        let s = k.shape[1];
-        let d = e / heads;
-        assert!(
-            probs.shape() == [n, heads, l, s] && g.shape() == self.shape(),
-            "multi_head_attention_backward: probabilities {:?} and gradient {:?} must be {:?} and {:?}",
-            probs.shape(),
-            g.shape(),
-            [n, heads, l, s],
-            self.shape()
-        );
-        let probs = probs.contiguous();
-        let scale = E::from_f64(1.0 / (d as f64).sqrt());
-        let (qv, kv, vv, gv) = (View::of(self), View::of(k), View::of(v), View::of(g));
-        let pv = probs.storage.as_ptr() as usize + probs.offset * std::mem::size_of::<E>();
+        let (n, l, e, s) = (self.shape[0], self.shape[1], self.shape[2], k.shape[1]);
         let mut dq: Vec<E> = Vec::with_capacity(n * l * e);
         let mut dk: Vec<E> = Vec::with_capacity(n * s * e);
         let mut dv: Vec<E> = Vec::with_capacity(n * s * e);
-        let (pq, pk, pvv) = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
-        for_each_head(n, heads, 4 * n * heads * l * s * d, |b, h| {
-            let (pq, pk, pvv) = (pq, pk, pvv);
-            let mut ds = vec![E::zero(); l * s];
-            // SAFETY: `probs` is contiguous and alive for the call; head (b, h) reads its own
-            // L x S block of it and writes only columns h·D..(h+1)·D of batch b of dq, dk and
-            // dv, every element of which is written.
-            unsafe {
-                let p = (pv as *const E).add((b * heads + h) * l * s);
-                let (gh, vh, kh, qh) = (gv.head(b, h, d), vv.head(b, h, d), kv.head(b, h, d), qv.head(b, h, d));
-                // dV_h = Pᵀ G_h
-                product(s, l, d, E::one(), (p, 1, s as isize), gh, pvv.0.add(b * s * e + h * d), e as isize);
-                // dP = G_h V_hᵀ
-                product(l, d, s, E::one(), gh, (vh.0, vh.2, vh.1), ds.as_mut_ptr(), s as isize);
-                // dS = P ⊙ (dP − rowsum(P ⊙ dP)), scaled in the products below
-                for i in 0..l {
-                    let pr = std::slice::from_raw_parts(p.add(i * s), s);
-                    let dr = &mut ds[i * s..(i + 1) * s];
-                    let dot = pr.iter().zip(dr.iter()).fold(E::zero(), |acc, (&p, &x)| acc + p * x);
-                    for (x, &p) in dr.iter_mut().zip(pr) {
-                        *x = p * (*x - dot);
-                    }
-                }
-                // dQ_h = scale · dS K_h, dK_h = scale · dSᵀ Q_h
-                product(l, s, d, scale, (ds.as_ptr(), s as isize, 1), kh, pq.0.add(b * l * e + h * d), e as isize);
-                product(s, l, d, scale, (ds.as_ptr(), 1, s as isize), qh, pk.0.add(b * s * e + h * d), e as isize);
-            }
+        let outs = [(&mut dq, l), (&mut dk, s), (&mut dv, s)].map(|(b, t)| Out {
+            ptr: SendPtr(b.as_mut_ptr()),
+            s0: t * e,
+            s1: e,
         });
-        // SAFETY: every element of the three buffers was written above.
+        // SAFETY: each buffer has the capacity of its [N, T, E] layout.
+        unsafe { attention_backward(self, k, v, probs, g, heads, outs) };
+        // SAFETY: every element of the three buffers was written.
         unsafe {
             dq.set_len(n * l * e);
             dk.set_len(n * s * e);
@@ -233,6 +198,125 @@ impl<E: Float> Tensor<E> {
         }
         (Tensor::from_vec(dq, &[n, l, e]), Tensor::from_vec(dk, &[n, s, e]), Tensor::from_vec(dv, &[n, s, e]))
     }
+
+    /// Self-attention from packed projections: `self` is `[N, L, 3E]` holding the query, key
+    /// and value projections side by side (the output of one product with PyTorch's packed
+    /// `in_proj_weight`); the same as [`multi_head_attention`](Tensor::multi_head_attention) on
+    /// the three `[N, L, E]` column blocks, read in place.
+    ///
+    /// **Panics** if `self` is not 3-D with a last dimension divisible by `3 * heads`.
+    #[must_use]
+    pub fn packed_self_attention(&self, heads: usize) -> (Tensor<E>, Tensor<E>) {
+        let e = packed_embed(self, heads, "packed_self_attention");
+        self.narrow(2, 0, e).multi_head_attention(&self.narrow(2, e, e), &self.narrow(2, 2 * e, e), heads)
+    }
+
+    /// The gradient of [`packed_self_attention`](Tensor::packed_self_attention) with respect
+    /// to the packed projections `self` (`[N, L, 3E]`), written as one tensor: the query, key
+    /// and value gradients side by side.
+    ///
+    /// **Panics** if the shapes disagree with the forward's.
+    #[must_use]
+    pub fn packed_self_attention_backward(&self, probs: &Tensor<E>, g: &Tensor<E>, heads: usize) -> Tensor<E> {
+        let e = packed_embed(self, heads, "packed_self_attention_backward");
+        let (q, k, v) = (self.narrow(2, 0, e), self.narrow(2, e, e), self.narrow(2, 2 * e, e));
+        check_shapes("packed_self_attention_backward", &q, &k, &v, heads);
+        let (n, l) = (self.shape[0], self.shape[1]);
+        let mut d: Vec<E> = Vec::with_capacity(n * l * 3 * e);
+        let base = d.as_mut_ptr();
+        // SAFETY: column block b of the [N, L, 3E] buffer starts b·E elements in.
+        let outs = [0, 1, 2].map(|b| Out { ptr: SendPtr(unsafe { base.add(b * e) }), s0: l * 3 * e, s1: 3 * e });
+        // SAFETY: the three blocks tile the buffer's capacity exactly.
+        unsafe { attention_backward(&q, &k, &v, probs, g, heads, outs) };
+        // SAFETY: every element was written (the three column blocks cover each row).
+        unsafe { d.set_len(n * l * 3 * e) };
+        Tensor::from_vec(d, &[n, l, 3 * e])
+    }
+}
+
+/// `E` of packed `[N, L, 3E]` projections.
+fn packed_embed<E: Float>(x: &Tensor<E>, heads: usize, what: &str) -> usize {
+    let s = x.shape();
+    assert!(
+        s.len() == 3 && heads > 0 && s[2] % (3 * heads) == 0,
+        "{what}: packed projections {s:?} must be [N, L, 3E] with E divisible by {heads} heads"
+    );
+    s[2] / 3
+}
+
+/// Where a gradient `[N, T, E]` is written: base pointer, batch stride and row stride (the
+/// column stride is 1).
+#[derive(Clone, Copy)]
+struct Out<E> {
+    ptr: SendPtr<E>,
+    s0: usize,
+    s1: usize,
+}
+
+/// The backward of the per-head attention, writing the gradients of q, k and v into `outs`.
+///
+/// # Safety
+/// Each of `outs` must address a writable `[N, T, E]` layout (T = L for q, S for k and v) that
+/// does not overlap the others' elements nor the inputs; every element of it is written.
+unsafe fn attention_backward<E: Float>(
+    q: &Tensor<E>,
+    k: &Tensor<E>,
+    v: &Tensor<E>,
+    probs: &Tensor<E>,
+    g: &Tensor<E>,
+    heads: usize,
+    outs: [Out<E>; 3],
+) {
+    let (n, l, e) = (q.shape[0], q.shape[1], q.shape[2]);
+    let s = k.shape[1];
+    let d = e / heads;
+    assert!(
+        probs.shape() == [n, heads, l, s] && g.shape() == q.shape(),
+        "multi_head_attention_backward: probabilities {:?} and gradient {:?} must be {:?} and {:?}",
+        probs.shape(),
+        g.shape(),
+        [n, heads, l, s],
+        q.shape()
+    );
+    let probs = probs.contiguous();
+    let scale = E::from_f64(1.0 / (d as f64).sqrt());
+    let (qv, kv, vv, gv) = (View::of(q), View::of(k), View::of(v), View::of(g));
+    let probs = probs.reshape(&[n * heads, l, s]);
+    let pv = View::of(&probs);
+    let [oq, ok, ov] = outs;
+    for_each_head(n, heads, 4 * n * heads * l * s * d, |b, h| {
+        // Name the whole structs so that the closure captures them (they are Sync), not their
+        // raw-pointer fields.
+        let (oq, ok, ov, pv) = (oq, ok, ov, &pv);
+        let mut ds = vec![E::zero(); l * s];
+        let at = |o: Out<E>| {
+            // SAFETY: (b, 0, h·d) is inside the output layout.
+            unsafe { o.ptr.0.add(b * o.s0 + h * d) }
+        };
+        // SAFETY: `probs` is contiguous and alive for the call; head (b, h) reads its own
+        // L x S block of it and writes only columns h·D..(h+1)·D of batch b of each output,
+        // every element of which is written.
+        unsafe {
+            let p = pv.ptr.offset((b * heads + h) as isize * pv.s0);
+            let (gh, vh, kh, qh) = (gv.head(b, h, d), vv.head(b, h, d), kv.head(b, h, d), qv.head(b, h, d));
+            // dV_h = Pᵀ G_h
+            product(s, l, d, E::one(), (p, 1, s as isize), gh, at(ov), ov.s1 as isize);
+            // dP = G_h V_hᵀ
+            product(l, d, s, E::one(), gh, (vh.0, vh.2, vh.1), ds.as_mut_ptr(), s as isize);
+            // dS = P ⊙ (dP − rowsum(P ⊙ dP)), scaled in the products below
+            for i in 0..l {
+                let pr = std::slice::from_raw_parts(p.add(i * s), s);
+                let dr = &mut ds[i * s..(i + 1) * s];
+                let dot = pr.iter().zip(dr.iter()).fold(E::zero(), |acc, (&p, &x)| acc + p * x);
+                for (x, &p) in dr.iter_mut().zip(pr) {
+                    *x = p * (*x - dot);
+                }
+            }
+            // dQ_h = scale · dS K_h, dK_h = scale · dSᵀ Q_h
+            product(l, s, d, scale, (ds.as_ptr(), s as isize, 1), kh, at(oq), oq.s1 as isize);
+            product(s, l, d, scale, (ds.as_ptr(), 1, s as isize), qh, at(ok), ok.s1 as isize);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -294,6 +378,21 @@ mod tests {
             })
         };
         assert_eq!(run(1), run(2));
+    }
+
+    #[test]
+    fn packed_self_attention_matches_the_three_blocks() {
+        let mut rng = Rng::new(11);
+        let (n, l, e, heads) = (2, 5, 6, 3);
+        let qkv = Tensor::<f64>::randn(&[n, l, 3 * e], &mut rng);
+        let g = Tensor::<f64>::randn(&[n, l, e], &mut rng);
+        let (q, k, v) = (qkv.narrow(2, 0, e), qkv.narrow(2, e, e), qkv.narrow(2, 2 * e, e));
+        let (out, p) = qkv.packed_self_attention(heads);
+        let (want_out, want_p) = q.multi_head_attention(&k, &v, heads);
+        assert!(close(&out, &want_out) && close(&p, &want_p));
+        let d = qkv.packed_self_attention_backward(&p, &g, heads);
+        let (dq, dk, dv) = q.multi_head_attention_backward(&k, &v, &p, &g, heads);
+        assert!(close(&d, &Tensor::cat(&[dq, dk, dv], 2)));
     }
 
     #[test]

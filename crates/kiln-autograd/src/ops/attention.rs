@@ -63,20 +63,8 @@ impl<E: Float> Var<E> {
                     let (q, k, v) = (&i[0], &i[1], &i[2]);
                     if is_grad_enabled() {
                         // recorded: the same formulas in Var ops, differentiable again
-                        let (qh, kh, vh, gh) = (
-                            split_heads(q, heads),
-                            split_heads(k, heads),
-                            split_heads(v, heads),
-                            split_heads(g, heads),
-                        );
-                        let scale = E::from_f64(1.0 / (q.size(2) as f64 / heads as f64).sqrt());
-                        let p = qh.matmul(&kh.transpose(-2, -1)).mul_scalar(scale).softmax(-1);
-                        let dv = p.transpose(-2, -1).matmul(&gh);
-                        let dp = gh.matmul(&vh.transpose(-2, -1));
-                        let ds = p.mul(&dp.sub(&p.mul(&dp).sum(&[-1], true))).mul_scalar(scale);
-                        let dq = ds.matmul(&kh);
-                        let dk = ds.transpose(-2, -1).matmul(&qh);
-                        smallvec![Some(merge_heads(&dq)), Some(merge_heads(&dk)), Some(merge_heads(&dv))]
+                        let [dq, dk, dv] = recorded_backward(q, k, v, g, heads);
+                        smallvec![Some(dq), Some(dk), Some(dv)]
                     } else {
                         let (dq, dk, dv): (Tensor<E>, Tensor<E>, Tensor<E>) = q.with_value(|qt| {
                             k.with_value(|kt| {
@@ -91,6 +79,61 @@ impl<E: Float> Var<E> {
             },
         )
     }
+
+    /// Self-attention from packed projections: `self` is `[N, L, 3E]`, the query, key and value
+    /// projections side by side (one product with PyTorch's packed `in_proj_weight`); the same
+    /// as [`multi_head_attention`](Var::multi_head_attention) on its three column blocks, with
+    /// the gradient written as one `[N, L, 3E]` tensor (no slicing backward).
+    ///
+    /// **Panics** if `self` is not 3-D with a last dimension divisible by `3 * heads`.
+    ///
+    /// ```
+    /// use kiln_autograd::Var;
+    /// use kiln_tensor::Tensor;
+    /// let qkv = Var::param(Tensor::<f64>::zeros(&[1, 2, 12]));
+    /// let y = qkv.packed_self_attention(2);
+    /// assert_eq!(y.shape().as_slice(), &[1, 2, 4]);
+    /// y.sum_all().backward();
+    /// assert_eq!(qkv.grad().unwrap().shape(), &[1, 2, 12]);
+    /// ```
+    #[must_use]
+    pub fn packed_self_attention(&self, heads: usize) -> Var<E> {
+        let (out, probs) = self.with_value(|x| x.packed_self_attention(heads));
+        Var::from_op(
+            out,
+            smallvec![self.clone()],
+            OpFn {
+                name: "packed_self_attention",
+                f: move |g: &Var<E>, i: &[Var<E>], _: &Var<E>| -> Grads<E> {
+                    let x = &i[0];
+                    let d = if is_grad_enabled() {
+                        // recorded: the same formulas in Var ops on the three column blocks
+                        let e = x.size(2) / 3;
+                        let (q, k, v) = (x.narrow(2, 0, e), x.narrow(2, e, e), x.narrow(2, 2 * e, e));
+                        Var::cat(&recorded_backward(&q, &k, &v, g, heads), 2)
+                    } else {
+                        Var::constant(
+                            x.with_value(|xt| g.with_value(|gt| xt.packed_self_attention_backward(&probs, gt, heads))),
+                        )
+                    };
+                    smallvec![Some(d)]
+                },
+            },
+        )
+    }
+}
+
+/// The gradients of q, k and v in `Var` ops (differentiable again), for a recorded backward.
+fn recorded_backward<E: Float>(q: &Var<E>, k: &Var<E>, v: &Var<E>, g: &Var<E>, heads: usize) -> [Var<E>; 3] {
+    let (qh, kh, vh, gh) = (split_heads(q, heads), split_heads(k, heads), split_heads(v, heads), split_heads(g, heads));
+    let scale = E::from_f64(1.0 / (q.size(2) as f64 / heads as f64).sqrt());
+    let p = qh.matmul(&kh.transpose(-2, -1)).mul_scalar(scale).softmax(-1);
+    let dv = p.transpose(-2, -1).matmul(&gh);
+    let dp = gh.matmul(&vh.transpose(-2, -1));
+    let ds = p.mul(&dp.sub(&p.mul(&dp).sum(&[-1], true))).mul_scalar(scale);
+    let dq = ds.matmul(&kh);
+    let dk = ds.transpose(-2, -1).matmul(&qh);
+    [merge_heads(&dq), merge_heads(&dk), merge_heads(&dv)]
 }
 
 #[cfg(test)]
@@ -119,6 +162,32 @@ mod tests {
             let e = h * d;
             (Just(h), values(vec![n, l, e]), values(vec![n, s, e]), values(vec![n, s, e]))
         })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+        #[test]
+        fn gradcheck_packed_self_attention((h, q, _, _) in inputs(), nc: bool) {
+            // [N, L, 3E]: three blocks of the query's size side by side
+            let x = Tensor::cat(&[q.clone(), q.map(|v| 0.5 - v), q.map(|v| v * v - 1.0)], 2);
+            let x = if nc { noncontiguous(&x) } else { x };
+            let inp = std::slice::from_ref(&x);
+            let f = |v: &[Var<f64>]| v[0].packed_self_attention(h);
+            let r = check(f, inp);
+            prop_assert!(r.is_ok(), "heads {h}, x {:?}: {}", x.shape(), r.unwrap_err());
+            let r = check2(f, inp);
+            prop_assert!(r.is_ok(), "(second order) heads {h}, x {:?}: {}", x.shape(), r.unwrap_err());
+            // against the composition on the three column blocks
+            let e = x.shape()[2] / 3;
+            let w = Var::constant(q.map(|v| v * v - 0.5));
+            let (a, b) = (Var::param(x.clone()), Var::param(x.clone()));
+            let ya = a.packed_self_attention(h);
+            let yb = oracle(&b.narrow(2, 0, e), &b.narrow(2, e, e), &b.narrow(2, 2 * e, e), h);
+            prop_assert!(close(&ya.value().to_vec(), &yb.value().to_vec(), 1e-12));
+            ya.mul(&w).sum_all().backward();
+            yb.mul(&w).sum_all().backward();
+            prop_assert!(close(&a.grad().unwrap().to_vec(), &b.grad().unwrap().to_vec(), 1e-12));
+        }
     }
 
     proptest! {
