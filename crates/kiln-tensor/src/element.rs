@@ -253,7 +253,8 @@ fn exp_shifted_sum_f32(src: &[f32], shift: f32, dst: &mut [f32]) -> f32 {
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
+#[cfg(kiln_avx512)]
+#[allow(clippy::incompatible_msrv)] // compiled only on rustc >= 1.89 (see build.rs)
 #[target_feature(enable = "avx512f")]
 unsafe fn exp_shifted_sum_avx512(src: &[f32], shift: f32, dst: &mut [f32]) -> f32 {
     exp_shifted_sum_f32(src, shift, dst)
@@ -277,7 +278,7 @@ impl Float for f32 {
         assert_eq!(src.len(), dst.len(), "exp_shifted_sum: source and destination lengths differ");
         // The same code compiled for 16-wide vectors where the CPU has them (the default
         // target only has SSE2); the results are identical (no contraction, same sum order).
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(kiln_avx512)]
         if std::is_x86_feature_detected!("avx512f") {
             // SAFETY: AVX-512F is present.
             return unsafe { exp_shifted_sum_avx512(src, shift, dst) };
@@ -302,7 +303,7 @@ impl Float for f32 {
         csc: isize,
     ) {
         // SAFETY (both calls): forwarded contract.
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(kiln_avx512)]
         if unsafe { crate::kernels::sgemm::try_sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) } {
             return;
         }

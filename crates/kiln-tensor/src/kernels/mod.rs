@@ -6,5 +6,5 @@
 pub mod conv;
 pub mod gemm;
 pub mod pool;
-#[cfg(target_arch = "x86_64")]
+#[cfg(kiln_avx512)]
 pub(crate) mod sgemm;
