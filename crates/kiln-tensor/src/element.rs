@@ -232,6 +232,34 @@ pub fn exp_f32(x: f32) -> f32 {
     }
 }
 
+/// The body of `f32`'s [`Float::exp_shifted_sum`].
+#[inline(always)]
+fn exp_shifted_sum_f32(src: &[f32], shift: f32, dst: &mut [f32]) -> f32 {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = exp_f32(x - shift);
+    }
+    // eight partial sums, so that the adds vectorise too
+    let mut acc = [0.0f32; 8];
+    let mut chunks = dst.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+/// [`exp_shifted_sum_f32`] compiled for AVX-512F.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(kiln_avx512)]
+#[allow(clippy::incompatible_msrv)] // compiled only on rustc >= 1.89 (see build.rs)
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_shifted_sum_avx512(src: &[f32], shift: f32, dst: &mut [f32]) -> f32 {
+    exp_shifted_sum_f32(src, shift, dst)
+}
+
 impl Float for f32 {
     const DTYPE: DType = DType::F32;
     #[inline]
@@ -248,18 +276,14 @@ impl Float for f32 {
     }
     fn exp_shifted_sum(src: &[f32], shift: f32, dst: &mut [f32]) -> f32 {
         assert_eq!(src.len(), dst.len(), "exp_shifted_sum: source and destination lengths differ");
-        for (d, &x) in dst.iter_mut().zip(src) {
-            *d = exp_f32(x - shift);
+        // The same code compiled for 16-wide vectors where the CPU has them (the default
+        // target only has SSE2); the results are identical (no contraction, same sum order).
+        #[cfg(kiln_avx512)]
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F is present.
+            return unsafe { exp_shifted_sum_avx512(src, shift, dst) };
         }
-        // eight partial sums, so that the adds vectorise too
-        let mut acc = [0.0f32; 8];
-        let mut chunks = dst.chunks_exact(8);
-        for c in &mut chunks {
-            for (a, &v) in acc.iter_mut().zip(c) {
-                *a += v;
-            }
-        }
-        acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+        exp_shifted_sum_f32(src, shift, dst)
     }
     #[inline]
     unsafe fn gemm_raw(
@@ -278,7 +302,11 @@ impl Float for f32 {
         rsc: isize,
         csc: isize,
     ) {
-        // SAFETY: forwarded contract.
+        // SAFETY (both calls): forwarded contract.
+        #[cfg(kiln_avx512)]
+        if unsafe { crate::kernels::sgemm::try_sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) } {
+            return;
+        }
         unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
     }
 }

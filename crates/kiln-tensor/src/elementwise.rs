@@ -37,38 +37,23 @@ pub fn broadcast_shapes(a: &[usize], b: &[usize], op: &str) -> Shape {
 
 const CHUNK: usize = 1 << 13;
 
-/// `out[i] = f(x[i])` over slices, split across the pool when long.
-fn map_slice<E: Float>(x: &[E], out: &mut [E], f: impl Fn(E) -> E + Sync + Send) {
-    if x.len() >= parallel::elementwise_min() && parallel::get_num_threads() > 1 {
-        parallel::install(|_| {
-            out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| {
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = f(x);
-                }
-            })
-        });
-    } else {
-        for (o, &x) in out.iter_mut().zip(x) {
-            *o = f(x);
-        }
+/// When `full` has the broadcast result's `shape` and `part`'s shape (leading 1s dropped) is a
+/// non-empty tail of it, both contiguous: their elements and the lane length (`part`'s size).
+fn trailing_lanes<'a, E: Float>(
+    full: &'a Tensor<E>,
+    part: &'a Tensor<E>,
+    shape: &[usize],
+) -> Option<(&'a [E], &'a [E], usize)> {
+    if full.shape.as_slice() != shape {
+        return None;
     }
-}
-
-/// `out[i] = f(a[i], b[i])` over slices, split across the pool when long.
-fn zip_slice<E: Float>(a: &[E], b: &[E], out: &mut [E], f: impl Fn(E, E) -> E + Sync + Send) {
-    if a.len() >= parallel::elementwise_min() && parallel::get_num_threads() > 1 {
-        parallel::install(|_| {
-            out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
-                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                    *o = f(a, b);
-                }
-            })
-        });
-    } else {
-        for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
-            *o = f(a, b);
-        }
+    let ps = part.shape();
+    let ps = &ps[ps.iter().position(|&d| d != 1).unwrap_or(ps.len())..];
+    let lane: usize = ps.iter().product();
+    if ps.len() > shape.len() || shape[shape.len() - ps.len()..] != *ps || lane == 0 {
+        return None;
     }
+    Some((full.as_slice()?, part.as_slice()?, lane))
 }
 
 impl<E: Float> Tensor<E> {
@@ -82,10 +67,16 @@ impl<E: Float> Tensor<E> {
                 return Self::from_vec(x.iter().map(|&v| f(v)).collect(), &self.shape);
             }
         }
-        let mut out = vec![E::zero(); n];
         if let Some(x) = self.as_slice() {
-            map_slice(x, &mut out, f);
-        } else {
+            let out = parallel::filled(n, CHUNK, true, |i, o| {
+                for (o, &x) in o.iter_mut().zip(&x[i * CHUNK..]) {
+                    *o = f(x);
+                }
+            });
+            return Self::from_vec(out, &self.shape);
+        }
+        let mut out = vec![E::zero(); n];
+        {
             let mut o = out.iter_mut();
             let st = &self.storage;
             self.for_each_offset(|off| *o.next().expect("sized") = f(st[off]));
@@ -104,8 +95,11 @@ impl<E: Float> Tensor<E> {
                 if a.len() < parallel::elementwise_min() || parallel::get_num_threads() == 1 {
                     return Self::from_vec(a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect(), &self.shape);
                 }
-                let mut out = vec![E::zero(); a.len()];
-                zip_slice(a, b, &mut out, f);
+                let out = parallel::filled(a.len(), CHUNK, true, |i, o| {
+                    for ((o, &x), &y) in o.iter_mut().zip(&a[i * CHUNK..]).zip(&b[i * CHUNK..]) {
+                        *o = f(x, y);
+                    }
+                });
                 return Self::from_vec(out, &self.shape);
             }
         }
@@ -118,9 +112,28 @@ impl<E: Float> Tensor<E> {
             let a = self.storage[self.offset];
             return other.map(move |b| f(a, b));
         }
+        let n: usize = shape.iter().product();
+        let par = n >= parallel::elementwise_min() && parallel::get_num_threads() > 1;
+        // One contiguous operand of the result's shape and one contiguous operand broadcast along
+        // the leading dims (`x̂ * weight + bias` in the normalisation layers): lane by lane.
+        if let Some((a, b, lane)) = trailing_lanes(self, other, &shape) {
+            let out = parallel::filled(n, lane, par, |r, o| {
+                for ((o, &x), &y) in o.iter_mut().zip(&a[r * lane..]).zip(b) {
+                    *o = f(x, y);
+                }
+            });
+            return Self::from_vec(out, &shape);
+        }
+        if let Some((b, a, lane)) = trailing_lanes(other, self, &shape) {
+            let out = parallel::filled(n, lane, par, |r, o| {
+                for ((o, &x), &y) in o.iter_mut().zip(a).zip(&b[r * lane..]) {
+                    *o = f(x, y);
+                }
+            });
+            return Self::from_vec(out, &shape);
+        }
         let a = self.expand(&shape);
         let b = other.expand(&shape);
-        let n: usize = shape.iter().product();
         let mut out = vec![E::zero(); n];
         {
             let av = a.view_nd();
@@ -168,11 +181,37 @@ impl<E: Float> Tensor<E> {
             return self.map_inplace(move |a| f(a, b));
         }
         let same = other.shape == shape && other.is_contiguous();
+        let par = self.numel() >= parallel::elementwise_min() && parallel::get_num_threads() > 1;
+        if !same {
+            // A contiguous operand broadcast along the leading dims (a bias): row by row.
+            let ps = other.shape();
+            let ps = &ps[ps.iter().position(|&d| d != 1).unwrap_or(ps.len())..];
+            let lane: usize = ps.iter().product();
+            if let (true, Some(bs)) =
+                (ps.len() <= shape.len() && shape[shape.len() - ps.len()..] == *ps && lane > 0, other.as_slice())
+            {
+                let s = self.unique_slice_mut();
+                let rows = |a: &mut [E]| {
+                    for row in a.chunks_mut(lane) {
+                        for (a, &b) in row.iter_mut().zip(bs) {
+                            *a = f(*a, b);
+                        }
+                    }
+                };
+                if par {
+                    let chunk = CHUNK.div_ceil(lane) * lane;
+                    parallel::install(|_| s.par_chunks_mut(chunk).for_each(rows));
+                } else {
+                    rows(s);
+                }
+                return;
+            }
+        }
         let b = if same { other.clone() } else { other.expand(&shape) };
         let s = self.unique_slice_mut();
         if same {
             let bs = b.as_slice().expect("contiguous");
-            if s.len() >= parallel::elementwise_min() && parallel::get_num_threads() > 1 {
+            if par {
                 parallel::install(|_| {
                     s.par_chunks_mut(CHUNK).zip(bs.par_chunks(CHUNK)).for_each(|(a, b)| {
                         for (a, &b) in a.iter_mut().zip(b) {

@@ -16,6 +16,7 @@
 //! ```
 
 pub mod alloc;
+mod attention;
 mod conv;
 pub mod element;
 mod elementwise;

@@ -1,23 +1,17 @@
 //! Standardising the trailing dimensions (the core of layer and group normalisation), forward
 //! and backward, one pass per row.
 
-use rayon::prelude::*;
-
 use crate::element::Float;
 use crate::parallel;
 use crate::tensor::Tensor;
 
-/// Runs `f(row_index_range_start, rows_chunk...)` over rows of `lane` elements, in parallel
-/// when the tensor is large.
-fn for_rows<E: Float>(out: &mut [E], lane: usize, f: impl Fn(usize, &mut [E]) + Sync + Send) {
+/// A new buffer of `n` elements written row by row (`f(r, row)`, rows of `lane` elements), in
+/// parallel when the buffer is large.
+fn rows_filled<E: Float>(n: usize, lane: usize, f: impl Fn(usize, &mut [E]) + Sync + Send) -> Vec<E> {
     if lane == 0 {
-        return;
+        return vec![E::zero(); n];
     }
-    if out.len() >= parallel::elementwise_min() && parallel::get_num_threads() > 1 {
-        parallel::install(|_| out.par_chunks_mut(lane).enumerate().for_each(|(r, o)| f(r, o)));
-    } else {
-        out.chunks_mut(lane).enumerate().for_each(|(r, o)| f(r, o));
-    }
+    parallel::filled(n, lane, n >= parallel::elementwise_min() && parallel::get_num_threads() > 1, f)
 }
 
 impl<E: Float> Tensor<E> {
@@ -41,18 +35,18 @@ impl<E: Float> Tensor<E> {
         let x = self.contiguous();
         let xv = x.as_slice().expect("contiguous");
         let rows = xv.len().checked_div(lane).unwrap_or_else(|| lead.iter().product());
-        let mut rstd = vec![E::zero(); rows];
-        // rows are few next to elements: compute the statistics first, then normalise
+        // rows are few next to elements: compute the statistics first, then normalise (in
+        // parallel by the element count, not by the rows' count)
         let eps = E::from_f64(eps);
         let n = E::from_usize(lane.max(1));
-        for_rows(&mut rstd, 1, |r, o| {
+        let par = xv.len() >= parallel::elementwise_min() && parallel::get_num_threads() > 1;
+        let rstd = parallel::filled(rows, 1, par, |r, o| {
             let row = &xv[r * lane..(r + 1) * lane];
             let mean = row.iter().copied().fold(E::zero(), |a, v| a + v) / n;
             let var = row.iter().fold(E::zero(), |a, &v| a + (v - mean) * (v - mean)) / n;
             o[0] = (var + eps).sqrt().recip();
         });
-        let mut y = vec![E::zero(); xv.len()];
-        for_rows(&mut y, lane, |r, o| {
+        let y = rows_filled(xv.len(), lane, |r, o| {
             let row = &xv[r * lane..(r + 1) * lane];
             let mean = row.iter().copied().fold(E::zero(), |a, v| a + v) / n;
             let s = rstd[r];
@@ -81,8 +75,7 @@ impl<E: Float> Tensor<E> {
         let (xv, gv, rv) =
             (xh.as_slice().expect("contiguous"), g.as_slice().expect("contiguous"), rs.as_slice().expect("contiguous"));
         let n = E::from_usize(lane.max(1));
-        let mut out = vec![E::zero(); xv.len()];
-        for_rows(&mut out, lane, |r, o| {
+        let out = rows_filled(xv.len(), lane, |r, o| {
             let (x, g) = (&xv[r * lane..(r + 1) * lane], &gv[r * lane..(r + 1) * lane]);
             let (mut sg, mut sgx) = (E::zero(), E::zero());
             for (&x, &g) in x.iter().zip(g) {

@@ -6,6 +6,10 @@
 //! kernel on this pool, so rayon and GEMM never oversubscribe the cores.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rayon::prelude::*;
+
+use crate::element::Float;
 use std::sync::{Arc, OnceLock, RwLock};
 
 struct PoolState {
@@ -129,4 +133,42 @@ pub fn with_elementwise_threshold<R>(value: usize, f: impl FnOnce() -> R) -> R {
 /// Runs `f` with another GEMM threshold (process-wide; for measuring the threshold).
 pub fn with_gemm_threshold<R>(value: usize, f: impl FnOnce() -> R) -> R {
     with_threshold(&GEMM_MIN_FLOPS, value, f)
+}
+
+/// A new vector of `n` elements written chunk by chunk: `fill(i, chunk)` for the `i`-th run of
+/// `chunk` elements (the last may be shorter), on kiln's pool when `parallel` is true.
+///
+/// Each chunk is zeroed right before `fill` sees it, by the thread that fills it, while it is in
+/// cache: a large buffer is not zero-filled up front by the calling thread alone (a serial
+/// `memset` of every activation, 3 % of W5's step at 2 threads).
+///
+/// **Panics** if `chunk == 0` while `n > 0`.
+pub(crate) fn filled<E: Float>(
+    n: usize,
+    chunk: usize,
+    parallel: bool,
+    fill: impl Fn(usize, &mut [E]) + Sync + Send,
+) -> Vec<E> {
+    if n == 0 {
+        return Vec::new();
+    }
+    assert!(chunk > 0, "filled: chunk size 0 for {n} elements");
+    let mut v: Vec<E> = Vec::with_capacity(n);
+    let init = |(i, c): (usize, &mut [std::mem::MaybeUninit<E>])| {
+        for x in c.iter_mut() {
+            x.write(E::zero());
+        }
+        // SAFETY: every element of `c` was initialised just above.
+        let c = unsafe { &mut *(std::ptr::from_mut(c) as *mut [E]) };
+        fill(i, c);
+    };
+    let spare = &mut v.spare_capacity_mut()[..n];
+    if parallel {
+        install(|_| spare.par_chunks_mut(chunk).enumerate().for_each(init));
+    } else {
+        spare.chunks_mut(chunk).enumerate().for_each(init);
+    }
+    // SAFETY: the chunks cover the first `n` elements, all initialised above.
+    unsafe { v.set_len(n) };
+    v
 }

@@ -120,6 +120,26 @@ impl<E: Float> Tensor<E> {
                 acc *= dims[i].0;
             }
         }
+        if let [(rows, true), (cols, false)] = dims[..] {
+            // Column sums of a [rows, cols] matrix (a bias gradient): split the columns across
+            // the pool; each column keeps the serial order of its adds, so the result does not
+            // depend on the thread count.
+            if data.len() >= parallel::elementwise_min() && parallel::get_num_threads() > 1 && cols >= 32 {
+                let block = cols.div_ceil(4 * parallel::get_num_threads()).max(16);
+                parallel::install(|_| {
+                    out.par_chunks_mut(block).enumerate().for_each(|(b, o)| {
+                        let c0 = b * block;
+                        for r in 0..rows {
+                            let row = &data[r * cols + c0..r * cols + c0 + o.len()];
+                            for (a, &v) in o.iter_mut().zip(row) {
+                                *a += v;
+                            }
+                        }
+                    })
+                });
+                return Tensor::from_vec(out, &out_shape);
+            }
+        }
         let (inner, inner_red) = *dims.last().expect("non-empty");
         let outer_dims = &dims[..dims.len() - 1];
         let mut idx = vec![0usize; outer_dims.len()];
@@ -337,18 +357,8 @@ impl<E: Float> Tensor<E> {
         let last = d == nd - 1;
         let src = if last { self.contiguous() } else { self.transpose(d as isize, -1).contiguous() };
         let data = src.as_slice().expect("contiguous");
-        let mut out = vec![E::zero(); data.len()];
-        if lane > 0 {
-            if data.len() >= parallel::elementwise_min() && parallel::get_num_threads() > 1 {
-                parallel::install(|_| {
-                    out.par_chunks_mut(lane).zip(data.par_chunks(lane)).for_each(|(o, l)| f(l, o));
-                });
-            } else {
-                for (o, l) in out.chunks_mut(lane).zip(data.chunks(lane)) {
-                    f(l, o);
-                }
-            }
-        }
+        let par = data.len() >= parallel::elementwise_min() && parallel::get_num_threads() > 1;
+        let out = parallel::filled(data.len(), lane, par, |i, o| f(&data[i * lane..(i + 1) * lane], o));
         let t = Tensor::from_vec(out, src.shape());
         if last {
             t
@@ -374,20 +384,11 @@ impl<E: Float> Tensor<E> {
         let lanes_of = |t: &Tensor<E>| if last { t.contiguous() } else { t.transpose(d as isize, -1).contiguous() };
         let (a, b) = (lanes_of(self), lanes_of(other));
         let (av, bv) = (a.as_slice().expect("contiguous"), b.as_slice().expect("contiguous"));
-        let mut out = vec![E::zero(); av.len()];
-        if lane > 0 {
-            if av.len() >= parallel::elementwise_min() && parallel::get_num_threads() > 1 {
-                parallel::install(|_| {
-                    out.par_chunks_mut(lane)
-                        .zip(av.par_chunks(lane).zip(bv.par_chunks(lane)))
-                        .for_each(|(o, (x, y))| f(x, y, o));
-                });
-            } else {
-                for (o, (x, y)) in out.chunks_mut(lane).zip(av.chunks(lane).zip(bv.chunks(lane))) {
-                    f(x, y, o);
-                }
-            }
-        }
+        let par = av.len() >= parallel::elementwise_min() && parallel::get_num_threads() > 1;
+        let out = parallel::filled(av.len(), lane, par, |i, o| {
+            let r = i * lane..(i + 1) * lane;
+            f(&av[r.clone()], &bv[r], o)
+        });
         let t = Tensor::from_vec(out, a.shape());
         if last {
             t

@@ -7,6 +7,7 @@ use smallvec::smallvec;
 use crate::var::{Backward, Grads, Var};
 
 pub mod arith;
+pub mod attention;
 pub mod conv;
 pub mod dropout;
 pub mod index;

@@ -441,10 +441,11 @@ impl<E: Float> MultiheadAttention<E> {
         );
 
         // Input projections from the row blocks of the packed weight `[W_Q; W_K; W_V]`. Where
-        // the inputs coincide PyTorch runs one packed product and slices its output; separate
-        // products over the weight's row blocks do the same arithmetic but give contiguous q,
-        // k, v (the head split below stays a view) and put the slicing backward on the small
-        // weight instead of the `[N, L, 3E]` activation.
+        // the inputs coincide PyTorch runs one packed product and slices its output; so does the
+        // fused self-attention path below, whose op reads the `[N, L, 3E]` blocks in place and
+        // returns their gradient whole. Otherwise separate products over the weight's row
+        // blocks do the same arithmetic but give contiguous q, k, v (the head split stays a
+        // view) and put the slicing backward on the small weight instead of the activation.
         let w = &self.in_proj_weight;
         let b = self.in_proj_bias.as_ref();
         let project = |x: &Var<E>, block: usize| {
@@ -452,19 +453,40 @@ impl<E: Float> MultiheadAttention<E> {
             let bb = b.map(|b| b.narrow(0, block * e, e));
             x.linear(&wb, bb.as_ref())
         };
-        let (q, k, v) = (project(&q, 0), project(&k, 1), project(&v, 2));
-        // [N, T, E] -> [N, H, T, D], a view
-        let heads = |x: &Var<E>, t: usize| x.reshape(&[n, t, h, d]).permute(&[0, 2, 1, 3]);
-        let (q, k, v) = (heads(&q, l), heads(&k, s), heads(&v, s));
-
         let mask = self.merged_mask(key_padding_mask, attn_mask, batched, n, l, s);
         let p = if self.training { c.dropout } else { 0.0 };
-        let (out, weights) = {
-            let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-            attention(&q, &k, &v, mask, p, Some(&mut rng))
+        let fused = mask.is_none() && p == 0.0 && !need_weights;
+        if fused && query.same(key) && key.same(value) {
+            // Self-attention: one product with the packed weight, as PyTorch runs it, and the
+            // per-head op reading the three column blocks in place (no slicing backward).
+            let qkv = q.linear(w, b);
+            let out = self.out_proj.forward(&qkv.packed_self_attention(h));
+            let out = if !batched {
+                out.squeeze_dim(0)
+            } else if c.batch_first {
+                out
+            } else {
+                out.transpose(0, 1)
+            };
+            return (out, None);
+        }
+        let (q, k, v) = (project(&q, 0), project(&k, 1), project(&v, 2));
+        let (out, weights) = if fused {
+            // No mask, no dropout, no weights returned: the fused per-head op (no copies for
+            // the head split and merge, the softmax done per head in cache).
+            (q.multi_head_attention(&k, &v, h), None)
+        } else {
+            // [N, T, E] -> [N, H, T, D], a view
+            let heads = |x: &Var<E>, t: usize| x.reshape(&[n, t, h, d]).permute(&[0, 2, 1, 3]);
+            let (q, k, v) = (heads(&q, l), heads(&k, s), heads(&v, s));
+            let (out, weights) = {
+                let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+                attention(&q, &k, &v, mask, p, Some(&mut rng))
+            };
+            // [N, H, L, D] -> [N, L, E]
+            (out.permute(&[0, 2, 1, 3]).reshape(&[n, l, e]), Some(weights))
         };
-        // [N, H, L, D] -> [N, L, E]
-        let out = self.out_proj.forward(&out.permute(&[0, 2, 1, 3]).reshape(&[n, l, e]));
+        let out = self.out_proj.forward(&out);
         let out = if !batched {
             out.squeeze_dim(0)
         } else if c.batch_first {
@@ -472,7 +494,7 @@ impl<E: Float> MultiheadAttention<E> {
         } else {
             out.transpose(0, 1)
         };
-        let weights = need_weights.then(|| {
+        let weights = weights.filter(|_| need_weights).map(|weights| {
             let w = if average_attn_weights { weights.mean(&[1], false) } else { weights };
             if batched {
                 w

@@ -1,8 +1,10 @@
 //! General matrix multiply: the one function every product in kiln goes through.
 //!
-//! `gemm` wraps matrixmultiply's `sgemm`/`dgemm` (any strides, so a transposed or sliced operand
-//! is read in place, never copied first) and splits large products across kiln's thread pool
-//! (see [`crate::parallel`]). Swapping in another kernel means changing this file only.
+//! `gemm` runs the single-threaded kernel of [`Float::gemm_raw`] (any strides, so a transposed
+//! or sliced operand is read in place, never copied first) and splits large products across
+//! kiln's thread pool (see [`crate::parallel`]). The kernel is kiln's own AVX-512 one for `f32`
+//! where the CPU has AVX-512F (`sgemm.rs`) and matrixmultiply's `sgemm`/`dgemm` otherwise;
+//! swapping in another kernel means changing `gemm_raw` only.
 
 use crate::element::Float;
 use crate::parallel;

@@ -6,3 +6,5 @@
 pub mod conv;
 pub mod gemm;
 pub mod pool;
+#[cfg(kiln_avx512)]
+pub(crate) mod sgemm;
