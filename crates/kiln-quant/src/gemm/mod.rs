@@ -32,6 +32,10 @@ const NR_VNNI: usize = 32;
 /// The largest tile any kernel produces (`8 x 32`).
 const MAX_TILE: usize = 8 * 32;
 
+/// How many int8 multiply-adds weigh as much as one `f32` multiply-add when deciding whether a
+/// product is worth splitting across threads (see [`drive`]).
+const INT8_FANOUT_FACTOR: usize = 4;
+
 /// The largest inner dimension for which every sum is guaranteed to fit an `i32`
 /// (`255 · 128 · k < 2^31`).
 pub const MAX_K: usize = 65536;
@@ -265,7 +269,10 @@ fn drive(m: usize, a: &[u8], lda: usize, signed: bool, b: &PackedB, may_split: b
         }
     };
     let work = m.saturating_mul(n).saturating_mul(k.max(1));
-    if !may_split || work < kiln_tensor::parallel::gemm_min_flops() || kiln_tensor::get_num_threads() == 1 {
+    // An int8 multiply-add costs about a quarter of an f32 one (VNNI: 64 per instruction
+    // against 16 FMAs), so the f32 GEMM's fan-out threshold is scaled by 4.
+    let min_work = kiln_tensor::parallel::gemm_min_flops().saturating_mul(INT8_FANOUT_FACTOR);
+    if !may_split || work < min_work || kiln_tensor::get_num_threads() == 1 {
         block(0..m, 0..panels);
         return;
     }
