@@ -456,19 +456,21 @@ impl<E: Float> MultiheadAttention<E> {
         let mask = self.merged_mask(key_padding_mask, attn_mask, batched, n, l, s);
         let p = if self.training { c.dropout } else { 0.0 };
         let fused = mask.is_none() && p == 0.0 && !need_weights;
-        if fused && query.same(key) && key.same(value) {
-            // Self-attention: one product with the packed weight, as PyTorch runs it, and the
-            // per-head op reading the three column blocks in place (no slicing backward).
-            let qkv = q.linear(w, b);
-            let out = self.out_proj.forward(&qkv.packed_self_attention(h));
-            let out = if !batched {
+        // [N, L, E] back to the caller's layout
+        let to_caller = |out: Var<E>| {
+            if !batched {
                 out.squeeze_dim(0)
             } else if c.batch_first {
                 out
             } else {
                 out.transpose(0, 1)
-            };
-            return (out, None);
+            }
+        };
+        if fused && query.same(key) && key.same(value) {
+            // Self-attention: one product with the packed weight, as PyTorch runs it, and the
+            // per-head op reading the three column blocks in place (no slicing backward).
+            let qkv = q.linear(w, b);
+            return (to_caller(self.out_proj.forward(&qkv.packed_self_attention(h))), None);
         }
         let (q, k, v) = (project(&q, 0), project(&k, 1), project(&v, 2));
         let (out, weights) = if fused {
@@ -486,14 +488,7 @@ impl<E: Float> MultiheadAttention<E> {
             // [N, H, L, D] -> [N, L, E]
             (out.permute(&[0, 2, 1, 3]).reshape(&[n, l, e]), Some(weights))
         };
-        let out = self.out_proj.forward(&out);
-        let out = if !batched {
-            out.squeeze_dim(0)
-        } else if c.batch_first {
-            out
-        } else {
-            out.transpose(0, 1)
-        };
+        let out = to_caller(self.out_proj.forward(&out));
         let weights = weights.filter(|_| need_weights).map(|weights| {
             let w = if average_attn_weights { weights.mean(&[1], false) } else { weights };
             if batched {
