@@ -20,6 +20,7 @@ mod attention;
 mod conv;
 pub mod element;
 mod elementwise;
+pub mod fs;
 mod indexing;
 pub mod kernels;
 mod matmul;

@@ -20,13 +20,52 @@ struct PoolState {
 fn state() -> &'static RwLock<PoolState> {
     static STATE: OnceLock<RwLock<PoolState>> = OnceLock::new();
     STATE.get_or_init(|| {
-        let threads = std::env::var("KILN_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        let threads = match threads_from_env() {
+            Ok(Some(n)) => n,
+            Ok(None) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            // A setting that is silently ignored is worse than none: stop, naming it.
+            Err(e) => panic!("{e}"),
+        };
         RwLock::new(PoolState { threads, pool: Arc::new(build(threads)) })
     })
+}
+
+/// `KILN_NUM_THREADS` holds something other than a whole number of threads >= 1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadThreadsSetting {
+    /// The variable's value, as set.
+    pub value: String,
+}
+
+impl std::fmt::Display for BadThreadsSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KILN_NUM_THREADS={:?}: expected a whole number of threads >= 1 (or leave it unset for one per CPU)", self.value)
+    }
+}
+
+impl std::error::Error for BadThreadsSetting {}
+
+/// The thread count `KILN_NUM_THREADS` asks for: `Ok(None)` when unset or empty.
+///
+/// The pool reads it once, at its first use, and **panics** with this error's message when the
+/// value is not a whole number >= 1, rather than ignoring a setting the user made; call this
+/// first to report it your own way.
+///
+/// # Errors
+/// [`BadThreadsSetting`] naming the value.
+pub fn threads_from_env() -> Result<Option<usize>, BadThreadsSetting> {
+    parse_threads(std::env::var_os("KILN_NUM_THREADS").map(|v| v.to_string_lossy().into_owned()))
+}
+
+fn parse_threads(value: Option<String>) -> Result<Option<usize>, BadThreadsSetting> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.trim().is_empty() => Ok(None),
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(BadThreadsSetting { value: v }),
+        },
+    }
 }
 
 fn build(threads: usize) -> rayon::ThreadPool {
@@ -171,4 +210,24 @@ pub(crate) fn filled<E: Float>(
     // SAFETY: the chunks cover the first `n` elements, all initialised above.
     unsafe { v.set_len(n) };
     v
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+
+    #[test]
+    fn kiln_num_threads_is_read_strictly() {
+        assert_eq!(parse_threads(None), Ok(None));
+        assert_eq!(parse_threads(Some(" ".into())), Ok(None));
+        assert_eq!(parse_threads(Some("3".into())), Ok(Some(3)));
+        assert_eq!(parse_threads(Some(" 2 ".into())), Ok(Some(2)));
+        for bad in ["two", "0", "-1", "1.5"] {
+            let e = parse_threads(Some(bad.into())).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("KILN_NUM_THREADS={bad:?}: expected a whole number of threads >= 1 (or leave it unset for one per CPU)")
+            );
+        }
+    }
 }
