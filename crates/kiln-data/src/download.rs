@@ -120,31 +120,27 @@ pub enum Outcome {
     Downloaded,
 }
 
-/// A temporary file that is removed unless [`TempFile::persist`] renames it.
-struct TempFile {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl TempFile {
-    fn persist(mut self, target: &Path) -> Result<()> {
-        std::fs::rename(&self.path, target).map_err(|e| DataError::io(target, e))?;
-        self.armed = false;
-        Ok(())
+/// Writes `target` atomically through kiln's one atomic writer
+/// ([`kiln_tensor::fs::write_atomic`]). `body` may fail with a [`DataError`] of its own (a
+/// short body, a checksum mismatch), which is returned as it is; the temporary is removed and
+/// `target` left untouched in every failure.
+fn write_atomic_checked(
+    target: &Path,
+    body: impl FnOnce(&mut dyn Write) -> std::result::Result<(), DataError>,
+) -> Result<()> {
+    let mut failure: Option<DataError> = None;
+    let written = kiln_tensor::fs::write_atomic(target, |w| {
+        body(w).map_err(|e| {
+            let message = e.to_string();
+            failure = Some(e);
+            std::io::Error::other(message)
+        })
+    });
+    match (written, failure) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(e)) => Err(e),
+        (Err(e), None) => Err(DataError::io(e.path, std::io::Error::new(e.source.kind(), format!("{}: {}", e.action, e.source)))),
     }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-fn temp_path(target: &Path) -> PathBuf {
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    target.with_file_name(format!(".{name}.part-{}", std::process::id()))
 }
 
 fn progress_bar(len: Option<u64>, label: &str) -> indicatif::ProgressBar {
@@ -191,45 +187,43 @@ pub fn download_file(url: &str, target: &Path, checksum: &Checksum) -> Result<Ou
     };
     let expected_len: Option<u64> = response.header("Content-Length").and_then(|v| v.trim().parse().ok());
 
-    let tmp = TempFile { path: temp_path(target), armed: true };
-    let mut file = File::create(&tmp.path).map_err(|e| DataError::io(&tmp.path, e))?;
     let mut hasher = checksum.hasher();
     let label = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let bar = progress_bar(expected_len, &label);
     let mut reader = response.into_reader();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut received: u64 = 0;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                bar.abandon();
-                return Err(http_err(format!("reading the body after {received} bytes: {e}")));
-            }
-        };
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).map_err(|e| DataError::io(&tmp.path, e))?;
-        received += n as u64;
-        bar.set_position(received);
-    }
-    bar.finish_and_clear();
-    if let Some(len) = expected_len.filter(|&len| len != received) {
-        return Err(http_err(format!("body has {received} bytes, Content-Length says {len}")));
-    }
-    let found = hasher.hex();
-    if found != checksum.expected() {
-        return Err(DataError::Checksum {
-            path: PathBuf::from(url),
-            algorithm: checksum.algorithm(),
-            expected: checksum.expected().to_string(),
-            found,
-        });
-    }
-    file.sync_all().map_err(|e| DataError::io(&tmp.path, e))?;
-    drop(file);
-    tmp.persist(target)?;
+    write_atomic_checked(target, |file| {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut received: u64 = 0;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    bar.abandon();
+                    return Err(http_err(format!("reading the body after {received} bytes: {e}")));
+                }
+            };
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n]).map_err(|e| DataError::io(target, e))?;
+            received += n as u64;
+            bar.set_position(received);
+        }
+        bar.finish_and_clear();
+        if let Some(len) = expected_len.filter(|&len| len != received) {
+            return Err(http_err(format!("body has {received} bytes, Content-Length says {len}")));
+        }
+        let found = hasher.hex();
+        if found != checksum.expected() {
+            return Err(DataError::Checksum {
+                path: PathBuf::from(url),
+                algorithm: checksum.algorithm(),
+                expected: checksum.expected().to_string(),
+                found,
+            });
+        }
+        Ok(())
+    })?;
     Ok(Outcome::Downloaded)
 }
 
@@ -270,12 +264,7 @@ fn extract_filtered(archive: &Path, prefix: &str, dest: &Path, keep: &dyn Fn(&Pa
             if let Some(parent) = out.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
             }
-            let tmp = TempFile { path: temp_path(&out), armed: true };
-            let mut f = File::create(&tmp.path).map_err(|e| DataError::io(&tmp.path, e))?;
-            std::io::copy(&mut entry, &mut f).map_err(bad)?;
-            f.sync_all().map_err(|e| DataError::io(&tmp.path, e))?;
-            drop(f);
-            tmp.persist(&out)?;
+            write_atomic_checked(&out, |f| std::io::copy(&mut entry, f).map(|_| ()).map_err(bad))?;
         }
         written.push(out);
     }

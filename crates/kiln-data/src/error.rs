@@ -29,6 +29,27 @@ pub enum DataError {
         what: String,
     },
 
+    /// A folder stands where a file should be.
+    #[error("{}: is a folder, expected a file ({what})", path.display())]
+    NotAFile {
+        /// The folder.
+        path: PathBuf,
+        /// What the file should have held, e.g. "MNIST training images".
+        what: String,
+    },
+
+    /// A compressed (gzip) stream is damaged or cut short: a corrupted byte, a checksum that
+    /// does not match, a file truncated in the middle of the stream.
+    #[error("{}: corrupt gzip stream after {offset} bytes of decompressed data: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Decompressed bytes read before the damage was detected.
+        offset: u64,
+        /// What the decompressor found.
+        reason: String,
+    },
+
     /// A file's magic number is not the one its format has.
     #[error("{}: bad magic number at offset 0: expected {expected:#010x}, found {found:#010x}", path.display())]
     BadMagic {
@@ -126,6 +147,18 @@ pub enum DataError {
     /// An argument given by the caller (a column name, a split fraction) is not valid for this data.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// An environment variable holds a value it must not (`KILN_EPOCHS=1O`, a `KILN_DATA_DIR`
+    /// without the data set).
+    #[error("environment variable {key}={value:?}: expected {expected}")]
+    Env {
+        /// The variable.
+        key: String,
+        /// Its value.
+        value: String,
+        /// What it should hold.
+        expected: String,
+    },
 
     /// A network or HTTP failure while downloading.
     #[error("downloading {url}: {message}")]

@@ -33,7 +33,11 @@ impl<'a> Source<'a> {
     /// Opens `path`; gzip when the name ends in `.gz`.
     pub fn open(path: &Path) -> Result<Source<'static>> {
         let file = File::open(path).map_err(|e| DataError::io(path, e))?;
-        let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
+        let meta = file.metadata().map_err(|e| DataError::io(path, e))?;
+        if meta.is_dir() {
+            return Err(DataError::NotAFile { path: path.to_path_buf(), what: "a data file".into() });
+        }
+        let len = meta.len();
         let (reader, max_len): (Box<dyn Read + Send>, u64) = if is_gz(path) {
             (Box::new(MultiGzDecoder::new(BufReader::new(file))), len.saturating_mul(MAX_GZIP_RATIO))
         } else {
@@ -54,13 +58,17 @@ impl<'a> Source<'a> {
         Source { path: path.to_path_buf(), reader, max_len, pos: 0, file_len: len }
     }
 
-    fn map_read_error(&self, e: std::io::Error, expected_end: u64, found_end: u64) -> DataError {
+    fn map_read_error(&self, e: std::io::Error, found_end: u64) -> DataError {
         match e.kind() {
-            ErrorKind::UnexpectedEof => {
-                DataError::Truncated { path: self.path.clone(), expected: expected_end, found: found_end }
-            }
+            // Only a decompressor fails this way (a plain file just ends): the stream is cut
+            // short or damaged, which says nothing of how long the data should have been.
+            ErrorKind::UnexpectedEof => DataError::Corrupt {
+                path: self.path.clone(),
+                offset: found_end,
+                reason: "the stream ends before its end marker (the file is truncated)".into(),
+            },
             ErrorKind::InvalidInput | ErrorKind::InvalidData => {
-                DataError::format(&self.path, found_end, "a valid gzip stream", e.to_string())
+                DataError::Corrupt { path: self.path.clone(), offset: found_end, reason: e.to_string() }
             }
             _ => DataError::io(&self.path, e),
         }
@@ -84,7 +92,7 @@ impl<'a> Source<'a> {
         let result = (&mut self.reader).take(n).read_to_end(&mut buf);
         let found = self.pos + buf.len() as u64;
         if let Err(e) = result {
-            return Err(self.map_read_error(e, end, found));
+            return Err(self.map_read_error(e, found));
         }
         if (buf.len() as u64) < n {
             return Err(DataError::Truncated { path: self.path.clone(), expected: end, found });
@@ -95,11 +103,26 @@ impl<'a> Source<'a> {
 
     /// Reads everything that is left (for text files; memory grows with the real data only).
     pub fn read_rest(&mut self) -> Result<Vec<u8>> {
+        self.read_rest_bounded(self.max_len, "data")
+    }
+
+    /// Reads everything that is left, refusing to decompress more than `max` bytes in all (so
+    /// that a small gzip of zeros cannot fill memory with data the caller cannot use).
+    pub fn read_rest_bounded(&mut self, max: u64, what: &str) -> Result<Vec<u8>> {
+        let limit = max.saturating_sub(self.pos);
         let mut buf = Vec::new();
-        let result = self.reader.read_to_end(&mut buf);
+        let result = (&mut self.reader).take(limit.saturating_add(1)).read_to_end(&mut buf);
         let found = self.pos + buf.len() as u64;
         if let Err(e) = result {
-            return Err(self.map_read_error(e, found + 1, found));
+            return Err(self.map_read_error(e, found));
+        }
+        if buf.len() as u64 > limit {
+            return Err(DataError::format(
+                &self.path,
+                max,
+                format!("at most {max} bytes of {what}"),
+                "more (the file decompresses past that)",
+            ));
         }
         self.pos = found;
         Ok(buf)
@@ -111,9 +134,20 @@ impl<'a> Source<'a> {
         loop {
             return match self.reader.read(&mut probe) {
                 Ok(0) => Ok(()),
-                Ok(_) => Err(DataError::format(&self.path, self.pos, "end of file", "more data")),
+                Ok(_) => {
+                    // More data where the format ends. For a gzip file, first find out whether the
+                    // stream is intact: a corrupted byte often shows as extra output before the
+                    // checksum at the stream's end fails.
+                    if self.max_len != self.file_len {
+                        let mut rest = (&mut self.reader).take(self.max_len.saturating_sub(self.pos));
+                        if let Err(e) = std::io::copy(&mut rest, &mut std::io::sink()) {
+                            return Err(self.map_read_error(e, self.pos));
+                        }
+                    }
+                    Err(DataError::format(&self.path, self.pos, "the end of the data", "more data after it"))
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => Err(self.map_read_error(e, self.pos, self.pos)),
+                Err(e) => Err(self.map_read_error(e, self.pos)),
             };
         }
     }
@@ -139,6 +173,9 @@ pub(crate) fn find_file(dir: &Path, names: &[&str], what: &str) -> Result<PathBu
         for candidate in [dir.join(name), dir.join(format!("{name}.gz"))] {
             if candidate.is_file() {
                 return Ok(candidate);
+            }
+            if candidate.is_dir() {
+                return Err(DataError::NotAFile { path: candidate, what: what.to_string() });
             }
         }
     }
@@ -201,5 +238,23 @@ pub(crate) mod testutil {
             eprintln!("skipped: no real data at {} (set KILN_DATA_DIR)", dir.display());
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::gzip;
+    use super::*;
+
+    #[test]
+    fn bounded_reads_stop_at_the_bound() {
+        let gz = gzip(&[0u8; 10_000]);
+        let path = Path::new("zeros.bin.gz");
+        let err = Source::from_bytes(path, &gz).read_rest_bounded(5_000, "test data").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "zeros.bin.gz: at byte offset 5000: expected at most 5000 bytes of test data, found more (the file decompresses past that)"
+        );
+        assert_eq!(Source::from_bytes(path, &gz).read_rest_bounded(10_000, "test data").unwrap().len(), 10_000);
     }
 }

@@ -26,6 +26,7 @@ pub mod dataloader;
 pub mod dataset;
 pub mod datasets;
 pub mod download;
+pub mod env;
 pub mod error;
 pub mod image;
 mod io;

@@ -13,13 +13,17 @@ use crate::io::{is_gz, read_text, Source};
 /// Bytes of one record: 1 label byte, then 1024 red, 1024 green, 1024 blue bytes (32x32 each).
 const RECORD: u64 = 1 + 3 * 32 * 32;
 
+/// The most records one gzip batch file may decompress to (upstream files hold 10,000).
+const MAX_RECORDS: u64 = 1 << 18;
+
 /// CIFAR-10 (Krizhevsky 2009): 32x32 colour images in 10 classes, from the binary version's batch
 /// files.
 ///
-/// The loader reads every batch file present for the split (`data_batch_*.bin` for training,
-/// `test_batch*.bin` for test, each optionally `.gz`, in the folder or its
-/// `cifar-10-batches-bin/` sub-folder), so a partial copy loads as what it is; [`Cifar10::len`]
-/// says how many images were found. Items are `(Image [3, 32, 32] in [0, 1], label 0..=9)`.
+/// [`Cifar10::new`] reads exactly the files the format names: `data_batch_1.bin` ...
+/// `data_batch_5.bin` for training and `test_batch.bin` for test (each optionally `.gz`, in the
+/// folder or its `cifar-10-batches-bin/` sub-folder), those of them that are present, in order;
+/// other files (a `data_batch_1_copy.bin`) are never read. Files of other names (subsets, say)
+/// load with [`Cifar10::from_files`]. Items are `(Image [3, 32, 32] in [0, 1], label 0..=9)`.
 #[derive(Clone, Debug)]
 pub struct Cifar10 {
     images: Vec<u8>,
@@ -33,53 +37,96 @@ impl Cifar10 {
     pub const CLASSES: [&'static str; 10] =
         ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 
-    /// Loads every batch file of `split` found in `dir`.
+    /// Loads the batch files of `split` that the format names, found in `dir` (see the type's
+    /// documentation), and the class names from `batches.meta.txt` beside them when present.
     ///
     /// # Errors
     ///
-    /// [`DataError::NotFound`] when there is no batch file for the split; for a plain file whose
-    /// size is not a whole number of records, a [`DataError::Format`] naming the record length and
-    /// the size (checked before reading); for a gzip file, [`DataError::Truncated`] when the last
-    /// record is short; [`DataError::Format`] for a label above 9 (with its offset).
+    /// [`DataError::NotFound`] when none of the split's batch files is there (naming files of
+    /// other names that start like one, which [`Cifar10::from_files`] reads); [`DataError::NotAFile`]
+    /// for a folder in a batch file's place; and the errors of [`Cifar10::from_files`].
     pub fn new(dir: impl AsRef<Path>, split: Split) -> Result<Self> {
         let dir = dir.as_ref();
-        let prefix = match split {
-            Split::Train => "data_batch",
-            Split::Test => "test_batch",
+        let names: Vec<String> = match split {
+            Split::Train => (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
+            Split::Test => vec!["test_batch.bin".to_string()],
             Split::Valid => {
                 return Err(DataError::InvalidArgument("CIFAR-10 has no validation split; use random_split".into()))
             }
         };
+        let folders = [dir.to_path_buf(), dir.join("cifar-10-batches-bin")];
         let mut files = Vec::new();
-        for folder in [dir.to_path_buf(), dir.join("cifar-10-batches-bin")] {
-            let Ok(entries) = std::fs::read_dir(&folder) else {
-                continue;
-            };
-            for entry in entries {
-                let entry = entry.map_err(|e| DataError::io(&folder, e))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with(prefix) && (name.ends_with(".bin") || name.ends_with(".bin.gz")) {
-                    files.push(entry.path());
+        for name in &names {
+            // The first of name, name.gz, sub-folder/name, sub-folder/name.gz that exists.
+            let candidates = folders.iter().flat_map(|f| [f.join(name), f.join(format!("{name}.gz"))]);
+            for candidate in candidates {
+                if candidate.is_dir() {
+                    return Err(DataError::NotAFile { path: candidate, what: format!("the CIFAR-10 batch file {name}") });
+                }
+                if candidate.is_file() {
+                    files.push(candidate);
+                    break;
                 }
             }
         }
         if files.is_empty() {
-            return Err(DataError::NotFound {
-                path: dir.join(format!("{prefix}*.bin")),
-                what: format!("CIFAR-10 {} batch files", split.name()),
-            });
+            let prefix = if split == Split::Train { "data_batch" } else { "test_batch" };
+            let mut others: Vec<String> = folders
+                .iter()
+                .filter_map(|f| std::fs::read_dir(f).ok())
+                .flat_map(|entries| entries.flatten())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect();
+            others.sort();
+            let what = if others.is_empty() {
+                format!("CIFAR-10 {} batch files {}", split.name(), names.join(", "))
+            } else {
+                format!(
+                    "CIFAR-10 {} batch files {}; found only {}, which Cifar10::new does not read by guess: load them with Cifar10::from_files",
+                    split.name(),
+                    names.join(", "),
+                    others.join(", ")
+                )
+            };
+            return Err(DataError::NotFound { path: dir.join(&names[0]), what });
         }
-        files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+        let meta = dir.join("batches.meta.txt");
+        Self::from_files(&files, meta.exists().then_some(meta.as_path()))
+    }
+
+    /// Loads the given batch files (any names: subsets, copies), in the order given, and the
+    /// class names from `meta` (a `batches.meta.txt`), or [`Cifar10::CLASSES`] without one.
+    ///
+    /// ```no_run
+    /// use kiln_data::datasets::Cifar10;
+    /// let dir = kiln_data::data_dir().join("cifar10");
+    /// let train = Cifar10::from_files(&[dir.join("data_batch_1_first4000.bin")], Some(&dir.join("batches.meta.txt")))?;
+    /// # Ok::<(), kiln_data::DataError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// For a plain file whose size is not a whole number of records, a [`DataError::Format`]
+    /// naming the record length and the size (checked before reading), and for an empty file one
+    /// saying so; for a gzip file, [`DataError::Truncated`] when the last record is short and
+    /// [`DataError::Corrupt`] for a damaged stream; [`DataError::Format`] for a label above 9
+    /// (with its offset); for `meta`, [`DataError::Format`] when it is not UTF-8 or has fewer
+    /// than 10 class names.
+    pub fn from_files<P: AsRef<Path>>(files: &[P], meta: Option<&Path>) -> Result<Self> {
+        if files.is_empty() {
+            return Err(DataError::InvalidArgument("Cifar10::from_files: no batch file given".into()));
+        }
         let mut images = Vec::new();
         let mut labels = Vec::new();
-        for file in &files {
-            read_batch(file, &mut images, &mut labels)?;
+        for file in files {
+            read_batch(file.as_ref(), &mut images, &mut labels)?;
         }
-        let classes = match read_text(&dir.join("batches.meta.txt")) {
-            Ok(text) => text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect(),
-            Err(_) => Self::CLASSES.iter().map(|s| s.to_string()).collect(),
+        let classes = match meta {
+            Some(meta) => read_meta(meta)?,
+            None => Self::CLASSES.iter().map(|s| s.to_string()).collect(),
         };
-        Ok(Cifar10 { images, labels, files, classes })
+        Ok(Cifar10 { images, labels, files: files.iter().map(|f| f.as_ref().to_path_buf()).collect(), classes })
     }
 
     /// Loads `split` from `data_dir()/cifar10`.
@@ -145,6 +192,22 @@ impl Cifar10 {
     }
 }
 
+/// The class names of a `batches.meta.txt`: UTF-8, one per line, empty lines skipped, at
+/// least 10 (labels go up to 9).
+fn read_meta(path: &Path) -> Result<Vec<String>> {
+    let text = read_text(path)?;
+    let classes: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    if classes.len() < 10 {
+        return Err(DataError::format(
+            path,
+            text.len() as u64,
+            "10 class names, one per line (labels go up to 9)",
+            format!("{} name(s): {classes:?}", classes.len()),
+        ));
+    }
+    Ok(classes)
+}
+
 fn read_batch(path: &Path, images: &mut Vec<u8>, labels: &mut Vec<u8>) -> Result<()> {
     parse_batch(Source::open(path)?, images, labels)
 }
@@ -153,7 +216,9 @@ fn parse_batch(mut src: Source<'_>, images: &mut Vec<u8>, labels: &mut Vec<u8>) 
     let path = src.path.clone();
     let path = path.as_path();
     let bytes = if is_gz(path) {
-        src.read_rest()?
+        // A batch file holds 10,000 records upstream; allow subsets and larger custom batches up
+        // to 2^18 records (805 MB), and never decompress past that.
+        src.read_rest_bounded(MAX_RECORDS * RECORD, "CIFAR-10 batch")?
     } else {
         let size = src.file_len;
         if size % RECORD != 0 {
@@ -167,6 +232,9 @@ fn parse_batch(mut src: Source<'_>, images: &mut Vec<u8>, labels: &mut Vec<u8>) 
         src.read_payload(size)?
     };
     let len = bytes.len() as u64;
+    if len == 0 {
+        return Err(DataError::format(path, 0, format!("at least one {RECORD}-byte record"), "an empty file"));
+    }
     if len % RECORD != 0 {
         return Err(DataError::Truncated {
             path: path.to_path_buf(),
@@ -247,10 +315,11 @@ mod tests {
         let Some(dir) = real_data("cifar10") else {
             return;
         };
-        let test = Cifar10::new(&dir, Split::Test).unwrap();
+        let meta = dir.join("batches.meta.txt");
+        let test = Cifar10::from_files(&[dir.join("test_batch_first20.bin")], Some(&meta)).unwrap();
         assert_eq!(test.len(), 20);
         assert_eq!(test.labels(), &[3, 8, 8, 0, 6, 6, 1, 6, 3, 1, 0, 9, 5, 7, 9, 8, 5, 7, 8, 6]);
-        let train = Cifar10::new(&dir, Split::Train).unwrap();
+        let train = Cifar10::from_files(&[dir.join("data_batch_1_first4000.bin")], Some(&meta)).unwrap();
         assert_eq!(train.len(), 4000);
         assert_eq!(&train.labels()[..10], &[6, 9, 9, 4, 1, 1, 2, 7, 8, 3]);
         let mut counts = [0usize; 10];

@@ -19,6 +19,11 @@ pub struct Idx {
     pub data: Vec<u8>,
 }
 
+/// The largest IDX payload read: 1 GiB. The largest public IDX sets (EMNIST by class, 0.55 GB)
+/// fit; a header claiming more is refused before anything is decompressed or allocated, so a
+/// small gzip of zeros with a forged header cannot fill memory.
+const MAX_IDX_BYTES: u64 = 1 << 30;
+
 /// IDX type code of unsigned bytes (the only type MNIST uses).
 const IDX_UBYTE: u8 = 0x08;
 
@@ -71,6 +76,16 @@ fn parse_idx(mut src: Source<'_>, ndim: u8) -> Result<Idx> {
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
         .ok_or_else(|| DataError::format(path, 4, "dimensions whose product fits in 64 bits", format!("{dims:?}")))?;
+    // A count the file cannot hold at all is reported as truncation (read_payload, before any
+    // allocation); one it could hold only as a zip bomb is refused here.
+    if count > MAX_IDX_BYTES && src.pos.saturating_add(count) <= src.max_len {
+        return Err(DataError::format(
+            path,
+            4,
+            format!("dimensions of at most {MAX_IDX_BYTES} bytes of data (1 GiB)"),
+            format!("{dims:?}, {count} bytes"),
+        ));
+    }
     let data = src.read_payload(count)?;
     src.expect_end()?;
     Ok(Idx { dims, data })
@@ -150,6 +165,16 @@ impl Mnist {
         let images = read_idx(images_path, 3)?;
         let labels = read_idx(labels_path, 1)?;
         let (n, rows, cols) = (images.dims[0], images.dims[1], images.dims[2]);
+        for (i, (d, name)) in [(n, "image count"), (rows, "rows"), (cols, "columns")].into_iter().enumerate() {
+            if d == 0 {
+                return Err(DataError::format(
+                    images_path,
+                    4 + 4 * i as u64,
+                    format!("a non-zero {name}"),
+                    format!("0 (dimensions {:?})", images.dims),
+                ));
+            }
+        }
         if labels.dims[0] != n {
             return Err(DataError::CountMismatch {
                 what: "items".into(),
@@ -310,7 +335,7 @@ mod tests {
         let full = gzip(&idx(1, &[1000], &[9; 1000]));
         let p = dir.write("d.gz", &full[..full.len() / 2]);
         let err = read_idx(&p, 1).unwrap_err();
-        assert!(matches!(err, DataError::Truncated { .. } | DataError::Format { .. }), "{err:?}");
+        assert!(matches!(err, DataError::Corrupt { .. }), "{err:?}");
         assert!(err.to_string().contains("d.gz"), "{err}");
         // Trailing bytes after the data.
         let p = dir.write("e", &idx(1, &[1], &[1, 2]));

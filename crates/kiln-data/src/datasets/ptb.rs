@@ -82,6 +82,9 @@ fn tokenize(dir: &Path, split: Split, vocab: &mut Vocab, grow: bool) -> Result<V
     let name = format!("ptb.{}.txt", split.name());
     let path = find_file(dir, &[&name], "Penn Treebank text")?;
     let text = read_text(&path)?;
+    if text.trim().is_empty() {
+        return Err(DataError::format(&path, 0, "Penn Treebank text (words separated by spaces)", "an empty file"));
+    }
     let mut ids = Vec::with_capacity(text.len() / 5);
     for (i, line) in text.lines().enumerate() {
         for (k, word) in line.split_whitespace().chain(std::iter::once("<eos>")).enumerate() {
