@@ -21,7 +21,7 @@ use kiln::train::{predict, tensor_batches, Trainer, Verbosity};
 
 #[path = "common.rs"]
 mod common;
-use common::{data_folder, env_usize, first};
+use common::{data_folder, env_usize, first, OrStop};
 
 /// What to run: the full recipe, or a slice of it for the smoke test.
 #[derive(Clone, Debug)]
@@ -113,8 +113,8 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let mut trainer =
         Trainer::new(opts.epochs).verbosity(if opts.verbose { Verbosity::ProgressBar } else { Verbosity::Silent });
     let loss = BCELoss::default();
-    trainer.fit(&mut model, &mut opt, &loss, &train, Some(&test));
-    let test_bce = trainer.evaluate(&mut model, &loss, &test)["loss"];
+    trainer.fit(&mut model, &mut opt, &loss, &train, Some(&test)).or_stop();
+    let test_bce = trainer.evaluate(&mut model, &loss, &test).or_stop()["loss"];
 
     let originals = Tensor::from_vec(shown, &[picks.len(), 784]);
     let batch = tensor_batches(&originals, &kiln::data::Targets::Classes(vec![0; picks.len()]), picks.len());

@@ -21,7 +21,7 @@ use kiln::train::{CrossValidation, CrossValidationReport, Trainer, Verbosity};
 
 #[path = "common.rs"]
 mod common;
-use common::env_usize;
+use common::{env_usize, OrStop};
 
 /// What to run: the full recipe, or a shorter one for the smoke test.
 #[derive(Clone, Debug)]
@@ -90,8 +90,8 @@ pub fn run(opts: &Opts) -> Report {
             let mut opt = Adam::new(model.parameters(), AdamConfig { lr: 1e-3, ..Default::default() });
             let mut trainer =
                 Trainer::new(opts.epochs).metric("accuracy", || Accuracy::multiclass(10)).verbosity(Verbosity::Silent);
-            trainer.fit(model, &mut opt, &loss, &train, None);
-            let logs = trainer.evaluate(model, &loss, &val);
+            trainer.fit(model, &mut opt, &loss, &train, None).or_stop();
+            let logs = trainer.evaluate(model, &loss, &val).or_stop();
             if opts.verbose {
                 println!(
                     "fold {}: trained on {}, validated on {}: accuracy {:.2}%",

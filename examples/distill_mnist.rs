@@ -42,7 +42,7 @@ mod cnn_mnist;
 use cnn_mnist::{model as teacher, normalise};
 #[path = "common.rs"]
 mod common;
-use common::{data_folder, env_usize, first};
+use common::{data_folder, env_usize, first, OrStop};
 
 /// What to run: the full recipe, or a slice of it for the smoke test.
 #[derive(Clone, Debug)]
@@ -154,8 +154,8 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
         &NLLLoss::default(),
         &train_loader()?,
         None,
-    );
-    let teacher_accuracy = evaluator.evaluate(&mut teacher, &NLLLoss::default(), &test)["accuracy"];
+    ).or_stop();
+    let teacher_accuracy = evaluator.evaluate(&mut teacher, &NLLLoss::default(), &test).or_stop()["accuracy"];
     let teacher_seconds = t0.elapsed().as_secs_f64();
     if opts.verbose {
         println!("teacher: test accuracy {:.2}% ({teacher_seconds:.1} s)", 100.0 * teacher_accuracy);
@@ -178,8 +178,8 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
         &CrossEntropyLoss::default(),
         &train_loader()?,
         Some(&test),
-    );
-    let student_accuracy = evaluator.evaluate(&mut alone, &CrossEntropyLoss::default(), &test)["accuracy"];
+    ).or_stop();
+    let student_accuracy = evaluator.evaluate(&mut alone, &CrossEntropyLoss::default(), &test).or_stop()["accuracy"];
     let student_seconds = t0.elapsed().as_secs_f64();
     if opts.verbose {
         println!("student alone: test accuracy {:.2}% ({student_seconds:.1} s)", 100.0 * student_accuracy);
@@ -196,9 +196,9 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
         &mut opt,
         &train_loader()?,
         Some(&test),
-    );
+    ).or_stop();
     let distilled_accuracy =
-        evaluator.evaluate(distiller.student_mut(), &CrossEntropyLoss::default(), &test)["accuracy"];
+        evaluator.evaluate(distiller.student_mut(), &CrossEntropyLoss::default(), &test).or_stop()["accuracy"];
     let distilled_seconds = t0.elapsed().as_secs_f64();
     if opts.verbose {
         println!("student distilled: test accuracy {:.2}% ({distilled_seconds:.1} s)", 100.0 * distilled_accuracy);

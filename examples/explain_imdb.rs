@@ -28,7 +28,7 @@ use kiln::tensor::{Indices, Rng, Tensor};
 
 #[path = "common.rs"]
 mod common;
-use common::data_folder;
+use common::{data_folder, env_usize};
 
 const VOCAB: usize = 10_000;
 const MAXLEN: usize = 200;
@@ -98,8 +98,8 @@ fn main() {
     let started = Instant::now();
     kiln::nn::init::manual_seed(0);
     let model = Classifier::new();
-    let n_train = std::env::var("KILN_TRAIN_SAMPLES").ok().and_then(|v| v.parse().ok()).unwrap_or(25_000usize);
-    let epochs = std::env::var("KILN_EPOCHS").ok().and_then(|v| v.parse().ok()).unwrap_or(3usize);
+    let n_train = env_usize("KILN_TRAIN_SAMPLES").unwrap_or(25_000);
+    let epochs = env_usize("KILN_EPOCHS").unwrap_or(3);
     let mut rng = Rng::new(1);
     let chosen: Vec<usize> = rng.permutation(train.labels().len()).into_iter().take(n_train).collect();
     let seqs: Vec<Vec<usize>> = chosen.iter().map(|&i| train.sequences()[i].clone()).collect();

@@ -30,7 +30,7 @@ use kiln::train::{Trainer, Verbosity};
 
 #[path = "common.rs"]
 mod common;
-use common::{data_folder, env_usize};
+use common::{data_folder, env_usize, OrStop};
 
 /// Vocabulary size (Keras' `num_words`).
 pub const NUM_WORDS: usize = 10_000;
@@ -175,8 +175,8 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
         .clip_grad_norm(5.0)
         .verbosity(if opts.verbose { Verbosity::ProgressBar } else { Verbosity::Silent });
     let loss = BCEWithLogitsLoss::default();
-    trainer.fit(&mut model, &mut opt, &loss, &train, Some(&test));
-    let eval = trainer.evaluate(&mut model, &loss, &test);
+    trainer.fit(&mut model, &mut opt, &loss, &train, Some(&test)).or_stop();
+    let eval = trainer.evaluate(&mut model, &loss, &test).or_stop();
     Ok(Report {
         test_accuracy: eval["accuracy"],
         test_loss: eval["loss"],

@@ -21,7 +21,7 @@ use kiln::train::{tensor_batches, Trainer, Verbosity};
 
 #[path = "common.rs"]
 mod common;
-use common::{data_folder, env_usize};
+use common::{data_folder, env_usize, OrStop};
 
 /// What to run: the full recipe, or a smaller one for the smoke test.
 #[derive(Clone, Debug)]
@@ -113,9 +113,9 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let mut trainer = Trainer::new(opts.epochs)
         .metric("accuracy", || Accuracy::binary().with_threshold(0.0))
         .verbosity(if opts.verbose { Verbosity::Epochs } else { Verbosity::Silent });
-    trainer.fit(&mut model, &mut opt, &loss, &train, Some(&test));
-    let train_eval = trainer.evaluate(&mut model, &loss, &train);
-    let test_eval = trainer.evaluate(&mut model, &loss, &test);
+    trainer.fit(&mut model, &mut opt, &loss, &train, Some(&test)).or_stop();
+    let train_eval = trainer.evaluate(&mut model, &loss, &train).or_stop();
+    let test_eval = trainer.evaluate(&mut model, &loss, &test).or_stop();
     Ok(Report {
         test_accuracy: test_eval["accuracy"],
         train_accuracy: train_eval["accuracy"],

@@ -20,7 +20,7 @@ use kiln::train::{SchedulerInterval, Trainer, Verbosity};
 
 #[path = "common.rs"]
 mod common;
-use common::{data_folder, env_usize, first};
+use common::{data_folder, env_usize, first, OrStop};
 
 /// What to run: the full recipe, or a slice of it for the smoke test.
 #[derive(Clone, Debug)]
@@ -94,8 +94,8 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
         .scheduler(schedule, SchedulerInterval::Epoch)
         .verbosity(if opts.verbose { Verbosity::ProgressBar } else { Verbosity::Silent });
     let loss = CrossEntropyLoss::default();
-    trainer.fit(&mut model, &mut opt, &loss, &train, Some(&test));
-    let eval = trainer.evaluate(&mut model, &loss, &test);
+    trainer.fit(&mut model, &mut opt, &loss, &train, Some(&test)).or_stop();
+    let eval = trainer.evaluate(&mut model, &loss, &test).or_stop();
     Ok(Report {
         test_accuracy: eval["accuracy"],
         test_loss: eval["loss"],

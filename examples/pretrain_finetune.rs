@@ -36,7 +36,7 @@ use kiln::train::{Trainer, Verbosity};
 
 #[path = "common.rs"]
 mod common;
-use common::{data_folder, env_usize, first};
+use common::{data_folder, env_usize, first, OrStop};
 
 /// What to run: the full recipe, or a slice of it for the smoke test.
 #[derive(Clone, Debug)]
@@ -172,8 +172,8 @@ where
         Verbosity::Silent
     });
     let loss = CrossEntropyLoss::default();
-    let history = trainer.fit(model, &mut opt, &loss, labelled, None);
-    let eval = trainer.evaluate(model, &loss, test);
+    let history = trainer.fit(model, &mut opt, &loss, labelled, None).or_stop();
+    let eval = trainer.evaluate(model, &loss, test).or_stop();
     if verbose {
         let last = history.last().expect("trained at least one epoch");
         println!(
@@ -212,8 +212,8 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let mut opt = Adam::new(autoencoder.parameters(), AdamConfig { lr: 1e-3, ..Default::default() });
     let mut trainer =
         Trainer::new(opts.pretrain_epochs).verbosity(if opts.verbose { Verbosity::Epochs } else { Verbosity::Silent });
-    trainer.fit(&mut autoencoder, &mut opt, &BCELoss::default(), &unlabelled, None);
-    let autoencoder_bce = trainer.evaluate(&mut autoencoder, &BCELoss::default(), &test_pairs)["loss"];
+    trainer.fit(&mut autoencoder, &mut opt, &BCELoss::default(), &unlabelled, None).or_stop();
+    let autoencoder_bce = trainer.evaluate(&mut autoencoder, &BCELoss::default(), &test_pairs).or_stop()["loss"];
     if opts.verbose {
         println!("autoencoder: test binary cross-entropy {autoencoder_bce:.4}");
     }

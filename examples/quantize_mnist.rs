@@ -38,7 +38,7 @@ mod cnn_mnist;
 use cnn_mnist::{model, normalise};
 #[path = "common.rs"]
 mod common;
-use common::{data_folder, env_usize, first};
+use common::{data_folder, env_usize, first, OrStop};
 
 /// What to run: the full recipe, or a slice of it for the smoke test.
 #[derive(Clone, Debug)]
@@ -158,9 +158,9 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
         .scheduler(schedule, SchedulerInterval::Epoch)
         .verbosity(if opts.verbose { Verbosity::ProgressBar } else { Verbosity::Silent });
     let loss = NLLLoss::default();
-    trainer.fit(&mut model, &mut opt, &loss, &train, None);
+    trainer.fit(&mut model, &mut opt, &loss, &train, None).or_stop();
     model.eval();
-    let f32_accuracy = trainer.evaluate(&mut model, &loss, &test)["accuracy"];
+    let f32_accuracy = trainer.evaluate(&mut model, &loss, &test).or_stop()["accuracy"];
 
     // 2. Calibrate on a few training batches and quantise. `quantize_sequential` takes the
     //    model by value (the layers that stay f32 move into the result), so it gets a copy and
@@ -172,7 +172,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     if opts.verbose {
         println!("{int8}");
     }
-    let int8_accuracy = trainer.evaluate(&mut int8, &loss, &test)["accuracy"];
+    let int8_accuracy = trainer.evaluate(&mut int8, &loss, &test).or_stop()["accuracy"];
 
     // 3. Files: kiln-nn's f32 safetensors against the int8 one, and the int8 one read back.
     let tmp = std::env::temp_dir().join(format!("kiln-quantize-mnist-{}", std::process::id()));

@@ -10,7 +10,7 @@ use kiln::nn::{CrossEntropyLoss, Linear, Module, ReLU, Sequential};
 use kiln::optim::{Adam, AdamConfig};
 use kiln::train::Trainer;
 
-fn main() {
+fn main() -> Result<(), kiln::train::TrainError> {
     kiln::nn::init::manual_seed(0);
     // Pixels are 0..16; scale them to [0, 1].
     let digits = Digits::load()
@@ -30,12 +30,13 @@ fn main() {
     let mut trainer = Trainer::new(30).metric("accuracy", || Accuracy::multiclass(10));
     let loss = CrossEntropyLoss::default();
     let started = std::time::Instant::now();
-    trainer.fit(&mut model, &mut opt, &loss, &train, Some(&test));
-    let eval = trainer.evaluate(&mut model, &loss, &test);
+    trainer.fit(&mut model, &mut opt, &loss, &train, Some(&test))?;
+    let eval = trainer.evaluate(&mut model, &loss, &test)?;
     println!(
         "held-out accuracy: {:.2}% (loss {:.4}) after {:.1} s",
         100.0 * eval["accuracy"],
         eval["loss"],
         started.elapsed().as_secs_f64()
     );
+    Ok(())
 }

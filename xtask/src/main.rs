@@ -43,10 +43,12 @@ fn main() -> ExitCode {
             println!("{t} {peak} {before}");
             Ok(())
         }
-        Some("help") | Some("--help") | Some("-h") | None => {
+        Some("help") | Some("--help") | Some("-h") => {
             println!("{USAGE}");
             Ok(())
         }
+        // No command is a usage error like any other: usage on standard error, exit code 2.
+        None => Err(format!("no command given\n{USAGE}")),
         Some(other) => Err(format!("unknown command `{other}`\n{USAGE}")),
     };
     match result {

@@ -97,24 +97,13 @@ impl Heatmap {
     }
 }
 
-/// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it over `path`.
+/// Writes `bytes` to `path` through kiln's one atomic writer ([`kiln_tensor::fs::write_atomic`]).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExplainError> {
-    fn io<'a>(action: &'static str, p: &'a Path) -> impl FnOnce(std::io::Error) -> ExplainError + 'a {
-        move |source| ExplainError::Io { path: p.to_path_buf(), action, source }
-    }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp).map_err(io("creating the temporary file", &tmp))?;
-        file.write_all(bytes).map_err(io("writing", &tmp))?;
-        file.sync_all().map_err(io("syncing", &tmp))?;
-        std::fs::rename(&tmp, path).map_err(io("renaming the temporary file over", path))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    kiln_tensor::fs::write_atomic(path, |w| w.write_all(bytes)).map_err(|e| ExplainError::Io {
+        path: e.path,
+        action: "writing the file atomically",
+        source: std::io::Error::new(e.source.kind(), format!("{}: {}", e.action, e.source)),
+    })
 }
 
 /// The `[H, W]` plane of a tensor of shape `[H, W]`, `[1, H, W]` or `[1, 1, H, W]`, as f64.

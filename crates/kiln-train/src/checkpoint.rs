@@ -37,7 +37,7 @@
 //! let mut model: Linear = Linear::new(1, 1);
 //! let cfg = SGDConfig { lr: 0.05, momentum: 0.9, ..Default::default() };
 //! let mut opt = SGD::new(model.parameters(), cfg.clone());
-//! let history = Trainer::new(2).verbosity(Verbosity::Silent).fit(&mut model, &mut opt, &MSELoss::new(), &data, None);
+//! let history = Trainer::new(2).verbosity(Verbosity::Silent).fit(&mut model, &mut opt, &MSELoss::new(), &data, None).unwrap();
 //! let ckpt = Checkpoint::new(2, &model).with_optimizer(&opt).with_history(history);
 //! save_checkpoint(dir.join("run.ckpt"), &ckpt).unwrap();
 //! // later: rebuild the same objects, restore, and go on from epoch 2
@@ -47,7 +47,7 @@
 //! ckpt.restore(&model2, &mut opt2).unwrap();
 //! assert_eq!(model2.state_dict(), model.state_dict());
 //! Trainer::new(4).initial_epoch(ckpt.epoch).verbosity(Verbosity::Silent)
-//!     .fit(&mut model2, &mut opt2, &MSELoss::new(), &data, None);
+//!     .fit(&mut model2, &mut opt2, &MSELoss::new(), &data, None).unwrap();
 //! # std::fs::remove_dir_all(&dir).unwrap();
 //! ```
 //!
@@ -65,10 +65,8 @@
 //!   Layers that own a generator of their own (dropout) are not covered: their masks after a
 //!   resume differ from an uninterrupted run's.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use kiln_nn::{Module, StateDict};
 use kiln_optim::lr_scheduler::{LRScheduler, SchedulerStateDict};
@@ -424,10 +422,12 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<(), TrainErr
     write_atomic_with(path, |w| w.write_all(bytes))
 }
 
-/// Writes a file atomically: `write` fills a new temporary file in `path`'s folder, which is
-/// then flushed, fsynced and renamed over `path` (and the folder fsynced, where the system
-/// allows). If `write` or any step fails, the temporary file is removed and the previous file
-/// at `path` is left as it was.
+/// Writes a file atomically through kiln's one atomic writer,
+/// [`kiln_tensor::fs::write_atomic`]: `write` fills a new temporary file in `path`'s folder,
+/// which is flushed, fsynced, given the target's permission bits and renamed over `path`
+/// (through a symbolic link, the file it points to), and the folder fsynced. If `write` or any
+/// step fails, the temporary file is removed and the previous file at `path` is left as it
+/// was; temporaries of killed writers of the same target are removed by the next save.
 ///
 /// # Errors
 /// [`TrainError::Io`] naming `path`, with the error of the step that failed.
@@ -435,65 +435,15 @@ pub fn write_atomic_with<F>(path: impl AsRef<Path>, write: F) -> Result<(), Trai
 where
     F: FnOnce(&mut dyn Write) -> std::io::Result<()>,
 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let path = path.as_ref();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().ok_or_else(|| {
-        TrainError::io(path, std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"))
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.{}-{}.tmp",
-        name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let file = File::options().write(true).create_new(true).open(&tmp)?;
-        let mut w = BufWriter::new(file);
-        write(&mut w)?;
-        w.flush()?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(TrainError::io(path, e));
-    }
-    // Make the rename itself durable; not every system can open or sync a folder, and the
-    // file is already complete, so a failure here is not reported.
-    if let Ok(d) = File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    kiln_tensor::fs::write_atomic(path, write).map_err(|e| {
+        let message = format!("{}: {}", e.action, e.source);
+        TrainError::io(e.path, std::io::Error::new(e.source.kind(), message))
+    })
 }
 
 /// CRC-32 (IEEE 802.3, reflected, as zlib's `crc32`).
 fn crc32(bytes: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut t = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
-        }
-        t
-    };
-    let mut c = !0u32;
-    for &b in bytes {
-        c = TABLE[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
-    }
-    !c
+    crc32fast::hash(bytes)
 }
 
 #[cfg(test)]

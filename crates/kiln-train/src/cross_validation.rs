@@ -17,8 +17,8 @@
 //!     |model, fold| {
 //!         let mut opt = SGD::new(model.parameters(), SGDConfig { lr: 0.5, ..Default::default() });
 //!         let mut trainer = Trainer::new(30).verbosity(Verbosity::Silent);
-//!         trainer.fit(model, &mut opt, &CrossEntropyLoss::default(), &fold.train_batches(&x, &y, 8), None);
-//!         trainer.evaluate(model, &CrossEntropyLoss::default(), &fold.val_batches(&x, &y, 8))
+//!         trainer.fit(model, &mut opt, &CrossEntropyLoss::default(), &fold.train_batches(&x, &y, 8), None).unwrap();
+//!         trainer.evaluate(model, &CrossEntropyLoss::default(), &fold.val_batches(&x, &y, 8)).unwrap()
 //!     });
 //! assert_eq!(report.folds.len(), 4);
 //! assert!(report.mean("loss") < 0.5);

@@ -9,6 +9,7 @@ use kiln_nn::{distillation_loss, CrossEntropyLoss, Forward, Linear, Module, Sequ
 use kiln_optim::{LrGroups, Optimizer};
 use kiln_tensor::{Float, Indices, Tensor};
 
+use crate::error::TrainError;
 use crate::history::History;
 use crate::source::{class_indices, BatchSource};
 use crate::trainer::Trainer;
@@ -125,7 +126,7 @@ impl FeatureTerm {
 /// let mut opt = Adam::new(distiller.parameters(), AdamConfig { lr: 1e-2, ..Default::default() });
 /// let x: Tensor<f32> = Tensor::randn(&[32, 4], &mut Rng::new(0));
 /// let data = vec![Batch { inputs: x, targets: Targets::Classes((0..32).map(|i| i % 3).collect()) }];
-/// let history = distiller.fit(&mut Trainer::new(30).verbosity(Verbosity::Silent), &mut opt, &data, None);
+/// let history = distiller.fit(&mut Trainer::new(30).verbosity(Verbosity::Silent), &mut opt, &data, None).unwrap();
 /// let loss = history.get("loss");
 /// assert!(loss[29] < loss[0]);
 /// let student: Sequential = distiller.into_student();
@@ -235,6 +236,9 @@ where
     /// distillation loss, `val_loss` the student's cross-entropy on `val`. The student is left
     /// in evaluation mode.
     ///
+    /// # Errors
+    /// As [`Trainer::fit`]: a non-finite loss or an empty data source.
+    ///
     /// **Panics** if a batch's targets are not class indices, and as [`loss`](Distiller::loss).
     pub fn fit<O>(
         &mut self,
@@ -242,7 +246,7 @@ where
         optimizer: &mut O,
         train: &dyn BatchSource,
         val: Option<&dyn BatchSource>,
-    ) -> History
+    ) -> Result<History, TrainError>
     where
         O: Optimizer<f32> + LrGroups,
     {
@@ -324,12 +328,13 @@ mod tests {
             &CrossEntropyLoss::default(),
             &batches,
             None,
-        );
+        )
+        .unwrap();
         let mut distiller = Distiller::new(teacher, student(), 3.0, 0.8);
         let before = no_grad(|| distiller.loss(&x, &targets).1.item());
         let mut opt = Adam::new(distiller.parameters(), AdamConfig { lr: 1e-2, ..Default::default() });
         let history =
-            distiller.fit(&mut Trainer::new(10).verbosity(Verbosity::Silent), &mut opt, &batches, Some(&batches));
+            distiller.fit(&mut Trainer::new(10).verbosity(Verbosity::Silent), &mut opt, &batches, Some(&batches)).unwrap();
         assert!(!distiller.teacher().is_training(), "the teacher runs in eval mode");
         let after = no_grad(|| distiller.loss(&x, &targets).1.item());
         assert!(after < 0.8 * before, "KD loss {before} -> {after}");
@@ -377,7 +382,7 @@ mod tests {
         let before = feature_gap(&distiller);
         let mut opt = SGD::new(distiller.parameters(), SGDConfig { lr: 0.05, ..Default::default() });
         let batches = tensor_batches(&x, &Targets::Classes(targets.data.clone()), 64);
-        distiller.fit(&mut Trainer::new(20).verbosity(Verbosity::Silent), &mut opt, &batches, None);
+        distiller.fit(&mut Trainer::new(20).verbosity(Verbosity::Silent), &mut opt, &batches, None).unwrap();
         let after = feature_gap(&distiller);
         assert!(after < 0.5 * before, "feature MSE {before} -> {after}");
     }

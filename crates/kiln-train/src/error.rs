@@ -88,6 +88,26 @@ pub enum TrainError {
         /// The missing part (`optimizer state`, `scheduler state`).
         what: &'static str,
     },
+    /// The training loss became NaN or infinite (Keras' `TerminateOnNaN`, on by default; see
+    /// [`Trainer::terminate_on_nan`](crate::Trainer::terminate_on_nan)). Training stopped at
+    /// that batch, before its backward pass and optimiser step.
+    #[error("training diverged: the loss is {loss} at epoch {epoch}, batch {batch} (1-based); training stopped before this batch's update. Lower the learning rate, clip gradients, or check the data for NaN/infinite values")]
+    NonFiniteLoss {
+        /// The epoch (1-based, as the progress line prints it).
+        epoch: usize,
+        /// The batch within that epoch (1-based).
+        batch: usize,
+        /// The loss value (NaN or ±infinity).
+        loss: f64,
+    },
+    /// A data source yielded no sample: a loss over it would be meaningless (0 / 0).
+    #[error("the {what} yielded no samples{}", if *epoch > 0 { format!(" in epoch {epoch}") } else { String::new() })]
+    EmptyData {
+        /// Which source (`training data`, `validation data`, `evaluation data`).
+        what: &'static str,
+        /// The epoch (1-based), or 0 outside `fit`.
+        epoch: usize,
+    },
     /// The model state does not fit the model (missing, unexpected or mis-shaped keys).
     #[error("loading the model state: {0}")]
     Model(#[from] NnError),

@@ -14,6 +14,7 @@ use kiln_tensor::Tensor;
 
 use crate::callbacks::{BatchContext, Callback, EpochContext};
 use crate::checkpoint::TrainingState;
+use crate::error::TrainError;
 use crate::history::{EpochLogs, History};
 use crate::source::{class_indices, BatchSource, TrainLoss};
 
@@ -60,8 +61,9 @@ pub enum Verbosity {
 /// let mut model: Linear = Linear::new(1, 1);
 /// let mut opt = SGD::new(model_params(&model), SGDConfig { lr: 0.1, ..Default::default() });
 /// # fn model_params(m: &Linear) -> Vec<kiln_autograd::Var> { use kiln_nn::Module; m.parameters() }
-/// let history = Trainer::new(300).verbosity(Verbosity::Silent).fit(&mut model, &mut opt, &MSELoss::new(), &data, None);
+/// let history = Trainer::new(300).verbosity(Verbosity::Silent).fit(&mut model, &mut opt, &MSELoss::new(), &data, None)?;
 /// assert!(history.last().unwrap()["loss"] < 1e-4);
+/// # Ok::<(), kiln_train::TrainError>(())
 /// ```
 pub struct Trainer {
     epochs: usize,
@@ -73,6 +75,7 @@ pub struct Trainer {
     metrics: Vec<(String, MetricFactory)>,
     scheduler: Option<(Box<dyn LRScheduler>, SchedulerInterval)>,
     callbacks: Vec<Box<dyn Callback>>,
+    terminate_on_nan: bool,
 }
 
 impl Trainer {
@@ -88,6 +91,7 @@ impl Trainer {
             metrics: Vec::new(),
             scheduler: None,
             callbacks: Vec::new(),
+            terminate_on_nan: true,
         }
     }
 
@@ -147,6 +151,20 @@ impl Trainer {
         self
     }
 
+    /// Whether a NaN or infinite training loss stops `fit` with
+    /// [`TrainError::NonFiniteLoss`] (default `true`, Keras' `TerminateOnNaN` always on). The
+    /// check runs on every batch before its backward pass, so the parameters keep the values
+    /// of the last finite step and callbacks' `on_train_end` still runs (an
+    /// [`EarlyStopping`](crate::callbacks::EarlyStopping) with `restore_best_weights` restores
+    /// the best epoch). With `false`, training goes on through non-finite losses (and
+    /// [`ModelCheckpoint`](crate::callbacks::ModelCheckpoint) still refuses to save
+    /// non-finite weights).
+    #[must_use]
+    pub fn terminate_on_nan(mut self, yes: bool) -> Self {
+        self.terminate_on_nan = yes;
+        self
+    }
+
     /// Adds a callback.
     #[must_use]
     pub fn callback(mut self, c: impl Callback + 'static) -> Self {
@@ -156,6 +174,14 @@ impl Trainer {
 
     /// Trains `model` on `train` for the configured epochs, validating on `val` after each
     /// epoch, and returns the per-epoch figures.
+    ///
+    /// # Errors
+    /// [`TrainError::NonFiniteLoss`] naming the epoch and batch where the training loss became
+    /// NaN or infinite (unless [`terminate_on_nan`](Self::terminate_on_nan) is off);
+    /// [`TrainError::EmptyData`] when the training or validation source yields no sample.
+    ///
+    /// **Panics** where a callback panics (a [`ModelCheckpoint`](crate::callbacks::ModelCheckpoint)
+    /// that cannot write its file) and on tensor-shape errors in the model or the loss.
     pub fn fit<M, O>(
         &mut self,
         model: &mut M,
@@ -163,7 +189,7 @@ impl Trainer {
         loss: &dyn TrainLoss,
         train: &dyn BatchSource,
         val: Option<&dyn BatchSource>,
-    ) -> History
+    ) -> Result<History, TrainError>
     where
         M: Module<f32> + Forward<f32>,
         O: Optimizer<f32> + LrGroups,
@@ -181,6 +207,9 @@ impl Trainer {
     /// more than the output and the targets (a teacher's outputs in
     /// [`Distiller`](crate::Distiller), a penalty on intermediate activations, ...).
     /// Validation and [`evaluate`](Trainer::evaluate) use `val_loss` on the model's output.
+    ///
+    /// # Errors
+    /// As [`fit`](Trainer::fit).
     // The closure type reads better in the docs spelt out than behind an alias.
     #[allow(clippy::type_complexity)]
     pub fn fit_with<M, O>(
@@ -191,7 +220,7 @@ impl Trainer {
         val_loss: &dyn TrainLoss,
         train: &dyn BatchSource,
         val: Option<&dyn BatchSource>,
-    ) -> History
+    ) -> Result<History, TrainError>
     where
         M: Module<f32> + Forward<f32>,
         O: Optimizer<f32> + LrGroups,
@@ -212,6 +241,17 @@ impl Trainer {
             for (i, batch) in train.batches().enumerate() {
                 let (out, l) = step(model, &batch);
                 let lv = l.item() as f64;
+                if !lv.is_finite() && self.terminate_on_nan {
+                    if let Some(b) = bar {
+                        b.abandon();
+                    }
+                    optimizer.zero_grad();
+                    for c in &mut self.callbacks {
+                        c.on_train_end(model, &history);
+                    }
+                    model.eval();
+                    return Err(TrainError::NonFiniteLoss { epoch: epoch + 1, batch: i + 1, loss: lv });
+                }
                 let scaled = if self.accumulation > 1 { l.div_scalar(self.accumulation as f32) } else { l };
                 scaled.backward();
                 pending += 1;
@@ -241,9 +281,12 @@ impl Trainer {
                     b.inc(1);
                 }
             }
+            if samples == 0 {
+                return Err(TrainError::EmptyData { what: "training data", epoch: epoch + 1 });
+            }
             let mut logs = EpochLogs::new();
             logs.insert("lr".into(), optimizer.group_lr(0));
-            logs.insert("loss".into(), loss_sum / samples.max(1) as f64);
+            logs.insert("loss".into(), loss_sum / samples as f64);
             for ((name, _), m) in self.metrics.iter().zip(&metrics) {
                 logs.insert(name.clone(), m.compute());
             }
@@ -251,7 +294,7 @@ impl Trainer {
                 s.step(optimizer);
             }
             if let Some(v) = val {
-                let vl = self.evaluate(model, val_loss, v);
+                let vl = self.evaluate_source(model, val_loss, v, "validation data", epoch + 1)?;
                 for (k, x) in vl {
                     logs.insert(format!("val_{k}"), x);
                 }
@@ -292,12 +335,29 @@ impl Trainer {
             c.on_train_end(model, &history);
         }
         model.eval();
-        history
+        Ok(history)
     }
 
     /// The loss and metrics of `model` on `data` in evaluation mode, without recording a
     /// graph (keys `loss` and each metric's name).
-    pub fn evaluate<M>(&self, model: &mut M, loss: &dyn TrainLoss, data: &dyn BatchSource) -> EpochLogs
+    ///
+    /// # Errors
+    /// [`TrainError::EmptyData`] when `data` yields no sample.
+    pub fn evaluate<M>(&self, model: &mut M, loss: &dyn TrainLoss, data: &dyn BatchSource) -> Result<EpochLogs, TrainError>
+    where
+        M: Module<f32> + Forward<f32>,
+    {
+        self.evaluate_source(model, loss, data, "evaluation data", 0)
+    }
+
+    fn evaluate_source<M>(
+        &self,
+        model: &mut M,
+        loss: &dyn TrainLoss,
+        data: &dyn BatchSource,
+        what: &'static str,
+        epoch: usize,
+    ) -> Result<EpochLogs, TrainError>
     where
         M: Module<f32> + Forward<f32>,
     {
@@ -313,12 +373,15 @@ impl Trainer {
                 update_metrics(&mut metrics, &out.value(), &batch.targets);
             }
         });
+        if samples == 0 {
+            return Err(TrainError::EmptyData { what, epoch });
+        }
         let mut logs = EpochLogs::new();
-        logs.insert("loss".into(), loss_sum / samples.max(1) as f64);
+        logs.insert("loss".into(), loss_sum / samples as f64);
         for ((name, _), m) in self.metrics.iter().zip(&metrics) {
             logs.insert(name.clone(), m.compute());
         }
-        logs
+        Ok(logs)
     }
 
     fn bar(&self, len: u64, epoch: usize) -> Option<ProgressBar> {

@@ -40,7 +40,7 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
     // A: six epochs straight
     let mut a = mlp(0);
     let mut opt_a = sgd(&a);
-    let hist_a = trainer(&mut opt_a, None).fit(&mut a, &mut opt_a, &loss, &data, Some(&val));
+    let hist_a = trainer(&mut opt_a, None).fit(&mut a, &mut opt_a, &loss, &data, Some(&val)).unwrap();
 
     // B: the same run, checkpointing every epoch
     let dir = tempfile::tempdir().unwrap();
@@ -52,7 +52,7 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
         &loss,
         &data,
         Some(&val),
-    );
+    ).unwrap();
     assert!(bit_equal(&a.state_dict(), &b.state_dict()), "checkpointing changed the run");
     assert_eq!(without_time(&hist_a), without_time(&hist_b));
 
@@ -72,7 +72,7 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
     ckpt.restore_scheduler(&mut sched_c).unwrap();
     assert_eq!(opt_c.lr(), hist_a.epochs[3]["lr"]);
     let hist_c =
-        trainer(&mut opt_c, Some(sched_c)).initial_epoch(ckpt.epoch).fit(&mut c, &mut opt_c, &loss, &data, Some(&val));
+        trainer(&mut opt_c, Some(sched_c)).initial_epoch(ckpt.epoch).fit(&mut c, &mut opt_c, &loss, &data, Some(&val)).unwrap();
     assert!(bit_equal(&a.state_dict(), &c.state_dict()), "the resumed run's weights differ");
     assert_eq!(without_time(&hist_c), without_time(&hist_a)[3..].to_vec());
 
@@ -80,7 +80,7 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
     let mut d = mlp(123);
     let mut opt_d = sgd(&d);
     ckpt.restore_model(&d).unwrap();
-    trainer(&mut opt_d, None).initial_epoch(3).fit(&mut d, &mut opt_d, &loss, &data, Some(&val));
+    trainer(&mut opt_d, None).initial_epoch(3).fit(&mut d, &mut opt_d, &loss, &data, Some(&val)).unwrap();
     assert!(!bit_equal(&a.state_dict(), &d.state_dict()));
 }
 

@@ -37,8 +37,8 @@ fn stratified_five_fold_trains_a_fresh_model_per_fold() {
             let mut opt = SGD::new(model.parameters(), SGDConfig { lr: 0.1, momentum: 0.9, ..Default::default() });
             let mut trainer =
                 Trainer::new(10).verbosity(Verbosity::Silent).metric("accuracy", || Accuracy::multiclass(2));
-            trainer.fit(model, &mut opt, &CrossEntropyLoss::default(), &fold.train_batches(&x, &y, 16), None);
-            trainer.evaluate(model, &CrossEntropyLoss::default(), &fold.val_batches(&x, &y, 16))
+            trainer.fit(model, &mut opt, &CrossEntropyLoss::default(), &fold.train_batches(&x, &y, 16), None).unwrap();
+            trainer.evaluate(model, &CrossEntropyLoss::default(), &fold.val_batches(&x, &y, 16)).unwrap()
         },
     );
     assert_eq!(*made.borrow(), vec![0, 1, 2, 3, 4]);

@@ -30,7 +30,7 @@ fn fit_classifies_blobs_with_cross_entropy() {
         &CrossEntropyLoss::default(),
         &train,
         Some(&val),
-    );
+    ).unwrap();
     assert_eq!(history.len(), 15);
     assert_eq!(history.keys(), ["accuracy", "loss", "lr", "time_s", "val_accuracy", "val_loss"]);
     let loss = history.get("loss");
@@ -50,7 +50,7 @@ fn fit_regresses_with_mse_and_l1() {
         let h = Trainer::new(150)
             .verbosity(Verbosity::Silent)
             .metric("mse", MeanSquaredError::new)
-            .fit(&mut model, &mut opt, loss, &data, None);
+            .fit(&mut model, &mut opt, loss, &data, None).unwrap();
         let w = model.weight.value().to_vec()[0];
         let b = model.bias.as_ref().unwrap().value().to_vec()[0];
         assert!((w - 3.0).abs() < 0.05 && (b + 2.0).abs() < 0.05, "{name}: w {w}, b {b}");
@@ -72,7 +72,7 @@ fn fit_binary_with_bce_with_logits_and_flat_targets() {
         &BCEWithLogitsLoss::default(),
         &data,
         None,
-    );
+    ).unwrap();
     assert!(h.last().unwrap()["loss"] < 0.1, "{:?}", h.get("loss"));
 }
 
@@ -97,8 +97,8 @@ fn gradient_accumulation_over_two_batches_of_4_equals_one_batch_of_8() {
         .verbosity(Verbosity::Silent)
         .gradient_accumulation(2)
         .callback(LambdaCallback::new().on_batch_end(move |_| *counter.borrow_mut() += 1))
-        .fit(&mut a, &mut opt_a, &MSELoss::new(), &small, None);
-    Trainer::new(3).verbosity(Verbosity::Silent).fit(&mut b, &mut opt_b, &MSELoss::new(), &big, None);
+        .fit(&mut a, &mut opt_a, &MSELoss::new(), &small, None).unwrap();
+    Trainer::new(3).verbosity(Verbosity::Silent).fit(&mut b, &mut opt_b, &MSELoss::new(), &big, None).unwrap();
     assert_eq!(*steps.borrow(), 6, "on_batch_end runs per batch");
     assert!(max_abs_diff(&before, &a.state_dict()) > 1e-3, "the weights moved");
     let d = max_abs_diff(&a.state_dict(), &b.state_dict());
@@ -110,7 +110,7 @@ fn evaluate_and_predict_shapes() {
     let data = blob_batches(10, 3, 4);
     let mut model = mlp(2);
     let trainer = Trainer::new(1).verbosity(Verbosity::Silent).metric("accuracy", || Accuracy::multiclass(2));
-    let logs = trainer.evaluate(&mut model, &CrossEntropyLoss::default(), &data);
+    let logs = trainer.evaluate(&mut model, &CrossEntropyLoss::default(), &data).unwrap();
     assert_eq!(logs.keys().collect::<Vec<_>>(), ["accuracy", "loss"]);
     assert!(logs["loss"].is_finite() && (0.0..=1.0).contains(&logs["accuracy"]));
     let out = predict(&mut model, &data);
@@ -132,7 +132,7 @@ fn initial_epoch_runs_only_the_remaining_epochs() {
         .initial_epoch(3)
         .verbosity(Verbosity::Silent)
         .callback(LambdaCallback::new().on_epoch_end(move |ctx| sink.borrow_mut().push(ctx.epoch)))
-        .fit(&mut model, &mut opt, &CrossEntropyLoss::default(), &data, None);
+        .fit(&mut model, &mut opt, &CrossEntropyLoss::default(), &data, None).unwrap();
     assert_eq!(h.len(), 2);
     assert_eq!(*seen.borrow(), vec![3, 4]);
 }

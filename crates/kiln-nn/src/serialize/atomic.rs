@@ -1,24 +1,16 @@
 //! Atomic file replacement: write a temporary file in the target's folder, fsync it, rename it
 //! over the target, fsync the folder. A reader sees the old file or the new one, never a part.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{self, Write};
+use std::path::Path;
 
-use super::io_error;
 use crate::error::NnError;
 
-/// Distinguishes the temporary files of concurrent saves within one process.
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Replaces `path` atomically with what `body` writes.
-///
-/// `body` writes into a temporary file `.NAME.PID.N.tmp` beside `path` (same folder, so the
-/// rename cannot cross file systems); the file is flushed and fsynced, renamed over `path`,
-/// and the folder is fsynced so that the rename itself survives a crash (best effort: some
-/// file systems cannot sync a folder). If anything fails before the rename, the temporary
-/// file is removed and `path` is untouched: the previous file, if any, stays as it was.
+/// Replaces `path` atomically with what `body` writes, through kiln's one atomic writer,
+/// [`kiln_tensor::fs::write_atomic`]: a temporary file beside the target, fsynced, given the
+/// target's permission bits and renamed over it (through a symbolic link, the file it points
+/// to), the folder fsynced; on failure the temporary is removed and the target untouched;
+/// temporaries of killed writers of the same target are removed by the next save.
 ///
 /// Model files and training checkpoints both save through this.
 ///
@@ -44,46 +36,12 @@ pub fn write_atomic(
     path: impl AsRef<Path>,
     body: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<(), NnError> {
-    let path = path.as_ref();
-    let name = path.file_name().ok_or_else(|| NnError::Io {
-        path: path.to_path_buf(),
-        action: "save".into(),
-        kind: io::ErrorKind::InvalidInput,
-        message: "the path does not name a file".into(),
-    })?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{}.{}.{n}.tmp", name.to_string_lossy(), std::process::id()));
-    let tmp_name = tmp.file_name().unwrap_or_default().to_string_lossy().into_owned();
-
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| io_error(path, &format!("create temporary file {tmp_name}"), &e))?;
-    let written = (|| -> Result<(), (&'static str, io::Error)> {
-        let mut w = BufWriter::with_capacity(1 << 20, file);
-        body(&mut w).map_err(|e| ("write", e))?;
-        let file = w.into_inner().map_err(|e| ("write", e.into_error()))?;
-        file.sync_all().map_err(|e| ("fsync", e))?;
-        Ok(())
-    })();
-    if let Err((step, e)) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_error(path, &format!("{step} temporary file {tmp_name}"), &e));
-    }
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_error(path, &format!("rename temporary file {tmp_name} over the target"), &e));
-    }
-    // Best effort: the rename is done; syncing the folder makes it durable where supported.
-    if let Ok(d) = File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    kiln_tensor::fs::write_atomic(path, body).map_err(|e| NnError::Io {
+        path: e.path,
+        action: e.action,
+        kind: e.source.kind(),
+        message: e.source.to_string(),
+    })
 }
 
 /// A writer that fails once `limit` bytes have gone through: the test double for a disk that

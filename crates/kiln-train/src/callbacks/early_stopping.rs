@@ -175,12 +175,15 @@ impl Callback for EarlyStopping {
             return;
         };
         let mode = self.resolved_mode();
-        if self.restore_best_weights && self.best_weights.is_none() {
+        // Weights with a NaN or an infinity are never remembered as "best": restoring them
+        // would hand back a diverged model.
+        let finite = current.is_finite() && super::non_finite_tensor(ctx.model).is_none();
+        if self.restore_best_weights && self.best_weights.is_none() && finite {
             // Keras keeps the first epoch's weights at least, so there is always something to restore.
             self.best_weights = Some(ctx.model.state_dict());
         }
         self.wait += 1;
-        if mode.improves(current, self.best, self.min_delta) {
+        if finite && mode.improves(current, self.best, self.min_delta) {
             self.best = current;
             self.best_epoch = Some(ctx.epoch);
             if self.restore_best_weights {

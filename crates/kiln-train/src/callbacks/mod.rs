@@ -20,6 +20,18 @@ pub use lambda_callback::LambdaCallback;
 pub use model_checkpoint::ModelCheckpoint;
 pub use reduce_lr_on_plateau::ReduceLROnPlateau;
 
+/// The name of the first parameter or buffer of `model` holding a NaN or an infinity, if any:
+/// a model in that state must never replace a saved or remembered good one.
+pub(crate) fn non_finite_tensor(model: &dyn Module<f32>) -> Option<String> {
+    let mut found = None;
+    model.visit("", &mut |name, var, _| {
+        if found.is_none() && var.value().to_vec().iter().any(|v| !v.is_finite()) {
+            found = Some(name.to_string());
+        }
+    });
+    found
+}
+
 /// What a callback sees and may change at the end of an epoch.
 pub struct EpochContext<'a> {
     /// The epoch just finished (0-based).

@@ -23,6 +23,10 @@ use crate::history::EpochLogs;
 /// decimals), so `ckpt-{epoch:02}-{val_loss:.3}.kiln` keeps one file per epoch while a plain
 /// path keeps the last (or, with [`save_best_only`](Self::save_best_only), the best).
 ///
+/// It never saves a model that has diverged: when the monitored figure or the loss is NaN or
+/// infinite, or a parameter or buffer holds a NaN or an infinity, it prints why and leaves the
+/// previous checkpoint as it was.
+///
 /// **Panics** (ending `fit`, as Keras raises) when a file cannot be written or the path names a
 /// log key the epoch does not have: a run that cannot save its checkpoints should not go on
 /// unnoticed.
@@ -128,6 +132,22 @@ impl Callback for ModelCheckpoint {
     }
 
     fn on_epoch_end(&mut self, ctx: &mut EpochContext<'_>) {
+        // A diverged model never replaces a saved one: check the monitored figure, the loss
+        // and every parameter and buffer before touching the file.
+        let bad_figure = [self.monitor.as_str(), "loss"]
+            .into_iter()
+            .find_map(|k| ctx.logs.get(k).filter(|v| !v.is_finite()).map(|v| format!("{k} is {v}")));
+        let bad = bad_figure.or_else(|| {
+            super::non_finite_tensor(ctx.model).map(|name| format!("the model's {name} holds NaN or infinite values"))
+        });
+        if let Some(reason) = bad {
+            eprintln!(
+                "ModelCheckpoint: epoch {}: not saving {}: {reason}; the previous checkpoint is kept",
+                ctx.epoch + 1,
+                self.path.display()
+            );
+            return;
+        }
         let path = PathBuf::from(format_path(&self.path.to_string_lossy(), ctx.epoch + 1, ctx.logs));
         if !self.save_best_only {
             self.save(ctx, &path);
