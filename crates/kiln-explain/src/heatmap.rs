@@ -1,6 +1,5 @@
 //! Heat maps: attributions in a red/blue diverging colormap over the grayscale input, as PNG.
 
-use std::io::Write;
 use std::path::Path;
 
 use kiln_tensor::{Float, Tensor};
