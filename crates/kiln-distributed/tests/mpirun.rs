@@ -127,6 +127,12 @@ fn cnn_batchnorm_adam_matches_per_rank_statistics() {
 }
 
 #[test]
+fn trainer_fit_averages_figures_and_runs_rank_zero_callbacks_once() {
+    check(2, "trainer", "1");
+    check(3, "trainer", "1");
+}
+
+#[test]
 fn unused_parameters_are_averaged_or_left_without_gradient() {
     check(3, "unused", "1");
 }

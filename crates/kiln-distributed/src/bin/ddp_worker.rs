@@ -8,6 +8,9 @@
 //!   global batch, and compare with a single-process run on the whole global batch: the
 //!   parameters must be bit-identical on every rank and equal to the single-process ones
 //!   within 1e-6 relative.
+//! * `trainer`: `Trainer::fit` on a `DistributedDataParallel` model with
+//!   `DistributedDataLoader`s: every rank's history must be identical, the validation loss
+//!   that of the whole validation set, and a `RankZero` callback must run on rank 0 only.
 //! * `unused`: `find_unused_parameters`: gradients of a branch used on rank 0 only are
 //!   averaged, a never-used parameter keeps no gradient.
 //! * `mismatch`: rank 1 builds a different layer; construction must fail naming it.
@@ -20,13 +23,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kiln_autograd::Var;
-use kiln_distributed::{init, DdpConfig, DistributedDataParallel, ProcessGroup, SyncBatchNorm};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use kiln_data::VecDataset;
+use kiln_distributed::{
+    init, DdpConfig, DistributedDataLoader, DistributedDataParallel, DistributedSampler, DistributedTrainer,
+    ProcessGroup, RankZero, SyncBatchNorm,
+};
 use kiln_nn::{
     BatchNorm2d, Conv2dConfig, CrossEntropyLoss, Flatten, Forward, Layer, Linear, MaxPool2d, Module, Padding, ReLU,
     Sequential, TensorKind,
 };
 use kiln_optim::{Adam, AdamConfig, Optimizer, SGDConfig, SGD};
 use kiln_tensor::{Indices, Rng, Tensor};
+use kiln_train::{Callback, EpochContext, Trainer, Verbosity};
 
 const SEED: u64 = 1234;
 const IN: usize = 8;
@@ -57,6 +67,7 @@ fn main() {
         "mlp-sgd-no-sync" => check_training(&pg, Kind::Mlp, steps, true),
         "cnn-adam-syncbn" => check_training(&pg, Kind::CnnSync, steps, false),
         "cnn-adam-bn" => check_training(&pg, Kind::CnnLocal, steps, false),
+        "trainer" => check_trainer(&pg),
         "unused" => check_unused(&pg),
         "mismatch" => check_mismatch(&pg),
         "panic" => train_until(&pg, Duration::from_secs(60), Some(2)),
@@ -306,4 +317,59 @@ fn stall(pg: &Arc<ProcessGroup>) {
     }
     pg.all_reduce_sum_f32(vec![1.0]);
     println!("rank {}: the stalled collective completed", pg.rank());
+}
+
+/// Counts the epochs it sees.
+struct CountEpochs(Arc<AtomicUsize>);
+
+impl Callback for CountEpochs {
+    fn on_epoch_end(&mut self, _ctx: &mut EpochContext<'_>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+type Samples = VecDataset<(Tensor<f32>, usize)>;
+
+fn samples(n: usize, seed: u64) -> Samples {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|i| (Tensor::uniform(&[IN], -1.0, 1.0, &mut rng), (i * 7 + i / 4) % CLASSES)).collect()
+}
+
+fn check_trainer(pg: &Arc<ProcessGroup>) {
+    let (rank, world) = (pg.rank(), pg.world_size());
+    // Sizes that every world size of the tests (2, 3) divides: no padding, so the averaged
+    // figures are exact means over the data sets.
+    let (train, val) = (Arc::new(samples(24, 1)), Arc::new(samples(12, 2)));
+    let train_loader = DistributedDataLoader::new(train, DistributedSampler::new(24, world, rank).seed(5), 4);
+    let val_loader =
+        DistributedDataLoader::new(val.clone(), DistributedSampler::new(12, world, rank).shuffle(false), 3);
+    let mut ddp = DistributedDataParallel::new(build(Kind::Mlp, None), pg, DdpConfig::default()).expect("same model");
+    let mut opt = SGD::new(ddp.parameters(), SGDConfig { lr: 0.05, momentum: 0.9, ..Default::default() });
+    let epochs = Arc::new(AtomicUsize::new(0));
+    let mut trainer = Trainer::new(3)
+        .verbosity(Verbosity::Silent)
+        .callback(RankZero::new(pg, CountEpochs(epochs.clone())))
+        .distributed(pg);
+    let history = trainer.fit(&mut ddp, &mut opt, &cross_entropy(), &train_loader, Some(&val_loader));
+    assert_eq!(history.epochs.len(), 3);
+
+    // The same figures on every rank (time_s is each rank's own).
+    let mine: Vec<u64> = history
+        .epochs
+        .iter()
+        .flat_map(|e| e.iter().filter(|(k, _)| k.as_str() != "time_s").map(|(_, v)| v.to_bits()))
+        .collect();
+    for (r, theirs) in pg.all_gather_varlen_u64(&mine).iter().enumerate() {
+        assert!(theirs == &mine, "rank {r}'s history differs from rank {rank}'s: {history:?}");
+    }
+    // The validation loss is the loss on the whole validation set.
+    let items = val.items();
+    let x = Tensor::stack(&items.iter().map(|(x, _)| x.clone()).collect::<Vec<_>>(), 0);
+    let y: Vec<usize> = items.iter().map(|(_, y)| *y).collect();
+    let whole = kiln_autograd::no_grad(|| loss_of(&|v: &Var<f32>| ddp.module().forward(v), &x, &y, 1.0).item()) as f64;
+    let logged = history.epochs[2]["val_loss"];
+    assert!((logged - whole).abs() <= 1e-5 * whole.abs(), "val_loss {logged} vs whole validation set {whole}");
+    let seen = epochs.load(Ordering::SeqCst);
+    assert_eq!(seen, if rank == 0 { 3 } else { 0 }, "RankZero callback on rank {rank}");
+    println!("rank {rank}: OK trainer: identical histories, val_loss {logged:.6} = whole set {whole:.6}");
 }
