@@ -219,7 +219,7 @@ mod tests {
         let c = count.clone();
         let _h2 = used.register_post_accumulate_grad_hook(move |_| *c.lock().unwrap() += 10);
         used.sum_all().backward();
-        let _ = crate::grad(&[used.mul(&used).sum_all()], &[used.clone()], None, false);
+        let _ = crate::grad(&[used.mul(&used).sum_all()], std::slice::from_ref(&used), None, false);
         assert_eq!(*count.lock().unwrap(), 10);
     }
 

@@ -103,6 +103,8 @@ struct PassState {
     remaining: Vec<usize>,
     next: usize,
     pending: Vec<Pending<Vec<f32>>>,
+    /// Buckets of the last synchronised pass started before backward ended.
+    last_started_early: usize,
 }
 
 impl<M: Module<f32>> DistributedDataParallel<M> {
@@ -195,6 +197,15 @@ impl<M: Module<f32>> DistributedDataParallel<M> {
     /// The gradient buckets as parameter names, in the order they are reduced.
     pub fn bucket_names(&self) -> Vec<Vec<String>> {
         self.reducer.buckets.iter().map(|b| b.iter().map(|&i| self.reducer.names[i].clone()).collect()).collect()
+    }
+
+    /// How many of the buckets of the last synchronised backward pass started their
+    /// all-reduce while backward was still running (the others started when it ended): a
+    /// measure of how much communication could overlap computation (the last bucket starts
+    /// when the first layer's gradients are done; buckets left waiting for unused
+    /// parameters start at the end).
+    pub fn buckets_started_during_backward(&self) -> usize {
+        self.reducer.pass.lock().unwrap_or_else(|e| e.into_inner()).last_started_early
     }
 
     /// Runs `f` (forwards and backwards) without averaging gradients, which accumulate
@@ -352,6 +363,7 @@ impl Reducer {
     /// every bucket and writes the averaged gradients back.
     fn finish_pass(&self) {
         let mut s = self.pass.lock().unwrap_or_else(|e| e.into_inner());
+        s.last_started_early = s.next;
         let missing: Vec<usize> = (0..self.params.len()).filter(|&i| !s.ready[i]).collect();
         if !missing.is_empty() && !self.find_unused {
             let names: Vec<&str> = missing.iter().map(|&i| self.names[i].as_str()).collect();

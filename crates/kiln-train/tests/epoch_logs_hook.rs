@@ -32,7 +32,7 @@ fn on_epoch_logs_runs_before_history_and_on_epoch_end() {
     let data = vec![Batch { inputs: x, targets: Targets::Values(y) }];
     let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     // `Seen` is registered first: every on_epoch_logs still runs before any on_epoch_end.
-    let mut run = |halve: bool| {
+    let run = |halve: bool| {
         kiln_nn::init::manual_seed(0);
         let mut model: Linear = Linear::new(1, 1);
         let mut opt = SGD::new(model.parameters(), SGDConfig { lr: 0.01, ..Default::default() });

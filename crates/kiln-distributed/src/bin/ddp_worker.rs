@@ -179,6 +179,10 @@ fn check_training(pg: &Arc<ProcessGroup>, kind: Kind, steps: usize, no_sync: boo
         } else {
             loss_of(&f, &xs, &ys, 1.0).backward();
         }
+        // Every parameter is used, so every bucket starts from a gradient hook, before the
+        // end of backward (the last one when the first layer's gradients are done).
+        let buckets = ddp.bucket_names().len();
+        assert_eq!(ddp.buckets_started_during_backward(), buckets, "buckets started during backward");
         step_ddp();
     }
 
@@ -267,6 +271,9 @@ fn check_unused(pg: &Arc<ProcessGroup>) {
     let ddp = DistributedDataParallel::new(model, pg, config).expect("same model");
     // d sum(W x + b) / dW = sum over the batch of x = 2 for a batch of two rows of ones.
     ddp.forward(&Var::constant(Tensor::ones(&[2, IN]))).sum_all().backward();
+    // The buckets of `c` (registered last, so reduced first) wait for the end of backward,
+    // and buckets start in order: none starts early.
+    assert_eq!(ddp.buckets_started_during_backward(), 0);
     let m = ddp.module();
     let all = |v: &Var<f32>, want: f32| v.grad().expect("a gradient").to_vec().iter().all(|&g| g == want);
     assert!(all(&m.a.weight, 2.0) && all(m.a.bias.as_ref().unwrap(), 2.0), "branch a");
