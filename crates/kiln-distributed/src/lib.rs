@@ -33,3 +33,8 @@ pub use process_group::{abort_job, init, Pending, ProcessGroup, DEFAULT_TIMEOUT,
 pub use sampler::{DistributedDataLoader, DistributedSampler, SharedCollate, SharedDataset};
 pub use sync_batchnorm::{all_reduce_sum, SyncBatchNorm};
 pub use trainer::{all_reduce_logs, DistributedLogs, DistributedTrainer, RankZero};
+
+/// The README's example, compiled as a doctest (it needs `mpirun` to run).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
