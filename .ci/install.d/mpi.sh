@@ -10,4 +10,4 @@ export DEBIAN_FRONTEND=noninteractive
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 $SUDO apt-get update -q
-$SUDO apt-get install -y -q --no-install-recommends openmpi-bin libopenmpi-dev libclang-dev pkg-config
+$SUDO apt-get install -y -q openmpi-bin libopenmpi-dev libclang-dev pkg-config
