@@ -70,6 +70,7 @@ pub(crate) fn run<E: Float>(
         }
     };
 
+    let callbacks = crate::hooks::PassCallbacks::open();
     let _mode = set_grad_enabled(create_graph);
     let mut grads: Vec<Option<Var<E>>> = vec![None; order.len()];
     for (r, s) in roots.iter().zip(seeds) {
@@ -94,11 +95,15 @@ pub(crate) fn run<E: Float>(
         if node.is_leaf {
             if capture.is_none() {
                 let gv = g.value();
-                let mut slot = node.grad.lock().unwrap_or_else(|e| e.into_inner());
-                *slot = Some(match slot.take() {
-                    Some(old) => old.add(&gv),
-                    None => gv.contiguous(),
-                });
+                {
+                    let mut slot = node.grad.lock().unwrap_or_else(|e| e.into_inner());
+                    *slot = Some(match slot.take() {
+                        Some(old) => old.add(&gv),
+                        None => gv.contiguous(),
+                    });
+                }
+                // Every consumer of the leaf came later in `order`, so this gradient is final.
+                Var { node: node.clone() }.run_grad_hooks();
             }
             continue;
         }
@@ -148,6 +153,7 @@ pub(crate) fn run<E: Float>(
             node.freed.store(true, Ordering::Relaxed);
         }
     }
+    callbacks.finish();
     captured
 }
 

@@ -4,7 +4,8 @@
 //! [`Var`] records the operations applied to it; [`Var::backward`] accumulates gradients into
 //! the leaves, as `loss.backward()` does in PyTorch; [`grad`] gives gradients of gradients
 //! (every backward is written with `Var` ops, so it is itself differentiable); [`no_grad`]
-//! turns recording off; [`gradcheck`] and [`gradgradcheck`] check any function's gradients
+//! turns recording off; [`Var::register_post_accumulate_grad_hook`] and [`queue_callback`]
+//! hook into backward (data-parallel gradient synchronisation); [`gradcheck`] and [`gradgradcheck`] check any function's gradients
 //! against finite differences.
 //!
 //! ```
@@ -19,6 +20,7 @@
 
 mod engine;
 mod gradcheck;
+mod hooks;
 mod mode;
 pub mod ops;
 #[cfg(test)]
@@ -27,6 +29,7 @@ mod var;
 
 pub use engine::grad;
 pub use gradcheck::{gradcheck, gradgradcheck, GradcheckError, GradcheckReport};
+pub use hooks::{queue_callback, HookHandle};
 pub use mode::{
     anomaly_enabled, detect_anomaly, is_grad_enabled, no_grad, set_detect_anomaly, set_grad_enabled, NoGradGuard,
 };

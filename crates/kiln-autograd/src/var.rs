@@ -51,6 +51,8 @@ pub(crate) struct Node<E: Float, B: ?Sized + Backward<E> = dyn Backward<E>> {
     pub(crate) freed: AtomicBool,
     /// Backward-pass bookkeeping: pass number (high 32 bits) and slot (low 32 bits).
     pub(crate) mark: AtomicU64,
+    /// Post-accumulate-grad hooks by id (leaves only).
+    pub(crate) hooks: Mutex<Vec<(u64, crate::hooks::GradHook<E>)>>,
     pub(crate) op: B,
 }
 
@@ -102,6 +104,7 @@ impl<E: Float> Var<E> {
             inputs: Mutex::new(SmallVec::new()),
             freed: AtomicBool::new(false),
             mark: AtomicU64::new(0),
+            hooks: Mutex::new(Vec::new()),
             op: Leaf,
         });
         Var { node }
@@ -141,6 +144,7 @@ impl<E: Float> Var<E> {
             inputs: Mutex::new(inputs),
             freed: AtomicBool::new(false),
             mark: AtomicU64::new(0),
+            hooks: Mutex::new(Vec::new()),
             op,
         });
         Var { node }

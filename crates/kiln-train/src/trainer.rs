@@ -301,6 +301,9 @@ impl Trainer {
                 model.train();
             }
             logs.insert("time_s".into(), started.elapsed().as_secs_f64());
+            for c in &mut self.callbacks {
+                c.on_epoch_logs(epoch, &mut logs);
+            }
             if let Some(b) = bar {
                 b.finish_and_clear();
             }

@@ -73,6 +73,14 @@ pub trait Callback {
     fn on_batch_end(&mut self, ctx: &mut BatchContext<'_>) {
         let _ = ctx;
     }
+    /// After every epoch's figures (training and validation) are computed, before they are
+    /// printed, recorded in the [`History`] and passed to any [`on_epoch_end`](Self::on_epoch_end):
+    /// a callback may change them (a data-parallel run averages them over its processes, so
+    /// every process logs, checkpoints and stops early on the same figures). Every
+    /// callback's `on_epoch_logs` runs before the first `on_epoch_end`.
+    fn on_epoch_logs(&mut self, epoch: usize, logs: &mut EpochLogs) {
+        let _ = (epoch, logs);
+    }
     /// After every epoch (training and validation), with its figures.
     fn on_epoch_end(&mut self, ctx: &mut EpochContext<'_>) {
         let _ = ctx;
