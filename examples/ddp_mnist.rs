@@ -25,7 +25,14 @@ use kiln_optim::{Adam, AdamConfig};
 use kiln_tensor::Rng;
 use kiln_train::Trainer;
 
+/// `KILN_DATA_DIR/mnist` when `KILN_DATA_DIR` is set (a folder without MNIST stops the run,
+/// naming the variable), else the default data folder or the shared one beside the repository.
 fn data_folder() -> PathBuf {
+    match kiln_data::env::dataset_dir_var("mnist") {
+        Ok(Some(dir)) => return dir,
+        Ok(None) => {}
+        Err(e) => stop(&e.to_string()),
+    }
     let dir = kiln_data::data_dir().join("mnist");
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist");
     if dir.is_dir() || !shared.is_dir() {
@@ -35,8 +42,14 @@ fn data_folder() -> PathBuf {
     }
 }
 
+/// A count from the environment; a value that is not a whole number stops the run.
 fn env_usize(key: &str) -> Option<usize> {
-    std::env::var(key).ok()?.parse().ok()
+    kiln_data::env::usize_var(key).unwrap_or_else(|e| stop(&e.to_string()))
+}
+
+fn stop(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(2)
 }
 
 fn normalise(mut img: Image, _: &mut Rng) -> Image {
@@ -104,7 +117,7 @@ fn main() {
     let started = Instant::now();
     let epochs = env_usize("KILN_EPOCHS").unwrap_or(3);
     let mut trainer = Trainer::new(epochs).metric("accuracy", || Accuracy::multiclass(10)).distributed(&pg);
-    let history = trainer.fit(&mut ddp, &mut opt, &NLLLoss::default(), &train_loader, Some(&test_loader));
+    let history = trainer.fit(&mut ddp, &mut opt, &NLLLoss::default(), &train_loader, Some(&test_loader)).unwrap_or_else(|e| stop(&e.to_string()));
     if rank == 0 {
         let last = history.epochs.last().expect("at least one epoch");
         println!(

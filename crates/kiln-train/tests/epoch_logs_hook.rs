@@ -40,7 +40,7 @@ fn on_epoch_logs_runs_before_history_and_on_epoch_end() {
         if halve {
             t = t.callback(Seen(seen.clone())).callback(Halve);
         }
-        t.fit(&mut model, &mut opt, &MSELoss::new(), &data, None)
+        t.fit(&mut model, &mut opt, &MSELoss::new(), &data, None).unwrap()
     };
     let plain = run(false);
     let halved = run(true);
