@@ -22,7 +22,8 @@ pub struct Options {
 pub fn parse(args: &[String]) -> Result<Options, String> {
     let root = repo_root();
     let mut o = Options {
-        workloads: workloads::all().iter().map(|w| w.id.to_string()).collect(),
+        // W13 (extra, needs mpirun) only when named, as the PyTorch harness does.
+        workloads: workloads::all().iter().filter(|w| w.id != "W13").map(|w| w.id.to_string()).collect(),
         threads: vec![1, 2],
         out: PathBuf::from("kiln.json"),
         pytorch: false,
@@ -91,6 +92,15 @@ pub struct Record {
     pub stat: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub other_load_pct: Option<f64>,
+    /// W13: processes in the job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<usize>,
+    /// W13: the communication library (`mpi`: Open MPI).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// W13: the workload whose model is trained (`W2`, `W3`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// The timing rules of workloads.md: >= 5 warm-up repetitions, then single repetitions timed
@@ -219,17 +229,24 @@ pub fn run(o: &Options) -> Result<(), String> {
     let (cpu, ver) = (cpu_model(), version());
     let selected: Vec<&Workload> = workloads::all().iter().filter(|w| o.workloads.iter().any(|s| s == w.id)).collect();
     let mut records = Vec::new();
-    for &threads in &o.threads {
+    for (pass, &threads) in o.threads.iter().enumerate() {
         kiln_tensor::set_num_threads(threads);
         for w in &selected {
+            // W13 runs once per harness run, with the first thread count; its ranks use 1
+            // thread each.
+            let w13 = w.id == "W13";
+            if w13 && pass > 0 {
+                continue;
+            }
             let load = OtherLoad::start();
             let figures = (w.run)(&timer);
             let other = load.pct();
             for f in figures {
                 let r = Record {
                     workload: w.id.into(),
+                    model: w13.then(|| workloads::w13_ddp::model_of(&f.variant).to_string()),
                     variant: f.variant,
-                    threads,
+                    threads: if w13 { 1 } else { threads },
                     value: f.value,
                     unit: f.unit.into(),
                     framework: "kiln".into(),
@@ -241,6 +258,8 @@ pub fn run(o: &Options) -> Result<(), String> {
                     warmup: timer.warmup,
                     stat: "median".into(),
                     other_load_pct: other.map(|p| (p * 10.0).round() / 10.0),
+                    ranks: w13.then_some(2),
+                    backend: w13.then(|| "mpi".to_string()),
                 };
                 println!(
                     "{:<3} {:<14} {:<22} threads={} {:>10.3} {:<8} (reps {}, other load {})",

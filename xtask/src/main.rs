@@ -20,7 +20,8 @@ const USAGE: &str = "usage:
   cargo xtask bench [--workloads W1,W8] [--threads 1,2] [--out kiln.json]
                     [--pytorch] [--pytorch-out pytorch.json] [--shared DIR] [--quick]
 
-  --workloads   comma list of workload ids (default: every workload kiln implements)
+  --workloads   comma list of workload ids (default: every workload kiln implements but the
+                extra W13, data-parallel over `mpirun -np 2`, run only when named)
   --threads     comma list of thread counts (default: 1,2)
   --out         where to write kiln's records (default: kiln.json)
   --pytorch     also run ../shared/bench/pytorch_baseline.py on the same workloads and threads,
@@ -43,6 +44,8 @@ fn main() -> ExitCode {
             println!("{t} {peak} {before}");
             Ok(())
         }
+        // internal: one rank of a W13 job, started by `mpirun` (see workloads/w13_ddp.rs)
+        Some("__w13") => workloads::w13_ddp::rank(&args[1..]),
         Some("help") | Some("--help") | Some("-h") => {
             println!("{USAGE}");
             Ok(())

@@ -4,6 +4,7 @@
 use crate::bench::{Figure, Timer};
 
 mod loader;
+pub mod w13_ddp;
 mod w1_gemm;
 pub mod w2_mlp;
 mod w3_cnn;
@@ -37,5 +38,6 @@ pub fn all() -> &'static [Workload] {
         Workload { id: "W8", name: "conv-fwd", run: w8_conv_fwd::run },
         Workload { id: "W9", name: "mnist-epoch", run: w9_epoch::run },
         Workload { id: "LOADER", name: "loader-throughput", run: loader::run },
+        Workload { id: "W13", name: "data-parallel", run: w13_ddp::run },
     ]
 }
