@@ -31,16 +31,14 @@ pub enum OnnxError {
         what: String,
     },
     /// A node's op type is not supported by the importer.
-    #[error("{path}: node {node:?}: op {op_type:?} (domain {domain:?}, opset {opset}) is not supported: {reason}")]
+    #[error("{path}: node {node:?}: op {op_type:?} (opset {opset}) is not supported: {reason}")]
     UnsupportedOp {
         /// The file (or `<memory>`).
         path: String,
         /// The node's name (or its first output when unnamed).
         node: String,
-        /// The op type.
+        /// The op type, `domain:op` outside the default `ai.onnx` domain.
         op_type: String,
-        /// The op's domain (`""` is `ai.onnx`).
-        domain: String,
         /// The opset version the model imports for that domain.
         opset: i64,
         /// Why (unknown op, unsupported attribute value, ...).
@@ -70,11 +68,17 @@ pub enum OnnxError {
     },
     /// Writing the exported file failed (the atomic save of kiln-nn).
     #[error(transparent)]
-    Save(#[from] kiln_nn::NnError),
+    Save(Box<kiln_nn::NnError>),
     /// The export options are inconsistent.
     #[error("export options: {0}")]
     Options(String),
     /// The inputs given to an imported model do not match its graph.
     #[error("run: {0}")]
     Run(String),
+}
+
+impl From<kiln_nn::NnError> for OnnxError {
+    fn from(e: kiln_nn::NnError) -> Self {
+        OnnxError::Save(Box::new(e))
+    }
 }

@@ -13,7 +13,10 @@
 
 mod error;
 pub mod export;
+mod import;
+mod ops;
 pub mod proto;
 
 pub use error::OnnxError;
 pub use export::{export, export_model, ExportOptions};
+pub use import::{import, import_bytes, OnnxModel, IMPORT_OPSETS, SUPPORTED_OPS};

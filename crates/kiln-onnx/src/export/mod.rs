@@ -15,6 +15,7 @@ mod container;
 mod conv;
 mod linear;
 mod norm;
+mod onnx_model;
 mod pool;
 mod shape;
 
@@ -74,6 +75,7 @@ pub type Converter =
 pub const CONVERTERS: &[Converter] = &[
     container::sequential,
     container::identity,
+    onnx_model::onnx_model,
     linear::linear,
     conv::conv1d,
     conv::conv2d,
@@ -162,6 +164,24 @@ impl Exporter {
             ..Default::default()
         });
         name
+    }
+
+    /// An int64 initializer named `name` (or a fresh variant of it) with dims `dims`.
+    pub fn initializer_i64(&mut self, name: &str, values: &[i64], dims: &[usize]) -> String {
+        let name = if self.names.insert(name.to_string()) { name.to_string() } else { self.fresh(name) };
+        self.initializers.push(TensorProto {
+            name: name.clone(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: data_type::INT64,
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        name
+    }
+
+    /// Appends a node as given (inputs and outputs already named).
+    pub fn push_node(&mut self, node: NodeProto) {
+        self.nodes.push(node);
     }
 
     /// A scalar f32 initializer with a fresh name.
@@ -407,7 +427,6 @@ fn ir_version(opset: i64) -> i64 {
 /// let path = std::env::temp_dir().join(format!("kiln_onnx_doc_{}.onnx", std::process::id()));
 /// let y = export(&model, &Tensor::ones(&[1, 4]), &path, ExportOptions::default()).unwrap();
 /// assert_eq!(y.shape(), &[1, 2]);
-
 /// # std::fs::remove_file(&path).unwrap();
 /// ```
 ///
