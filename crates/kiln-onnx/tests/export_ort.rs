@@ -6,8 +6,8 @@ mod support;
 
 use kiln_nn::{Forward, Module};
 use kiln_onnx::{export, ExportOptions};
-use kiln_tensor::{Rng, Tensor};
-use support::models::{models, randomise_buffers};
+use kiln_tensor::Rng;
+use support::models::{all_models, randomise_buffers};
 use support::{assert_close, run_ort, temp_dir, Case};
 
 #[test]
@@ -16,11 +16,11 @@ fn exported_models_match_onnx_runtime_at_batch_1_and_larger_batches() {
     let mut rng = Rng::new(7);
     let mut cases = Vec::new();
     let mut expected = Vec::new();
-    for (name, mut model, shape) in models() {
+    for (name, mut model, shape, make) in all_models() {
         randomise_buffers(&model, &mut rng);
         model.eval();
         let path = dir.join(format!("{name}.onnx"));
-        let example = Tensor::randn(&shape, &mut rng);
+        let example = make(&shape, &mut rng);
         let y1 = export(&model, &example, &path, ExportOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_close(
             &format!("{name}: export's output is kiln's"),
@@ -31,7 +31,7 @@ fn exported_models_match_onnx_runtime_at_batch_1_and_larger_batches() {
         for batch in [1usize, 9] {
             let mut s = shape.clone();
             s[0] = batch;
-            let x = if batch == 1 { example.clone() } else { Tensor::randn(&s, &mut rng) };
+            let x = if batch == 1 { example.clone() } else { make(&s, &mut rng) };
             let y = kiln_autograd::no_grad(|| model.forward(&kiln_autograd::Var::constant(x.clone())).value());
             cases.push(Case { model: path.clone(), inputs: vec![("input".into(), x, false)], outputs: 1 });
             expected.push((format!("{name} at batch {batch}"), y));

@@ -11,7 +11,7 @@ use kiln_nn::{Forward, Module};
 use kiln_onnx::{export, export_model, import, import_bytes, ExportOptions, OnnxError};
 use kiln_tensor::{Rng, Tensor};
 use prost::Message;
-use support::models::{models, randomise_buffers};
+use support::models::{all_models, randomise_buffers};
 use support::{assert_close, temp_dir};
 
 fn fixture(name: &str) -> PathBuf {
@@ -32,11 +32,11 @@ fn read_bin(stem: &str) -> Tensor<f32> {
 fn kiln_exports_import_as_the_same_function_and_reexport_stably() {
     let dir = temp_dir("import_roundtrip");
     let mut rng = Rng::new(11);
-    for (name, mut model, shape) in models() {
+    for (name, mut model, shape, make) in all_models() {
         randomise_buffers(&model, &mut rng);
         model.eval();
         let path = dir.join(format!("{name}.onnx"));
-        let example = Tensor::randn(&shape, &mut rng);
+        let example = make(&shape, &mut rng);
         let (first, _) = export_model(&model, &example, &ExportOptions::default()).unwrap();
         std::fs::write(&path, first.encode_to_vec()).unwrap();
         let imported = import(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -50,7 +50,7 @@ fn kiln_exports_import_as_the_same_function_and_reexport_stably() {
         assert_eq!(keys, model_keys, "{name}");
         let mut s = shape.clone();
         s[0] = 7;
-        let x = Var::constant(Tensor::randn(&s, &mut rng));
+        let x = Var::constant(make(&s, &mut rng));
         let want = kiln_autograd::no_grad(|| model.forward(&x).value());
         let got = kiln_autograd::no_grad(|| imported.forward(&x).value());
         assert_close(&format!("{name}: import"), &got, &want, 1e-5);

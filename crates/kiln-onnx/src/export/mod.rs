@@ -13,11 +13,13 @@
 mod activation;
 mod container;
 mod conv;
+mod embedding;
 mod linear;
 mod norm;
 mod onnx_model;
 mod pool;
 mod shape;
+mod transformer;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -90,6 +92,9 @@ pub const CONVERTERS: &[Converter] = &[
     norm::layer_norm,
     norm::group_norm,
     shape::flatten,
+    embedding::embedding,
+    transformer::transformer_encoder_layer,
+    transformer::transformer_encoder,
     shape::unflatten,
     activation::dropout,
     activation::dropout2d,

@@ -7,6 +7,7 @@ use kiln_nn::{
     Layer, LayerNormConfig, LeakyReLU, Linear, LogSoftmax, MaxPool1dConfig, MaxPool2dConfig, Padding, ReLU, Sequential,
     SiLU, Sigmoid, Softmax, Softplus, Tanh, Unflatten, ELU, GELU,
 };
+use kiln_nn::{TransformerActivation, TransformerEncoder, TransformerEncoderLayerConfig};
 use kiln_tensor::{Rng, Tensor};
 
 /// Gives every batch-norm layer non-trivial running statistics, so the export of eval-mode
@@ -149,5 +150,62 @@ pub fn models() -> Vec<(&'static str, Sequential, Vec<usize>)> {
             .add(Identity),
         vec![1, 16],
     ));
+    out.push((
+        "transformer_encoder",
+        Sequential::new().add(TransformerEncoder::new(
+            TransformerEncoderLayerConfig { dim_feedforward: 12, ..TransformerEncoderLayerConfig::new(8, 2) }
+                .build()
+                .unwrap(),
+            2,
+            Some(LayerNormConfig::new(&[8]).build().unwrap()),
+        )),
+        vec![5, 1, 8],
+    ));
     out
+}
+
+/// Models whose input is token ids: `(name, model, shape at batch 1, vocabulary size)`.
+pub fn id_models() -> Vec<(&'static str, Sequential, Vec<usize>, usize)> {
+    vec![(
+        "embedding_transformer",
+        Sequential::new()
+            .add(kiln_nn::Embedding::new(20, 8))
+            .add(
+                TransformerEncoderLayerConfig {
+                    dim_feedforward: 16,
+                    batch_first: true,
+                    norm_first: true,
+                    activation: TransformerActivation::Gelu,
+                    ..TransformerEncoderLayerConfig::new(8, 4)
+                }
+                .build()
+                .unwrap(),
+            )
+            .add(Linear::new(8, 3)),
+        vec![1, 6],
+        20,
+    )]
+}
+
+/// Random ids below `vocab` as integer-valued floats.
+pub fn random_ids(shape: &[usize], vocab: usize, rng: &mut Rng) -> Tensor<f32> {
+    Tensor::rand(shape, rng).mul_scalar(vocab as f32).map(|v| v.floor().min(vocab as f32 - 1.0))
+}
+
+/// Draws an input of the given shape.
+pub type InputMaker = Box<dyn Fn(&[usize], &mut Rng) -> Tensor<f32>>;
+
+/// A named model, its input shape at batch 1 and its input maker.
+pub type ModelCase = (&'static str, Sequential, Vec<usize>, InputMaker);
+
+/// Every model with an example-input maker: `(name, model, shape at batch 1, input maker)`.
+pub fn all_models() -> Vec<ModelCase> {
+    let mut v: Vec<ModelCase> = models()
+        .into_iter()
+        .map(|(n, m, s)| (n, m, s, Box::new(|s: &[usize], r: &mut Rng| Tensor::randn(s, r)) as InputMaker))
+        .collect();
+    for (n, m, s, vocab) in id_models() {
+        v.push((n, m, s, Box::new(move |s: &[usize], r: &mut Rng| random_ids(s, vocab, r))));
+    }
+    v
 }
