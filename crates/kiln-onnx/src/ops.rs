@@ -342,6 +342,97 @@ fn constant(n: &NodeView) -> R<Val> {
     Err("Constant needs value, value_float(s) or value_int(s)".into())
 }
 
+/// ONNX `LSTM` (gate order i, o, f, c; `B` = `[Wb; Rb]`), forward, reverse or
+/// bidirectional, as a step loop of autograd ops. Returns `Y`, `Y_h`, `Y_c`.
+fn lstm(n: &NodeView, args: &[Option<Val>]) -> R<Vec<Val>> {
+    let mut x = fl(args, 0)?;
+    let (w, r) = (fl(args, 1)?, fl(args, 2)?);
+    let layout = n.i("layout", 0);
+    if layout == 1 {
+        x = x.transpose(0, 1);
+    }
+    let xs = x.shape().to_vec();
+    let ws = w.shape().to_vec();
+    if xs.len() != 3 || ws.len() != 3 {
+        return Err(format!("X {xs:?} and W {ws:?} must be 3-d"));
+    }
+    let hidden = usize::try_from(n.i("hidden_size", (ws[1] / 4) as i64)).map_err(|_| "negative hidden_size")?;
+    let dirs = match n.s("direction").as_deref().unwrap_or("forward") {
+        "forward" => vec![false],
+        "reverse" => vec![true],
+        "bidirectional" => vec![false, true],
+        other => return Err(format!("direction {other:?} is not supported")),
+    };
+    if ws[0] != dirs.len()
+        || ws[1] != 4 * hidden
+        || ws[2] != xs[2]
+        || r.shape().as_slice() != [dirs.len(), 4 * hidden, hidden]
+    {
+        return Err(format!("W {ws:?} / R {:?} do not fit X {xs:?}, hidden {hidden}", r.shape().as_slice()));
+    }
+    if let Some(a) = n.attrs.get("activations") {
+        let acts: Vec<String> = a.strings.iter().map(|s| String::from_utf8_lossy(s).to_lowercase()).collect();
+        if acts.chunks(3).any(|c| c != ["sigmoid", "tanh", "tanh"]) {
+            return Err(format!("activations {acts:?}: only the defaults (Sigmoid, Tanh, Tanh) are supported"));
+        }
+    }
+    if n.attrs.contains_key("clip") || n.i("input_forget", 0) != 0 {
+        return Err("clip and input_forget are not supported".into());
+    }
+    if opt_arg(args, 7).is_some() {
+        return Err("peephole weights (P) are not supported".into());
+    }
+    let (seq, batch) = (xs[0], xs[1]);
+    if let Some(Val::I(lens, _)) = opt_arg(args, 4) {
+        if lens.iter().any(|&l| l != seq as i64) {
+            return Err(format!("sequence_lens {lens:?} shorter than the sequence ({seq}) are not supported"));
+        }
+    }
+    let state = |i: usize, d: usize| -> R<Var<f32>> {
+        Ok(match opt_arg(args, i) {
+            Some(v) => to_float(v).select(0, d),
+            None => Var::constant(Tensor::zeros(&[batch, hidden])),
+        })
+    };
+    let (mut ys, mut hs, mut cs) = (Vec::new(), Vec::new(), Vec::new());
+    for (d, &reverse) in dirs.iter().enumerate() {
+        let wd = w.select(0, d);
+        let rt = r.select(0, d).t();
+        let mut xw = x.matmul(&wd.t());
+        if let Some(b) = opt_arg(args, 3) {
+            let b = to_float(b).select(0, d);
+            xw = xw.add(&b.narrow(0, 0, 4 * hidden).add(&b.narrow(0, 4 * hidden, 4 * hidden)));
+        }
+        let (mut h, mut c) = (state(5, d)?, state(6, d)?);
+        let mut out = vec![None; seq];
+        let steps: Vec<usize> = if reverse { (0..seq).rev().collect() } else { (0..seq).collect() };
+        for t in steps {
+            let g = xw.select(0, t).add(&h.matmul(&rt));
+            let i = g.narrow(1, 0, hidden).sigmoid();
+            let o = g.narrow(1, hidden, hidden).sigmoid();
+            let f = g.narrow(1, 2 * hidden, hidden).sigmoid();
+            let cand = g.narrow(1, 3 * hidden, hidden).tanh();
+            c = f.mul(&c).add(&i.mul(&cand));
+            h = o.mul(&c.tanh());
+            out[t] = Some(h.clone());
+        }
+        let out: Vec<Var<f32>> = out.into_iter().map(|v| v.expect("every step ran")).collect();
+        ys.push(if seq == 0 { Var::constant(Tensor::zeros(&[0, batch, hidden])) } else { Var::stack(&out, 0) });
+        hs.push(h);
+        cs.push(c);
+    }
+    let mut y = Var::stack(&ys, 1); // [seq, dirs, batch, hidden]
+    if layout == 1 {
+        y = y.permute(&[2, 0, 1, 3]);
+    }
+    let (mut yh, mut yc) = (Var::stack(&hs, 0), Var::stack(&cs, 0));
+    if layout == 1 {
+        yh = yh.transpose(0, 1);
+        yc = yc.transpose(0, 1);
+    }
+    Ok(vec![Val::F(y), Val::F(yh), Val::F(yc)])
+}
+
 /// Runs one node on its inputs (`None` for an omitted optional input).
 pub(crate) fn run_node(n: NodeView, args: &[Option<Val>], opset: i64) -> R<Vec<Val>> {
     let one = |v: Var<f32>| Ok(vec![Val::F(v)]);
@@ -432,6 +523,7 @@ pub(crate) fn run_node(n: NodeView, args: &[Option<Val>], opset: i64) -> R<Vec<V
             one(y)
         }
         "Conv" => one(conv(&n, args)?),
+        "LSTM" => lstm(&n, args),
         "ConvTranspose" => one(conv_transpose(&n, args)?),
         "MaxPool" => one(pool(&n, args, true)?),
         "AveragePool" => one(pool(&n, args, false)?),
@@ -518,6 +610,22 @@ pub(crate) fn run_node(n: NodeView, args: &[Option<Val>], opset: i64) -> R<Vec<V
             Ok(vec![Val::I(out, vec![len])])
         }
         "Constant" => Ok(vec![constant(&n)?]),
+        "ConstantOfShape" => {
+            let shape = usz(&ints(args, 0)?, "shape")?;
+            let numel = shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).ok_or("shape overflows")?;
+            if numel > 1 << 28 {
+                return Err(format!("shape {shape:?} is too large"));
+            }
+            let value = match n.attrs.get("value").and_then(|a| a.t.as_ref()) {
+                None => Data::F(vec![0.0]),
+                Some(t) => tensor_data("ConstantOfShape", t).map_err(|e| e.to_string())?.0,
+            };
+            match value {
+                Data::F(v) if v.len() == 1 => one(Var::constant(Tensor::full(&shape, v[0]))),
+                Data::I(v) if v.len() == 1 => Ok(vec![Val::I(vec![v[0]; numel], shape)]),
+                _ => Err("value must hold one element".into()),
+            }
+        }
         "Cast" => {
             let to = n.i("to", 0) as i32;
             let v = arg(args, 0)?;

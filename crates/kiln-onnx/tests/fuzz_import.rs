@@ -23,12 +23,12 @@ proptest! {
 
     #[test]
     fn mutated_models_never_panic_on_import(
-        which in 0usize..2,
+        which in 0usize..3,
         flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
         cut in any::<prop::sample::Index>(),
         truncate in any::<bool>(),
     ) {
-        let mut bytes = fixture_bytes(["mlp.onnx", "mnist_cnn.onnx"][which]);
+        let mut bytes = fixture_bytes(["mlp.onnx", "mnist_cnn.onnx", "lstm_classifier.onnx"][which]);
         for (at, v) in flips {
             let i = at.index(bytes.len());
             bytes[i] = v;
