@@ -1,0 +1,158 @@
+//! Activations and the eval-mode identities: `Dropout`/`Dropout2d` (eval) -> `Identity`,
+//! `ReLU`, `LeakyReLU`, `ELU`, `GELU`, `SiLU`, `Sigmoid`, `Tanh`, `Softplus`, `Softmax`,
+//! `LogSoftmax`.
+
+use kiln_nn::{
+    Dropout, Dropout2d, GeluApproximate, Layer, LeakyReLU, LogSoftmax, ReLU, SiLU, Sigmoid, Softmax, Softplus, Tanh,
+    ELU, GELU,
+};
+
+use super::{attr_f, attr_i, attr_s, unsupported, Exporter, Value};
+use crate::error::OnnxError;
+
+const TRAINING: &str = "dropout is in training mode (random masks); call model.eval() before exporting";
+
+/// `Dropout` in eval mode -> `Identity`.
+pub fn dropout(
+    layer: &dyn Layer<f32>,
+    ex: &mut Exporter,
+    prefix: &str,
+    x: &Value,
+) -> Option<Result<String, OnnxError>> {
+    let l = layer.downcast_ref::<Dropout>()?;
+    if l.is_training() && l.p > 0.0 {
+        return Some(Err(unsupported(layer, prefix, TRAINING)));
+    }
+    Some(Ok(ex.node("Identity", &[&x.name], vec![])))
+}
+
+/// `Dropout2d` in eval mode -> `Identity`.
+pub fn dropout2d(
+    layer: &dyn Layer<f32>,
+    ex: &mut Exporter,
+    prefix: &str,
+    x: &Value,
+) -> Option<Result<String, OnnxError>> {
+    let l = layer.downcast_ref::<Dropout2d>()?;
+    if l.is_training() && l.p > 0.0 {
+        return Some(Err(unsupported(layer, prefix, TRAINING)));
+    }
+    Some(Ok(ex.node("Identity", &[&x.name], vec![])))
+}
+
+/// `ReLU` -> `Relu`.
+pub fn relu(layer: &dyn Layer<f32>, ex: &mut Exporter, _prefix: &str, x: &Value) -> Option<Result<String, OnnxError>> {
+    layer.downcast_ref::<ReLU>()?;
+    Some(Ok(ex.node("Relu", &[&x.name], vec![])))
+}
+
+/// `LeakyReLU` -> `LeakyRelu(alpha = negative_slope)`.
+pub fn leaky_relu(
+    layer: &dyn Layer<f32>,
+    ex: &mut Exporter,
+    _prefix: &str,
+    x: &Value,
+) -> Option<Result<String, OnnxError>> {
+    let l = layer.downcast_ref::<LeakyReLU>()?;
+    Some(Ok(ex.node("LeakyRelu", &[&x.name], vec![attr_f("alpha", l.negative_slope as f32)])))
+}
+
+/// `ELU` -> `Elu(alpha)`.
+pub fn elu(layer: &dyn Layer<f32>, ex: &mut Exporter, _prefix: &str, x: &Value) -> Option<Result<String, OnnxError>> {
+    let l = layer.downcast_ref::<ELU>()?;
+    Some(Ok(ex.node("Elu", &[&x.name], vec![attr_f("alpha", l.alpha as f32)])))
+}
+
+/// `GELU` -> `Gelu(approximate)` from opset 20; before it, the formula in primitive ops:
+/// `x/2 (1 + erf(x/√2))`, or `x/2 (1 + tanh(√(2/π) (x + 0.044715 x³)))` for `'tanh'`.
+pub fn gelu(layer: &dyn Layer<f32>, ex: &mut Exporter, _prefix: &str, x: &Value) -> Option<Result<String, OnnxError>> {
+    let l = layer.downcast_ref::<GELU>()?;
+    let tanh = l.approximate == GeluApproximate::Tanh;
+    if ex.opset >= 20 {
+        let a = if tanh { "tanh" } else { "none" };
+        return Some(Ok(ex.node("Gelu", &[&x.name], vec![attr_s("approximate", a)])));
+    }
+    let inner = if tanh {
+        let c = ex.const_f32("gelu_cubic", 0.044715);
+        let k = ex.const_f32("gelu_sqrt_2_over_pi", (2.0f64 / std::f64::consts::PI).sqrt() as f32);
+        let x2 = ex.node("Mul", &[&x.name, &x.name], vec![]);
+        let x3 = ex.node("Mul", &[&x2, &x.name], vec![]);
+        let t = ex.node("Mul", &[&x3, &c], vec![]);
+        let s = ex.node("Add", &[&x.name, &t], vec![]);
+        let s = ex.node("Mul", &[&s, &k], vec![]);
+        ex.node("Tanh", &[&s], vec![])
+    } else {
+        let r = ex.const_f32("gelu_sqrt2", std::f32::consts::SQRT_2);
+        let s = ex.node("Div", &[&x.name, &r], vec![]);
+        ex.node("Erf", &[&s], vec![])
+    };
+    let one = ex.const_f32("gelu_one", 1.0);
+    let half = ex.const_f32("gelu_half", 0.5);
+    let p = ex.node("Add", &[&inner, &one], vec![]);
+    let y = ex.node("Mul", &[&x.name, &p], vec![]);
+    Some(Ok(ex.node("Mul", &[&y, &half], vec![])))
+}
+
+/// `SiLU` -> `x * Sigmoid(x)`.
+pub fn silu(layer: &dyn Layer<f32>, ex: &mut Exporter, _prefix: &str, x: &Value) -> Option<Result<String, OnnxError>> {
+    layer.downcast_ref::<SiLU>()?;
+    let s = ex.node("Sigmoid", &[&x.name], vec![]);
+    Some(Ok(ex.node("Mul", &[&x.name, &s], vec![])))
+}
+
+/// `Sigmoid` -> `Sigmoid`.
+pub fn sigmoid(
+    layer: &dyn Layer<f32>,
+    ex: &mut Exporter,
+    _prefix: &str,
+    x: &Value,
+) -> Option<Result<String, OnnxError>> {
+    layer.downcast_ref::<Sigmoid>()?;
+    Some(Ok(ex.node("Sigmoid", &[&x.name], vec![])))
+}
+
+/// `Tanh` -> `Tanh`.
+pub fn tanh(layer: &dyn Layer<f32>, ex: &mut Exporter, _prefix: &str, x: &Value) -> Option<Result<String, OnnxError>> {
+    layer.downcast_ref::<Tanh>()?;
+    Some(Ok(ex.node("Tanh", &[&x.name], vec![])))
+}
+
+/// `Softplus(beta, threshold)` -> `Where(x β > threshold, x, Softplus(x β) / β)` (ONNX's
+/// `Softplus` has neither parameter).
+pub fn softplus(
+    layer: &dyn Layer<f32>,
+    ex: &mut Exporter,
+    _prefix: &str,
+    x: &Value,
+) -> Option<Result<String, OnnxError>> {
+    let l = layer.downcast_ref::<Softplus>()?;
+    let beta = ex.const_f32("softplus_beta", l.beta as f32);
+    let xb = ex.node("Mul", &[&x.name, &beta], vec![]);
+    let sp = ex.node("Softplus", &[&xb], vec![]);
+    let sp = ex.node("Div", &[&sp, &beta], vec![]);
+    let th = ex.const_f32("softplus_threshold", l.threshold as f32);
+    let over = ex.node("Greater", &[&xb, &th], vec![]);
+    Some(Ok(ex.node("Where", &[&over, &x.name, &sp], vec![])))
+}
+
+/// `Softmax(dim)` -> `Softmax(axis = dim)` (opset 13 semantics: along one axis).
+pub fn softmax(
+    layer: &dyn Layer<f32>,
+    ex: &mut Exporter,
+    _prefix: &str,
+    x: &Value,
+) -> Option<Result<String, OnnxError>> {
+    let l = layer.downcast_ref::<Softmax>()?;
+    Some(Ok(ex.node("Softmax", &[&x.name], vec![attr_i("axis", l.dim as i64)])))
+}
+
+/// `LogSoftmax(dim)` -> `LogSoftmax(axis = dim)`.
+pub fn log_softmax(
+    layer: &dyn Layer<f32>,
+    ex: &mut Exporter,
+    _prefix: &str,
+    x: &Value,
+) -> Option<Result<String, OnnxError>> {
+    let l = layer.downcast_ref::<LogSoftmax>()?;
+    Some(Ok(ex.node("LogSoftmax", &[&x.name], vec![attr_i("axis", l.dim as i64)])))
+}
