@@ -32,7 +32,7 @@ use cnn_mnist::{model, normalise};
 #[path = "common.rs"]
 #[allow(clippy::duplicate_mod)] // cnn_mnist includes it too
 mod common;
-use common::{data_folder, env_usize, first};
+use common::{data_folder, env_usize, first, OrStop};
 
 /// What to run: the full recipe, or a slice of it for the smoke test.
 #[derive(Clone, Debug)]
@@ -158,7 +158,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
         .metric("accuracy", || Accuracy::multiclass(10))
         .scheduler(schedule, SchedulerInterval::Epoch)
         .verbosity(if opts.verbose { Verbosity::ProgressBar } else { Verbosity::Silent });
-    trainer.fit(&mut model, &mut opt, &NLLLoss::default(), &train, None);
+    trainer.fit(&mut model, &mut opt, &NLLLoss::default(), &train, None).or_stop();
     model.eval();
 
     // kiln's predictions on the test set, and the images as they were fed
