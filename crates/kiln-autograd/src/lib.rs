@@ -4,7 +4,8 @@
 //! [`Var`] records the operations applied to it; [`Var::backward`] accumulates gradients into
 //! the leaves, as `loss.backward()` does in PyTorch; [`grad`] gives gradients of gradients
 //! (every backward is written with `Var` ops, so it is itself differentiable); [`no_grad`]
-//! turns recording off; [`gradcheck`] and [`gradgradcheck`] check any function's gradients
+//! turns recording off; [`autocast`] runs the matrix products of a region (and of their
+//! backward) in bfloat16 with `f32` sums; [`gradcheck`] and [`gradgradcheck`] check any function's gradients
 //! against finite differences.
 //!
 //! ```
@@ -27,6 +28,8 @@ mod var;
 
 pub use engine::grad;
 pub use gradcheck::{gradcheck, gradgradcheck, GradcheckError, GradcheckReport};
+/// Mixed precision (`torch.autocast`): kiln-tensor's scope, re-exported beside [`no_grad`].
+pub use kiln_tensor::autocast::{autocast, is_autocast_enabled, set_autocast, AutocastGuard};
 pub use mode::{
     anomaly_enabled, detect_anomaly, is_grad_enabled, no_grad, set_detect_anomaly, set_grad_enabled, NoGradGuard,
 };

@@ -51,6 +51,9 @@ pub(crate) struct Node<E: Float, B: ?Sized + Backward<E> = dyn Backward<E>> {
     pub(crate) freed: AtomicBool,
     /// Backward-pass bookkeeping: pass number (high 32 bits) and slot (low 32 bits).
     pub(crate) mark: AtomicU64,
+    /// The autocast mode the op was recorded under; its backward runs in the same mode, so
+    /// that the gradient products of a bfloat16 product are bfloat16 too (as in PyTorch).
+    pub(crate) autocast: Option<kiln_tensor::DType>,
     pub(crate) op: B,
 }
 
@@ -102,6 +105,7 @@ impl<E: Float> Var<E> {
             inputs: Mutex::new(SmallVec::new()),
             freed: AtomicBool::new(false),
             mark: AtomicU64::new(0),
+            autocast: None,
             op: Leaf,
         });
         Var { node }
@@ -141,6 +145,7 @@ impl<E: Float> Var<E> {
             inputs: Mutex::new(inputs),
             freed: AtomicBool::new(false),
             mark: AtomicU64::new(0),
+            autocast: kiln_tensor::autocast_dtype(),
             op,
         });
         Var { node }
