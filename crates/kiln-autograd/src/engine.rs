@@ -115,11 +115,13 @@ pub(crate) fn run<E: Float>(
         );
         let inputs = lock_inputs(&node).clone();
         let output = Var { node: node.clone() };
+        let mode = kiln_tensor::set_autocast(node.autocast);
         let in_grads = if anomaly_enabled() {
             crate::mode::in_backward_of(node.op.name(), || node.op.backward(&g, &inputs, &output))
         } else {
             node.op.backward(&g, &inputs, &output)
         };
+        drop(mode);
         debug_assert_eq!(
             in_grads.len(),
             inputs.len(),

@@ -11,6 +11,9 @@ pub enum DType {
     F32,
     /// 64-bit IEEE float.
     F64,
+    /// bfloat16 (8-bit exponent, 8-bit mantissa): the storage of
+    /// [`Bf16Tensor`](crate::Bf16Tensor) and the precision of [`autocast`](crate::autocast).
+    BF16,
 }
 
 impl Display for DType {
@@ -18,6 +21,7 @@ impl Display for DType {
         f.write_str(match self {
             DType::F32 => "f32",
             DType::F64 => "f64",
+            DType::BF16 => "bf16",
         })
     }
 }
@@ -302,6 +306,26 @@ impl Float for f32 {
         rsc: isize,
         csc: isize,
     ) {
+        if crate::autocast::bf16_gemm() {
+            use crate::kernels::{bf16_gemm, gemm::MatRef};
+            // SAFETY: forwarded contract.
+            unsafe {
+                bf16_gemm::gemm_bf16_raw(
+                    bf16_gemm::Bf16Isa::detect(),
+                    m,
+                    k,
+                    n,
+                    alpha,
+                    MatRef { ptr: a, rs: rsa, cs: csa },
+                    MatRef { ptr: b, rs: rsb, cs: csb },
+                    beta,
+                    c,
+                    rsc,
+                    csc,
+                )
+            };
+            return;
+        }
         // SAFETY (both calls): forwarded contract.
         #[cfg(kiln_avx512)]
         if unsafe { crate::kernels::sgemm::try_sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) } {

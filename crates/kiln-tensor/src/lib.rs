@@ -3,7 +3,8 @@
 //! n-dimensional arrays of `f32`/`f64` for the kiln deep-learning framework: shared storage with
 //! copy-on-write, strided views (permute, slice, expand, flip) that never copy, NumPy/PyTorch
 //! broadcasting, reductions, an explicit seedable [`Rng`], and the CPU kernels (GEMM,
-//! convolution, pooling) every layer above is built on.
+//! convolution, pooling) every layer above is built on; bfloat16 storage ([`Bf16Tensor`]) and
+//! mixed precision ([`autocast`]) on a bfloat16 GEMM.
 //!
 //! ```
 //! use kiln_tensor::{Rng, Tensor};
@@ -17,6 +18,8 @@
 
 pub mod alloc;
 mod attention;
+pub mod autocast;
+mod bf16;
 mod conv;
 pub mod element;
 mod elementwise;
@@ -32,6 +35,8 @@ pub mod rng;
 mod rnn;
 mod tensor;
 
+pub use autocast::{autocast, autocast_dtype, is_autocast_enabled, set_autocast, AutocastGuard};
+pub use bf16::Bf16Tensor;
 pub use element::{DType, Float};
 pub use elementwise::{broadcast_shapes, sigmoid_scalar};
 pub use indexing::PadMode;

@@ -15,6 +15,9 @@ use std::sync::{Arc, OnceLock, RwLock};
 struct PoolState {
     threads: usize,
     pool: Arc<rayon::ThreadPool>,
+    /// The pool of callers inside [`autocast`](crate::autocast) (its threads are in bfloat16
+    /// mode for good), made on first use.
+    bf16_pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 fn state() -> &'static RwLock<PoolState> {
@@ -26,7 +29,7 @@ fn state() -> &'static RwLock<PoolState> {
             // A setting that is silently ignored is worse than none: stop, naming it.
             Err(e) => panic!("{e}"),
         };
-        RwLock::new(PoolState { threads, pool: Arc::new(build(threads)) })
+        RwLock::new(PoolState { threads, pool: Arc::new(build(threads)), bf16_pool: None })
     })
 }
 
@@ -76,6 +79,18 @@ fn build(threads: usize) -> rayon::ThreadPool {
         .expect("kiln: cannot start the thread pool")
 }
 
+/// The pool for autocast callers: the same size, its threads inside `autocast(BF16)`, so that
+/// work split off an autocast thread computes as that thread would, while other callers'
+/// work on the main pool is untouched.
+fn build_bf16(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("kiln-bf16-{i}"))
+        .start_handler(|_| std::mem::forget(crate::autocast::set_autocast(Some(crate::DType::BF16))))
+        .build()
+        .expect("kiln: cannot start the autocast thread pool")
+}
+
 /// Sets the number of threads every parallel kernel (GEMM included) uses.
 ///
 /// Like `torch.set_num_threads`. Takes effect for kernels started after the call.
@@ -92,6 +107,7 @@ pub fn set_num_threads(n: usize) {
     if s.threads != n {
         s.threads = n;
         s.pool = Arc::new(build(n));
+        s.bf16_pool = None;
     }
 }
 
@@ -114,6 +130,15 @@ pub fn install<R: Send>(f: impl FnOnce(usize) -> R + Send) -> R {
     };
     if threads == 1 {
         return f(1);
+    }
+    if crate::autocast::bf16_gemm() {
+        let made = state().read().unwrap_or_else(|e| e.into_inner()).bf16_pool.clone();
+        let pool = made.unwrap_or_else(|| {
+            let mut s = state().write().unwrap_or_else(|e| e.into_inner());
+            let threads = s.threads;
+            s.bf16_pool.get_or_insert_with(|| Arc::new(build_bf16(threads))).clone()
+        });
+        return pool.install(|| f(threads));
     }
     pool.install(|| f(threads))
 }

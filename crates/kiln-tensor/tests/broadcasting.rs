@@ -21,6 +21,7 @@ fn tol<E: Float>() -> f64 {
     match E::DTYPE {
         DType::F32 => 1e-6,
         DType::F64 => 1e-15,
+        DType::BF16 => unreachable!("Float is f32 or f64"),
     }
 }
 
@@ -29,6 +30,7 @@ fn ftol<E: Float>() -> f64 {
     match E::DTYPE {
         DType::F32 => 1e-5,
         DType::F64 => 1e-12,
+        DType::BF16 => unreachable!("Float is f32 or f64"),
     }
 }
 

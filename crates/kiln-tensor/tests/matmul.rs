@@ -27,6 +27,7 @@ fn eps<E: Float>() -> f64 {
     match E::DTYPE {
         DType::F32 => f32::EPSILON as f64,
         DType::F64 => f64::EPSILON,
+        DType::BF16 => unreachable!("Float is f32 or f64"),
     }
 }
 

@@ -22,6 +22,7 @@ fn eps<E: Float>() -> f64 {
     match E::DTYPE {
         DType::F32 => f32::EPSILON as f64,
         DType::F64 => f64::EPSILON,
+        DType::BF16 => unreachable!("Float is f32 or f64"),
     }
 }
 
@@ -307,6 +308,7 @@ fn check_softmax<E: Float>(shape: &[usize], seed: u64, shift: f64) -> Result<(),
     let (rt, at) = match E::DTYPE {
         DType::F32 => (2e-5, 1e-6),
         DType::F64 => (1e-12, 1e-15),
+        DType::BF16 => unreachable!("Float is f32 or f64"),
     };
     for d in 0..nd {
         let dim = any_sign(d, nd, g);

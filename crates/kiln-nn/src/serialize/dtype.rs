@@ -120,6 +120,7 @@ impl Dtype {
         match E::DTYPE {
             kiln_tensor::DType::F32 => Dtype::F32,
             kiln_tensor::DType::F64 => Dtype::F64,
+            kiln_tensor::DType::BF16 => Dtype::BF16,
         }
     }
 }
