@@ -4,13 +4,10 @@
 //! [`Var`] records the operations applied to it; [`Var::backward`] accumulates gradients into
 //! the leaves, as `loss.backward()` does in PyTorch; [`grad`] gives gradients of gradients
 //! (every backward is written with `Var` ops, so it is itself differentiable); [`no_grad`]
-<<<<<<< HEAD
 //! turns recording off; [`Var::register_post_accumulate_grad_hook`] and [`queue_callback`]
-//! hook into backward (data-parallel gradient synchronisation); [`gradcheck`] and [`gradgradcheck`] check any function's gradients
-=======
-//! turns recording off; [`autocast`] runs the matrix products of a region (and of their
-//! backward) in bfloat16 with `f32` sums; [`gradcheck`] and [`gradgradcheck`] check any function's gradients
->>>>>>> bf16
+//! hook into backward (data-parallel gradient synchronisation); [`autocast`] runs the matrix
+//! products of a region (and of their backward) in bfloat16 with `f32` sums; [`gradcheck`] and
+//! [`gradgradcheck`] check any function's gradients
 //! against finite differences.
 //!
 //! ```
@@ -34,12 +31,9 @@ mod var;
 
 pub use engine::grad;
 pub use gradcheck::{gradcheck, gradgradcheck, GradcheckError, GradcheckReport};
-<<<<<<< HEAD
 pub use hooks::{queue_callback, HookHandle};
-=======
 /// Mixed precision (`torch.autocast`): kiln-tensor's scope, re-exported beside [`no_grad`].
 pub use kiln_tensor::autocast::{autocast, is_autocast_enabled, set_autocast, AutocastGuard};
->>>>>>> bf16
 pub use mode::{
     anomaly_enabled, detect_anomaly, is_grad_enabled, no_grad, set_detect_anomaly, set_grad_enabled, NoGradGuard,
 };

@@ -51,14 +51,11 @@ pub(crate) struct Node<E: Float, B: ?Sized + Backward<E> = dyn Backward<E>> {
     pub(crate) freed: AtomicBool,
     /// Backward-pass bookkeeping: pass number (high 32 bits) and slot (low 32 bits).
     pub(crate) mark: AtomicU64,
-<<<<<<< HEAD
     /// Post-accumulate-grad hooks by id (leaves only).
     pub(crate) hooks: Mutex<Vec<(u64, crate::hooks::GradHook<E>)>>,
-=======
     /// The autocast mode the op was recorded under; its backward runs in the same mode, so
     /// that the gradient products of a bfloat16 product are bfloat16 too (as in PyTorch).
     pub(crate) autocast: Option<kiln_tensor::DType>,
->>>>>>> bf16
     pub(crate) op: B,
 }
 
@@ -110,11 +107,8 @@ impl<E: Float> Var<E> {
             inputs: Mutex::new(SmallVec::new()),
             freed: AtomicBool::new(false),
             mark: AtomicU64::new(0),
-<<<<<<< HEAD
             hooks: Mutex::new(Vec::new()),
-=======
             autocast: None,
->>>>>>> bf16
             op: Leaf,
         });
         Var { node }
@@ -154,11 +148,8 @@ impl<E: Float> Var<E> {
             inputs: Mutex::new(inputs),
             freed: AtomicBool::new(false),
             mark: AtomicU64::new(0),
-<<<<<<< HEAD
             hooks: Mutex::new(Vec::new()),
-=======
             autocast: kiln_tensor::autocast_dtype(),
->>>>>>> bf16
             op,
         });
         Var { node }
