@@ -183,4 +183,28 @@ pub enum NnError {
         /// The other source key.
         second: String,
     },
+    /// A PyTorch checkpoint whose pickle names a global outside the allow-list
+    /// ([`ALLOWED_GLOBALS`](crate::serialize::ALLOWED_GLOBALS)): refused when it is named,
+    /// before anything could use it, and the whole file with it.
+    #[error("{}: {record}: global {global} is not allowed (kiln reads checkpoints as torch.load(weights_only=True) does and never runs pickled code; byte {offset})", path.display())]
+    ForbiddenGlobal {
+        /// The file.
+        path: PathBuf,
+        /// The pickle (`archive/data.pkl`).
+        record: String,
+        /// The refused global (`os.system`, `builtins.eval`).
+        global: String,
+        /// The byte offset of the opcode in the pickle.
+        offset: u64,
+    },
+    /// A PyTorch checkpoint that is malformed or holds what the reader does not rebuild.
+    #[error("{}: {}{message}", path.display(), if record.is_empty() { String::new() } else { format!("{record}: ") })]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// The zip record or legacy section (`archive/data.pkl`, `archive/data/3`), or empty.
+        record: String,
+        /// What is wrong, with the byte offset where there is one.
+        message: String,
+    },
 }

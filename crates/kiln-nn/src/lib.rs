@@ -37,7 +37,8 @@ pub use loss::{
 };
 pub use module::{visit_buffer, visit_param, Forward, Layer, LoadReport, Module, StateDict, TensorKind};
 pub use serialize::{
-    load, load_mapped, load_state_dict_file, save, save_state_dict, KeyMap, KeyMapReport, Metadata, SafetensorsFile,
+    load, load_mapped, load_state_dict_file, save, save_state_dict, KeyMap, KeyMapReport, Metadata, PtFile,
+    SafetensorsFile,
 };
 
 /// `#[derive(Module)]`: writes [`Module`]'s `visit` and train/eval from a struct's fields

@@ -1,7 +1,6 @@
 //! A writer killed with SIGKILL in the middle of a save leaves its temporary behind; the next
 //! save of the same target removes it, and the target keeps its last complete content.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

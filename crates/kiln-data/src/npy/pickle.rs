@@ -1,9 +1,9 @@
-//! A minimal, non-executing pickle reader for the object arrays that `numpy.save` writes for
-//! arrays of Python lists (Keras' `imdb.npz`, `reuters.npz`).
+//! The object arrays that `numpy.save` writes for arrays of Python lists (Keras' `imdb.npz`,
+//! `reuters.npz`), read through kiln-pickle's non-executing pickle machine.
 //!
-//! The reader runs the pickle machine over a closed set of opcodes and builds inert values: a
-//! `GLOBAL` is a name, a `REDUCE` or `NEWOBJ` a record of "call this with these arguments" that is
-//! never called. The result is accepted only when it has one of two shapes:
+//! The machine ([`kiln_pickle::parse`]) builds inert values: a `GLOBAL` is a name, a `REDUCE` or
+//! `NEWOBJ` a record of "call this with these arguments" that is never called. The result is
+//! accepted only when it has one of two shapes:
 //!
 //! 1. what `numpy.save` writes for an object array: `numpy.core.multiarray._reconstruct` (or
 //!    `numpy._core.multiarray._reconstruct`) applied to `(numpy.ndarray, ...)`, then `BUILD` with
@@ -30,40 +30,11 @@
 //! genuine pickle needs at least two bytes per integer), so lists shared through the memo cannot
 //! amplify a small file into a large allocation.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use kiln_pickle::{Object, Options, Pickle, PickleError, Value};
+
 use crate::error::{DataError, Result};
-
-/// A value on the pickle machine's stack; compound values are indices into the arena.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Val {
-    None,
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    Obj(usize),
-}
-
-/// A compound value.
-#[derive(Debug)]
-enum Obj {
-    Text(String),
-    Bytes(Vec<u8>),
-    List(Vec<Val>),
-    Tuple(Vec<Val>),
-    Dict(Vec<(Val, Val)>),
-    Global {
-        module: String,
-        name: String,
-    },
-    /// `func(*args)` (REDUCE) or `cls.__new__(cls, *args)` (NEWOBJ), never called; `state` from BUILD.
-    Call {
-        func: Val,
-        args: Val,
-        state: Option<Val>,
-    },
-}
 
 /// What the pickle of an object array holds.
 #[derive(Debug, PartialEq, Eq)]
@@ -76,500 +47,61 @@ pub(crate) struct ObjectArray {
     pub items: Vec<Vec<i64>>,
 }
 
-struct Machine<'a> {
-    data: &'a [u8],
-    pos: usize,
+/// A kiln-pickle error inside the file `path`, whose pickle starts at byte `base`.
+pub(crate) fn data_error(path: &Path, base: u64, e: PickleError) -> DataError {
+    let path = path.to_path_buf();
+    match e {
+        PickleError::Truncated { expected, found } => {
+            DataError::Truncated { path, expected: base.saturating_add(expected), found: base + found }
+        }
+        PickleError::Format { offset, expected, found } => DataError::format(path, base + offset, expected, found),
+        PickleError::BadMagic { expected, found } => DataError::BadMagic { path, expected, found },
+        PickleError::ForbiddenGlobal { offset, module, name } => {
+            DataError::format(path, base + offset, "an allowed global", format!("{module}.{name}"))
+        }
+    }
+}
+
+struct Reader<'a> {
+    p: Pickle,
     path: &'a Path,
-    /// Offset of `data[0]` in the file, for error offsets.
     base: u64,
-    stack: Vec<Val>,
-    marks: Vec<usize>,
-    memo: HashMap<u64, Val>,
-    objs: Vec<Obj>,
+    len: usize,
 }
 
 /// Parses the pickle `data` (found at byte `base` of the file `path`) as an object array.
 pub(crate) fn read_object_array(path: &Path, base: u64, data: &[u8]) -> Result<ObjectArray> {
-    let mut m = Machine {
-        data,
-        pos: 0,
-        path,
-        base,
-        stack: Vec::new(),
-        marks: Vec::new(),
-        memo: HashMap::new(),
-        objs: Vec::new(),
-    };
-    let root = m.run()?;
-    m.interpret(root)
+    let p = kiln_pickle::parse(data, &Options::default()).map_err(|e| data_error(path, base, e))?;
+    let root = p.root();
+    Reader { p, path, base, len: data.len() }.interpret(root)
 }
 
 const NUMPY_MULTIARRAY: [&str; 2] = ["numpy.core.multiarray", "numpy._core.multiarray"];
 
-impl Machine<'_> {
+impl Reader<'_> {
     fn err(&self, at: usize, expected: impl Into<String>, found: impl Into<String>) -> DataError {
         DataError::format(PathBuf::from(self.path), self.base + at as u64, expected, found)
     }
 
-    fn take(&mut self, n: u64) -> Result<&[u8]> {
-        let left = (self.data.len() - self.pos) as u64;
-        if n > left {
-            return Err(DataError::Truncated {
-                path: self.path.to_path_buf(),
-                // Saturating: `n` is an untrusted 64-bit length (found by `cargo fuzz`).
-                expected: (self.base + self.pos as u64).saturating_add(n),
-                found: self.base + self.data.len() as u64,
-            });
-        }
-        let s = &self.data[self.pos..self.pos + n as usize];
-        self.pos += n as usize;
-        Ok(s)
-    }
-
-    fn le<const N: usize>(&mut self) -> Result<[u8; N]> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N as u64)?);
-        Ok(a)
-    }
-
-    /// A `\n`-terminated line (protocol 0 arguments), without the newline.
-    fn line(&mut self) -> Result<&[u8]> {
-        let rest = &self.data[self.pos..];
-        let Some(n) = rest.iter().position(|&b| b == b'\n') else {
-            return Err(DataError::Truncated {
-                path: self.path.to_path_buf(),
-                expected: self.base + self.data.len() as u64 + 1,
-                found: self.base + self.data.len() as u64,
-            });
-        };
-        self.pos += n + 1;
-        Ok(&rest[..n])
-    }
-
-    fn alloc(&mut self, obj: Obj) -> Val {
-        self.objs.push(obj);
-        Val::Obj(self.objs.len() - 1)
-    }
-
-    fn pop(&mut self, op_at: usize) -> Result<Val> {
-        let floor = self.marks.last().copied().unwrap_or(0);
-        if self.stack.len() <= floor {
-            return Err(self.err(op_at, "a value on the pickle stack", "an empty stack"));
-        }
-        Ok(self.stack.pop().expect("checked"))
-    }
-
-    fn top(&self, op_at: usize) -> Result<Val> {
-        let floor = self.marks.last().copied().unwrap_or(0);
-        if self.stack.len() <= floor {
-            return Err(self.err(op_at, "a value on the pickle stack", "an empty stack"));
-        }
-        Ok(*self.stack.last().expect("checked"))
-    }
-
-    /// Pops everything down to the last MARK (and the mark).
-    fn pop_mark(&mut self, op_at: usize) -> Result<Vec<Val>> {
-        let Some(mark) = self.marks.pop() else {
-            return Err(self.err(op_at, "a MARK before this opcode", "none"));
-        };
-        Ok(self.stack.split_off(mark))
-    }
-
-    fn text(&self, v: Val) -> Option<String> {
-        match v {
-            Val::Obj(i) => match &self.objs[i] {
-                Obj::Text(s) => Some(s.clone()),
-                Obj::Bytes(b) => Some(b.iter().map(|&c| c as char).collect()),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-
-    fn int_from_le(&self, at: usize, bytes: &[u8]) -> Result<i64> {
-        if bytes.is_empty() {
-            return Ok(0);
-        }
-        // Two's complement little-endian; must fit in 64 bits once sign extension is dropped.
-        let negative = bytes[bytes.len() - 1] & 0x80 != 0;
-        let fill = if negative { 0xff } else { 0 };
-        let mut a = [fill; 8];
-        let (low, high) = bytes.split_at(bytes.len().min(8));
-        a[..low.len()].copy_from_slice(low);
-        let v = i64::from_le_bytes(a);
-        if high.iter().any(|&b| b != fill) || (v < 0) != negative {
-            return Err(self.err(at, "an integer that fits in 64 bits", format!("a {}-byte integer", bytes.len())));
-        }
-        Ok(v)
-    }
-
-    fn parse_decimal(&self, at: usize, line: &[u8]) -> Result<i64> {
-        let s = String::from_utf8_lossy(line);
-        let t = s.trim_end_matches('L');
-        t.parse::<i64>().map_err(|_| self.err(at, "a decimal integer", s.chars().take(40).collect::<String>()))
-    }
-
-    fn memo_put(&mut self, op_at: usize, key: u64) -> Result<()> {
-        let v = self.top(op_at)?;
-        self.memo.insert(key, v);
-        Ok(())
-    }
-
-    fn memo_get(&mut self, op_at: usize, key: u64) -> Result<()> {
-        let Some(&v) = self.memo.get(&key) else {
-            return Err(self.err(op_at, "a memo key stored earlier", format!("key {key}")));
-        };
-        self.stack.push(v);
-        Ok(())
-    }
-
-    fn list_mut(&mut self, op_at: usize, v: Val) -> Result<&mut Vec<Val>> {
-        match v {
-            Val::Obj(i) if matches!(self.objs[i], Obj::List(_)) => match &mut self.objs[i] {
-                Obj::List(l) => Ok(l),
-                _ => unreachable!(),
-            },
-            _ => Err(self.err(op_at, "a list to append to", "another value")),
-        }
-    }
-
-    fn dict_mut(&mut self, op_at: usize, v: Val) -> Result<&mut Vec<(Val, Val)>> {
-        match v {
-            Val::Obj(i) if matches!(self.objs[i], Obj::Dict(_)) => match &mut self.objs[i] {
-                Obj::Dict(d) => Ok(d),
-                _ => unreachable!(),
-            },
-            _ => Err(self.err(op_at, "a dict to set an item in", "another value")),
-        }
-    }
-
-    fn push_text(&mut self, at: usize, n: u64) -> Result<()> {
-        let bytes = self.take(n)?;
-        let s = std::str::from_utf8(bytes).map_err(|_| ()).map(str::to_owned);
-        let s = s.map_err(|()| self.err(at, "UTF-8 text", "invalid UTF-8"))?;
-        let v = self.alloc(Obj::Text(s));
-        self.stack.push(v);
-        Ok(())
-    }
-
-    fn push_bytes(&mut self, n: u64) -> Result<()> {
-        let bytes = self.take(n)?.to_vec();
-        let v = self.alloc(Obj::Bytes(bytes));
-        self.stack.push(v);
-        Ok(())
-    }
-
-    /// Runs to STOP and returns the value left on the stack.
-    fn run(&mut self) -> Result<Val> {
-        loop {
-            let at = self.pos;
-            let op = self.take(1)?[0];
-            match op {
-                0x80 => {
-                    // PROTO
-                    let p = self.take(1)?[0];
-                    if p > 5 {
-                        return Err(self.err(at, "pickle protocol 0 to 5", format!("protocol {p}")));
-                    }
-                }
-                0x95 => {
-                    // FRAME: a length hint only.
-                    self.take(8)?;
-                }
-                b'.' => {
-                    // STOP
-                    let v = self.pop(at)?;
-                    if self.pos != self.data.len() {
-                        return Err(self.err(
-                            self.pos,
-                            "the end of the pickle after STOP",
-                            format!("{} more bytes", self.data.len() - self.pos),
-                        ));
-                    }
-                    return Ok(v);
-                }
-                b'(' => self.marks.push(self.stack.len()),
-                b'0' => {
-                    self.pop(at)?;
-                }
-                b'1' => {
-                    self.pop_mark(at)?;
-                }
-                b'2' => {
-                    let v = self.top(at)?;
-                    self.stack.push(v);
-                }
-                b'N' => self.stack.push(Val::None),
-                0x88 => self.stack.push(Val::Bool(true)),
-                0x89 => self.stack.push(Val::Bool(false)),
-                b'I' => {
-                    let line = self.line()?.to_vec();
-                    let v = match line.as_slice() {
-                        b"00" => Val::Bool(false),
-                        b"01" => Val::Bool(true),
-                        l => Val::Int(self.parse_decimal(at, l)?),
-                    };
-                    self.stack.push(v);
-                }
-                b'J' => {
-                    let v = i32::from_le_bytes(self.le()?);
-                    self.stack.push(Val::Int(v as i64));
-                }
-                b'K' => {
-                    let v = self.take(1)?[0];
-                    self.stack.push(Val::Int(v as i64));
-                }
-                b'M' => {
-                    let v = u16::from_le_bytes(self.le()?);
-                    self.stack.push(Val::Int(v as i64));
-                }
-                0x8a | 0x8b => {
-                    // LONG1, LONG4
-                    let n = if op == 0x8a {
-                        self.take(1)?[0] as u64
-                    } else {
-                        let n = i32::from_le_bytes(self.le()?);
-                        u64::try_from(n).map_err(|_| self.err(at, "a non-negative LONG4 length", n.to_string()))?
-                    };
-                    let bytes = self.take(n)?.to_vec();
-                    let v = self.int_from_le(at, &bytes)?;
-                    self.stack.push(Val::Int(v));
-                }
-                b'G' => {
-                    let v = f64::from_be_bytes(self.le()?);
-                    self.stack.push(Val::Float(v));
-                }
-                b'X' => {
-                    let n = u32::from_le_bytes(self.le()?);
-                    self.push_text(at, n as u64)?;
-                }
-                0x8c => {
-                    let n = self.take(1)?[0];
-                    self.push_text(at, n as u64)?;
-                }
-                0x8d => {
-                    let n = u64::from_le_bytes(self.le()?);
-                    self.push_text(at, n)?;
-                }
-                b'C' | b'U' => {
-                    let n = self.take(1)?[0];
-                    self.push_bytes(n as u64)?;
-                }
-                b'B' => {
-                    let n = u32::from_le_bytes(self.le()?);
-                    self.push_bytes(n as u64)?;
-                }
-                b'T' => {
-                    let n = i32::from_le_bytes(self.le()?);
-                    let n =
-                        u64::try_from(n).map_err(|_| self.err(at, "a non-negative BINSTRING length", n.to_string()))?;
-                    self.push_bytes(n)?;
-                }
-                0x8e => {
-                    let n = u64::from_le_bytes(self.le()?);
-                    self.push_bytes(n)?;
-                }
-                b')' => {
-                    let v = self.alloc(Obj::Tuple(Vec::new()));
-                    self.stack.push(v);
-                }
-                b't' => {
-                    let items = self.pop_mark(at)?;
-                    let v = self.alloc(Obj::Tuple(items));
-                    self.stack.push(v);
-                }
-                0x85..=0x87 => {
-                    let n = (op - 0x84) as usize;
-                    let mut items = vec![Val::None; n];
-                    for slot in items.iter_mut().rev() {
-                        *slot = self.pop(at)?;
-                    }
-                    let v = self.alloc(Obj::Tuple(items));
-                    self.stack.push(v);
-                }
-                b']' => {
-                    let v = self.alloc(Obj::List(Vec::new()));
-                    self.stack.push(v);
-                }
-                b'l' => {
-                    let items = self.pop_mark(at)?;
-                    let v = self.alloc(Obj::List(items));
-                    self.stack.push(v);
-                }
-                b'a' => {
-                    let item = self.pop(at)?;
-                    let list = self.top(at)?;
-                    self.list_mut(at, list)?.push(item);
-                }
-                b'e' => {
-                    let items = self.pop_mark(at)?;
-                    let list = self.top(at)?;
-                    self.list_mut(at, list)?.extend(items);
-                }
-                b'}' => {
-                    let v = self.alloc(Obj::Dict(Vec::new()));
-                    self.stack.push(v);
-                }
-                b'd' => {
-                    let items = self.pop_mark(at)?;
-                    if items.len() % 2 != 0 {
-                        return Err(self.err(at, "key/value pairs", "an odd number of values"));
-                    }
-                    let pairs = items.chunks_exact(2).map(|p| (p[0], p[1])).collect();
-                    let v = self.alloc(Obj::Dict(pairs));
-                    self.stack.push(v);
-                }
-                b's' => {
-                    let value = self.pop(at)?;
-                    let key = self.pop(at)?;
-                    let dict = self.top(at)?;
-                    self.dict_mut(at, dict)?.push((key, value));
-                }
-                b'u' => {
-                    let items = self.pop_mark(at)?;
-                    if items.len() % 2 != 0 {
-                        return Err(self.err(at, "key/value pairs", "an odd number of values"));
-                    }
-                    let dict = self.top(at)?;
-                    let d = self.dict_mut(at, dict)?;
-                    d.extend(items.chunks_exact(2).map(|p| (p[0], p[1])));
-                }
-                b'c' => {
-                    let module = String::from_utf8_lossy(self.line()?).into_owned();
-                    let name = String::from_utf8_lossy(self.line()?).into_owned();
-                    let v = self.alloc(Obj::Global { module, name });
-                    self.stack.push(v);
-                }
-                0x93 => {
-                    let name = self.pop(at)?;
-                    let module = self.pop(at)?;
-                    let (Some(module), Some(name)) = (self.text(module), self.text(name)) else {
-                        return Err(self.err(at, "STACK_GLOBAL of two strings", "other values"));
-                    };
-                    let v = self.alloc(Obj::Global { module, name });
-                    self.stack.push(v);
-                }
-                b'R' | 0x81 => {
-                    // REDUCE: func(*args); NEWOBJ: cls.__new__(cls, *args). Recorded, not run.
-                    let args = self.pop(at)?;
-                    let func = self.pop(at)?;
-                    let v = self.alloc(Obj::Call { func, args, state: None });
-                    self.stack.push(v);
-                }
-                b'b' => {
-                    let state = self.pop(at)?;
-                    let target = self.top(at)?;
-                    match target {
-                        Val::Obj(i) => match &mut self.objs[i] {
-                            Obj::Call { state: s, .. } => *s = Some(state),
-                            _ => return Err(self.err(at, "BUILD on a reconstructed object", "another value")),
-                        },
-                        _ => return Err(self.err(at, "BUILD on a reconstructed object", "another value")),
-                    }
-                }
-                b'p' => {
-                    let line = self.line()?.to_vec();
-                    let key = self.parse_decimal(at, &line)?;
-                    self.memo_put(at, key as u64)?;
-                }
-                b'q' => {
-                    let key = self.take(1)?[0] as u64;
-                    self.memo_put(at, key)?;
-                }
-                b'r' => {
-                    let key = u32::from_le_bytes(self.le()?) as u64;
-                    self.memo_put(at, key)?;
-                }
-                0x94 => {
-                    let key = self.memo.len() as u64;
-                    self.memo_put(at, key)?;
-                }
-                b'g' => {
-                    let line = self.line()?.to_vec();
-                    let key = self.parse_decimal(at, &line)?;
-                    self.memo_get(at, key as u64)?;
-                }
-                b'h' => {
-                    let key = self.take(1)?[0] as u64;
-                    self.memo_get(at, key)?;
-                }
-                b'j' => {
-                    let key = u32::from_le_bytes(self.le()?) as u64;
-                    self.memo_get(at, key)?;
-                }
-                other => {
-                    let shown = if other.is_ascii_graphic() {
-                        format!("opcode {other:#04x} ({:?})", other as char)
-                    } else {
-                        format!("opcode {other:#04x}")
-                    };
-                    return Err(self.err(at, "a pickle opcode of a numpy object array of integer lists", shown));
-                }
-            }
-        }
-    }
-
-    fn global_is(&self, v: Val, modules: &[&str], name: &str) -> bool {
-        matches!(v, Val::Obj(i) if matches!(&self.objs[i],
-            Obj::Global { module, name: n } if n == name && modules.contains(&module.as_str())))
-    }
-
-    fn tuple(&self, v: Val) -> Option<&[Val]> {
-        match v {
-            Val::Obj(i) => match &self.objs[i] {
-                Obj::Tuple(t) => Some(t),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-
-    fn describe(&self, v: Val) -> String {
-        match v {
-            Val::None => "None".into(),
-            Val::Bool(b) => b.to_string(),
-            Val::Int(i) => i.to_string(),
-            Val::Float(f) => f.to_string(),
-            Val::Obj(i) => match &self.objs[i] {
-                Obj::Text(s) => format!("{:?}", s.chars().take(40).collect::<String>()),
-                Obj::Bytes(b) => format!("{} bytes", b.len()),
-                Obj::List(l) => format!("a list of {}", l.len()),
-                Obj::Tuple(t) => format!("a tuple of {}", t.len()),
-                Obj::Dict(d) => format!("a dict of {}", d.len()),
-                Obj::Global { module, name } => format!("{module}.{name}"),
-                Obj::Call { func, .. } => format!("a call of {}", self.describe_func(*func)),
-            },
-        }
-    }
-
-    fn describe_func(&self, v: Val) -> String {
-        match v {
-            Val::Obj(i) => match &self.objs[i] {
-                Obj::Global { module, name } => format!("{module}.{name}"),
-                _ => "an object".into(),
-            },
-            _ => "a value".into(),
-        }
-    }
-
-    fn interpret(&self, root: Val) -> Result<ObjectArray> {
-        let end = self.data.len();
+    fn interpret(&self, root: Value) -> Result<ObjectArray> {
+        let end = self.len;
         let shape_err = |what: &str, found: String| self.err(end, what.to_string(), found);
         let (shape, fortran_order, list) = match root {
-            Val::Obj(i) => match &self.objs[i] {
-                Obj::List(_) => (None, false, root),
-                Obj::Call { func, args, state } => {
+            Value::Obj(i) => match &self.p.objects()[i] {
+                Object::List(_) => (None, false, root),
+                Object::Call { func, args, state, .. } => {
                     let expected = "numpy's ndarray pickle: _reconstruct(ndarray, ...) with a \
                                     (version, shape, dtype, is_fortran, list) state";
-                    if !self.global_is(*func, &NUMPY_MULTIARRAY, "_reconstruct")
+                    if !self.p.global_is(*func, &NUMPY_MULTIARRAY, "_reconstruct")
                         || !self
+                            .p
                             .tuple(*args)
                             .and_then(|a| a.first())
-                            .is_some_and(|&c| self.global_is(c, &["numpy"], "ndarray"))
+                            .is_some_and(|&c| self.p.global_is(c, &["numpy"], "ndarray"))
                     {
-                        return Err(shape_err(expected, self.describe(root)));
+                        return Err(shape_err(expected, self.p.describe(root)));
                     }
-                    let Some(state) = state.and_then(|s| self.tuple(s)) else {
+                    let Some(state) = state.and_then(|s| self.p.tuple(s)) else {
                         return Err(shape_err(expected, "no BUILD state".into()));
                     };
                     let state = match state.len() {
@@ -578,22 +110,27 @@ impl Machine<'_> {
                         n => return Err(shape_err(expected, format!("a state of {n} values"))),
                     };
                     let shape = self
+                        .p
                         .tuple(state[0])
                         .and_then(|t| {
                             t.iter()
                                 .map(|&d| match d {
-                                    Val::Int(n) => usize::try_from(n).ok(),
+                                    Value::Int(n) => usize::try_from(n).ok(),
                                     _ => None,
                                 })
                                 .collect::<Option<Vec<usize>>>()
                         })
-                        .ok_or_else(|| shape_err("a shape tuple of non-negative integers", self.describe(state[0])))?;
+                        .ok_or_else(|| {
+                            shape_err("a shape tuple of non-negative integers", self.p.describe(state[0]))
+                        })?;
                     // dtype('O8', ...): the array must hold Python objects.
                     let descr = match state[1] {
-                        Val::Obj(d) => match &self.objs[d] {
-                            Obj::Call { func, args, .. } if self.global_is(*func, &["numpy"], "dtype") => {
-                                self.tuple(*args).and_then(|a| a.first()).and_then(|&s| self.text(s))
-                            }
+                        Value::Obj(d) => match &self.p.objects()[d] {
+                            Object::Call { func, args, .. } if self.p.global_is(*func, &["numpy"], "dtype") => self
+                                .p
+                                .tuple(*args)
+                                .and_then(|a| a.first())
+                                .and_then(|&s| self.p.text(s).map(str::to_owned)),
                             _ => None,
                         },
                         _ => None,
@@ -601,26 +138,26 @@ impl Machine<'_> {
                     if !matches!(descr.as_deref(), Some("O" | "O4" | "O8")) {
                         return Err(shape_err(
                             "an object dtype (numpy.dtype('O8'))",
-                            descr.unwrap_or_else(|| self.describe(state[1])),
+                            descr.unwrap_or_else(|| self.p.describe(state[1])),
                         ));
                     }
                     let fortran = match state[2] {
-                        Val::Bool(b) => b,
-                        Val::Int(n) => n != 0,
-                        other => return Err(shape_err("a boolean is_fortran", self.describe(other))),
+                        Value::Bool(b) => b,
+                        Value::Int(n) => n != 0,
+                        other => return Err(shape_err("a boolean is_fortran", self.p.describe(other))),
                     };
                     (Some(shape), fortran, state[3])
                 }
-                _ => return Err(shape_err("a pickled numpy object array or list", self.describe(root))),
+                _ => return Err(shape_err("a pickled numpy object array or list", self.p.describe(root))),
             },
-            other => return Err(shape_err("a pickled numpy object array or list", self.describe(other))),
+            other => return Err(shape_err("a pickled numpy object array or list", self.p.describe(other))),
         };
         let items = match list {
-            Val::Obj(i) => match &self.objs[i] {
-                Obj::List(l) => l,
-                _ => return Err(shape_err("a list of the array's items", self.describe(list))),
+            Value::Obj(i) => match &self.p.objects()[i] {
+                Object::List(l) => l,
+                _ => return Err(shape_err("a list of the array's items", self.p.describe(list))),
             },
-            other => return Err(shape_err("a list of the array's items", self.describe(other))),
+            other => return Err(shape_err("a list of the array's items", self.p.describe(other))),
         };
         if let Some(shape) = &shape {
             let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
@@ -630,21 +167,22 @@ impl Machine<'_> {
         }
         // Every integer copied out must have cost the pickle at least one byte (two in fact),
         // so shared lists cannot amplify the input.
-        let budget = self.data.len();
+        let budget = self.len;
         let mut total = 0usize;
         let mut out = Vec::with_capacity(items.len());
         for (k, &item) in items.iter().enumerate() {
-            let values: &[Val] = match item {
-                Val::Obj(i) => match &self.objs[i] {
-                    Obj::List(l) => l,
-                    Obj::Tuple(t) => t,
+            let values: &[Value] = match item {
+                Value::Obj(i) => match &self.p.objects()[i] {
+                    Object::List(l) => l,
+                    Object::Tuple(t) => t,
                     _ => &[],
                 },
                 _ => &[],
             };
-            let is_seq = matches!(item, Val::Obj(i) if matches!(self.objs[i], Obj::List(_) | Obj::Tuple(_)));
+            let is_seq =
+                matches!(item, Value::Obj(i) if matches!(self.p.objects()[i], Object::List(_) | Object::Tuple(_)));
             if !is_seq {
-                return Err(shape_err(&format!("item {k} to be a list of integers"), self.describe(item)));
+                return Err(shape_err(&format!("item {k} to be a list of integers"), self.p.describe(item)));
             }
             total += values.len();
             if total > budget {
@@ -657,10 +195,10 @@ impl Machine<'_> {
                 .iter()
                 .enumerate()
                 .map(|(j, &v)| match v {
-                    Val::Int(n) => Ok(n),
+                    Value::Int(n) => Ok(n),
                     other => Err(shape_err(
                         &format!("integers in item {k}"),
-                        format!("element {j}: {}", self.describe(other)),
+                        format!("element {j}: {}", self.p.describe(other)),
                     )),
                 })
                 .collect::<Result<Vec<i64>>>()?;

@@ -125,6 +125,65 @@ impl Dtype {
     }
 }
 
+impl Dtype {
+    /// Little-endian elements of this dtype as `f64`s (exact for every dtype but `I64`/`U64`
+    /// beyond 2^53 and the 8-bit floats, which are decoded exactly too: every `F8` is an `f64`).
+    /// Trailing bytes that do not fill an element are ignored.
+    ///
+    /// ```
+    /// use kiln_nn::serialize::Dtype;
+    /// assert_eq!(Dtype::BF16.to_f64(&[0x80, 0x3f, 0x49, 0xc0]), [1.0, -3.140625]);
+    /// assert_eq!(Dtype::I32.to_f64(&(-7i32).to_le_bytes()), [-7.0]);
+    /// ```
+    #[must_use]
+    pub fn to_f64(self, bytes: &[u8]) -> Vec<f64> {
+        let n = self.size();
+        bytes
+            .chunks_exact(n)
+            .map(|c| {
+                let mut a = [0u8; 8];
+                a[..n].copy_from_slice(c);
+                let u = u64::from_le_bytes(a);
+                match self {
+                    Dtype::Bool | Dtype::U8 | Dtype::U16 | Dtype::U32 => u as f64,
+                    Dtype::U64 => u as f64,
+                    Dtype::I8 => f64::from(c[0] as i8),
+                    Dtype::I16 => f64::from(u as u16 as i16),
+                    Dtype::I32 => f64::from(u as u32 as i32),
+                    Dtype::I64 => u as i64 as f64,
+                    Dtype::F16 => f64::from(f16_to_f32(u as u16)),
+                    Dtype::BF16 => f64::from(bf16_to_f32(u as u16)),
+                    Dtype::F32 => f64::from(f32::from_bits(u as u32)),
+                    Dtype::F64 => f64::from_bits(u),
+                    Dtype::F8E4M3 => f8_to_f64(c[0], 4, 7),
+                    Dtype::F8E5M2 => f8_to_f64(c[0], 5, 15),
+                }
+            })
+            .collect()
+    }
+}
+
+/// An 8-bit float with `exp_bits` exponent bits and bias `bias` (E4M3: no infinities, 0x7f/0xff NaN).
+fn f8_to_f64(b: u8, exp_bits: u32, bias: i32) -> f64 {
+    let man_bits = 7 - exp_bits;
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exp = i32::from((b >> man_bits) & ((1 << exp_bits) - 1));
+    let man = f64::from(b & ((1 << man_bits) - 1));
+    let max_exp = (1 << exp_bits) - 1;
+    if exp_bits == 4 && b & 0x7f == 0x7f {
+        return f64::NAN;
+    }
+    if exp_bits == 5 && exp == max_exp {
+        return if man == 0.0 { sign * f64::INFINITY } else { f64::NAN };
+    }
+    let scale = f64::from(1u32 << man_bits);
+    if exp == 0 {
+        sign * man / scale * 2f64.powi(1 - bias)
+    } else {
+        sign * (1.0 + man / scale) * 2f64.powi(exp - bias)
+    }
+}
+
 impl fmt::Display for Dtype {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

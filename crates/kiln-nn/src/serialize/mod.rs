@@ -9,6 +9,9 @@
 //!   [`KeyMapReport`] of what matched.
 //! - [`SafetensorsFile`]: an open, checked, memory-mapped file, to inspect or read tensors
 //!   one by one (integer ones too, such as labels).
+//! - [`PtFile`]: a PyTorch checkpoint (`torch.save`'s `.pt` / `.pth`, zip or legacy format)
+//!   read without running its pickle: an allow-list of globals as
+//!   `torch.load(weights_only=True)` has; [`load`] and [`load_mapped`] take these files too.
 //! - [`sequential_from_json`]: a `torch.nn.Sequential` described in JSON, built from kiln
 //!   layers with the same keys, ready for its PyTorch weights.
 //!
@@ -36,6 +39,7 @@ mod architecture;
 mod atomic;
 mod dtype;
 mod keymap;
+mod pytorch;
 mod reader;
 mod writer;
 
@@ -48,6 +52,7 @@ pub use architecture::sequential_from_json;
 pub use atomic::write_atomic;
 pub use dtype::Dtype;
 pub use keymap::{KeyMap, KeyMapReport};
+pub use pytorch::{looks_like_pytorch, PtFile, PtFormat, PtStorage, PtTensor, PtValue, ALLOWED_GLOBALS, MAX_EXPANSION};
 pub use reader::{SafetensorsFile, TensorInfo};
 
 use crate::error::NnError;
@@ -127,7 +132,8 @@ fn with_kiln_metadata(metadata: &Metadata) -> Metadata {
     m
 }
 
-/// Loads a `.safetensors` file into a model, like `model.load_state_dict(load_file(path), strict)`.
+/// Loads a `.safetensors` file (or a PyTorch checkpoint, see [`PtFile`]) into a model, like
+/// `model.load_state_dict(load_file(path), strict)`.
 ///
 /// The file is memory-mapped and checked; the tensors the model needs are decoded (converted
 /// to the model's element type when the file has another) into a complete state dict before
@@ -151,6 +157,10 @@ pub fn load<E: Float>(model: &dyn Module<E>, path: impl AsRef<Path>, strict: boo
 /// [`KeyMap`]), returning what matched. `strict` applies to the renamed keys: keys the map
 /// skips are never unexpected.
 ///
+/// A PyTorch checkpoint (a file that starts like one: see [`looks_like_pytorch`]) is read
+/// with [`PtFile`] instead, and its weights ([`PtFile::state_dict_path`]: the saved
+/// `state_dict()`, or the `model` / `state_dict` entry of a checkpoint dict) are loaded.
+///
 /// ```
 /// use kiln_nn::{load_mapped, save_state_dict, KeyMap, Linear, Module};
 /// let dir = std::env::temp_dir().join(format!("kiln-doc-mapped-{}", std::process::id()));
@@ -169,14 +179,68 @@ pub fn load<E: Float>(model: &dyn Module<E>, path: impl AsRef<Path>, strict: boo
 /// ```
 ///
 /// # Errors
-/// Those of [`load`], and [`NnError::KeyCollision`] when two keys map to one.
+/// Those of [`load`], and [`NnError::KeyCollision`] when two keys map to one; for a
+/// PyTorch checkpoint those of [`PtFile::open`] ([`NnError::ForbiddenGlobal`] for a pickle
+/// that names code).
 pub fn load_mapped<E: Float>(
     model: &dyn Module<E>,
     path: impl AsRef<Path>,
     map: &KeyMap,
     strict: bool,
 ) -> Result<KeyMapReport, NnError> {
+    let path = path.as_ref();
+    if is_pytorch_file(path)? {
+        return PtFile::open(path)?.load_into(model, map, strict);
+    }
     SafetensorsFile::open(path)?.load_into(model, map, strict)
+}
+
+/// Whether the file at `path` is a PyTorch checkpoint rather than safetensors: it starts
+/// like one and its ninth byte is not the `{` of a safetensors header.
+pub(crate) fn is_pytorch_file(path: &Path) -> Result<bool, NnError> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(16);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(16).read_to_end(&mut head))
+        .map_err(|e| io_error(path, "open", &e))?;
+    Ok(looks_like_pytorch(&head) && head.get(8) != Some(&b'{'))
+}
+
+/// The common part of loading a file into a model: map the file's keys, check them and the
+/// shapes against the model, decode every matched tensor, and only then write the model, so
+/// that a failed load leaves it as it was.
+pub(crate) fn load_checked<'a, E: Float>(
+    path: &Path,
+    model: &dyn Module<E>,
+    map: &KeyMap,
+    strict: bool,
+    shapes: impl IntoIterator<Item = (&'a str, &'a [usize])>,
+    mut decode: impl FnMut(&str) -> Result<kiln_tensor::Tensor<E>, NnError>,
+) -> Result<KeyMapReport, NnError> {
+    let report = map.report(model, shapes)?;
+    if let Some((key, model_shape, file_shape)) = report.mismatched.first() {
+        return Err(NnError::ShapeMismatch {
+            path: path.to_path_buf(),
+            key: key.clone(),
+            model: model_shape.clone(),
+            file: file_shape.clone(),
+        });
+    }
+    if strict && (!report.missing.is_empty() || !report.unexpected.is_empty()) {
+        return Err(NnError::KeyMismatch {
+            path: path.to_path_buf(),
+            missing: report.missing.clone(),
+            unexpected: report.unexpected.clone(),
+        });
+    }
+    let mut sd = StateDict::new();
+    for (source, target) in &report.matched {
+        sd.insert(target.clone(), decode(source)?);
+    }
+    // Keys and shapes were checked above, so this cannot fail; a non-strict call keeps it
+    // from objecting to the missing keys a non-strict load allows.
+    model.load_state_dict(&sd, false)?;
+    Ok(report)
 }
 
 /// Reads every tensor of a `.safetensors` file into a state dict of `E`.

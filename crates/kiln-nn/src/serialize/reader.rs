@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::dtype::{bf16_to_f32, f16_to_f32, Dtype};
 use super::keymap::{KeyMap, KeyMapReport};
-use super::{io_error, is_integer_buffer, Metadata};
+use super::{io_error, is_integer_buffer, load_checked, Metadata};
 use crate::error::NnError;
 use crate::module::{Module, StateDict};
 
@@ -31,7 +31,7 @@ pub struct TensorInfo {
 }
 
 /// The bytes of a file: memory-mapped from disk, or owned (for bytes already in memory).
-enum Bytes {
+pub(crate) enum Bytes {
     Mapped(Mmap),
     Owned(Vec<u8>),
 }
@@ -264,30 +264,8 @@ impl SafetensorsFile {
         map: &KeyMap,
         strict: bool,
     ) -> Result<KeyMapReport, NnError> {
-        let report = self.check(model, map)?;
-        if let Some((key, model_shape, file_shape)) = report.mismatched.first() {
-            return Err(NnError::ShapeMismatch {
-                path: self.path.clone(),
-                key: key.clone(),
-                model: model_shape.clone(),
-                file: file_shape.clone(),
-            });
-        }
-        if strict && (!report.missing.is_empty() || !report.unexpected.is_empty()) {
-            return Err(NnError::KeyMismatch {
-                path: self.path.clone(),
-                missing: report.missing.clone(),
-                unexpected: report.unexpected.clone(),
-            });
-        }
-        let mut sd = StateDict::new();
-        for (source, target) in &report.matched {
-            sd.insert(target.clone(), self.state_tensor::<E>(source)?);
-        }
-        // Keys and shapes were checked above, so this cannot fail; a non-strict call keeps it
-        // from objecting to the missing keys a non-strict load allows.
-        model.load_state_dict(&sd, false)?;
-        Ok(report)
+        let shapes = self.tensors.iter().map(|(k, i)| (k.as_str(), i.shape.as_slice()));
+        load_checked(&self.path, model, map, strict, shapes, |key| self.state_tensor::<E>(key))
     }
 
     fn wrong_dtype(&self, key: &str, found: Dtype, expected: &str) -> NnError {
