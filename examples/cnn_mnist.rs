@@ -15,6 +15,9 @@
 //! 0.7 every epoch as in PyTorch's example (StepLR).
 //!
 //!     cargo run --release --example cnn_mnist
+//!
+//! `KILN_AUTOCAST=bf16` runs it under `autocast(DType::BF16, ..)` (matrix products in bfloat16
+//! with f32 sums, parameters and gradients f32); another value is refused.
 
 use std::time::Instant;
 
@@ -137,7 +140,15 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
 }
 
 fn main() {
-    match run(&Opts::full()) {
+    // KILN_AUTOCAST=bf16: train and evaluate with the matrix products in bfloat16 (f32 sums).
+    let precision = kiln::tensor::autocast::autocast_from_env("KILN_AUTOCAST").unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2);
+    });
+    if let Some(p) = precision {
+        println!("autocast: matrix products in {p}");
+    }
+    match kiln::tensor::autocast(precision.unwrap_or(kiln::tensor::DType::F32), || run(&Opts::full())) {
         Ok(r) => println!(
             "CNN on MNIST: test accuracy {:.2}% (NLL {:.4}) after {} epochs, {:.1} s",
             100.0 * r.test_accuracy,

@@ -21,6 +21,9 @@
 //! `exp` of the mean negative log-likelihood per word over the whole validation or test text.
 //!
 //!     cargo run --release --example ptb_language_model
+//!
+//! `KILN_AUTOCAST=bf16` runs it under `autocast(DType::BF16, ..)` (matrix products in bfloat16
+//! with f32 sums, parameters and gradients f32); another value is refused.
 
 use std::time::Instant;
 
@@ -450,7 +453,15 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
 }
 
 fn main() {
-    match run(&Opts::full()) {
+    // KILN_AUTOCAST=bf16: train and evaluate with the matrix products in bfloat16 (f32 sums).
+    let precision = kiln::tensor::autocast::autocast_from_env("KILN_AUTOCAST").unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2);
+    });
+    if let Some(p) = precision {
+        println!("autocast: matrix products in {p}");
+    }
+    match kiln::tensor::autocast(precision.unwrap_or(kiln::tensor::DType::F32), || run(&Opts::full())) {
         Ok(r) => println!(
             "Penn Treebank test perplexity: 2-layer LSTM {:.2} (validation {:.2}) after {} epochs; causal Transformer {:.2} (validation {:.2}); {:.1} s",
             r.test_perplexity,

@@ -22,8 +22,11 @@ pub struct Options {
 pub fn parse(args: &[String]) -> Result<Options, String> {
     let root = repo_root();
     let mut o = Options {
-        // W13 (extra, needs mpirun) only when named, as the PyTorch harness does.
-        workloads: workloads::all().iter().filter(|w| w.id != "W13").map(|w| w.id.to_string()).collect(),
+        workloads: workloads::all()
+            .iter()
+            .filter(|w| !workloads::EXTRA.contains(&w.id))
+            .map(|w| w.id.to_string())
+            .collect(),
         threads: vec![1, 2],
         out: PathBuf::from("kiln.json"),
         pytorch: false,

@@ -4,6 +4,8 @@
 use crate::bench::{Figure, Timer};
 
 mod loader;
+mod w10_bf16_gemm;
+mod w11_autocast;
 pub mod w13_ddp;
 mod w1_gemm;
 pub mod w2_mlp;
@@ -25,7 +27,11 @@ pub struct Workload {
     pub run: fn(&Timer) -> Vec<Figure>,
 }
 
-/// Every workload kiln implements, in id order.
+/// The extra workloads of workloads.md (lower precision, ...): they run only when named in
+/// `--workloads`, as on the PyTorch side.
+pub const EXTRA: &[&str] = &["W10", "W11", "W13"];
+
+/// Every workload kiln implements, in id order (the extra ones last).
 pub fn all() -> &'static [Workload] {
     &[
         Workload { id: "W1", name: "gemm", run: w1_gemm::run },
@@ -38,6 +44,8 @@ pub fn all() -> &'static [Workload] {
         Workload { id: "W8", name: "conv-fwd", run: w8_conv_fwd::run },
         Workload { id: "W9", name: "mnist-epoch", run: w9_epoch::run },
         Workload { id: "LOADER", name: "loader-throughput", run: loader::run },
+        Workload { id: "W10", name: "bf16-gemm", run: w10_bf16_gemm::run },
+        Workload { id: "W11", name: "autocast-training", run: w11_autocast::run },
         Workload { id: "W13", name: "data-parallel", run: w13_ddp::run },
     ]
 }
