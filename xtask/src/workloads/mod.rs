@@ -4,6 +4,7 @@
 use crate::bench::{Figure, Timer};
 
 mod loader;
+mod w12_inference;
 mod w1_gemm;
 pub mod w2_mlp;
 mod w3_cnn;
@@ -36,6 +37,7 @@ pub fn all() -> &'static [Workload] {
         Workload { id: "W7", name: "op-overhead", run: w7_op_overhead::run },
         Workload { id: "W8", name: "conv-fwd", run: w8_conv_fwd::run },
         Workload { id: "W9", name: "mnist-epoch", run: w9_epoch::run },
+        Workload { id: "W12", name: "inference", run: w12_inference::run },
         Workload { id: "LOADER", name: "loader-throughput", run: loader::run },
     ]
 }
