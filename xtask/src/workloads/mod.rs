@@ -7,6 +7,7 @@ mod loader;
 mod w10_bf16_gemm;
 mod w11_autocast;
 pub mod w13_ddp;
+mod w12_inference;
 mod w1_gemm;
 pub mod w2_mlp;
 mod w3_cnn;
@@ -43,6 +44,7 @@ pub fn all() -> &'static [Workload] {
         Workload { id: "W7", name: "op-overhead", run: w7_op_overhead::run },
         Workload { id: "W8", name: "conv-fwd", run: w8_conv_fwd::run },
         Workload { id: "W9", name: "mnist-epoch", run: w9_epoch::run },
+        Workload { id: "W12", name: "inference", run: w12_inference::run },
         Workload { id: "LOADER", name: "loader-throughput", run: loader::run },
         Workload { id: "W10", name: "bf16-gemm", run: w10_bf16_gemm::run },
         Workload { id: "W11", name: "autocast-training", run: w11_autocast::run },

@@ -39,7 +39,7 @@ use crate::proto::{
 pub const EXPORT_OPSETS: std::ops::RangeInclusive<i64> = 13..=21;
 
 /// What [`export`] writes, like `torch.onnx.export`'s arguments.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ExportOptions {
     /// The `ai.onnx` opset version, in [`EXPORT_OPSETS`] (default 17).
     pub opset: i64,
@@ -50,11 +50,28 @@ pub struct ExportOptions {
     pub input_names: Vec<String>,
     /// The graph output's name (empty: `["output"]`).
     pub output_names: Vec<String>,
+    /// Conversions for the caller's own layer types (a `#[derive(Module)]` struct that is
+    /// also `Forward`), asked before the built-in [`CONVERTERS`]. A conversion usually calls
+    /// [`Exporter::convert`] on the struct's fields and joins the results with
+    /// [`Exporter::node`].
+    pub converters: Vec<Converter>,
+}
+
+impl std::fmt::Debug for ExportOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportOptions")
+            .field("opset", &self.opset)
+            .field("dynamic_batch", &self.dynamic_batch)
+            .field("input_names", &self.input_names)
+            .field("output_names", &self.output_names)
+            .field("converters", &self.converters.len())
+            .finish()
+    }
 }
 
 impl Default for ExportOptions {
     fn default() -> Self {
-        ExportOptions { opset: 17, dynamic_batch: true, input_names: vec![], output_names: vec![] }
+        ExportOptions { opset: 17, dynamic_batch: true, input_names: vec![], output_names: vec![], converters: vec![] }
     }
 }
 
@@ -118,13 +135,22 @@ pub struct Exporter {
     initializers: Vec<TensorProto>,
     names: HashSet<String>,
     counter: usize,
+    extra: Vec<Converter>,
     /// The example output a container converter computed itself (see [`Exporter::convert`]).
     pub last_example: Option<Tensor<f32>>,
 }
 
 impl Exporter {
-    fn new(opset: i64) -> Self {
-        Exporter { opset, nodes: vec![], initializers: vec![], names: HashSet::new(), counter: 0, last_example: None }
+    fn new(opset: i64, extra: Vec<Converter>) -> Self {
+        Exporter {
+            opset,
+            nodes: vec![],
+            initializers: vec![],
+            names: HashSet::new(),
+            counter: 0,
+            extra,
+            last_example: None,
+        }
     }
 
     /// A fresh value name starting with `hint`.
@@ -224,12 +250,14 @@ impl Exporter {
     }
 
     /// Converts `layer` (keyed `prefix` in the model, `""` or ending in `.`) applied to `x`,
-    /// through the first matching entry of [`CONVERTERS`].
+    /// through the first matching entry of [`ExportOptions::converters`], then of
+    /// [`CONVERTERS`].
     ///
     /// # Errors
     /// [`OnnxError::UnsupportedLayer`] when no converter knows the layer or its options.
     pub fn convert(&mut self, layer: &dyn Layer<f32>, prefix: &str, x: &Value) -> Result<Value, OnnxError> {
-        for conv in CONVERTERS {
+        let extra = self.extra.clone();
+        for conv in extra.iter().chain(CONVERTERS) {
             if let Some(res) = conv(layer, self, prefix, x) {
                 let name = res?;
                 // A container's converter ran its layers one by one and leaves the output value
@@ -353,7 +381,7 @@ pub fn export_model(
     if input_name == output_name {
         return Err(OnnxError::Options(format!("input and output are both named {input_name:?}")));
     }
-    let mut ex = Exporter::new(options.opset);
+    let mut ex = Exporter::new(options.opset, options.converters.clone());
     ex.names.insert(input_name.clone());
     ex.names.insert(output_name.clone());
     let x = Value { name: input_name.clone(), example: example_input.contiguous() };
