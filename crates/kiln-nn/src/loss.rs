@@ -460,6 +460,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn gradchecks() {
         let mut rng = kiln_tensor::Rng::new(4);
         let x: Tensor<f64> = Tensor::randn(&[3, 4], &mut rng);
