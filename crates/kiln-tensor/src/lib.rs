@@ -45,4 +45,4 @@ pub use parallel::{get_num_threads, set_num_threads};
 pub use reduce::Norm;
 pub use rng::Rng;
 pub use rnn::{lstm_backward, lstm_forward, LstmGrads, LstmTape};
-pub use tensor::{Indices, Shape, Strides, Tensor};
+pub use tensor::{Indices, Labels, Shape, Strides, Tensor};
