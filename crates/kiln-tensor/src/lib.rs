@@ -18,6 +18,7 @@
 pub mod alloc;
 mod attention;
 mod conv;
+mod einsum;
 pub mod element;
 mod elementwise;
 pub mod fs;
@@ -32,6 +33,7 @@ pub mod rng;
 mod rnn;
 mod tensor;
 
+pub use einsum::{einsum_with, EinsumOperand};
 pub use element::{DType, Float};
 pub use elementwise::{broadcast_shapes, sigmoid_scalar};
 pub use indexing::PadMode;
