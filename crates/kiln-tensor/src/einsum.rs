@@ -306,7 +306,7 @@ fn contract_pair<T: EinsumOperand>(
         }
     };
     let (a, la) = reduce(a, la, lb);
-    let (b, lb) = reduce(b, &lb.to_vec(), &la);
+    let (b, lb) = reduce(b, lb, &la);
     let batch: Vec<Label> = la.iter().filter(|l| lb.contains(l) && keep(l)).copied().collect();
     let summed: Vec<Label> = la.iter().filter(|l| lb.contains(l) && !keep(l)).copied().collect();
     let left: Vec<Label> = la.iter().filter(|l| !lb.contains(l)).copied().collect();
