@@ -21,6 +21,7 @@ mod attention;
 pub mod autocast;
 mod bf16;
 mod conv;
+mod einsum;
 pub mod element;
 mod elementwise;
 pub mod fs;
@@ -37,6 +38,7 @@ mod tensor;
 
 pub use autocast::{autocast, autocast_dtype, is_autocast_enabled, set_autocast, AutocastGuard};
 pub use bf16::Bf16Tensor;
+pub use einsum::{einsum_with, EinsumOperand};
 pub use element::{DType, Float};
 pub use elementwise::{broadcast_shapes, sigmoid_scalar};
 pub use indexing::PadMode;
