@@ -20,6 +20,7 @@
 //! assert_eq!(w.grad().unwrap().to_vec(), vec![-8.0, -12.0]); // 2 (w.x) x
 //! ```
 
+mod checkpoint;
 mod engine;
 mod gradcheck;
 mod hooks;
@@ -29,6 +30,7 @@ pub mod ops;
 pub(crate) mod testing;
 mod var;
 
+pub use checkpoint::{checkpoint, checkpoint_sequential, SequentialLayer};
 pub use engine::grad;
 pub use gradcheck::{gradcheck, gradgradcheck, GradcheckError, GradcheckReport};
 pub use hooks::{queue_callback, HookHandle};

@@ -6,7 +6,6 @@
 //! Skipped, with a message, when the golden folder is absent.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use kiln_metrics::functional as F;
 use kiln_metrics::{
@@ -14,27 +13,25 @@ use kiln_metrics::{
     Perplexity, Precision, R2Score, Recall, RocAuc,
 };
 use kiln_tensor::{Float, Tensor};
-use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/golden");
-
-/// One golden case: its JSON and its tensors (floats as f64, integers as i64).
+/// One golden case: its JSON and its tensors (floats as f64, integers as i64), read by the
+/// shared reader (`kiln-golden`).
 struct Case {
     name: String,
     json: Value,
     floats: BTreeMap<String, (Vec<f64>, Vec<usize>)>,
     ints: BTreeMap<String, (Vec<i64>, Vec<usize>)>,
+    golden: kiln_golden::Case,
 }
 
 impl Case {
     fn results(&self) -> &serde_json::Map<String, Value> {
-        self.json["results"].as_object().expect("results")
+        self.golden.field("results").as_object().expect("results")
     }
 
     fn tolerance(&self) -> (f64, f64) {
-        let t = &self.json["tolerance"]["float64"];
-        (t["rtol"].as_f64().unwrap(), t["atol"].as_f64().unwrap())
+        self.golden.tol("float64")
     }
 
     fn float(&self, name: &str) -> &[f64] {
@@ -54,7 +51,7 @@ impl Case {
     }
 
     fn ints(&self, name: &str) -> &[i64] {
-        &self.ints[name].0
+        &self.ints.get(name).unwrap_or_else(|| panic!("{}: no int tensor {name}", self.name)).0
     }
 
     /// `|got - want| <= atol + rtol * |want|`, with the case's float64 tolerance.
@@ -76,41 +73,32 @@ impl Case {
     }
 }
 
-fn golden_dir() -> Option<PathBuf> {
-    let dir = Path::new(GOLDEN);
-    if dir.is_dir() {
-        Some(dir.to_path_buf())
-    } else {
-        eprintln!(
-            "skipping golden test: {} not found (the shared golden folder sits beside the checkout)",
-            dir.display()
-        );
-        None
-    }
-}
-
-fn load(dir: &Path, group: &str, case: &str) -> Case {
-    let json_path = dir.join(group).join(format!("{case}.json"));
-    let json: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
-    let bytes = std::fs::read(dir.join(group).join(format!("{case}.safetensors"))).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let (mut floats, mut ints) = (BTreeMap::new(), BTreeMap::new());
-    for (name, view) in st.tensors() {
-        let shape = view.shape().to_vec();
-        let data = view.data();
-        match view.dtype() {
-            Dtype::F64 => {
-                let v = data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect();
-                floats.insert(name, (v, shape));
-            }
-            Dtype::I64 => {
-                let v = data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
-                ints.insert(name, (v, shape));
-            }
-            other => panic!("{case}: unexpected dtype {other:?} for {name}"),
+/// Loads `group/case`, or `None` (the test is skipped with a printed reason) when the golden
+/// folder is absent; a missing or unreadable case fails, naming the file.
+fn load(group: &str, case: &str) -> Option<Case> {
+    let golden = kiln_golden::load(&format!("{group}/{case}"))?;
+    let mut floats = BTreeMap::new();
+    for (name, t) in &golden.tensors {
+        if !golden.ints.contains_key(name) {
+            floats.insert(name.clone(), (t.to_vec(), t.shape().to_vec()));
         }
     }
-    Case { name: format!("{group}/{case}"), json, floats, ints }
+    Some(Case { name: golden.name.clone(), json: golden.json.clone(), floats, ints: golden.ints.clone(), golden })
+}
+
+/// The number a result key carries after its metric's name: `k` of `top2_accuracy`, `beta` of
+/// `fbeta2`.
+fn key_number(case: &Case, key: &str, prefix: &str) -> f64 {
+    let digits: String = key[prefix.len()..].chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    digits.parse().unwrap_or_else(|_| panic!("{}: result key {key} carries no number after {prefix}", case.name))
+}
+
+/// The decision threshold the case states for `y_pred` (`"(y_score >= 0.5)"`).
+fn threshold(case: &Case) -> f64 {
+    let desc = case.golden.str("inputs/y_pred");
+    let after = desc.split(">=").nth(1).unwrap_or_else(|| panic!("{}: inputs/y_pred states no threshold", case.name));
+    let num: String = after.trim().chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    num.parse().unwrap_or_else(|_| panic!("{}: inputs/y_pred threshold {after:?}", case.name))
 }
 
 /// A tensor of element type `E` from f64 values.
@@ -162,14 +150,14 @@ fn counts(value: &Value) -> Vec<Vec<u64>> {
 
 #[test]
 fn golden_binary() {
-    let Some(dir) = golden_dir() else { return };
-    let case = load(&dir, "metrics", "binary");
+    let Some(case) = load("metrics", "binary") else { return };
     let y_true = case.labels("input.y_true");
     let y_pred = case.labels("input.y_pred");
     let y_score = case.float("input.y_score");
     let n = y_true.len();
-    // y_pred was made as y_score >= 0.5: the binary threshold rule
-    let thresholded: Vec<usize> = y_score.iter().map(|&s| usize::from(s >= 0.5)).collect();
+    // y_pred was made as y_score >= threshold: the binary threshold rule
+    let th = threshold(&case);
+    let thresholded: Vec<usize> = y_score.iter().map(|&s| usize::from(s >= th)).collect();
     assert_eq!(thresholded, y_pred);
 
     for (key, want) in case.results() {
@@ -177,36 +165,37 @@ fn golden_binary() {
             "accuracy" => {
                 let want = want.as_f64().unwrap();
                 case.check("accuracy", F::accuracy(&y_pred, &y_true), want);
-                case.check("binary_accuracy", F::binary_accuracy(y_score, &y_true, 0.5), want);
+                case.check("binary_accuracy", F::binary_accuracy(y_score, &y_true, th), want);
                 case.check(
                     "Accuracy f64",
-                    by_workers::<_, f64>(&Accuracy::binary(), y_score, &[n], &y_true).compute(),
+                    by_workers::<_, f64>(&Accuracy::binary().with_threshold(th), y_score, &[n], &y_true).compute(),
                     want,
                 );
                 case.check(
                     "Accuracy f32",
-                    by_workers::<_, f32>(&Accuracy::binary(), y_score, &[n], &y_true).compute(),
+                    by_workers::<_, f32>(&Accuracy::binary().with_threshold(th), y_score, &[n], &y_true).compute(),
                     want,
                 );
             }
-            "precision" | "recall" | "f1" | "fbeta2" => {
+            k if ["precision", "recall", "f1"].contains(&k) || k.starts_with("fbeta") => {
                 let want = want.as_f64().unwrap();
+                let beta = if k.starts_with("fbeta") { key_number(&case, k, "fbeta") } else { 0.0 };
                 let (functional, stateful) = match key.as_str() {
                     "precision" => (
                         F::precision(&y_pred, &y_true, 2, Average::Binary, 0.0),
-                        by_workers::<_, f32>(&Precision::binary(), y_score, &[n], &y_true).compute(),
+                        by_workers::<_, f32>(&Precision::binary().with_threshold(th), y_score, &[n], &y_true).compute(),
                     ),
                     "recall" => (
                         F::recall(&y_pred, &y_true, 2, Average::Binary, 0.0),
-                        by_workers::<_, f32>(&Recall::binary(), y_score, &[n], &y_true).compute(),
+                        by_workers::<_, f32>(&Recall::binary().with_threshold(th), y_score, &[n], &y_true).compute(),
                     ),
                     "f1" => (
                         F::f1_score(&y_pred, &y_true, 2, Average::Binary, 0.0),
-                        by_workers::<_, f64>(&F1Score::binary(), y_score, &[n], &y_true).compute(),
+                        by_workers::<_, f64>(&F1Score::binary().with_threshold(th), y_score, &[n], &y_true).compute(),
                     ),
                     _ => (
-                        F::fbeta_score(&y_pred, &y_true, 2, 2.0, Average::Binary, 0.0),
-                        by_workers::<_, f64>(&FBeta::binary(2.0), y_score, &[n], &y_true).compute(),
+                        F::fbeta_score(&y_pred, &y_true, 2, beta, Average::Binary, 0.0),
+                        by_workers::<_, f64>(&FBeta::binary(beta).with_threshold(th), y_score, &[n], &y_true).compute(),
                     ),
                 };
                 case.check(key, functional, want);
@@ -215,7 +204,7 @@ fn golden_binary() {
             "confusion_matrix" => {
                 let want = counts(want);
                 assert_eq!(F::confusion_matrix(&y_pred, &y_true, 2), want, "binary confusion_matrix");
-                let cm = by_workers::<_, f32>(&ConfusionMatrix::binary(), y_score, &[n], &y_true);
+                let cm = by_workers::<_, f32>(&ConfusionMatrix::binary().with_threshold(th), y_score, &[n], &y_true);
                 assert_eq!(cm.counts(), want, "binary ConfusionMatrix");
             }
             "roc_auc" => {
@@ -255,8 +244,7 @@ fn golden_binary() {
 
 #[test]
 fn golden_multiclass() {
-    let Some(dir) = golden_dir() else { return };
-    let case = load(&dir, "metrics", "multiclass");
+    let Some(case) = load("metrics", "multiclass") else { return };
     let y_true = case.labels("input.y_true");
     let y_pred = case.labels("input.y_pred");
     let y_score = case.float("input.y_score");
@@ -273,10 +261,11 @@ fn golden_multiclass() {
                 let acc = by_workers::<_, f32>(&Accuracy::multiclass(c), y_score, &shape, &y_true);
                 case.check("Accuracy (argmax of scores)", acc.compute(), want);
             }
-            ["top2", "accuracy"] => {
+            [top, "accuracy"] if top.starts_with("top") => {
                 let want = want.as_f64().unwrap();
-                case.check("top_k_accuracy", F::top_k_accuracy(y_score, &y_true, c, 2), want);
-                let acc = by_workers::<_, f64>(&Accuracy::multiclass(c).with_top_k(2), y_score, &shape, &y_true);
+                let k = key_number(&case, top, "top") as usize;
+                case.check("top_k_accuracy", F::top_k_accuracy(y_score, &y_true, c, k), want);
+                let acc = by_workers::<_, f64>(&Accuracy::multiclass(c).with_top_k(k), y_score, &shape, &y_true);
                 case.check("Accuracy top-2", acc.compute(), want);
             }
             [metric @ ("precision" | "recall" | "f1"), "per", "class"] => {
@@ -318,11 +307,12 @@ fn golden_multiclass() {
                 case.check(key, functional, want);
                 case.check(&format!("{key} (stateful)"), stateful, want);
             }
-            ["fbeta2", avg] => {
+            [fbeta, avg] if fbeta.starts_with("fbeta") => {
                 let want = want.as_f64().unwrap();
                 let avg = average(avg);
-                case.check(key, F::fbeta_score(&y_pred, &y_true, c, 2.0, avg, 0.0), want);
-                let f2 = by_workers::<_, f32>(&FBeta::multiclass(2.0, c, avg), y_score, &shape, &y_true);
+                let beta = key_number(&case, fbeta, "fbeta");
+                case.check(key, F::fbeta_score(&y_pred, &y_true, c, beta, avg, 0.0), want);
+                let f2 = by_workers::<_, f32>(&FBeta::multiclass(beta, c, avg), y_score, &shape, &y_true);
                 case.check(&format!("{key} (stateful)"), f2.compute(), want);
             }
             ["confusion", "matrix"] => {
@@ -348,8 +338,7 @@ fn golden_multiclass() {
 
 #[test]
 fn golden_regression() {
-    let Some(dir) = golden_dir() else { return };
-    let case = load(&dir, "metrics", "regression");
+    let Some(case) = load("metrics", "regression") else { return };
     let y_true = case.float("input.y_true");
     let y_pred = case.float("input.y_pred");
     let n = y_true.len();
@@ -395,18 +384,16 @@ fn golden_regression() {
 /// (logits, log-probabilities for `nll_loss`, an ignore index, and a `[N, C, L]` input).
 #[test]
 fn golden_perplexity_is_exp_cross_entropy() {
-    let Some(dir) = golden_dir() else { return };
     for name in ["cross_entropy", "nll_loss", "cross_entropy_ignore_index", "cross_entropy_3d"] {
-        let case = load(&dir, "losses", name);
+        let Some(case) = load("losses", name) else { return };
         let input = case.float("input.input");
         let shape = case.shape("input.input").to_vec();
         let targets: Vec<f64> = case.ints("input.target").iter().map(|&t| t as f64).collect();
         let target_shape = case.shape("input.target").to_vec();
         let loss = case.float("output.output")[0];
-        let mut ppl = Perplexity::new();
-        if let Some(ignore) = case.json["constructor_kwargs"].get("ignore_index") {
-            ppl = ppl.with_ignore_index(ignore.as_i64().unwrap());
-        }
+        // PyTorch's default ignore_index is -100
+        let ignore = case.golden.opt("constructor_kwargs/ignore_index").map_or(-100, |v| v.as_i64().unwrap());
+        let mut ppl = Perplexity::new().with_ignore_index(ignore);
         ppl.update(&tensor::<f64>(input, &shape), &tensor::<f64>(&targets, &target_shape));
         case.check("mean NLL", ppl.mean_nll(), loss);
         case.check("perplexity", ppl.compute(), loss.exp());

@@ -22,6 +22,36 @@ pub enum NnError {
     #[error("{0}")]
     Config(String),
 
+    // ----------------------------------------------------------------- loss targets
+    /// Class targets whose shape does not fit the input: `[N, *]` for an input `[N, C, *]`
+    /// (a batch-size mismatch, say). Names the loss that was called (`cross_entropy`,
+    /// `nll_loss`).
+    #[error("{loss}: input {input:?} needs targets of shape {expected:?}, got {found:?}")]
+    TargetShape {
+        /// The loss that was called.
+        loss: String,
+        /// The input's shape `[N, C, *]`.
+        input: Vec<usize>,
+        /// The target shape the input needs, `[N, *]`.
+        expected: Vec<usize>,
+        /// The targets' shape.
+        found: Vec<usize>,
+    },
+    /// A class target outside `[0, C)` that is not the loss's `ignore_index`.
+    #[error("{loss}: target {target} at {at:?} is out of range for {classes} classes (ignore_index {ignore_index})")]
+    TargetOutOfRange {
+        /// The loss that was called.
+        loss: String,
+        /// The offending target value.
+        target: i64,
+        /// Its position in the targets (`[n]`, or `[n, d1, ...]` for `[N, d1, ...]` targets).
+        at: Vec<usize>,
+        /// The number of classes `C` (the input's dim 1).
+        classes: usize,
+        /// The loss's `ignore_index`.
+        ignore_index: i64,
+    },
+
     // ----------------------------------------------------------------- model files
     /// The operating system refused a read or a write of a model file.
     #[error("{}: {action}: {message}", path.display())]

@@ -5,7 +5,9 @@
 //! gradient) comes for free.
 
 use kiln_autograd::Var;
-use kiln_tensor::{Float, Indices, Tensor};
+use kiln_tensor::{Float, Indices, Labels, Tensor};
+
+use crate::NnError;
 
 /// How a loss reduces its per-element values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -89,118 +91,245 @@ pub fn huber_loss<E: Float>(input: &Var<E>, target: &Var<E>, delta: f64, r: Redu
 }
 
 /// Options of [`cross_entropy`] and [`nll_loss`], with PyTorch's defaults.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct CrossEntropyOptions<E: Float = f32> {
     /// A weight per class (`[C]`), or `None` for equal weights.
     pub weight: Option<Tensor<E>>,
-    /// A target value to skip (no loss, no gradient, not counted in the mean).
-    pub ignore_index: Option<usize>,
+    /// A target value to skip (no loss, no gradient, not counted in the mean); PyTorch's
+    /// default `-100`, the padding label of sequence-labelling recipes (write targets as
+    /// [`Labels`] to use a negative value). Unused with probability targets.
+    pub ignore_index: i64,
     /// Mix the one-hot target with the uniform distribution: `(1 - eps) onehot + eps / C`.
     pub label_smoothing: f64,
     /// The reduction.
     pub reduction: Reduction,
 }
 
-/// Per-position class weights as a mask of the input's shape: `w[target]` at the target
-/// class (0 for ignored positions), and the per-sample weights.
-fn class_mask<E: Float>(
+impl<E: Float> Default for CrossEntropyOptions<E> {
+    fn default() -> Self {
+        CrossEntropyOptions { weight: None, ignore_index: -100, label_smoothing: 0.0, reduction: Reduction::Mean }
+    }
+}
+
+/// Class targets a class loss reads: [`Indices`] (non-negative) or [`Labels`] (signed, as
+/// PyTorch's int64 targets, so `-100` padding can be written).
+pub trait ClassTargets {
+    /// The shape (`[N, *]` for an input `[N, C, *]`).
+    fn shape(&self) -> &[usize];
+    /// The class at row-major position `i`.
+    fn class(&self, i: usize) -> i64;
+}
+
+impl ClassTargets for Indices {
+    fn shape(&self) -> &[usize] {
+        Indices::shape(self)
+    }
+    fn class(&self, i: usize) -> i64 {
+        i64::try_from(self.data[i]).unwrap_or(i64::MAX)
+    }
+}
+
+impl ClassTargets for Labels {
+    fn shape(&self) -> &[usize] {
+        Labels::shape(self)
+    }
+    fn class(&self, i: usize) -> i64 {
+        self.data[i]
+    }
+}
+
+/// What a class loss needs from its targets: the per-position weight mask of the input's
+/// shape (`w[target]` at the target class, 0 at ignored positions), the per-position weights
+/// and the per-position 0/1 "not ignored" flags.
+struct ClassMask<E: Float> {
+    mask: Tensor<E>,
+    per: Vec<E>,
+    keep: Vec<E>,
+}
+
+/// Checks `target` against the input `shape` (`[N, C, *]`) and builds the [`ClassMask`]:
+/// targets of the wrong shape, or outside `[0, C)` and not `ignore`, are errors naming `op`.
+/// A missing class dim or a weight of the wrong size is a programming error and panics.
+fn class_mask<E: Float, T: ClassTargets + ?Sized>(
     shape: &[usize],
-    target: &Indices,
+    target: &T,
     weight: Option<&Tensor<E>>,
-    ignore: Option<usize>,
+    ignore: i64,
     op: &str,
-) -> (Tensor<E>, Vec<E>) {
+) -> Result<ClassMask<E>, NnError> {
     assert!(shape.len() >= 2, "{op}: input needs a class dim: got {shape:?}");
     let (n, c) = (shape[0], shape[1]);
     let inner: usize = shape[2..].iter().product();
     let mut want: Vec<usize> = vec![n];
     want.extend_from_slice(&shape[2..]);
-    assert!(
-        target.shape() == want.as_slice(),
-        "{op}: input {shape:?} needs targets of shape {want:?}, got {:?}",
-        target.shape()
-    );
+    if target.shape() != want.as_slice() {
+        return Err(NnError::TargetShape {
+            loss: op.to_string(),
+            input: shape.to_vec(),
+            expected: want,
+            found: target.shape().to_vec(),
+        });
+    }
     if let Some(w) = weight {
         assert!(w.shape() == [c], "{op}: weight {:?} should have one entry per class ({c})", w.shape());
     }
     let wv = weight.map(|w| w.to_vec());
     let mut mask = vec![E::zero(); n * c * inner];
     let mut per = vec![E::zero(); n * inner];
+    let mut keep = vec![E::zero(); n * inner];
     for i in 0..n {
         for j in 0..inner {
-            let t = target.data[i * inner + j];
-            if Some(t) == ignore {
+            let pos = i * inner + j;
+            let t = target.class(pos);
+            if t == ignore {
                 continue;
             }
-            assert!(t < c, "{op}: target {t} out of range for {c} classes");
+            let Some(t) = usize::try_from(t).ok().filter(|&t| t < c) else {
+                let mut at = vec![i];
+                let mut rest = j;
+                for &d in shape[2..].iter().rev() {
+                    at.insert(1, rest % d);
+                    rest /= d;
+                }
+                return Err(NnError::TargetOutOfRange {
+                    loss: op.to_string(),
+                    target: t,
+                    at,
+                    classes: c,
+                    ignore_index: ignore,
+                });
+            };
             let w = wv.as_ref().map_or(E::one(), |w| w[t]);
             mask[(i * c + t) * inner + j] = w;
-            per[i * inner + j] = w;
+            per[pos] = w;
+            keep[pos] = E::one();
         }
     }
-    (Tensor::from_vec(mask, shape), per)
+    Ok(ClassMask { mask: Tensor::from_vec(mask, shape), per, keep })
+}
+
+/// The negative log-likelihood given a checked [`ClassMask`].
+fn nll_from_mask<E: Float>(log_probs: &Var<E>, m: &ClassMask<E>, r: Reduction, op: &str) -> Var<E> {
+    let picked = log_probs.mul(&Var::constant(m.mask.clone())).sum(&[1], false).neg(); // [N, *]
+    match r {
+        Reduction::None => picked,
+        Reduction::Sum => picked.sum_all(),
+        Reduction::Mean => {
+            let total: E = m.per.iter().copied().sum();
+            picked.sum_all().div_scalar(total)
+        }
+        Reduction::BatchMean => panic!("{op}: reduction BatchMean is only defined for kl_div"),
+    }
 }
 
 /// Negative log-likelihood of class indices given log-probabilities `[N, C, *]`, like
 /// `F.nll_loss` (weights, ignore_index and reduction from `opts`; label smoothing unused).
-pub fn nll_loss<E: Float>(log_probs: &Var<E>, target: &Indices, opts: &CrossEntropyOptions<E>) -> Var<E> {
-    let shape = log_probs.shape();
-    let (mask, per) = class_mask(&shape, target, opts.weight.as_ref(), opts.ignore_index, "nll_loss");
-    let picked = log_probs.mul(&Var::constant(mask)).sum(&[1], false).neg(); // [N, *]
-    match opts.reduction {
-        Reduction::None => picked,
-        Reduction::Sum => picked.sum_all(),
-        Reduction::Mean => {
-            let total: E = per.iter().copied().sum();
-            picked.sum_all().div_scalar(total)
-        }
-        Reduction::BatchMean => panic!("nll_loss: reduction BatchMean is only defined for kl_div"),
-    }
+///
+/// **Panics** where [`try_nll_loss`] returns an error, with the same message.
+pub fn nll_loss<E: Float, T: ClassTargets + ?Sized>(
+    log_probs: &Var<E>,
+    target: &T,
+    opts: &CrossEntropyOptions<E>,
+) -> Var<E> {
+    try_nll_loss(log_probs, target, opts).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`nll_loss`], returning bad targets as an error: a data pipeline can catch a label file's
+/// mistakes.
+///
+/// # Errors
+/// [`NnError::TargetShape`] when the targets are not `[N, *]` for an input `[N, C, *]`;
+/// [`NnError::TargetOutOfRange`] for a target outside `[0, C)` that is not `ignore_index`.
+/// Both name `nll_loss`.
+pub fn try_nll_loss<E: Float, T: ClassTargets + ?Sized>(
+    log_probs: &Var<E>,
+    target: &T,
+    opts: &CrossEntropyOptions<E>,
+) -> Result<Var<E>, NnError> {
+    let m = class_mask(&log_probs.shape(), target, opts.weight.as_ref(), opts.ignore_index, "nll_loss")?;
+    Ok(nll_from_mask(log_probs, &m, opts.reduction, "nll_loss"))
 }
 
 /// Cross-entropy of raw scores `[N, C, *]` against class indices, like `F.cross_entropy`:
 /// `log_softmax` over dim 1 then [`nll_loss`], with PyTorch's label smoothing
 /// (`(1 - eps) nll + eps/C * smooth`, the smooth term weighted and normalised like the nll).
+/// Targets equal to `ignore_index` (PyTorch's `-100` by default) are skipped.
+///
+/// **Panics** where [`try_cross_entropy`] returns an error, with the same message.
 ///
 /// ```
 /// use kiln_nn::functional::{cross_entropy, CrossEntropyOptions};
 /// use kiln_autograd::Var;
-/// use kiln_tensor::{Indices, Tensor};
+/// use kiln_tensor::{Indices, Labels, Tensor};
 /// let logits = Var::param(Tensor::<f64>::zeros(&[2, 4]));
 /// let loss = cross_entropy(&logits, &Indices::from_vec(vec![1, 3]), &CrossEntropyOptions::default());
 /// assert!((loss.item() - 4f64.ln()).abs() < 1e-12);
+/// // PyTorch's padding label: the second row is ignored
+/// let padded = cross_entropy(&logits, &Labels::from_vec(vec![1, -100]), &CrossEntropyOptions::default());
+/// assert!((padded.item() - 4f64.ln()).abs() < 1e-12);
 /// ```
-pub fn cross_entropy<E: Float>(input: &Var<E>, target: &Indices, opts: &CrossEntropyOptions<E>) -> Var<E> {
-    let logp = input.log_softmax(1);
-    let nll = nll_loss(&logp, target, opts);
+pub fn cross_entropy<E: Float, T: ClassTargets + ?Sized>(
+    input: &Var<E>,
+    target: &T,
+    opts: &CrossEntropyOptions<E>,
+) -> Var<E> {
+    try_cross_entropy(input, target, opts).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`cross_entropy`], returning bad targets as an error: a data pipeline can catch a label
+/// file's mistakes.
+///
+/// # Errors
+/// [`NnError::TargetShape`] when the targets are not `[N, *]` for an input `[N, C, *]`;
+/// [`NnError::TargetOutOfRange`] for a target outside `[0, C)` that is not `ignore_index`.
+/// Both name `cross_entropy`.
+///
+/// ```
+/// use kiln_nn::functional::{try_cross_entropy, CrossEntropyOptions};
+/// use kiln_autograd::Var;
+/// use kiln_tensor::{Labels, Tensor};
+/// let logits = Var::param(Tensor::<f32>::zeros(&[2, 4]));
+/// let err = try_cross_entropy(&logits, &Labels::from_vec(vec![1, 4]), &CrossEntropyOptions::default());
+/// assert_eq!(
+///     err.unwrap_err().to_string(),
+///     "cross_entropy: target 4 at [1] is out of range for 4 classes (ignore_index -100)"
+/// );
+/// ```
+pub fn try_cross_entropy<E: Float, T: ClassTargets + ?Sized>(
+    input: &Var<E>,
+    target: &T,
+    opts: &CrossEntropyOptions<E>,
+) -> Result<Var<E>, NnError> {
+    const OP: &str = "cross_entropy";
+    let shape = input.shape();
+    let m = class_mask(&shape, target, opts.weight.as_ref(), opts.ignore_index, OP)?;
     let eps = opts.label_smoothing;
+    assert!((0.0..=1.0).contains(&eps), "{OP}: label_smoothing must be in [0, 1], got {eps}");
+    let logp = input.log_softmax(1);
+    let nll = nll_from_mask(&logp, &m, opts.reduction, OP);
     if eps == 0.0 {
-        return nll;
+        return Ok(nll);
     }
-    assert!((0.0..=1.0).contains(&eps), "cross_entropy: label_smoothing must be in [0, 1], got {eps}");
-    let shape = logp.shape();
     let c = shape[1];
     // smooth_i = -sum_c w_c logp_ic, zero at ignored positions
-    let (_, per) = class_mask(&shape, target, opts.weight.as_ref(), opts.ignore_index, "cross_entropy");
     let mut wshape = vec![1usize; shape.len()];
     wshape[1] = c;
     let w = opts.weight.clone().map(|w| w.reshape(&wshape)).unwrap_or_else(|| Tensor::ones(&wshape));
-    let keep: Vec<E> =
-        target.data.iter().map(|&t| if Some(t) == opts.ignore_index { E::zero() } else { E::one() }).collect();
     let mut kshape = shape.to_vec();
     kshape[1] = 1;
-    let keep_t = Tensor::from_vec(keep.clone(), &kshape);
+    let keep_t = Tensor::from_vec(m.keep.clone(), &kshape);
     let smooth = logp.mul(&Var::constant(w.mul(&keep_t))).sum(&[1], false).neg();
     let smooth = match opts.reduction {
         Reduction::None => smooth,
         Reduction::Sum => smooth.sum_all(),
         Reduction::Mean => {
-            let denom: E = if opts.weight.is_some() { per.iter().copied().sum() } else { keep.iter().copied().sum() };
+            let denom: E =
+                if opts.weight.is_some() { m.per.iter().copied().sum() } else { m.keep.iter().copied().sum() };
             smooth.sum_all().div_scalar(denom)
         }
-        Reduction::BatchMean => panic!("cross_entropy: reduction BatchMean is only defined for kl_div"),
+        Reduction::BatchMean => panic!("{OP}: reduction BatchMean is only defined for kl_div"),
     };
-    nll.mul_scalar(E::from_f64(1.0 - eps)).add(&smooth.mul_scalar(E::from_f64(eps / c as f64)))
+    Ok(nll.mul_scalar(E::from_f64(1.0 - eps)).add(&smooth.mul_scalar(E::from_f64(eps / c as f64))))
 }
 
 /// Cross-entropy of raw scores `[N, C, *]` against class probabilities of the same shape,
@@ -214,7 +343,6 @@ pub fn cross_entropy_probs<E: Float>(input: &Var<E>, target: &Tensor<E>, opts: &
         shape.as_slice(),
         target.shape()
     );
-    assert!(opts.ignore_index.is_none(), "cross_entropy: ignore_index is not supported with probability targets");
     let c = shape[1];
     let logp = input.log_softmax(1);
     let eps = E::from_f64(opts.label_smoothing);

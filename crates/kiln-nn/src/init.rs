@@ -1,28 +1,61 @@
 //! Parameter initialisation with PyTorch's formulas (`torch.nn.init`), and the generator that
 //! layer constructors draw from.
 //!
-//! Layers initialise themselves from a process-wide generator seeded by [`manual_seed`] (like
+//! Layers initialise themselves from the generator seeded by [`manual_seed`] (like
 //! `torch.manual_seed`); the functions here take an explicit [`Rng`].
+//!
+//! [`manual_seed`] gives the calling thread its own generator, and also reseeds the default
+//! generator that threads which never called it share. So a program (or a test) that seeds and
+//! then builds its model on one thread gets the same weights whatever other threads build at
+//! the same time, and a model built on a worker thread after the main thread seeded still
+//! draws from seeded values.
 
+use std::cell::RefCell;
 use std::sync::{Mutex, OnceLock};
 
 use kiln_autograd::Var;
 use kiln_tensor::{Float, Rng, Tensor};
 
-fn global() -> &'static Mutex<Rng> {
+/// The default generator of threads that never called [`manual_seed`].
+fn shared() -> &'static Mutex<Rng> {
     static G: OnceLock<Mutex<Rng>> = OnceLock::new();
     G.get_or_init(|| Mutex::new(Rng::new(0)))
 }
 
-/// Seeds the generator layer constructors use, like `torch.manual_seed`: the same seed gives
-/// the same initial weights.
-pub fn manual_seed(seed: u64) {
-    *global().lock().unwrap_or_else(|e| e.into_inner()) = Rng::new(seed);
+thread_local! {
+    /// This thread's own generator, from its first [`manual_seed`] on.
+    static LOCAL: RefCell<Option<Rng>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` with the process-wide generator.
+/// Seeds the generator layer constructors use, like `torch.manual_seed`: the same seed gives
+/// the same initial weights.
+///
+/// The calling thread draws from its own generator from now on, which no other thread
+/// advances; threads that never called `manual_seed` share a default generator, which this
+/// reseeds too.
+///
+/// ```
+/// use kiln_nn::{init, Linear};
+/// init::manual_seed(7);
+/// let a: Linear = Linear::new(3, 2);
+/// init::manual_seed(7);
+/// let b: Linear = Linear::new(3, 2);
+/// assert_eq!(a.weight.value().to_vec(), b.weight.value().to_vec());
+/// ```
+pub fn manual_seed(seed: u64) {
+    LOCAL.with(|l| *l.borrow_mut() = Some(Rng::new(seed)));
+    *shared().lock().unwrap_or_else(|e| e.into_inner()) = Rng::new(seed);
+}
+
+/// Runs `f` with the generator layer constructors draw from: this thread's own after it
+/// called [`manual_seed`], else the shared default.
 pub fn with_rng<R>(f: impl FnOnce(&mut Rng) -> R) -> R {
-    f(&mut global().lock().unwrap_or_else(|e| e.into_inner()))
+    LOCAL
+        .with(|l| match l.borrow_mut().as_mut() {
+            Some(rng) => Ok(f(rng)),
+            None => Err(f),
+        })
+        .unwrap_or_else(|f| f(&mut shared().lock().unwrap_or_else(|e| e.into_inner())))
 }
 
 /// Non-linearities for [`calculate_gain`].
@@ -170,6 +203,35 @@ pub fn default_weight_bias<E: Float>(weight: &Var<E>, bias: Option<&Var<E>>, rng
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread that seeds gets the same draws whatever other threads draw or seed meanwhile.
+    #[test]
+    fn seeded_draws_do_not_race_with_other_threads() {
+        let draw = |seed: u64| {
+            manual_seed(seed);
+            (0..200).map(|_| with_rng(|r| r.next_f64())).collect::<Vec<_>>()
+        };
+        let alone = draw(11);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let noise: Vec<_> = (0..3)
+            .map(|i| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    if i == 0 {
+                        manual_seed(99); // reseeds the shared default mid-way, too
+                    }
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        with_rng(|r| r.next_f64());
+                    }
+                })
+            })
+            .collect();
+        let together: Vec<Vec<f64>> =
+            (0..4).map(|_| std::thread::spawn(move || draw(11))).map(|h| h.join().unwrap()).collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        noise.into_iter().for_each(|h| h.join().unwrap());
+        assert!(together.iter().all(|t| *t == alone));
+    }
 
     #[test]
     fn gains_match_pytorch() {

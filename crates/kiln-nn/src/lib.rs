@@ -21,7 +21,7 @@ pub mod distillation;
 mod error;
 pub mod functional;
 #[cfg(test)]
-pub(crate) mod golden;
+pub(crate) use kiln_golden as golden;
 pub mod init;
 pub mod layers;
 mod loss;
@@ -30,7 +30,7 @@ pub mod serialize;
 
 pub use distillation::{distillation_loss, DistillationLoss};
 pub use error::NnError;
-pub use functional::{CrossEntropyOptions, Reduction};
+pub use functional::{ClassTargets, CrossEntropyOptions, Reduction};
 pub use layers::*;
 pub use loss::{
     BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss, MSELoss, NLLLoss, SmoothL1Loss,

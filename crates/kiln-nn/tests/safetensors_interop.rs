@@ -5,7 +5,8 @@
 //!   strictly into the same PyTorch architecture and computes kiln's outputs; a file PyTorch
 //!   writes (BatchNorm's I64 counter, F16/BF16 tensors) loads into kiln and computes PyTorch's.
 //!
-//! The golden part skips (with a printed reason) where the fixtures are absent, the Python part
+//! The golden part skips (with a printed reason) where the fixtures are absent, and fails there
+//! when `KILN_REQUIRE_GOLDEN=1` (see kiln-golden); the Python part
 //! where `python3 -c "import safetensors, torch"` fails.
 
 use std::path::{Path, PathBuf};
@@ -27,16 +28,6 @@ fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
-fn golden_interop() -> Option<PathBuf> {
-    let d = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/golden/interop"));
-    if d.join("mnist_cnn.json").is_file() {
-        Some(d)
-    } else {
-        eprintln!("skipped: golden interop fixtures not found at {}", d.display());
-        None
-    }
-}
-
 fn assert_close<E: Float>(what: &str, a: &Tensor<E>, b: &Tensor<E>, rtol: f64, atol: f64) {
     assert_eq!(a.shape(), b.shape(), "{what}: shape");
     for (i, (x, y)) in a.to_vec().into_iter().zip(b.to_vec()).enumerate() {
@@ -51,49 +42,56 @@ fn argmax_rows<E: Float>(t: &Tensor<E>) -> Vec<usize> {
 
 // ------------------------------------------------------------------ golden: PyTorch → kiln
 
-fn golden_model_matches_pytorch<E: Float>(dir: &Path) {
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("mnist_cnn.json")).unwrap()).unwrap();
+/// Every model of `interop/` (the public set's CNN, another set's MLP, ...): built from its
+/// JSON architecture, loaded from its safetensors, run on its `_io` inputs.
+fn golden_models_match_pytorch<E: Float>() {
+    let Some(names) = kiln_golden::case_names("interop") else { return };
+    let dir = kiln_golden::group_dir("interop").unwrap();
+    for name in names {
+        golden_model_matches_pytorch::<E>(&dir, &name);
+    }
+}
+
+fn golden_model_matches_pytorch<E: Float>(dir: &Path, name: &str) {
+    let c = kiln_golden::read_case(dir.parent().unwrap(), &format!("interop/{name}"));
+    let json = &c.json;
     let mut model: Sequential<E> = sequential_from_json(&json.to_string()).unwrap();
     // The JSON's key list is exactly the model's.
     let keys: Vec<String> = model.state_dict().into_keys().collect();
-    let mut want: Vec<String> = json["state_dict_keys"].as_object().unwrap().keys().cloned().collect();
+    let mut want: Vec<String> = c.field("state_dict_keys").as_object().unwrap().keys().cloned().collect();
     want.sort();
-    assert_eq!(keys, want);
+    assert_eq!(keys, want, "{name}");
 
-    let report = load(&model, dir.join("mnist_cnn.safetensors"), true).unwrap();
-    assert_eq!(report.loaded.len(), want.len());
+    let report = load(&model, dir.join(format!("{name}.safetensors")), true).unwrap();
+    assert_eq!(report.loaded.len(), want.len(), "{name}");
     model.eval();
 
-    let io = SafetensorsFile::open(dir.join("mnist_cnn_io.safetensors")).unwrap();
+    let io_path = dir.join(format!("{name}_io.safetensors"));
+    let io = SafetensorsFile::open(&io_path).unwrap_or_else(|e| panic!("{}: {e}", io_path.display()));
     let x: Tensor<E> = io.tensor("input.images").unwrap();
     let expected: Tensor<E> = io.tensor("output.logits").unwrap();
     let (labels, _) = io.tensor_i64("input.labels").unwrap();
     let logits = model.forward(&Var::constant(x)).value();
-    let tol = &json["tolerance"]["float32"];
-    let (rtol, atol) = (tol["rtol"].as_f64().unwrap(), tol["atol"].as_f64().unwrap());
-    assert_close("logits", &logits, &expected, rtol, atol);
+    let (rtol, atol) = c.tol("float32");
+    assert_close(&format!("{name} logits"), &logits, &expected, rtol, atol);
 
     let predicted = argmax_rows(&logits);
-    assert_eq!(predicted, argmax_rows(&expected), "kiln and PyTorch predict the same classes");
+    assert_eq!(predicted, argmax_rows(&expected), "{name}: kiln and PyTorch predict the same classes");
     let correct = predicted.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
     let accuracy = correct as f64 / labels.len() as f64;
-    let golden_accuracy = json["io_first64_accuracy"].as_f64().unwrap();
-    assert!((accuracy - golden_accuracy).abs() < 1e-12, "accuracy {accuracy} vs PyTorch's {golden_accuracy}");
+    let golden_accuracy = c.f64("io_first64_accuracy");
+    assert!((accuracy - golden_accuracy).abs() < 1e-12, "{name}: accuracy {accuracy} vs PyTorch's {golden_accuracy}");
 }
 
 #[test]
 fn pytorch_trained_model_runs_in_kiln_f32() {
-    if let Some(dir) = golden_interop() {
-        golden_model_matches_pytorch::<f32>(&dir);
-    }
+    golden_models_match_pytorch::<f32>();
 }
 
 #[test]
 fn pytorch_trained_model_runs_in_kiln_f64() {
     // The f32 file converts on load; f64 arithmetic stays within the f32 tolerance.
-    if let Some(dir) = golden_interop() {
-        golden_model_matches_pytorch::<f64>(&dir);
-    }
+    golden_models_match_pytorch::<f64>();
 }
 
 // ------------------------------------------------------------------ Python: both directions

@@ -6,19 +6,15 @@
 //! fixtures (other values) is checked the same way. Run in f64 at the JSON's float64 tolerance
 //! and in f32 at its float32 tolerance.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{assert_close, config, tensors, tolerance, Golden};
 use kiln_autograd::Var;
+use kiln_golden::{assert_close_slice as assert_close, Case};
 use kiln_optim::{
     Adagrad, AdagradConfig, Adam, AdamConfig, AdamW, AdamWConfig, Optimizer, RMSprop, RMSpropConfig, SGDConfig, SGD,
 };
 use kiln_tensor::{Float, Tensor};
 use serde_json::Value;
-
-const PARAMS: [&str; 2] = ["p0", "p1"];
 
 /// The cases this file knows; `every_case_file_is_covered` fails on any other.
 const CASES: [&str; 10] = [
@@ -34,8 +30,19 @@ const CASES: [&str; 10] = [
     "sgd_nesterov",
 ];
 
-fn tensor<E: Float>(g: &Golden) -> Tensor<E> {
-    Tensor::from_vec(g.data.iter().map(|&x| E::from_f64(x)).collect(), &g.shape)
+fn tensor<E: Float>(c: &Case, name: &str) -> Tensor<E> {
+    c.t(name).cast()
+}
+
+/// The parameter names `p0`, `p1`, ... of a case, from its `param.*` tensors, in index order
+/// (state is keyed `state_after.p<i>.*` by the index).
+fn param_names(c: &Case) -> Vec<String> {
+    let n = c.tensors.keys().filter(|k| k.starts_with("param.")).count();
+    let names: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+    for name in &names {
+        assert!(c.has(&format!("param.{name}")), "{}: params are not p0..p{}", c.name, n - 1);
+    }
+    names
 }
 
 fn f(group: &Value, key: &str) -> f64 {
@@ -51,35 +58,30 @@ fn betas(group: &Value) -> (f64, f64) {
     (b[0].as_f64().unwrap(), b[1].as_f64().unwrap())
 }
 
-/// Runs the ten steps with `opt` and checks every parameter after every step and the final
+/// Runs the steps with `opt` and checks every parameter after every step and the final
 /// state.
-fn run<E: Float, O: Optimizer<E>>(
-    case: &str,
-    mut opt: O,
-    params: &[Var<E>],
-    t: &BTreeMap<String, Golden>,
-    tol: (f64, f64),
-) {
+fn run<E: Float, O: Optimizer<E>>(case: &str, mut opt: O, params: &[Var<E>], c: &Case, tol: (f64, f64)) {
+    let names = param_names(c);
     let mut worst = 0.0f64;
-    let steps = t.keys().filter(|k| k.starts_with("grads.") && k.ends_with(".p0")).count();
-    assert!(steps > 0, "{case}: no gradients");
+    let steps = c.usize("steps");
+    assert!(steps > 0, "{case}: no steps");
     for k in 1..=steps {
-        for (p, name) in params.iter().zip(PARAMS) {
-            p.set_grad(Some(tensor(&t[&format!("grads.{k}.{name}")])));
+        for (p, name) in params.iter().zip(&names) {
+            p.set_grad(Some(tensor(c, &format!("grads.{k}.{name}"))));
         }
         opt.step();
-        for (p, name) in params.iter().zip(PARAMS) {
-            let want = &t[&format!("params_after.{k}.{name}")];
+        for (p, name) in params.iter().zip(&names) {
+            let want = c.t(&format!("params_after.{k}.{name}"));
             let got: Vec<f64> = p.value().to_vec().iter().map(|&x| Float::to_f64(x)).collect();
-            assert_eq!(p.shape().as_slice(), want.shape.as_slice());
-            worst = worst.max(assert_close(&format!("{case}: params_after.{k}.{name}"), &got, &want.data, tol));
+            assert_eq!(p.shape().as_slice(), want.shape());
+            worst = worst.max(assert_close(&format!("{case}: params_after.{k}.{name}"), &got, &want.to_vec(), tol));
         }
     }
     let sd = opt.state_dict();
-    for (i, name) in PARAMS.iter().enumerate() {
+    for (i, name) in names.iter().enumerate() {
         let prefix = format!("state_after.p{i}.");
-        let want: BTreeMap<&str, &Golden> =
-            t.iter().filter_map(|(k, v)| k.strip_prefix(&prefix).map(|key| (key, v))).collect();
+        let want: BTreeMap<&str, Tensor<f64>> =
+            c.tensors.iter().filter_map(|(k, v)| k.strip_prefix(&prefix).map(|key| (key, v.clone()))).collect();
         let ours = sd.state.get(&i);
         let mut our_keys: BTreeSet<&str> = BTreeSet::new();
         if let Some(s) = ours {
@@ -97,7 +99,7 @@ fn run<E: Float, O: Optimizer<E>>(
             } else {
                 s.buffers[key].to_vec().iter().map(|&x| Float::to_f64(x)).collect()
             };
-            worst = worst.max(assert_close(&format!("{case}: state_after.p{i}.{key}"), &got, &g.data, tol));
+            worst = worst.max(assert_close(&format!("{case}: state_after.p{i}.{key}"), &got, &g.to_vec(), tol));
         }
     }
     eprintln!(
@@ -107,13 +109,14 @@ fn run<E: Float, O: Optimizer<E>>(
 }
 
 fn run_case_as<E: Float>(case: &str, dtype: &str) {
-    let Some(cfg) = config("optim", case) else { return };
-    let t = tensors("optim", case);
-    let tol = tolerance(&cfg, dtype);
-    let params: Vec<Var<E>> = PARAMS.iter().map(|n| Var::param(tensor(&t[&format!("param.{n}")]))).collect();
+    let Some(c) = kiln_golden::load(&format!("optim/{case}")) else { return };
+    let cfg = &c.json;
+    let tol = c.tol(dtype);
+    let params: Vec<Var<E>> = param_names(&c).iter().map(|n| Var::param(tensor(&c, &format!("param.{n}")))).collect();
     let g = &cfg["resolved_param_group"];
-    let optimizer = cfg["optimizer"].as_str().unwrap().trim_start_matches("torch.optim.");
+    let optimizer = c.str("optimizer").trim_start_matches("torch.optim.");
     let ps = params.clone();
+    let t = &c;
     match optimizer {
         "SGD" => {
             let c = SGDConfig {
@@ -124,7 +127,7 @@ fn run_case_as<E: Float>(case: &str, dtype: &str) {
                 nesterov: b(g, "nesterov"),
                 maximize: b(g, "maximize"),
             };
-            run(case, SGD::new(ps, c), &params, &t, tol)
+            run(case, SGD::new(ps, c), &params, t, tol)
         }
         "Adam" | "AdamW" if b(g, "decoupled_weight_decay") || optimizer == "AdamW" => {
             let c = AdamWConfig {
@@ -135,7 +138,7 @@ fn run_case_as<E: Float>(case: &str, dtype: &str) {
                 amsgrad: b(g, "amsgrad"),
                 maximize: b(g, "maximize"),
             };
-            run(case, AdamW::new(ps, c), &params, &t, tol)
+            run(case, AdamW::new(ps, c), &params, t, tol)
         }
         "Adam" => {
             let c = AdamConfig {
@@ -146,7 +149,7 @@ fn run_case_as<E: Float>(case: &str, dtype: &str) {
                 amsgrad: b(g, "amsgrad"),
                 maximize: b(g, "maximize"),
             };
-            run(case, Adam::new(ps, c), &params, &t, tol)
+            run(case, Adam::new(ps, c), &params, t, tol)
         }
         "RMSprop" => {
             let c = RMSpropConfig {
@@ -158,7 +161,7 @@ fn run_case_as<E: Float>(case: &str, dtype: &str) {
                 centered: b(g, "centered"),
                 maximize: b(g, "maximize"),
             };
-            run(case, RMSprop::new(ps, c), &params, &t, tol)
+            run(case, RMSprop::new(ps, c), &params, t, tol)
         }
         "Adagrad" => {
             let c = AdagradConfig {
@@ -169,7 +172,7 @@ fn run_case_as<E: Float>(case: &str, dtype: &str) {
                 eps: f(g, "eps"),
                 maximize: b(g, "maximize"),
             };
-            run(case, Adagrad::new(ps, c), &params, &t, tol)
+            run(case, Adagrad::new(ps, c), &params, t, tol)
         }
         other => panic!("{case}: no kiln optimizer for {other}"),
     }
@@ -182,7 +185,8 @@ fn run_case(case: &str) {
 
 #[test]
 fn every_case_file_is_covered() {
-    for name in common::case_names("optim") {
+    let Some(names) = kiln_golden::case_names("optim") else { return };
+    for name in names {
         assert!(CASES.contains(&name.as_str()), "optim/{name}.json has no test in golden_optim.rs");
     }
 }

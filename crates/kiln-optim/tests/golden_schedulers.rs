@@ -6,10 +6,8 @@
 //! fixtures is checked the same way. `LambdaLR`'s lambda is given as Python source; a small
 //! evaluator of Python arithmetic in `epoch` runs it.
 
-mod common;
-
-use common::{assert_close, config, tolerance};
 use kiln_autograd::Var;
+use kiln_golden::assert_close_slice as assert_close;
 use kiln_optim::lr_scheduler::{
     AnnealStrategy, CosineAnnealingLR, ExponentialLR, LRScheduler, LambdaLR, LinearLR, MultiStepLR, OneCycleLR,
     OneCycleLRConfig, PlateauMode, ReduceLROnPlateau, ReduceLROnPlateauConfig, SequentialLR, StepLR, ThresholdMode,
@@ -107,12 +105,13 @@ fn sgd(cfg: &Value) -> SGD<f64> {
 }
 
 fn run_case(case: &str) {
-    let Some(cfg) = config("schedulers", case) else { return };
-    let tol = tolerance(&cfg, "float64");
+    let Some(c) = kiln_golden::load(&format!("schedulers/{case}")) else { return };
+    let tol = c.tol("float64");
+    let cfg = &c.json;
     let n = cfg["num_steps"].as_u64().unwrap() as usize;
     let class = cfg["scheduler"].as_str().unwrap().trim_start_matches("torch.optim.lr_scheduler.");
     let kw = &cfg["scheduler_kwargs"];
-    let mut opt = sgd(&cfg);
+    let mut opt = sgd(cfg);
     let (mut before, mut after, mut momenta) = (vec![], vec![], vec![]);
     if class == "ReduceLROnPlateau" {
         let r = &cfg["resolved_kwargs"];
@@ -160,7 +159,8 @@ fn run_case(case: &str) {
 
 #[test]
 fn every_case_file_is_covered() {
-    for name in common::case_names("schedulers") {
+    let Some(names) = kiln_golden::case_names("schedulers") else { return };
+    for name in names {
         assert!(CASES.contains(&name.as_str()), "schedulers/{name}.json has no test in golden_schedulers.rs");
     }
 }

@@ -84,6 +84,67 @@ impl Indices {
     }
 }
 
+/// Class labels as PyTorch holds them: row-major `i64` data with a shape (an int64 target
+/// tensor). Unlike [`Indices`], values may be negative, so that the padding label `-100`
+/// (PyTorch's default `ignore_index` of `CrossEntropyLoss` and `NLLLoss`) is written as in
+/// PyTorch.
+///
+/// ```
+/// use kiln_tensor::{Indices, Labels};
+/// let padded = Labels::new(vec![3, 1, -100, -100], &[2, 2]);
+/// assert_eq!(padded.shape(), &[2, 2]);
+/// assert_eq!(Labels::from(&Indices::from_vec(vec![2, 0])).data, vec![2, 0]);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Labels {
+    /// Row-major label values.
+    pub data: Vec<i64>,
+    /// The shape; its product equals `data.len()`.
+    pub shape: Shape,
+}
+
+impl Labels {
+    /// Labels from row-major data and a shape.
+    ///
+    /// **Panics** if the shape's element count differs from `data.len()`.
+    pub fn new(data: Vec<i64>, shape: &[usize]) -> Self {
+        let n: usize = shape.iter().product();
+        assert_eq!(n, data.len(), "Labels::new: shape {shape:?} holds {n} elements, data has {}", data.len());
+        Labels { data, shape: shape.into() }
+    }
+    /// A 1-D label list.
+    pub fn from_vec(data: Vec<i64>) -> Self {
+        let n = data.len();
+        Labels { data, shape: smallvec::smallvec![n] }
+    }
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    /// Number of labels.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+    /// Whether there are no labels.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+impl From<&Indices> for Labels {
+    /// The same classes as signed labels (an index above `i64::MAX` becomes `i64::MAX`, which
+    /// no loss accepts as a class).
+    fn from(i: &Indices) -> Self {
+        Labels { data: i.data.iter().map(|&v| i64::try_from(v).unwrap_or(i64::MAX)).collect(), shape: i.shape.clone() }
+    }
+}
+
+impl From<Indices> for Labels {
+    fn from(i: Indices) -> Self {
+        Labels::from(&i)
+    }
+}
+
 /// Row-major (C-order) strides for a shape.
 pub(crate) fn contiguous_strides(shape: &[usize]) -> Strides {
     let mut strides: Strides = smallvec::smallvec![0; shape.len()];

@@ -20,6 +20,7 @@ mod history;
 mod plot;
 mod source;
 mod trainer;
+mod weight_averaging;
 
 pub use callbacks::{BatchContext, Callback, EpochContext};
 pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint};
@@ -30,6 +31,7 @@ pub use history::{EpochLogs, History};
 pub use plot::plot_confusion_matrix;
 pub use source::{BatchSource, TrainLoss};
 pub use trainer::{predict, tensor_batches, SchedulerInterval, Trainer, Verbosity};
+pub use weight_averaging::{AveragedModel, ExponentialMovingAverage};
 
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]

@@ -10,6 +10,7 @@ pub mod arith;
 pub mod attention;
 pub mod conv;
 pub mod dropout;
+pub mod einsum;
 pub mod index;
 pub mod lstm;
 pub mod matmul;

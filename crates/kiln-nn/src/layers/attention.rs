@@ -793,12 +793,29 @@ pub(crate) mod tests {
         assert!(ob <= 0.125 && ob > 0.12);
         assert_eq!(m.in_proj_bias.as_ref().unwrap().value().abs().max_all(), 0.0);
         assert_eq!(m.out_proj.bias.as_ref().unwrap().value().abs().max_all(), 0.0);
-        if let Some(c) = golden::load("init/multihead_attention") {
-            let d = &c.json["documented"];
-            assert!((d["in_proj_weight"]["high"].as_f64().unwrap() - xb).abs() < 1e-12);
-            assert!((d["out_proj.weight"]["high"].as_f64().unwrap() - 0.125).abs() < 1e-12);
-            assert_eq!(d["in_proj_bias"]["value"].as_f64(), Some(0.0));
+        let Some(c) = golden::load("init/multihead_attention") else { return };
+        crate::layers::conv::testing::check_init(&c, &mha_from::<f64>(&c));
+    }
+
+    /// A MultiheadAttention from the case's constructor arguments (PyTorch's defaults where
+    /// absent).
+    fn mha_from<E: Float>(c: &golden::Case) -> MultiheadAttention<E> {
+        for unsupported in ["add_bias_kv", "add_zero_attn"] {
+            let key = format!("constructor_kwargs/{unsupported}");
+            assert!(!c.bool_or(&key, false), "{}: {unsupported} is not supported", c.name);
         }
+        assert!(c.opt("constructor_kwargs/kdim").is_none() && c.opt("constructor_kwargs/vdim").is_none());
+        MultiheadAttentionConfig {
+            dropout: c.f64_or("constructor_kwargs/dropout", 0.0),
+            bias: c.bool_or("constructor_kwargs/bias", true),
+            batch_first: c.bool_or("constructor_kwargs/batch_first", false),
+            ..MultiheadAttentionConfig::new(
+                c.usize("constructor_kwargs/embed_dim"),
+                c.usize("constructor_kwargs/num_heads"),
+            )
+        }
+        .build()
+        .unwrap()
     }
 
     /// The module with its parameters replaced by `vars` (in `named_parameters` order).
@@ -908,74 +925,81 @@ pub(crate) mod tests {
         }
     }
 
-    fn golden_mha(name: &str) {
+    /// Runs an `nn.MultiheadAttention` case in `E` at the case's tolerance for `dtype`: the
+    /// module, the call arguments (`need_weights`, `average_attn_weights`), the masks and which
+    /// inputs are the query, key and value all come from the case.
+    fn golden_mha<E: Float>(name: &str, dtype: &str) {
         let Some(c) = golden::load(&format!("attention/{name}")) else {
             return;
         };
-        let tol = c.tol("float64");
-        let kw = &c.json["constructor_kwargs"];
-        let m: MultiheadAttention<f64> = MultiheadAttentionConfig {
-            dropout: kw["dropout"].as_f64().unwrap(),
-            batch_first: kw["batch_first"].as_bool().unwrap(),
-            ..MultiheadAttentionConfig::new(
-                kw["embed_dim"].as_u64().unwrap() as usize,
-                kw["num_heads"].as_u64().unwrap() as usize,
-            )
-        }
-        .build()
-        .unwrap();
-        m.load_state_dict(&golden_state_dict(&c), true).unwrap();
-        let call = &c.json["call_kwargs"];
-        let (need, avg) = (call["need_weights"].as_bool().unwrap(), call["average_attn_weights"].as_bool().unwrap());
-        let bool_mask = |n: &str| c.tensors.get(n).map(|t| AttnMask::Bool(t.clone()));
-        let (kpm, am) = (bool_mask("input.key_padding_mask"), bool_mask("input.attn_mask"));
+        let tol = c.tol(dtype);
+        let m: MultiheadAttention<E> = mha_from(&c);
+        let sd: crate::StateDict<E> = golden_state_dict(&c).into_iter().map(|(k, t)| (k, t.cast())).collect();
+        m.load_state_dict(&sd, true).unwrap();
+        let need = c.bool_or("call_kwargs/need_weights", true);
+        let avg = c.bool_or("call_kwargs/average_attn_weights", true);
+        let mask = |n: &str| {
+            c.get(n).map(|t| {
+                if c.str(&format!("tensors/{n}/dtype")) == "bool" {
+                    AttnMask::Bool(t.cast())
+                } else {
+                    AttnMask::Float(t.cast())
+                }
+            })
+        };
+        let (kpm, am) = (mask("input.key_padding_mask"), mask("input.attn_mask"));
         let inputs: Vec<String> =
-            c.json["grad_inputs"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
-        let vars: Vec<Var<f64>> = inputs.iter().map(|n| Var::param(c.t(&format!("input.{n}")))).collect();
-        let (q, k, v) = if vars.len() == 1 { (&vars[0], &vars[0], &vars[0]) } else { (&vars[0], &vars[1], &vars[2]) };
+            c.field("grad_inputs").as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+        let vars: Vec<Var<E>> = inputs.iter().map(|n| Var::param(c.t(&format!("input.{n}")).cast())).collect();
+        // self-attention passes one tensor as query, key and value
+        let (q, k, v) = match vars.len() {
+            1 => (&vars[0], &vars[0], &vars[0]),
+            3 => (&vars[0], &vars[1], &vars[2]),
+            n => panic!("{name}: {n} grad_inputs"),
+        };
         let (y, w) = m.forward(q, k, v, kpm.as_ref(), need, am.as_ref(), avg);
-        let w = w.unwrap();
-        golden::assert_close(&format!("{name} output"), &y.value(), &c.t("output.output"), tol);
-        golden::assert_close(&format!("{name} attn_weights"), &w.value(), &c.t("output.attn_weights"), tol);
-        let scalar = y
-            .mul(&Var::constant(c.t("upstream.output")))
-            .sum_all()
-            .add(&w.mul(&Var::constant(c.t("upstream.attn_weights"))).sum_all());
+        let outputs: Vec<&str> = c.field("outputs").as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+        let mut scalar = y.mul(&Var::constant(c.t("upstream.output").cast())).sum_all();
+        golden::assert_close(&format!("{name} {dtype} output"), &y.value().cast(), &c.t("output.output"), tol);
+        assert_eq!(w.is_some(), outputs.contains(&"attn_weights"), "{name}: attn_weights returned iff need_weights");
+        if let Some(w) = w {
+            golden::assert_close(
+                &format!("{name} {dtype} attn_weights"),
+                &w.value().cast(),
+                &c.t("output.attn_weights"),
+                tol,
+            );
+            scalar = scalar.add(&w.mul(&Var::constant(c.t("upstream.attn_weights").cast())).sum_all());
+        }
         scalar.backward();
         for (n, x) in inputs.iter().zip(&vars) {
             golden::assert_close(
-                &format!("{name} grad {n}"),
-                &x.grad().unwrap(),
+                &format!("{name} {dtype} grad {n}"),
+                &x.grad().unwrap().cast(),
                 &c.t(&format!("grad_input.{n}")),
                 tol,
             );
         }
-        assert_param_grads(name, &m, &c, tol);
+        let keys: Vec<String> =
+            c.field("state_dict_keys").as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+        let ours: Vec<String> = m.named_parameters().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(ours, keys, "{name}: parameter keys");
+        for (k, p) in m.named_parameters() {
+            let g = p.grad().unwrap_or_else(|| p.value().zeros_like());
+            golden::assert_close(&format!("{name} {dtype} grad {k}"), &g.cast(), &c.t(&format!("grad_param.{k}")), tol);
+        }
     }
 
     #[test]
     fn golden_mha_in_f32() {
-        // The f32 path against the same fixture, at the fixture's float32 tolerance.
-        let Some(c) = golden::load("attention/mha_self_causal") else { return };
-        let tol = c.tol("float32");
-        let m: MultiheadAttention<f32> =
-            MultiheadAttentionConfig { batch_first: true, ..MultiheadAttentionConfig::new(8, 4) }.build().unwrap();
-        let sd: crate::StateDict<f32> = golden_state_dict(&c).into_iter().map(|(k, t)| (k, t.cast())).collect();
-        m.load_state_dict(&sd, true).unwrap();
-        let x = Var::param(c.t("input.x").cast::<f32>());
-        let mask = AttnMask::Bool(c.t("input.attn_mask").cast());
-        let (y, w) = m.forward(&x, &x, &x, None, true, Some(&mask), false);
-        let w = w.unwrap();
-        golden::assert_close("f32 output", &y.value().cast(), &c.t("output.output"), tol);
-        golden::assert_close("f32 attn_weights", &w.value().cast(), &c.t("output.attn_weights"), tol);
-        let up = |n: &str| Var::constant(c.t(n).cast::<f32>());
-        y.mul(&up("upstream.output")).sum_all().add(&w.mul(&up("upstream.attn_weights")).sum_all()).backward();
-        golden::assert_close("f32 grad x", &x.grad().unwrap().cast(), &c.t("grad_input.x"), tol);
+        // The f32 path against the same fixtures, at their float32 tolerance.
+        golden_mha::<f32>("mha_self_causal", "float32");
+        golden_mha::<f32>("mha_key_padding_mask", "float32");
     }
 
     #[test]
     fn golden_mha_cases() {
-        golden_mha("mha_key_padding_mask");
-        golden_mha("mha_self_causal");
+        golden_mha::<f64>("mha_key_padding_mask", "float64");
+        golden_mha::<f64>("mha_self_causal", "float64");
     }
 }

@@ -687,6 +687,24 @@ pub(crate) mod testing {
         }
     }
 
+    /// Checks a freshly built module's parameters against an `init/` case: every documented
+    /// key is one of the module's parameters and follows PyTorch's documented distribution
+    /// (see [`Case::check_init`]), and the module has no undocumented parameter.
+    pub(crate) fn check_init(c: &Case, m: &dyn crate::module::Module<f64>) {
+        let params = m.named_parameters();
+        let documented = c.field("documented").as_object().expect("documented is an object");
+        for (k, _) in &params {
+            assert!(documented.contains_key(k), "{}: parameter {k} is not documented", c.json_path.display());
+        }
+        for key in documented.keys() {
+            let (_, p) = params
+                .iter()
+                .find(|(k, _)| k == key)
+                .unwrap_or_else(|| panic!("{}: the module has no parameter {key}", c.json_path.display()));
+            c.check_init(key, &p.shape(), &p.value().to_vec());
+        }
+    }
+
     /// Plain gradient descent on `loss()` for `steps` steps; returns the last loss.
     pub(crate) fn descend(params: &[Var<f64>], lr: f64, steps: usize, loss: impl Fn() -> Var<f64>) -> f64 {
         let mut last = f64::MAX;
@@ -709,9 +727,9 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{descend, int, pair, run_golden};
+    use super::testing::{check_init, descend, int, pair, run_golden};
     use super::*;
-    use crate::golden;
+    use crate::golden::{self, Case};
     use kiln_autograd::gradcheck;
     use kiln_tensor::Rng;
 
@@ -796,33 +814,14 @@ mod tests {
 
     #[test]
     fn init_bounds_match_pytorch() {
-        crate::init::manual_seed(5);
-        let c: Conv2d = Conv2d::new(32, 64, 3);
+        // kaiming_uniform_(a = sqrt 5) is U(-1/sqrt(fan_in), 1/sqrt(fan_in)), bias likewise
+        let c: Conv2d<f64> = Conv2d::new(32, 64, 3);
         let bound = 1.0 / ((32 * 9) as f64).sqrt();
-        let w = c.weight.value().cast::<f64>();
-        let b = c.bias.as_ref().unwrap().value().cast::<f64>();
+        let (w, b) = (c.weight.value(), c.bias.as_ref().unwrap().value());
         assert!(w.abs().max_all() <= bound && w.abs().max_all() > 0.99 * bound);
         assert!(b.abs().max_all() <= bound);
-        if let Some(g) = golden::load("init/conv2d") {
-            let kw = &g.json["constructor_kwargs"];
-            let (i, o, k) = (int(&kw["in_channels"], 0), int(&kw["out_channels"], 0), pair(&kw["kernel_size"], [0, 0]));
-            let groups = int(&kw["groups"], 1);
-            let c: Conv2d<f64> = Conv2dConfig { kernel_size: k, groups, ..Conv2dConfig::new(i, o, 1) }.build().unwrap();
-            for name in ["weight", "bias"] {
-                let doc = &g.json["documented"][name];
-                assert_eq!(doc["distribution"], "uniform");
-                let (lo, hi) = (doc["low"].as_f64().unwrap(), doc["high"].as_f64().unwrap());
-                let v = if name == "weight" { c.weight.value() } else { c.bias.as_ref().unwrap().value() };
-                assert!(v.min_all() >= lo && v.max_all() <= hi, "{name} outside [{lo}, {hi}]");
-                assert!((hi - 1.0 / ((i / groups * k[0] * k[1]) as f64).sqrt()).abs() < 1e-12);
-                if name == "weight" {
-                    // U(lo, hi) has std (hi - lo) / sqrt 12; 18k draws pin it to well under 2%
-                    let std = v.std(&[], 1, false).item();
-                    let want = doc["std"].as_f64().unwrap();
-                    assert!((std - want).abs() < 0.02 * want, "std {std} vs {want}");
-                }
-            }
-        }
+        let Some(c) = golden::load("init/conv2d") else { return };
+        check_init(&c, &conv2d_from(&c));
     }
 
     #[test]
@@ -895,6 +894,31 @@ mod tests {
         assert!(loss < 1e-6, "conv1d {loss}");
     }
 
+    /// A Conv2d from the case's constructor arguments (PyTorch's defaults where absent).
+    fn conv2d_from(c: &Case) -> Conv2d<f64> {
+        let kw = c.field("constructor_kwargs");
+        let padding = match &kw["padding"] {
+            serde_json::Value::String(s) if s == "same" => Padding::Same,
+            serde_json::Value::String(s) if s == "valid" => Padding::Valid,
+            v => Padding::Explicit(pair(v, [0, 0])),
+        };
+        Conv2dConfig {
+            kernel_size: pair(&kw["kernel_size"], [0, 0]),
+            stride: pair(&kw["stride"], [1, 1]),
+            padding,
+            dilation: pair(&kw["dilation"], [1, 1]),
+            groups: int(&kw["groups"], 1),
+            bias: kw["bias"].as_bool().unwrap_or(true),
+            ..Conv2dConfig::new(
+                c.usize("constructor_kwargs/in_channels"),
+                c.usize("constructor_kwargs/out_channels"),
+                1,
+            )
+        }
+        .build()
+        .unwrap()
+    }
+
     /// Builds the case's layer from its constructor arguments (as PyTorch was given them).
     fn golden_case(name: &str) {
         let Some(c) = golden::load(name) else { return };
@@ -936,23 +960,7 @@ mod tests {
             run_golden(&c, &mut l);
         } else {
             assert!(module.ends_with("Conv2d"), "{name}: module {module}");
-            let padding = match &kw["padding"] {
-                serde_json::Value::String(s) if s == "same" => Padding::Same,
-                serde_json::Value::String(s) if s == "valid" => Padding::Valid,
-                v => Padding::Explicit(pair(v, [0, 0])),
-            };
-            let mut l: Conv2d<f64> = Conv2dConfig {
-                kernel_size: pair(&kw["kernel_size"], [0, 0]),
-                stride: pair(&kw["stride"], [1, 1]),
-                padding,
-                dilation: pair(&kw["dilation"], [1, 1]),
-                groups,
-                bias,
-                ..Conv2dConfig::new(i, o, 1)
-            }
-            .build()
-            .unwrap();
-            run_golden(&c, &mut l);
+            run_golden(&c, &mut conv2d_from(&c));
         }
     }
 

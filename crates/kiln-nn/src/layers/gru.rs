@@ -65,7 +65,7 @@ impl GRUConfig {
         }
     }
 
-    /// Builds the layer, initialised from the process-wide generator, in training mode.
+    /// Builds the layer, initialised from the init generator (see [`crate::init::manual_seed`]), in training mode.
     ///
     /// # Errors
     /// [`NnError::Config`] when a size or `num_layers` is zero, or a dropout probability is
@@ -297,32 +297,26 @@ mod tests {
     #[test]
     fn init_bounds_match_pytorch() {
         let Some(c) = golden::load("init/gru") else { return };
-        let g: GRU = GRU::new(testing::kw_usize(&c, "input_size", 0), testing::kw_usize(&c, "hidden_size", 0));
-        for (k, p) in g.named_parameters() {
-            let d = &c.json["documented"][&k];
-            let (lo, hi, std) = (d["low"].as_f64().unwrap(), d["high"].as_f64().unwrap(), d["std"].as_f64().unwrap());
-            let v = p.value().cast::<f64>();
-            assert!(v.min_all() >= lo && v.max_all() <= hi, "{k}");
-            // The draws come from the shared generator (other tests draw from it too), so the
-            // statistical checks are sized for the 72-element biases: each fails with
-            // probability below 1e-3.
-            assert!(v.max_all() > 0.8 * hi && v.min_all() < 0.8 * lo, "{k}");
-            let s = v.std(&[], 1, false).item();
-            assert!((s - std).abs() < 0.25 * std, "{k}: std {s} vs {std}");
+        crate::layers::conv::testing::check_init(&c, &gru_from(&c));
+    }
+
+    /// A GRU from the case's constructor arguments (PyTorch's defaults where absent).
+    fn gru_from(c: &golden::Case) -> GRU<f64> {
+        GRUConfig {
+            num_layers: c.usize_or("constructor_kwargs/num_layers", 1),
+            bias: c.bool_or("constructor_kwargs/bias", true),
+            batch_first: c.bool_or("constructor_kwargs/batch_first", false),
+            bidirectional: c.bool_or("constructor_kwargs/bidirectional", false),
+            ..GRUConfig::new(c.usize("constructor_kwargs/input_size"), c.usize("constructor_kwargs/hidden_size"))
         }
+        .build()
+        .unwrap()
     }
 
     #[test]
     fn golden_gru_2layer_bidir() {
         let Some(c) = golden::load("rnn/gru_2layer_bidir") else { return };
-        let cfg = GRUConfig {
-            num_layers: testing::kw_usize(&c, "num_layers", 1),
-            bias: testing::kw_bool(&c, "bias", true),
-            batch_first: testing::kw_bool(&c, "batch_first", false),
-            bidirectional: testing::kw_bool(&c, "bidirectional", false),
-            ..GRUConfig::new(testing::kw_usize(&c, "input_size", 0), testing::kw_usize(&c, "hidden_size", 0))
-        };
-        let g: GRU<f64> = cfg.build().unwrap();
+        let g = gru_from(&c);
         g.load_state_dict(&testing::state_dict(&c), true).unwrap();
         let x = testing::input(&c, "x").unwrap();
         let h0 = testing::input(&c, "h0");

@@ -26,7 +26,7 @@ impl LinearConfig {
         LinearConfig { in_features, out_features, bias: true }
     }
 
-    /// Builds the layer, initialised from the process-wide generator.
+    /// Builds the layer, initialised from the init generator (see [`crate::init::manual_seed`]).
     ///
     /// # Errors
     /// [`NnError::Config`] when a size is zero.
@@ -146,10 +146,14 @@ mod tests {
         let std = w.std(&[], 1, false).item() as f64;
         // U(-b, b) has std b / sqrt(3) (the golden `documented.std` 0.0206...)
         assert!((std - 0.020_619_652_471_058_063).abs() < 2e-4, "{std}");
-        if let Some(c) = golden::load("init/linear") {
-            let hi = c.json["documented"]["weight"]["high"].as_f64().unwrap();
-            assert!((hi - bound as f64).abs() < 1e-7);
+        let Some(c) = golden::load("init/linear") else { return };
+        let l: Linear<f64> = LinearConfig {
+            bias: c.bool_or("constructor_kwargs/bias", true),
+            ..LinearConfig::new(c.usize("constructor_kwargs/in_features"), c.usize("constructor_kwargs/out_features"))
         }
+        .build()
+        .unwrap();
+        crate::layers::conv::testing::check_init(&c, &l);
     }
 
     #[test]
@@ -195,9 +199,13 @@ mod tests {
     fn golden_case(name: &str) {
         let Some(c) = golden::load(name) else { return };
         let w = c.t("param.weight");
-        let has_bias = c.tensors.contains_key("param.bias");
-        let (o, i) = (w.shape()[0], w.shape()[1]);
-        let l: Linear<f64> = LinearConfig { bias: has_bias, ..LinearConfig::new(i, o) }.build().unwrap();
+        let has_bias = c.bool_or("constructor_kwargs/bias", true);
+        let l: Linear<f64> = LinearConfig {
+            bias: has_bias,
+            ..LinearConfig::new(c.usize("constructor_kwargs/in_features"), c.usize("constructor_kwargs/out_features"))
+        }
+        .build()
+        .unwrap();
         let mut sd = crate::StateDict::new();
         sd.insert("weight".into(), w);
         if has_bias {

@@ -73,7 +73,7 @@ impl LSTMConfig {
         }
     }
 
-    /// Builds the layer, initialised from the process-wide generator, in training mode.
+    /// Builds the layer, initialised from the init generator (see [`crate::init::manual_seed`]), in training mode.
     ///
     /// # Errors
     /// [`NnError::Config`] when a size or `num_layers` is zero, or a dropout probability is
@@ -374,31 +374,24 @@ mod tests {
     #[test]
     fn init_bounds_match_pytorch() {
         let Some(c) = golden::load("init/lstm") else { return };
-        let l: LSTM = LSTM::new(testing::kw_usize(&c, "input_size", 0), testing::kw_usize(&c, "hidden_size", 0));
-        for (k, p) in l.named_parameters() {
-            let d = &c.json["documented"][&k];
-            let (lo, hi, std) = (d["low"].as_f64().unwrap(), d["high"].as_f64().unwrap(), d["std"].as_f64().unwrap());
-            let v = p.value().cast::<f64>();
-            assert!(v.min_all() >= lo && v.max_all() <= hi, "{k}");
-            // Other tests draw from the same process-wide generator concurrently, so the values
-            // are random: bounds sized for n draws fail with probability about e^-15.
-            let n = v.numel() as f64;
-            let slack = (30.0 / n).min(1.0);
-            assert!(v.max_all() > hi * (1.0 - slack) && v.min_all() < lo * (1.0 - slack), "{k}");
-            let s = v.std(&[], 1, false).item();
-            // sd(s)/sigma of a uniform sample is about 0.45/sqrt(n); six of those
-            assert!((s - std).abs() < 2.7 / n.sqrt() * std, "{k}: std {s} vs {std}");
-            assert_eq!(
-                p.shape().as_slice(),
-                c.json["empirical"][&k]["shape"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_u64().unwrap() as usize)
-                    .collect::<Vec<_>>()
-                    .as_slice()
-            );
+        for fused in [true, false] {
+            crate::layers::conv::testing::check_init(&c, &lstm_from::<f64>(&c, fused));
         }
+    }
+
+    /// An LSTM from the case's constructor arguments (PyTorch's defaults where absent).
+    fn lstm_from<E: kiln_tensor::Float>(c: &golden::Case, fused: bool) -> LSTM<E> {
+        assert_eq!(c.usize_or("constructor_kwargs/proj_size", 0), 0, "{}: proj_size is not supported", c.name);
+        LSTMConfig {
+            fused,
+            num_layers: c.usize_or("constructor_kwargs/num_layers", 1),
+            bias: c.bool_or("constructor_kwargs/bias", true),
+            batch_first: c.bool_or("constructor_kwargs/batch_first", false),
+            bidirectional: c.bool_or("constructor_kwargs/bidirectional", false),
+            ..LSTMConfig::new(c.usize("constructor_kwargs/input_size"), c.usize("constructor_kwargs/hidden_size"))
+        }
+        .build()
+        .unwrap()
     }
 
     /// Checks the case on both paths: fused and composed.
@@ -409,15 +402,7 @@ mod tests {
 
     fn golden_case_on(name: &str, fused: bool) {
         let Some(c) = golden::load(&format!("rnn/{name}")) else { return };
-        let cfg = LSTMConfig {
-            fused,
-            num_layers: testing::kw_usize(&c, "num_layers", 1),
-            bias: testing::kw_bool(&c, "bias", true),
-            batch_first: testing::kw_bool(&c, "batch_first", false),
-            bidirectional: testing::kw_bool(&c, "bidirectional", false),
-            ..LSTMConfig::new(testing::kw_usize(&c, "input_size", 0), testing::kw_usize(&c, "hidden_size", 0))
-        };
-        let l: LSTM<f64> = cfg.build().unwrap();
+        let l: LSTM<f64> = lstm_from(&c, fused);
         l.load_state_dict(&testing::state_dict(&c), true).unwrap();
         let x = testing::input(&c, "x").unwrap();
         let (h0, c0) = (testing::input(&c, "h0"), testing::input(&c, "c0"));
@@ -467,8 +452,7 @@ mod tests {
     #[test]
     fn golden_in_f32_within_the_float32_tolerance() {
         let Some(c) = golden::load("rnn/lstm_packed_bidir") else { return };
-        let cfg = LSTMConfig { batch_first: true, bidirectional: true, ..LSTMConfig::new(4, 5) };
-        let l: LSTM<f32> = cfg.build().unwrap();
+        let l: LSTM<f32> = lstm_from(&c, true);
         let sd: crate::StateDict<f32> = testing::state_dict(&c).into_iter().map(|(k, v)| (k, v.cast())).collect();
         l.load_state_dict(&sd, true).unwrap();
         let x = Var::param(c.t("input.x").cast::<f32>());

@@ -188,7 +188,7 @@ impl LearnedPositionalEmbeddingConfig {
         LearnedPositionalEmbeddingConfig { max_len, d_model, batch_first: false }
     }
 
-    /// Builds the layer, initialised from the process-wide generator.
+    /// Builds the layer, initialised from the init generator (see [`crate::init::manual_seed`]).
     ///
     /// # Errors
     /// [`NnError::Config`] when a size is zero.

@@ -92,7 +92,7 @@ impl RNNConfig {
         }
     }
 
-    /// Builds the layer, initialised from the process-wide generator, in training mode.
+    /// Builds the layer, initialised from the init generator (see [`crate::init::manual_seed`]), in training mode.
     ///
     /// # Errors
     /// [`NnError::Config`] when a size or `num_layers` is zero, or `dropout` is outside
@@ -305,7 +305,7 @@ mod tests {
             bias: testing::kw_bool(&c, "bias", true),
             batch_first: testing::kw_bool(&c, "batch_first", false),
             bidirectional: testing::kw_bool(&c, "bidirectional", false),
-            ..RNNConfig::new(testing::kw_usize(&c, "input_size", 0), testing::kw_usize(&c, "hidden_size", 0))
+            ..RNNConfig::new(c.usize("constructor_kwargs/input_size"), c.usize("constructor_kwargs/hidden_size"))
         };
         let r: RNN<f64> = cfg.build().unwrap();
         r.load_state_dict(&testing::state_dict(&c), true).unwrap();

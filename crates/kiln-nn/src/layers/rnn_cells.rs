@@ -542,7 +542,7 @@ mod tests {
         let Some(c) = golden::load("rnn/lstmcell") else { return };
         let cell: LSTMCell<f64> = LSTMCellConfig {
             bias: testing::kw_bool(&c, "bias", true),
-            ..LSTMCellConfig::new(testing::kw_usize(&c, "input_size", 0), testing::kw_usize(&c, "hidden_size", 0))
+            ..LSTMCellConfig::new(c.usize("constructor_kwargs/input_size"), c.usize("constructor_kwargs/hidden_size"))
         }
         .build()
         .unwrap();
@@ -558,7 +558,7 @@ mod tests {
         let Some(c) = golden::load("rnn/grucell") else { return };
         let cell: GRUCell<f64> = GRUCellConfig {
             bias: testing::kw_bool(&c, "bias", true),
-            ..GRUCellConfig::new(testing::kw_usize(&c, "input_size", 0), testing::kw_usize(&c, "hidden_size", 0))
+            ..GRUCellConfig::new(c.usize("constructor_kwargs/input_size"), c.usize("constructor_kwargs/hidden_size"))
         }
         .build()
         .unwrap();

@@ -200,7 +200,7 @@ impl Spec {
     }
 }
 
-/// A layer's own generator for dropout masks, forked from the process-wide one.
+/// A layer's own generator for dropout masks, forked from the init generator.
 pub(crate) fn fork_rng() -> Mutex<Rng> {
     Mutex::new(init::with_rng(|r| r.fork()))
 }
@@ -642,14 +642,14 @@ pub(crate) mod testing {
         }
     }
 
-    /// A constructor argument, or its default.
+    /// A constructor argument, or its default (PyTorch's) when the case does not give it.
     pub(crate) fn kw_usize(c: &Case, key: &str, default: usize) -> usize {
-        c.json["constructor_kwargs"][key].as_u64().map_or(default, |v| v as usize)
+        c.usize_or(&format!("constructor_kwargs/{key}"), default)
     }
 
-    /// A boolean constructor argument, or its default.
+    /// A boolean constructor argument, or its default (PyTorch's) when the case does not give it.
     pub(crate) fn kw_bool(c: &Case, key: &str, default: bool) -> bool {
-        c.json["constructor_kwargs"][key].as_bool().unwrap_or(default)
+        c.bool_or(&format!("constructor_kwargs/{key}"), default)
     }
 
     /// `input.<name>` as a Var that requires grad, when the case has it.

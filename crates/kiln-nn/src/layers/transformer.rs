@@ -1554,20 +1554,29 @@ mod tests {
         })
     }
 
-    fn enc_layer_from(kw: &serde_json::Value, eps: f64) -> TransformerEncoderLayer<f64> {
-        let u = |k: &str| kw[k].as_u64().unwrap() as usize;
+    /// The activation a case names (PyTorch's default relu where absent).
+    fn activation(c: &golden::Case, path: &str) -> TransformerActivation {
+        match c.str_or(path, "relu") {
+            "relu" => TransformerActivation::Relu,
+            "gelu" => TransformerActivation::Gelu,
+            other => panic!("{}: activation {other} is not supported", c.name),
+        }
+    }
+
+    /// An encoder layer from the case's keyword arguments under `kw` (`constructor_kwargs`,
+    /// or `encoder_layer_kwargs` for a stack), PyTorch's defaults where absent. The layer-norm
+    /// epsilon is a constructor argument, which the single-layer cases also state beside it.
+    fn enc_layer_from(c: &golden::Case, kw: &str) -> TransformerEncoderLayer<f64> {
+        let eps = c.f64_or(&format!("{kw}/layer_norm_eps"), c.f64_or("layer_norm_eps", 1e-5));
         TransformerEncoderLayerConfig {
-            dim_feedforward: u("dim_feedforward"),
-            dropout: kw["dropout"].as_f64().unwrap(),
-            batch_first: kw["batch_first"].as_bool().unwrap(),
-            norm_first: kw["norm_first"].as_bool().unwrap_or(false),
-            activation: if kw["activation"] == "gelu" {
-                TransformerActivation::Gelu
-            } else {
-                TransformerActivation::Relu
-            },
+            dim_feedforward: c.usize_or(&format!("{kw}/dim_feedforward"), 2048),
+            dropout: c.f64_or(&format!("{kw}/dropout"), 0.1),
+            batch_first: c.bool_or(&format!("{kw}/batch_first"), false),
+            norm_first: c.bool_or(&format!("{kw}/norm_first"), false),
+            bias: c.bool_or(&format!("{kw}/bias"), true),
+            activation: activation(c, &format!("{kw}/activation")),
             layer_norm_eps: eps,
-            ..TransformerEncoderLayerConfig::new(u("d_model"), u("nhead"))
+            ..TransformerEncoderLayerConfig::new(c.usize(&format!("{kw}/d_model")), c.usize(&format!("{kw}/nhead")))
         }
         .build()
         .unwrap()
@@ -1600,8 +1609,9 @@ mod tests {
             let Some(c) = golden::load(&format!("attention/{name}")) else {
                 return;
             };
-            let l = enc_layer_from(&c.json["constructor_kwargs"], c.json["layer_norm_eps"].as_f64().unwrap());
-            golden_check(name, &c, &l, |x| l.forward(&x[0]));
+            let l = enc_layer_from(&c, "constructor_kwargs");
+            let (src_mask, pad) = (mask(&c, "src_mask"), mask(&c, "src_key_padding_mask"));
+            golden_check(name, &c, &l, |x| l.forward_with(&x[0], src_mask.as_ref(), pad.as_ref()));
         }
     }
 
@@ -1611,11 +1621,11 @@ mod tests {
         let Some(c) = golden::load(&format!("attention/{name}")) else {
             return;
         };
-        let layer = enc_layer_from(&c.json["encoder_layer_kwargs"], 1e-5);
-        assert!(c.json["constructor"].as_str().unwrap().contains("norm=None"));
-        let enc = TransformerEncoder::new(layer, c.json["num_layers"].as_u64().unwrap() as usize, None);
-        let pad = mask(&c, "src_key_padding_mask");
-        golden_check(name, &c, &enc, |x| enc.forward_with(&x[0], None, pad.as_ref()));
+        let layer = enc_layer_from(&c, "encoder_layer_kwargs");
+        assert!(c.str("constructor").contains("norm=None"), "{name}: a final norm is not built here");
+        let enc = TransformerEncoder::new(layer, c.usize("num_layers"), None);
+        let (src_mask, pad) = (mask(&c, "mask"), mask(&c, "src_key_padding_mask"));
+        golden_check(name, &c, &enc, |x| enc.forward_with(&x[0], src_mask.as_ref(), pad.as_ref()));
     }
 
     #[test]
@@ -1624,19 +1634,24 @@ mod tests {
         let Some(c) = golden::load(&format!("attention/{name}")) else {
             return;
         };
-        let kw = &c.json["constructor_kwargs"];
-        let u = |k: &str| kw[k].as_u64().unwrap() as usize;
+        let kw = |k: &str| format!("constructor_kwargs/{k}");
         let l: TransformerDecoderLayer<f64> = TransformerDecoderLayerConfig {
-            dim_feedforward: u("dim_feedforward"),
-            dropout: kw["dropout"].as_f64().unwrap(),
-            batch_first: kw["batch_first"].as_bool().unwrap(),
-            ..TransformerDecoderLayerConfig::new(u("d_model"), u("nhead"))
+            dim_feedforward: c.usize_or(&kw("dim_feedforward"), 2048),
+            dropout: c.f64_or(&kw("dropout"), 0.1),
+            batch_first: c.bool_or(&kw("batch_first"), false),
+            norm_first: c.bool_or(&kw("norm_first"), false),
+            bias: c.bool_or(&kw("bias"), true),
+            activation: activation(&c, &kw("activation")),
+            layer_norm_eps: c.f64_or(&kw("layer_norm_eps"), 1e-5),
+            ..TransformerDecoderLayerConfig::new(c.usize(&kw("d_model")), c.usize(&kw("nhead")))
         }
         .build()
         .unwrap();
-        let (tgt_mask, mem_pad) = (mask(&c, "tgt_mask"), mask(&c, "memory_key_padding_mask"));
-        assert!(matches!(tgt_mask, Some(AttnMask::Float(_))) && matches!(mem_pad, Some(AttnMask::Bool(_))));
-        golden_check(name, &c, &l, |x| l.forward_with(&x[0], &x[1], tgt_mask.as_ref(), None, None, mem_pad.as_ref()));
+        let masks = ["tgt_mask", "memory_mask", "tgt_key_padding_mask", "memory_key_padding_mask"].map(|m| mask(&c, m));
+        let [tgt_mask, memory_mask, tgt_pad, mem_pad] = &masks;
+        golden_check(name, &c, &l, |x| {
+            l.forward_with(&x[0], &x[1], tgt_mask.as_ref(), memory_mask.as_ref(), tgt_pad.as_ref(), mem_pad.as_ref())
+        });
     }
 
     // ------------------------------------------------------------------ tiny overfit
