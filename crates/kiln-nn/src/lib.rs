@@ -27,6 +27,7 @@ pub mod layers;
 mod loss;
 mod module;
 pub mod serialize;
+mod summary;
 
 pub use distillation::{distillation_loss, DistillationLoss};
 pub use error::NnError;
@@ -39,6 +40,7 @@ pub use module::{visit_buffer, visit_param, Forward, Layer, LoadReport, Module, 
 pub use serialize::{
     load, load_mapped, load_state_dict_file, save, save_state_dict, KeyMap, KeyMapReport, Metadata, SafetensorsFile,
 };
+pub use summary::{summary, LayerSummary, ModelSummary};
 
 /// `#[derive(Module)]`: writes [`Module`]'s `visit` and train/eval from a struct's fields
 /// (the derive and the trait share the name, as serde's `Serialize` does).
