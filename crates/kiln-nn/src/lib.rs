@@ -27,6 +27,7 @@ pub mod layers;
 mod loss;
 mod module;
 pub mod serialize;
+mod summary;
 
 pub use distillation::{distillation_loss, DistillationLoss};
 pub use error::NnError;
@@ -40,6 +41,7 @@ pub use serialize::{
     load, load_mapped, load_state_dict_file, save, save_state_dict, KeyMap, KeyMapReport, Metadata, PtFile,
     SafetensorsFile,
 };
+pub use summary::{summary, LayerSummary, ModelSummary};
 
 /// `#[derive(Module)]`: writes [`Module`]'s `visit` and train/eval from a struct's fields
 /// (the derive and the trait share the name, as serde's `Serialize` does).

@@ -81,6 +81,15 @@ pub enum TrainError {
         /// The drawing backend's message.
         reason: String,
     },
+    /// An image given to the [`TensorBoardLogger`](crate::callbacks::TensorBoardLogger) is not
+    /// a PNG it can read.
+    #[error("image {tag:?}: {reason}")]
+    Image {
+        /// The image's tag.
+        tag: String,
+        /// What was expected and what was found.
+        reason: String,
+    },
     /// A checkpoint lacks a part it was asked to restore (an optimiser state from a
     /// weights-only checkpoint, say).
     #[error("the checkpoint has no {what}")]

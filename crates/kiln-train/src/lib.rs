@@ -22,7 +22,7 @@ mod source;
 mod trainer;
 mod weight_averaging;
 
-pub use callbacks::{BatchContext, Callback, EpochContext};
+pub use callbacks::{BatchContext, Callback, EpochContext, StepContext};
 pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint};
 pub use cross_validation::{cross_validate, CrossValidation, CrossValidationReport, CvFold};
 pub use distill::{Distiller, Features};

@@ -12,7 +12,7 @@ use kiln_optim::lr_scheduler::LRScheduler;
 use kiln_optim::{clip_grad_norm_, clip_grad_value_, LrGroups, Optimizer};
 use kiln_tensor::Tensor;
 
-use crate::callbacks::{BatchContext, Callback, EpochContext};
+use crate::callbacks::{BatchContext, Callback, EpochContext, StepContext};
 use crate::checkpoint::TrainingState;
 use crate::error::TrainError;
 use crate::history::{EpochLogs, History};
@@ -260,6 +260,9 @@ impl Trainer {
                 samples += bs;
                 update_metrics(&mut metrics, &out.value(), &batch.targets);
                 if pending == self.accumulation || i + 1 == n {
+                    for c in &mut self.callbacks {
+                        c.on_before_optimizer_step(&StepContext { epoch, batch: i, batches: n, model: &*model });
+                    }
                     if let Some(v) = self.clip_value {
                         clip_grad_value_(&params, v);
                     }
@@ -346,7 +349,12 @@ impl Trainer {
     ///
     /// # Errors
     /// [`TrainError::EmptyData`] when `data` yields no sample.
-    pub fn evaluate<M>(&self, model: &mut M, loss: &dyn TrainLoss, data: &dyn BatchSource) -> Result<EpochLogs, TrainError>
+    pub fn evaluate<M>(
+        &self,
+        model: &mut M,
+        loss: &dyn TrainLoss,
+        data: &dyn BatchSource,
+    ) -> Result<EpochLogs, TrainError>
     where
         M: Module<f32> + Forward<f32>,
     {

@@ -1,6 +1,6 @@
 //! Callbacks: code the trainer runs at the start and end of training, of each epoch and of
 //! each batch (`EarlyStopping`, `ModelCheckpoint`, `ReduceLROnPlateau`, `CsvLogger`,
-//! `LambdaCallback`, or your own [`Callback`]).
+//! `LambdaCallback`, `TensorBoardLogger`, or your own [`Callback`]).
 
 use kiln_nn::Module;
 use kiln_optim::LrGroups;
@@ -13,12 +13,14 @@ mod early_stopping;
 mod lambda_callback;
 mod model_checkpoint;
 mod reduce_lr_on_plateau;
+mod tensorboard_logger;
 
 pub use csv_logger::CsvLogger;
 pub use early_stopping::{EarlyStopping, Mode};
 pub use lambda_callback::LambdaCallback;
 pub use model_checkpoint::ModelCheckpoint;
 pub use reduce_lr_on_plateau::ReduceLROnPlateau;
+pub use tensorboard_logger::TensorBoardLogger;
 
 /// The name of the first parameter or buffer of `model` holding a NaN or an infinity, if any:
 /// a model in that state must never replace a saved or remembered good one.
@@ -63,11 +65,29 @@ pub struct BatchContext<'a> {
     pub optimizer: &'a mut dyn LrGroups,
 }
 
+/// What a callback sees just before an optimiser step, with the gradients accumulated.
+pub struct StepContext<'a> {
+    /// The current epoch (0-based).
+    pub epoch: usize,
+    /// The batch within the epoch whose backward pass completed the gradients (0-based).
+    pub batch: usize,
+    /// The number of batches in the epoch.
+    pub batches: usize,
+    /// The model, its parameters' gradients set (read them with `Var::grad`).
+    pub model: &'a dyn Module<f32>,
+}
+
 /// Hooks into the training loop. Every method has an empty default.
 pub trait Callback {
     /// Before the first epoch.
     fn on_train_begin(&mut self, model: &dyn Module<f32>) {
         let _ = model;
+    }
+    /// Before every optimiser step, once the gradients are accumulated (after the last batch
+    /// of a [gradient accumulation](crate::Trainer::gradient_accumulation) group) and before
+    /// they are clipped, like Lightning's `on_before_optimizer_step`.
+    fn on_before_optimizer_step(&mut self, ctx: &StepContext<'_>) {
+        let _ = ctx;
     }
     /// After every batch's optimiser step.
     fn on_batch_end(&mut self, ctx: &mut BatchContext<'_>) {
