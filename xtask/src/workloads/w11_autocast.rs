@@ -8,8 +8,7 @@
 
 use kiln_autograd::{autocast, Var};
 use kiln_nn::{
-    Conv2d, CrossEntropyLoss, Flatten, Forward, Linear, MaxPool2d, Module, ReLU, Sequential, TransformerEncoder,
-    TransformerEncoderLayer, TransformerEncoderLayerConfig,
+    CrossEntropyLoss, Forward, Linear, Module, TransformerEncoder, TransformerEncoderLayer, TransformerEncoderLayerConfig,
 };
 use kiln_optim::{Adam, AdamConfig, Optimizer};
 use kiln_tensor::{DType, Indices, Rng, Tensor};
@@ -25,16 +24,7 @@ fn cnn(timer: &Timer) -> Figure {
     let mut rng = Rng::new(3);
     let x = Var::constant(Tensor::<f32>::randn(&[64, 1, 28, 28], &mut rng));
     let y = Indices::from_vec((0..64).map(|_| rng.below(10) as usize).collect());
-    let m = Sequential::new()
-        .add(Conv2d::new(1, 32, 3))
-        .add(ReLU)
-        .add(Conv2d::new(32, 64, 3))
-        .add(ReLU)
-        .add(MaxPool2d::new(2))
-        .add(Flatten::default())
-        .add(Linear::new(9216, 128))
-        .add(ReLU)
-        .add(Linear::new(128, 10));
+    let m = super::w3_cnn::network();
     let mut opt = Adam::new(m.parameters(), AdamConfig { lr: 1e-3, ..Default::default() });
     let loss = CrossEntropyLoss::default();
     let (t, reps) = timer.median(|| {

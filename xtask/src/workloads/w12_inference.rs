@@ -4,7 +4,7 @@
 //! Figure: median milliseconds per batch.
 
 use kiln_autograd::{no_grad, Var};
-use kiln_nn::{Conv2d, Flatten, Forward, Linear, MaxPool2d, Module, ReLU, Sequential};
+use kiln_nn::{Forward, Module, Sequential};
 use kiln_quant::{quantize_sequential, QuantConfig};
 use kiln_tensor::{Rng, Tensor};
 
@@ -12,16 +12,7 @@ use crate::bench::{Figure, Timer};
 
 fn model() -> Sequential {
     kiln_nn::init::manual_seed(3);
-    let mut m = Sequential::new()
-        .add(Conv2d::new(1, 32, 3))
-        .add(ReLU)
-        .add(Conv2d::new(32, 64, 3))
-        .add(ReLU)
-        .add(MaxPool2d::new(2))
-        .add(Flatten::default())
-        .add(Linear::new(9216, 128))
-        .add(ReLU)
-        .add(Linear::new(128, 10));
+    let mut m = super::w3_cnn::network();
     m.eval();
     m
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use kiln_autograd::Var;
 use kiln_distributed::{DdpConfig, DistributedDataParallel, ProcessGroup};
-use kiln_nn::{Conv2d, CrossEntropyLoss, Flatten, Forward, Linear, MaxPool2d, Module, ReLU, Sequential};
+use kiln_nn::{CrossEntropyLoss, Forward, Module, Sequential};
 use kiln_optim::{Adam, AdamConfig, Optimizer};
 use kiln_tensor::{Indices, Rng, Tensor};
 
@@ -74,16 +74,7 @@ pub fn run(timer: &Timer) -> Vec<Figure> {
 
 /// W3's network (as `w3_cnn.rs`).
 fn w3_model() -> Sequential<f32> {
-    Sequential::new()
-        .add(Conv2d::new(1, 32, 3))
-        .add(ReLU)
-        .add(Conv2d::new(32, 64, 3))
-        .add(ReLU)
-        .add(MaxPool2d::new(2))
-        .add(Flatten::default())
-        .add(Linear::new(9216, 128))
-        .add(ReLU)
-        .add(Linear::new(128, 10))
+    super::w3_cnn::network()
 }
 
 /// One rank of a W13 job: `__w13 MODEL WARMUP MIN_REPS MAX_REPS MIN_TIME`. Rank 0 prints

@@ -8,12 +8,10 @@ use kiln_tensor::{Indices, Rng, Tensor};
 
 use crate::bench::{Figure, Timer};
 
-pub fn run(timer: &Timer) -> Vec<Figure> {
-    kiln_nn::init::manual_seed(3);
-    let mut rng = Rng::new(3);
-    let x = Var::constant(Tensor::<f32>::randn(&[64, 1, 28, 28], &mut rng));
-    let y = Indices::from_vec((0..64).map(|_| rng.below(10) as usize).collect());
-    let m = Sequential::new()
+/// W3's network (workloads.md): conv 1->32, conv 32->64, max-pool 2, linear 9216->128->10,
+/// ReLU between; W11, W12 and W13 run the same one.
+pub fn network() -> Sequential<f32> {
+    Sequential::new()
         .add(Conv2d::new(1, 32, 3))
         .add(ReLU)
         .add(Conv2d::new(32, 64, 3))
@@ -22,7 +20,15 @@ pub fn run(timer: &Timer) -> Vec<Figure> {
         .add(Flatten::default())
         .add(Linear::new(9216, 128))
         .add(ReLU)
-        .add(Linear::new(128, 10));
+        .add(Linear::new(128, 10))
+}
+
+pub fn run(timer: &Timer) -> Vec<Figure> {
+    kiln_nn::init::manual_seed(3);
+    let mut rng = Rng::new(3);
+    let x = Var::constant(Tensor::<f32>::randn(&[64, 1, 28, 28], &mut rng));
+    let y = Indices::from_vec((0..64).map(|_| rng.below(10) as usize).collect());
+    let m = network();
     let mut opt = Adam::new(m.parameters(), AdamConfig { lr: 1e-3, ..Default::default() });
     let loss = CrossEntropyLoss::default();
     let (t, reps) = timer.median(|| {
