@@ -117,7 +117,9 @@ fn main() {
     let started = Instant::now();
     let epochs = env_usize("KILN_EPOCHS").unwrap_or(3);
     let mut trainer = Trainer::new(epochs).metric("accuracy", || Accuracy::multiclass(10)).distributed(&pg);
-    let history = trainer.fit(&mut ddp, &mut opt, &NLLLoss::default(), &train_loader, Some(&test_loader)).unwrap_or_else(|e| stop(&e.to_string()));
+    let history = trainer
+        .fit(&mut ddp, &mut opt, &NLLLoss::default(), &train_loader, Some(&test_loader))
+        .unwrap_or_else(|e| stop(&e.to_string()));
     if rank == 0 {
         let last = history.epochs.last().expect("at least one epoch");
         println!(

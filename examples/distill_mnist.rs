@@ -148,13 +148,11 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let mut teacher = teacher();
     let mut opt = Adam::new(teacher.parameters(), AdamConfig { lr: 1e-3, ..Default::default() });
     let schedule = StepLR::new(&mut opt, 1, 0.7);
-    Trainer::new(opts.teacher_epochs).scheduler(schedule, SchedulerInterval::Epoch).verbosity(verbosity).fit(
-        &mut teacher,
-        &mut opt,
-        &NLLLoss::default(),
-        &train_loader()?,
-        None,
-    ).or_stop();
+    Trainer::new(opts.teacher_epochs)
+        .scheduler(schedule, SchedulerInterval::Epoch)
+        .verbosity(verbosity)
+        .fit(&mut teacher, &mut opt, &NLLLoss::default(), &train_loader()?, None)
+        .or_stop();
     let teacher_accuracy = evaluator.evaluate(&mut teacher, &NLLLoss::default(), &test).or_stop()["accuracy"];
     let teacher_seconds = t0.elapsed().as_secs_f64();
     if opts.verbose {
@@ -172,13 +170,10 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     }
     let mut opt = Adam::new(alone.parameters(), AdamConfig { lr: 1e-3, ..Default::default() });
     let schedule = StepLR::new(&mut opt, 4, 0.5);
-    student_trainer().scheduler(schedule, SchedulerInterval::Epoch).fit(
-        &mut alone,
-        &mut opt,
-        &CrossEntropyLoss::default(),
-        &train_loader()?,
-        Some(&test),
-    ).or_stop();
+    student_trainer()
+        .scheduler(schedule, SchedulerInterval::Epoch)
+        .fit(&mut alone, &mut opt, &CrossEntropyLoss::default(), &train_loader()?, Some(&test))
+        .or_stop();
     let student_accuracy = evaluator.evaluate(&mut alone, &CrossEntropyLoss::default(), &test).or_stop()["accuracy"];
     let student_seconds = t0.elapsed().as_secs_f64();
     if opts.verbose {
@@ -191,12 +186,14 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let mut distiller = Distiller::new(teacher, student(opts.student_hidden), opts.temperature, opts.alpha);
     let mut opt = Adam::new(distiller.parameters(), AdamConfig { lr: 1e-3, ..Default::default() });
     let schedule = StepLR::new(&mut opt, 4, 0.5);
-    distiller.fit(
-        &mut student_trainer().scheduler(schedule, SchedulerInterval::Epoch),
-        &mut opt,
-        &train_loader()?,
-        Some(&test),
-    ).or_stop();
+    distiller
+        .fit(
+            &mut student_trainer().scheduler(schedule, SchedulerInterval::Epoch),
+            &mut opt,
+            &train_loader()?,
+            Some(&test),
+        )
+        .or_stop();
     let distilled_accuracy =
         evaluator.evaluate(distiller.student_mut(), &CrossEntropyLoss::default(), &test).or_stop()["accuracy"];
     let distilled_seconds = t0.elapsed().as_secs_f64();

@@ -139,7 +139,9 @@ fn write_atomic_checked(
     match (written, failure) {
         (Ok(()), _) => Ok(()),
         (Err(_), Some(e)) => Err(e),
-        (Err(e), None) => Err(DataError::io(e.path, std::io::Error::new(e.source.kind(), format!("{}: {}", e.action, e.source)))),
+        (Err(e), None) => {
+            Err(DataError::io(e.path, std::io::Error::new(e.source.kind(), format!("{}: {}", e.action, e.source))))
+        }
     }
 }
 

@@ -99,7 +99,10 @@ fn a_folder_where_a_file_should_be_is_named_as_such() {
     std::fs::create_dir_all(dir.0.join("data_batch_1.bin")).unwrap();
     assert_eq!(
         message(Cifar10::new(&dir.0, Split::Train)),
-        format!("{}: is a folder, expected a file (the CIFAR-10 batch file data_batch_1.bin)", d(&dir.0.join("data_batch_1.bin")))
+        format!(
+            "{}: is a folder, expected a file (the CIFAR-10 batch file data_batch_1.bin)",
+            d(&dir.0.join("data_batch_1.bin"))
+        )
     );
 }
 
@@ -115,7 +118,8 @@ fn cifar_meta_with_fewer_than_ten_names_or_bad_utf8_is_refused() {
             d(&meta)
         )
     );
-    let meta = dir.write("batches.meta.txt", b"airplane\nautomobile\nbi\xffrd\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n");
+    let meta =
+        dir.write("batches.meta.txt", b"airplane\nautomobile\nbi\xffrd\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n");
     assert_eq!(
         message(Cifar10::new(&dir.0, Split::Train)),
         format!("{}: at byte offset 22: expected UTF-8 text, found an invalid byte sequence", d(&meta))
@@ -193,7 +197,9 @@ fn a_truncated_tsv_gz_is_reported_truncated_without_invented_counts() {
     assert!(matches!(err, DataError::Corrupt { .. }), "{err:?}");
     assert!(
         text.starts_with(&format!("{}: corrupt gzip stream after ", d(&path)))
-            && text.ends_with(" bytes of decompressed data: the stream ends before its end marker (the file is truncated)"),
+            && text.ends_with(
+                " bytes of decompressed data: the stream ends before its end marker (the file is truncated)"
+            ),
         "{text}"
     );
 }
@@ -206,7 +212,10 @@ fn an_empty_ptb_train_file_is_blamed_on_itself() {
     dir.write("ptb.test.txt", b"a b\n");
     assert_eq!(
         message(PennTreebank::new(&dir.0)),
-        format!("{}: at byte offset 0: expected Penn Treebank text (words separated by spaces), found an empty file", d(&train))
+        format!(
+            "{}: at byte offset 0: expected Penn Treebank text (words separated by spaces), found an empty file",
+            d(&train)
+        )
     );
 }
 

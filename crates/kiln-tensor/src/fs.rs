@@ -89,7 +89,9 @@ pub fn write_atomic(
     let err = |action: String, source: io::Error| AtomicWriteError { path: path.to_path_buf(), action, source };
     let name = path
         .file_name()
-        .ok_or_else(|| err("save".into(), io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file")))?
+        .ok_or_else(|| {
+            err("save".into(), io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file"))
+        })?
         .to_string_lossy()
         .into_owned();
     let dir = match path.parent() {

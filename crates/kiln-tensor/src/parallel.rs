@@ -42,7 +42,11 @@ pub struct BadThreadsSetting {
 
 impl std::fmt::Display for BadThreadsSetting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KILN_NUM_THREADS={:?}: expected a whole number of threads >= 1 (or leave it unset for one per CPU)", self.value)
+        write!(
+            f,
+            "KILN_NUM_THREADS={:?}: expected a whole number of threads >= 1 (or leave it unset for one per CPU)",
+            self.value
+        )
     }
 }
 

@@ -42,7 +42,8 @@ fn a_killed_writer_leaves_no_temporary_after_the_next_save() {
             .unwrap();
         let start = Instant::now();
         loop {
-            let full = temporaries(&dir).iter().any(|p| std::fs::metadata(p).map(|m| m.len() >= 4 << 20).unwrap_or(false));
+            let full =
+                temporaries(&dir).iter().any(|p| std::fs::metadata(p).map(|m| m.len() >= 4 << 20).unwrap_or(false));
             if full {
                 break;
             }

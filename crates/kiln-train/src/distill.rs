@@ -322,19 +322,16 @@ mod tests {
         // a teacher that knows something: a few full-batch steps on the labels
         let mut opt = Adam::new(teacher.parameters(), AdamConfig { lr: 1e-2, ..Default::default() });
         let batches = tensor_batches(&x, &Targets::Classes(y), 16);
-        Trainer::new(20).verbosity(Verbosity::Silent).fit(
-            &mut teacher,
-            &mut opt,
-            &CrossEntropyLoss::default(),
-            &batches,
-            None,
-        )
-        .unwrap();
+        Trainer::new(20)
+            .verbosity(Verbosity::Silent)
+            .fit(&mut teacher, &mut opt, &CrossEntropyLoss::default(), &batches, None)
+            .unwrap();
         let mut distiller = Distiller::new(teacher, student(), 3.0, 0.8);
         let before = no_grad(|| distiller.loss(&x, &targets).1.item());
         let mut opt = Adam::new(distiller.parameters(), AdamConfig { lr: 1e-2, ..Default::default() });
-        let history =
-            distiller.fit(&mut Trainer::new(10).verbosity(Verbosity::Silent), &mut opt, &batches, Some(&batches)).unwrap();
+        let history = distiller
+            .fit(&mut Trainer::new(10).verbosity(Verbosity::Silent), &mut opt, &batches, Some(&batches))
+            .unwrap();
         assert!(!distiller.teacher().is_training(), "the teacher runs in eval mode");
         let after = no_grad(|| distiller.loss(&x, &targets).1.item());
         assert!(after < 0.8 * before, "KD loss {before} -> {after}");

@@ -29,7 +29,8 @@ fn overfit_run(epochs: usize, callback: impl Callback + 'static) -> (History, Ve
         .verbosity(Verbosity::Silent)
         .callback(LambdaCallback::new().on_epoch_end(move |ctx| sink.borrow_mut().push(ctx.model.state_dict())))
         .callback(callback)
-        .fit(&mut model, &mut opt, &CrossEntropyLoss::default(), &train, Some(&val)).unwrap();
+        .fit(&mut model, &mut opt, &CrossEntropyLoss::default(), &train, Some(&val))
+        .unwrap();
     let w = weights.borrow().clone();
     (history, w, model.state_dict())
 }

@@ -46,13 +46,10 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = mlp(0);
     let mut opt_b = sgd(&b);
-    let hist_b = trainer(&mut opt_b, None).callback(ModelCheckpoint::new(dir.path().join("ep{epoch}.kiln"))).fit(
-        &mut b,
-        &mut opt_b,
-        &loss,
-        &data,
-        Some(&val),
-    ).unwrap();
+    let hist_b = trainer(&mut opt_b, None)
+        .callback(ModelCheckpoint::new(dir.path().join("ep{epoch}.kiln")))
+        .fit(&mut b, &mut opt_b, &loss, &data, Some(&val))
+        .unwrap();
     assert!(bit_equal(&a.state_dict(), &b.state_dict()), "checkpointing changed the run");
     assert_eq!(without_time(&hist_a), without_time(&hist_b));
 
@@ -71,8 +68,10 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
     }
     ckpt.restore_scheduler(&mut sched_c).unwrap();
     assert_eq!(opt_c.lr(), hist_a.epochs[3]["lr"]);
-    let hist_c =
-        trainer(&mut opt_c, Some(sched_c)).initial_epoch(ckpt.epoch).fit(&mut c, &mut opt_c, &loss, &data, Some(&val)).unwrap();
+    let hist_c = trainer(&mut opt_c, Some(sched_c))
+        .initial_epoch(ckpt.epoch)
+        .fit(&mut c, &mut opt_c, &loss, &data, Some(&val))
+        .unwrap();
     assert!(bit_equal(&a.state_dict(), &c.state_dict()), "the resumed run's weights differ");
     assert_eq!(without_time(&hist_c), without_time(&hist_a)[3..].to_vec());
 

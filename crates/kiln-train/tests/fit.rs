@@ -24,13 +24,11 @@ fn fit_classifies_blobs_with_cross_entropy() {
     let val = blob_batches(32, 2, 16);
     let mut model = mlp(0);
     let mut opt = sgd(&model, 0.1, 0.9);
-    let history = Trainer::new(15).verbosity(Verbosity::Silent).metric("accuracy", || Accuracy::multiclass(2)).fit(
-        &mut model,
-        &mut opt,
-        &CrossEntropyLoss::default(),
-        &train,
-        Some(&val),
-    ).unwrap();
+    let history = Trainer::new(15)
+        .verbosity(Verbosity::Silent)
+        .metric("accuracy", || Accuracy::multiclass(2))
+        .fit(&mut model, &mut opt, &CrossEntropyLoss::default(), &train, Some(&val))
+        .unwrap();
     assert_eq!(history.len(), 15);
     assert_eq!(history.keys(), ["accuracy", "loss", "lr", "time_s", "val_accuracy", "val_loss"]);
     let loss = history.get("loss");
@@ -50,7 +48,8 @@ fn fit_regresses_with_mse_and_l1() {
         let h = Trainer::new(150)
             .verbosity(Verbosity::Silent)
             .metric("mse", MeanSquaredError::new)
-            .fit(&mut model, &mut opt, loss, &data, None).unwrap();
+            .fit(&mut model, &mut opt, loss, &data, None)
+            .unwrap();
         let w = model.weight.value().to_vec()[0];
         let b = model.bias.as_ref().unwrap().value().to_vec()[0];
         assert!((w - 3.0).abs() < 0.05 && (b + 2.0).abs() < 0.05, "{name}: w {w}, b {b}");
@@ -66,13 +65,10 @@ fn fit_binary_with_bce_with_logits_and_flat_targets() {
     let data = tensor_batches(&x, &Targets::Values(t), 8);
     let mut model = linear(2, 1, 1);
     let mut opt = sgd(&model, 0.5, 0.0);
-    let h = Trainer::new(20).verbosity(Verbosity::Silent).fit(
-        &mut model,
-        &mut opt,
-        &BCEWithLogitsLoss::default(),
-        &data,
-        None,
-    ).unwrap();
+    let h = Trainer::new(20)
+        .verbosity(Verbosity::Silent)
+        .fit(&mut model, &mut opt, &BCEWithLogitsLoss::default(), &data, None)
+        .unwrap();
     assert!(h.last().unwrap()["loss"] < 0.1, "{:?}", h.get("loss"));
 }
 
@@ -97,7 +93,8 @@ fn gradient_accumulation_over_two_batches_of_4_equals_one_batch_of_8() {
         .verbosity(Verbosity::Silent)
         .gradient_accumulation(2)
         .callback(LambdaCallback::new().on_batch_end(move |_| *counter.borrow_mut() += 1))
-        .fit(&mut a, &mut opt_a, &MSELoss::new(), &small, None).unwrap();
+        .fit(&mut a, &mut opt_a, &MSELoss::new(), &small, None)
+        .unwrap();
     Trainer::new(3).verbosity(Verbosity::Silent).fit(&mut b, &mut opt_b, &MSELoss::new(), &big, None).unwrap();
     assert_eq!(*steps.borrow(), 6, "on_batch_end runs per batch");
     assert!(max_abs_diff(&before, &a.state_dict()) > 1e-3, "the weights moved");
@@ -132,7 +129,8 @@ fn initial_epoch_runs_only_the_remaining_epochs() {
         .initial_epoch(3)
         .verbosity(Verbosity::Silent)
         .callback(LambdaCallback::new().on_epoch_end(move |ctx| sink.borrow_mut().push(ctx.epoch)))
-        .fit(&mut model, &mut opt, &CrossEntropyLoss::default(), &data, None).unwrap();
+        .fit(&mut model, &mut opt, &CrossEntropyLoss::default(), &data, None)
+        .unwrap();
     assert_eq!(h.len(), 2);
     assert_eq!(*seen.borrow(), vec![3, 4]);
 }

@@ -8,7 +8,8 @@
 
 use kiln_autograd::{autocast, Var};
 use kiln_nn::{
-    CrossEntropyLoss, Forward, Linear, Module, TransformerEncoder, TransformerEncoderLayer, TransformerEncoderLayerConfig,
+    CrossEntropyLoss, Forward, Linear, Module, TransformerEncoder, TransformerEncoderLayer,
+    TransformerEncoderLayerConfig,
 };
 use kiln_optim::{Adam, AdamConfig, Optimizer};
 use kiln_tensor::{DType, Indices, Rng, Tensor};

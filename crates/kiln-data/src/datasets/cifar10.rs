@@ -61,7 +61,10 @@ impl Cifar10 {
             let candidates = folders.iter().flat_map(|f| [f.join(name), f.join(format!("{name}.gz"))]);
             for candidate in candidates {
                 if candidate.is_dir() {
-                    return Err(DataError::NotAFile { path: candidate, what: format!("the CIFAR-10 batch file {name}") });
+                    return Err(DataError::NotAFile {
+                        path: candidate,
+                        what: format!("the CIFAR-10 batch file {name}"),
+                    });
                 }
                 if candidate.is_file() {
                     files.push(candidate);

@@ -357,7 +357,8 @@ fn check_trainer(pg: &Arc<ProcessGroup>) {
         .verbosity(Verbosity::Silent)
         .callback(RankZero::new(pg, CountEpochs(epochs.clone())))
         .distributed(pg);
-    let history = trainer.fit(&mut ddp, &mut opt, &cross_entropy(), &train_loader, Some(&val_loader)).expect("training");
+    let history =
+        trainer.fit(&mut ddp, &mut opt, &cross_entropy(), &train_loader, Some(&val_loader)).expect("training");
     assert_eq!(history.epochs.len(), 3);
 
     // The same figures on every rank (time_s is each rank's own).
