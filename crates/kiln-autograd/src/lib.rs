@@ -41,3 +41,8 @@ pub use mode::{
 };
 pub use ops::{binary_op, unary_op, OpFn};
 pub use var::{Backward, Grads, Inputs, Var, WeakVar};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -536,3 +536,8 @@ mod tests {
         assert_close_slice("mask", &[f64::NEG_INFINITY], &[f64::NEG_INFINITY], (0.0, 0.0));
     }
 }
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

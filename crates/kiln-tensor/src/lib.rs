@@ -48,3 +48,8 @@ pub use reduce::Norm;
 pub use rng::Rng;
 pub use rnn::{lstm_backward, lstm_forward, LstmGrads, LstmTape};
 pub use tensor::{Indices, Labels, Shape, Strides, Tensor};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
