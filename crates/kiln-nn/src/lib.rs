@@ -54,3 +54,8 @@ pub mod __private {
     pub use kiln_autograd::Var;
     pub use kiln_tensor::Float;
 }
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -20,3 +20,8 @@ pub mod proto;
 pub use error::OnnxError;
 pub use export::{export, export_model, ExportOptions};
 pub use import::{import, import_bytes, OnnxModel, IMPORT_OPSETS, SUPPORTED_OPS};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

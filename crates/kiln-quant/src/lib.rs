@@ -59,3 +59,8 @@ pub use linear::{ActQuant, QuantLinear};
 pub use lstm::QuantLSTM;
 pub use observer::{MinMaxObserver, Observer, ObserverKind, PercentileObserver, QParams, QuantDtype};
 pub use sequential::{quantize_dynamic, quantize_sequential, FloatLayer, QuantConfig, QuantLayer, QuantSequential};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
