@@ -31,8 +31,3 @@ pub mod prelude {
     pub use kiln_tensor::{Float, Indices, Rng, Tensor};
     pub use kiln_train::{Distiller, History, Trainer};
 }
-
-/// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-struct ReadmeDoctests;
