@@ -152,7 +152,7 @@ fn main() {
         println!("autocast: matrix products in {p}");
     }
     match kiln::tensor::autocast(precision.unwrap_or(kiln::tensor::DType::F32), || run(&Opts::full())) {
-    // ANCHOR_END: autocast
+        // ANCHOR_END: autocast
         Ok(r) => println!(
             "CNN on MNIST: test accuracy {:.2}% (NLL {:.4}) after {} epochs, {:.1} s",
             100.0 * r.test_accuracy,

@@ -347,7 +347,7 @@ fn train_epoch<M: WordModel, O: Optimizer<f32>>(
         opt.step();
         opt.zero_grad();
         state = next.map(|(h, c)| (h.detach(), c.detach()));
-    // ANCHOR_END: bptt
+        // ANCHOR_END: bptt
         nll_sum += f64::from(loss.item()) * ranks.len() as f64;
         seen += ranks.len();
         if verbose && (i + 1) % 500 == 0 {
