@@ -7,6 +7,10 @@
 //! `PATH` (or the `MDBOOK` environment variable naming the program; `.ci/install.d/book.sh`
 //! installs it): without it that test is skipped with a message, and fails under `CI=true`.
 
+// Each example included below has its own `mod common` (examples/common.rs), as when it is built
+// alone.
+#![allow(clippy::duplicate_mod)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
@@ -117,7 +121,7 @@ fn include_problem(chapter: &Path, inc: &Include) -> Option<String> {
         Err(e) => return Some(format!("{at}: {{{{#include {}}}}}: cannot read {}: {e}", inc.path, file.display())),
     };
     let lines: Vec<&str> = text.lines().collect();
-    let Some(selector) = inc.selector.as_deref() else { return None };
+    let selector = inc.selector.as_deref()?;
     let is_range = selector.chars().all(|c| c.is_ascii_digit() || c == ':');
     if is_range {
         let mut parts = selector.split(':');
