@@ -77,10 +77,12 @@ pub struct Report {
     pub seconds: f64,
 }
 
+// ANCHOR: model
 /// The autoencoder: `784 -> 256 -> 784`, ReLU code, sigmoid output.
 pub fn model() -> Sequential {
     Sequential::new().add(Linear::new(784, 256)).add(ReLU).add(Linear::new(256, 784)).add(Sigmoid)
 }
+// ANCHOR_END: model
 
 /// An image as `(input, target)`: its 784 pixels in [0, 1], twice.
 fn to_pair(item: (Image, usize), _: &mut Rng) -> (Vec<f32>, Vec<f32>) {
@@ -105,6 +107,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let train = DataLoader::new(train, 256).shuffle(true).seed(1);
     let test = DataLoader::new(test, 1000);
 
+    // ANCHOR: train
     let mut model = model();
     if opts.verbose {
         println!("{model}");
@@ -122,6 +125,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let png = opts.out_dir.join("autoencoder_mnist.png");
     write_grid_png(&png, &[originals.to_vec(), reconstructions.to_vec()], picks.len(), 28, 3)
         .map_err(|source| DataError::Io { path: png.clone(), source })?;
+    // ANCHOR_END: train
     Ok(Report { test_bce, png, epochs: opts.epochs, seconds: started.elapsed().as_secs_f64() })
 }
 

@@ -83,6 +83,7 @@ pub struct Report {
     pub seconds: f64,
 }
 
+// ANCHOR: model
 /// A 3x3 convolution that keeps the image size (padding 1), without bias (batch norm follows).
 fn conv3x3(in_channels: usize, out_channels: usize) -> Conv2d {
     Conv2dConfig { padding: Padding::Explicit([1, 1]), bias: false, ..Conv2dConfig::new(in_channels, out_channels, 3) }
@@ -102,6 +103,7 @@ pub fn model() -> Sequential {
         .add(Dropout::new(0.5))
         .add(Linear::new(256, 10))
 }
+// ANCHOR_END: model
 
 /// CIFAR-10's per-channel mean and standard deviation over the training set.
 fn normalize() -> Normalize {
@@ -114,6 +116,7 @@ where
     D: Dataset<Item = (Image, usize)> + Clone + 'static,
 {
     kiln::nn::init::manual_seed(0);
+    // ANCHOR: augment
     let (crop, flip, norm) = (RandomCrop::new(32, 32).padding(4), RandomHorizontalFlip::new(0.5), normalize());
     let train = train.map_input(move |img: Image, rng: &mut Rng| {
         let img = if augment { flip.apply(crop.apply(img, rng), rng) } else { img };
@@ -130,6 +133,7 @@ where
         SGDConfig { lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 5e-4, ..Default::default() },
     );
     let schedule = CosineAnnealingLR::new(&mut opt, opts.epochs, 0.0);
+    // ANCHOR_END: augment
     let mut trainer = Trainer::new(opts.epochs)
         .metric("accuracy", || Accuracy::multiclass(10))
         .scheduler(schedule, SchedulerInterval::Epoch)

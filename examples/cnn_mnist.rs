@@ -80,6 +80,7 @@ pub fn normalise(mut img: Image, _: &mut Rng) -> Image {
     img
 }
 
+// ANCHOR: model
 /// A 3x3 convolution that keeps the image size (padding 1).
 fn conv3x3(in_channels: usize, out_channels: usize) -> Conv2d {
     Conv2dConfig { padding: Padding::Explicit([1, 1]), ..Conv2dConfig::new(in_channels, out_channels, 3) }
@@ -104,6 +105,7 @@ pub fn model() -> Sequential {
         .add(Linear::new(128, 10))
         .add(LogSoftmax { dim: 1 })
 }
+// ANCHOR_END: model
 
 /// Trains and evaluates; `Err` when the MNIST files cannot be read.
 pub fn run(opts: &Opts) -> Result<Report, DataError> {
@@ -141,6 +143,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
 
 fn main() {
     // KILN_AUTOCAST=bf16: train and evaluate with the matrix products in bfloat16 (f32 sums).
+    // ANCHOR: autocast
     let precision = kiln::tensor::autocast::autocast_from_env("KILN_AUTOCAST").unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(2);
@@ -149,6 +152,7 @@ fn main() {
         println!("autocast: matrix products in {p}");
     }
     match kiln::tensor::autocast(precision.unwrap_or(kiln::tensor::DType::F32), || run(&Opts::full())) {
+        // ANCHOR_END: autocast
         Ok(r) => println!(
             "CNN on MNIST: test accuracy {:.2}% (NLL {:.4}) after {} epochs, {:.1} s",
             100.0 * r.test_accuracy,

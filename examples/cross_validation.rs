@@ -76,6 +76,7 @@ pub fn run(opts: &Opts) -> Report {
     let y = Targets::Classes(labels.clone());
     let loss = CrossEntropyLoss::default();
 
+    // ANCHOR: cv
     let cv = CrossValidation::new(opts.folds).stratified(true).shuffle(0).run(
         &labels,
         |fold| {
@@ -104,6 +105,7 @@ pub fn run(opts: &Opts) -> Report {
             logs
         },
     );
+    // ANCHOR_END: cv
     Report {
         mean_accuracy: cv.mean("accuracy"),
         std_accuracy: cv.std("accuracy"),

@@ -103,6 +103,7 @@ fn main() {
     let test_loader =
         DistributedDataLoader::new(test.clone(), DistributedSampler::new(test.len(), world, rank).shuffle(false), 500);
 
+    // ANCHOR: ddp
     kiln_nn::init::manual_seed(0);
     let mut ddp =
         DistributedDataParallel::new(model(), &pg, DdpConfig::default()).expect("every rank builds the same model");
@@ -120,6 +121,7 @@ fn main() {
     let history = trainer
         .fit(&mut ddp, &mut opt, &NLLLoss::default(), &train_loader, Some(&test_loader))
         .unwrap_or_else(|e| stop(&e.to_string()));
+    // ANCHOR_END: ddp
     if rank == 0 {
         let last = history.epochs.last().expect("at least one epoch");
         println!(

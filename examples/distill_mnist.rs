@@ -180,6 +180,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
         println!("student alone: test accuracy {:.2}% ({student_seconds:.1} s)", 100.0 * student_accuracy);
     }
 
+    // ANCHOR: distill
     // The same student (same initial weights, data order, epochs and optimiser), distilled.
     let t0 = Instant::now();
     kiln::nn::init::manual_seed(1);
@@ -196,6 +197,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
         .or_stop();
     let distilled_accuracy =
         evaluator.evaluate(distiller.student_mut(), &CrossEntropyLoss::default(), &test).or_stop()["accuracy"];
+    // ANCHOR_END: distill
     let distilled_seconds = t0.elapsed().as_secs_f64();
     if opts.verbose {
         println!("student distilled: test accuracy {:.2}% ({distilled_seconds:.1} s)", 100.0 * distilled_accuracy);

@@ -174,6 +174,7 @@ fn main() {
         println!("\n{name} test review #{i} ({} words), logit {:+.3}:", ids.len() - 1, logit(&ids));
         let started = Instant::now();
 
+        // ANCHOR: shap
         // One segment per word; the start mark is never hidden.
         let mut k = 0;
         let labels: Vec<Option<usize>> = ids
@@ -197,6 +198,7 @@ fn main() {
             shap.expected_value
         );
         print!("{shap_scores}");
+        // ANCHOR_END: shap
         println!("inline: {}", shap_scores.inline());
 
         let lime_exp = lime(&model, &input, 0, &LimeConfig { n_samples: 2000, ..Default::default() });

@@ -144,6 +144,7 @@ fn main() {
         );
         let lime_exp = lime(&model, &patches, target, &LimeConfig { seed: i as u64, ..Default::default() });
         println!("  LIME: surrogate R² {:.3}, top patches {:?}", lime_exp.score, lime_exp.top(3));
+        // ANCHOR: methods
         let methods: Vec<(&str, Tensor)> = vec![
             ("saliency", saliency(&model, &x, target).abs()),
             ("gradient_x_input", gradient_x_input(&model, &x, target)),
@@ -153,6 +154,7 @@ fn main() {
             ("kernel_shap", shap.attributions),
             ("lime", lime_exp.attributions),
         ];
+        // ANCHOR_END: methods
         println!("  seven methods in {:.2} s", started.elapsed().as_secs_f64());
         let mut panel = vec![render_heatmap(&x, &Tensor::zeros(&[1, 28, 28]), &opts)];
         for (name, attr) in &methods {

@@ -177,6 +177,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     }
     let kiln_correct = preds.iter().zip(&labels).filter(|(p, l)| p == l).count();
 
+    // ANCHOR: export
     let example = kiln::tensor::Tensor::from_vec(images[..28 * 28].to_vec(), &[1, 1, 28, 28]);
     export(&model, &example, &opts.output, ExportOptions::default()).map_err(|e| io_error(&opts.output, e))?;
     let file_bytes = std::fs::metadata(&opts.output).map_err(|e| io_error(&opts.output, e))?.len();
@@ -184,6 +185,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
         println!("wrote {} ({file_bytes} bytes)", opts.output.display());
     }
     let onnxruntime = onnxruntime_check(&opts.output, &images, &labels, &preds)?;
+    // ANCHOR_END: export
     Ok(Report {
         test_images: labels.len(),
         kiln_correct,

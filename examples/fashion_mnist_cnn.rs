@@ -74,6 +74,7 @@ pub struct Report {
     pub seconds: f64,
 }
 
+// ANCHOR: model
 /// A 3x3 convolution that keeps the image size (padding 1), without bias.
 fn conv3x3(in_channels: usize, out_channels: usize) -> Conv2d {
     Conv2dConfig { padding: Padding::Explicit([1, 1]), bias: false, ..Conv2dConfig::new(in_channels, out_channels, 3) }
@@ -100,6 +101,7 @@ pub fn model() -> Sequential {
         .add(Dropout::new(0.3))
         .add(Linear::new(128, 10))
 }
+// ANCHOR_END: model
 
 /// Trains and evaluates; `Err` when the Fashion-MNIST files cannot be read.
 pub fn run(opts: &Opts) -> Result<Report, DataError> {
@@ -107,10 +109,12 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     kiln::nn::init::manual_seed(0);
     let dir = data_folder("fashion-mnist");
     // Fashion-MNIST's pixel mean and standard deviation over the training set.
+    // ANCHOR: augment
     let normalize = || Normalize::new(vec![0.2860], vec![0.3530]);
     let train = first(FashionMnist::new(&dir, Split::Train)?, opts.train_samples)
         .map_input(Compose::new(RandomHorizontalFlip::new(0.5), normalize()));
     let test = first(FashionMnist::new(&dir, Split::Test)?, opts.test_samples).map_input(normalize());
+    // ANCHOR_END: augment
     if opts.verbose {
         println!("Fashion-MNIST: {} training and {} test images", train.len(), test.len());
     }

@@ -82,6 +82,7 @@ pub struct Report {
     pub seconds: f64,
 }
 
+// ANCHOR: model
 /// The model of the module doc.
 #[derive(kiln::nn::Module)]
 #[module(crate = "kiln::nn")]
@@ -135,6 +136,7 @@ impl Forward<f32> for SentimentLstm {
         self.fc.forward(&h_n.select(0, 0))
     }
 }
+// ANCHOR_END: model
 
 /// Keras' `pad_sequences(maxlen)` with its defaults: keep the last `maxlen` ids, pad in front.
 fn pad(seq: &[usize], maxlen: usize) -> Vec<f32> {
@@ -168,6 +170,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     if opts.verbose {
         println!("{}\n{}\n{}", model.embedding, model.lstm, model.fc);
     }
+    // ANCHOR: train
     let mut opt = Adam::new(model.parameters(), AdamConfig { lr: 1e-3, ..Default::default() });
     // A logit >= 0 predicts a positive review.
     let mut trainer = Trainer::new(opts.epochs)
@@ -176,6 +179,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
         .verbosity(if opts.verbose { Verbosity::ProgressBar } else { Verbosity::Silent });
     let loss = BCEWithLogitsLoss::default();
     trainer.fit(&mut model, &mut opt, &loss, &train, Some(&test)).or_stop();
+    // ANCHOR_END: train
     let eval = trainer.evaluate(&mut model, &loss, &test).or_stop();
     Ok(Report {
         test_accuracy: eval["accuracy"],

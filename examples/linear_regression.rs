@@ -73,6 +73,7 @@ fn main() {
     let exact = least_squares(&feats, &target);
 
     kiln::nn::init::manual_seed(0);
+    // ANCHOR: gradient_descent
     let x = Var::constant(Tensor::<f64>::from_vec(feats.iter().flatten().copied().collect(), &[n, 3]));
     let y = Var::constant(Tensor::from_vec(target.clone(), &[n, 1]));
     let model: Linear<f64> = Linear::new(3, 1);
@@ -86,6 +87,7 @@ fn main() {
         loss.backward();
         opt.step();
     }
+    // ANCHOR_END: gradient_descent
     let w = model.weight.value().to_vec();
     let b = model.bias.as_ref().unwrap().value().item();
     println!("gradient descent: w = [{:.5}, {:.5}, {:.5}], b = {:.5}", w[0], w[1], w[2], b);

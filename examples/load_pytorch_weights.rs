@@ -36,6 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let json = std::fs::read_to_string(&json_path)
         .map_err(|e| format!("{}: {e} (set KILN_INTEROP_DIR to the folder with the fixtures)", json_path.display()))?;
 
+    // ANCHOR: load
     // The architecture, from PyTorch's class names and constructor arguments.
     let mut model: Sequential = sequential_from_json(&json)?;
     println!("{model}");
@@ -52,6 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         file.metadata()
     );
     model.eval();
+    // ANCHOR_END: load
 
     // The images PyTorch ran, its logits, and the labels.
     let io = SafetensorsFile::open(dir.join("mnist_cnn_io.safetensors"))?;

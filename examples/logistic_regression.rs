@@ -106,6 +106,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let train = tensor_batches(&x_shuffled, &y_shuffled, 32);
     let test = tensor_batches(&x_test, &y_test, 256);
 
+    // ANCHOR: model
     let mut model: Linear = Linear::new(d, 1);
     let mut opt = Adam::new(model.parameters(), AdamConfig { lr: 1e-2, weight_decay: 1e-2, ..Default::default() });
     let loss = BCEWithLogitsLoss::default();
@@ -114,6 +115,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
         .metric("accuracy", || Accuracy::binary().with_threshold(0.0))
         .verbosity(if opts.verbose { Verbosity::Epochs } else { Verbosity::Silent });
     trainer.fit(&mut model, &mut opt, &loss, &train, Some(&test)).or_stop();
+    // ANCHOR_END: model
     let train_eval = trainer.evaluate(&mut model, &loss, &train).or_stop();
     let test_eval = trainer.evaluate(&mut model, &loss, &test).or_stop();
     Ok(Report {

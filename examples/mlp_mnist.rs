@@ -69,6 +69,7 @@ fn flatten_normalised(img: Image, _: &mut Rng) -> Vec<f32> {
 pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let started = Instant::now();
     kiln::nn::init::manual_seed(0);
+    // ANCHOR: data
     let dir = data_folder("mnist");
     let train = first(Mnist::new(&dir, Split::Train)?, opts.train_samples).map_input(flatten_normalised);
     let test = first(Mnist::new(&dir, Split::Test)?, opts.test_samples).map_input(flatten_normalised);
@@ -77,16 +78,20 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     }
     let train = DataLoader::new(train, 128).shuffle(true).seed(1);
     let test = DataLoader::new(test, 1000);
+    // ANCHOR_END: data
 
+    // ANCHOR: model
     let mut model = Sequential::new()
         .add(Linear::new(784, 256))
         .add(ReLU)
         .add(Linear::new(256, 128))
         .add(ReLU)
         .add(Linear::new(128, 10));
+    // ANCHOR_END: model
     if opts.verbose {
         println!("{model}");
     }
+    // ANCHOR: train
     let mut opt = Adam::new(model.parameters(), AdamConfig { lr: 1e-3, ..Default::default() });
     let schedule = StepLR::new(&mut opt, 4, 0.5);
     let mut trainer = Trainer::new(opts.epochs)
@@ -96,6 +101,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let loss = CrossEntropyLoss::default();
     trainer.fit(&mut model, &mut opt, &loss, &train, Some(&test)).or_stop();
     let eval = trainer.evaluate(&mut model, &loss, &test).or_stop();
+    // ANCHOR_END: train
     Ok(Report {
         test_accuracy: eval["accuracy"],
         test_loss: eval["loss"],

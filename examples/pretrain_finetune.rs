@@ -195,6 +195,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let labelled_idx = labelled_subset(train_all.labels(), opts.labels_per_class, 7);
     let test = first(Mnist::new(&dir, Split::Test)?, opts.test_samples).map_input(pixels);
 
+    // ANCHOR: denoise
     // 1. Denoising autoencoder on unlabelled images.
     let unlabelled =
         first(Arc::clone(&train_all), opts.pretrain_samples).map(|(img, _): (Image, usize), rng: &mut Rng| {
@@ -204,6 +205,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
             (noisy, clean)
         });
     let test_pairs = DataLoader::new(pairs(&test), 1000);
+    // ANCHOR_END: denoise
     if opts.verbose {
         println!("pre-training a denoising autoencoder on {} unlabelled MNIST images", unlabelled.len());
     }
@@ -224,6 +226,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let labelled = DataLoader::new(labelled, 32).shuffle(true).seed(2);
     let test = DataLoader::new(test, 1000);
 
+    // ANCHOR: freeze
     // 3. New head on the frozen pre-trained encoder.
     let mut finetuned = Classifier { encoder: autoencoder.encoder, head: Linear::new(256, 10) };
     finetuned.encoder.requires_grad_(false);
@@ -235,6 +238,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
         );
     }
     let finetuned_accuracy = train_classifier(&mut finetuned, &labelled, &test, opts.finetune_epochs, opts.verbose);
+    // ANCHOR_END: freeze
 
     // 4. The same classifier from scratch.
     kiln::nn::init::manual_seed(1);

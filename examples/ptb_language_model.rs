@@ -155,6 +155,7 @@ impl AdaptiveSoftmax {
     }
 }
 
+// ANCHOR: lstm
 /// The 2-layer LSTM language model of the module doc.
 #[derive(kiln::nn::Module)]
 #[module(crate = "kiln::nn")]
@@ -198,6 +199,7 @@ impl LanguageModel {
         (out.reshape(&[shape[0] * shape[1], shape[2]]), (h, c))
     }
 }
+// ANCHOR_END: lstm
 
 /// What the training and evaluation loops need of a language model: the top layer's features
 /// `[B * T, d]` for word ids `[B, T]` (from and to a carried state where the model has one),
@@ -219,6 +221,7 @@ impl WordModel for LanguageModel {
     }
 }
 
+// ANCHOR: transformer
 /// A small causal Transformer language model: word embedding (scaled by √d) plus a learned
 /// position embedding, two pre-norm `TransformerEncoderLayer`s (4 heads, feed-forward 4d,
 /// GELU, dropout 0.1) under a causal mask, a final LayerNorm, and the same adaptive softmax.
@@ -278,6 +281,7 @@ impl WordModel for TransformerLm {
         &self.output
     }
 }
+// ANCHOR_END: transformer
 
 /// Word id -> frequency rank in `tokens` (0 = most frequent; ties by id).
 fn frequency_ranks(tokens: &[usize], vocab: usize) -> Vec<usize> {
@@ -332,6 +336,7 @@ fn train_epoch<M: WordModel, O: Optimizer<f32>>(
     let windows = train.num_windows(bptt);
     let mut state: Option<State> = None;
     let (mut nll_sum, mut seen) = (0.0f64, 0usize);
+    // ANCHOR: bptt
     for (i, (x, y)) in train.bptt_batches(bptt).enumerate() {
         let len = x.len() / batch_size;
         let (hidden, next) = model.features(&Indices::new(x, &[batch_size, len]), state.as_ref());
@@ -342,6 +347,7 @@ fn train_epoch<M: WordModel, O: Optimizer<f32>>(
         opt.step();
         opt.zero_grad();
         state = next.map(|(h, c)| (h.detach(), c.detach()));
+        // ANCHOR_END: bptt
         nll_sum += f64::from(loss.item()) * ranks.len() as f64;
         seen += ranks.len();
         if verbose && (i + 1) % 500 == 0 {

@@ -162,6 +162,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     model.eval();
     let f32_accuracy = trainer.evaluate(&mut model, &loss, &test).or_stop()["accuracy"];
 
+    // ANCHOR: quantize
     // 2. Calibrate on a few training batches and quantise. `quantize_sequential` takes the
     //    model by value (the layers that stay f32 move into the result), so it gets a copy and
     //    the f32 model stays here for the comparison.
@@ -173,7 +174,9 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
         println!("{int8}");
     }
     let int8_accuracy = trainer.evaluate(&mut int8, &loss, &test).or_stop()["accuracy"];
+    // ANCHOR_END: quantize
 
+    // ANCHOR: files
     // 3. Files: kiln-nn's f32 safetensors against the int8 one, and the int8 one read back.
     let tmp = std::env::temp_dir().join(format!("kiln-quantize-mnist-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| DataError::Io { path: tmp.clone(), source: e })?;
@@ -185,6 +188,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     };
     let (f32_file_bytes, int8_file_bytes) = (size(&f32_path)?, size(&int8_path)?);
     let reloaded = QuantSequential::load(&int8_path).map_err(|e| io_error(&int8_path, e))?;
+    // ANCHOR_END: files
     let images = test.batches().next().expect("a test batch").inputs;
     let probe = images.narrow(0, 0, images.shape()[0].min(64)).contiguous();
     let reload_identical = reloaded.forward_tensor(&probe).to_vec() == int8.forward_tensor(&probe).to_vec();

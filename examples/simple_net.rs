@@ -18,6 +18,7 @@ fn main() {
     let y = x.matmul(&a).relu().sub(&x.matmul(&b).relu());
     let (x, y) = (Var::constant(x), Var::constant(y));
 
+    // ANCHOR: training_loop
     let model = Sequential::new().add(Linear::new(10, 5)).add(ReLU).add(Linear::new(5, 1));
     println!("{model}");
     let criterion = MSELoss::new();
@@ -33,6 +34,7 @@ fn main() {
             println!("epoch {epoch:>3}: loss {:.5}", loss.item());
         }
     }
+    // ANCHOR_END: training_loop
     let last = criterion.forward(&model.forward(&x), &y).item();
     println!("loss {first:.4} -> {last:.4}");
 }
