@@ -36,7 +36,7 @@ use kiln_onnx::{export, ExportOptions};
 #[allow(dead_code)]
 mod cnn_mnist;
 #[path = "../../../examples/common.rs"]
-#[allow(clippy::duplicate_mod, dead_code)] // cnn_mnist includes it too
+#[allow(clippy::duplicate_mod)] // cnn_mnist includes it too
 mod common;
 
 /// Training images: enough for a model whose answers differ between digits (the test checks
