@@ -386,3 +386,22 @@ fn page_classifies_drawn_mnist_digits_as_kiln_does() {
     assert!(screenshot.is_file());
     std::fs::remove_dir_all(&tmp).ok();
 }
+
+/// The page's preprocessing alone (`web/test/preprocess.test.mjs`, node's test runner): a
+/// drawing's bounding box scaled into 20x20 keeping its aspect ratio, area-averaged, centred by
+/// mass in 28x28, normalised as kiln trained.
+#[test]
+fn page_preprocessing_passes_its_unit_tests() {
+    match Command::new("node").arg("--version").output() {
+        Ok(o) if o.status.success() => {}
+        _ => return skip("node cannot run; apt-get install nodejs"),
+    }
+    let out = Command::new("node")
+        .current_dir(web_dir())
+        .args(["--test", "test/preprocess.test.mjs"])
+        .output()
+        .expect("run node --test");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "web/test/preprocess.test.mjs failed:\n{text}");
+    assert!(text.contains("# fail 0") && !text.contains("# pass 0"), "no test passed, or one failed:\n{text}");
+}
