@@ -18,6 +18,7 @@ mod linear;
 mod norm;
 mod onnx_model;
 mod pool;
+pub mod recurrent;
 mod shape;
 mod transformer;
 
