@@ -26,13 +26,24 @@ impl Display for DType {
     }
 }
 
-/// A floating-point element type: implemented for `f32` and `f64`.
+/// Keeps [`Float`] closed to `f32` and `f64`.
+mod sealed {
+    /// Implemented for `f32` and `f64` only; not nameable outside this crate.
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// A floating-point element type: implemented for `f32` and `f64`, and sealed (it cannot be
+/// implemented outside kiln-tensor): its supertraits and [`gemm_raw`](Float::gemm_raw) are
+/// what kiln's kernels rely on, not an extension point.
 ///
 /// Besides the arithmetic of [`num_traits::Float`] it carries the GEMM kernel for the type
 /// (so that [`Tensor::matmul`](crate::Tensor::matmul) can dispatch without a runtime check)
 /// and the functions PyTorch has but `std` lacks (`erf`).
 pub trait Float:
-    num_traits::Float
+    sealed::Sealed
+    + num_traits::Float
     + num_traits::NumAssign
     + ndarray::LinalgScalar
     + ndarray::ScalarOperand
@@ -289,6 +300,9 @@ impl Float for f32 {
         }
         exp_shifted_sum_f32(src, shift, dst)
     }
+    /// # Safety
+    /// As [`Float::gemm_raw`]: the pointers address the three matrices under their strides,
+    /// and `c` aliases neither operand.
     #[inline]
     unsafe fn gemm_raw(
         m: usize,
@@ -349,6 +363,9 @@ impl Float for f64 {
     fn erf(self) -> Self {
         erf_f64(self)
     }
+    /// # Safety
+    /// As [`Float::gemm_raw`]: the pointers address the three matrices under their strides,
+    /// and `c` aliases neither operand.
     #[inline]
     unsafe fn gemm_raw(
         m: usize,
