@@ -228,6 +228,8 @@ pub fn run(o: &Options) -> Result<(), String> {
     if o.quick {
         eprintln!("note: --quick uses fewer repetitions than workloads.md asks for; smoke test only");
     }
+    // opt-in (kiln_tensor::alloc): `KILN_TUNE_MALLOC=1 cargo xtask bench ...` measures with it
+    println!("malloc tuned for reuse (KILN_TUNE_MALLOC): {}", kiln_tensor::alloc::allocator_tuned());
     let date = utc_now();
     let (cpu, ver) = (cpu_model(), version());
     let selected: Vec<&Workload> = workloads::all().iter().filter(|w| o.workloads.iter().any(|s| s == w.id)).collect();

@@ -224,7 +224,11 @@ mod tests {
         let w = Var::param(Tensor::from_vec(vec![0.5f64, -2.0], &[2]));
         let x = Var::constant(Tensor::from_vec(vec![1.5f64, 3.0], &[2]));
         let w2 = w.clone();
-        let y = checkpoint(move |xs: &[Var<f64>], _: &mut Rng| xs[0].mul(&w2).exp(), &[x.clone()], &mut Rng::new(0));
+        let y = checkpoint(
+            move |xs: &[Var<f64>], _: &mut Rng| xs[0].mul(&w2).exp(),
+            std::slice::from_ref(&x),
+            &mut Rng::new(0),
+        );
         y.sum_all().backward();
         let got = w.grad().unwrap().to_vec();
         w.zero_grad();
@@ -235,10 +239,16 @@ mod tests {
     #[test]
     fn forward_keeps_no_graph_of_the_segment() {
         let x = Var::param(Tensor::from_vec(vec![1.0f64, 2.0], &[2]));
-        let y = checkpoint(|xs: &[Var<f64>], _: &mut Rng| xs[0].exp().mul(&xs[0]), &[x.clone()], &mut Rng::new(0));
+        let y = checkpoint(
+            |xs: &[Var<f64>], _: &mut Rng| xs[0].exp().mul(&xs[0]),
+            std::slice::from_ref(&x),
+            &mut Rng::new(0),
+        );
         assert_eq!(y.op_name(), "checkpoint");
         // under no_grad the result is a constant
-        let z = no_grad(|| checkpoint(|xs: &[Var<f64>], _: &mut Rng| xs[0].exp(), &[x.clone()], &mut Rng::new(0)));
+        let z = no_grad(|| {
+            checkpoint(|xs: &[Var<f64>], _: &mut Rng| xs[0].exp(), std::slice::from_ref(&x), &mut Rng::new(0))
+        });
         assert!(!z.requires_grad());
     }
 

@@ -5,9 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use kiln_tensor::Float;
+use smallvec::smallvec;
 
 use crate::mode::{anomaly_enabled, check_finite, set_grad_enabled};
-use crate::var::{Node, Var};
+use crate::ops::OpFn;
+use crate::var::{Grads, Node, Var};
 
 static PASS: AtomicU64 = AtomicU64::new(1);
 
@@ -18,14 +20,18 @@ fn lock_inputs<E: Float>(n: &Node<E>) -> std::sync::MutexGuard<'_, crate::var::I
 /// Runs one backward pass from `roots` seeded with `seeds`.
 ///
 /// With `capture`, gradients reaching those `Var`s are returned instead of being accumulated
-/// into leaves (the [`grad`] function); otherwise leaves accumulate into `.grad()`.
+/// into leaves (the [`grad`] function); otherwise leaves accumulate into `.grad()`. With
+/// `stop_at_capture` as well, the pass ends at the captured `Var`s: it neither visits nor runs
+/// the backward of anything below them (see [`composed_vjp`]).
 pub(crate) fn run<E: Float>(
     roots: &[Var<E>],
     seeds: Vec<Var<E>>,
     retain_graph: bool,
     create_graph: bool,
     capture: Option<&[Var<E>]>,
+    stop_at_capture: bool,
 ) -> Vec<Option<Var<E>>> {
+    let is_target = |n: &Arc<Node<E>>| capture.is_some_and(|c| c.iter().any(|t| Arc::ptr_eq(&t.node, n)));
     let pass = PASS.fetch_add(1, Ordering::Relaxed) & 0xFFFF_FFFF;
     let mark = |slot: usize| (pass << 32) | slot as u64;
     let visited = |n: &Node<E>| n.mark.load(Ordering::Relaxed) >> 32 == pass;
@@ -51,6 +57,10 @@ pub(crate) fn run<E: Float>(
             continue;
         }
         n.mark.store(mark(u32::MAX as usize), Ordering::Relaxed);
+        if stop_at_capture && is_target(&n) {
+            stack.push((n, true));
+            continue;
+        }
         let inputs = lock_inputs(&n).clone();
         stack.push((n, true));
         for i in inputs.iter().rev() {
@@ -90,6 +100,9 @@ pub(crate) fn run<E: Float>(
                 if Arc::ptr_eq(&t.node, &node) {
                     captured[k] = Some(g.clone());
                 }
+            }
+            if stop_at_capture && is_target(&node) {
+                continue;
             }
         }
         if node.is_leaf {
@@ -210,5 +223,48 @@ pub fn grad<E: Float>(
             })
             .collect(),
     };
-    run(outputs, seeds, create_graph, create_graph, Some(inputs))
+    run(outputs, seeds, create_graph, create_graph, Some(inputs), false)
+}
+
+/// The backward of a fused op when the backward itself is recorded (`create_graph`): the
+/// vector-Jacobian product `gradᵀ · ∂composed(inputs)/∂inputs`, differentiated by the engine
+/// through `composed`, the same function written with primitive ops. The gradients it returns
+/// are recorded `Var` expressions of the inputs and `grad`, so second and higher orders work
+/// through a fused op whose own (kernel) backward is first-order only.
+///
+/// Each input that requires grad is seen through its own identity node and the pass stops at
+/// those nodes: it does not walk the graph below the inputs, an input given twice gets each
+/// slot's own gradient, and inputs that depend on one another keep their partial gradients
+/// (the enclosing pass adds the paths between them, as for any op).
+///
+/// **Panics** if `composed`'s output has a shape other than `grad`'s.
+pub(crate) fn composed_vjp<E: Float>(
+    composed: impl FnOnce(&[Var<E>]) -> Var<E>,
+    inputs: &[Var<E>],
+    grad: &Var<E>,
+) -> Grads<E> {
+    debug_assert!(crate::mode::is_grad_enabled(), "composed_vjp: called with recording off");
+    let proxies: Vec<Var<E>> = inputs
+        .iter()
+        .map(|x| {
+            if !x.requires_grad() {
+                return x.clone();
+            }
+            // d x/dx = 1
+            let identity = |g: &Var<E>, _: &[Var<E>], _: &Var<E>| -> Grads<E> { smallvec![Some(g.clone())] };
+            Var::from_op(x.value(), smallvec![x.clone()], OpFn { name: "fused_input", f: identity })
+        })
+        .collect();
+    let y = composed(&proxies);
+    if !y.requires_grad() {
+        return inputs.iter().map(|_| None).collect();
+    }
+    assert!(
+        y.shape() == grad.shape(),
+        "composed_vjp: the composition gives shape {:?}, the gradient has shape {:?}",
+        y.shape().as_slice(),
+        grad.shape().as_slice()
+    );
+    let got = run(&[y], vec![grad.clone()], true, true, Some(&proxies), true);
+    got.into_iter().zip(inputs).map(|(g, x)| g.filter(|_| x.requires_grad())).collect()
 }

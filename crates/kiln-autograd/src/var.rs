@@ -268,6 +268,22 @@ impl<E: Float> Var<E> {
     ///
     /// **Panics** if the `Var` has more than one element, does not require grad, or its graph
     /// was already freed by an earlier backward.
+    ///
+    /// ```
+    /// use kiln_autograd::Var;
+    /// use kiln_tensor::Tensor;
+    /// let w = Var::param(Tensor::from_vec(vec![1.0f64, -2.0], &[2]));
+    /// let x = Var::constant(Tensor::from_vec(vec![3.0, 4.0], &[2]));
+    /// let loss = w.mul(&x).sum_all(); // w·x
+    /// loss.backward();
+    /// assert_eq!(w.grad().unwrap().to_vec(), vec![3.0, 4.0]); // d(w·x)/dw = x
+    /// assert!(x.grad().is_none()); // constants get no gradient
+    /// // gradients accumulate over backward calls until zero_grad, as in PyTorch
+    /// w.mul(&x).sum_all().backward();
+    /// assert_eq!(w.grad().unwrap().to_vec(), vec![6.0, 8.0]);
+    /// w.zero_grad();
+    /// assert!(w.grad().is_none());
+    /// ```
     pub fn backward(&self) {
         assert_eq!(
             self.numel(),
@@ -295,11 +311,12 @@ impl<E: Float> Var<E> {
             shape.as_slice()
         );
         engine::run(
-            &[self.clone()],
+            std::slice::from_ref(self),
             vec![Var::constant(grad.clone())],
             retain_graph || create_graph,
             create_graph,
             None,
+            false,
         );
     }
 }

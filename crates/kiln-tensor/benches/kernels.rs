@@ -4,6 +4,9 @@
 //!
 //! `cargo bench -p kiln-tensor --bench kernels -- threshold`
 
+// criterion_group! defines a public function it cannot document
+#![allow(missing_docs)]
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kiln_tensor::kernels::conv::Conv2dParams;
 use kiln_tensor::{set_num_threads, Rng, Tensor};

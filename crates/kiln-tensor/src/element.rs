@@ -26,13 +26,24 @@ impl Display for DType {
     }
 }
 
-/// A floating-point element type: implemented for `f32` and `f64`.
+/// Keeps [`Float`] closed to `f32` and `f64`.
+mod sealed {
+    /// Implemented for `f32` and `f64` only; not nameable outside this crate.
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// A floating-point element type: implemented for `f32` and `f64`, and sealed (it cannot be
+/// implemented outside kiln-tensor): its supertraits and [`gemm_raw`](Float::gemm_raw) are
+/// what kiln's kernels rely on, not an extension point.
 ///
 /// Besides the arithmetic of [`num_traits::Float`] it carries the GEMM kernel for the type
 /// (so that [`Tensor::matmul`](crate::Tensor::matmul) can dispatch without a runtime check)
 /// and the functions PyTorch has but `std` lacks (`erf`).
 pub trait Float:
-    num_traits::Float
+    sealed::Sealed
+    + num_traits::Float
     + num_traits::NumAssign
     + ndarray::LinalgScalar
     + ndarray::ScalarOperand
@@ -118,7 +129,7 @@ fn erf_f64(x: f64) -> f64 {
             1.857_777_061_846_031_5e-1,
         ];
         let q = [
-            2.844_236_833_439_170_6e3,
+            2.844_236_833_439_171e3,
             1.282_616_526_077_372_3e3,
             2.440_246_379_344_441_7e2,
             2.360_129_095_234_412_2e1,
@@ -133,7 +144,7 @@ fn erf_f64(x: f64) -> f64 {
             2.051_078_377_826_071_6e3,
             1.712_047_612_634_070_7e3,
             8.819_522_212_417_69e2,
-            2.986_351_381_974_001_3e2,
+            2.986_351_381_974_001e2,
             6.611_919_063_714_163e1,
             8.883_149_794_388_376,
             5.641_884_969_886_701e-1,
@@ -145,8 +156,8 @@ fn erf_f64(x: f64) -> f64 {
             4.362_619_090_143_247e3,
             3.290_799_235_733_459_7e3,
             1.621_389_574_566_690_3e3,
-            5.371_811_018_620_098_5e2,
-            1.176_939_508_913_124_9e2,
+            5.371_811_018_620_099e2,
+            1.176_939_508_913_125e2,
             1.574_492_611_070_983_5e1,
             1.0,
         ];
@@ -289,6 +300,9 @@ impl Float for f32 {
         }
         exp_shifted_sum_f32(src, shift, dst)
     }
+    /// # Safety
+    /// As [`Float::gemm_raw`]: the pointers address the three matrices under their strides,
+    /// and `c` aliases neither operand.
     #[inline]
     unsafe fn gemm_raw(
         m: usize,
@@ -349,6 +363,9 @@ impl Float for f64 {
     fn erf(self) -> Self {
         erf_f64(self)
     }
+    /// # Safety
+    /// As [`Float::gemm_raw`]: the pointers address the three matrices under their strides,
+    /// and `c` aliases neither operand.
     #[inline]
     unsafe fn gemm_raw(
         m: usize,

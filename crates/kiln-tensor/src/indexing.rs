@@ -136,6 +136,19 @@ impl<E: Float> Tensor<E> {
     /// at most `self`'s outside `dim`.
     ///
     /// **Panics** on a rank mismatch or an index out of range.
+    ///
+    /// ```
+    /// use kiln_tensor::{Indices, Tensor};
+    /// // pick one column per row: the scores of each sample's target class
+    /// let scores = Tensor::from_vec(vec![0.1f32, 0.7, 0.2, 0.5, 0.3, 0.2], &[2, 3]);
+    /// let targets = Indices::new(vec![1, 0], &[2, 1]);
+    /// let picked = scores.gather(1, &targets);
+    /// assert_eq!(picked.shape(), &[2, 1]);
+    /// assert_eq!(picked.to_vec(), vec![0.7, 0.5]);
+    /// // along dim 0: out[i][j] = self[index[i][j]][j]
+    /// let rows = scores.gather(0, &Indices::new(vec![1, 0, 1], &[1, 3]));
+    /// assert_eq!(rows.to_vec(), vec![0.5, 0.7, 0.2]);
+    /// ```
     #[must_use]
     pub fn gather(&self, dim: isize, index: &Indices) -> Tensor<E> {
         let d = self.dim(dim, "gather");

@@ -17,7 +17,6 @@
 //! ```
 
 pub mod alloc;
-mod attention;
 pub mod autocast;
 mod bf16;
 mod conv;
@@ -28,12 +27,10 @@ pub mod fs;
 mod indexing;
 pub mod kernels;
 mod matmul;
-mod norm;
 pub mod parallel;
 mod pool;
 mod reduce;
 pub mod rng;
-mod rnn;
 mod tensor;
 
 pub use autocast::{autocast, autocast_dtype, is_autocast_enabled, set_autocast, AutocastGuard};
@@ -46,7 +43,6 @@ pub use kernels::conv::{Conv1dParams, Conv2dParams, ConvTranspose2dParams};
 pub use parallel::{get_num_threads, set_num_threads};
 pub use reduce::Norm;
 pub use rng::Rng;
-pub use rnn::{lstm_backward, lstm_forward, LstmGrads, LstmTape};
 pub use tensor::{Indices, Labels, Shape, Strides, Tensor};
 
 /// The README's examples, compiled and run as doctests.

@@ -69,6 +69,26 @@ impl Indices {
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
+    /// The index values, row-major.
+    ///
+    /// ```
+    /// let i = kiln_tensor::Indices::new(vec![2, 0, 1, 1], &[2, 2]);
+    /// assert_eq!(i.as_slice(), &[2, 0, 1, 1]);
+    /// assert_eq!(i.as_slice()[2], 1); // row 1, column 0
+    /// ```
+    pub fn as_slice(&self) -> &[usize] {
+        &self.data
+    }
+    /// The index values, row-major, in a new `Vec`.
+    #[must_use]
+    pub fn to_vec(&self) -> Vec<usize> {
+        self.data.clone()
+    }
+    /// The index values, row-major, without a copy.
+    #[must_use]
+    pub fn into_vec(self) -> Vec<usize> {
+        self.data
+    }
     /// Number of indices.
     pub fn len(&self) -> usize {
         self.data.len()
@@ -174,7 +194,7 @@ impl<E: Float> Tensor<E> {
     pub fn from_vec(data: Vec<E>, shape: &[usize]) -> Self {
         let n: usize = shape.iter().product();
         assert_eq!(n, data.len(), "from_vec: shape {shape:?} holds {n} elements but the data has {}", data.len());
-        crate::alloc::keep_freed_memory_once();
+        crate::alloc::tune_from_env_once();
         Tensor { storage: Arc::new(data), shape: shape.into(), strides: contiguous_strides(shape), offset: 0 }
     }
 

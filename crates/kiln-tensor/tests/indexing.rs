@@ -343,7 +343,7 @@ fn copying_ops_accept_size_0_parts_like_pytorch() {
                       f: Box<dyn Fn() -> (Vec<usize>, Vec<f64>) + std::panic::RefUnwindSafe>,
                       shape: &[usize],
                       v: &[f64]| {
-        match std::panic::catch_unwind(|| f()) {
+        match std::panic::catch_unwind(&f) {
             Ok((s, got)) => {
                 if s != shape || got != v {
                     bad.push(format!("{what}: got {s:?} {got:?}, want {shape:?} {v:?}"));

@@ -153,7 +153,6 @@ fn batch_of(batch: &[usize], g: &mut Gen) -> Vec<usize> {
     batch[lead..].iter().map(|&d| if g.below(3) == 0 { 1 } else { d }).collect()
 }
 
-#[allow(clippy::too_many_arguments)]
 fn check_random<E: Float>(
     batch: &[usize],
     m: usize,

@@ -551,7 +551,7 @@ fn view_errors_name_the_op_and_shapes() {
         ("squeeze", Box::new(|| drop(x.squeeze_dim(-3)))),
         ("flatten", Box::new(|| drop(x.flatten(1, 0)))),
     ] {
-        let m = panic_message(|| f()).unwrap_or_else(|| panic!("{name} did not panic"));
+        let m = panic_message(&*f).unwrap_or_else(|| panic!("{name} did not panic"));
         assert!(m.starts_with(&format!("{name}:")) && m.contains("[3, 4]"), "{name}: {m:?}");
     }
 }

@@ -6,14 +6,14 @@
 //! permute/reshape back) records seven nodes, copies the head-merged output forward and the three
 //! input gradients backward, and makes separate passes over the `[N, H, L, S]` scores; this op
 //! runs per head with kiln-tensor's kernel ([`kiln_tensor::Tensor::multi_head_attention`] and
-//! its backward). A backward that is itself recorded (`create_graph`) is written with `Var` ops,
-//! so higher orders work; the composition is the test oracle.
+//! its backward). That kernel backward is the op's one backward; the composition
+//! (`attention_composed`) is its test oracle and, differentiated by the engine, its path for
+//! higher-order gradients (see `fused_op` in `ops`).
 
 use kiln_tensor::{Float, Tensor};
 use smallvec::smallvec;
 
-use super::OpFn;
-use crate::mode::is_grad_enabled;
+use super::fused_op;
 use crate::var::{Grads, Var};
 
 /// `[N, T, E]` -> `[N, H, T, D]`, a view.
@@ -26,6 +26,20 @@ fn split_heads<E: Float>(x: &Var<E>, heads: usize) -> Var<E> {
 fn merge_heads<E: Float>(x: &Var<E>) -> Var<E> {
     let (n, h, t, d) = (x.size(0), x.size(1), x.size(2), x.size(3));
     x.permute(&[0, 2, 1, 3]).reshape(&[n, t, h * d])
+}
+
+/// [`Var::multi_head_attention`] composed of primitive ops.
+fn attention_composed<E: Float>(q: &Var<E>, k: &Var<E>, v: &Var<E>, heads: usize) -> Var<E> {
+    let scale = E::from_f64(1.0 / (q.size(2) as f64 / heads as f64).sqrt());
+    let s = split_heads(q, heads).matmul(&split_heads(k, heads).transpose(-2, -1)).mul_scalar(scale);
+    merge_heads(&s.softmax(-1).matmul(&split_heads(v, heads)))
+}
+
+/// [`Var::packed_self_attention`] composed of primitive ops: attention on the three column
+/// blocks of `[N, L, 3E]`.
+fn packed_composed<E: Float>(x: &Var<E>, heads: usize) -> Var<E> {
+    let e = x.size(2) / 3;
+    attention_composed(&x.narrow(2, 0, e), &x.narrow(2, e, e), &x.narrow(2, 2 * e, e), heads)
 }
 
 impl<E: Float> Var<E> {
@@ -54,29 +68,22 @@ impl<E: Float> Var<E> {
     pub fn multi_head_attention(&self, k: &Var<E>, v: &Var<E>, heads: usize) -> Var<E> {
         let (out, probs) =
             self.with_value(|q| k.with_value(|kt| v.with_value(|vt| q.multi_head_attention(kt, vt, heads))));
-        Var::from_op(
+        fused_op(
+            "multi_head_attention",
             out,
             smallvec![self.clone(), k.clone(), v.clone()],
-            OpFn {
-                name: "multi_head_attention",
-                f: move |g: &Var<E>, i: &[Var<E>], _: &Var<E>| -> Grads<E> {
-                    let (q, k, v) = (&i[0], &i[1], &i[2]);
-                    if is_grad_enabled() {
-                        // recorded: the same formulas in Var ops, differentiable again
-                        let [dq, dk, dv] = recorded_backward(q, k, v, g, heads);
-                        smallvec![Some(dq), Some(dk), Some(dv)]
-                    } else {
-                        let (dq, dk, dv): (Tensor<E>, Tensor<E>, Tensor<E>) = q.with_value(|qt| {
-                            k.with_value(|kt| {
-                                v.with_value(|vt| {
-                                    g.with_value(|gt| qt.multi_head_attention_backward(kt, vt, &probs, gt, heads))
-                                })
-                            })
-                        });
-                        smallvec![Some(Var::constant(dq)), Some(Var::constant(dk)), Some(Var::constant(dv))]
-                    }
-                },
+            move |g: &Var<E>, i: &[Var<E>], _: &Var<E>| -> Grads<E> {
+                let (q, k, v) = (&i[0], &i[1], &i[2]);
+                let (dq, dk, dv): (Tensor<E>, Tensor<E>, Tensor<E>) = q.with_value(|qt| {
+                    k.with_value(|kt| {
+                        v.with_value(|vt| {
+                            g.with_value(|gt| qt.multi_head_attention_backward(kt, vt, &probs, gt, heads))
+                        })
+                    })
+                });
+                smallvec![Some(Var::constant(dq)), Some(Var::constant(dk)), Some(Var::constant(dv))]
             },
+            move |x: &[Var<E>]| attention_composed(&x[0], &x[1], &x[2], heads),
         )
     }
 
@@ -99,58 +106,26 @@ impl<E: Float> Var<E> {
     #[must_use]
     pub fn packed_self_attention(&self, heads: usize) -> Var<E> {
         let (out, probs) = self.with_value(|x| x.packed_self_attention(heads));
-        Var::from_op(
+        fused_op(
+            "packed_self_attention",
             out,
             smallvec![self.clone()],
-            OpFn {
-                name: "packed_self_attention",
-                f: move |g: &Var<E>, i: &[Var<E>], _: &Var<E>| -> Grads<E> {
-                    let x = &i[0];
-                    let d = if is_grad_enabled() {
-                        // recorded: the same formulas in Var ops on the three column blocks
-                        let e = x.size(2) / 3;
-                        let (q, k, v) = (x.narrow(2, 0, e), x.narrow(2, e, e), x.narrow(2, 2 * e, e));
-                        Var::cat(&recorded_backward(&q, &k, &v, g, heads), 2)
-                    } else {
-                        Var::constant(
-                            x.with_value(|xt| g.with_value(|gt| xt.packed_self_attention_backward(&probs, gt, heads))),
-                        )
-                    };
-                    smallvec![Some(d)]
-                },
+            move |g: &Var<E>, i: &[Var<E>], _: &Var<E>| -> Grads<E> {
+                let d = i[0].with_value(|xt| g.with_value(|gt| xt.packed_self_attention_backward(&probs, gt, heads)));
+                smallvec![Some(Var::constant(d))]
             },
+            move |x: &[Var<E>]| packed_composed(&x[0], heads),
         )
     }
 }
 
-/// The gradients of q, k and v in `Var` ops (differentiable again), for a recorded backward.
-fn recorded_backward<E: Float>(q: &Var<E>, k: &Var<E>, v: &Var<E>, g: &Var<E>, heads: usize) -> [Var<E>; 3] {
-    let (qh, kh, vh, gh) = (split_heads(q, heads), split_heads(k, heads), split_heads(v, heads), split_heads(g, heads));
-    let scale = E::from_f64(1.0 / (q.size(2) as f64 / heads as f64).sqrt());
-    let p = qh.matmul(&kh.transpose(-2, -1)).mul_scalar(scale).softmax(-1);
-    let dv = p.transpose(-2, -1).matmul(&gh);
-    let dp = gh.matmul(&vh.transpose(-2, -1));
-    let ds = p.mul(&dp.sub(&p.mul(&dp).sum(&[-1], true))).mul_scalar(scale);
-    let dq = ds.matmul(&kh);
-    let dk = ds.transpose(-2, -1).matmul(&qh);
-    [merge_heads(&dq), merge_heads(&dk), merge_heads(&dv)]
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{merge_heads, split_heads};
-    use crate::testing::{check, check2, noncontiguous, values};
+    use super::{attention_composed as oracle, packed_composed};
+    use crate::testing::{assert_same_second_order, check, check2, noncontiguous, values};
     use crate::var::Var;
     use kiln_tensor::Tensor;
     use proptest::prelude::*;
-
-    /// The composition the fused op must agree with.
-    fn oracle(q: &Var<f64>, k: &Var<f64>, v: &Var<f64>, heads: usize) -> Var<f64> {
-        let d = q.size(2) / heads;
-        let s =
-            split_heads(q, heads).matmul(&split_heads(k, heads).transpose(-2, -1)).mul_scalar(1.0 / (d as f64).sqrt());
-        merge_heads(&s.softmax(-1).matmul(&split_heads(v, heads)))
-    }
 
     fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol * (1.0 + y.abs()))
@@ -178,11 +153,10 @@ mod tests {
             let r = check2(f, inp);
             prop_assert!(r.is_ok(), "(second order) heads {h}, x {:?}: {}", x.shape(), r.unwrap_err());
             // against the composition on the three column blocks
-            let e = x.shape()[2] / 3;
             let w = Var::constant(q.map(|v| v * v - 0.5));
             let (a, b) = (Var::param(x.clone()), Var::param(x.clone()));
             let ya = a.packed_self_attention(h);
-            let yb = oracle(&b.narrow(2, 0, e), &b.narrow(2, e, e), &b.narrow(2, 2 * e, e), h);
+            let yb = packed_composed(&b, h);
             prop_assert!(close(&ya.value().to_vec(), &yb.value().to_vec(), 1e-12));
             ya.mul(&w).sum_all().backward();
             yb.mul(&w).sum_all().backward();
@@ -213,5 +187,29 @@ mod tests {
                 prop_assert!(close(&x.grad().unwrap().to_vec(), &y.grad().unwrap().to_vec(), 1e-12));
             }
         }
+    }
+
+    #[test]
+    fn second_order_equals_the_composition_with_shared_inputs() {
+        // q, k and v from one tensor (k through an op): the recorded backward must give each
+        // slot its own partial gradient and leave the path from x to k to the engine
+        let mut rng = kiln_tensor::Rng::new(3);
+        let x = Tensor::<f64>::uniform(&[2, 3, 4], -1.0, 1.0, &mut rng);
+        let y = Tensor::<f64>::uniform(&[2, 2, 4], -1.0, 1.0, &mut rng);
+        let inputs = [x, y];
+        assert_same_second_order(
+            |v| v[0].multi_head_attention(&v[0].mul_scalar(0.5), &v[0], 2),
+            |v| oracle(&v[0], &v[0].mul_scalar(0.5), &v[0], 2),
+            &inputs,
+            1e-12,
+        );
+        assert_same_second_order(
+            |v| v[0].multi_head_attention(&v[1], &v[1].tanh(), 1),
+            |v| oracle(&v[0], &v[1], &v[1].tanh(), 1),
+            &inputs,
+            1e-12,
+        );
+        let packed = [Tensor::<f64>::uniform(&[1, 3, 12], -1.0, 1.0, &mut rng)];
+        assert_same_second_order(|v| v[0].packed_self_attention(2), |v| packed_composed(&v[0], 2), &packed, 1e-12);
     }
 }

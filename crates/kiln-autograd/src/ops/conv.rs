@@ -227,7 +227,6 @@ mod tests {
 
     /// A case with channels as multiples of `groups` (at most 4); a transposed convolution's
     /// weight is `[C, O / groups, k..]`.
-    #[allow(clippy::too_many_arguments)]
     fn case(
         seed: u64,
         n: usize,

@@ -1,25 +1,64 @@
 //! `lstm_sequence`: one LSTM layer and direction over a whole sequence as one op, forward and
-//! backward through time by kiln-tensor's fused kernels ([`kiln_tensor::lstm_forward`],
-//! [`kiln_tensor::lstm_backward`]).
+//! backward through time by kiln-tensor's fused kernels ([`lstm_forward`],
+//! [`lstm_backward`] in `kiln_tensor::kernels::lstm`).
 //!
-//! The same recurrence composed from `Var` ops (kiln-nn's `LSTM` with `fused: false`) records
-//! about a dozen nodes per step; this op records one node for the whole sequence, keeps its
-//! intermediate values in buffers allocated once, and does one recurrent GEMM per step each
-//! way. The composition stays as its test oracle.
+//! The same recurrence composed from `Var` ops records about a dozen nodes per step; this op
+//! records one node for the whole sequence, keeps its intermediate values in buffers allocated
+//! once, and does one recurrent GEMM per step each way.
 //!
 //! The engine gives each node one output, so the op's result packs the outputs and both final
 //! states: `[T + 2, B, H]` = outputs `h_1..h_T` (rows `0..T`), then `h_n`, then `c_n`.
 //!
-//! Its backward is not itself recorded: **double backward through `lstm_sequence` is not
-//! supported**, and a backward pass with `create_graph` that reaches it panics. The composed
-//! LSTM supports higher-order gradients.
+//! The kernel's backward through time is the op's one backward. The recurrence composed of
+//! primitive ops (`lstm_composed`) is its test oracle and its path for higher-order gradients:
+//! a backward with `create_graph` differentiates the composition instead (see `fused_op` in
+//! `ops`), so double backward through the fused LSTM works, at the composed path's cost.
 
-use kiln_tensor::{lstm_backward, lstm_forward, Float, Tensor};
+use kiln_tensor::kernels::lstm::{lstm_backward, lstm_forward};
+use kiln_tensor::{Float, Tensor};
 use smallvec::smallvec;
 
-use super::OpFn;
+use super::fused_op;
 use crate::mode::is_grad_enabled;
 use crate::var::{Grads, Var};
+
+/// [`Var::lstm_sequence`] composed of primitive ops, step by step: the same packed
+/// `[T + 2, B, H]` result, padded steps masked with `where_`.
+fn lstm_composed<E: Float>(
+    xp: &Var<E>,
+    w_hh: &Var<E>,
+    h0: &Var<E>,
+    c0: &Var<E>,
+    lengths: Option<&[usize]>,
+    reverse: bool,
+    rec_mask: Option<&Tensor<E>>,
+) -> Var<E> {
+    let s = xp.shape();
+    let (t_len, batch, hs) = (s[0], s[1], s[2] / 4);
+    let zeros = Var::constant(Tensor::zeros(&[batch, hs]));
+    let (mut h, mut c) = (h0.clone(), c0.clone());
+    let mut outs = vec![zeros.clone(); t_len];
+    let w_t = w_hh.transpose(0, 1);
+    let mask = rec_mask.map(|m| Var::constant(m.clone()));
+    let order: Vec<usize> = if reverse { (0..t_len).rev().collect() } else { (0..t_len).collect() };
+    for t in order {
+        let hr = mask.as_ref().map_or_else(|| h.clone(), |m| h.mul(m));
+        let a = xp.select(0, t).add(&hr.matmul(&w_t));
+        let gate = |k: usize| a.narrow(1, k * hs, hs);
+        let (i, f, g, o) = (gate(0).sigmoid(), gate(1).sigmoid(), gate(2).tanh(), gate(3).sigmoid());
+        let cn = f.mul(&c).add(&i.mul(&g));
+        let hn = o.mul(&cn.tanh());
+        let active: Vec<E> =
+            (0..batch).map(|b| if lengths.is_none_or(|l| t < l[b]) { E::one() } else { E::zero() }).collect();
+        let am = Tensor::from_vec(active, &[batch, 1]);
+        outs[t] = hn.where_(&am, &zeros);
+        h = hn.where_(&am, &h);
+        c = cn.where_(&am, &c);
+    }
+    outs.push(h);
+    outs.push(c);
+    Var::stack(&outs, 0)
+}
 
 impl<E: Float> Var<E> {
     /// Runs one LSTM layer and direction over a whole sequence, `self` being the input
@@ -43,8 +82,9 @@ impl<E: Float> Var<E> {
     /// Returns `[T + 2, B, H]`: `narrow(0, 0, T)` is the output, `select(0, T)` is `h_n`,
     /// `select(0, T + 1)` is `c_n`.
     ///
-    /// Gradients flow to `xp`, `w_hh`, `h0` and `c0`; they are not differentiable again
-    /// (a backward with `create_graph` through this op panics).
+    /// Gradients flow to `xp`, `w_hh`, `h0` and `c0`, by the fused backward through time; a
+    /// backward with `create_graph` differentiates the same recurrence composed of primitive
+    /// ops instead, so that higher-order gradients work (at that path's speed).
     ///
     /// **Panics** if a shape does not match (naming it) or a length exceeds `T`.
     ///
@@ -81,66 +121,32 @@ impl<E: Float> Var<E> {
             })
         });
         let Some(tape) = tape else { return Var::constant(value) };
-        // ∂ through the whole recurrence by the fused BPTT kernel (see kiln_tensor::lstm_backward)
-        let f = move |g: &Var<E>, i: &[Var<E>], _: &Var<E>| -> Grads<E> {
-            assert!(
-                !is_grad_enabled(),
-                "lstm_sequence: double backward (create_graph) through the fused LSTM is not supported; \
-                 build the LSTM with `fused: false` for higher-order gradients"
-            );
-            let d = i[1].with_value(|w| g.with_value(|gv| lstm_backward(&tape, w, gv)));
-            let keep = |k: usize, t: Tensor<E>| i[k].requires_grad().then(|| Var::constant(t));
-            smallvec![keep(0, d.xp), keep(1, d.w_hh), keep(2, d.h0), keep(3, d.c0)]
-        };
-        Var::from_op(
+        let (lengths, rec_mask) = (lengths.map(<[usize]>::to_vec), rec_mask.cloned());
+        fused_op(
+            "lstm_sequence",
             value,
             smallvec![self.clone(), w_hh.clone(), h0.clone(), c0.clone()],
-            OpFn { name: "lstm_sequence", f },
+            // ∂ through the whole recurrence by the fused BPTT kernel (see kiln_tensor::kernels::lstm)
+            move |g: &Var<E>, i: &[Var<E>], _: &Var<E>| -> Grads<E> {
+                let d = i[1].with_value(|w| g.with_value(|gv| lstm_backward(&tape, w, gv)));
+                let keep = |k: usize, t: Tensor<E>| i[k].requires_grad().then(|| Var::constant(t));
+                smallvec![keep(0, d.xp), keep(1, d.w_hh), keep(2, d.h0), keep(3, d.c0)]
+            },
+            move |x: &[Var<E>]| {
+                lstm_composed(&x[0], &x[1], &x[2], &x[3], lengths.as_deref(), reverse, rec_mask.as_ref())
+            },
         )
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::lstm_composed as composed;
     use crate::engine::grad;
-    use crate::testing::{check, noncontiguous};
+    use crate::testing::{assert_same_second_order, check, check2, noncontiguous};
     use crate::var::Var;
     use kiln_tensor::{Rng, Tensor};
     use proptest::prelude::*;
-
-    /// The same recurrence composed from primitive ops: the oracle.
-    fn composed(
-        xp: &Var<f64>,
-        w_hh: &Var<f64>,
-        h0: &Var<f64>,
-        c0: &Var<f64>,
-        lengths: Option<&[usize]>,
-        reverse: bool,
-        m: Option<&Tensor<f64>>,
-    ) -> Var<f64> {
-        let s = xp.shape();
-        let (t_len, batch, hs) = (s[0], s[1], s[2] / 4);
-        let zeros = Var::constant(Tensor::zeros(&[batch, hs]));
-        let (mut h, mut c) = (h0.clone(), c0.clone());
-        let mut outs = vec![zeros.clone(); t_len];
-        let order: Vec<usize> = if reverse { (0..t_len).rev().collect() } else { (0..t_len).collect() };
-        for t in order {
-            let hr = m.map_or_else(|| h.clone(), |m| h.mul(&Var::constant(m.clone())));
-            let a = xp.select(0, t).add(&hr.matmul(&w_hh.transpose(0, 1)));
-            let gate = |k: usize| a.narrow(1, k * hs, hs);
-            let (i, f, g, o) = (gate(0).sigmoid(), gate(1).sigmoid(), gate(2).tanh(), gate(3).sigmoid());
-            let cn = f.mul(&c).add(&i.mul(&g));
-            let hn = o.mul(&cn.tanh());
-            let active: Vec<f64> = (0..batch).map(|b| f64::from(lengths.is_none_or(|l| t < l[b]))).collect();
-            let am = Tensor::from_vec(active, &[batch, 1]);
-            outs[t] = hn.where_(&am, &zeros);
-            h = hn.where_(&am, &h);
-            c = cn.where_(&am, &c);
-        }
-        outs.push(h);
-        outs.push(c);
-        Var::stack(&outs, 0)
-    }
 
     fn rand(shape: &[usize], rng: &mut Rng) -> Tensor<f64> {
         Tensor::uniform(shape, -1.5, 1.5, rng)
@@ -192,12 +198,28 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "lstm_sequence: double backward (create_graph) through the fused LSTM is not supported")]
-    fn double_backward_panics_clearly() {
-        let xp = Var::param(Tensor::<f64>::ones(&[2, 1, 4]));
-        let w = Var::param(Tensor::ones(&[4, 1]));
-        let z = Var::constant(Tensor::zeros(&[1, 1]));
-        let y = xp.lstm_sequence(&w, &z, &z, None, false, None).sum_all();
-        let _ = grad(&[y], &[xp], None, true);
+    fn double_backward_equals_the_composition() {
+        // second-order gradients through the fused op (whose recorded backward differentiates
+        // the composition) and through the composition itself, with padding, reverse order and
+        // a recurrent mask; and against finite differences of the first-order gradients
+        let (t_len, batch, hs) = (3, 2, 2);
+        let mut rng = Rng::new(9);
+        let inputs = [
+            rand(&[t_len, batch, 4 * hs], &mut rng),
+            rand(&[4 * hs, hs], &mut rng),
+            rand(&[batch, hs], &mut rng),
+            rand(&[batch, hs], &mut rng),
+        ];
+        let mask = Tensor::bernoulli(&[batch, hs], 0.5, &mut rng).mul_scalar(2.0);
+        for (lengths, reverse, m) in [(None, false, None), (Some(vec![3, 1]), true, Some(&mask))] {
+            let l = lengths.as_deref();
+            let fused = |v: &[Var<f64>]| v[0].lstm_sequence(&v[1], &v[2], &v[3], l, reverse, m);
+            let comp = |v: &[Var<f64>]| composed(&v[0], &v[1], &v[2], &v[3], l, reverse, m);
+            assert_same_second_order(fused, comp, &inputs, 1e-12);
+        }
+        let small =
+            [rand(&[2, 1, 4], &mut rng), rand(&[4, 1], &mut rng), rand(&[1, 1], &mut rng), rand(&[1, 1], &mut rng)];
+        let r = check2(|v| v[0].lstm_sequence(&v[1], &v[2], &v[3], None, false, None), &small);
+        assert!(r.is_ok(), "{}", r.unwrap_err());
     }
 }

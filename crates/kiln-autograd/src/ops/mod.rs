@@ -4,7 +4,9 @@
 use kiln_tensor::{Float, Tensor};
 use smallvec::smallvec;
 
-use crate::var::{Backward, Grads, Var};
+use crate::engine::composed_vjp;
+use crate::mode::is_grad_enabled;
+use crate::var::{Backward, Grads, Inputs, Var};
 
 pub mod arith;
 pub mod attention;
@@ -40,6 +42,34 @@ where
     fn backward(&self, grad: &Var<E>, inputs: &[Var<E>], output: &Var<E>) -> Grads<E> {
         (self.f)(grad, inputs, output)
     }
+}
+
+/// Records a fused op: one node whose first-order backward is `kernel_backward` (written with
+/// kiln-tensor's fused kernels, on values), and whose recorded backward (`create_graph`, for
+/// second and higher orders) is the engine's differentiation of `composed`, the same function
+/// written with primitive ops. A fused op thus has one backward of its own; the composition is
+/// both its test oracle and its higher-order path (`composed` also serves the tests).
+pub(crate) fn fused_op<E: Float>(
+    name: &'static str,
+    value: Tensor<E>,
+    inputs: Inputs<E>,
+    kernel_backward: impl Fn(&Var<E>, &[Var<E>], &Var<E>) -> Grads<E> + Send + Sync + 'static,
+    composed: impl Fn(&[Var<E>]) -> Var<E> + Send + Sync + 'static,
+) -> Var<E> {
+    Var::from_op(
+        value,
+        inputs,
+        OpFn {
+            name,
+            f: move |g: &Var<E>, i: &[Var<E>], out: &Var<E>| -> Grads<E> {
+                if is_grad_enabled() {
+                    composed_vjp(&composed, i, g)
+                } else {
+                    kernel_backward(g, i, out)
+                }
+            },
+        },
+    )
 }
 
 /// Records a one-input op: `forward` computes the value, `derivative(x, out, grad)` gives

@@ -12,9 +12,23 @@ use crate::mode::is_grad_enabled;
 use crate::var::Var;
 
 impl<E: Float> Var<E> {
-    /// `exp(x) / sum(exp(x))` along `dim`, like `torch.softmax(x, dim)`.
+    /// `exp(x) / sum(exp(x))` along `dim`, like `torch.softmax(x, dim)`; computed with the
+    /// maximum subtracted first, so large inputs do not overflow.
     ///
     /// **Panics** if `dim` is out of range.
+    ///
+    /// ```
+    /// use kiln_autograd::Var;
+    /// use kiln_tensor::Tensor;
+    /// let x = Var::param(Tensor::from_vec(vec![0.0f64, 2.0_f64.ln(), 1000.0, 1000.0], &[2, 2]));
+    /// let p = x.softmax(-1);
+    /// let v = p.value().to_vec();
+    /// assert!((v[0] - 1.0 / 3.0).abs() < 1e-12 && (v[1] - 2.0 / 3.0).abs() < 1e-12);
+    /// assert_eq!(v[2..], [0.5, 0.5]); // no overflow
+    /// // each row sums to 1 whatever x is, so the gradient of a row sum is 0
+    /// p.sum_all().backward();
+    /// assert!(x.grad().unwrap().to_vec().iter().all(|g| g.abs() < 1e-12));
+    /// ```
     // d softmax(x)_i/dx_j = s_i (δ_ij - s_j), so the gradient is g s - s sum(g s)
     #[must_use]
     pub fn softmax(&self, dim: isize) -> Var<E> {

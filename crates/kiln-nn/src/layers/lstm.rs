@@ -37,9 +37,9 @@ pub struct LSTMConfig {
     /// Run each layer and direction as one fused op ([`Var::lstm_sequence`]: one input
     /// projection, one recurrent GEMM per step, hand-written backward through time) instead
     /// of composing every step from `Var` ops. Both compute the same values and gradients; the
-    /// fused path is several times faster, the composed one supports higher-order gradients
-    /// (a `create_graph` backward through a fused LSTM panics). Not in PyTorch (whose LSTM is
-    /// always fused); default `true`.
+    /// fused path is several times faster; a `create_graph` backward (higher-order gradients)
+    /// through the fused op differentiates the composed recurrence instead. Not in PyTorch
+    /// (whose LSTM is always fused); default `true`.
     pub fused: bool,
 }
 
@@ -122,9 +122,9 @@ impl LSTMConfig {
 ///
 /// By default (`fused`) each layer and direction is one input-projection GEMM for the whole
 /// sequence, then one [`Var::lstm_sequence`] node: one recurrent GEMM per step for all four
-/// gates, a hand-written backward through time, no allocation per step. Such a layer does not
-/// support higher-order gradients; build it with `fused: false` for the same recurrence
-/// composed from differentiable `Var` ops.
+/// gates, a hand-written backward through time, no allocation per step. Higher-order
+/// gradients (`create_graph`) go through the same recurrence composed from `Var` ops, which
+/// `fused: false` uses throughout.
 ///
 /// # Shapes
 /// - Input `x`: `[seq_len, batch, input_size]` (`[batch, seq_len, input_size]` when
@@ -486,8 +486,13 @@ mod tests {
     }
 
     #[test]
-    fn second_derivatives_flow_through_the_composed_path() {
-        let cfg = LSTMConfig { fused: false, ..LSTMConfig::new(1, 2) };
+    fn second_derivatives_flow_through_both_paths() {
+        for fused in [false, true] {
+            second_derivatives_flow(LSTMConfig { fused, ..LSTMConfig::new(1, 2) });
+        }
+    }
+
+    fn second_derivatives_flow(cfg: LSTMConfig) {
         let base = seeded(&cfg, 9);
         let mut inputs = vec![rand(&[2, 1, 1], 10)];
         inputs.extend(base.parameters().iter().map(|p| p.value()));
@@ -632,12 +637,32 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "double backward (create_graph) through the fused LSTM is not supported")]
-    fn fused_layer_refuses_second_derivatives() {
-        let l = seeded(&LSTMConfig::new(1, 2), 9);
-        let x = Var::param(rand(&[2, 1, 1], 10));
-        let (o, _) = l.forward(&x);
-        let _ = kiln_autograd::grad(&[o.sum_all()], &[x], None, true);
+    fn fused_layer_gives_the_composed_second_derivatives() {
+        // a gradient penalty Σ ‖∂loss/∂p‖² differentiated through the fused default layer
+        // (whose recorded backward differentiates the composed recurrence) and the composed one
+        let cfg = LSTMConfig { num_layers: 2, bidirectional: true, ..LSTMConfig::new(2, 3) };
+        let second = |fused: bool| -> Vec<Vec<f64>> {
+            let l = seeded(&LSTMConfig { fused, ..cfg.clone() }, 9);
+            let x = Var::param(rand(&[3, 2, 2], 10));
+            let (o, (h, _)) = l.forward_with(&x, None, Some(&[3, 1]));
+            let loss = o.mul(&o).sum_all().add(&h.sum_all());
+            let mut wrt = vec![x.clone()];
+            wrt.extend(l.parameters());
+            let g = kiln_autograd::grad(&[loss], &wrt, None, true);
+            let penalty = g.iter().flatten().map(|d| d.mul(d).sum_all()).reduce(|a, b| a.add(&b)).unwrap();
+            let g2 = kiln_autograd::grad(&[penalty], &wrt, None, false);
+            g2.iter()
+                .zip(&wrt)
+                .map(|(d, v)| d.as_ref().map_or_else(|| vec![0.0; v.numel()], |d| d.value().to_vec()))
+                .collect()
+        };
+        let (fused, composed) = (second(true), second(false));
+        for (k, (a, b)) in fused.iter().zip(&composed).enumerate() {
+            assert!(a.iter().any(|&v| v != 0.0), "input {k}: no second-order gradient");
+            for (p, q) in a.iter().zip(b) {
+                assert!((p - q).abs() < 1e-10 * (1.0 + q.abs()), "input {k}: {p} vs {q}");
+            }
+        }
     }
 
     #[test]

@@ -92,6 +92,10 @@ pub(crate) unsafe fn try_sgemm(
 }
 
 /// The blocked product; C is `m x n` with row stride `rsc` and column stride 1.
+///
+/// # Safety
+/// The CPU must have AVX-512F; the pointers must address `m x k`, `k x n` and `m x n` matrices
+/// under the given strides, and `c` must not alias `a` or `b`.
 #[target_feature(enable = "avx512f")]
 unsafe fn sgemm_avx512(
     m: usize,
@@ -375,7 +379,6 @@ mod tests {
     use proptest::prelude::*;
 
     /// `C = alpha*A·B + beta*C` in f64, element by element.
-    #[allow(clippy::too_many_arguments)]
     fn naive(
         m: usize,
         k: usize,

@@ -1,6 +1,11 @@
 //! Fused LSTM recurrence: one layer and direction over a whole sequence, forward and
 //! backward through time, with every buffer allocated once per call (none per time step).
 //!
+//! This module is the kernel behind kiln-autograd's `Var::lstm_sequence` op (which records
+//! it in the graph and keeps the same recurrence composed of primitive ops as its test oracle
+//! and its path for higher-order gradients); layers should use that op rather than these
+//! functions.
+//!
 //! The input projection `xp = X·W_ihᵀ + b_ih + b_hh` (`[T, B, 4H]`, gate blocks i, f, g, o as
 //! PyTorch's) is computed outside, by one matrix product for the whole sequence. Per step,
 //! [`lstm_forward`] does one GEMM `(h_{t-1} ⊙ m)·W_hhᵀ` for all four gates into a `[B, 4H]`
@@ -258,7 +263,6 @@ impl Rows {
 /// `C = A·B + beta C` for `m x k` row-strided `A` (rows `rs_a` apart, unit column stride)
 /// read from `a`, `B` given with its strides, `C` a contiguous `m x n` slice; on kiln's pool
 /// unless `single_thread` (inside a batch chunk, which already has its thread).
-#[allow(clippy::too_many_arguments)]
 #[inline]
 fn gemm_rows<E: Float>(
     m: usize,
@@ -367,7 +371,6 @@ impl<E> Shared<E> {
 /// `gates` (`[B, 4H]`, holding `(h ⊙ m)·W_hhᵀ`) plus the step's input projection (row `b` of
 /// it at `xp[b * xp_stride..]`), then `c ← f c + i g`, `h ← o tanh c`, the output row, and
 /// (with `saved`) the previous `c` and `tanh c` into the tape.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn cells_forward_body<E: Float>(
     gates: &mut [E],
@@ -432,7 +435,6 @@ fn cells_forward_body<E: Float>(
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
-#[allow(clippy::too_many_arguments)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn cells_forward_avx2<E: Float>(
@@ -450,7 +452,6 @@ unsafe fn cells_forward_avx2<E: Float>(
 }
 
 /// [`cells_forward_body`] with the widest vectors the CPU has.
-#[allow(clippy::too_many_arguments)]
 fn cells_forward<E: Float>(
     gates: &mut [E],
     xp: &[E],
@@ -489,7 +490,8 @@ fn cells_forward<E: Float>(
 /// **Panics** if a shape does not match, naming it, or a length exceeds `T`.
 ///
 /// ```
-/// use kiln_tensor::{lstm_forward, Tensor};
+/// use kiln_tensor::kernels::lstm::lstm_forward;
+/// use kiln_tensor::Tensor;
 /// // H = 1, B = 1, T = 2, all pre-activations 0: i = f = o = 1/2, g = 0, so every state stays 0
 /// let xp: Tensor<f64> = Tensor::zeros(&[2, 1, 4]);
 /// let (w, z) = (Tensor::zeros(&[4, 1]), Tensor::zeros(&[1, 1]));
@@ -498,7 +500,6 @@ fn cells_forward<E: Float>(
 /// assert_eq!(out.to_vec(), vec![0.0; 4]);
 /// assert!(tape.is_none());
 /// ```
-#[allow(clippy::too_many_arguments)]
 #[must_use]
 pub fn lstm_forward<E: Float>(
     xp: &Tensor<E>,
@@ -765,7 +766,6 @@ mod tests {
     use crate::Rng;
 
     /// The recurrence written step by step, one sequence and unit at a time.
-    #[allow(clippy::too_many_arguments)]
     fn naive(
         xp: &[f64],
         w: &[f64],

@@ -91,7 +91,6 @@ fn for_each_head(n: usize, heads: usize, flops: usize, f: impl Fn(usize, usize) 
 ///
 /// # Safety
 /// As `Float::gemm_raw`.
-#[allow(clippy::too_many_arguments)]
 unsafe fn product<E: Float>(
     m: usize,
     k: usize,
