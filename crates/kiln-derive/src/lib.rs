@@ -7,7 +7,8 @@
 //! serde's do); see [`derive_module`] for the rules.
 
 use proc_macro::TokenStream;
-use proc_macro2::{TokenStream as TokenStream2, TokenTree};
+use proc_macro2::{Span, TokenStream as TokenStream2, TokenTree};
+use proc_macro_crate::FoundCrate;
 use quote::{quote, ToTokens};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
@@ -35,7 +36,10 @@ use syn::{
 /// (to match a PyTorch checkpoint whose attribute is not a valid Rust name).
 ///
 /// `set_training` sets a `training: bool` field and calls every sub-module's `set_training`;
-/// `is_training` returns the `training` field, else the first sub-module's mode, else `true`.
+/// `is_training` returns the `training` field, else whether every sub-module is training
+/// (so `eval()` on a struct of a `Conv2d` and a `Dropout` reports `false`, whatever the field
+/// order), else `true`. Layers without a mode of their own (`Linear`, `Conv2d`) always say
+/// `true`: a struct made of such layers only keeps an exact flag with a `training: bool` field.
 ///
 /// # Element type
 ///
@@ -48,8 +52,10 @@ use syn::{
 ///
 /// # Paths
 ///
-/// The generated code names `::kiln_nn` only, so a crate that depends on `kiln-nn` needs
-/// nothing else; `#[module(crate = "path::to::nn")]` points it elsewhere (a facade crate).
+/// The generated code names kiln-nn by the path the deriving crate has to it, read from its
+/// `Cargo.toml`: `::kiln_nn` (or the name it renamed the dependency to) for a crate that
+/// depends on `kiln-nn`, else `::kiln::nn` for one that depends on the `kiln` facade only.
+/// `#[module(crate = "path::to::nn")]` names it explicitly (a re-export elsewhere).
 ///
 /// # Example
 ///
@@ -160,7 +166,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
 
     // Struct options.
     let mut elem_attr: Option<Type> = None;
-    let mut krate: syn::Path = parse_quote!(::kiln_nn);
+    let mut krate: Option<syn::Path> = None;
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("module")) {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("elem") {
@@ -169,7 +175,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
                 Ok(())
             } else if meta.path.is_ident("crate") {
                 let s: LitStr = meta.value()?.parse()?;
-                krate = s.parse()?;
+                krate = Some(s.parse()?);
                 Ok(())
             } else {
                 Err(meta
@@ -178,6 +184,10 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
         })?;
     }
 
+    let krate = krate.unwrap_or_else(|| {
+        let find = |name: &str| proc_macro_crate::crate_name(name).ok();
+        nn_path(find("kiln-nn"), find("kiln"))
+    });
     let fields = collect_fields(&data.fields)?;
     let type_params: Vec<Ident> = input.generics.type_params().map(|p| p.ident.clone()).collect();
     let elem = pick_elem(&input, &fields, &type_params, elem_attr)?;
@@ -200,7 +210,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
     let mut visits = Vec::new();
     let mut set_training = Vec::new();
     let mut training_field = None;
-    let mut first_module = None;
+    let mut modules = Vec::new();
     for f in &fields {
         let (access, key) = (&f.access, &f.key);
         let kind_of = |buffer: bool| {
@@ -238,7 +248,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
                 set_training.push(quote!(self.#access = __training;));
             }
             Kind::Module => {
-                first_module.get_or_insert_with(|| access.clone());
+                modules.push(access.clone());
                 visits.push(quote! {
                     #krate::Module::<#elem>::visit(&self.#access, &::std::format!("{}{}.", __prefix, #key), __f);
                 });
@@ -248,10 +258,16 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
             }
         }
     }
-    let is_training = match (training_field, first_module) {
-        (Some(t), _) => quote!(self.#t),
-        (None, Some(m)) => quote!(#krate::Module::<#elem>::is_training(&self.#m)),
-        (None, None) => quote!(true),
+    // Without a flag of its own, a module is training unless one of its sub-modules is in
+    // evaluation mode: asking only the first one would report `true` after `eval()` when the
+    // first is a layer without a mode (a `Conv2d`, which always says `true`).
+    let is_training = match training_field {
+        Some(t) => quote!(self.#t),
+        None if modules.is_empty() => quote!(true),
+        None => {
+            let modes = modules.iter().map(|m| quote!(#krate::Module::<#elem>::is_training(&self.#m)));
+            quote!(#(#modes)&&*)
+        }
     };
 
     Ok(quote! {
@@ -274,6 +290,28 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
             }
         }
     })
+}
+
+/// The path of kiln-nn in the deriving crate, from how its `Cargo.toml` names `kiln-nn` and
+/// the `kiln` facade (`None`: not a dependency).
+///
+/// kiln-nn itself (`Itself`) is `::kiln_nn` through its `extern crate self as kiln_nn`, which
+/// also serves its doc tests and examples; the facade re-exports kiln-nn as `kiln::nn`.
+/// Without either (a manifest that cannot be read), `::kiln_nn`.
+fn nn_path(nn: Option<FoundCrate>, facade: Option<FoundCrate>) -> syn::Path {
+    let ident = |name: &str| Ident::new(name, Span::call_site());
+    match (nn, facade) {
+        (Some(FoundCrate::Name(n)), _) => {
+            let n = ident(&n);
+            parse_quote!(::#n)
+        }
+        (Some(FoundCrate::Itself), _) | (None, None) => parse_quote!(::kiln_nn),
+        (None, Some(FoundCrate::Itself)) => parse_quote!(::kiln::nn),
+        (None, Some(FoundCrate::Name(k))) => {
+            let k = ident(&k);
+            parse_quote!(::#k::nn)
+        }
+    }
 }
 
 fn collect_fields(fields: &Fields) -> syn::Result<Vec<Field>> {
@@ -597,6 +635,42 @@ mod tests {
             }
         ));
         assert!(krate.contains("kiln :: nn :: Module < f32 >") && !krate.contains("kiln_nn"), "{krate}");
+    }
+
+    #[test]
+    fn the_path_of_kiln_nn_follows_the_dependencies() {
+        let path = |nn, facade| nn_path(nn, facade).to_token_stream().to_string();
+        let name = |n: &str| Some(FoundCrate::Name(n.to_string()));
+        assert_eq!(path(name("kiln_nn"), None), ":: kiln_nn");
+        assert_eq!(path(name("nn"), name("kiln")), ":: nn", "a renamed kiln-nn dependency");
+        assert_eq!(path(Some(FoundCrate::Itself), None), ":: kiln_nn", "inside kiln-nn");
+        assert_eq!(path(None, name("kiln")), ":: kiln :: nn", "a user of the facade only");
+        assert_eq!(path(None, name("dl")), ":: dl :: nn", "the facade renamed");
+        assert_eq!(path(None, Some(FoundCrate::Itself)), ":: kiln :: nn", "the facade's examples");
+        assert_eq!(path(None, None), ":: kiln_nn");
+    }
+
+    #[test]
+    fn is_training_asks_every_sub_module_without_a_flag() {
+        let out = ok(parse_quote!(
+            struct A {
+                conv: Conv2d,
+                drop: Dropout,
+            }
+        ));
+        assert!(
+            out.contains(
+                "is_training (& self . conv) && :: kiln_nn :: Module :: < f32 > :: is_training (& self . drop)"
+            ),
+            "{out}"
+        );
+        let flagged = ok(parse_quote!(
+            struct B {
+                conv: Conv2d,
+                training: bool,
+            }
+        ));
+        assert!(flagged.contains("fn is_training (& self) -> bool { self . training }"), "{flagged}");
     }
 
     #[test]

@@ -319,8 +319,10 @@ impl<E: Float, M: Module<E>> Module<E> for Vec<M> {
             m.set_training(training);
         }
     }
+    /// Whether every element is training (an empty list says `true`): one element in
+    /// evaluation mode makes the list not training, whichever it is.
     fn is_training(&self) -> bool {
-        self.first().is_none_or(|m| m.is_training())
+        self.iter().all(|m| m.is_training())
     }
 }
 

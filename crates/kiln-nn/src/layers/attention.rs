@@ -14,7 +14,7 @@ use kiln_tensor::{Float, Rng, Tensor};
 use crate::error::NnError;
 use crate::init;
 use crate::layers::linear::{Linear, LinearConfig};
-use crate::module::{visit_param, Forward, Module, TensorKind};
+use crate::{Forward, Module};
 
 // ---------------------------------------------------------------------------------------------
 // Masks
@@ -339,8 +339,10 @@ impl MultiheadAttentionConfig {
 /// );
 /// assert_eq!(mha.num_parameters(), 4 * 8 * 8 + 4 * 8);
 /// ```
+#[derive(Module)]
 pub struct MultiheadAttention<E: Float = f32> {
     /// The configuration it was built with.
+    #[module(skip)]
     pub config: MultiheadAttentionConfig,
     /// `[3E, E]`: `[W_Q; W_K; W_V]` stacked on rows.
     pub in_proj_weight: Var<E>,
@@ -349,18 +351,23 @@ pub struct MultiheadAttention<E: Float = f32> {
     /// The output projection `E → E`.
     pub out_proj: Linear<E>,
     training: bool,
+    #[module(skip)]
     rng: Mutex<Rng>,
 }
 
-impl<E: Float> MultiheadAttention<E> {
+impl MultiheadAttention<f32> {
     /// A layer with PyTorch's defaults (sequence-first, no dropout, biases).
+    ///
+    /// In `f32`; other element types through the configuration (`MultiheadAttentionConfig::new(..).build::<f64>()`).
     ///
     /// **Panics** if a size is zero or `embed_dim` is not divisible by `num_heads` (use
     /// [`MultiheadAttentionConfig::build`] for a `Result`).
     pub fn new(embed_dim: usize, num_heads: usize) -> Self {
         MultiheadAttentionConfig::new(embed_dim, num_heads).build().unwrap_or_else(|e| panic!("{e}"))
     }
+}
 
+impl<E: Float> MultiheadAttention<E> {
     /// Re-draws the parameters with PyTorch's init (`_reset_parameters`): Glorot uniform on
     /// `in_proj_weight`, zero biases, `out_proj.weight` as a [`Linear`]'s.
     pub fn reset_parameters(&self) {
@@ -539,24 +546,6 @@ impl<E: Float> MultiheadAttention<E> {
             (Some(a), Some(k)) => Some(a.add(&k)),
             (a, k) => a.or(k),
         }
-    }
-}
-
-impl<E: Float> Module<E> for MultiheadAttention<E> {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {
-        visit_param(prefix, "in_proj_weight", &self.in_proj_weight, f);
-        if let Some(b) = &self.in_proj_bias {
-            visit_param(prefix, "in_proj_bias", b, f);
-        }
-        self.out_proj.visit(&format!("{prefix}out_proj."), f);
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-    }
-
-    fn is_training(&self) -> bool {
-        self.training
     }
 }
 
@@ -783,7 +772,7 @@ pub(crate) mod tests {
 
     #[test]
     fn init_matches_pytorch() {
-        let m: MultiheadAttention<f64> = MultiheadAttention::new(64, 4);
+        let m: MultiheadAttention<f64> = MultiheadAttentionConfig::new(64, 4).build().unwrap();
         let xb = (6.0f64 / (64.0 + 192.0)).sqrt();
         let w = m.in_proj_weight.value();
         assert!(w.abs().max_all() <= xb && w.abs().max_all() > 0.99 * xb);

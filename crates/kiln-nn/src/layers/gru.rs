@@ -1,15 +1,10 @@
 //! `GRU`: a multi-layer gated recurrent unit recurrence, weights laid out as PyTorch's.
 
-use std::fmt;
-use std::sync::Mutex;
+use kiln_tensor::Float;
 
-use kiln_autograd::Var;
-use kiln_tensor::{Float, Rng};
-
-use super::rnn_common::{fork_rng, run, weights_at, CellKind, RNNWeights, Spec};
+use super::recurrence::CellKind;
+use super::recurrent::{HiddenStateOnly, Recurrent, RecurrentConfig, Spec};
 use crate::error::NnError;
-use crate::init;
-use crate::module::{Module, TensorKind};
 
 /// Configuration of a [`GRU`] (PyTorch's defaults: one layer, with biases, time-major,
 /// no dropout, one direction; and no recurrent dropout).
@@ -51,6 +46,20 @@ impl GRUConfig {
         }
     }
 
+    /// Builds the layer, initialised from the init generator (see [`crate::init::manual_seed`]), in training mode.
+    ///
+    /// # Errors
+    /// [`NnError::Config`] when a size or `num_layers` is zero, or a dropout probability is
+    /// outside `[0, 1]` (`GRU: num_layers must be > 0, got 0`).
+    pub fn build<E: Float>(&self) -> Result<GRU<E>, NnError> {
+        Recurrent::from_config(self)
+    }
+}
+
+impl RecurrentConfig for GRUConfig {
+    fn with_sizes(input_size: usize, hidden_size: usize) -> Self {
+        Self::new(input_size, hidden_size)
+    }
     fn spec(&self) -> Spec {
         Spec {
             kind: CellKind::Gru,
@@ -62,29 +71,12 @@ impl GRUConfig {
             dropout: self.dropout,
             bidirectional: self.bidirectional,
             recurrent_dropout: self.recurrent_dropout,
+            fused: false,
         }
     }
-
-    /// Builds the layer, initialised from the init generator (see [`crate::init::manual_seed`]), in training mode.
-    ///
-    /// # Errors
-    /// [`NnError::Config`] when a size or `num_layers` is zero, or a dropout probability is
-    /// outside `[0, 1]` (`GRU: num_layers must be > 0, got 0`).
-    pub fn build<E: Float>(&self) -> Result<GRU<E>, NnError> {
-        let spec = self.spec();
-        spec.check()?;
-        let mut g = GRU {
-            config: self.clone(),
-            all_weights: spec.zero_weights(),
-            spec,
-            training: true,
-            rng: Mutex::new(Rng::new(0)),
-        };
-        g.reset_parameters();
-        g.rng = fork_rng();
-        Ok(g)
-    }
 }
+
+impl HiddenStateOnly for GRUConfig {}
 
 /// A multi-layer GRU, like `torch.nn.GRU`. For each layer and step:
 ///
@@ -140,98 +132,16 @@ impl GRUConfig {
 /// assert_eq!(h_n.shape().as_slice(), &[1, 4, 16]);
 /// assert_eq!(gru.to_string(), "GRU(8, 16, batch_first=true) [1248 parameters]");
 /// ```
-pub struct GRU<E: Float = f32> {
-    /// The configuration it was built with.
-    pub config: GRUConfig,
-    /// The weights of every layer and direction, ordered `l0, l0_reverse, l1, ...`.
-    pub all_weights: Vec<RNNWeights<E>>,
-    spec: Spec,
-    training: bool,
-    rng: Mutex<Rng>,
-}
-
-impl<E: Float> GRU<E> {
-    /// A one-layer GRU with PyTorch's defaults.
-    ///
-    /// **Panics** if a size is zero (use [`GRUConfig::build`] for a `Result`).
-    pub fn new(input_size: usize, hidden_size: usize) -> Self {
-        GRUConfig::new(input_size, hidden_size).build().unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Re-draws every weight and bias from U(-1/√hidden_size, 1/√hidden_size), as PyTorch.
-    pub fn reset_parameters(&self) {
-        init::with_rng(|rng| self.all_weights.iter().for_each(|w| w.reset(self.config.hidden_size, rng)));
-    }
-
-    /// The weights of layer `layer`, forward or reverse direction.
-    ///
-    /// **Panics** if `layer >= num_layers`, or `reverse` for a unidirectional layer.
-    #[must_use]
-    pub fn weights(&self, layer: usize, reverse: bool) -> &RNNWeights<E> {
-        weights_at(&self.spec, &self.all_weights, layer, reverse)
-    }
-
-    /// Runs the whole sequence from a zero state: `(output, h_n)`, like `gru(x)`.
-    ///
-    /// **Panics** if `x` is not `[seq_len, batch, input_size]` (or its batch-first or unbatched
-    /// form), naming both shapes.
-    #[must_use]
-    pub fn forward(&self, x: &Var<E>) -> (Var<E>, Var<E>) {
-        self.forward_with(x, None, None)
-    }
-
-    /// Runs the whole sequence from `h_0` (zeros when `None`), over each sequence's first
-    /// `lengths[b]` steps when `lengths` is given (see the type's doc). Returns `(output, h_n)`.
-    ///
-    /// **Panics** on shapes that do not match (naming both), on `lengths` that are not one per
-    /// sequence or exceed `seq_len`. A length of 0 leaves that sequence's state at `h_0`.
-    ///
-    /// ```
-    /// use kiln_nn::{last_valid_output, GRU};
-    /// use kiln_autograd::Var;
-    /// use kiln_tensor::Tensor;
-    /// let gru: GRU<f64> = GRU::new(2, 3);
-    /// let x = Var::constant(Tensor::ones(&[5, 2, 2]));
-    /// let (out, h_n) = gru.forward_with(&x, None, Some(&[5, 3]));
-    /// let last = last_valid_output(&out, &[5, 3], false);
-    /// assert_eq!(last.value().to_vec(), h_n.value().select(0, 0).to_vec());
-    /// ```
-    #[must_use]
-    pub fn forward_with(&self, x: &Var<E>, h0: Option<&Var<E>>, lengths: Option<&[usize]>) -> (Var<E>, Var<E>) {
-        let (out, h_n, _) = run(&self.spec, &self.all_weights, x, h0, None, lengths, self.training, &self.rng);
-        (out, h_n)
-    }
-}
-
-impl<E: Float> Module<E> for GRU<E> {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {
-        let nd = self.spec.num_directions();
-        for (k, w) in self.all_weights.iter().enumerate() {
-            let suffix = format!("_l{}{}", k / nd, if k % nd == 1 { "_reverse" } else { "" });
-            w.visit(prefix, &suffix, f);
-        }
-    }
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-    }
-    fn is_training(&self) -> bool {
-        self.training
-    }
-}
-
-impl<E: Float> fmt::Display for GRU<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "GRU({}) [{} parameters]", self.spec.extra_repr(), self.num_parameters())
-    }
-}
+pub type GRU<E = f32> = Recurrent<GRUConfig, E>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::golden;
-    use crate::layers::rnn_common::testing;
-    use kiln_autograd::gradcheck;
-    use kiln_tensor::Tensor;
+    use crate::layers::recurrent::testing;
+    use crate::Module;
+    use kiln_autograd::{gradcheck, Var};
+    use kiln_tensor::{Rng, Tensor};
 
     fn seeded(cfg: &GRUConfig, seed: u64) -> GRU<f64> {
         let g: GRU<f64> = cfg.build().unwrap();
@@ -282,7 +192,7 @@ mod tests {
         expected = "GRU: input of shape [2, 5, 3, 1] does not match the expected [seq_len, batch, input_size] = [*, *, 3]"
     )]
     fn wrong_rank_panics_with_both_shapes() {
-        let g: GRU<f64> = GRU::new(3, 2);
+        let g: GRU<f64> = GRUConfig::new(3, 2).build().unwrap();
         let _ = g.forward(&Var::constant(Tensor::zeros(&[2, 5, 3, 1])));
     }
 
@@ -393,7 +303,7 @@ mod tests {
     fn tiny_overfit_sign_of_the_sum() {
         // GRU + linear read-out of h_n learns the sign of a sequence's sum on 16 sequences
         let g = seeded(&GRUConfig::new(1, 6), 12);
-        let head = crate::Linear::<f64>::new(6, 1);
+        let head = crate::LinearConfig::new(6, 1).build::<f64>().unwrap();
         let mut rng = Rng::new(13);
         head.weight.set_value(Tensor::uniform(&[1, 6], -0.4, 0.4, &mut rng));
         head.bias.as_ref().unwrap().set_value(Tensor::zeros(&[1]));

@@ -1,15 +1,11 @@
 //! `LSTM`: a multi-layer long short-term memory recurrence, weights laid out as PyTorch's.
 
-use std::fmt;
-use std::sync::Mutex;
-
 use kiln_autograd::Var;
-use kiln_tensor::{Float, Rng};
+use kiln_tensor::Float;
 
-use super::rnn_common::{fork_rng, run_with, weights_at, CellKind, RNNWeights, Spec};
+use super::recurrence::CellKind;
+use super::recurrent::{Recurrent, RecurrentConfig, Spec};
 use crate::error::NnError;
-use crate::init;
-use crate::module::{Module, TensorKind};
 
 /// Configuration of an [`LSTM`] (PyTorch's defaults: one layer, with biases, time-major,
 /// no dropout, one direction; and no recurrent dropout, fused kernels).
@@ -59,6 +55,20 @@ impl LSTMConfig {
         }
     }
 
+    /// Builds the layer, initialised from the init generator (see [`crate::init::manual_seed`]), in training mode.
+    ///
+    /// # Errors
+    /// [`NnError::Config`] when a size or `num_layers` is zero, or a dropout probability is
+    /// outside `[0, 1]` (`LSTM: hidden_size must be > 0, got 0`).
+    pub fn build<E: Float>(&self) -> Result<LSTM<E>, NnError> {
+        Recurrent::from_config(self)
+    }
+}
+
+impl RecurrentConfig for LSTMConfig {
+    fn with_sizes(input_size: usize, hidden_size: usize) -> Self {
+        Self::new(input_size, hidden_size)
+    }
     fn spec(&self) -> Spec {
         Spec {
             kind: CellKind::Lstm,
@@ -70,27 +80,8 @@ impl LSTMConfig {
             dropout: self.dropout,
             bidirectional: self.bidirectional,
             recurrent_dropout: self.recurrent_dropout,
+            fused: self.fused,
         }
-    }
-
-    /// Builds the layer, initialised from the init generator (see [`crate::init::manual_seed`]), in training mode.
-    ///
-    /// # Errors
-    /// [`NnError::Config`] when a size or `num_layers` is zero, or a dropout probability is
-    /// outside `[0, 1]` (`LSTM: hidden_size must be > 0, got 0`).
-    pub fn build<E: Float>(&self) -> Result<LSTM<E>, NnError> {
-        let spec = self.spec();
-        spec.check()?;
-        let mut l = LSTM {
-            config: self.clone(),
-            all_weights: spec.zero_weights(),
-            spec,
-            training: true,
-            rng: Mutex::new(Rng::new(0)),
-        };
-        l.reset_parameters();
-        l.rng = fork_rng();
-        Ok(l)
     }
 }
 
@@ -159,37 +150,9 @@ impl LSTMConfig {
 /// assert_eq!(lstm.named_parameters()[4].0, "weight_ih_l0_reverse");
 /// assert_eq!(lstm.to_string(), "LSTM(10, 20, num_layers=2, bidirectional=true) [15040 parameters]");
 /// ```
-pub struct LSTM<E: Float = f32> {
-    /// The configuration it was built with.
-    pub config: LSTMConfig,
-    /// The weights of every layer and direction, ordered `l0, l0_reverse, l1, ...`.
-    pub all_weights: Vec<RNNWeights<E>>,
-    spec: Spec,
-    training: bool,
-    rng: Mutex<Rng>,
-}
+pub type LSTM<E = f32> = Recurrent<LSTMConfig, E>;
 
 impl<E: Float> LSTM<E> {
-    /// A one-layer LSTM with PyTorch's defaults.
-    ///
-    /// **Panics** if a size is zero (use [`LSTMConfig::build`] for a `Result`).
-    pub fn new(input_size: usize, hidden_size: usize) -> Self {
-        LSTMConfig::new(input_size, hidden_size).build().unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Re-draws every weight and bias from U(-1/√hidden_size, 1/√hidden_size), as PyTorch.
-    pub fn reset_parameters(&self) {
-        init::with_rng(|rng| self.all_weights.iter().for_each(|w| w.reset(self.config.hidden_size, rng)));
-    }
-
-    /// The weights of layer `layer`, forward or reverse direction.
-    ///
-    /// **Panics** if `layer >= num_layers`, or `reverse` for a unidirectional layer.
-    #[must_use]
-    pub fn weights(&self, layer: usize, reverse: bool) -> &RNNWeights<E> {
-        weights_at(&self.spec, &self.all_weights, layer, reverse)
-    }
-
     /// Runs the whole sequence from zero states: `(output, (h_n, c_n))`, like `lstm(x)`.
     ///
     /// **Panics** if `x` is not `[seq_len, batch, input_size]` (or its batch-first or unbatched
@@ -207,10 +170,10 @@ impl<E: Float> LSTM<E> {
     /// sequence or exceed `seq_len`. A length of 0 leaves that sequence's states at `h_0`, `c_0`.
     ///
     /// ```
-    /// use kiln_nn::LSTM;
+    /// use kiln_nn::{LSTMConfig, LSTM};
     /// use kiln_autograd::Var;
     /// use kiln_tensor::Tensor;
-    /// let lstm: LSTM<f64> = LSTM::new(2, 3);
+    /// let lstm: LSTM<f64> = LSTMConfig::new(2, 3).build().unwrap();
     /// let x = Var::constant(Tensor::ones(&[4, 2, 2]));
     /// let h0 = Var::constant(Tensor::zeros(&[1, 2, 3]));
     /// let c0 = Var::constant(Tensor::zeros(&[1, 2, 3]));
@@ -227,32 +190,8 @@ impl<E: Float> LSTM<E> {
         lengths: Option<&[usize]>,
     ) -> (Var<E>, (Var<E>, Var<E>)) {
         let (h0, c0) = state.map_or((None, None), |(h, c)| (Some(h), Some(c)));
-        let (out, h_n, c_n) =
-            run_with(&self.spec, &self.all_weights, x, h0, c0, lengths, self.training, &self.rng, self.config.fused);
+        let (out, h_n, c_n) = self.run(x, h0, c0, lengths);
         (out, (h_n, c_n.expect("an LSTM has a cell state")))
-    }
-}
-
-impl<E: Float> Module<E> for LSTM<E> {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {
-        let nd = self.spec.num_directions();
-        for (k, w) in self.all_weights.iter().enumerate() {
-            let suffix = format!("_l{}{}", k / nd, if k % nd == 1 { "_reverse" } else { "" });
-            w.visit(prefix, &suffix, f);
-        }
-    }
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-    }
-    fn is_training(&self) -> bool {
-        self.training
-    }
-}
-
-impl<E: Float> fmt::Display for LSTM<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let fused = if self.config.fused { "" } else { ", fused=false" };
-        write!(f, "LSTM({}{fused}) [{} parameters]", self.spec.extra_repr(), self.num_parameters())
     }
 }
 
@@ -260,9 +199,10 @@ impl<E: Float> fmt::Display for LSTM<E> {
 mod tests {
     use super::*;
     use crate::golden;
-    use crate::layers::rnn_common::testing;
+    use crate::layers::recurrent::testing;
+    use crate::Module;
     use kiln_autograd::{gradcheck, gradgradcheck};
-    use kiln_tensor::Tensor;
+    use kiln_tensor::{Rng, Tensor};
 
     /// An f64 LSTM whose parameters are drawn from a local generator (tests run in parallel,
     /// so the process-wide one is not reproducible here).
@@ -351,14 +291,14 @@ mod tests {
         expected = "LSTM: input of shape [5, 3, 7] does not match the expected [seq_len, batch, input_size] = [*, *, 4]"
     )]
     fn wrong_input_size_panics_with_both_shapes() {
-        let l: LSTM<f64> = LSTM::new(4, 2);
+        let l: LSTM<f64> = LSTMConfig::new(4, 2).build().unwrap();
         let _ = l.forward(&Var::constant(Tensor::zeros(&[5, 3, 7])));
     }
 
     #[test]
     #[should_panic(expected = "LSTM: c0 of shape [1, 2, 2] does not match the expected [1, 3, 2]")]
     fn wrong_state_shape_panics_with_both_shapes() {
-        let l: LSTM<f64> = LSTM::new(4, 2);
+        let l: LSTM<f64> = LSTMConfig::new(4, 2).build().unwrap();
         let h0 = Var::constant(Tensor::zeros(&[1, 3, 2]));
         let c0 = Var::constant(Tensor::zeros(&[1, 2, 2]));
         let _ = l.forward_with(&Var::constant(Tensor::zeros(&[5, 3, 4])), Some((&h0, &c0)), None);
@@ -367,7 +307,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "LSTM: lengths [2, 6] exceed seq_len 5 of the input of shape [5, 2, 4]")]
     fn lengths_longer_than_the_sequence_panic() {
-        let l: LSTM<f64> = LSTM::new(4, 2);
+        let l: LSTM<f64> = LSTMConfig::new(4, 2).build().unwrap();
         let _ = l.forward_with(&Var::constant(Tensor::zeros(&[5, 2, 4])), None, Some(&[2, 6]));
     }
 
@@ -755,7 +695,7 @@ mod tests {
         // bidirectional LSTM + linear read-out learns y_t = x_{T-1-t} on 8 fixed sequences
         let cfg = LSTMConfig { bidirectional: true, ..LSTMConfig::new(1, 8) };
         let l = seeded(&cfg, 19);
-        let head = crate::Linear::<f64>::new(16, 1);
+        let head = crate::LinearConfig::new(16, 1).build::<f64>().unwrap();
         let mut rng = Rng::new(20);
         head.weight.set_value(Tensor::uniform(&[1, 16], -0.25, 0.25, &mut rng));
         head.bias.as_ref().unwrap().set_value(Tensor::zeros(&[1]));

@@ -14,10 +14,15 @@ mod lstm;
 mod norm;
 mod pool;
 mod positional;
+mod recurrence;
+mod recurrent;
+mod recurrent_cell;
 mod rnn;
-mod rnn_cells;
-mod rnn_common;
 mod transformer;
+mod transformer_decoder;
+mod transformer_decoder_layer;
+mod transformer_encoder;
+mod transformer_encoder_layer;
 
 pub use activation::{GeluApproximate, LeakyReLU, LogSoftmax, ReLU, SiLU, Sigmoid, Softmax, Softplus, Tanh, ELU, GELU};
 pub use attention::{
@@ -41,11 +46,13 @@ pub use positional::{
     sinusoidal_encoding, LearnedPositionalEmbedding, LearnedPositionalEmbeddingConfig, SinusoidalPositionalEncoding,
     SinusoidalPositionalEncodingConfig,
 };
-pub use rnn::{RNNConfig, RNNNonlinearity, RNN};
-pub use rnn_cells::{GRUCell, GRUCellConfig, LSTMCell, LSTMCellConfig, RNNCell, RNNCellConfig};
-pub use rnn_common::{last_valid_output, RNNWeights};
-pub use transformer::{
-    Transformer, TransformerActivation, TransformerConfig, TransformerDecoder, TransformerDecoderLayer,
-    TransformerDecoderLayerConfig, TransformerEncoder, TransformerEncoderLayer, TransformerEncoderLayerConfig,
-    TransformerMasks,
+pub use recurrent::{last_valid_output, HiddenStateOnly, RNNWeights, Recurrent, RecurrentConfig};
+pub use recurrent_cell::{
+    CellConfig, GRUCell, GRUCellConfig, LSTMCell, LSTMCellConfig, RNNCell, RNNCellConfig, RecurrentCell,
 };
+pub use rnn::{RNNConfig, RNNNonlinearity, RNN};
+pub use transformer::{Transformer, TransformerActivation, TransformerConfig, TransformerMasks};
+pub use transformer_decoder::TransformerDecoder;
+pub use transformer_decoder_layer::{TransformerDecoderLayer, TransformerDecoderLayerConfig};
+pub use transformer_encoder::TransformerEncoder;
+pub use transformer_encoder_layer::{TransformerEncoderLayer, TransformerEncoderLayerConfig};

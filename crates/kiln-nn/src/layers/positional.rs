@@ -9,7 +9,7 @@ use kiln_tensor::{Float, Tensor};
 
 use crate::error::NnError;
 use crate::init;
-use crate::module::{visit_param, Forward, Module, TensorKind};
+use crate::{Forward, Module};
 
 /// The sinusoidal table `[max_len, d_model]` of Vaswani et al. (2017), §3.5:
 ///
@@ -114,25 +114,31 @@ impl SinusoidalPositionalEncodingConfig {
 /// `d_model`.
 ///
 /// ```
-/// use kiln_nn::{Forward, SinusoidalPositionalEncoding};
+/// use kiln_nn::{Forward, SinusoidalPositionalEncoding, SinusoidalPositionalEncodingConfig};
 /// use kiln_autograd::Var;
 /// use kiln_tensor::Tensor;
-/// let pe: SinusoidalPositionalEncoding<f64> = SinusoidalPositionalEncoding::new(16);
+/// let pe: SinusoidalPositionalEncoding<f64> = SinusoidalPositionalEncodingConfig::new(16).build().unwrap();
 /// let x = Var::constant(Tensor::zeros(&[10, 3, 16])); // [L, N, d_model]
 /// let y = pe.forward(&x).value();
 /// assert_eq!(y.shape(), &[10, 3, 16]);
 /// assert!((y.get(&[2, 1, 0]) - 2f64.sin()).abs() < 1e-15); // every batch element gets PE(pos)
 /// assert_eq!(pe.to_string(), "SinusoidalPositionalEncoding(max_len=5000, d_model=16, batch_first=false) [0 parameters]");
 /// ```
+#[derive(Module)]
 pub struct SinusoidalPositionalEncoding<E: Float = f32> {
     /// The configuration it was built with.
+    #[module(skip)]
     pub config: SinusoidalPositionalEncodingConfig,
-    /// The table `[max_len, d_model]`.
+    /// The table `[max_len, d_model]` (a constant: neither a parameter nor saved, as PyTorch's
+    /// non-persistent buffer).
+    #[module(skip)]
     pub pe: Tensor<E>,
 }
 
-impl<E: Float> SinusoidalPositionalEncoding<E> {
+impl SinusoidalPositionalEncoding<f32> {
     /// A sequence-first layer for `d_model` features and sequences up to 5000 long.
+    ///
+    /// In `f32`; other element types through the configuration (`SinusoidalPositionalEncodingConfig::new(..).build::<f64>()`).
     ///
     /// **Panics** if `d_model` is zero (use [`SinusoidalPositionalEncodingConfig::build`] for a
     /// `Result`).
@@ -140,6 +146,8 @@ impl<E: Float> SinusoidalPositionalEncoding<E> {
         SinusoidalPositionalEncodingConfig::new(d_model).build().unwrap_or_else(|e| panic!("{e}"))
     }
 }
+
+impl<E: Float> SinusoidalPositionalEncoding<E> {}
 
 impl<E: Float> Forward<E> for SinusoidalPositionalEncoding<E> {
     fn forward(&self, x: &Var<E>) -> Var<E> {
@@ -150,10 +158,6 @@ impl<E: Float> Forward<E> for SinusoidalPositionalEncoding<E> {
         let p = if seq_first { p.unsqueeze(1) } else { p };
         x.add(&Var::constant(p))
     }
-}
-
-impl<E: Float> Module<E> for SinusoidalPositionalEncoding<E> {
-    fn visit(&self, _prefix: &str, _f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {}
 }
 
 impl<E: Float> fmt::Display for SinusoidalPositionalEncoding<E> {
@@ -233,22 +237,28 @@ impl LearnedPositionalEmbeddingConfig {
 /// assert_eq!(g.get(&[5, 0]), 0.0); // position 5 was not used
 /// assert_eq!(pos.to_string(), "LearnedPositionalEmbedding(max_len=32, d_model=8, batch_first=true) [256 parameters]");
 /// ```
+#[derive(Module)]
 pub struct LearnedPositionalEmbedding<E: Float = f32> {
     /// The configuration it was built with.
+    #[module(skip)]
     pub config: LearnedPositionalEmbeddingConfig,
     /// `[max_len, d_model]`: row `pos` is added at position `pos`.
     pub weight: Var<E>,
 }
 
-impl<E: Float> LearnedPositionalEmbedding<E> {
+impl LearnedPositionalEmbedding<f32> {
     /// A sequence-first layer.
+    ///
+    /// In `f32`; other element types through the configuration (`LearnedPositionalEmbeddingConfig::new(..).build::<f64>()`).
     ///
     /// **Panics** if a size is zero (use [`LearnedPositionalEmbeddingConfig::build`] for a
     /// `Result`).
     pub fn new(max_len: usize, d_model: usize) -> Self {
         LearnedPositionalEmbeddingConfig::new(max_len, d_model).build().unwrap_or_else(|e| panic!("{e}"))
     }
+}
 
+impl<E: Float> LearnedPositionalEmbedding<E> {
     /// Re-draws the table from N(0, 1), as `nn.Embedding` does.
     pub fn reset_parameters(&self) {
         init::with_rng(|rng| init::normal_(&self.weight, 0.0, 1.0, rng));
@@ -263,12 +273,6 @@ impl<E: Float> Forward<E> for LearnedPositionalEmbedding<E> {
         let p = self.weight.narrow(0, 0, l);
         let p = if seq_first { p.unsqueeze(1) } else { p };
         x.add(&p)
-    }
-}
-
-impl<E: Float> Module<E> for LearnedPositionalEmbedding<E> {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {
-        visit_param(prefix, "weight", &self.weight, f);
     }
 }
 
@@ -310,7 +314,7 @@ mod tests {
 
     #[test]
     fn layouts_agree_and_errors() {
-        let sf: SinusoidalPositionalEncoding<f64> = SinusoidalPositionalEncoding::new(4);
+        let sf: SinusoidalPositionalEncoding<f64> = SinusoidalPositionalEncodingConfig::new(4).build().unwrap();
         let bf: SinusoidalPositionalEncoding<f64> =
             SinusoidalPositionalEncodingConfig { batch_first: true, ..SinusoidalPositionalEncodingConfig::new(4) }
                 .build()
@@ -349,7 +353,7 @@ mod tests {
     #[test]
     fn learned_gradcheck_and_init() {
         init::manual_seed(1);
-        let p: LearnedPositionalEmbedding<f64> = LearnedPositionalEmbedding::new(4, 3);
+        let p: LearnedPositionalEmbedding<f64> = LearnedPositionalEmbeddingConfig::new(4, 3).build().unwrap();
         let w = p.weight.value();
         let (mean, std) = (w.mean(&[], false).item(), w.std(&[], 1, false).item());
         assert!(mean.abs() < 1.0 && std > 0.4 && std < 1.8, "{mean} {std}"); // N(0, 1), 12 draws
@@ -369,7 +373,7 @@ mod tests {
     fn learned_tiny_overfit() {
         // The table alone can store any per-position target.
         init::manual_seed(4);
-        let p: LearnedPositionalEmbedding<f64> = LearnedPositionalEmbedding::new(6, 2);
+        let p: LearnedPositionalEmbedding<f64> = LearnedPositionalEmbeddingConfig::new(6, 2).build().unwrap();
         let target = Var::constant(Tensor::uniform(&[5, 1, 2], -2.0, 2.0, &mut Rng::new(3)));
         let x = Var::constant(Tensor::zeros(&[5, 3, 2]));
         let mut loss = f64::MAX;

@@ -1,15 +1,12 @@
 //! `RNN`: a multi-layer Elman recurrence with tanh or ReLU, weights laid out as PyTorch's.
 
 use std::fmt;
-use std::sync::Mutex;
 
-use kiln_autograd::Var;
-use kiln_tensor::{Float, Rng};
+use kiln_tensor::Float;
 
-use super::rnn_common::{fork_rng, run, weights_at, CellKind, RNNWeights, Spec};
+use super::recurrence::CellKind;
+use super::recurrent::{HiddenStateOnly, Recurrent, RecurrentConfig, Spec};
 use crate::error::NnError;
-use crate::init;
-use crate::module::{Module, TensorKind};
 
 /// The non-linearity of an [`RNN`] or [`RNNCell`](crate::RNNCell) (PyTorch's `nonlinearity`
 /// argument, `"tanh"` by default).
@@ -78,6 +75,20 @@ impl RNNConfig {
         }
     }
 
+    /// Builds the layer, initialised from the init generator (see [`crate::init::manual_seed`]), in training mode.
+    ///
+    /// # Errors
+    /// [`NnError::Config`] when a size or `num_layers` is zero, or `dropout` is outside
+    /// `[0, 1]` (`RNN: input_size must be > 0, got 0`).
+    pub fn build<E: Float>(&self) -> Result<RNN<E>, NnError> {
+        Recurrent::from_config(self)
+    }
+}
+
+impl RecurrentConfig for RNNConfig {
+    fn with_sizes(input_size: usize, hidden_size: usize) -> Self {
+        Self::new(input_size, hidden_size)
+    }
     fn spec(&self) -> Spec {
         Spec {
             kind: self.nonlinearity.kind(),
@@ -89,29 +100,12 @@ impl RNNConfig {
             dropout: self.dropout,
             bidirectional: self.bidirectional,
             recurrent_dropout: 0.0,
+            fused: false,
         }
     }
-
-    /// Builds the layer, initialised from the init generator (see [`crate::init::manual_seed`]), in training mode.
-    ///
-    /// # Errors
-    /// [`NnError::Config`] when a size or `num_layers` is zero, or `dropout` is outside
-    /// `[0, 1]` (`RNN: input_size must be > 0, got 0`).
-    pub fn build<E: Float>(&self) -> Result<RNN<E>, NnError> {
-        let spec = self.spec();
-        spec.check()?;
-        let mut r = RNN {
-            config: self.clone(),
-            all_weights: spec.zero_weights(),
-            spec,
-            training: true,
-            rng: Mutex::new(Rng::new(0)),
-        };
-        r.reset_parameters();
-        r.rng = fork_rng();
-        Ok(r)
-    }
 }
+
+impl HiddenStateOnly for RNNConfig {}
 
 /// A multi-layer Elman RNN, like `torch.nn.RNN`. For each layer and step:
 ///
@@ -161,98 +155,16 @@ impl RNNConfig {
 /// assert!(output.value().min_all() >= 0.0); // relu
 /// assert_eq!(rnn.to_string(), "RNN(3, 4, num_layers=2, nonlinearity=relu) [76 parameters]");
 /// ```
-pub struct RNN<E: Float = f32> {
-    /// The configuration it was built with.
-    pub config: RNNConfig,
-    /// The weights of every layer and direction, ordered `l0, l0_reverse, l1, ...`.
-    pub all_weights: Vec<RNNWeights<E>>,
-    spec: Spec,
-    training: bool,
-    rng: Mutex<Rng>,
-}
-
-impl<E: Float> RNN<E> {
-    /// A one-layer tanh RNN with PyTorch's defaults.
-    ///
-    /// **Panics** if a size is zero (use [`RNNConfig::build`] for a `Result`).
-    pub fn new(input_size: usize, hidden_size: usize) -> Self {
-        RNNConfig::new(input_size, hidden_size).build().unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Re-draws every weight and bias from U(-1/√hidden_size, 1/√hidden_size), as PyTorch.
-    pub fn reset_parameters(&self) {
-        init::with_rng(|rng| self.all_weights.iter().for_each(|w| w.reset(self.config.hidden_size, rng)));
-    }
-
-    /// The weights of layer `layer`, forward or reverse direction.
-    ///
-    /// **Panics** if `layer >= num_layers`, or `reverse` for a unidirectional layer.
-    #[must_use]
-    pub fn weights(&self, layer: usize, reverse: bool) -> &RNNWeights<E> {
-        weights_at(&self.spec, &self.all_weights, layer, reverse)
-    }
-
-    /// Runs the whole sequence from a zero state: `(output, h_n)`, like `rnn(x)`.
-    ///
-    /// **Panics** if `x` is not `[seq_len, batch, input_size]` (or its batch-first or unbatched
-    /// form), naming both shapes.
-    #[must_use]
-    pub fn forward(&self, x: &Var<E>) -> (Var<E>, Var<E>) {
-        self.forward_with(x, None, None)
-    }
-
-    /// Runs the whole sequence from `h_0` (zeros when `None`), over each sequence's first
-    /// `lengths[b]` steps when `lengths` is given (see the type's doc). Returns `(output, h_n)`.
-    ///
-    /// **Panics** on shapes that do not match (naming both), on `lengths` that are not one per
-    /// sequence or exceed `seq_len`. A length of 0 leaves that sequence's state at `h_0`.
-    ///
-    /// ```
-    /// use kiln_nn::RNN;
-    /// use kiln_autograd::Var;
-    /// use kiln_tensor::Tensor;
-    /// let rnn: RNN<f64> = RNN::new(1, 2);
-    /// let h0 = Var::constant(Tensor::full(&[1, 2, 2], 0.5));
-    /// let (out, h_n) = rnn.forward_with(&Var::constant(Tensor::ones(&[3, 2, 1])), Some(&h0), Some(&[3, 0]));
-    /// assert_eq!(h_n.value().select(1, 1).to_vec(), vec![0.5, 0.5]); // length 0 keeps h_0
-    /// assert_eq!(out.value().select(1, 1).to_vec(), vec![0.0; 6]);
-    /// ```
-    #[must_use]
-    pub fn forward_with(&self, x: &Var<E>, h0: Option<&Var<E>>, lengths: Option<&[usize]>) -> (Var<E>, Var<E>) {
-        let (out, h_n, _) = run(&self.spec, &self.all_weights, x, h0, None, lengths, self.training, &self.rng);
-        (out, h_n)
-    }
-}
-
-impl<E: Float> Module<E> for RNN<E> {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {
-        let nd = self.spec.num_directions();
-        for (k, w) in self.all_weights.iter().enumerate() {
-            let suffix = format!("_l{}{}", k / nd, if k % nd == 1 { "_reverse" } else { "" });
-            w.visit(prefix, &suffix, f);
-        }
-    }
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-    }
-    fn is_training(&self) -> bool {
-        self.training
-    }
-}
-
-impl<E: Float> fmt::Display for RNN<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RNN({}) [{} parameters]", self.spec.extra_repr(), self.num_parameters())
-    }
-}
+pub type RNN<E = f32> = Recurrent<RNNConfig, E>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::golden;
-    use crate::layers::rnn_common::testing;
-    use kiln_autograd::gradcheck;
-    use kiln_tensor::Tensor;
+    use crate::layers::recurrent::testing;
+    use crate::Module;
+    use kiln_autograd::{gradcheck, Var};
+    use kiln_tensor::{Rng, Tensor};
 
     fn seeded(cfg: &RNNConfig, seed: u64) -> RNN<f64> {
         let r: RNN<f64> = cfg.build().unwrap();
@@ -355,7 +267,7 @@ mod tests {
     fn tiny_overfit_running_sum() {
         // a tanh RNN with a linear read-out learns y_t = (x_0 + ... + x_t) / 2
         let r = seeded(&RNNConfig::new(1, 8), 6);
-        let head = crate::Linear::<f64>::new(8, 1);
+        let head = crate::LinearConfig::new(8, 1).build::<f64>().unwrap();
         let mut rng = Rng::new(7);
         head.weight.set_value(Tensor::uniform(&[1, 8], -0.3, 0.3, &mut rng));
         head.bias.as_ref().unwrap().set_value(Tensor::zeros(&[1]));

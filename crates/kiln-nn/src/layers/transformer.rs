@@ -1,6 +1,10 @@
 //! The Transformer of "Attention is all you need" (Vaswani et al., 2017), as PyTorch builds
-//! it: `TransformerEncoderLayer`, `TransformerEncoder`, `TransformerDecoderLayer`,
-//! `TransformerDecoder` and `Transformer`, with post-norm (the paper's) or pre-norm
+//! it: [`Transformer`] (an encoder and a decoder stack) and what the family shares
+//! ([`TransformerActivation`], the checks and pieces of a layer). The layers and stacks have a
+//! file each: [`TransformerEncoderLayer`](crate::TransformerEncoderLayer),
+//! [`TransformerEncoder`](crate::TransformerEncoder),
+//! [`TransformerDecoderLayer`](crate::TransformerDecoderLayer),
+//! [`TransformerDecoder`](crate::TransformerDecoder), with post-norm (the paper's) or pre-norm
 //! (`norm_first`) residual blocks.
 //!
 //! Parameter names are PyTorch's (`layers.0.self_attn.in_proj_weight`,
@@ -13,13 +17,17 @@ use std::fmt;
 use kiln_autograd::Var;
 use kiln_tensor::Float;
 
+use super::transformer_decoder::TransformerDecoder;
+use super::transformer_decoder_layer::TransformerDecoderLayerConfig;
+use super::transformer_encoder::TransformerEncoder;
+use super::transformer_encoder_layer::TransformerEncoderLayerConfig;
 use crate::error::NnError;
 use crate::init;
 use crate::layers::attention::{causal_mask, AttnMask, MultiheadAttention, MultiheadAttentionConfig};
 use crate::layers::dropout::Dropout;
 use crate::layers::linear::{Linear, LinearConfig};
 use crate::layers::norm::{LayerNorm, LayerNormConfig};
-use crate::module::{Forward, Module, TensorKind};
+use crate::Module;
 
 /// The feed-forward activation of a Transformer layer (PyTorch's `activation="relu"|"gelu"`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -32,7 +40,7 @@ pub enum TransformerActivation {
 }
 
 impl TransformerActivation {
-    fn apply<E: Float>(self, x: &Var<E>) -> Var<E> {
+    pub(crate) fn apply<E: Float>(self, x: &Var<E>) -> Var<E> {
         match self {
             TransformerActivation::Relu => x.relu(),
             TransformerActivation::Gelu => x.gelu(),
@@ -50,7 +58,7 @@ impl fmt::Display for TransformerActivation {
 }
 
 /// The hyper-parameters every Transformer layer shares, checked once.
-fn check_layer(
+pub(crate) fn check_layer(
     layer: &str,
     d_model: usize,
     nhead: usize,
@@ -78,18 +86,18 @@ fn check_layer(
 }
 
 /// The pieces every layer is made of, from the shared hyper-parameters.
-struct Parts {
-    d_model: usize,
-    nhead: usize,
-    dim_feedforward: usize,
-    dropout: f64,
-    eps: f64,
-    batch_first: bool,
-    bias: bool,
+pub(crate) struct Parts {
+    pub d_model: usize,
+    pub nhead: usize,
+    pub dim_feedforward: usize,
+    pub dropout: f64,
+    pub eps: f64,
+    pub batch_first: bool,
+    pub bias: bool,
 }
 
 impl Parts {
-    fn attention<E: Float>(&self) -> Result<MultiheadAttention<E>, NnError> {
+    pub(crate) fn attention<E: Float>(&self) -> Result<MultiheadAttention<E>, NnError> {
         MultiheadAttentionConfig {
             dropout: self.dropout,
             bias: self.bias,
@@ -98,19 +106,19 @@ impl Parts {
         }
         .build()
     }
-    fn linear<E: Float>(&self, i: usize, o: usize) -> Result<Linear<E>, NnError> {
+    pub(crate) fn linear<E: Float>(&self, i: usize, o: usize) -> Result<Linear<E>, NnError> {
         LinearConfig { bias: self.bias, ..LinearConfig::new(i, o) }.build()
     }
-    fn norm<E: Float>(&self) -> Result<LayerNorm<E>, NnError> {
+    pub(crate) fn norm<E: Float>(&self) -> Result<LayerNorm<E>, NnError> {
         LayerNormConfig { eps: self.eps, bias: self.bias, ..LayerNormConfig::new(&[self.d_model]) }.build()
     }
-    fn dropout(&self) -> Result<Dropout, NnError> {
+    pub(crate) fn dropout(&self) -> Result<Dropout, NnError> {
         Dropout::try_new(self.dropout)
     }
 }
 
 /// Writes the shared hyper-parameters as PyTorch-like `key=value` pairs.
-fn write_hyper(
+pub(crate) fn write_hyper(
     f: &mut fmt::Formatter<'_>,
     d_model: usize,
     nhead: usize,
@@ -130,7 +138,10 @@ fn write_hyper(
 
 /// A fresh copy of `layer` with the same parameter values (PyTorch's `copy.deepcopy` in
 /// `_get_clones`): built from its configuration, then loaded with its state.
-fn deep_copy<E: Float, L: Module<E>>(layer: &L, build: impl Fn() -> Result<L, NnError>) -> Result<L, NnError> {
+pub(crate) fn deep_copy<E: Float, L: Module<E>>(
+    layer: &L,
+    build: impl Fn() -> Result<L, NnError>,
+) -> Result<L, NnError> {
     let mut copy = build()?;
     copy.load_state_dict(&layer.state_dict(), true)?;
     copy.set_training(layer.is_training());
@@ -139,7 +150,7 @@ fn deep_copy<E: Float, L: Module<E>>(layer: &L, build: impl Fn() -> Result<L, Nn
 
 /// Which dimension of a `[N, T, E]` (`batch_first`) or `[T, N, E]` input is the batch's
 /// (0 for an unbatched `[T, E]` one).
-fn batch_dim(batch_first: bool, ndim: usize) -> usize {
+pub(crate) fn batch_dim(batch_first: bool, ndim: usize) -> usize {
     if ndim == 3 && !batch_first {
         1
     } else {
@@ -147,346 +158,8 @@ fn batch_dim(batch_first: bool, ndim: usize) -> usize {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// TransformerEncoderLayer
-
-/// Configuration of a [`TransformerEncoderLayer`] (PyTorch's defaults: `dim_feedforward`
-/// 2048, dropout 0.1, ReLU, `layer_norm_eps` 1e-5, sequence-first, post-norm, biases).
-#[derive(Clone, Debug, PartialEq)]
-pub struct TransformerEncoderLayerConfig {
-    /// Model size `E`.
-    pub d_model: usize,
-    /// Number of attention heads (must divide `d_model`).
-    pub nhead: usize,
-    /// Width of the feed-forward block.
-    pub dim_feedforward: usize,
-    /// Dropout after attention, inside and after the feed-forward block, and on the attention
-    /// weights (training only).
-    pub dropout: f64,
-    /// The feed-forward activation.
-    pub activation: TransformerActivation,
-    /// The layer norms' ε.
-    pub layer_norm_eps: f64,
-    /// Inputs are `[N, S, E]` when true, `[S, N, E]` otherwise.
-    pub batch_first: bool,
-    /// Pre-norm (`x + SA(norm1(x))`) when true, post-norm (`norm1(x + SA(x))`) otherwise.
-    pub norm_first: bool,
-    /// Whether linear layers and layer norms have biases.
-    pub bias: bool,
-}
-
-impl TransformerEncoderLayerConfig {
-    /// PyTorch's defaults for `d_model` and `nhead`.
-    pub fn new(d_model: usize, nhead: usize) -> Self {
-        TransformerEncoderLayerConfig {
-            d_model,
-            nhead,
-            dim_feedforward: 2048,
-            dropout: 0.1,
-            activation: TransformerActivation::Relu,
-            layer_norm_eps: 1e-5,
-            batch_first: false,
-            norm_first: false,
-            bias: true,
-        }
-    }
-
-    fn parts(&self) -> Parts {
-        Parts {
-            d_model: self.d_model,
-            nhead: self.nhead,
-            dim_feedforward: self.dim_feedforward,
-            dropout: self.dropout,
-            eps: self.layer_norm_eps,
-            batch_first: self.batch_first,
-            bias: self.bias,
-        }
-    }
-
-    /// Builds the layer, initialised from the process-wide generator.
-    ///
-    /// # Errors
-    /// [`NnError::Config`] when a size is zero, `d_model` is not divisible by `nhead`,
-    /// `dropout` is outside `[0, 1]` or `layer_norm_eps` is negative.
-    pub fn build<E: Float>(&self) -> Result<TransformerEncoderLayer<E>, NnError> {
-        check_layer(
-            "TransformerEncoderLayer",
-            self.d_model,
-            self.nhead,
-            self.dim_feedforward,
-            self.dropout,
-            self.layer_norm_eps,
-        )?;
-        let p = self.parts();
-        Ok(TransformerEncoderLayer {
-            config: self.clone(),
-            self_attn: p.attention()?,
-            linear1: p.linear(self.d_model, self.dim_feedforward)?,
-            dropout: p.dropout()?,
-            linear2: p.linear(self.dim_feedforward, self.d_model)?,
-            norm1: p.norm()?,
-            norm2: p.norm()?,
-            dropout1: p.dropout()?,
-            dropout2: p.dropout()?,
-        })
-    }
-}
-
-/// One encoder block, like `torch.nn.TransformerEncoderLayer`: self-attention then a
-/// feed-forward network, each in a residual branch with a layer norm:
-///
-/// - post-norm (default, the paper's): `x = norm1(x + SA(x)); x = norm2(x + FF(x))`
-/// - pre-norm (`norm_first`): `x = x + SA(norm1(x)); x = x + FF(norm2(x))`
-///
-/// with `SA(x) = dropout1(self_attn(x, x, x))` and
-/// `FF(x) = dropout2(linear2(dropout(activation(linear1(x)))))`.
-///
-/// [`Forward::forward`] runs without masks; [`forward_with`](Self::forward_with) takes
-/// `src_mask` and `src_key_padding_mask` (boolean: **true = masked out**).
-///
-/// # Shapes
-/// - `src`: `[S, N, E]`, `[N, S, E]` with `batch_first`, or `[S, E]` unbatched
-/// - `src_mask`: `[S, S]` or `[N·nhead, S, S]`; `src_key_padding_mask`: `[N, S]`
-/// - Output: the shape of `src`
-///
-/// # Parameters
-/// - `self_attn.*`: a [`MultiheadAttention`] (`in_proj_weight` `[3E, E]` Glorot uniform,
-///   `in_proj_bias` zeros, `out_proj` `[E, E]` U(-1/√E, 1/√E), zero bias)
-/// - `linear1.weight`: `[F, E]`, `linear1.bias`: `[F]`, U(-1/√E, 1/√E)
-/// - `linear2.weight`: `[E, F]`, `linear2.bias`: `[E]`, U(-1/√F, 1/√F)
-/// - `norm1.*`, `norm2.*`: `[E]`, ones and zeros
-///
-/// ```
-/// use kiln_nn::{Forward, Module, TransformerEncoderLayer, TransformerEncoderLayerConfig};
-/// use kiln_autograd::Var;
-/// use kiln_tensor::Tensor;
-/// let layer: TransformerEncoderLayer<f64> = TransformerEncoderLayerConfig {
-///     dim_feedforward: 16,
-///     batch_first: true,
-///     ..TransformerEncoderLayerConfig::new(8, 2)
-/// }
-/// .build()
-/// .unwrap();
-/// let src = Var::constant(Tensor::ones(&[3, 5, 8])); // [N, S, E]
-/// let y = layer.forward(&src);
-/// assert_eq!(y.shape().as_slice(), &[3, 5, 8]);
-/// // post-norm: every position comes out of norm2 (weight 1, bias 0), so it has mean 0
-/// assert!(y.value().mean(&[2], false).to_vec().iter().all(|m| m.abs() < 1e-12));
-/// assert_eq!(
-///     layer.to_string(),
-///     "TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, dropout=0.1, activation=relu, \
-///      layer_norm_eps=1e-5, batch_first=true, norm_first=false) [600 parameters]"
-/// );
-/// assert_eq!(layer.named_parameters()[0].0, "self_attn.in_proj_weight");
-/// ```
-pub struct TransformerEncoderLayer<E: Float = f32> {
-    /// The configuration it was built with.
-    pub config: TransformerEncoderLayerConfig,
-    /// Self-attention.
-    pub self_attn: MultiheadAttention<E>,
-    /// Feed-forward expansion `E → F`.
-    pub linear1: Linear<E>,
-    /// Dropout inside the feed-forward block.
-    pub dropout: Dropout,
-    /// Feed-forward projection `F → E`.
-    pub linear2: Linear<E>,
-    /// The norm around self-attention.
-    pub norm1: LayerNorm<E>,
-    /// The norm around the feed-forward block.
-    pub norm2: LayerNorm<E>,
-    /// Dropout on the self-attention branch.
-    pub dropout1: Dropout,
-    /// Dropout on the feed-forward branch.
-    pub dropout2: Dropout,
-}
-
-impl<E: Float> TransformerEncoderLayer<E> {
-    /// A layer with PyTorch's defaults.
-    ///
-    /// **Panics** on an invalid configuration (use [`TransformerEncoderLayerConfig::build`]
-    /// for a `Result`).
-    pub fn new(d_model: usize, nhead: usize) -> Self {
-        TransformerEncoderLayerConfig::new(d_model, nhead).build().unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Re-draws every parameter with its sub-module's PyTorch init.
-    pub fn reset_parameters(&self) {
-        self.self_attn.reset_parameters();
-        self.linear1.reset_parameters();
-        self.linear2.reset_parameters();
-        self.norm1.reset_parameters();
-        self.norm2.reset_parameters();
-    }
-
-    /// The layer with masks, like PyTorch's `forward(src, src_mask, src_key_padding_mask)`.
-    ///
-    /// **Panics** when `src` or a mask has the wrong shape (see [`MultiheadAttention`]).
-    #[must_use]
-    pub fn forward_with(
-        &self,
-        src: &Var<E>,
-        src_mask: Option<&AttnMask<E>>,
-        src_key_padding_mask: Option<&AttnMask<E>>,
-    ) -> Var<E> {
-        let sa = |x: &Var<E>| {
-            let (y, _) = self.self_attn.forward(x, x, x, src_key_padding_mask, false, src_mask, true);
-            self.dropout1.forward(&y)
-        };
-        let ff = |x: &Var<E>| {
-            let h = self.dropout.forward(&self.config.activation.apply(&self.linear1.forward(x)));
-            self.dropout2.forward(&self.linear2.forward(&h))
-        };
-        if self.config.norm_first {
-            let x = src.add(&sa(&self.norm1.forward(src)));
-            x.add(&ff(&self.norm2.forward(&x)))
-        } else {
-            let x = self.norm1.forward(&src.add(&sa(src)));
-            self.norm2.forward(&x.add(&ff(&x)))
-        }
-    }
-}
-
-impl<E: Float> Forward<E> for TransformerEncoderLayer<E> {
-    fn forward(&self, src: &Var<E>) -> Var<E> {
-        self.forward_with(src, None, None)
-    }
-}
-
-impl<E: Float> Module<E> for TransformerEncoderLayer<E> {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {
-        self.self_attn.visit(&format!("{prefix}self_attn."), f);
-        self.linear1.visit(&format!("{prefix}linear1."), f);
-        self.linear2.visit(&format!("{prefix}linear2."), f);
-        self.norm1.visit(&format!("{prefix}norm1."), f);
-        self.norm2.visit(&format!("{prefix}norm2."), f);
-    }
-
-    fn set_training(&mut self, training: bool) {
-        Module::<E>::set_training(&mut self.self_attn, training);
-        for d in [&mut self.dropout, &mut self.dropout1, &mut self.dropout2] {
-            Module::<E>::set_training(d, training);
-        }
-    }
-
-    fn is_training(&self) -> bool {
-        Module::<E>::is_training(&self.self_attn)
-    }
-}
-
-impl<E: Float> fmt::Display for TransformerEncoderLayer<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = &self.config;
-        write!(f, "TransformerEncoderLayer(")?;
-        write_hyper(
-            f,
-            c.d_model,
-            c.nhead,
-            c.dim_feedforward,
-            c.dropout,
-            c.activation,
-            c.layer_norm_eps,
-            c.batch_first,
-            c.norm_first,
-        )?;
-        if !c.bias {
-            write!(f, ", bias=false")?;
-        }
-        write!(f, ") [{} parameters]", self.num_parameters())
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// TransformerEncoder
-
-/// A stack of `num_layers` copies of a [`TransformerEncoderLayer`] and an optional final
-/// norm, like `torch.nn.TransformerEncoder(encoder_layer, num_layers, norm)`:
-/// `x = layer_{n-1}(… layer_0(src)); y = norm(x)`.
-///
-/// As in PyTorch the layers start as exact copies of the given layer (same initial weights)
-/// and are trained independently.
-///
-/// # Shapes
-/// As [`TransformerEncoderLayer`].
-///
-/// # Parameters
-/// - `layers.{i}.*`: each layer's (`layers.0.self_attn.in_proj_weight`, ...)
-/// - `norm.weight`, `norm.bias`: `[E]`, when a final norm is given
-///
-/// ```
-/// use kiln_nn::{Forward, LayerNorm, Module, TransformerEncoder, TransformerEncoderLayerConfig};
-/// use kiln_autograd::Var;
-/// use kiln_tensor::Tensor;
-/// let layer = TransformerEncoderLayerConfig { dim_feedforward: 16, ..TransformerEncoderLayerConfig::new(8, 2) }
-///     .build::<f32>()
-///     .unwrap();
-/// let enc = TransformerEncoder::new(layer, 3, Some(LayerNorm::new(&[8])));
-/// let y = enc.forward(&Var::constant(Tensor::ones(&[5, 2, 8]))); // [S, N, E]
-/// assert_eq!(y.shape().as_slice(), &[5, 2, 8]);
-/// assert_eq!(enc.num_parameters(), 3 * 600 + 16);
-/// let keys: Vec<String> = enc.named_parameters().into_iter().map(|(k, _)| k).collect();
-/// assert_eq!(keys[12], "layers.1.self_attn.in_proj_weight");
-/// assert_eq!(keys.last().unwrap(), "norm.bias");
-/// // the copies start equal
-/// assert_eq!(enc.layers[0].linear1.weight.value().to_vec(), enc.layers[2].linear1.weight.value().to_vec());
-/// ```
-pub struct TransformerEncoder<E: Float = f32> {
-    /// The layers, applied in order.
-    pub layers: Vec<TransformerEncoderLayer<E>>,
-    /// The final norm, if any.
-    pub norm: Option<LayerNorm<E>>,
-}
-
-impl<E: Float> TransformerEncoder<E> {
-    /// `num_layers` copies of `encoder_layer` and an optional final norm.
-    ///
-    /// **Panics** if `num_layers` is zero or `norm` does not normalise `[d_model]` (use
-    /// [`try_new`](Self::try_new) for a `Result`).
-    pub fn new(encoder_layer: TransformerEncoderLayer<E>, num_layers: usize, norm: Option<LayerNorm<E>>) -> Self {
-        Self::try_new(encoder_layer, num_layers, norm).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// `num_layers` copies of `encoder_layer` and an optional final norm.
-    ///
-    /// # Errors
-    /// [`NnError::Config`] when `num_layers` is zero or `norm` does not normalise
-    /// `[d_model]`.
-    pub fn try_new(
-        encoder_layer: TransformerEncoderLayer<E>,
-        num_layers: usize,
-        norm: Option<LayerNorm<E>>,
-    ) -> Result<Self, NnError> {
-        check_stack("TransformerEncoder", num_layers, encoder_layer.config.d_model, norm.as_ref())?;
-        let mut layers = Vec::with_capacity(num_layers);
-        for _ in 1..num_layers {
-            layers.push(deep_copy(&encoder_layer, || encoder_layer.config.build())?);
-        }
-        layers.insert(0, encoder_layer);
-        Ok(TransformerEncoder { layers, norm })
-    }
-
-    /// The stack with masks, like PyTorch's `forward(src, mask, src_key_padding_mask)`;
-    /// every layer gets the same masks (boolean: **true = masked out**).
-    ///
-    /// **Panics** when `src` or a mask has the wrong shape.
-    #[must_use]
-    pub fn forward_with(
-        &self,
-        src: &Var<E>,
-        mask: Option<&AttnMask<E>>,
-        src_key_padding_mask: Option<&AttnMask<E>>,
-    ) -> Var<E> {
-        let mut x = src.clone();
-        for layer in &self.layers {
-            x = layer.forward_with(&x, mask, src_key_padding_mask);
-        }
-        match &self.norm {
-            Some(n) => n.forward(&x),
-            None => x,
-        }
-    }
-}
-
-fn check_stack<E: Float>(
+/// Checks a stack's layer count and final norm.
+pub(crate) fn check_stack<E: Float>(
     what: &str,
     num_layers: usize,
     d_model: usize,
@@ -505,437 +178,6 @@ fn check_stack<E: Float>(
     }
     Ok(())
 }
-
-impl<E: Float> Forward<E> for TransformerEncoder<E> {
-    fn forward(&self, src: &Var<E>) -> Var<E> {
-        self.forward_with(src, None, None)
-    }
-}
-
-impl<E: Float> Module<E> for TransformerEncoder<E> {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {
-        self.layers.visit(&format!("{prefix}layers."), f);
-        self.norm.visit(&format!("{prefix}norm."), f);
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.layers.set_training(training);
-    }
-
-    fn is_training(&self) -> bool {
-        self.layers.is_training()
-    }
-}
-
-impl<E: Float> fmt::Display for TransformerEncoder<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = &self.layers[0].config;
-        write!(f, "TransformerEncoder(num_layers={}, ", self.layers.len())?;
-        write_hyper(
-            f,
-            c.d_model,
-            c.nhead,
-            c.dim_feedforward,
-            c.dropout,
-            c.activation,
-            c.layer_norm_eps,
-            c.batch_first,
-            c.norm_first,
-        )?;
-        write!(f, ", norm={}) [{} parameters]", self.norm.is_some(), self.num_parameters())
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// TransformerDecoderLayer
-
-/// Configuration of a [`TransformerDecoderLayer`] (PyTorch's defaults: `dim_feedforward`
-/// 2048, dropout 0.1, ReLU, `layer_norm_eps` 1e-5, sequence-first, post-norm, biases).
-#[derive(Clone, Debug, PartialEq)]
-pub struct TransformerDecoderLayerConfig {
-    /// Model size `E`.
-    pub d_model: usize,
-    /// Number of attention heads (must divide `d_model`).
-    pub nhead: usize,
-    /// Width of the feed-forward block.
-    pub dim_feedforward: usize,
-    /// Dropout on every branch and on the attention weights (training only).
-    pub dropout: f64,
-    /// The feed-forward activation.
-    pub activation: TransformerActivation,
-    /// The layer norms' ε.
-    pub layer_norm_eps: f64,
-    /// Inputs are `[N, T, E]` when true, `[T, N, E]` otherwise.
-    pub batch_first: bool,
-    /// Pre-norm when true, post-norm otherwise.
-    pub norm_first: bool,
-    /// Whether linear layers and layer norms have biases.
-    pub bias: bool,
-}
-
-impl TransformerDecoderLayerConfig {
-    /// PyTorch's defaults for `d_model` and `nhead`.
-    pub fn new(d_model: usize, nhead: usize) -> Self {
-        TransformerDecoderLayerConfig {
-            d_model,
-            nhead,
-            dim_feedforward: 2048,
-            dropout: 0.1,
-            activation: TransformerActivation::Relu,
-            layer_norm_eps: 1e-5,
-            batch_first: false,
-            norm_first: false,
-            bias: true,
-        }
-    }
-
-    /// Builds the layer, initialised from the process-wide generator.
-    ///
-    /// # Errors
-    /// [`NnError::Config`] when a size is zero, `d_model` is not divisible by `nhead`,
-    /// `dropout` is outside `[0, 1]` or `layer_norm_eps` is negative.
-    pub fn build<E: Float>(&self) -> Result<TransformerDecoderLayer<E>, NnError> {
-        check_layer(
-            "TransformerDecoderLayer",
-            self.d_model,
-            self.nhead,
-            self.dim_feedforward,
-            self.dropout,
-            self.layer_norm_eps,
-        )?;
-        let p = Parts {
-            d_model: self.d_model,
-            nhead: self.nhead,
-            dim_feedforward: self.dim_feedforward,
-            dropout: self.dropout,
-            eps: self.layer_norm_eps,
-            batch_first: self.batch_first,
-            bias: self.bias,
-        };
-        Ok(TransformerDecoderLayer {
-            config: self.clone(),
-            self_attn: p.attention()?,
-            multihead_attn: p.attention()?,
-            linear1: p.linear(self.d_model, p.dim_feedforward)?,
-            dropout: p.dropout()?,
-            linear2: p.linear(p.dim_feedforward, self.d_model)?,
-            norm1: p.norm()?,
-            norm2: p.norm()?,
-            norm3: p.norm()?,
-            dropout1: p.dropout()?,
-            dropout2: p.dropout()?,
-            dropout3: p.dropout()?,
-        })
-    }
-}
-
-/// One decoder block, like `torch.nn.TransformerDecoderLayer`: masked self-attention,
-/// attention over the encoder's output (`memory`), then a feed-forward network, each in a
-/// residual branch with a layer norm:
-///
-/// - post-norm (default): `x = norm1(x + SA(x)); x = norm2(x + MHA(x, mem)); x = norm3(x + FF(x))`
-/// - pre-norm (`norm_first`): `x = x + SA(norm1(x)); x = x + MHA(norm2(x), mem); x = x + FF(norm3(x))`
-///
-/// with `SA(x) = dropout1(self_attn(x, x, x))`, `MHA(x, m) = dropout2(multihead_attn(x, m, m))`,
-/// `FF(x) = dropout3(linear2(dropout(activation(linear1(x)))))`.
-///
-/// Boolean masks are **true = masked out**; pass [`causal_mask`] as `tgt_mask` for
-/// autoregressive decoding.
-///
-/// # Shapes
-/// - `tgt`: `[T, N, E]` (`[N, T, E]` with `batch_first`, `[T, E]` unbatched);
-///   `memory`: `[S, N, E]` likewise
-/// - `tgt_mask`: `[T, T]` or `[N·nhead, T, T]`; `memory_mask`: `[T, S]` or `[N·nhead, T, S]`
-/// - `tgt_key_padding_mask`: `[N, T]`; `memory_key_padding_mask`: `[N, S]`
-/// - Output: the shape of `tgt`
-///
-/// # Parameters
-/// - `self_attn.*`, `multihead_attn.*`: two [`MultiheadAttention`]s
-///   (Glorot-uniform `in_proj_weight`, zero biases, `out_proj` as a [`Linear`])
-/// - `linear1.*` `[F, E]`/`[F]`, `linear2.*` `[E, F]`/`[E]`: U(-1/√fan_in, 1/√fan_in)
-/// - `norm1.*`, `norm2.*`, `norm3.*`: `[E]`, ones and zeros
-///
-/// ```
-/// use kiln_nn::{causal_mask, Module, TransformerDecoderLayer, TransformerDecoderLayerConfig};
-/// use kiln_autograd::Var;
-/// use kiln_tensor::Tensor;
-/// let layer: TransformerDecoderLayer<f64> =
-///     TransformerDecoderLayerConfig { dim_feedforward: 16, ..TransformerDecoderLayerConfig::new(8, 2) }.build().unwrap();
-/// let tgt = Var::constant(Tensor::ones(&[4, 2, 8])); // [T, N, E]
-/// let memory = Var::constant(Tensor::ones(&[6, 2, 8])); // [S, N, E]
-/// let y = layer.forward_with(&tgt, &memory, Some(&causal_mask(4)), None, None, None);
-/// assert_eq!(y.shape().as_slice(), &[4, 2, 8]);
-/// assert_eq!(layer.num_parameters(), 2 * 288 + (16 * 8 + 16) + (8 * 16 + 8) + 3 * 16);
-/// assert_eq!(layer.named_parameters()[4].0, "multihead_attn.in_proj_weight");
-/// ```
-pub struct TransformerDecoderLayer<E: Float = f32> {
-    /// The configuration it was built with.
-    pub config: TransformerDecoderLayerConfig,
-    /// Self-attention over the target.
-    pub self_attn: MultiheadAttention<E>,
-    /// Attention from the target to the memory.
-    pub multihead_attn: MultiheadAttention<E>,
-    /// Feed-forward expansion `E → F`.
-    pub linear1: Linear<E>,
-    /// Dropout inside the feed-forward block.
-    pub dropout: Dropout,
-    /// Feed-forward projection `F → E`.
-    pub linear2: Linear<E>,
-    /// The norm around self-attention.
-    pub norm1: LayerNorm<E>,
-    /// The norm around cross-attention.
-    pub norm2: LayerNorm<E>,
-    /// The norm around the feed-forward block.
-    pub norm3: LayerNorm<E>,
-    /// Dropout on the self-attention branch.
-    pub dropout1: Dropout,
-    /// Dropout on the cross-attention branch.
-    pub dropout2: Dropout,
-    /// Dropout on the feed-forward branch.
-    pub dropout3: Dropout,
-}
-
-impl<E: Float> TransformerDecoderLayer<E> {
-    /// A layer with PyTorch's defaults.
-    ///
-    /// **Panics** on an invalid configuration (use [`TransformerDecoderLayerConfig::build`]
-    /// for a `Result`).
-    pub fn new(d_model: usize, nhead: usize) -> Self {
-        TransformerDecoderLayerConfig::new(d_model, nhead).build().unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Re-draws every parameter with its sub-module's PyTorch init.
-    pub fn reset_parameters(&self) {
-        self.self_attn.reset_parameters();
-        self.multihead_attn.reset_parameters();
-        self.linear1.reset_parameters();
-        self.linear2.reset_parameters();
-        self.norm1.reset_parameters();
-        self.norm2.reset_parameters();
-        self.norm3.reset_parameters();
-    }
-
-    /// The layer without masks.
-    #[must_use]
-    pub fn forward(&self, tgt: &Var<E>, memory: &Var<E>) -> Var<E> {
-        self.forward_with(tgt, memory, None, None, None, None)
-    }
-
-    /// The layer with masks, like PyTorch's `forward(tgt, memory, tgt_mask, memory_mask,
-    /// tgt_key_padding_mask, memory_key_padding_mask)`.
-    ///
-    /// **Panics** when an input or a mask has the wrong shape (see [`MultiheadAttention`]).
-    #[must_use]
-    pub fn forward_with(
-        &self,
-        tgt: &Var<E>,
-        memory: &Var<E>,
-        tgt_mask: Option<&AttnMask<E>>,
-        memory_mask: Option<&AttnMask<E>>,
-        tgt_key_padding_mask: Option<&AttnMask<E>>,
-        memory_key_padding_mask: Option<&AttnMask<E>>,
-    ) -> Var<E> {
-        let sa = |x: &Var<E>| {
-            let (y, _) = self.self_attn.forward(x, x, x, tgt_key_padding_mask, false, tgt_mask, true);
-            self.dropout1.forward(&y)
-        };
-        let mha = |x: &Var<E>| {
-            let (y, _) =
-                self.multihead_attn.forward(x, memory, memory, memory_key_padding_mask, false, memory_mask, true);
-            self.dropout2.forward(&y)
-        };
-        let ff = |x: &Var<E>| {
-            let h = self.dropout.forward(&self.config.activation.apply(&self.linear1.forward(x)));
-            self.dropout3.forward(&self.linear2.forward(&h))
-        };
-        if self.config.norm_first {
-            let x = tgt.add(&sa(&self.norm1.forward(tgt)));
-            let x = x.add(&mha(&self.norm2.forward(&x)));
-            x.add(&ff(&self.norm3.forward(&x)))
-        } else {
-            let x = self.norm1.forward(&tgt.add(&sa(tgt)));
-            let x = self.norm2.forward(&x.add(&mha(&x)));
-            self.norm3.forward(&x.add(&ff(&x)))
-        }
-    }
-}
-
-impl<E: Float> Module<E> for TransformerDecoderLayer<E> {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {
-        self.self_attn.visit(&format!("{prefix}self_attn."), f);
-        self.multihead_attn.visit(&format!("{prefix}multihead_attn."), f);
-        self.linear1.visit(&format!("{prefix}linear1."), f);
-        self.linear2.visit(&format!("{prefix}linear2."), f);
-        self.norm1.visit(&format!("{prefix}norm1."), f);
-        self.norm2.visit(&format!("{prefix}norm2."), f);
-        self.norm3.visit(&format!("{prefix}norm3."), f);
-    }
-
-    fn set_training(&mut self, training: bool) {
-        Module::<E>::set_training(&mut self.self_attn, training);
-        Module::<E>::set_training(&mut self.multihead_attn, training);
-        for d in [&mut self.dropout, &mut self.dropout1, &mut self.dropout2, &mut self.dropout3] {
-            Module::<E>::set_training(d, training);
-        }
-    }
-
-    fn is_training(&self) -> bool {
-        Module::<E>::is_training(&self.self_attn)
-    }
-}
-
-impl<E: Float> fmt::Display for TransformerDecoderLayer<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = &self.config;
-        write!(f, "TransformerDecoderLayer(")?;
-        write_hyper(
-            f,
-            c.d_model,
-            c.nhead,
-            c.dim_feedforward,
-            c.dropout,
-            c.activation,
-            c.layer_norm_eps,
-            c.batch_first,
-            c.norm_first,
-        )?;
-        if !c.bias {
-            write!(f, ", bias=false")?;
-        }
-        write!(f, ") [{} parameters]", self.num_parameters())
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// TransformerDecoder
-
-/// A stack of `num_layers` copies of a [`TransformerDecoderLayer`] and an optional final
-/// norm, like `torch.nn.TransformerDecoder(decoder_layer, num_layers, norm)`; every layer
-/// attends to the same `memory`.
-///
-/// # Shapes
-/// As [`TransformerDecoderLayer`].
-///
-/// # Parameters
-/// - `layers.{i}.*`: each layer's (`layers.0.multihead_attn.in_proj_weight`, ...)
-/// - `norm.weight`, `norm.bias`: `[E]`, when a final norm is given
-///
-/// ```
-/// use kiln_nn::{causal_mask, Module, TransformerDecoder, TransformerDecoderLayerConfig};
-/// use kiln_autograd::Var;
-/// use kiln_tensor::Tensor;
-/// let layer = TransformerDecoderLayerConfig { dim_feedforward: 16, batch_first: true, ..TransformerDecoderLayerConfig::new(8, 2) }
-///     .build::<f32>()
-///     .unwrap();
-/// let dec = TransformerDecoder::new(layer, 2, None);
-/// let tgt = Var::constant(Tensor::ones(&[2, 4, 8])); // [N, T, E]
-/// let memory = Var::constant(Tensor::ones(&[2, 7, 8])); // [N, S, E]
-/// let y = dec.forward_with(&tgt, &memory, Some(&causal_mask(4)), None, None, None);
-/// assert_eq!(y.shape().as_slice(), &[2, 4, 8]);
-/// assert_eq!(dec.named_parameters().len(), 2 * 18);
-/// ```
-pub struct TransformerDecoder<E: Float = f32> {
-    /// The layers, applied in order.
-    pub layers: Vec<TransformerDecoderLayer<E>>,
-    /// The final norm, if any.
-    pub norm: Option<LayerNorm<E>>,
-}
-
-impl<E: Float> TransformerDecoder<E> {
-    /// `num_layers` copies of `decoder_layer` and an optional final norm.
-    ///
-    /// **Panics** if `num_layers` is zero or `norm` does not normalise `[d_model]` (use
-    /// [`try_new`](Self::try_new) for a `Result`).
-    pub fn new(decoder_layer: TransformerDecoderLayer<E>, num_layers: usize, norm: Option<LayerNorm<E>>) -> Self {
-        Self::try_new(decoder_layer, num_layers, norm).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// `num_layers` copies of `decoder_layer` and an optional final norm.
-    ///
-    /// # Errors
-    /// [`NnError::Config`] when `num_layers` is zero or `norm` does not normalise
-    /// `[d_model]`.
-    pub fn try_new(
-        decoder_layer: TransformerDecoderLayer<E>,
-        num_layers: usize,
-        norm: Option<LayerNorm<E>>,
-    ) -> Result<Self, NnError> {
-        check_stack("TransformerDecoder", num_layers, decoder_layer.config.d_model, norm.as_ref())?;
-        let mut layers = Vec::with_capacity(num_layers);
-        for _ in 1..num_layers {
-            layers.push(deep_copy(&decoder_layer, || decoder_layer.config.build())?);
-        }
-        layers.insert(0, decoder_layer);
-        Ok(TransformerDecoder { layers, norm })
-    }
-
-    /// The stack without masks.
-    #[must_use]
-    pub fn forward(&self, tgt: &Var<E>, memory: &Var<E>) -> Var<E> {
-        self.forward_with(tgt, memory, None, None, None, None)
-    }
-
-    /// The stack with masks, like PyTorch's `forward(tgt, memory, tgt_mask, memory_mask,
-    /// tgt_key_padding_mask, memory_key_padding_mask)`; every layer gets the same masks.
-    ///
-    /// **Panics** when an input or a mask has the wrong shape.
-    #[must_use]
-    pub fn forward_with(
-        &self,
-        tgt: &Var<E>,
-        memory: &Var<E>,
-        tgt_mask: Option<&AttnMask<E>>,
-        memory_mask: Option<&AttnMask<E>>,
-        tgt_key_padding_mask: Option<&AttnMask<E>>,
-        memory_key_padding_mask: Option<&AttnMask<E>>,
-    ) -> Var<E> {
-        let mut x = tgt.clone();
-        for layer in &self.layers {
-            x = layer.forward_with(&x, memory, tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask);
-        }
-        match &self.norm {
-            Some(n) => n.forward(&x),
-            None => x,
-        }
-    }
-}
-
-impl<E: Float> Module<E> for TransformerDecoder<E> {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {
-        self.layers.visit(&format!("{prefix}layers."), f);
-        self.norm.visit(&format!("{prefix}norm."), f);
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.layers.set_training(training);
-    }
-
-    fn is_training(&self) -> bool {
-        self.layers.is_training()
-    }
-}
-
-impl<E: Float> fmt::Display for TransformerDecoder<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = &self.layers[0].config;
-        write!(f, "TransformerDecoder(num_layers={}, ", self.layers.len())?;
-        write_hyper(
-            f,
-            c.d_model,
-            c.nhead,
-            c.dim_feedforward,
-            c.dropout,
-            c.activation,
-            c.layer_norm_eps,
-            c.batch_first,
-            c.norm_first,
-        )?;
-        write!(f, ", norm={}) [{} parameters]", self.norm.is_some(), self.num_parameters())
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Transformer
 
 /// Configuration of a [`Transformer`] (PyTorch's defaults: `d_model` 512, 8 heads, 6 + 6
 /// layers, `dim_feedforward` 2048, dropout 0.1, ReLU, `layer_norm_eps` 1e-5, sequence-first,
@@ -1118,8 +360,10 @@ impl<E: Float> Default for TransformerMasks<'_, E> {
 /// assert!(model.state_dict().contains_key("decoder.layers.0.multihead_attn.in_proj_weight"));
 /// assert!(model.state_dict().contains_key("encoder.norm.weight"));
 /// ```
+#[derive(Module)]
 pub struct Transformer<E: Float = f32> {
     /// The configuration it was built with.
+    #[module(skip)]
     pub config: TransformerConfig,
     /// The encoder stack (with its final norm).
     pub encoder: TransformerEncoder<E>,
@@ -1127,15 +371,19 @@ pub struct Transformer<E: Float = f32> {
     pub decoder: TransformerDecoder<E>,
 }
 
-impl<E: Float> Transformer<E> {
+impl Transformer<f32> {
     /// A model with PyTorch's defaults for the given `d_model` and `nhead`.
+    ///
+    /// In `f32`; other element types through the configuration (`TransformerConfig::new(..).build::<f64>()`).
     ///
     /// **Panics** on an invalid configuration (use [`TransformerConfig::build`] for a
     /// `Result`).
     pub fn new(d_model: usize, nhead: usize) -> Self {
         TransformerConfig::new(d_model, nhead).build().unwrap_or_else(|e| panic!("{e}"))
     }
+}
 
+impl<E: Float> Transformer<E> {
     /// PyTorch's `_reset_parameters`: Glorot uniform on every parameter with more than one
     /// dimension, the others left as the layers initialised them.
     pub fn reset_parameters(&self) {
@@ -1199,22 +447,6 @@ impl<E: Float> Transformer<E> {
     }
 }
 
-impl<E: Float> Module<E> for Transformer<E> {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {
-        self.encoder.visit(&format!("{prefix}encoder."), f);
-        self.decoder.visit(&format!("{prefix}decoder."), f);
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.encoder.set_training(training);
-        self.decoder.set_training(training);
-    }
-
-    fn is_training(&self) -> bool {
-        self.encoder.is_training()
-    }
-}
-
 impl<E: Float> fmt::Display for Transformer<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.config;
@@ -1242,19 +474,24 @@ impl<E: Float> fmt::Display for Transformer<E> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::golden;
-    use crate::layers::attention::tests::{adam_step, assert_param_grads, golden_state_dict};
-    use crate::layers::positional::sinusoidal_encoding;
-    use kiln_autograd::{gradcheck, no_grad};
+pub(crate) mod testing {
+    //! What the Transformer family's tests share: small configurations, random tensors,
+    //! numerical gradient checks and golden-case plumbing.
+
+    use kiln_autograd::{no_grad, Var};
     use kiln_tensor::{Indices, Rng, Tensor};
 
-    fn rand(shape: &[usize], seed: u64) -> Tensor<f64> {
+    use super::TransformerActivation;
+    use crate::golden;
+    use crate::layers::attention::tests::{assert_param_grads, golden_state_dict};
+    use crate::layers::attention::AttnMask;
+    use crate::{Module, TransformerDecoderLayerConfig, TransformerEncoderLayer, TransformerEncoderLayerConfig};
+
+    pub(crate) fn rand(shape: &[usize], seed: u64) -> Tensor<f64> {
         Tensor::uniform(shape, -1.0, 1.0, &mut Rng::new(seed))
     }
 
-    fn enc_cfg(d: usize, h: usize, ff: usize) -> TransformerEncoderLayerConfig {
+    pub(crate) fn enc_cfg(d: usize, h: usize, ff: usize) -> TransformerEncoderLayerConfig {
         TransformerEncoderLayerConfig {
             dim_feedforward: ff,
             dropout: 0.0,
@@ -1263,7 +500,7 @@ mod tests {
         }
     }
 
-    fn dec_cfg(d: usize, h: usize, ff: usize) -> TransformerDecoderLayerConfig {
+    pub(crate) fn dec_cfg(d: usize, h: usize, ff: usize) -> TransformerDecoderLayerConfig {
         TransformerDecoderLayerConfig {
             dim_feedforward: ff,
             dropout: 0.0,
@@ -1273,7 +510,7 @@ mod tests {
     }
 
     /// Checks every parameter's gradient of `u · f()` against central differences.
-    fn check_param_grads<M: Module<f64>>(m: &M, f: impl Fn() -> Var<f64>) {
+    pub(crate) fn check_param_grads<M: Module<f64>>(m: &M, f: impl Fn() -> Var<f64>) {
         let y = f();
         let u = rand(&y.shape(), 17);
         m.zero_grad();
@@ -1300,7 +537,7 @@ mod tests {
 
     /// Moves the zero-initialised biases and unit norms away from their defaults, so that
     /// the checks do not pass by symmetry (as the golden cases' `0.1 * randn`).
-    fn perturb<M: Module<f64>>(m: &M, seed: u64) {
+    pub(crate) fn perturb<M: Module<f64>>(m: &M, seed: u64) {
         let mut rng = Rng::new(seed);
         for p in m.parameters() {
             let noise = Tensor::uniform(&p.shape(), -0.1, 0.1, &mut rng);
@@ -1308,7 +545,94 @@ mod tests {
         }
     }
 
-    // ------------------------------------------------------------------ structure
+    pub(crate) fn mask(c: &golden::Case, name: &str) -> Option<AttnMask<f64>> {
+        let t = c.tensors.get(&format!("input.{name}"))?.clone();
+        Some(if c.json["tensors"][format!("input.{name}")]["dtype"] == "bool" {
+            AttnMask::Bool(t)
+        } else {
+            AttnMask::Float(t)
+        })
+    }
+
+    /// The activation a case names (PyTorch's default relu where absent).
+    pub(crate) fn activation(c: &golden::Case, path: &str) -> TransformerActivation {
+        match c.str_or(path, "relu") {
+            "relu" => TransformerActivation::Relu,
+            "gelu" => TransformerActivation::Gelu,
+            other => panic!("{}: activation {other} is not supported", c.name),
+        }
+    }
+
+    /// An encoder layer from the case's keyword arguments under `kw` (`constructor_kwargs`,
+    /// or `encoder_layer_kwargs` for a stack), PyTorch's defaults where absent. The layer-norm
+    /// epsilon is a constructor argument, which the single-layer cases also state beside it.
+    pub(crate) fn enc_layer_from(c: &golden::Case, kw: &str) -> TransformerEncoderLayer<f64> {
+        let eps = c.f64_or(&format!("{kw}/layer_norm_eps"), c.f64_or("layer_norm_eps", 1e-5));
+        TransformerEncoderLayerConfig {
+            dim_feedforward: c.usize_or(&format!("{kw}/dim_feedforward"), 2048),
+            dropout: c.f64_or(&format!("{kw}/dropout"), 0.1),
+            batch_first: c.bool_or(&format!("{kw}/batch_first"), false),
+            norm_first: c.bool_or(&format!("{kw}/norm_first"), false),
+            bias: c.bool_or(&format!("{kw}/bias"), true),
+            activation: activation(c, &format!("{kw}/activation")),
+            layer_norm_eps: eps,
+            ..TransformerEncoderLayerConfig::new(c.usize(&format!("{kw}/d_model")), c.usize(&format!("{kw}/nhead")))
+        }
+        .build()
+        .unwrap()
+    }
+
+    /// Loads the case's parameters, runs `run` on its `grad_inputs`, and checks the output
+    /// and every gradient.
+    pub(crate) fn golden_check<M: Module<f64>>(
+        name: &str,
+        c: &golden::Case,
+        m: &M,
+        run: impl Fn(&[Var<f64>]) -> Var<f64>,
+    ) {
+        m.load_state_dict(&golden_state_dict(c), true).unwrap();
+        let tol = c.tol("float64");
+        let names: Vec<&str> = c.json["grad_inputs"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+        let xs: Vec<Var<f64>> = names.iter().map(|n| Var::param(c.t(&format!("input.{n}")))).collect();
+        let y = run(&xs);
+        golden::assert_close(&format!("{name} output"), &y.value(), &c.t("output.output"), tol);
+        y.backward_with(&c.t("upstream.output"));
+        for (n, x) in names.iter().zip(&xs) {
+            golden::assert_close(
+                &format!("{name} grad {n}"),
+                &x.grad().unwrap(),
+                &c.t(&format!("grad_input.{n}")),
+                tol,
+            );
+        }
+        assert_param_grads(name, m, c, tol);
+    }
+
+    /// `[n, len, vocab]` one-hot rows of `ids` (row-major `[n, len]`).
+    pub(crate) fn one_hot(ids: &[usize], n: usize, len: usize, vocab: usize) -> Tensor<f64> {
+        Tensor::one_hot(&Indices::new(ids.to_vec(), &[n, len]), vocab)
+    }
+
+    pub(crate) fn cross_entropy(logits: &Var<f64>, target: &Tensor<f64>) -> Var<f64> {
+        let n = (target.numel() / target.size(-1)) as f64;
+        logits.log_softmax(-1).mul(&Var::constant(target.clone())).sum_all().mul_scalar(-1.0 / n)
+    }
+
+    pub(crate) fn accuracy(logits: &Tensor<f64>, ids: &[usize]) -> f64 {
+        let pred = logits.argmax(-1, false).data;
+        pred.iter().zip(ids).filter(|(a, b)| a == b).count() as f64 / ids.len() as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    use crate::layers::attention::tests::adam_step;
+    use crate::layers::positional::sinusoidal_encoding;
+    use crate::{Forward, TransformerDecoderLayer, TransformerEncoderLayer, TransformerEncoderLayerConfig};
+    use kiln_autograd::no_grad;
+    use kiln_tensor::{Rng, Tensor};
 
     #[test]
     fn configs_displays_and_errors() {
@@ -1408,20 +732,6 @@ mod tests {
     }
 
     #[test]
-    fn clones_start_equal_and_train_independently() {
-        let enc = TransformerEncoder::new(enc_cfg(4, 2, 8).build::<f64>().unwrap(), 3, None);
-        let sd0 = enc.layers[0].state_dict();
-        for l in &enc.layers[1..] {
-            assert_eq!(
-                l.state_dict().values().map(|t| t.to_vec()).collect::<Vec<_>>(),
-                sd0.values().map(|t| t.to_vec()).collect::<Vec<_>>()
-            );
-        }
-        enc.layers[0].linear1.weight.update_value(|w| w.fill_(7.0));
-        assert_ne!(enc.layers[1].linear1.weight.value().get(&[0, 0]), 7.0);
-    }
-
-    #[test]
     fn transformer_init_is_xavier_on_matrices() {
         init::manual_seed(1);
         let t: Transformer<f64> = TransformerConfig {
@@ -1445,35 +755,6 @@ mod tests {
     }
 
     #[test]
-    fn layouts_agree() {
-        // sequence-first, batch-first and unbatched inputs give the same numbers
-        let bf = enc_cfg(4, 2, 8).build::<f64>().unwrap();
-        perturb(&bf, 1);
-        let sf = TransformerEncoderLayerConfig { batch_first: false, ..enc_cfg(4, 2, 8) }.build::<f64>().unwrap();
-        sf.load_state_dict(&bf.state_dict(), true).unwrap();
-        let x = rand(&[2, 3, 4], 2);
-        let a = bf.forward(&Var::constant(x.clone())).value();
-        let b = sf.forward(&Var::constant(x.transpose(0, 1))).value().transpose(0, 1);
-        golden::assert_close("seq-first", &b.contiguous(), &a, (1e-12, 1e-14));
-        let u = bf.forward(&Var::constant(x.select(0, 1))).value();
-        golden::assert_close("unbatched", &u, &a.select(0, 1), (1e-12, 1e-14));
-    }
-
-    #[test]
-    fn dropout_only_in_training() {
-        init::manual_seed(3);
-        let mut l: TransformerEncoderLayer<f64> =
-            TransformerEncoderLayerConfig { dropout: 0.5, ..enc_cfg(4, 2, 8) }.build().unwrap();
-        let x = Var::constant(rand(&[2, 3, 4], 1));
-        assert_ne!(l.forward(&x).value().to_vec(), l.forward(&x).value().to_vec());
-        l.eval();
-        assert!(!l.dropout.is_training() && !l.dropout2.is_training() && !Module::<f64>::is_training(&l.self_attn));
-        assert_eq!(l.forward(&x).value().to_vec(), l.forward(&x).value().to_vec());
-        l.train();
-        assert!(l.dropout1.is_training());
-    }
-
-    #[test]
     #[should_panic(expected = "Transformer: src [5, 2, 4] and tgt [3, 3, 4]: batch sizes 2 and 3 differ")]
     fn transformer_batch_mismatch_panics() {
         let t: Transformer = TransformerConfig {
@@ -1485,221 +766,6 @@ mod tests {
         .build()
         .unwrap();
         let _ = t.forward(&Var::constant(Tensor::zeros(&[5, 2, 4])), &Var::constant(Tensor::zeros(&[3, 3, 4])));
-    }
-
-    #[test]
-    #[should_panic(expected = "key_padding_mask [2, 4] must be [N, S] = [2, 3]")]
-    fn encoder_wrong_padding_mask_panics() {
-        let l = enc_cfg(4, 2, 8).build::<f64>().unwrap();
-        let _ =
-            l.forward_with(&Var::constant(rand(&[2, 3, 4], 1)), None, Some(&AttnMask::Bool(Tensor::zeros(&[2, 4]))));
-    }
-
-    // ------------------------------------------------------------------ gradients
-
-    #[test]
-    fn gradcheck_encoder_layers() {
-        for (norm_first, act) in [(false, TransformerActivation::Relu), (true, TransformerActivation::Gelu)] {
-            init::manual_seed(7);
-            let l: TransformerEncoderLayer<f64> =
-                TransformerEncoderLayerConfig { norm_first, activation: act, ..enc_cfg(4, 2, 6) }.build().unwrap();
-            perturb(&l, 8);
-            let pad = AttnMask::from_bools(&[false, false, false, false, false, true], &[2, 3]);
-            let mask = AttnMask::Float(rand(&[3, 3], 4));
-            let x = rand(&[2, 3, 4], 5);
-            let r = gradcheck(
-                |v| l.forward_with(&v[0], Some(&mask), Some(&pad)),
-                std::slice::from_ref(&x),
-                1e-6,
-                1e-8,
-                1e-5,
-            );
-            assert!(r.is_ok(), "norm_first={norm_first}: {}", r.unwrap_err());
-            let xv = Var::constant(x);
-            check_param_grads(&l, || l.forward_with(&xv, Some(&mask), Some(&pad)));
-        }
-    }
-
-    #[test]
-    fn gradcheck_decoder_layers() {
-        for norm_first in [false, true] {
-            init::manual_seed(9);
-            let l: TransformerDecoderLayer<f64> =
-                TransformerDecoderLayerConfig { norm_first, ..dec_cfg(4, 2, 6) }.build().unwrap();
-            perturb(&l, 10);
-            let causal = causal_mask::<f64>(3);
-            let mpad = AttnMask::from_bools(&[false, false, false, false, true, true], &[2, 3]);
-            let (t, m) = (rand(&[2, 3, 4], 11), rand(&[2, 3, 4], 12));
-            let r = gradcheck(
-                |v| l.forward_with(&v[0], &v[1], Some(&causal), None, None, Some(&mpad)),
-                &[t.clone(), m.clone()],
-                1e-6,
-                1e-8,
-                1e-5,
-            );
-            assert!(r.is_ok(), "norm_first={norm_first}: {}", r.unwrap_err());
-            let (tv, mv) = (Var::constant(t), Var::constant(m));
-            check_param_grads(&l, || l.forward_with(&tv, &mv, Some(&causal), None, None, Some(&mpad)));
-        }
-    }
-
-    // ------------------------------------------------------------------ golden
-
-    fn mask(c: &golden::Case, name: &str) -> Option<AttnMask<f64>> {
-        let t = c.tensors.get(&format!("input.{name}"))?.clone();
-        Some(if c.json["tensors"][format!("input.{name}")]["dtype"] == "bool" {
-            AttnMask::Bool(t)
-        } else {
-            AttnMask::Float(t)
-        })
-    }
-
-    /// The activation a case names (PyTorch's default relu where absent).
-    fn activation(c: &golden::Case, path: &str) -> TransformerActivation {
-        match c.str_or(path, "relu") {
-            "relu" => TransformerActivation::Relu,
-            "gelu" => TransformerActivation::Gelu,
-            other => panic!("{}: activation {other} is not supported", c.name),
-        }
-    }
-
-    /// An encoder layer from the case's keyword arguments under `kw` (`constructor_kwargs`,
-    /// or `encoder_layer_kwargs` for a stack), PyTorch's defaults where absent. The layer-norm
-    /// epsilon is a constructor argument, which the single-layer cases also state beside it.
-    fn enc_layer_from(c: &golden::Case, kw: &str) -> TransformerEncoderLayer<f64> {
-        let eps = c.f64_or(&format!("{kw}/layer_norm_eps"), c.f64_or("layer_norm_eps", 1e-5));
-        TransformerEncoderLayerConfig {
-            dim_feedforward: c.usize_or(&format!("{kw}/dim_feedforward"), 2048),
-            dropout: c.f64_or(&format!("{kw}/dropout"), 0.1),
-            batch_first: c.bool_or(&format!("{kw}/batch_first"), false),
-            norm_first: c.bool_or(&format!("{kw}/norm_first"), false),
-            bias: c.bool_or(&format!("{kw}/bias"), true),
-            activation: activation(c, &format!("{kw}/activation")),
-            layer_norm_eps: eps,
-            ..TransformerEncoderLayerConfig::new(c.usize(&format!("{kw}/d_model")), c.usize(&format!("{kw}/nhead")))
-        }
-        .build()
-        .unwrap()
-    }
-
-    /// Loads the case's parameters, runs `run` on its `grad_inputs`, and checks the output
-    /// and every gradient.
-    fn golden_check<M: Module<f64>>(name: &str, c: &golden::Case, m: &M, run: impl Fn(&[Var<f64>]) -> Var<f64>) {
-        m.load_state_dict(&golden_state_dict(c), true).unwrap();
-        let tol = c.tol("float64");
-        let names: Vec<&str> = c.json["grad_inputs"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
-        let xs: Vec<Var<f64>> = names.iter().map(|n| Var::param(c.t(&format!("input.{n}")))).collect();
-        let y = run(&xs);
-        golden::assert_close(&format!("{name} output"), &y.value(), &c.t("output.output"), tol);
-        y.backward_with(&c.t("upstream.output"));
-        for (n, x) in names.iter().zip(&xs) {
-            golden::assert_close(
-                &format!("{name} grad {n}"),
-                &x.grad().unwrap(),
-                &c.t(&format!("grad_input.{n}")),
-                tol,
-            );
-        }
-        assert_param_grads(name, m, c, tol);
-    }
-
-    #[test]
-    fn golden_encoder_layers() {
-        for name in ["transformer_encoder_layer_postnorm_relu", "transformer_encoder_layer_prenorm_gelu"] {
-            let Some(c) = golden::load(&format!("attention/{name}")) else {
-                return;
-            };
-            let l = enc_layer_from(&c, "constructor_kwargs");
-            let (src_mask, pad) = (mask(&c, "src_mask"), mask(&c, "src_key_padding_mask"));
-            golden_check(name, &c, &l, |x| l.forward_with(&x[0], src_mask.as_ref(), pad.as_ref()));
-        }
-    }
-
-    #[test]
-    fn golden_encoder_two_layers_key_padding() {
-        let name = "transformer_encoder_2layers_key_padding";
-        let Some(c) = golden::load(&format!("attention/{name}")) else {
-            return;
-        };
-        let layer = enc_layer_from(&c, "encoder_layer_kwargs");
-        assert!(c.str("constructor").contains("norm=None"), "{name}: a final norm is not built here");
-        let enc = TransformerEncoder::new(layer, c.usize("num_layers"), None);
-        let (src_mask, pad) = (mask(&c, "mask"), mask(&c, "src_key_padding_mask"));
-        golden_check(name, &c, &enc, |x| enc.forward_with(&x[0], src_mask.as_ref(), pad.as_ref()));
-    }
-
-    #[test]
-    fn golden_decoder_layer() {
-        let name = "transformer_decoder_layer";
-        let Some(c) = golden::load(&format!("attention/{name}")) else {
-            return;
-        };
-        let kw = |k: &str| format!("constructor_kwargs/{k}");
-        let l: TransformerDecoderLayer<f64> = TransformerDecoderLayerConfig {
-            dim_feedforward: c.usize_or(&kw("dim_feedforward"), 2048),
-            dropout: c.f64_or(&kw("dropout"), 0.1),
-            batch_first: c.bool_or(&kw("batch_first"), false),
-            norm_first: c.bool_or(&kw("norm_first"), false),
-            bias: c.bool_or(&kw("bias"), true),
-            activation: activation(&c, &kw("activation")),
-            layer_norm_eps: c.f64_or(&kw("layer_norm_eps"), 1e-5),
-            ..TransformerDecoderLayerConfig::new(c.usize(&kw("d_model")), c.usize(&kw("nhead")))
-        }
-        .build()
-        .unwrap();
-        let masks = ["tgt_mask", "memory_mask", "tgt_key_padding_mask", "memory_key_padding_mask"].map(|m| mask(&c, m));
-        let [tgt_mask, memory_mask, tgt_pad, mem_pad] = &masks;
-        golden_check(name, &c, &l, |x| {
-            l.forward_with(&x[0], &x[1], tgt_mask.as_ref(), memory_mask.as_ref(), tgt_pad.as_ref(), mem_pad.as_ref())
-        });
-    }
-
-    // ------------------------------------------------------------------ tiny overfit
-
-    /// `[n, len, vocab]` one-hot rows of `ids` (row-major `[n, len]`).
-    fn one_hot(ids: &[usize], n: usize, len: usize, vocab: usize) -> Tensor<f64> {
-        Tensor::one_hot(&Indices::new(ids.to_vec(), &[n, len]), vocab)
-    }
-
-    fn cross_entropy(logits: &Var<f64>, target: &Tensor<f64>) -> Var<f64> {
-        let n = (target.numel() / target.size(-1)) as f64;
-        logits.log_softmax(-1).mul(&Var::constant(target.clone())).sum_all().mul_scalar(-1.0 / n)
-    }
-
-    fn accuracy(logits: &Tensor<f64>, ids: &[usize]) -> f64 {
-        let pred = logits.argmax(-1, false).data;
-        pred.iter().zip(ids).filter(|(a, b)| a == b).count() as f64 / ids.len() as f64
-    }
-
-    #[test]
-    fn tiny_overfit_encoder_reverses_sequences() {
-        // One encoder layer maps one-hot tokens (plus sinusoidal positions) to the tokens in
-        // reverse order: only attention can move information between positions.
-        init::manual_seed(11);
-        let (n, len, vocab, d) = (24, 5, 4, 16);
-        let mut rng = Rng::new(12);
-        let src: Vec<usize> = (0..n * len).map(|_| rng.below(vocab as u64) as usize).collect();
-        let tgt: Vec<usize> =
-            (0..n).flat_map(|b| (0..len).rev().map(|t| src[b * len + t]).collect::<Vec<_>>()).collect();
-        let x = Var::constant(one_hot(&src, n, len, vocab));
-        let y = one_hot(&tgt, n, len, vocab);
-        let pe = Var::constant(sinusoidal_encoding::<f64>(len, d));
-        let embed: Linear<f64> = Linear::new(vocab, d);
-        let layer = enc_cfg(d, 2, 32).build::<f64>().unwrap();
-        let head: Linear<f64> = Linear::new(d, vocab);
-        let forward = || head.forward(&layer.forward(&embed.forward(&x).add(&pe)));
-        let params: Vec<Var<f64>> = [embed.parameters(), layer.parameters(), head.parameters()].concat();
-        let mut state: Vec<_> = params.iter().map(|p| (p.value().zeros_like(), p.value().zeros_like())).collect();
-        let mut loss = f64::MAX;
-        for step in 1..=300 {
-            params.iter().for_each(|p| p.zero_grad());
-            let l = cross_entropy(&forward(), &y);
-            loss = l.item();
-            l.backward();
-            adam_step(&params, &mut state, step, 0.01);
-        }
-        let acc = accuracy(&forward().value(), &tgt);
-        assert!(acc == 1.0 && loss < 0.05, "accuracy {acc}, loss {loss}");
     }
 
     #[test]
@@ -1720,8 +786,8 @@ mod tests {
             })
             .collect();
         let pe = Var::constant(sinusoidal_encoding::<f64>(len, d));
-        let src_embed: Linear<f64> = Linear::new(vocab, d);
-        let tgt_embed: Linear<f64> = Linear::new(vocab + 1, d);
+        let src_embed: Linear<f64> = LinearConfig::new(vocab, d).build().unwrap();
+        let tgt_embed: Linear<f64> = LinearConfig::new(vocab + 1, d).build().unwrap();
         let model: Transformer<f64> = TransformerConfig {
             num_encoder_layers: 1,
             num_decoder_layers: 1,
@@ -1732,7 +798,7 @@ mod tests {
         }
         .build()
         .unwrap();
-        let head: Linear<f64> = Linear::new(d, vocab);
+        let head: Linear<f64> = LinearConfig::new(d, vocab).build().unwrap();
         let src_x = Var::constant(one_hot(&src, n, len, vocab));
         let run = |dec_ids: &[usize], t: usize| {
             let tgt_x = Var::constant(one_hot(dec_ids, n, t, vocab + 1));

@@ -1,113 +1,175 @@
-//! `RNNCell`, `LSTMCell`, `GRUCell`: one step of each recurrence, for loops written by hand
-//! (decoders, custom unrolling). The maths is the same code as the full layers'.
+//! The single-step cells `RNNCell`, `GRUCell` and `LSTMCell`: one type, [`RecurrentCell`],
+//! generic over its configuration, for loops written by hand (decoders, custom unrolling).
+//! The step is the same code as the stacks' ([`cell_step`]).
 
 use std::fmt;
 
 use kiln_autograd::Var;
 use kiln_tensor::{Float, Tensor};
 
+use super::recurrence::{cell_step, CellKind};
+use super::recurrent::{HiddenStateOnly, RNNWeights};
 use super::rnn::RNNNonlinearity;
-use super::rnn_common::{cell_step, CellKind, RNNWeights};
 use crate::error::NnError;
-use crate::init;
-use crate::module::{visit_param, Module, TensorKind};
+use crate::{init, Module};
 
-/// Checks the sizes of a cell configuration.
-fn check_sizes(name: &str, input_size: usize, hidden_size: usize) -> Result<(), NnError> {
-    for (what, v) in [("input_size", input_size), ("hidden_size", hidden_size)] {
-        if v == 0 {
-            return Err(NnError::Config(format!("{name}: {what} must be > 0, got 0")));
-        }
-    }
-    Ok(())
+/// The configuration of a single-step cell: [`RNNCellConfig`], [`GRUCellConfig`] or
+/// [`LSTMCellConfig`]. Implemented by kiln-nn's configurations only.
+pub trait CellConfig: Clone + fmt::Debug + Send + Sync + 'static {
+    /// PyTorch's defaults for the given sizes (`LSTMCellConfig::new`, ...).
+    fn with_sizes(input_size: usize, hidden_size: usize) -> Self;
+
+    /// The recurrence and sizes, in the step's terms.
+    #[doc(hidden)]
+    fn cell_spec(&self) -> CellSpec;
 }
 
-/// The parameters of a cell: PyTorch's keys and shapes, and its init.
-fn cell_weights<E: Float>(gates: usize, input_size: usize, hidden_size: usize, bias: bool) -> RNNWeights<E> {
-    let w = RNNWeights::zeros(gates * hidden_size, input_size, hidden_size, bias);
-    init::with_rng(|rng| w.reset(hidden_size, rng));
-    w
+/// What a cell runs: the recurrence, sizes and whether it has biases.
+#[derive(Clone, Copy, Debug)]
+pub struct CellSpec {
+    /// The recurrence.
+    pub kind: CellKind,
+    /// Features of the input.
+    pub input_size: usize,
+    /// Features of the hidden state.
+    pub hidden_size: usize,
+    /// Whether the cell has `bias_ih` and `bias_hh`.
+    pub bias: bool,
 }
 
-/// Visits `weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`.
-fn visit_cell<E: Float>(
-    prefix: &str,
-    f: &mut dyn FnMut(&str, &Var<E>, TensorKind),
-    weight_ih: &Var<E>,
-    weight_hh: &Var<E>,
-    bias_ih: Option<&Var<E>>,
-    bias_hh: Option<&Var<E>>,
-) {
-    visit_param(prefix, "weight_ih", weight_ih, f);
-    visit_param(prefix, "weight_hh", weight_hh, f);
-    if let Some(b) = bias_ih {
-        visit_param(prefix, "bias_ih", b, f);
-    }
-    if let Some(b) = bias_hh {
-        visit_param(prefix, "bias_hh", b, f);
-    }
+/// One step of a recurrence, generic over its configuration `C`; use it as [`RNNCell`],
+/// [`GRUCell`] or [`LSTMCell`], whose docs give the equations, shapes and parameters.
+///
+/// Parameters (PyTorch's keys), gate blocks stacked on the rows in PyTorch's order, every one
+/// U(-1/√hidden_size, 1/√hidden_size): `weight_ih` `[gates * hidden_size, input_size]`,
+/// `weight_hh` `[gates * hidden_size, hidden_size]`, `bias_ih`, `bias_hh`
+/// `[gates * hidden_size]`.
+#[derive(Module)]
+pub struct RecurrentCell<C: CellConfig, E: Float = f32> {
+    /// The configuration it was built with.
+    #[module(skip)]
+    pub config: C,
+    /// `[gates * hidden_size, input_size]`.
+    pub weight_ih: Var<E>,
+    /// `[gates * hidden_size, hidden_size]`.
+    pub weight_hh: Var<E>,
+    /// `[gates * hidden_size]`, when configured.
+    pub bias_ih: Option<Var<E>>,
+    /// `[gates * hidden_size]`, when configured.
+    pub bias_hh: Option<Var<E>>,
 }
 
-/// Re-draws a cell's parameters from U(-1/√hidden_size, 1/√hidden_size).
-fn reset_cell<E: Float>(hidden_size: usize, params: [Option<&Var<E>>; 4]) {
-    let k = 1.0 / (hidden_size as f64).sqrt();
-    init::with_rng(|rng| params.into_iter().flatten().for_each(|p| init::uniform_(p, -k, k, rng)));
-}
-
-/// Checks a cell's input and states, runs one step. `x` is `[batch, input_size]` or
-/// unbatched `[input_size]`; each state must then be `[batch, hidden_size]` or `[hidden_size]`
-/// (zeros when `None`).
-#[allow(clippy::too_many_arguments)]
-fn run_cell<E: Float>(
-    name: &str,
-    kind: CellKind,
-    input_size: usize,
-    hidden_size: usize,
-    x: &Var<E>,
-    h: Option<&Var<E>>,
-    c: Option<&Var<E>>,
-    weight_ih: &Var<E>,
-    weight_hh: &Var<E>,
-    bias_ih: Option<&Var<E>>,
-    bias_hh: Option<&Var<E>>,
-) -> (Var<E>, Option<Var<E>>) {
-    let xs = x.shape();
-    assert!(
-        (xs.len() == 2 || xs.len() == 1) && xs[xs.len() - 1] == input_size,
-        "{name}: input of shape {:?} does not match the expected [batch, {input_size}] (or unbatched [{input_size}])",
-        xs.as_slice()
-    );
-    let state_shape: Vec<usize> = if xs.len() == 2 { vec![xs[0], hidden_size] } else { vec![hidden_size] };
-    let state = |s: Option<&Var<E>>, what: &str| -> Var<E> {
-        match s {
-            Some(s) => {
-                assert!(
-                    s.shape().as_slice() == state_shape.as_slice(),
-                    "{name}: {what} of shape {:?} does not match the expected {state_shape:?} for input {:?}",
-                    s.shape().as_slice(),
-                    xs.as_slice()
-                );
-                s.clone()
+impl<C: CellConfig, E: Float> RecurrentCell<C, E> {
+    /// Builds the cell of `config`, initialised from the init generator.
+    ///
+    /// # Errors
+    /// [`NnError::Config`] when a size is zero (`GRUCell: hidden_size must be > 0, got 0`).
+    pub fn from_config(config: &C) -> Result<Self, NnError> {
+        let s = config.cell_spec();
+        for (what, v) in [("input_size", s.input_size), ("hidden_size", s.hidden_size)] {
+            if v == 0 {
+                return Err(NnError::Config(format!("{}Cell: {what} must be > 0, got 0", s.kind.name())));
             }
-            None => Var::constant(Tensor::zeros(&state_shape)),
         }
-    };
-    let h = state(h, "h");
-    let c = (kind == CellKind::Lstm).then(|| state(c, "c"));
-    let gi = x.linear(weight_ih, bias_ih);
-    cell_step(kind, &gi, &h, &h, c.as_ref(), weight_hh, bias_hh)
+        let w = RNNWeights::zeros(s.kind.gates() * s.hidden_size, s.input_size, s.hidden_size, s.bias);
+        init::with_rng(|rng| w.reset(s.hidden_size, rng));
+        Ok(RecurrentCell {
+            config: config.clone(),
+            weight_ih: w.weight_ih,
+            weight_hh: w.weight_hh,
+            bias_ih: w.bias_ih,
+            bias_hh: w.bias_hh,
+        })
+    }
+
+    /// Re-draws every weight and bias from U(-1/√hidden_size, 1/√hidden_size), as PyTorch.
+    pub fn reset_parameters(&self) {
+        let k = 1.0 / (self.config.cell_spec().hidden_size as f64).sqrt();
+        let params = [Some(&self.weight_ih), Some(&self.weight_hh), self.bias_ih.as_ref(), self.bias_hh.as_ref()];
+        init::with_rng(|rng| params.into_iter().flatten().for_each(|p| init::uniform_(p, -k, k, rng)));
+    }
+
+    /// Checks the input and states, runs one step. `x` is `[batch, input_size]` or unbatched
+    /// `[input_size]`; each state must then be `[batch, hidden_size]` or `[hidden_size]`
+    /// (zeros when `None`).
+    fn step(&self, x: &Var<E>, h: Option<&Var<E>>, c: Option<&Var<E>>) -> (Var<E>, Option<Var<E>>) {
+        let CellSpec { kind, input_size, hidden_size, .. } = self.config.cell_spec();
+        let name = format!("{}Cell", kind.name());
+        let xs = x.shape();
+        assert!(
+            (xs.len() == 2 || xs.len() == 1) && xs[xs.len() - 1] == input_size,
+            "{name}: input of shape {:?} does not match the expected [batch, {input_size}] (or unbatched [{input_size}])",
+            xs.as_slice()
+        );
+        let state_shape: Vec<usize> = if xs.len() == 2 { vec![xs[0], hidden_size] } else { vec![hidden_size] };
+        let state = |s: Option<&Var<E>>, what: &str| -> Var<E> {
+            match s {
+                Some(s) => {
+                    assert!(
+                        s.shape().as_slice() == state_shape.as_slice(),
+                        "{name}: {what} of shape {:?} does not match the expected {state_shape:?} for input {:?}",
+                        s.shape().as_slice(),
+                        xs.as_slice()
+                    );
+                    s.clone()
+                }
+                None => Var::constant(Tensor::zeros(&state_shape)),
+            }
+        };
+        let h = state(h, "h");
+        let c = (kind == CellKind::Lstm).then(|| state(c, "c"));
+        let gi = x.linear(&self.weight_ih, self.bias_ih.as_ref());
+        cell_step(kind, &gi, &h, &h, c.as_ref(), &self.weight_hh, self.bias_hh.as_ref())
+    }
 }
 
-/// `cell(input_size, hidden_size[, bias=false][, nonlinearity=relu])`, as PyTorch's repr.
-fn cell_repr(input_size: usize, hidden_size: usize, bias: bool, nonlinearity: RNNNonlinearity) -> String {
-    let mut s = format!("{input_size}, {hidden_size}");
-    if !bias {
-        s += ", bias=false";
+impl<C: CellConfig> RecurrentCell<C, f32> {
+    /// A cell with PyTorch's defaults, in `f32` (`LSTMCell::new(input_size, hidden_size)`);
+    /// other element types and options go through the configuration
+    /// (`LSTMCellConfig::new(3, 5).build::<f64>()`).
+    ///
+    /// **Panics** if a size is zero (use the configuration's `build` for a `Result`).
+    pub fn new(input_size: usize, hidden_size: usize) -> Self {
+        Self::from_config(&C::with_sizes(input_size, hidden_size)).unwrap_or_else(|e| panic!("{e}"))
     }
-    if nonlinearity != RNNNonlinearity::Tanh {
-        s += &format!(", nonlinearity={nonlinearity}");
+}
+
+impl<C: CellConfig + HiddenStateOnly, E: Float> RecurrentCell<C, E> {
+    /// One step from `h` (zeros when `None`): returns `h'`.
+    ///
+    /// **Panics** if `x` or `h` has the wrong shape, naming both shapes.
+    #[must_use]
+    pub fn forward(&self, x: &Var<E>, h: Option<&Var<E>>) -> Var<E> {
+        self.step(x, h, None).0
     }
-    s
+}
+
+impl<E: Float> RecurrentCell<LSTMCellConfig, E> {
+    /// One step from `(h, c)` (zeros when `None`): returns `(h', c')`.
+    ///
+    /// **Panics** if `x`, `h` or `c` has the wrong shape, naming both shapes.
+    #[must_use]
+    pub fn forward(&self, x: &Var<E>, state: Option<(&Var<E>, &Var<E>)>) -> (Var<E>, Var<E>) {
+        let (h, c) = state.map_or((None, None), |(h, c)| (Some(h), Some(c)));
+        let (h, c) = self.step(x, h, c);
+        (h, c.expect("an LSTM cell has a cell state"))
+    }
+}
+
+impl<C: CellConfig, E: Float> fmt::Display for RecurrentCell<C, E> {
+    /// `LSTMCell(input_size, hidden_size[, bias=false][, nonlinearity=relu]) [N parameters]`,
+    /// as PyTorch's repr.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.config.cell_spec();
+        write!(f, "{}Cell({}, {}", s.kind.name(), s.input_size, s.hidden_size)?;
+        if !s.bias {
+            write!(f, ", bias=false")?;
+        }
+        if s.kind == CellKind::RnnRelu {
+            write!(f, ", nonlinearity=relu")?;
+        }
+        write!(f, ") [{} parameters]", self.num_parameters())
+    }
 }
 
 // ------------------------------------------------------------------------------- RNNCell
@@ -131,22 +193,26 @@ impl RNNCellConfig {
         RNNCellConfig { input_size, hidden_size, bias: true, nonlinearity: RNNNonlinearity::Tanh }
     }
 
-    /// Builds the cell, initialised from the process-wide generator.
+    /// Builds the cell, initialised from the init generator.
     ///
     /// # Errors
     /// [`NnError::Config`] when a size is zero (`RNNCell: hidden_size must be > 0, got 0`).
     pub fn build<E: Float>(&self) -> Result<RNNCell<E>, NnError> {
-        check_sizes("RNNCell", self.input_size, self.hidden_size)?;
-        let w = cell_weights(1, self.input_size, self.hidden_size, self.bias);
-        Ok(RNNCell {
-            config: self.clone(),
-            weight_ih: w.weight_ih,
-            weight_hh: w.weight_hh,
-            bias_ih: w.bias_ih,
-            bias_hh: w.bias_hh,
-        })
+        RecurrentCell::from_config(self)
     }
 }
+
+impl CellConfig for RNNCellConfig {
+    fn with_sizes(input_size: usize, hidden_size: usize) -> Self {
+        Self::new(input_size, hidden_size)
+    }
+    fn cell_spec(&self) -> CellSpec {
+        let (input_size, hidden_size, bias) = (self.input_size, self.hidden_size, self.bias);
+        CellSpec { kind: self.nonlinearity.kind(), input_size, hidden_size, bias }
+    }
+}
+
+impl HiddenStateOnly for RNNCellConfig {}
 
 /// One step of an Elman RNN, like `torch.nn.RNNCell`:
 ///
@@ -167,7 +233,7 @@ impl RNNCellConfig {
 /// use kiln_nn::RNNCell;
 /// use kiln_autograd::Var;
 /// use kiln_tensor::Tensor;
-/// let cell: RNNCell = RNNCell::new(10, 20);
+/// let cell = RNNCell::new(10, 20);
 /// let mut h = Var::constant(Tensor::zeros(&[3, 20]));
 /// for _ in 0..6 {
 ///     h = cell.forward(&Var::constant(Tensor::ones(&[3, 10])), Some(&h));
@@ -175,75 +241,7 @@ impl RNNCellConfig {
 /// assert_eq!(h.shape().as_slice(), &[3, 20]);
 /// assert_eq!(cell.to_string(), "RNNCell(10, 20) [640 parameters]");
 /// ```
-pub struct RNNCell<E: Float = f32> {
-    /// The configuration it was built with.
-    pub config: RNNCellConfig,
-    /// `[hidden_size, input_size]`.
-    pub weight_ih: Var<E>,
-    /// `[hidden_size, hidden_size]`.
-    pub weight_hh: Var<E>,
-    /// `[hidden_size]`, when configured.
-    pub bias_ih: Option<Var<E>>,
-    /// `[hidden_size]`, when configured.
-    pub bias_hh: Option<Var<E>>,
-}
-
-impl<E: Float> RNNCell<E> {
-    /// A tanh cell with biases, initialised like PyTorch's.
-    ///
-    /// **Panics** if a size is zero (use [`RNNCellConfig::build`] for a `Result`).
-    pub fn new(input_size: usize, hidden_size: usize) -> Self {
-        RNNCellConfig::new(input_size, hidden_size).build().unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Re-draws every weight and bias from U(-1/√hidden_size, 1/√hidden_size), as PyTorch.
-    pub fn reset_parameters(&self) {
-        reset_cell(
-            self.config.hidden_size,
-            [Some(&self.weight_ih), Some(&self.weight_hh), self.bias_ih.as_ref(), self.bias_hh.as_ref()],
-        );
-    }
-
-    /// One step from `h` (zeros when `None`): returns `h'`.
-    ///
-    /// **Panics** if `x` or `h` has the wrong shape, naming both shapes.
-    #[must_use]
-    pub fn forward(&self, x: &Var<E>, h: Option<&Var<E>>) -> Var<E> {
-        let c = &self.config;
-        run_cell(
-            "RNNCell",
-            c.nonlinearity.kind(),
-            c.input_size,
-            c.hidden_size,
-            x,
-            h,
-            None,
-            &self.weight_ih,
-            &self.weight_hh,
-            self.bias_ih.as_ref(),
-            self.bias_hh.as_ref(),
-        )
-        .0
-    }
-}
-
-impl<E: Float> Module<E> for RNNCell<E> {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {
-        visit_cell(prefix, f, &self.weight_ih, &self.weight_hh, self.bias_ih.as_ref(), self.bias_hh.as_ref());
-    }
-}
-
-impl<E: Float> fmt::Display for RNNCell<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = &self.config;
-        write!(
-            f,
-            "RNNCell({}) [{} parameters]",
-            cell_repr(c.input_size, c.hidden_size, c.bias, c.nonlinearity),
-            self.num_parameters()
-        )
-    }
-}
+pub type RNNCell<E = f32> = RecurrentCell<RNNCellConfig, E>;
 
 // ------------------------------------------------------------------------------ LSTMCell
 
@@ -264,20 +262,21 @@ impl LSTMCellConfig {
         LSTMCellConfig { input_size, hidden_size, bias: true }
     }
 
-    /// Builds the cell, initialised from the process-wide generator.
+    /// Builds the cell, initialised from the init generator.
     ///
     /// # Errors
     /// [`NnError::Config`] when a size is zero (`LSTMCell: input_size must be > 0, got 0`).
     pub fn build<E: Float>(&self) -> Result<LSTMCell<E>, NnError> {
-        check_sizes("LSTMCell", self.input_size, self.hidden_size)?;
-        let w = cell_weights(4, self.input_size, self.hidden_size, self.bias);
-        Ok(LSTMCell {
-            config: self.clone(),
-            weight_ih: w.weight_ih,
-            weight_hh: w.weight_hh,
-            bias_ih: w.bias_ih,
-            bias_hh: w.bias_hh,
-        })
+        RecurrentCell::from_config(self)
+    }
+}
+
+impl CellConfig for LSTMCellConfig {
+    fn with_sizes(input_size: usize, hidden_size: usize) -> Self {
+        Self::new(input_size, hidden_size)
+    }
+    fn cell_spec(&self) -> CellSpec {
+        CellSpec { kind: CellKind::Lstm, input_size: self.input_size, hidden_size: self.hidden_size, bias: self.bias }
     }
 }
 
@@ -301,10 +300,10 @@ impl LSTMCellConfig {
 /// - `bias_ih`, `bias_hh`: `[4 * hidden_size]`
 ///
 /// ```
-/// use kiln_nn::{LSTMCell, Module};
+/// use kiln_nn::{LSTMCell, LSTMCellConfig, Module};
 /// use kiln_autograd::Var;
 /// use kiln_tensor::Tensor;
-/// let cell: LSTMCell<f64> = LSTMCell::new(3, 5);
+/// let cell: LSTMCell<f64> = LSTMCellConfig::new(3, 5).build().unwrap();
 /// let (h, c) = cell.forward(&Var::constant(Tensor::ones(&[2, 3])), None);
 /// let (h, c) = cell.forward(&Var::constant(Tensor::ones(&[2, 3])), Some((&h, &c)));
 /// assert_eq!(h.shape().as_slice(), &[2, 5]);
@@ -313,76 +312,7 @@ impl LSTMCellConfig {
 /// assert_eq!(cell.named_parameters()[1].0, "weight_hh");
 /// assert_eq!(cell.to_string(), "LSTMCell(3, 5) [200 parameters]");
 /// ```
-pub struct LSTMCell<E: Float = f32> {
-    /// The configuration it was built with.
-    pub config: LSTMCellConfig,
-    /// `[4 * hidden_size, input_size]`, gates i, f, g, o.
-    pub weight_ih: Var<E>,
-    /// `[4 * hidden_size, hidden_size]`.
-    pub weight_hh: Var<E>,
-    /// `[4 * hidden_size]`, when configured.
-    pub bias_ih: Option<Var<E>>,
-    /// `[4 * hidden_size]`, when configured.
-    pub bias_hh: Option<Var<E>>,
-}
-
-impl<E: Float> LSTMCell<E> {
-    /// A cell with biases, initialised like PyTorch's.
-    ///
-    /// **Panics** if a size is zero (use [`LSTMCellConfig::build`] for a `Result`).
-    pub fn new(input_size: usize, hidden_size: usize) -> Self {
-        LSTMCellConfig::new(input_size, hidden_size).build().unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Re-draws every weight and bias from U(-1/√hidden_size, 1/√hidden_size), as PyTorch.
-    pub fn reset_parameters(&self) {
-        reset_cell(
-            self.config.hidden_size,
-            [Some(&self.weight_ih), Some(&self.weight_hh), self.bias_ih.as_ref(), self.bias_hh.as_ref()],
-        );
-    }
-
-    /// One step from `(h, c)` (zeros when `None`): returns `(h', c')`.
-    ///
-    /// **Panics** if `x`, `h` or `c` has the wrong shape, naming both shapes.
-    #[must_use]
-    pub fn forward(&self, x: &Var<E>, state: Option<(&Var<E>, &Var<E>)>) -> (Var<E>, Var<E>) {
-        let cfg = &self.config;
-        let (h, c) = state.map_or((None, None), |(h, c)| (Some(h), Some(c)));
-        let (h, c) = run_cell(
-            "LSTMCell",
-            CellKind::Lstm,
-            cfg.input_size,
-            cfg.hidden_size,
-            x,
-            h,
-            c,
-            &self.weight_ih,
-            &self.weight_hh,
-            self.bias_ih.as_ref(),
-            self.bias_hh.as_ref(),
-        );
-        (h, c.expect("an LSTM cell has a cell state"))
-    }
-}
-
-impl<E: Float> Module<E> for LSTMCell<E> {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {
-        visit_cell(prefix, f, &self.weight_ih, &self.weight_hh, self.bias_ih.as_ref(), self.bias_hh.as_ref());
-    }
-}
-
-impl<E: Float> fmt::Display for LSTMCell<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = &self.config;
-        write!(
-            f,
-            "LSTMCell({}) [{} parameters]",
-            cell_repr(c.input_size, c.hidden_size, c.bias, RNNNonlinearity::Tanh),
-            self.num_parameters()
-        )
-    }
-}
+pub type LSTMCell<E = f32> = RecurrentCell<LSTMCellConfig, E>;
 
 // ------------------------------------------------------------------------------- GRUCell
 
@@ -403,22 +333,25 @@ impl GRUCellConfig {
         GRUCellConfig { input_size, hidden_size, bias: true }
     }
 
-    /// Builds the cell, initialised from the process-wide generator.
+    /// Builds the cell, initialised from the init generator.
     ///
     /// # Errors
     /// [`NnError::Config`] when a size is zero (`GRUCell: hidden_size must be > 0, got 0`).
     pub fn build<E: Float>(&self) -> Result<GRUCell<E>, NnError> {
-        check_sizes("GRUCell", self.input_size, self.hidden_size)?;
-        let w = cell_weights(3, self.input_size, self.hidden_size, self.bias);
-        Ok(GRUCell {
-            config: self.clone(),
-            weight_ih: w.weight_ih,
-            weight_hh: w.weight_hh,
-            bias_ih: w.bias_ih,
-            bias_hh: w.bias_hh,
-        })
+        RecurrentCell::from_config(self)
     }
 }
+
+impl CellConfig for GRUCellConfig {
+    fn with_sizes(input_size: usize, hidden_size: usize) -> Self {
+        Self::new(input_size, hidden_size)
+    }
+    fn cell_spec(&self) -> CellSpec {
+        CellSpec { kind: CellKind::Gru, input_size: self.input_size, hidden_size: self.hidden_size, bias: self.bias }
+    }
+}
+
+impl HiddenStateOnly for GRUCellConfig {}
 
 /// One step of a GRU, like `torch.nn.GRUCell`:
 ///
@@ -439,90 +372,22 @@ impl GRUCellConfig {
 /// - `bias_ih`, `bias_hh`: `[3 * hidden_size]`
 ///
 /// ```
-/// use kiln_nn::GRUCell;
+/// use kiln_nn::{GRUCell, GRUCellConfig};
 /// use kiln_autograd::Var;
 /// use kiln_tensor::Tensor;
-/// let cell: GRUCell<f64> = GRUCell::new(4, 2);
+/// let cell: GRUCell<f64> = GRUCellConfig::new(4, 2).build().unwrap();
 /// let h = cell.forward(&Var::constant(Tensor::ones(&[4])), None); // unbatched
 /// assert_eq!(h.shape().as_slice(), &[2]);
 /// assert_eq!(cell.to_string(), "GRUCell(4, 2) [48 parameters]");
 /// ```
-pub struct GRUCell<E: Float = f32> {
-    /// The configuration it was built with.
-    pub config: GRUCellConfig,
-    /// `[3 * hidden_size, input_size]`, gates r, z, n.
-    pub weight_ih: Var<E>,
-    /// `[3 * hidden_size, hidden_size]`.
-    pub weight_hh: Var<E>,
-    /// `[3 * hidden_size]`, when configured.
-    pub bias_ih: Option<Var<E>>,
-    /// `[3 * hidden_size]`, when configured.
-    pub bias_hh: Option<Var<E>>,
-}
-
-impl<E: Float> GRUCell<E> {
-    /// A cell with biases, initialised like PyTorch's.
-    ///
-    /// **Panics** if a size is zero (use [`GRUCellConfig::build`] for a `Result`).
-    pub fn new(input_size: usize, hidden_size: usize) -> Self {
-        GRUCellConfig::new(input_size, hidden_size).build().unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Re-draws every weight and bias from U(-1/√hidden_size, 1/√hidden_size), as PyTorch.
-    pub fn reset_parameters(&self) {
-        reset_cell(
-            self.config.hidden_size,
-            [Some(&self.weight_ih), Some(&self.weight_hh), self.bias_ih.as_ref(), self.bias_hh.as_ref()],
-        );
-    }
-
-    /// One step from `h` (zeros when `None`): returns `h'`.
-    ///
-    /// **Panics** if `x` or `h` has the wrong shape, naming both shapes.
-    #[must_use]
-    pub fn forward(&self, x: &Var<E>, h: Option<&Var<E>>) -> Var<E> {
-        let c = &self.config;
-        run_cell(
-            "GRUCell",
-            CellKind::Gru,
-            c.input_size,
-            c.hidden_size,
-            x,
-            h,
-            None,
-            &self.weight_ih,
-            &self.weight_hh,
-            self.bias_ih.as_ref(),
-            self.bias_hh.as_ref(),
-        )
-        .0
-    }
-}
-
-impl<E: Float> Module<E> for GRUCell<E> {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {
-        visit_cell(prefix, f, &self.weight_ih, &self.weight_hh, self.bias_ih.as_ref(), self.bias_hh.as_ref());
-    }
-}
-
-impl<E: Float> fmt::Display for GRUCell<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = &self.config;
-        write!(
-            f,
-            "GRUCell({}) [{} parameters]",
-            cell_repr(c.input_size, c.hidden_size, c.bias, RNNNonlinearity::Tanh),
-            self.num_parameters()
-        )
-    }
-}
+pub type GRUCell<E = f32> = RecurrentCell<GRUCellConfig, E>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::golden;
-    use crate::layers::rnn_common::testing;
-    use crate::{GRUConfig, LSTMConfig, RNNConfig};
+    use crate::layers::recurrent::testing;
+    use crate::{GRUConfig, LSTMConfig, RNNConfig, RNNNonlinearity};
     use kiln_autograd::gradcheck;
     use kiln_tensor::Rng;
 
@@ -588,7 +453,7 @@ mod tests {
         }
         // LSTM
         let layer = LSTMConfig::new(3, 5).build::<f64>().unwrap();
-        let cell = LSTMCell::<f64>::new(3, 5);
+        let cell = LSTMCellConfig::new(3, 5).build::<f64>().unwrap();
         let sd: crate::StateDict<f64> =
             layer.state_dict().into_iter().map(|(k, v)| (k.trim_end_matches("_l0").to_string(), v)).collect();
         cell.load_state_dict(&sd, true).unwrap();
@@ -602,7 +467,7 @@ mod tests {
         close(&s.unwrap().1.value(), &c_n.value().select(0, 0));
         // GRU
         let layer = GRUConfig::new(3, 5).build::<f64>().unwrap();
-        let cell = GRUCell::<f64>::new(3, 5);
+        let cell = GRUCellConfig::new(3, 5).build::<f64>().unwrap();
         let sd: crate::StateDict<f64> =
             layer.state_dict().into_iter().map(|(k, v)| (k.trim_end_matches("_l0").to_string(), v)).collect();
         cell.load_state_dict(&sd, true).unwrap();
@@ -620,8 +485,8 @@ mod tests {
         let (x, h, c) = (rand(&[2, 3], 2), rand(&[2, 2], 3), rand(&[2, 2], 4));
         let rnn =
             RNNCellConfig { nonlinearity: RNNNonlinearity::Tanh, ..RNNCellConfig::new(3, 2) }.build::<f64>().unwrap();
-        let lstm = LSTMCell::<f64>::new(3, 2);
-        let gru = GRUCell::<f64>::new(3, 2);
+        let lstm = LSTMCellConfig::new(3, 2).build::<f64>().unwrap();
+        let gru = GRUCellConfig::new(3, 2).build::<f64>().unwrap();
         let params = |m: &dyn Module<f64>| m.parameters().iter().map(|p| p.value()).collect::<Vec<_>>();
         let mut inputs = vec![x.clone(), h.clone()];
         inputs.extend(params(&rnn));
@@ -715,14 +580,14 @@ mod tests {
         expected = "LSTMCell: input of shape [2, 5] does not match the expected [batch, 4] (or unbatched [4])"
     )]
     fn wrong_input_panics_with_both_shapes() {
-        let l: LSTMCell<f64> = LSTMCell::new(4, 3);
+        let l: LSTMCell<f64> = LSTMCellConfig::new(4, 3).build().unwrap();
         let _ = l.forward(&Var::constant(Tensor::zeros(&[2, 5])), None);
     }
 
     #[test]
     #[should_panic(expected = "GRUCell: h of shape [3, 3] does not match the expected [2, 3] for input [2, 4]")]
     fn wrong_state_panics_with_both_shapes() {
-        let g: GRUCell<f64> = GRUCell::new(4, 3);
+        let g: GRUCell<f64> = GRUCellConfig::new(4, 3).build().unwrap();
         let _ = g.forward(&Var::constant(Tensor::zeros(&[2, 4])), Some(&Var::constant(Tensor::zeros(&[3, 3]))));
     }
 }

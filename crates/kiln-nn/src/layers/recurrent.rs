@@ -1,12 +1,14 @@
-//! What `RNN`, `LSTM`, `GRU` and their cells share: the weights of one layer and direction
-//! ([`RNNWeights`]), one cell step of each kind, the multi-layer bidirectional driver with
-//! length masks and recurrent dropout, and [`last_valid_output`].
+//! The generic recurrent stack: [`Recurrent`], which [`RNN`](crate::RNN), [`GRU`](crate::GRU)
+//! and [`LSTM`](crate::LSTM) are (one type, three configurations), with the weights of one
+//! layer and direction ([`RNNWeights`]), the multi-layer bidirectional driver with length
+//! masks, dropout between layers and recurrent dropout, and [`last_valid_output`].
 //!
 //! The driver does, per layer and direction, one input projection for the whole sequence
 //! (`x[T*B, in] · W_ihᵀ + b_ih`), then per step one recurrent product for all gates
-//! (`h · W_hhᵀ + b_hh`), whose columns are cut into gates. Variable lengths are per-step
-//! masks: `h = m ? h_new : h_old`, the output is 0 where `m` is 0, so padded steps neither
-//! change a sequence's state nor receive gradient (what PyTorch's packed sequences give).
+//! (`h · W_hhᵀ + b_hh`), whose columns are cut into gates by the recurrence's step
+//! ([`CellKind`](super::recurrence::CellKind)). Variable lengths are per-step masks:
+//! `h = m ? h_new : h_old`, the output is 0 where `m` is 0, so padded steps neither change a
+//! sequence's state nor receive gradient (what PyTorch's packed sequences give).
 //!
 //! An LSTM can instead run each layer and direction as one fused op
 //! ([`Var::lstm_sequence`]): the same input projection, then one node for the whole
@@ -14,46 +16,179 @@
 //! per step). The composed driver stays as its test oracle and as the path that supports
 //! higher-order gradients.
 
-use std::sync::{Arc, Mutex};
+use std::fmt;
+use std::sync::Mutex;
 
-use kiln_autograd::ops::OpFn;
-use kiln_autograd::{is_grad_enabled, Grads, Inputs, Var};
+use kiln_autograd::Var;
 use kiln_tensor::{Float, Rng, Tensor};
 
+use super::recurrence::{cell_step, unbind, CellKind};
 use crate::error::NnError;
 use crate::init;
-use crate::module::{visit_param, TensorKind};
+use crate::module::{visit_param, Module, TensorKind};
 
-/// Which recurrence a layer runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum CellKind {
-    /// `h' = tanh(W_ih x + b_ih + W_hh h + b_hh)`.
-    RnnTanh,
-    /// `h' = relu(W_ih x + b_ih + W_hh h + b_hh)`.
-    RnnRelu,
-    /// Gates i, f, g, o.
-    Lstm,
-    /// Gates r, z, n.
-    Gru,
+/// The configuration of a recurrent stack: [`RNNConfig`](crate::RNNConfig),
+/// [`GRUConfig`](crate::GRUConfig) or [`LSTMConfig`](crate::LSTMConfig). It tells the one
+/// [`Recurrent`] type which recurrence to run with which sizes and options; the three layers
+/// are `Recurrent<RNNConfig>`, `Recurrent<GRUConfig>` and `Recurrent<LSTMConfig>`.
+///
+/// Implemented by kiln-nn's configurations only.
+pub trait RecurrentConfig: Clone + fmt::Debug + Send + Sync + 'static {
+    /// PyTorch's defaults for the given sizes (`RNNConfig::new`, ...).
+    fn with_sizes(input_size: usize, hidden_size: usize) -> Self;
+
+    /// The recurrence, sizes and options, in the driver's terms.
+    #[doc(hidden)]
+    fn spec(&self) -> Spec;
 }
 
-impl CellKind {
-    /// How many `hidden_size` row blocks the weights stack.
-    pub(crate) fn gates(self) -> usize {
-        match self {
-            CellKind::RnnTanh | CellKind::RnnRelu => 1,
-            CellKind::Lstm => 4,
-            CellKind::Gru => 3,
-        }
+/// A multi-layer, possibly bidirectional recurrence over a sequence, generic over its
+/// configuration `C` (which recurrence: see [`RecurrentConfig`]); use it as
+/// [`RNN`](crate::RNN), [`GRU`](crate::GRU) or [`LSTM`](crate::LSTM), whose docs give the
+/// equations, shapes and parameters.
+///
+/// Every layer and direction `k` owns an [`RNNWeights`] in `all_weights`, visited under
+/// PyTorch's flat names `weight_ih_l{layer}[_reverse]`, `weight_hh_l…`, `bias_ih_l…`,
+/// `bias_hh_l…`, so a PyTorch `state_dict` loads unchanged.
+pub struct Recurrent<C: RecurrentConfig, E: Float = f32> {
+    /// The configuration it was built with.
+    pub config: C,
+    /// The weights of every layer and direction, ordered `l0, l0_reverse, l1, ...`.
+    pub all_weights: Vec<RNNWeights<E>>,
+    spec: Spec,
+    training: bool,
+    /// The layer's own generator for dropout masks, forked from the init generator at build.
+    pub(crate) rng: Mutex<Rng>,
+}
+
+impl<C: RecurrentConfig, E: Float> Recurrent<C, E> {
+    /// Builds the stack of `config`, initialised from the init generator (see
+    /// [`crate::init::manual_seed`]), in training mode.
+    ///
+    /// # Errors
+    /// [`NnError::Config`] when a size or `num_layers` is zero, or a dropout probability is
+    /// outside `[0, 1]` (`LSTM: hidden_size must be > 0, got 0`).
+    pub fn from_config(config: &C) -> Result<Self, NnError> {
+        let spec = config.spec();
+        spec.check()?;
+        let r = Recurrent {
+            config: config.clone(),
+            all_weights: spec.zero_weights(),
+            spec,
+            training: true,
+            rng: Mutex::new(Rng::new(0)),
+        };
+        r.reset_parameters();
+        // forked after the weights are drawn, as before the stacks were one type
+        Ok(Recurrent { rng: Mutex::new(init::with_rng(|g| g.fork())), ..r })
     }
 
-    /// The layer's name, for messages.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            CellKind::RnnTanh | CellKind::RnnRelu => "RNN",
-            CellKind::Lstm => "LSTM",
-            CellKind::Gru => "GRU",
+    /// Re-draws every weight and bias from U(-1/√hidden_size, 1/√hidden_size), as PyTorch.
+    pub fn reset_parameters(&self) {
+        init::with_rng(|rng| self.all_weights.iter().for_each(|w| w.reset(self.spec.hidden_size, rng)));
+    }
+
+    /// The weights of layer `layer`, forward or reverse direction.
+    ///
+    /// **Panics** if `layer >= num_layers`, or `reverse` for a unidirectional layer.
+    #[must_use]
+    pub fn weights(&self, layer: usize, reverse: bool) -> &RNNWeights<E> {
+        let s = &self.spec;
+        let name = s.kind.name();
+        assert!(layer < s.num_layers, "{name}: layer {layer} out of range for num_layers {}", s.num_layers);
+        assert!(!reverse || s.bidirectional, "{name}: no reverse direction (bidirectional=false)");
+        &self.all_weights[layer * s.num_directions() + usize::from(reverse)]
+    }
+
+    /// Runs the stack: `(output, h_n, c_n)`, `c_n` for LSTMs only.
+    pub(crate) fn run(
+        &self,
+        x: &Var<E>,
+        h0: Option<&Var<E>>,
+        c0: Option<&Var<E>>,
+        lengths: Option<&[usize]>,
+    ) -> (Var<E>, Var<E>, Option<Var<E>>) {
+        run_with(&self.spec, &self.all_weights, x, h0, c0, lengths, self.training, &self.rng, self.spec.fused)
+    }
+}
+
+impl<C: RecurrentConfig> Recurrent<C, f32> {
+    /// A one-layer stack with PyTorch's defaults, in `f32` (`LSTM::new(input_size,
+    /// hidden_size)`); other element types and options go through the configuration
+    /// (`LSTMConfig { .. }.build::<f64>()`).
+    ///
+    /// **Panics** if a size is zero (use the configuration's `build` for a `Result`).
+    pub fn new(input_size: usize, hidden_size: usize) -> Self {
+        Self::from_config(&C::with_sizes(input_size, hidden_size)).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// A recurrence whose only state is `h`: [`RNN`](crate::RNN) and [`GRU`](crate::GRU) (and
+/// their cells), not the LSTM, which also carries `c`. Their layers share
+/// `forward(x) -> (output, h_n)`.
+pub trait HiddenStateOnly {}
+
+impl<C: RecurrentConfig + HiddenStateOnly, E: Float> Recurrent<C, E> {
+    /// Runs the whole sequence from a zero state: `(output, h_n)`, like `rnn(x)` / `gru(x)`.
+    ///
+    /// **Panics** if `x` is not `[seq_len, batch, input_size]` (or its batch-first or unbatched
+    /// form), naming both shapes.
+    #[must_use]
+    pub fn forward(&self, x: &Var<E>) -> (Var<E>, Var<E>) {
+        self.forward_with(x, None, None)
+    }
+
+    /// Runs the whole sequence from `h_0` (zeros when `None`), over each sequence's first
+    /// `lengths[b]` steps when `lengths` is given (see the type's doc). Returns `(output, h_n)`.
+    ///
+    /// **Panics** on shapes that do not match (naming both), on `lengths` that are not one per
+    /// sequence or exceed `seq_len`. A length of 0 leaves that sequence's state at `h_0`.
+    ///
+    /// ```
+    /// use kiln_nn::{last_valid_output, GRUConfig, RNNConfig, GRU, RNN};
+    /// use kiln_autograd::Var;
+    /// use kiln_tensor::Tensor;
+    /// let rnn: RNN<f64> = RNNConfig::new(1, 2).build().unwrap();
+    /// let h0 = Var::constant(Tensor::full(&[1, 2, 2], 0.5));
+    /// let (out, h_n) = rnn.forward_with(&Var::constant(Tensor::ones(&[3, 2, 1])), Some(&h0), Some(&[3, 0]));
+    /// assert_eq!(h_n.value().select(1, 1).to_vec(), vec![0.5, 0.5]); // length 0 keeps h_0
+    /// assert_eq!(out.value().select(1, 1).to_vec(), vec![0.0; 6]);
+    ///
+    /// let gru: GRU<f64> = GRUConfig::new(2, 3).build().unwrap();
+    /// let x = Var::constant(Tensor::ones(&[5, 2, 2]));
+    /// let (out, h_n) = gru.forward_with(&x, None, Some(&[5, 3]));
+    /// let last = last_valid_output(&out, &[5, 3], false);
+    /// assert_eq!(last.value().to_vec(), h_n.value().select(0, 0).to_vec());
+    /// ```
+    #[must_use]
+    pub fn forward_with(&self, x: &Var<E>, h0: Option<&Var<E>>, lengths: Option<&[usize]>) -> (Var<E>, Var<E>) {
+        let (out, h_n, _) = self.run(x, h0, None, lengths);
+        (out, h_n)
+    }
+}
+
+impl<C: RecurrentConfig, E: Float> Module<E> for Recurrent<C, E> {
+    /// PyTorch's flat names: `weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0`,
+    /// `weight_ih_l0_reverse`, ..., `weight_ih_l1`, ...
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {
+        let nd = self.spec.num_directions();
+        for (k, w) in self.all_weights.iter().enumerate() {
+            let suffix = format!("_l{}{}", k / nd, if k % nd == 1 { "_reverse" } else { "" });
+            w.visit(prefix, &suffix, f);
         }
+    }
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+    fn is_training(&self) -> bool {
+        self.training
+    }
+}
+
+impl<C: RecurrentConfig, E: Float> fmt::Display for Recurrent<C, E> {
+    /// PyTorch's repr with the parameter count: `LSTM(10, 20, num_layers=2) [… parameters]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({}) [{} parameters]", self.spec.kind.name(), self.spec.extra_repr(), self.num_parameters())
     }
 }
 
@@ -122,18 +257,30 @@ impl<E: Float> RNNWeights<E> {
     }
 }
 
-/// The configuration of a multi-layer recurrent layer, whatever its kind.
+/// The configuration of a multi-layer recurrent layer, whatever its kind: what the driver
+/// reads (see [`RecurrentConfig::spec`]).
 #[derive(Clone, Debug)]
-pub(crate) struct Spec {
+pub struct Spec {
+    /// The recurrence.
     pub kind: CellKind,
+    /// Features of each input step.
     pub input_size: usize,
+    /// Features of the hidden state.
     pub hidden_size: usize,
+    /// Stacked layers.
     pub num_layers: usize,
+    /// Whether the layers have biases.
     pub bias: bool,
+    /// `[batch, seq_len, features]` input and output.
     pub batch_first: bool,
+    /// Dropout between layers.
     pub dropout: f64,
+    /// Both directions.
     pub bidirectional: bool,
+    /// Keras' recurrent dropout (LSTM and GRU).
     pub recurrent_dropout: f64,
+    /// Each LSTM layer and direction as one fused op (LSTM only).
+    pub fused: bool,
 }
 
 impl Spec {
@@ -196,169 +343,10 @@ impl Spec {
         if self.recurrent_dropout != 0.0 {
             s += &format!(", recurrent_dropout={}", self.recurrent_dropout);
         }
+        if self.kind == CellKind::Lstm && !self.fused {
+            s += ", fused=false";
+        }
         s
-    }
-}
-
-/// A layer's own generator for dropout masks, forked from the init generator.
-pub(crate) fn fork_rng() -> Mutex<Rng> {
-    Mutex::new(init::with_rng(|r| r.fork()))
-}
-
-/// The weights of layer `layer`, direction `reverse`, with a clear panic when out of range.
-pub(crate) fn weights_at<'a, E: Float>(
-    spec: &Spec,
-    all: &'a [RNNWeights<E>],
-    layer: usize,
-    reverse: bool,
-) -> &'a RNNWeights<E> {
-    assert!(
-        layer < spec.num_layers,
-        "{}: layer {layer} out of range for num_layers {}",
-        spec.kind.name(),
-        spec.num_layers
-    );
-    assert!(!reverse || spec.bidirectional, "{}: no reverse direction (bidirectional=false)", spec.kind.name());
-    &all[layer * spec.num_directions() + usize::from(reverse)]
-}
-
-// ------------------------------------------------------------------------- cutting a Var
-
-/// What the pieces of one [`pieces`] call hand to their hub during a backward pass.
-struct Gathered<E: Float> {
-    grads: Vec<Option<Var<E>>>,
-    pending: bool,
-}
-
-/// Cuts `v` along `dim` into `n` pieces (`select` when `squeeze`, else `narrow` of equal
-/// `len`), recorded so that their backward costs one `stack`/`cat` instead of one full-size
-/// scatter per piece.
-///
-/// Every piece hangs off one identity "hub" node on `v`. A piece's backward parks its gradient
-/// with the hub and returns nothing (the first one of a pass returns zeros of `v`'s shape, so
-/// that the engine visits the hub); the hub, which the engine processes after all of its
-/// consumers, joins the parked gradients (zeros for pieces that got none) into `v`'s gradient.
-/// Cutting a `[T, B, 4H]` projection into `T` steps with `select` would otherwise cost
-/// O(T² B H) in the backward. The join is recorded with `Var` ops, so higher-order gradients
-/// flow as usual.
-// d piece_k(v)/dv = the k-th block; the hub joins the blocks: stack (select) or cat (narrow)
-fn pieces<E: Float>(v: &Var<E>, dim: usize, n: usize, len: usize, squeeze: bool) -> Vec<Var<E>> {
-    let cut = move |t: &Tensor<E>, k: usize| {
-        if squeeze {
-            t.select(dim as isize, k)
-        } else {
-            t.narrow(dim as isize, k * len, len)
-        }
-    };
-    if !is_grad_enabled() || !v.requires_grad() {
-        return v.with_value(|t| (0..n).map(|k| Var::constant(cut(t, k))).collect());
-    }
-    let full: Vec<usize> = v.shape().to_vec();
-    let mut piece_shape = full.clone();
-    if squeeze {
-        piece_shape.remove(dim);
-    } else {
-        piece_shape[dim] = len;
-    }
-    let state = Arc::new(Mutex::new(Gathered { grads: vec![None; n], pending: false }));
-    let st = state.clone();
-    let hub = Var::from_op(
-        v.value(),
-        std::iter::once(v.clone()).collect::<Inputs<E>>(),
-        OpFn {
-            name: "rnn_pieces_join",
-            f: move |_: &Var<E>, _: &[Var<E>], _: &Var<E>| -> Grads<E> {
-                let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
-                s.pending = false;
-                let gs: Vec<Var<E>> = s
-                    .grads
-                    .iter_mut()
-                    .map(|g| g.take().unwrap_or_else(|| Var::constant(Tensor::zeros(&piece_shape))))
-                    .collect();
-                let joined = if squeeze { Var::stack(&gs, dim as isize) } else { Var::cat(&gs, dim as isize) };
-                std::iter::once(Some(joined)).collect()
-            },
-        },
-    );
-    let hub_value = hub.value();
-    (0..n)
-        .map(|k| {
-            let st = state.clone();
-            let full = full.clone();
-            Var::from_op(
-                cut(&hub_value, k),
-                std::iter::once(hub.clone()).collect::<Inputs<E>>(),
-                OpFn {
-                    name: "rnn_piece",
-                    f: move |g: &Var<E>, _: &[Var<E>], _: &Var<E>| -> Grads<E> {
-                        let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
-                        if s.grads[k].is_some() {
-                            // A piece runs once per pass: this is left over from a pass that
-                            // never reached the hub (it panicked); start afresh.
-                            s.grads.iter_mut().for_each(|g| *g = None);
-                            s.pending = false;
-                        }
-                        s.grads[k] = Some(g.clone());
-                        let wake_hub = !s.pending;
-                        s.pending = true;
-                        std::iter::once(wake_hub.then(|| Var::constant(Tensor::zeros(&full)))).collect()
-                    },
-                },
-            )
-        })
-        .collect()
-}
-
-/// `v.select(dim, t)` for every `t`, with one cheap backward for all (see [`pieces`]).
-pub(crate) fn unbind<E: Float>(v: &Var<E>, dim: usize) -> Vec<Var<E>> {
-    let n = v.shape()[dim];
-    pieces(v, dim, n, 1, true)
-}
-
-/// `v` cut into `n` equal blocks of its last dimension, with one cheap backward for all.
-pub(crate) fn split_last<E: Float>(v: &Var<E>, n: usize) -> Vec<Var<E>> {
-    let shape = v.shape();
-    let dim = shape.len() - 1;
-    pieces(v, dim, n, shape[dim] / n, false)
-}
-
-// ------------------------------------------------------------------------- one step
-
-/// One step of a cell. `gi` is the input projection `W_ih x + b_ih` (all gates), `h` the
-/// previous hidden state, `h_rec` what is fed to the recurrent product (`h`, or `h` times a
-/// recurrent-dropout mask), `c` the previous cell state (LSTM only). Returns `(h', c')`.
-pub(crate) fn cell_step<E: Float>(
-    kind: CellKind,
-    gi: &Var<E>,
-    h: &Var<E>,
-    h_rec: &Var<E>,
-    c: Option<&Var<E>>,
-    weight_hh: &Var<E>,
-    bias_hh: Option<&Var<E>>,
-) -> (Var<E>, Option<Var<E>>) {
-    let gh = h_rec.linear(weight_hh, bias_hh);
-    match kind {
-        // h' = act(W_ih x + b_ih + W_hh h + b_hh)
-        CellKind::RnnTanh => (gi.add(&gh).tanh(), None),
-        CellKind::RnnRelu => (gi.add(&gh).relu(), None),
-        CellKind::Lstm => {
-            // i, f, o = σ(.), g = tanh(.); c' = f c + i g; h' = o tanh(c')
-            let g = split_last(&gi.add(&gh), 4);
-            let (i, f, gg, o) = (g[0].sigmoid(), g[1].sigmoid(), g[2].tanh(), g[3].sigmoid());
-            let c = c.expect("LSTM step needs a cell state");
-            let c_new = f.mul(c).add(&i.mul(&gg));
-            let h_new = o.mul(&c_new.tanh());
-            (h_new, Some(c_new))
-        }
-        CellKind::Gru => {
-            // r, z = σ(.); n = tanh(W_in x + b_in + r (W_hn h + b_hn)); h' = (1 - z) n + z h
-            let a = split_last(gi, 3);
-            let b = split_last(&gh, 3);
-            let r = a[0].add(&b[0]).sigmoid();
-            let z = a[1].add(&b[1]).sigmoid();
-            let n = a[2].add(&r.mul(&b[2])).tanh();
-            (n.add(&z.mul(&h.sub(&n))), None)
-        }
     }
 }
 
@@ -374,27 +362,12 @@ fn dropout_mask<E: Float>(shape: &[usize], p: f64, rng: &mut Rng) -> Tensor<E> {
 }
 
 /// Runs a multi-layer, possibly bidirectional recurrence composed step by step from `Var`
-/// ops; returns `(output, h_n, c_n)`, `c_n` for LSTMs only. Shapes as PyTorch's (see the
-/// layers' docs); every shape is checked with a panic naming the given and the expected shape.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn run<E: Float>(
-    spec: &Spec,
-    weights: &[RNNWeights<E>],
-    x: &Var<E>,
-    h0: Option<&Var<E>>,
-    c0: Option<&Var<E>>,
-    lengths: Option<&[usize]>,
-    training: bool,
-    rng: &Mutex<Rng>,
-) -> (Var<E>, Var<E>, Option<Var<E>>) {
-    run_with(spec, weights, x, h0, c0, lengths, training, rng, false)
-}
-
-/// [`run`], with each LSTM layer and direction as one fused [`Var::lstm_sequence`] op when
-/// `fused` (ignored for other kinds). Both paths draw the same dropout masks from `rng` in the
-/// same order, so that they agree exactly for the same generator state.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn run_with<E: Float>(
+/// ops, or with each LSTM layer and direction as one fused [`Var::lstm_sequence`] op when
+/// `fused` (ignored for other kinds); returns `(output, h_n, c_n)`, `c_n` for LSTMs only.
+/// Both paths draw the same dropout masks from `rng` in the same order, so that they agree
+/// exactly for the same generator state. Shapes as PyTorch's (see the layers' docs); every
+/// shape is checked with a panic naming the given and the expected shape.
+fn run_with<E: Float>(
     spec: &Spec,
     weights: &[RNNWeights<E>],
     x: &Var<E>,
@@ -703,62 +676,6 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_autograd::{gradcheck, gradgradcheck};
-
-    #[test]
-    fn pieces_join_gradients_like_select_and_narrow() {
-        let x = Tensor::<f64>::from_vec((0..24).map(|v| (v as f64 * 0.37).sin()).collect(), &[4, 3, 2]);
-        // weights make each piece's contribution distinct; piece 2 is unused (zero gradient)
-        let r = gradcheck(
-            |v| {
-                let p = unbind(&v[0], 0);
-                p[0].mul(&p[1]).add(&p[3].tanh()).sum_all()
-            },
-            std::slice::from_ref(&x),
-            1e-6,
-            1e-8,
-            1e-6,
-        );
-        assert!(r.is_ok(), "{}", r.unwrap_err());
-        let r = gradcheck(
-            |v| {
-                let p = split_last(&v[0].reshape(&[4, 6]), 3);
-                p[0].mul(&p[2]).sigmoid().sum_all()
-            },
-            std::slice::from_ref(&x),
-            1e-6,
-            1e-8,
-            1e-6,
-        );
-        assert!(r.is_ok(), "{}", r.unwrap_err());
-        let r = gradgradcheck(
-            |v| {
-                let p = unbind(&v[0], 1);
-                p[0].mul(&p[1]).mul(&p[2]).sum_all()
-            },
-            &[x],
-            1e-5,
-            1e-6,
-            1e-4,
-        );
-        assert!(r.is_ok(), "{}", r.unwrap_err());
-    }
-
-    #[test]
-    fn pieces_survive_repeated_backward_passes() {
-        let x = Var::param(Tensor::<f64>::from_vec(vec![1.0, 2.0, 3.0, 4.0], &[2, 2]));
-        let p = unbind(&x, 0);
-        let y = p[0].mul(&p[1]).sum_all(); // x0 . x1
-        y.backward_opts(&Tensor::scalar(1.0), true, false);
-        y.backward_opts(&Tensor::scalar(1.0), true, false);
-        // d/dx0 = x1, d/dx1 = x0, twice
-        assert_eq!(x.grad().unwrap().to_vec(), vec![6.0, 8.0, 2.0, 4.0]);
-        // a pass that reaches one piece only still reaches the hub
-        x.zero_grad();
-        let q = unbind(&x, 1);
-        q[1].sum_all().backward();
-        assert_eq!(x.grad().unwrap().to_vec(), vec![0.0, 1.0, 0.0, 1.0]);
-    }
 
     #[test]
     fn last_valid_output_picks_each_sequences_last_step() {
