@@ -9,6 +9,8 @@ use kiln_tensor::{Conv1dParams, Conv2dParams, ConvTranspose2dParams, Float, PadM
 use crate::error::NnError;
 use crate::init;
 use crate::module::{visit_param, Forward, Module, TensorKind};
+use crate::registry::{object, Args, LayerSpec};
+use serde_json::{json, Map, Value};
 
 /// How a convolution pads its input, like PyTorch's `padding` argument: `P` is `usize` for
 /// [`Conv1d`] and `[usize; 2]` (`[height, width]`) for [`Conv2d`].
@@ -724,6 +726,117 @@ pub(crate) mod testing {
         last
     }
 }
+
+/// `padding` as PyTorch writes it: `"valid"`, `"same"`, or the explicit amount.
+fn padding_json<P: serde::Serialize>(p: &Padding<P>) -> Value {
+    match p {
+        Padding::Valid => json!("valid"),
+        Padding::Same => json!("same"),
+        Padding::Explicit(p) => json!(p),
+    }
+}
+
+/// `padding` read the way PyTorch takes it (`"valid"`, `"same"`, or an amount read by `amount`).
+fn padding_arg<P>(a: &mut Args, amount: fn(&Args, &str, &Value) -> Result<P, NnError>) -> Result<Padding<P>, NnError> {
+    Ok(match a.take("padding") {
+        None => Padding::Valid,
+        Some(Value::String(s)) if s == "same" => Padding::Same,
+        Some(Value::String(s)) if s == "valid" => Padding::Valid,
+        Some(v) => Padding::Explicit(amount(a, "padding", &v)?),
+    })
+}
+
+impl<E: Float> LayerSpec for Conv1d<E> {
+    const TYPE_NAME: &'static str = "Conv1d";
+    const EXAMPLE: &'static str =
+        r#"{"in_channels": 4, "out_channels": 2, "kernel_size": 3, "stride": 2, "padding": 1, "groups": 2}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        let c = &self.config;
+        object(json!({"in_channels": c.in_channels, "out_channels": c.out_channels, "kernel_size": c.kernel_size,
+            "stride": c.stride, "padding": padding_json(&c.padding), "dilation": c.dilation, "groups": c.groups,
+            "bias": c.bias}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        a.zeros_padding_mode()?;
+        let (i, o, k) = (a.usize("in_channels", None)?, a.usize("out_channels", None)?, a.usize("kernel_size", None)?);
+        let padding = padding_arg(a, Args::as_usize)?;
+        Conv1dConfig {
+            stride: a.usize("stride", Some(1))?,
+            dilation: a.usize("dilation", Some(1))?,
+            groups: a.usize("groups", Some(1))?,
+            bias: a.bool("bias", true)?,
+            padding,
+            ..Conv1dConfig::new(i, o, k)
+        }
+        .build()
+    }
+}
+
+crate::register_layer!(Conv1d<E>);
+
+impl<E: Float> LayerSpec for Conv2d<E> {
+    const TYPE_NAME: &'static str = "Conv2d";
+    const EXAMPLE: &'static str =
+        r#"{"in_channels": 2, "out_channels": 4, "kernel_size": [3, 2], "padding": "same", "bias": false}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        let c = &self.config;
+        object(json!({"in_channels": c.in_channels, "out_channels": c.out_channels, "kernel_size": c.kernel_size,
+            "stride": c.stride, "padding": padding_json(&c.padding), "dilation": c.dilation, "groups": c.groups,
+            "bias": c.bias}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        a.zeros_padding_mode()?;
+        let (i, o) = (a.usize("in_channels", None)?, a.usize("out_channels", None)?);
+        let padding = padding_arg(a, Args::as_pair)?;
+        Conv2dConfig {
+            kernel_size: a.pair("kernel_size", None)?,
+            stride: a.pair("stride", Some([1, 1]))?,
+            dilation: a.pair("dilation", Some([1, 1]))?,
+            groups: a.usize("groups", Some(1))?,
+            bias: a.bool("bias", true)?,
+            padding,
+            ..Conv2dConfig::new(i, o, 1)
+        }
+        .build()
+    }
+}
+
+crate::register_layer!(Conv2d<E>);
+
+impl<E: Float> LayerSpec for ConvTranspose2d<E> {
+    const TYPE_NAME: &'static str = "ConvTranspose2d";
+    const EXAMPLE: &'static str =
+        r#"{"in_channels": 2, "out_channels": 3, "kernel_size": 3, "stride": 2, "padding": 1, "output_padding": 1}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        let c = &self.config;
+        object(json!({"in_channels": c.in_channels, "out_channels": c.out_channels,
+            "kernel_size": c.kernel_size, "stride": c.stride, "padding": c.padding,
+            "output_padding": c.output_padding, "dilation": c.dilation, "groups": c.groups, "bias": c.bias}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        a.zeros_padding_mode()?;
+        let (i, o) = (a.usize("in_channels", None)?, a.usize("out_channels", None)?);
+        ConvTranspose2dConfig {
+            kernel_size: a.pair("kernel_size", None)?,
+            stride: a.pair("stride", Some([1, 1]))?,
+            padding: a.pair("padding", Some([0, 0]))?,
+            output_padding: a.pair("output_padding", Some([0, 0]))?,
+            dilation: a.pair("dilation", Some([1, 1]))?,
+            groups: a.usize("groups", Some(1))?,
+            bias: a.bool("bias", true)?,
+            ..ConvTranspose2dConfig::new(i, o, 1)
+        }
+        .build()
+    }
+}
+
+crate::register_layer!(ConvTranspose2d<E>);
 
 #[cfg(test)]
 mod tests {

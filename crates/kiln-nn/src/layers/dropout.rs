@@ -10,6 +10,8 @@ use kiln_tensor::{Float, Rng};
 use crate::error::NnError;
 use crate::init;
 use crate::module::{Forward, Module, TensorKind};
+use crate::registry::{object, Args, LayerSpec};
+use serde_json::{json, Map, Value};
 
 fn check_p(layer: &str, p: f64) -> Result<(), NnError> {
     if !(0.0..=1.0).contains(&p) {
@@ -215,6 +217,38 @@ impl fmt::Display for Dropout2d {
         write!(f, "Dropout2d(p={:?})", self.p)
     }
 }
+
+impl LayerSpec for Dropout {
+    const TYPE_NAME: &'static str = "Dropout";
+    const EXAMPLE: &'static str = r#"{"p": 0.25}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        object(json!({"p": self.p}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        a.not_inplace()?;
+        Dropout::try_new(a.f64("p", 0.5)?)
+    }
+}
+
+crate::register_layer!(Dropout);
+
+impl LayerSpec for Dropout2d {
+    const TYPE_NAME: &'static str = "Dropout2d";
+    const EXAMPLE: &'static str = r#"{"p": 0.1}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        object(json!({"p": self.p}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        a.not_inplace()?;
+        Dropout2d::try_new(a.f64("p", 0.5)?)
+    }
+}
+
+crate::register_layer!(Dropout2d);
 
 #[cfg(test)]
 mod tests {

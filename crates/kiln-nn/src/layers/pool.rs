@@ -8,6 +8,8 @@ use kiln_tensor::Float;
 
 use crate::error::NnError;
 use crate::module::{Forward, Module, TensorKind};
+use crate::registry::{object, Args, LayerSpec};
+use serde_json::{json, Map, Value};
 
 fn tuple2(p: [usize; 2]) -> String {
     format!("({}, {})", p[0], p[1])
@@ -565,6 +567,125 @@ impl fmt::Display for AdaptiveAvgPool2d {
         write!(f, "AdaptiveAvgPool2d(output_size={})", tuple2(self.output_size))
     }
 }
+
+impl LayerSpec for MaxPool1d {
+    const TYPE_NAME: &'static str = "MaxPool1d";
+    const EXAMPLE: &'static str = r#"{"kernel_size": 3, "stride": 2, "padding": 1, "dilation": 2, "ceil_mode": true}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        let c = &self.config;
+        object(json!({"kernel_size": c.kernel_size, "stride": c.stride.unwrap_or(c.kernel_size),
+            "padding": c.padding, "dilation": c.dilation, "ceil_mode": c.ceil_mode}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        a.no_indices()?;
+        let k = a.usize("kernel_size", None)?;
+        MaxPool1dConfig {
+            stride: Some(a.usize("stride", Some(k))?),
+            padding: a.usize("padding", Some(0))?,
+            dilation: a.usize("dilation", Some(1))?,
+            ceil_mode: a.bool("ceil_mode", false)?,
+            ..MaxPool1dConfig::new(k)
+        }
+        .build()
+    }
+}
+
+crate::register_layer!(MaxPool1d);
+
+impl LayerSpec for MaxPool2d {
+    const TYPE_NAME: &'static str = "MaxPool2d";
+    const EXAMPLE: &'static str = r#"{"kernel_size": [3, 2], "stride": 1, "padding": [1, 0]}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        let c = &self.config;
+        object(json!({"kernel_size": c.kernel_size, "stride": c.stride.unwrap_or(c.kernel_size),
+            "padding": c.padding, "dilation": c.dilation, "ceil_mode": c.ceil_mode}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        a.no_indices()?;
+        let k = a.pair("kernel_size", None)?;
+        MaxPool2dConfig {
+            kernel_size: k,
+            stride: Some(a.pair("stride", Some(k))?),
+            padding: a.pair("padding", Some([0, 0]))?,
+            dilation: a.pair("dilation", Some([1, 1]))?,
+            ceil_mode: a.bool("ceil_mode", false)?,
+        }
+        .build()
+    }
+}
+
+crate::register_layer!(MaxPool2d);
+
+impl LayerSpec for AvgPool1d {
+    const TYPE_NAME: &'static str = "AvgPool1d";
+    const EXAMPLE: &'static str = r#"{"kernel_size": 2, "stride": 1, "padding": 1, "count_include_pad": false}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        let c = &self.config;
+        object(json!({"kernel_size": c.kernel_size, "stride": c.stride.unwrap_or(c.kernel_size),
+            "padding": c.padding, "ceil_mode": c.ceil_mode, "count_include_pad": c.count_include_pad}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        let k = a.usize("kernel_size", None)?;
+        AvgPool1dConfig {
+            stride: Some(a.usize("stride", Some(k))?),
+            padding: a.usize("padding", Some(0))?,
+            ceil_mode: a.bool("ceil_mode", false)?,
+            count_include_pad: a.bool("count_include_pad", true)?,
+            ..AvgPool1dConfig::new(k)
+        }
+        .build()
+    }
+}
+
+crate::register_layer!(AvgPool1d);
+
+impl LayerSpec for AvgPool2d {
+    const TYPE_NAME: &'static str = "AvgPool2d";
+    const EXAMPLE: &'static str = r#"{"kernel_size": 2, "padding": 1, "ceil_mode": true, "divisor_override": 3}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        let c = &self.config;
+        object(json!({"kernel_size": c.kernel_size, "stride": c.stride.unwrap_or(c.kernel_size),
+            "padding": c.padding, "ceil_mode": c.ceil_mode, "count_include_pad": c.count_include_pad,
+            "divisor_override": c.divisor_override}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        let k = a.pair("kernel_size", None)?;
+        AvgPool2dConfig {
+            kernel_size: k,
+            stride: Some(a.pair("stride", Some(k))?),
+            padding: a.pair("padding", Some([0, 0]))?,
+            ceil_mode: a.bool("ceil_mode", false)?,
+            count_include_pad: a.bool("count_include_pad", true)?,
+            divisor_override: a.opt_usize("divisor_override")?,
+        }
+        .build()
+    }
+}
+
+crate::register_layer!(AvgPool2d);
+
+impl LayerSpec for AdaptiveAvgPool2d {
+    const TYPE_NAME: &'static str = "AdaptiveAvgPool2d";
+    const EXAMPLE: &'static str = r#"{"output_size": [2, 3]}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        object(json!({"output_size": self.output_size}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        AdaptiveAvgPool2d::try_new(a.pair("output_size", None)?)
+    }
+}
+
+crate::register_layer!(AdaptiveAvgPool2d);
 
 #[cfg(test)]
 mod tests {
