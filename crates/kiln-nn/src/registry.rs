@@ -489,6 +489,10 @@ mod tests {
     const NOT_DESCRIBED: &[&str] = &[
         "AttnMask",
         "BatchNorm",
+        "DropChannels",
+        "DropElements",
+        "DropoutKind",
+        "DropoutLayer",
         "GeluApproximate",
         "GRU",
         "GRUCell",
