@@ -26,6 +26,7 @@ pub mod init;
 pub mod layers;
 mod loss;
 mod module;
+pub mod registry;
 pub mod serialize;
 mod summary;
 

@@ -20,14 +20,13 @@
 //! in [`kiln_nn::serialize::sequential_from_json`]'s format). Weights are stored unpacked and
 //! packed again for the reading machine's kernel.
 //!
-//! A float layer's `spec` is written from its fields ([`float_spec`], found by downcasting), so
-//! the layers a file can hold are the kiln-nn layers `sequential_from_json` rebuilds: `Linear`,
-//! `Conv1d`, `Conv2d`, `ConvTranspose2d`, the max/average/adaptive pools, `BatchNorm1d`/`2d`,
-//! `LayerNorm`, `GroupNorm`, `Dropout`, `Dropout2d`, `Flatten`, `Identity` and the
-//! activations (`ReLU`, `LeakyReLU`, `ELU`, `GELU`, `SiLU`, `Sigmoid`, `Tanh`, `Softplus`,
-//! `Softmax`, `LogSoftmax`). A model with any other float layer (a layer of your own, a nested
-//! `Sequential`, an `LSTM`) runs, but [`QuantSequential::save`] refuses it with
-//! [`QuantError::Unsupported`] naming the layer. Before writing, each spec is rebuilt and
+//! A float layer's `spec` is the description the layer declares itself in the
+//! [kiln-nn layer registry](kiln_nn::registry) ([`float_spec`]), so a file can hold every
+//! registered layer type (`Linear`, `Conv1d`, `Conv2d`, `ConvTranspose2d`, the pools,
+//! `BatchNorm1d`/`2d`, `LayerNorm`, `GroupNorm`, `Dropout`, `Dropout2d`, `Flatten`, `Identity`,
+//! the activations, ...: [`kiln_nn::registry::registrations`]). A model with any other float
+//! layer (a layer of your own, a nested `Sequential`, an `LSTM`) runs, but
+//! [`QuantSequential::save`] refuses it with [`QuantError::Unsupported`] naming the layer. Before writing, each spec is rebuilt and
 //! checked to give a layer that displays as the original does.
 //!
 //! A [`QuantLSTM`] (not a `Sequential` layer: it returns its states too) has a file of its own,
@@ -40,12 +39,7 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::{json, Value};
 
-use kiln_nn::{
-    AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, BatchNorm1d, BatchNorm2d, BatchNormConfig, Conv1d, Conv2d,
-    ConvTranspose2d, Dropout, Dropout2d, Flatten, GeluApproximate, GroupNorm, Identity, LSTMConfig, Layer, LayerNorm,
-    LeakyReLU, Linear, LogSoftmax, MaxPool1d, MaxPool2d, Padding, ReLU, SiLU, Sigmoid, Softmax, Softplus, StateDict,
-    Tanh, ELU, GELU,
-};
+use kiln_nn::{LSTMConfig, Layer, StateDict};
 use kiln_tensor::Tensor;
 
 use crate::conv::{ConvGeometry, QuantConv2d};
@@ -65,14 +59,10 @@ fn act_json(act: &ActQuant) -> Value {
     }
 }
 
-fn batch_norm_args(c: &BatchNormConfig) -> Value {
-    json!({"num_features": c.num_features, "eps": c.eps, "momentum": c.momentum, "affine": c.affine,
-        "track_running_stats": c.track_running_stats})
-}
-
 /// A float layer's description in [`kiln_nn::serialize::sequential_from_json`]'s format,
-/// `{"layer": <PyTorch class>, "args": {...}}`, read from the fields of the concrete kiln-nn
-/// layer (found by downcasting); `None` for a layer that function cannot rebuild.
+/// `{"layer": <PyTorch class>, "args": {...}}`, as the layer declares it itself through the
+/// [kiln-nn layer registry](kiln_nn::registry); `None` for a layer type that is not
+/// registered there.
 ///
 /// ```
 /// use kiln_nn::{Layer, MaxPool2d, Sequential};
@@ -83,127 +73,7 @@ fn batch_norm_args(c: &BatchNormConfig) -> Value {
 /// ```
 #[must_use]
 pub fn float_spec(layer: &dyn Layer<f32>) -> Option<Value> {
-    let pad2 = |p: Padding| match p {
-        Padding::Valid => json!("valid"),
-        Padding::Same => json!("same"),
-        Padding::Explicit(p) => json!(p),
-    };
-    let l = layer;
-    let (name, args) = if let Some(x) = l.downcast_ref::<Linear>() {
-        let c = &x.config;
-        ("Linear", json!({"in_features": c.in_features, "out_features": c.out_features, "bias": c.bias}))
-    } else if let Some(x) = l.downcast_ref::<Conv1d>() {
-        let c = &x.config;
-        let padding = match c.padding {
-            Padding::Valid => json!("valid"),
-            Padding::Same => json!("same"),
-            Padding::Explicit(p) => json!(p),
-        };
-        (
-            "Conv1d",
-            json!({"in_channels": c.in_channels, "out_channels": c.out_channels, "kernel_size": c.kernel_size,
-            "stride": c.stride, "padding": padding, "dilation": c.dilation, "groups": c.groups, "bias": c.bias}),
-        )
-    } else if let Some(x) = l.downcast_ref::<Conv2d>() {
-        let c = &x.config;
-        (
-            "Conv2d",
-            json!({"in_channels": c.in_channels, "out_channels": c.out_channels, "kernel_size": c.kernel_size,
-            "stride": c.stride, "padding": pad2(c.padding), "dilation": c.dilation, "groups": c.groups, "bias": c.bias}),
-        )
-    } else if let Some(x) = l.downcast_ref::<ConvTranspose2d>() {
-        let c = &x.config;
-        (
-            "ConvTranspose2d",
-            json!({"in_channels": c.in_channels, "out_channels": c.out_channels,
-            "kernel_size": c.kernel_size, "stride": c.stride, "padding": c.padding,
-            "output_padding": c.output_padding, "dilation": c.dilation, "groups": c.groups, "bias": c.bias}),
-        )
-    } else if let Some(x) = l.downcast_ref::<MaxPool1d>() {
-        let c = &x.config;
-        (
-            "MaxPool1d",
-            json!({"kernel_size": c.kernel_size, "stride": c.stride.unwrap_or(c.kernel_size),
-            "padding": c.padding, "dilation": c.dilation, "ceil_mode": c.ceil_mode}),
-        )
-    } else if let Some(x) = l.downcast_ref::<MaxPool2d>() {
-        let c = &x.config;
-        (
-            "MaxPool2d",
-            json!({"kernel_size": c.kernel_size, "stride": c.stride.unwrap_or(c.kernel_size),
-            "padding": c.padding, "dilation": c.dilation, "ceil_mode": c.ceil_mode}),
-        )
-    } else if let Some(x) = l.downcast_ref::<AvgPool1d>() {
-        let c = &x.config;
-        (
-            "AvgPool1d",
-            json!({"kernel_size": c.kernel_size, "stride": c.stride.unwrap_or(c.kernel_size),
-            "padding": c.padding, "ceil_mode": c.ceil_mode, "count_include_pad": c.count_include_pad}),
-        )
-    } else if let Some(x) = l.downcast_ref::<AvgPool2d>() {
-        let c = &x.config;
-        (
-            "AvgPool2d",
-            json!({"kernel_size": c.kernel_size, "stride": c.stride.unwrap_or(c.kernel_size),
-            "padding": c.padding, "ceil_mode": c.ceil_mode, "count_include_pad": c.count_include_pad,
-            "divisor_override": c.divisor_override}),
-        )
-    } else if let Some(x) = l.downcast_ref::<AdaptiveAvgPool2d>() {
-        ("AdaptiveAvgPool2d", json!({"output_size": x.output_size}))
-    } else if let Some(x) = l.downcast_ref::<BatchNorm1d>() {
-        ("BatchNorm1d", batch_norm_args(&x.config))
-    } else if let Some(x) = l.downcast_ref::<BatchNorm2d>() {
-        ("BatchNorm2d", batch_norm_args(&x.config))
-    } else if let Some(x) = l.downcast_ref::<LayerNorm>() {
-        let c = &x.config;
-        (
-            "LayerNorm",
-            json!({"normalized_shape": c.normalized_shape, "eps": c.eps,
-            "elementwise_affine": c.elementwise_affine, "bias": c.bias}),
-        )
-    } else if let Some(x) = l.downcast_ref::<GroupNorm>() {
-        let c = &x.config;
-        (
-            "GroupNorm",
-            json!({"num_groups": c.num_groups, "num_channels": c.num_channels, "eps": c.eps,
-            "affine": c.affine}),
-        )
-    } else if let Some(x) = l.downcast_ref::<Dropout>() {
-        ("Dropout", json!({"p": x.p}))
-    } else if let Some(x) = l.downcast_ref::<Dropout2d>() {
-        ("Dropout2d", json!({"p": x.p}))
-    } else if let Some(x) = l.downcast_ref::<Flatten>() {
-        ("Flatten", json!({"start_dim": x.start_dim, "end_dim": x.end_dim}))
-    } else if l.is::<Identity>() {
-        ("Identity", json!({}))
-    } else if l.is::<ReLU>() {
-        ("ReLU", json!({}))
-    } else if let Some(x) = l.downcast_ref::<LeakyReLU>() {
-        ("LeakyReLU", json!({"negative_slope": x.negative_slope}))
-    } else if let Some(x) = l.downcast_ref::<ELU>() {
-        ("ELU", json!({"alpha": x.alpha}))
-    } else if let Some(x) = l.downcast_ref::<GELU>() {
-        let approximate = match x.approximate {
-            GeluApproximate::None => "none",
-            GeluApproximate::Tanh => "tanh",
-        };
-        ("GELU", json!({"approximate": approximate}))
-    } else if l.is::<SiLU>() {
-        ("SiLU", json!({}))
-    } else if l.is::<Sigmoid>() {
-        ("Sigmoid", json!({}))
-    } else if l.is::<Tanh>() {
-        ("Tanh", json!({}))
-    } else if let Some(x) = l.downcast_ref::<Softplus>() {
-        ("Softplus", json!({"beta": x.beta, "threshold": x.threshold}))
-    } else if let Some(x) = l.downcast_ref::<Softmax>() {
-        ("Softmax", json!({"dim": x.dim}))
-    } else if let Some(x) = l.downcast_ref::<LogSoftmax>() {
-        ("LogSoftmax", json!({"dim": x.dim}))
-    } else {
-        return None;
-    };
-    Some(json!({"layer": name, "args": args}))
+    kiln_nn::registry::describe(layer)
 }
 
 /// The spec of float layer `i` for a file, checked by rebuilding it.

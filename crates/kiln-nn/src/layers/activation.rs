@@ -25,7 +25,10 @@ use std::fmt;
 use kiln_autograd::Var;
 use kiln_tensor::Float;
 
+use crate::error::NnError;
 use crate::module::{Forward, Module, TensorKind};
+use crate::registry::{object, Args, LayerSpec};
+use serde_json::{json, Map, Value};
 
 /// Implements `Module<E>` (no parameters, no mode) for parameter-free modules.
 macro_rules! stateless_module {
@@ -337,6 +340,134 @@ impl fmt::Display for LogSoftmax {
         write!(f, "LogSoftmax(dim={})", self.dim)
     }
 }
+
+/// The description of an activation without arguments that accepts `inplace` (which changes
+/// nothing kiln computes).
+macro_rules! no_arg_spec {
+    ($($t:ident: $inplace:expr),* $(,)?) => {$(
+        impl LayerSpec for $t {
+            const TYPE_NAME: &'static str = stringify!($t);
+            const EXAMPLE: &'static str = "{}";
+
+            fn config(&self) -> Map<String, Value> {
+                Map::new()
+            }
+
+            fn from_config(a: &mut Args) -> Result<Self, NnError> {
+                if $inplace {
+                    a.not_inplace()?;
+                }
+                Ok($t)
+            }
+        }
+
+        crate::register_layer!($t);
+    )*};
+}
+
+no_arg_spec!(ReLU: true, SiLU: true, Sigmoid: false, Tanh: false);
+
+impl LayerSpec for LeakyReLU {
+    const TYPE_NAME: &'static str = "LeakyReLU";
+    const EXAMPLE: &'static str = r#"{"negative_slope": 0.2}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        object(json!({"negative_slope": self.negative_slope}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        a.not_inplace()?;
+        Ok(LeakyReLU::new(a.f64("negative_slope", 0.01)?))
+    }
+}
+
+crate::register_layer!(LeakyReLU);
+
+impl LayerSpec for ELU {
+    const TYPE_NAME: &'static str = "ELU";
+    const EXAMPLE: &'static str = r#"{"alpha": 0.5}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        object(json!({"alpha": self.alpha}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        a.not_inplace()?;
+        Ok(ELU::new(a.f64("alpha", 1.0)?))
+    }
+}
+
+crate::register_layer!(ELU);
+
+impl LayerSpec for GELU {
+    const TYPE_NAME: &'static str = "GELU";
+    const EXAMPLE: &'static str = r#"{"approximate": "tanh"}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        let approximate = match self.approximate {
+            GeluApproximate::None => "none",
+            GeluApproximate::Tanh => "tanh",
+        };
+        object(json!({"approximate": approximate}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        let approximate = match a.take("approximate") {
+            None => GeluApproximate::None,
+            Some(Value::String(s)) if s == "none" => GeluApproximate::None,
+            Some(Value::String(s)) if s == "tanh" => GeluApproximate::Tanh,
+            Some(v) => return Err(a.err(&format!("approximate must be \"none\" or \"tanh\", got {v}"))),
+        };
+        Ok(GELU::new(approximate))
+    }
+}
+
+crate::register_layer!(GELU);
+
+impl LayerSpec for Softplus {
+    const TYPE_NAME: &'static str = "Softplus";
+    const EXAMPLE: &'static str = r#"{"beta": 2.0, "threshold": 10.0}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        object(json!({"beta": self.beta, "threshold": self.threshold}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        Ok(Softplus::new(a.f64("beta", 1.0)?, a.f64("threshold", 20.0)?))
+    }
+}
+
+crate::register_layer!(Softplus);
+
+impl LayerSpec for Softmax {
+    const TYPE_NAME: &'static str = "Softmax";
+    const EXAMPLE: &'static str = r#"{"dim": 1}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        object(json!({"dim": self.dim}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        Ok(Softmax::new(a.isize("dim", -1)?))
+    }
+}
+
+crate::register_layer!(Softmax);
+
+impl LayerSpec for LogSoftmax {
+    const TYPE_NAME: &'static str = "LogSoftmax";
+    const EXAMPLE: &'static str = r#"{"dim": -1}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        object(json!({"dim": self.dim}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        Ok(LogSoftmax::new(a.isize("dim", -1)?))
+    }
+}
+
+crate::register_layer!(LogSoftmax);
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,8 @@ use super::norm::{channel_shape, standardize};
 use crate::error::NnError;
 use crate::init;
 use crate::module::{visit_buffer, visit_param, Forward, Module, TensorKind};
+use crate::registry::{object, Args, LayerSpec};
+use serde_json::{json, Map, Value};
 
 /// Configuration of a batch-norm layer (PyTorch's defaults: eps 1e-5, momentum 0.1, learnable
 /// weight and bias, running statistics tracked). Build a [`BatchNorm1d`] or a [`BatchNorm2d`]
@@ -312,6 +314,36 @@ impl<E: Float, const D: usize> fmt::Display for BatchNorm<E, D> {
         )
     }
 }
+
+impl<E: Float, const D: usize> LayerSpec for BatchNorm<E, D> {
+    const TYPE_NAME: &'static str = if D == 1 { "BatchNorm1d" } else { "BatchNorm2d" };
+    const EXAMPLE: &'static str = r#"{"num_features": 3, "eps": 0.001, "momentum": null, "affine": false}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        let c = &self.config;
+        object(json!({"num_features": c.num_features, "eps": c.eps, "momentum": c.momentum, "affine": c.affine,
+            "track_running_stats": c.track_running_stats}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        let momentum = match a.take_raw("momentum") {
+            None => Some(0.1),
+            Some(Value::Null) => None,
+            Some(v) => Some(a.as_f64("momentum", &v)?),
+        };
+        BatchNormConfig {
+            eps: a.f64("eps", 1e-5)?,
+            momentum,
+            affine: a.bool("affine", true)?,
+            track_running_stats: a.bool("track_running_stats", true)?,
+            ..BatchNormConfig::new(a.usize("num_features", None)?)
+        }
+        .build()
+    }
+}
+
+crate::register_layer!(BatchNorm<E, 1>);
+crate::register_layer!(BatchNorm<E, 2>);
 
 #[cfg(test)]
 mod tests {

@@ -8,8 +8,11 @@ use std::ops::{Index, IndexMut};
 use kiln_autograd::Var;
 use kiln_tensor::Float;
 
+use crate::error::NnError;
 use crate::layers::activation::stateless_module;
 use crate::module::{Forward, Layer, Module, TensorKind};
+use crate::registry::{Args, LayerSpec};
+use serde_json::{Map, Value};
 
 /// Writes `Name(\n  (key): child\n  ...\n) [N parameters]`, indenting a child's later lines
 /// by two spaces as PyTorch's `_addindent` does.
@@ -381,6 +384,21 @@ impl fmt::Display for Identity {
         write!(f, "Identity()")
     }
 }
+
+impl LayerSpec for Identity {
+    const TYPE_NAME: &'static str = "Identity";
+    const EXAMPLE: &'static str = "{}";
+
+    fn config(&self) -> Map<String, Value> {
+        Map::new()
+    }
+
+    fn from_config(_: &mut Args) -> Result<Self, NnError> {
+        Ok(Identity)
+    }
+}
+
+crate::register_layer!(Identity);
 
 #[cfg(test)]
 mod tests {

@@ -1,27 +1,73 @@
 //! Dropout: `Dropout` (elements) and `Dropout2d` (whole channels), `y = x · m / (1 - p)` with
-//! `m ~ Bernoulli(1 - p)` while training, the identity in eval mode.
+//! `m ~ Bernoulli(1 - p)` while training, the identity in eval mode: one implementation,
+//! [`DropoutLayer`], whose [`DropoutKind`] says what a mask entry covers.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Mutex;
 
 use kiln_autograd::Var;
 use kiln_tensor::{Float, Rng};
+use serde_json::{json, Map, Value};
 
 use crate::error::NnError;
 use crate::init;
 use crate::module::{Forward, Module, TensorKind};
+use crate::registry::{object, Args, LayerSpec};
 
-fn check_p(layer: &str, p: f64) -> Result<(), NnError> {
-    if !(0.0..=1.0).contains(&p) {
-        return Err(NnError::Config(format!("{layer}: p must be in [0, 1], got {p}")));
+/// What one draw of a [`DropoutLayer`]'s mask covers: a single element ([`DropElements`],
+/// `Dropout`) or a whole channel ([`DropChannels`], `Dropout2d`).
+pub trait DropoutKind: Send + Sync + 'static {
+    /// PyTorch's class name.
+    const NAME: &'static str;
+
+    /// Inverted dropout of `x` with probability `p` while `training`, the identity otherwise.
+    fn apply<E: Float>(x: &Var<E>, p: f64, training: bool, rng: &mut Rng) -> Var<E>;
+}
+
+/// Each element is dropped on its own ([`Dropout`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DropElements;
+
+impl DropoutKind for DropElements {
+    const NAME: &'static str = "Dropout";
+
+    fn apply<E: Float>(x: &Var<E>, p: f64, training: bool, rng: &mut Rng) -> Var<E> {
+        x.dropout(p, training, rng)
     }
-    Ok(())
+}
+
+/// Each channel `x[n, c]` is dropped as a whole ([`Dropout2d`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DropChannels;
+
+impl DropoutKind for DropChannels {
+    const NAME: &'static str = "Dropout2d";
+
+    fn apply<E: Float>(x: &Var<E>, p: f64, training: bool, rng: &mut Rng) -> Var<E> {
+        x.dropout2d(p, training, rng)
+    }
 }
 
 /// A generator of the layer's own, forked from the process-wide one: two dropout layers draw
 /// different masks, and [`init::manual_seed`] before building makes the masks reproducible.
 fn forked_rng() -> Mutex<Rng> {
     Mutex::new(init::with_rng(|r| r.fork()))
+}
+
+/// Inverted dropout (Srivastava et al., 2014), the implementation of [`Dropout`] and
+/// [`Dropout2d`]: while training, each mask entry (an element or a channel, as `K` says) is
+/// zeroed with probability `p` and the rest is scaled by `1 / (1 - p)`, so the expected
+/// output is the input; in eval mode the layer is the identity.
+///
+/// Each layer draws its masks from its own generator, forked from the process-wide one when
+/// the layer is built (seed with [`init::manual_seed`] first for reproducible masks).
+pub struct DropoutLayer<K: DropoutKind> {
+    /// Probability of zeroing a mask entry.
+    pub p: f64,
+    training: bool,
+    rng: Mutex<Rng>,
+    kind: PhantomData<K>,
 }
 
 /// Inverted dropout, like `torch.nn.Dropout` (Srivastava et al., 2014): while training, each
@@ -51,72 +97,7 @@ fn forked_rng() -> Mutex<Rng> {
 /// assert_eq!(drop.forward(&x).value().to_vec(), vec![1.0; 1000]);
 /// assert_eq!(drop.to_string(), "Dropout(p=0.5)");
 /// ```
-pub struct Dropout {
-    /// Probability of zeroing an element.
-    pub p: f64,
-    training: bool,
-    rng: Mutex<Rng>,
-}
-
-impl Dropout {
-    /// A dropout layer in training mode.
-    ///
-    /// **Panics** if `p` is outside `[0, 1]` (use [`Dropout::try_new`] for a `Result`).
-    pub fn new(p: f64) -> Self {
-        Self::try_new(p).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// A dropout layer in training mode.
-    ///
-    /// # Errors
-    /// [`NnError::Config`] when `p` is outside `[0, 1]`.
-    pub fn try_new(p: f64) -> Result<Self, NnError> {
-        check_p("Dropout", p)?;
-        Ok(Dropout { p, training: true, rng: forked_rng() })
-    }
-
-    /// Training mode: drop at random (the same as [`Module::train`], callable without naming
-    /// the element type).
-    pub fn train(&mut self) {
-        self.training = true;
-    }
-
-    /// Evaluation mode: the identity (the same as [`Module::eval`]).
-    pub fn eval(&mut self) {
-        self.training = false;
-    }
-
-    /// Whether the layer is in training mode.
-    #[must_use]
-    pub fn is_training(&self) -> bool {
-        self.training
-    }
-}
-
-impl<E: Float> Forward<E> for Dropout {
-    fn forward(&self, x: &Var<E>) -> Var<E> {
-        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-        x.dropout(self.p, self.training, &mut rng)
-    }
-}
-
-impl<E: Float> Module<E> for Dropout {
-    fn visit(&self, _prefix: &str, _f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {}
-
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-    }
-
-    fn is_training(&self) -> bool {
-        self.training
-    }
-}
-
-impl fmt::Display for Dropout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Dropout(p={:?})", self.p)
-    }
-}
+pub type Dropout = DropoutLayer<DropElements>;
 
 /// Channel dropout, like `torch.nn.Dropout2d` (Tompson et al., 2015): while training, each
 /// whole channel `x[n, c]` is zeroed with probability `p` and the others are scaled by
@@ -149,28 +130,25 @@ impl fmt::Display for Dropout {
 /// }
 /// assert_eq!(drop.to_string(), "Dropout2d(p=0.5)");
 /// ```
-pub struct Dropout2d {
-    /// Probability of zeroing a channel.
-    pub p: f64,
-    training: bool,
-    rng: Mutex<Rng>,
-}
+pub type Dropout2d = DropoutLayer<DropChannels>;
 
-impl Dropout2d {
-    /// A channel-dropout layer in training mode.
+impl<K: DropoutKind> DropoutLayer<K> {
+    /// A dropout layer in training mode.
     ///
-    /// **Panics** if `p` is outside `[0, 1]` (use [`Dropout2d::try_new`] for a `Result`).
+    /// **Panics** if `p` is outside `[0, 1]` (use [`try_new`](Self::try_new) for a `Result`).
     pub fn new(p: f64) -> Self {
         Self::try_new(p).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// A channel-dropout layer in training mode.
+    /// A dropout layer in training mode.
     ///
     /// # Errors
     /// [`NnError::Config`] when `p` is outside `[0, 1]`.
     pub fn try_new(p: f64) -> Result<Self, NnError> {
-        check_p("Dropout2d", p)?;
-        Ok(Dropout2d { p, training: true, rng: forked_rng() })
+        if !(0.0..=1.0).contains(&p) {
+            return Err(NnError::Config(format!("{}: p must be in [0, 1], got {p}", K::NAME)));
+        }
+        Ok(DropoutLayer { p, training: true, rng: forked_rng(), kind: PhantomData })
     }
 
     /// Training mode: drop at random (the same as [`Module::train`], callable without naming
@@ -191,14 +169,14 @@ impl Dropout2d {
     }
 }
 
-impl<E: Float> Forward<E> for Dropout2d {
+impl<E: Float, K: DropoutKind> Forward<E> for DropoutLayer<K> {
     fn forward(&self, x: &Var<E>) -> Var<E> {
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-        x.dropout2d(self.p, self.training, &mut rng)
+        K::apply(x, self.p, self.training, &mut rng)
     }
 }
 
-impl<E: Float> Module<E> for Dropout2d {
+impl<E: Float, K: DropoutKind> Module<E> for DropoutLayer<K> {
     fn visit(&self, _prefix: &str, _f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {}
 
     fn set_training(&mut self, training: bool) {
@@ -210,19 +188,37 @@ impl<E: Float> Module<E> for Dropout2d {
     }
 }
 
-impl fmt::Display for Dropout2d {
+impl<K: DropoutKind> fmt::Display for DropoutLayer<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Dropout2d(p={:?})", self.p)
+        write!(f, "{}(p={:?})", K::NAME, self.p)
     }
 }
 
+impl<K: DropoutKind> LayerSpec for DropoutLayer<K> {
+    const TYPE_NAME: &'static str = K::NAME;
+    const EXAMPLE: &'static str = r#"{"p": 0.25}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        object(json!({"p": self.p}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        a.not_inplace()?;
+        Self::try_new(a.f64("p", 0.5)?)
+    }
+}
+
+crate::register_layer!(Dropout);
+crate::register_layer!(Dropout2d);
+
 #[cfg(test)]
 mod tests {
-    use super::super::conv::testing::descend;
     use super::*;
+    use crate::layers::testing::descend;
     use crate::layers::Linear;
     use kiln_autograd::gradcheck;
     use kiln_tensor::Tensor;
+    use std::marker::PhantomData;
 
     #[test]
     fn shapes_modes_and_rates() {
@@ -247,7 +243,7 @@ mod tests {
 
     /// A layer with a generator of its own seed (tests must not race on the global one).
     fn seeded(p: f64, seed: u64) -> Dropout {
-        Dropout { p, training: true, rng: Mutex::new(Rng::new(seed)) }
+        Dropout { p, training: true, rng: Mutex::new(Rng::new(seed)), kind: PhantomData }
     }
 
     #[test]
@@ -289,7 +285,7 @@ mod tests {
                 |v| {
                     let rng = Mutex::new(Rng::new(5));
                     if two_d {
-                        Dropout2d { p: 0.5, training: true, rng }.forward(&v[0])
+                        Dropout2d { p: 0.5, training: true, rng, kind: PhantomData }.forward(&v[0])
                     } else {
                         seeded(0.5, 5).forward(&v[0])
                     }
@@ -314,7 +310,7 @@ mod tests {
     fn tiny_overfit() {
         // Linear -> Dropout(p) trained on E[(m/(1-p) f - y)^2], whose minimiser is
         // f = (1 - p) y (E[s] / E[s^2] with s = m/(1-p)): the eval-mode fit shows it
-        let l: Linear<f64> = Linear::new(2, 1);
+        let l: Linear<f64> = crate::LinearConfig::new(2, 1).build().unwrap();
         let mut d = seeded(0.2, 11);
         let x = Var::constant(Tensor::from_vec(vec![0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0], &[4, 2]));
         let y = Var::constant(Tensor::from_vec(vec![3.0, -1.0, 2.0, 0.0], &[4, 1]));

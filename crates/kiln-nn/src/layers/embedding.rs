@@ -8,6 +8,8 @@ use kiln_tensor::{Float, Indices, Tensor};
 use crate::error::NnError;
 use crate::init;
 use crate::module::{visit_param, Forward, Module, TensorKind};
+use crate::registry::{object, Args, LayerSpec};
+use serde_json::{json, Map, Value};
 
 /// Configuration of an [`Embedding`] layer (PyTorch's default: no padding index).
 #[derive(Clone, Debug, PartialEq)]
@@ -154,6 +156,24 @@ impl<E: Float> fmt::Display for Embedding<E> {
         write!(f, ") [{} parameters]", self.num_parameters())
     }
 }
+
+impl<E: Float> LayerSpec for Embedding<E> {
+    const TYPE_NAME: &'static str = "Embedding";
+    const EXAMPLE: &'static str = r#"{"num_embeddings": 5, "embedding_dim": 3, "padding_idx": 0}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        let c = &self.config;
+        object(json!({"num_embeddings": c.num_embeddings, "embedding_dim": c.embedding_dim,
+            "padding_idx": c.padding_idx}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        let (n, d) = (a.usize("num_embeddings", None)?, a.usize("embedding_dim", None)?);
+        EmbeddingConfig { padding_idx: a.opt_usize("padding_idx")?, ..EmbeddingConfig::new(n, d) }.build()
+    }
+}
+
+crate::register_layer!(Embedding<E>);
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,8 @@ use kiln_tensor::Float;
 use crate::error::NnError;
 use crate::layers::activation::stateless_module;
 use crate::module::{Forward, Module, TensorKind};
+use crate::registry::{object, Args, LayerSpec};
+use serde_json::{json, Map, Value};
 
 stateless_module!(Flatten, Unflatten);
 
@@ -167,6 +169,54 @@ impl fmt::Display for Unflatten {
         write!(f, "Unflatten(dim={}, unflattened_size={tuple})", self.dim)
     }
 }
+
+impl LayerSpec for Flatten {
+    const TYPE_NAME: &'static str = "Flatten";
+    const EXAMPLE: &'static str = r#"{"start_dim": 2, "end_dim": -2}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        object(json!({"start_dim": self.start_dim, "end_dim": self.end_dim}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        Ok(Flatten::new(a.isize("start_dim", 1)?, a.isize("end_dim", -1)?))
+    }
+}
+
+crate::register_layer!(Flatten);
+
+impl LayerSpec for Unflatten {
+    const TYPE_NAME: &'static str = "Unflatten";
+    const EXAMPLE: &'static str = r#"{"dim": 1, "unflattened_size": [2, -1]}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        object(json!({"dim": self.dim, "unflattened_size": self.unflattened_size}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        let dim = match a.take("dim") {
+            Some(v) => {
+                v.as_i64().map(|n| n as isize).ok_or_else(|| a.err(&format!("dim must be an integer, got {v}")))?
+            }
+            None => return Err(a.err("dim is required")),
+        };
+        let sizes = match a.take("unflattened_size") {
+            Some(Value::Array(v)) => v
+                .iter()
+                .map(|s| {
+                    s.as_i64()
+                        .map(|n| n as isize)
+                        .ok_or_else(|| a.err(&format!("unflattened_size must hold integers, got {s}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(v) => return Err(a.err(&format!("unflattened_size must be a list of integers, got {v}"))),
+            None => return Err(a.err("unflattened_size is required")),
+        };
+        Unflatten::try_new(dim, &sizes)
+    }
+}
+
+crate::register_layer!(Unflatten);
 
 #[cfg(test)]
 mod tests {

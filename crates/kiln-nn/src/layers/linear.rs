@@ -8,6 +8,8 @@ use kiln_tensor::{Float, Tensor};
 use crate::error::NnError;
 use crate::init;
 use crate::module::{visit_param, Forward, Module, TensorKind};
+use crate::registry::{object, Args, LayerSpec};
+use serde_json::{json, Map, Value};
 
 /// Configuration of a [`Linear`] layer (PyTorch's defaults: with bias).
 #[derive(Clone, Debug, PartialEq)]
@@ -116,6 +118,23 @@ impl<E: Float> fmt::Display for Linear<E> {
         )
     }
 }
+
+impl<E: Float> LayerSpec for Linear<E> {
+    const TYPE_NAME: &'static str = "Linear";
+    const EXAMPLE: &'static str = r#"{"in_features": 3, "out_features": 2, "bias": false}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        let c = &self.config;
+        object(json!({"in_features": c.in_features, "out_features": c.out_features, "bias": c.bias}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        let (i, o) = (a.usize("in_features", None)?, a.usize("out_features", None)?);
+        LinearConfig { bias: a.bool("bias", true)?, ..LinearConfig::new(i, o) }.build()
+    }
+}
+
+crate::register_layer!(Linear<E>);
 
 #[cfg(test)]
 mod tests {

@@ -1,16 +1,24 @@
 //! The layers, one file each. Registering a layer is one `mod` line and one `pub use` line.
 
 mod activation;
+mod adaptive_avg_pool2d;
 mod attention;
+mod avg_pool1d;
+mod avg_pool2d;
 mod batchnorm;
 mod containers;
 mod conv;
+mod conv1d;
+mod conv2d;
+mod conv_transpose2d;
 mod dropout;
 mod embedding;
 mod flatten;
 mod gru;
 mod linear;
 mod lstm;
+mod max_pool1d;
+mod max_pool2d;
 mod norm;
 mod pool;
 mod positional;
@@ -18,6 +26,8 @@ mod recurrence;
 mod recurrent;
 mod recurrent_cell;
 mod rnn;
+#[cfg(test)]
+pub(crate) mod testing;
 mod transformer;
 mod transformer_decoder;
 mod transformer_decoder_layer;
@@ -25,23 +35,27 @@ mod transformer_encoder;
 mod transformer_encoder_layer;
 
 pub use activation::{GeluApproximate, LeakyReLU, LogSoftmax, ReLU, SiLU, Sigmoid, Softmax, Softplus, Tanh, ELU, GELU};
+pub use adaptive_avg_pool2d::AdaptiveAvgPool2d;
 pub use attention::{
     causal_mask, scaled_dot_product_attention, AttnMask, MultiheadAttention, MultiheadAttentionConfig,
 };
+pub use avg_pool1d::{AvgPool1d, AvgPool1dConfig};
+pub use avg_pool2d::{AvgPool2d, AvgPool2dConfig};
 pub use batchnorm::{BatchNorm, BatchNorm1d, BatchNorm2d, BatchNormConfig};
 pub use containers::{Identity, ModuleList, Sequential};
-pub use conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Padding};
-pub use dropout::{Dropout, Dropout2d};
+pub use conv::Padding;
+pub use conv1d::{Conv1d, Conv1dConfig};
+pub use conv2d::{Conv2d, Conv2dConfig};
+pub use conv_transpose2d::{ConvTranspose2d, ConvTranspose2dConfig};
+pub use dropout::{DropChannels, DropElements, Dropout, Dropout2d, DropoutKind, DropoutLayer};
 pub use embedding::{Embedding, EmbeddingConfig};
 pub use flatten::{Flatten, Unflatten};
 pub use gru::{GRUConfig, GRU};
 pub use linear::{Linear, LinearConfig};
 pub use lstm::{LSTMConfig, LSTM};
+pub use max_pool1d::{MaxPool1d, MaxPool1dConfig};
+pub use max_pool2d::{MaxPool2d, MaxPool2dConfig};
 pub use norm::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
-pub use pool::{
-    AdaptiveAvgPool2d, AvgPool1d, AvgPool1dConfig, AvgPool2d, AvgPool2dConfig, MaxPool1d, MaxPool1dConfig, MaxPool2d,
-    MaxPool2dConfig,
-};
 pub use positional::{
     sinusoidal_encoding, LearnedPositionalEmbedding, LearnedPositionalEmbeddingConfig, SinusoidalPositionalEncoding,
     SinusoidalPositionalEncodingConfig,

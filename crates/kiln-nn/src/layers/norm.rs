@@ -9,6 +9,8 @@ use kiln_tensor::{Float, Tensor};
 use crate::error::NnError;
 use crate::init;
 use crate::module::{visit_param, Forward, Module, TensorKind};
+use crate::registry::{object, Args, LayerSpec};
+use serde_json::{json, Map, Value};
 
 /// `(x - mean) / sqrt(var + eps)` over `axes`, with the biased variance; also returns the
 /// mean and the variance (kept dims) for callers that track statistics.
@@ -325,6 +327,54 @@ impl<E: Float> fmt::Display for GroupNorm<E> {
         )
     }
 }
+
+impl<E: Float> LayerSpec for LayerNorm<E> {
+    const TYPE_NAME: &'static str = "LayerNorm";
+    const EXAMPLE: &'static str = r#"{"normalized_shape": [2, 3], "eps": 0.01, "bias": false}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        let c = &self.config;
+        object(json!({"normalized_shape": c.normalized_shape, "eps": c.eps,
+            "elementwise_affine": c.elementwise_affine, "bias": c.bias}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        let shape = match a.take("normalized_shape") {
+            Some(Value::Array(v)) => {
+                v.iter().map(|d| a.as_usize("normalized_shape", d)).collect::<Result<Vec<_>, _>>()?
+            }
+            Some(v) => vec![a.as_usize("normalized_shape", &v)?],
+            None => return Err(a.err("normalized_shape is required")),
+        };
+        LayerNormConfig {
+            eps: a.f64("eps", 1e-5)?,
+            elementwise_affine: a.bool("elementwise_affine", true)?,
+            bias: a.bool("bias", true)?,
+            ..LayerNormConfig::new(&shape)
+        }
+        .build()
+    }
+}
+
+crate::register_layer!(LayerNorm<E>);
+
+impl<E: Float> LayerSpec for GroupNorm<E> {
+    const TYPE_NAME: &'static str = "GroupNorm";
+    const EXAMPLE: &'static str = r#"{"num_groups": 2, "num_channels": 4, "eps": 0.001}"#;
+
+    fn config(&self) -> Map<String, Value> {
+        let c = &self.config;
+        object(json!({"num_groups": c.num_groups, "num_channels": c.num_channels, "eps": c.eps, "affine": c.affine}))
+    }
+
+    fn from_config(a: &mut Args) -> Result<Self, NnError> {
+        let (g, c) = (a.usize("num_groups", None)?, a.usize("num_channels", None)?);
+        GroupNormConfig { eps: a.f64("eps", 1e-5)?, affine: a.bool("affine", true)?, ..GroupNormConfig::new(g, c) }
+            .build()
+    }
+}
+
+crate::register_layer!(GroupNorm<E>);
 
 #[cfg(test)]
 mod tests {
