@@ -152,7 +152,7 @@ impl Trainer {
     /// ```
     /// use kiln_data::{Batch, Targets};
     /// use kiln_nn::{Linear, MSELoss, Module};
-    /// use kiln_optim::{SGD, SGDConfig};
+    /// use kiln_optim::{Optimizer, SGD, SGDConfig};
     /// use kiln_tensor::Tensor;
     /// use kiln_train::{LrFinderConfig, Trainer};
     /// kiln_nn::init::manual_seed(0);
