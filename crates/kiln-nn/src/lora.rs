@@ -207,8 +207,13 @@ impl<E: Float> LoraLinear<E> {
         if let Some(b) = &self.base.bias {
             b.set_requires_grad(false);
         }
-        self.adapter =
-            Some(LoraAdapter { lora_a, lora_b, scaling: config.scaling(), dropout: config.dropout, rng: Mutex::new(rng) });
+        self.adapter = Some(LoraAdapter {
+            lora_a,
+            lora_b,
+            scaling: config.scaling(),
+            dropout: config.dropout,
+            rng: Mutex::new(rng),
+        });
     }
 
     /// Whether the update is folded into the base weight.
@@ -284,7 +289,11 @@ impl<E: Float> Module<E> for LoraLinear<E> {
 impl<E: Float> fmt::Display for LoraLinear<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.base.config;
-        write!(f, "LoraLinear(Linear(in_features={}, out_features={}, bias={})", c.in_features, c.out_features, c.bias)?;
+        write!(
+            f,
+            "LoraLinear(Linear(in_features={}, out_features={}, bias={})",
+            c.in_features, c.out_features, c.bias
+        )?;
         if let Some(a) = &self.adapter {
             write!(
                 f,
@@ -394,7 +403,8 @@ impl<E: Float> Forward<E> for LoraEmbedding<E> {
         let y = self.base.forward(x);
         let Some(a) = self.adapter.as_ref().filter(|_| !self.merged) else { return y };
         // the ids again, as Embedding reads them (it checked them above)
-        let ids: Vec<usize> = x.with_value(|v| v.to_vec().into_iter().map(|f| <E as Float>::to_f64(f) as usize).collect());
+        let ids: Vec<usize> =
+            x.with_value(|v| v.to_vec().into_iter().map(|f| <E as Float>::to_f64(f) as usize).collect());
         let ids = Indices::new(ids, &x.shape());
         let after_a = Var::embedding(&a.lora_a.t().contiguous(), &ids, self.base.config.padding_idx);
         y.add(&after_a.linear(&a.lora_b, None).mul_scalar(E::from_f64(a.scaling)))
@@ -579,7 +589,8 @@ pub fn inject<E: Float, M: Module<E> + 'static>(model: &mut M, config: &LoraConf
         )));
     }
     // what answers is a LoraLinear: find out first, so that an error changes nothing
-    let probe = run_walk(model, Walk { targets: targets.clone(), action: Action::Probe, reached: vec![], everyone: false });
+    let probe =
+        run_walk(model, Walk { targets: targets.clone(), action: Action::Probe, reached: vec![], everyone: false });
     let unreachable: Vec<&str> =
         targets.iter().map(|(n, _)| n.as_str()).filter(|n| !probe.reached.iter().any(|r| r == n)).collect();
     if !unreachable.is_empty() {
@@ -589,7 +600,8 @@ pub fn inject<E: Float, M: Module<E> + 'static>(model: &mut M, config: &LoraConf
         )));
     }
     model.requires_grad_(false);
-    let walk = run_walk(model, Walk { targets, action: Action::Attach(config.clone()), reached: vec![], everyone: false });
+    let walk =
+        run_walk(model, Walk { targets, action: Action::Attach(config.clone()), reached: vec![], everyone: false });
     // adapters of layers not targeted this time keep training, as PEFT's trainable adapters do
     for (k, p) in model.named_parameters() {
         if is_adapter_key(&k) {
@@ -747,7 +759,11 @@ mod tests {
         let report = gradcheck(
             |v| {
                 let layer = LoraLinear {
-                    base: Linear { config: l.base.config.clone(), weight: l.base.weight.clone(), bias: l.base.bias.clone() },
+                    base: Linear {
+                        config: l.base.config.clone(),
+                        weight: l.base.weight.clone(),
+                        bias: l.base.bias.clone(),
+                    },
                     adapter: Some(LoraAdapter {
                         lora_a: v[1].clone(),
                         lora_b: v[2].clone(),
@@ -848,8 +864,9 @@ mod tests {
     #[test]
     fn inject_reaches_lora_fields_of_derived_structs() {
         let mut m = net();
-        let names = inject(&mut m, &LoraConfig { r: 2, target_modules: vec!["q".into(), "v".into()], ..Default::default() })
-            .unwrap();
+        let names =
+            inject(&mut m, &LoraConfig { r: 2, target_modules: vec!["q".into(), "v".into()], ..Default::default() })
+                .unwrap();
         assert_eq!(names, ["attn.q", "attn.v"]);
         assert!(m.attn.q.adapter.is_some() && m.attn.v.adapter.is_some());
         assert_eq!(m.num_trainable_parameters(), 2 * (2 * 4 + 4 * 2));
@@ -867,8 +884,11 @@ mod tests {
         init::manual_seed(2);
         let table = crate::EmbeddingConfig::new(7, 3).build::<f64>().unwrap();
         let mut model: Sequential<f64> = sequential![table, linear64(3, 2)];
-        let names = inject(&mut model, &LoraConfig { r: 2, alpha: 4.0, target_modules: vec!["0".into()], ..Default::default() })
-            .unwrap();
+        let names = inject(
+            &mut model,
+            &LoraConfig { r: 2, alpha: 4.0, target_modules: vec!["0".into()], ..Default::default() },
+        )
+        .unwrap();
         assert_eq!(names, ["0"]);
         let emb = model[0].downcast_ref::<LoraEmbedding<f64>>().expect("wrapped");
         let a = emb.adapter.as_ref().unwrap();
@@ -901,7 +921,10 @@ mod tests {
         }
         save_adapter(&a, &path).unwrap();
         let keys: Vec<String> = load_state_dict_file::<f64>(&path).unwrap().into_keys().collect();
-        assert_eq!(keys, ["attn.q.lora_A.weight", "attn.q.lora_B.weight", "attn.v.lora_A.weight", "attn.v.lora_B.weight"]);
+        assert_eq!(
+            keys,
+            ["attn.q.lora_A.weight", "attn.q.lora_B.weight", "attn.v.lora_A.weight", "attn.v.lora_B.weight"]
+        );
 
         let mut b = net(); // same base weights (same seed), fresh adapters
         inject(&mut b, &cfg).unwrap();

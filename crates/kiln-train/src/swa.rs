@@ -19,7 +19,11 @@ use crate::weight_averaging::{AveragedModel, ExponentialMovingAverage};
 /// Calls `f(prefix, config)` for every batch-norm layer reachable by value from `node`: the
 /// node itself, and the layers of `Sequential`s, `ModuleList`s and boxed layers, recursively.
 /// `prefix` is the layer's `state_dict` key prefix (`"1."`, `"block.0."` is out of reach).
-fn walk_batch_norms<E: Float + 'static>(node: &mut dyn Any, prefix: &str, f: &mut dyn FnMut(&str, &mut BatchNormConfig)) {
+fn walk_batch_norms<E: Float + 'static>(
+    node: &mut dyn Any,
+    prefix: &str,
+    f: &mut dyn FnMut(&str, &mut BatchNormConfig),
+) {
     if let Some(bn) = node.downcast_mut::<BatchNorm<E, 1>>() {
         f(prefix, &mut bn.config);
     } else if let Some(bn) = node.downcast_mut::<BatchNorm<E, 2>>() {

@@ -62,7 +62,8 @@ fn short_data_is_read_again_and_eval_mode_is_restored() {
     let mut model = common::mlp(4);
     model.eval();
     let mut opt = Adam::new(model.parameters(), AdamConfig::default());
-    let config = LrFinderConfig { start_lr: 1e-4, end_lr: 1e-2, num_iter: 9, diverge_th: f64::INFINITY, ..Default::default() };
+    let config =
+        LrFinderConfig { start_lr: 1e-4, end_lr: 1e-2, num_iter: 9, diverge_th: f64::INFINITY, ..Default::default() };
     let found = Trainer::new(1).lr_find(&mut model, &mut opt, &CrossEntropyLoss::default(), &data, &config).unwrap();
     assert_eq!(found.lrs.len(), 9);
     assert!(!found.diverged);

@@ -30,7 +30,8 @@ fn floats(v: &Value) -> Vec<f64> {
 }
 
 fn tensor_of(v: &Value) -> Tensor<f64> {
-    let shape: Vec<usize> = v["shape"].as_array().expect("shape").iter().map(|d| d.as_u64().unwrap() as usize).collect();
+    let shape: Vec<usize> =
+        v["shape"].as_array().expect("shape").iter().map(|d| d.as_u64().unwrap() as usize).collect();
     Tensor::from_vec(floats(&v["values"]), &shape)
 }
 
@@ -62,7 +63,10 @@ fn swalr_matches_pytorch() {
         for (epoch, want) in case["epochs"].as_array().expect("epochs").iter().enumerate() {
             let got: Vec<f64> = opt.param_groups().iter().map(|g| g.config.lr).collect();
             for (g, w) in got.iter().zip(floats(want)) {
-                assert!((g - w).abs() <= 1e-15 * w.abs().max(1.0), "case {ci} epoch {epoch}: {got:?} vs PyTorch {want}");
+                assert!(
+                    (g - w).abs() <= 1e-15 * w.abs().max(1.0),
+                    "case {ci} epoch {epoch}: {got:?} vs PyTorch {want}"
+                );
             }
             opt.step();
             match (&mut before, swa_start) {
@@ -185,7 +189,8 @@ fn swa_callback_averages_epochs_anneals_and_updates_bn() {
     let record = LambdaCallback::new().on_epoch_end(move |_| {
         sink.borrow_mut().push(params.iter().map(|(k, v)| (k.clone(), v.value())).collect());
     });
-    let swa = SwaCallback::new(swa_start).swa_lr(&[0.05], 2, AnnealStrategy::Linear).update_bn(bn_net(99), data.clone());
+    let swa =
+        SwaCallback::new(swa_start).swa_lr(&[0.05], 2, AnnealStrategy::Linear).update_bn(bn_net(99), data.clone());
     let history = Trainer::new(epochs)
         .verbosity(Verbosity::Silent)
         .scheduler(kiln_optim::lr_scheduler::StepLR::new(&mut opt, 1, 0.5), kiln_train::SchedulerInterval::Epoch)
@@ -206,14 +211,19 @@ fn swa_callback_averages_epochs_anneals_and_updates_bn() {
     let sd = model.state_dict();
     for (k, _) in model.named_parameters() {
         let n = avg.len() as f32;
-        let mean: Vec<f32> = (0..sd[&k].numel()).map(|i| avg.iter().map(|s| s[&k].to_vec()[i]).sum::<f32>() / n).collect();
+        let mean: Vec<f32> =
+            (0..sd[&k].numel()).map(|i| avg.iter().map(|s| s[&k].to_vec()[i]).sum::<f32>() / n).collect();
         for (a, b) in sd[&k].to_vec().iter().zip(mean) {
             assert!((a - b).abs() < 1e-5, "{k}: {a} vs mean {b}");
         }
     }
     // and batch-norm statistics recomputed for those weights over the loader
     let mut reference = bn_net(5);
-    let weights: StateDict<f32> = sd.iter().filter(|(k, _)| !k.contains("running") && !k.contains("num_batches")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let weights: StateDict<f32> = sd
+        .iter()
+        .filter(|(k, _)| !k.contains("running") && !k.contains("num_batches"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     reference.load_state_dict(&weights, false).unwrap();
     update_bn(&data, &mut reference);
     let r = reference.state_dict();

@@ -8,8 +8,8 @@ use plotters::element::{Circle, PathElement, Rectangle};
 use plotters::style::{Color, RGBColor, ShapeStyle, BLACK};
 
 use super::{
-    draw_text, format_tick, nice_ticks, plot_error, text_width, write_png, GRID_COLOR, PANEL_HEIGHT, PLOT_WIDTH,
-    SCALE, TEXT_COLOR, TRAIN_COLOR,
+    draw_text, format_tick, nice_ticks, plot_error, text_width, write_png, GRID_COLOR, PANEL_HEIGHT, PLOT_WIDTH, SCALE,
+    TEXT_COLOR, TRAIN_COLOR,
 };
 use crate::error::TrainError;
 
@@ -23,7 +23,12 @@ pub(crate) fn plot_lr_curve(
     losses: &[f64],
     suggestion: Option<usize>,
 ) -> Result<(), TrainError> {
-    assert!(!lrs.is_empty() && lrs.len() == losses.len(), "plot_lr_curve: {} rates, {} losses", lrs.len(), losses.len());
+    assert!(
+        !lrs.is_empty() && lrs.len() == losses.len(),
+        "plot_lr_curve: {} rates, {} losses",
+        lrs.len(),
+        losses.len()
+    );
     let (w, h) = (PLOT_WIDTH, PANEL_HEIGHT + 60);
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
@@ -38,7 +43,8 @@ pub(crate) fn plot_lr_curve(
             .filter(|(lr, l)| l.is_finite() && lr.is_finite() && **lr > 0.0)
             .map(|(lr, l)| (lr.log10(), *l))
             .collect();
-        let (mut x0, mut x1) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
+        let (mut x0, mut x1) =
+            points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
         let (mut lo, mut hi) =
             points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
         if points.is_empty() {
@@ -62,7 +68,8 @@ pub(crate) fn plot_lr_curve(
             let y = py(t);
             e(root.draw(&PathElement::new(vec![(left, y), (right, y)], GRID_COLOR)))?;
             let s = format_tick(t, &yticks);
-            draw_text(&root, &s, left - 8 - text_width(&s), y - text_h / 2, &TEXT_COLOR).map_err(|m| plot_error(path, m))?;
+            draw_text(&root, &s, left - 8 - text_width(&s), y - text_h / 2, &TEXT_COLOR)
+                .map_err(|m| plot_error(path, m))?;
         }
         // a tick at every power of ten in range
         let decades = (x0.ceil() as i32)..=(x1.floor() as i32);
@@ -102,7 +109,8 @@ mod tests {
     fn draws_a_png_with_and_without_a_suggestion() {
         let dir = std::env::temp_dir();
         let lrs: Vec<f64> = (0..30).map(|i| 1e-5 * 10f64.powf(i as f64 / 6.0)).collect();
-        let losses: Vec<f64> = (0..30).map(|i| 2.0 - (i as f64 / 10.0).sin() + if i == 29 { f64::NAN } else { 0.0 }).collect();
+        let losses: Vec<f64> =
+            (0..30).map(|i| 2.0 - (i as f64 / 10.0).sin() + if i == 29 { f64::NAN } else { 0.0 }).collect();
         for (k, s) in [Some(12), None].into_iter().enumerate() {
             let path = dir.join(format!("kiln-lr-curve-{}-{k}.png", std::process::id()));
             plot_lr_curve(&path, &lrs, &losses, s).unwrap();

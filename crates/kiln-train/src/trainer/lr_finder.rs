@@ -115,8 +115,12 @@ fn steepest_descent(losses: &[f64], skip_begin: usize, skip_end: usize) -> Optio
     if skip_begin >= end {
         return None;
     }
-    let kept: Vec<(usize, f64)> =
-        losses[skip_begin..end].iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, &l)| (i + skip_begin, l)).collect();
+    let kept: Vec<(usize, f64)> = losses[skip_begin..end]
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.is_finite())
+        .map(|(i, &l)| (i + skip_begin, l))
+        .collect();
     let n = kept.len();
     if n < 2 {
         return None;
