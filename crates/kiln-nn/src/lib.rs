@@ -25,6 +25,7 @@ pub(crate) use kiln_golden as golden;
 pub mod init;
 pub mod layers;
 mod loss;
+pub mod lora;
 mod module;
 pub mod registry;
 pub mod serialize;

@@ -19,6 +19,7 @@ mod error;
 mod history;
 mod plot;
 mod source;
+mod swa;
 mod trainer;
 mod weight_averaging;
 
@@ -30,6 +31,8 @@ pub use error::TrainError;
 pub use history::{EpochLogs, History};
 pub use plot::plot_confusion_matrix;
 pub use source::{BatchSource, TrainLoss};
+pub use swa::{update_bn, update_bn_inputs, EmaCallback, SwaCallback};
+pub use trainer::lr_finder::{LrFinderConfig, LrFinderResult};
 pub use trainer::{predict, tensor_batches, SchedulerInterval, Trainer, Verbosity};
 pub use weight_averaging::{AveragedModel, ExponentialMovingAverage};
 

@@ -6,6 +6,8 @@
 //! punctuation), so nothing depends on the system's fonts: the plots come out the same on a
 //! headless CI machine.
 
+pub(crate) mod lr_curve;
+
 use std::path::Path;
 
 use num_traits::ToPrimitive;

@@ -1,5 +1,7 @@
 //! [`Trainer`]: Keras-like `fit`, `evaluate` and `predict` for kiln models.
 
+pub(crate) mod lr_finder;
+
 use std::io::IsTerminal;
 use std::time::Instant;
 

@@ -167,3 +167,15 @@ fn quantize_mnist_smoke() {
         );
     }
 }
+
+#[path = "../../../examples/lr_find_mnist.rs"]
+#[allow(dead_code)]
+mod lr_find_mnist;
+
+#[test]
+fn lr_find_mnist_smoke() {
+    if let Some(r) = unless_missing("lr_find_mnist", lr_find_mnist::run(&lr_find_mnist::Opts::smoke())) {
+        assert!(!r.lrs.is_empty() && r.lrs.len() == r.losses.len(), "{r:?}");
+        assert!(r.lrs.windows(2).all(|w| w[0] < w[1]), "{r:?}");
+    }
+}

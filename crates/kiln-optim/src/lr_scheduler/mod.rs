@@ -41,6 +41,7 @@ mod one_cycle_lr;
 mod reduce_lr_on_plateau;
 mod sequential_lr;
 mod step_lr;
+mod swalr;
 
 use std::collections::BTreeMap;
 
@@ -58,6 +59,7 @@ pub use one_cycle_lr::{AnnealStrategy, OneCycleLR, OneCycleLRConfig};
 pub use reduce_lr_on_plateau::{PlateauMode, ReduceLROnPlateau, ReduceLROnPlateauConfig, ThresholdMode};
 pub use sequential_lr::SequentialLR;
 pub use step_lr::StepLR;
+pub use swalr::SWALR;
 
 /// The bookkeeping of PyTorch's `LRScheduler` base class, shared by every scheduler.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
