@@ -9,6 +9,9 @@
 //!   does; kiln-nn's PyTorch checkpoint reader builds on that.
 //! - [`zip`] reads zip archives (stored and deflated members, zip64) from a byte slice, as
 //!   numpy's `.npz` and PyTorch's `torch.save` write them.
+//! - [`dumps`] writes a [`Term`] tree as a protocol-2 pickle, and
+//!   [`zip_writer::ZipWriter`] writes stored, 64-byte-aligned zip archives: together what
+//!   kiln-nn needs to write checkpoints `torch.load(weights_only=True)` reads.
 //!
 //! Both check every length and offset against the bytes that are there, so forged input is a
 //! typed [`PickleError`] with a byte offset, never a panic or an allocation larger than the
@@ -23,10 +26,13 @@
 
 mod error;
 mod machine;
+mod writer;
 pub mod zip;
+pub mod zip_writer;
 
 pub use error::{PickleError, Result};
 pub use machine::{parse, AllowGlobal, Object, Options, Pickle, Value};
+pub use writer::{dumps, Term};
 
 #[cfg(test)]
 mod tests {

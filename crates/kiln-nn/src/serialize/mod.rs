@@ -39,6 +39,7 @@ mod architecture;
 mod atomic;
 mod dtype;
 mod keymap;
+mod pt_writer;
 mod pytorch;
 mod reader;
 mod writer;
@@ -52,6 +53,7 @@ pub use architecture::sequential_from_json;
 pub use atomic::write_atomic;
 pub use dtype::Dtype;
 pub use keymap::{KeyMap, KeyMapReport};
+pub use pt_writer::{pt_bytes, save_pt, save_pt_state_dict, save_pt_tensors, RawTensor, PT_DTYPES};
 pub use pytorch::{looks_like_pytorch, PtFile, PtFormat, PtStorage, PtTensor, PtValue, ALLOWED_GLOBALS, MAX_EXPANSION};
 pub use reader::{SafetensorsFile, TensorInfo};
 
