@@ -6,14 +6,22 @@
 //! - PyTorch checkpoints (`torch.save`'s `.pt` / `.pth`, zip or legacy format), read with
 //!   the allow-list of `torch.load(weights_only=True)`: a pickle that names code is refused;
 //! - kiln training checkpoints (`KILNCKPT`, as `kiln_train::checkpoint::save_checkpoint`
-//!   writes them).
+//!   writes them);
+//! - ONNX models (recognised by their `.onnx` extension: protobuf has no magic number), whose
+//!   initializers are the tensors, with the graph's opsets, producer, inputs, outputs and
+//!   node counts ([`OnnxInfo`]).
+//!
+//! Files are written as safetensors or, for an output ending in `.pt` / `.pth`, as a PyTorch
+//! checkpoint `torch.load(weights_only=True)` reads ([`Weights::write_pt`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use kiln_nn::serialize::{Dtype, PtFile, PtValue, SafetensorsFile};
+use kiln_nn::serialize::{save_pt_tensors, Dtype, PtFile, PtValue, RawTensor, SafetensorsFile};
+use kiln_onnx::proto::{tensor_shape_proto::dimension, type_proto, ModelProto, TensorProto, ValueInfoProto};
+use prost::Message;
 use serde_json::{json, Value};
 
 /// What the `kiln` command reports as a failure (exit code 1): one line, naming the file.
@@ -31,6 +39,14 @@ pub enum CliError {
         /// The file.
         path: PathBuf,
         /// The operating system's message.
+        message: String,
+    },
+    /// A file that is not a valid ONNX model, or holds an initializer kiln cannot read.
+    #[error("{}: {message}", path.display())]
+    Onnx {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
         message: String,
     },
     /// A request the file cannot satisfy (`--key` naming nothing, a tensor that cannot go to
@@ -61,6 +77,8 @@ pub enum Format {
     PytorchLegacy,
     /// A kiln training checkpoint.
     KilnCheckpoint,
+    /// An ONNX model.
+    Onnx,
 }
 
 impl Format {
@@ -71,6 +89,7 @@ impl Format {
             Format::PytorchZip => "pytorch (zip)",
             Format::PytorchLegacy => "pytorch (legacy)",
             Format::KilnCheckpoint => "kiln checkpoint",
+            Format::Onnx => "onnx",
         }
     }
 }
@@ -108,13 +127,15 @@ pub struct Weights {
     /// by dotted path (`epoch`, `optimizer.param_groups.0.lr`), a kiln checkpoint's epoch,
     /// optimiser and history.
     pub metadata: BTreeMap<String, String>,
+    /// For an ONNX model: its graph's description.
+    pub onnx: Option<OnnxInfo>,
 }
 
 fn io(path: &Path, e: &std::io::Error) -> CliError {
     CliError::Io { path: path.to_path_buf(), message: e.to_string() }
 }
 
-/// The format of the file at `path`, from its first bytes.
+/// The format of the file at `path`, from its first bytes (ONNX: from its `.onnx` extension).
 ///
 /// # Errors
 /// [`CliError::Io`] when it cannot be read.
@@ -122,6 +143,7 @@ pub fn detect(path: &Path) -> Result<Format, CliError> {
     use std::io::Read;
     let mut head = Vec::new();
     std::fs::File::open(path).and_then(|f| f.take(16).read_to_end(&mut head)).map_err(|e| io(path, &e))?;
+    let onnx_name = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
     Ok(if head.starts_with(b"KILNCKPT") {
         Format::KilnCheckpoint
     } else if kiln_nn::serialize::looks_like_pytorch(&head) && head.get(8) != Some(&b'{') {
@@ -130,6 +152,8 @@ pub fn detect(path: &Path) -> Result<Format, CliError> {
         } else {
             Format::PytorchLegacy
         }
+    } else if onnx_name {
+        Format::Onnx
     } else {
         Format::Safetensors
     })
@@ -146,7 +170,21 @@ impl Weights {
         let format = detect(path)?;
         let mut metadata = BTreeMap::new();
         let mut tensors = Vec::new();
+        let mut onnx = None;
         match format {
+            Format::Onnx => {
+                let bytes = std::fs::read(path).map_err(|e| io(path, &e))?;
+                let model = ModelProto::decode(bytes.as_slice()).map_err(|e| CliError::Onnx {
+                    path: path.to_path_buf(),
+                    message: format!("not an ONNX model (protobuf decoding failed: {e})"),
+                })?;
+                let graph = model.graph.clone().unwrap_or_default();
+                for init in &graph.initializer {
+                    tensors.push(onnx_entry(path, init)?);
+                }
+                onnx = Some(OnnxInfo::new(&model));
+                metadata = model.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
+            }
             Format::Safetensors => {
                 let f = SafetensorsFile::open(path)?;
                 metadata = f.metadata().clone();
@@ -196,7 +234,7 @@ impl Weights {
                 }
             }
         }
-        Ok(Weights { path: path.to_path_buf(), format, tensors, metadata })
+        Ok(Weights { path: path.to_path_buf(), format, tensors, metadata, onnx })
     }
 
     /// The number of elements of the float tensors (the parameter count, buffers included).
@@ -208,6 +246,9 @@ impl Weights {
     pub fn listing(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "{}: {}, {} tensors", self.path.display(), self.format.name(), self.tensors.len());
+        if let Some(info) = &self.onnx {
+            s.push_str(&info.listing());
+        }
         for (k, v) in &self.metadata {
             let _ = writeln!(s, "  {k} = {v}");
         }
@@ -222,7 +263,7 @@ impl Weights {
 
     /// What `kiln inspect --json` prints.
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut j = json!({
             "file": self.path.display().to_string(),
             "format": self.format.name(),
             "metadata": self.metadata,
@@ -231,7 +272,44 @@ impl Weights {
             })).collect::<Vec<_>>(),
             "parameters": self.parameter_count(),
             "bytes": self.tensors.iter().map(|e| e.bytes.len()).sum::<usize>(),
-        })
+        });
+        if let Some(info) = &self.onnx {
+            j["onnx"] = info.to_json();
+        }
+        j
+    }
+
+    /// Writes the tensors to a PyTorch checkpoint (an `OrderedDict` of tensors, with their
+    /// dtypes, in the file's order) that `torch.load(out, weights_only=True)` reads,
+    /// atomically (see [`write_file_atomic`]).
+    ///
+    /// # Errors
+    /// [`CliError::Nn`] for a dtype PyTorch has no storage type for (`U16`, `U32`, `U64`, the
+    /// 8-bit floats), a repeated key, or a file that cannot be written (the previous file, if
+    /// any, is intact).
+    pub fn write_pt(&self, out: &Path) -> Result<(), CliError> {
+        let tensors: Vec<(String, RawTensor)> = self
+            .tensors
+            .iter()
+            .map(|e| (e.key.clone(), RawTensor { dtype: e.dtype, shape: e.shape.clone(), bytes: e.bytes.clone() }))
+            .collect();
+        Ok(save_pt_tensors(&tensors, out)?)
+    }
+
+    /// Writes the tensors to `out`: a PyTorch checkpoint when its name ends in `.pt` or
+    /// `.pth` ([`write_pt`](Weights::write_pt)), else safetensors
+    /// ([`write_safetensors`](Weights::write_safetensors)); returns the format written.
+    ///
+    /// # Errors
+    /// Those of the writer.
+    pub fn write(&self, out: &Path) -> Result<&'static str, CliError> {
+        if out.extension().is_some_and(|e| e.eq_ignore_ascii_case("pt") || e.eq_ignore_ascii_case("pth")) {
+            self.write_pt(out)?;
+            Ok("pytorch")
+        } else {
+            self.write_safetensors(out)?;
+            Ok("safetensors")
+        }
     }
 
     /// Writes the tensors to a safetensors file with their dtypes, atomically (see
@@ -436,6 +514,223 @@ impl Diff {
                 "max_rel": num(t.max_rel),
                 "within": t.within,
             })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// The name of an ONNX `TensorProto.DataType` (`float32`, `int64`), as PyTorch spells dtypes.
+pub fn onnx_type_name(data_type: i32) -> String {
+    match data_type {
+        1 => "float32".into(),
+        2 => "uint8".into(),
+        3 => "int8".into(),
+        4 => "uint16".into(),
+        5 => "int16".into(),
+        6 => "int32".into(),
+        7 => "int64".into(),
+        8 => "string".into(),
+        9 => "bool".into(),
+        10 => "float16".into(),
+        11 => "float64".into(),
+        12 => "uint32".into(),
+        13 => "uint64".into(),
+        16 => "bfloat16".into(),
+        other => format!("type {other}"),
+    }
+}
+
+/// kiln's dtype for an ONNX element type, with the size of the elements that ONNX keeps in
+/// `int32_data` when there is no `raw_data`.
+fn onnx_dtype(data_type: i32) -> Option<Dtype> {
+    Some(match data_type {
+        1 => Dtype::F32,
+        2 => Dtype::U8,
+        3 => Dtype::I8,
+        4 => Dtype::U16,
+        5 => Dtype::I16,
+        6 => Dtype::I32,
+        7 => Dtype::I64,
+        9 => Dtype::Bool,
+        10 => Dtype::F16,
+        11 => Dtype::F64,
+        12 => Dtype::U32,
+        13 => Dtype::U64,
+        16 => Dtype::BF16,
+        _ => return None,
+    })
+}
+
+/// An initializer as an [`Entry`]: `raw_data`, or the typed field ONNX keeps it in.
+fn onnx_entry(path: &Path, t: &TensorProto) -> Result<Entry, CliError> {
+    let bad = |message: String| CliError::Onnx { path: path.to_path_buf(), message };
+    let name = &t.name;
+    let dtype = onnx_dtype(t.data_type).ok_or_else(|| {
+        bad(format!("initializer `{name}`: element type {} is not supported", onnx_type_name(t.data_type)))
+    })?;
+    if t.data_location == 1 || !t.external_data.is_empty() {
+        return Err(bad(format!("initializer `{name}`: its data is in an external file, which kiln does not read")));
+    }
+    let shape: Vec<usize> = t
+        .dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| bad(format!("initializer `{name}`: negative dimension {d}"))))
+        .collect::<Result<_, _>>()?;
+    let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let bytes: Vec<u8> = if !t.raw_data.is_empty() {
+        t.raw_data.clone()
+    } else {
+        match dtype {
+            Dtype::F32 => t.float_data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Dtype::F64 => t.double_data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Dtype::I64 => t.int64_data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Dtype::U32 | Dtype::U64 => {
+                return Err(bad(format!("initializer `{name}`: {dtype} data outside raw_data is not supported")))
+            }
+            // int32_data holds one element per entry, in its low bytes (f16/bf16 as bits).
+            _ => t.int32_data.iter().flat_map(|x| x.to_le_bytes()[..dtype.size()].to_vec()).collect(),
+        }
+    };
+    if numel.and_then(|n| n.checked_mul(dtype.size())) != Some(bytes.len()) {
+        return Err(bad(format!(
+            "initializer `{name}`: {} {shape:?} needs {} bytes of data, it has {}",
+            onnx_type_name(t.data_type),
+            numel.map_or_else(|| "more than 2^64".to_string(), |n| (n * dtype.size()).to_string()),
+            bytes.len()
+        )));
+    }
+    Ok(Entry { key: name.clone(), dtype, shape, bytes })
+}
+
+/// A graph input or output: name, element type and dimensions (a fixed size, or the name of
+/// a dynamic one such as `batch`; `?` when unnamed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OnnxValue {
+    /// The value's name.
+    pub name: String,
+    /// Its element type (`float32`).
+    pub dtype: String,
+    /// Its dimensions.
+    pub dims: Vec<String>,
+}
+
+impl OnnxValue {
+    fn new(v: &ValueInfoProto) -> Self {
+        let (dtype, dims) = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(type_proto::Value::TensorType(t)) => (
+                onnx_type_name(t.elem_type),
+                t.shape
+                    .as_ref()
+                    .map(|s| {
+                        s.dim
+                            .iter()
+                            .map(|d| match &d.value {
+                                Some(dimension::Value::DimValue(n)) => n.to_string(),
+                                Some(dimension::Value::DimParam(p)) if !p.is_empty() => p.clone(),
+                                _ => "?".to_string(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            ),
+            None => ("unknown".to_string(), Vec::new()),
+        };
+        OnnxValue { name: v.name.clone(), dtype, dims }
+    }
+}
+
+impl std::fmt::Display for OnnxValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} [{}]", self.name, self.dtype, self.dims.join(", "))
+    }
+}
+
+/// What `kiln inspect` shows of an ONNX model besides its initializers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OnnxInfo {
+    /// `ir_version` of the model.
+    pub ir_version: i64,
+    /// The operator sets imported: (domain, `""` for the default `ai.onnx`; version).
+    pub opsets: Vec<(String, i64)>,
+    /// `producer_name` and `producer_version`, joined by a space.
+    pub producer: String,
+    /// The graph's inputs that are not initializers.
+    pub inputs: Vec<OnnxValue>,
+    /// The graph's outputs.
+    pub outputs: Vec<OnnxValue>,
+    /// The number of nodes of each op type (`Conv` → 2), by op type.
+    pub ops: BTreeMap<String, usize>,
+}
+
+impl OnnxInfo {
+    /// The description of `model`.
+    pub fn new(model: &ModelProto) -> Self {
+        let graph = model.graph.clone().unwrap_or_default();
+        let initializers: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        let mut ops = BTreeMap::new();
+        for n in &graph.node {
+            let op = if n.domain.is_empty() || n.domain == "ai.onnx" {
+                n.op_type.clone()
+            } else {
+                format!("{}.{}", n.domain, n.op_type)
+            };
+            *ops.entry(op).or_insert(0) += 1;
+        }
+        OnnxInfo {
+            ir_version: model.ir_version,
+            opsets: model.opset_import.iter().map(|o| (o.domain.clone(), o.version)).collect(),
+            producer: format!("{} {}", model.producer_name, model.producer_version).trim().to_string(),
+            inputs: graph
+                .input
+                .iter()
+                .filter(|v| !initializers.contains(v.name.as_str()))
+                .map(OnnxValue::new)
+                .collect(),
+            outputs: graph.output.iter().map(OnnxValue::new).collect(),
+            ops,
+        }
+    }
+
+    /// The number of nodes.
+    pub fn node_count(&self) -> usize {
+        self.ops.values().sum()
+    }
+
+    fn opset_text(&self) -> String {
+        let list: Vec<String> = self
+            .opsets
+            .iter()
+            .map(|(d, v)| format!("{} {v}", if d.is_empty() { "ai.onnx" } else { d.as_str() }))
+            .collect();
+        list.join(", ")
+    }
+
+    /// The lines `kiln inspect` prints (each indented, ending in a newline).
+    pub fn listing(&self) -> String {
+        let mut s = String::new();
+        let producer = if self.producer.is_empty() { "unknown" } else { self.producer.as_str() };
+        let _ = writeln!(s, "  opset {}, ir_version {}, producer {producer}", self.opset_text(), self.ir_version);
+        for v in &self.inputs {
+            let _ = writeln!(s, "  input   {v}");
+        }
+        for v in &self.outputs {
+            let _ = writeln!(s, "  output  {v}");
+        }
+        let ops: Vec<String> = self.ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
+        let _ = writeln!(s, "  nodes   {}: {}", self.node_count(), ops.join(", "));
+        s
+    }
+
+    /// The JSON `kiln inspect --json` puts under `onnx`.
+    pub fn to_json(&self) -> Value {
+        let value = |v: &OnnxValue| json!({"name": v.name, "dtype": v.dtype, "dims": v.dims});
+        json!({
+            "ir_version": self.ir_version,
+            "opsets": self.opsets.iter().map(|(d, v)| json!({"domain": if d.is_empty() { "ai.onnx" } else { d }, "version": v})).collect::<Vec<_>>(),
+            "producer": self.producer,
+            "inputs": self.inputs.iter().map(value).collect::<Vec<_>>(),
+            "outputs": self.outputs.iter().map(value).collect::<Vec<_>>(),
+            "nodes": self.node_count(),
+            "ops": self.ops,
         })
     }
 }

@@ -1,5 +1,5 @@
 //! `kiln`: inspect, convert and diff model files (safetensors, PyTorch `.pt`/`.pth`, kiln
-//! checkpoints).
+//! checkpoints, ONNX).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +15,8 @@ Exit codes:
 
 Formats are recognised by their first bytes: safetensors, PyTorch checkpoints (torch.save's
 zip and legacy formats, read as torch.load(weights_only=True) does: a pickle naming code such
-as os.system is refused), and kiln training checkpoints (KILNCKPT).";
+as os.system is refused), and kiln training checkpoints (KILNCKPT); ONNX models by their .onnx
+extension (their initializers are the tensors).";
 
 /// Inspect, convert and compare model files.
 #[derive(Parser)]
@@ -39,12 +40,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Convert a model file to safetensors, keeping each tensor's dtype (written atomically).
+    /// Convert a model file to safetensors, or to a PyTorch checkpoint when OUTPUT ends in
+    /// .pt/.pth (read back by torch.load(weights_only=True)), keeping each tensor's dtype
+    /// (written atomically).
     #[command(after_help = EXIT_CODES)]
     Convert {
-        /// The file to read (.pt/.pth, .safetensors or a kiln checkpoint).
+        /// The file to read (.pt/.pth, .safetensors, a kiln checkpoint or .onnx).
         input: PathBuf,
-        /// The .safetensors file to write.
+        /// The file to write: .pt/.pth for PyTorch, anything else for safetensors.
         output: PathBuf,
         /// For a PyTorch checkpoint: the dotted key path of the weights (default: the saved
         /// state_dict, or the `model`/`state_dict` entry of a checkpoint dict; "" for all).
@@ -88,19 +91,20 @@ fn run(cli: Cli) -> Result<bool, CliError> {
         }
         Command::Convert { input, output, key, json } => {
             let w = Weights::read(&input, key.as_deref())?;
-            w.write_safetensors(&output)?;
+            let to = w.write(&output)?;
             if json {
                 let summary = serde_json::json!({
                     "input": input.display().to_string(),
                     "output": output.display().to_string(),
                     "from": w.format.name(),
+                    "to": to,
                     "tensors": w.tensors.len(),
                     "parameters": w.parameter_count(),
                 });
                 println!("{summary}");
             } else {
                 println!(
-                    "{} ({}) -> {}: {} tensors, {} parameters",
+                    "{} ({}) -> {} ({to}): {} tensors, {} parameters",
                     input.display(),
                     w.format.name(),
                     output.display(),
