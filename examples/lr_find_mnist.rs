@@ -51,7 +51,7 @@ impl Opts {
 /// Runs the sweep; `Err` when the MNIST files cannot be read.
 pub fn run(opts: &Opts) -> Result<LrFinderResult, DataError> {
     kiln::nn::init::manual_seed(0);
-    let train = first(Mnist::new(&data_folder("mnist"), Split::Train)?, Some(opts.train_samples)).map_input(normalise);
+    let train = first(Mnist::new(data_folder("mnist"), Split::Train)?, Some(opts.train_samples)).map_input(normalise);
     let loader = DataLoader::new(train, 64).shuffle(true).seed(1);
     let mut net = model();
     let mut opt = Adam::new(net.parameters(), AdamConfig { lr: 1e-3, ..Default::default() });
