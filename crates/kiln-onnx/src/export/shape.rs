@@ -6,6 +6,8 @@ use kiln_nn::{Flatten, Layer, Unflatten};
 use super::{attr_i, Exporter, Value};
 use crate::error::OnnxError;
 
+register_export!(Flatten => flatten, Unflatten => unflatten);
+
 fn axis(d: isize, nd: usize) -> usize {
     if d < 0 {
         (nd as isize + d) as usize
