@@ -28,6 +28,7 @@ mod rnn_common;
 #[cfg(test)]
 pub(crate) mod testing;
 mod transformer;
+mod zero_pad2d;
 
 pub use activation::{GeluApproximate, LeakyReLU, LogSoftmax, ReLU, SiLU, Sigmoid, Softmax, Softplus, Tanh, ELU, GELU};
 pub use adaptive_avg_pool2d::AdaptiveAvgPool2d;
@@ -63,3 +64,4 @@ pub use transformer::{
     TransformerDecoderLayerConfig, TransformerEncoder, TransformerEncoderLayer, TransformerEncoderLayerConfig,
     TransformerMasks,
 };
+pub use zero_pad2d::ZeroPad2d;
