@@ -33,6 +33,7 @@ mod transformer_decoder;
 mod transformer_decoder_layer;
 mod transformer_encoder;
 mod transformer_encoder_layer;
+mod zero_pad2d;
 
 pub use activation::{GeluApproximate, LeakyReLU, LogSoftmax, ReLU, SiLU, Sigmoid, Softmax, Softplus, Tanh, ELU, GELU};
 pub use adaptive_avg_pool2d::AdaptiveAvgPool2d;
@@ -70,3 +71,4 @@ pub use transformer_decoder::TransformerDecoder;
 pub use transformer_decoder_layer::{TransformerDecoderLayer, TransformerDecoderLayerConfig};
 pub use transformer_encoder::TransformerEncoder;
 pub use transformer_encoder_layer::{TransformerEncoderLayer, TransformerEncoderLayerConfig};
+pub use zero_pad2d::ZeroPad2d;

@@ -10,6 +10,21 @@ use kiln_nn::{
 use super::{attr_f, attr_i, attr_s, unsupported, Exporter, Value};
 use crate::error::OnnxError;
 
+register_export!(
+    Dropout => dropout,
+    Dropout2d => dropout2d,
+    ReLU => relu,
+    LeakyReLU => leaky_relu,
+    ELU => elu,
+    GELU => gelu,
+    SiLU => silu,
+    Sigmoid => sigmoid,
+    Tanh => tanh,
+    Softplus => softplus,
+    Softmax => softmax,
+    LogSoftmax => log_softmax,
+);
+
 const TRAINING: &str = "dropout is in training mode (random masks); call model.eval() before exporting";
 
 /// `Dropout` in eval mode -> `Identity`.

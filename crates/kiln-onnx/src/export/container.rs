@@ -5,6 +5,8 @@ use kiln_nn::{Identity, Layer, Sequential};
 use super::{Exporter, Value};
 use crate::error::OnnxError;
 
+register_export!(Sequential => sequential, Identity => identity);
+
 /// `Sequential`: each layer converted in turn under the key prefix `{prefix}{index}.`.
 pub fn sequential(
     layer: &dyn Layer<f32>,

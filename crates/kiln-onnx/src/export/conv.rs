@@ -5,6 +5,8 @@ use kiln_nn::{Conv1d, Conv2d, ConvTranspose2d, Layer, Padding};
 use super::{attr_i, attr_ints, Exporter, Value};
 use crate::error::OnnxError;
 
+register_export!(Conv1d => conv1d, Conv2d => conv2d, ConvTranspose2d => conv_transpose2d);
+
 /// PyTorch's `'same'` split of `dilation * (kernel - 1)` zeros: the odd one after.
 fn same(kernel: usize, dilation: usize) -> (i64, i64) {
     let total = (dilation * (kernel - 1)) as i64;

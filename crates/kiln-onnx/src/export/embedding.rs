@@ -7,6 +7,8 @@ use super::{attr_i, Exporter, Value};
 use crate::error::OnnxError;
 use crate::proto::data_type;
 
+register_export!(Embedding => embedding);
+
 /// `Embedding` -> `Cast(to=INT64)` then `Gather(axis=0)` on the table.
 pub fn embedding(
     layer: &dyn Layer<f32>,

@@ -5,6 +5,8 @@ use kiln_nn::{Layer, Linear};
 use super::{attr_i, attr_ints, Exporter, Value};
 use crate::error::OnnxError;
 
+register_export!(Linear => linear);
+
 /// `Linear` -> `Gemm(x, W, b, transB=1)` for `[N, in]`, else `MatMul(x, Transpose(W)) + b`.
 pub fn linear(layer: &dyn Layer<f32>, ex: &mut Exporter, prefix: &str, x: &Value) -> Option<Result<String, OnnxError>> {
     let l = layer.downcast_ref::<Linear>()?;

@@ -1,14 +1,23 @@
 //! Export of kiln layers to an ONNX graph.
 //!
-//! Each layer type has one conversion function, in one file of this folder named after the
-//! layer (`linear.rs`, `conv.rs`, ...), with the signature [`Converter`]. [`CONVERTERS`] lists
-//! them; [`Exporter::convert`] asks each in turn whether the layer is its type (a downcast
-//! through [`Layer::downcast_ref`](kiln_nn::Layer)) and takes the first that says yes. A new
-//! layer is one file and one line in that list.
+//! Each layer type has one conversion function, in the file of this folder named after its
+//! family (`linear.rs`, `conv.rs`, ...), with the signature [`Converter`], and registered in
+//! that same file by one line, `register_export!(Linear => linear)`. [`Exporter::convert`]
+//! finds a layer's conversion by the layer's type in that registry (no central list): a new
+//! layer's export is one function and one line beside it. A test checks that every layer type
+//! of the [kiln-nn layer registry](kiln_nn::registry) has one.
 //!
 //! The exporter runs the model's own `forward` on the example input, layer by layer, so each
 //! conversion sees the value entering its layer (for the spatial sizes an adaptive pool needs)
 //! and the exported graph can be checked against kiln's outputs.
+
+/// Registers conversions of this folder: `register_export!(Linear => linear);` (the layer's
+/// `f32` type and its [`Converter`]), in the file of the conversion.
+macro_rules! register_export {
+    ($($t:ty => $f:path),* $(,)?) => {$(
+        kiln_nn::registry::inventory::submit! { $crate::export::ExportRegistration::new::<$t>($f) }
+    )*};
+}
 
 mod activation;
 mod container;
@@ -22,8 +31,10 @@ pub mod recurrent;
 mod shape;
 mod transformer;
 
-use std::collections::HashSet;
+use std::any::TypeId;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::OnceLock;
 
 use kiln_autograd::Var;
 use kiln_nn::Layer;
@@ -52,7 +63,7 @@ pub struct ExportOptions {
     /// The graph output's name (empty: `["output"]`).
     pub output_names: Vec<String>,
     /// Conversions for the caller's own layer types (a `#[derive(Module)]` struct that is
-    /// also `Forward`), asked before the built-in [`CONVERTERS`]. A conversion usually calls
+    /// also `Forward`), asked before the built-in ones ([`builtin_converter`]). A conversion usually calls
     /// [`Exporter::convert`] on the struct's fields and joins the results with
     /// [`Exporter::node`].
     pub converters: Vec<Converter>,
@@ -91,42 +102,50 @@ pub struct Value {
 pub type Converter =
     fn(layer: &dyn Layer<f32>, ex: &mut Exporter, prefix: &str, x: &Value) -> Option<Result<String, OnnxError>>;
 
-/// Every layer conversion, asked in order.
-pub const CONVERTERS: &[Converter] = &[
-    container::sequential,
-    container::identity,
-    onnx_model::onnx_model,
-    linear::linear,
-    conv::conv1d,
-    conv::conv2d,
-    conv::conv_transpose2d,
-    pool::max_pool1d,
-    pool::max_pool2d,
-    pool::avg_pool1d,
-    pool::avg_pool2d,
-    pool::adaptive_avg_pool2d,
-    norm::batch_norm1d,
-    norm::batch_norm2d,
-    norm::layer_norm,
-    norm::group_norm,
-    shape::flatten,
-    embedding::embedding,
-    transformer::transformer_encoder_layer,
-    transformer::transformer_encoder,
-    shape::unflatten,
-    activation::dropout,
-    activation::dropout2d,
-    activation::relu,
-    activation::leaky_relu,
-    activation::elu,
-    activation::gelu,
-    activation::silu,
-    activation::sigmoid,
-    activation::tanh,
-    activation::softplus,
-    activation::softmax,
-    activation::log_softmax,
-];
+/// A built-in conversion: the layer type it converts and how, submitted by the file of the
+/// conversion with `register_export!`.
+pub struct ExportRegistration {
+    type_id: fn() -> TypeId,
+    type_name: fn() -> &'static str,
+    convert: Converter,
+}
+
+impl ExportRegistration {
+    /// The conversion of layers of type `T`.
+    #[must_use]
+    pub const fn new<T: 'static>(convert: Converter) -> Self {
+        ExportRegistration { type_id: TypeId::of::<T>, type_name: std::any::type_name::<T>, convert }
+    }
+}
+
+kiln_nn::registry::inventory::collect!(ExportRegistration);
+
+fn registry() -> &'static HashMap<TypeId, Converter> {
+    static INDEX: OnceLock<HashMap<TypeId, Converter>> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut m = HashMap::new();
+        for r in kiln_nn::registry::inventory::iter::<ExportRegistration> {
+            if m.insert((r.type_id)(), r.convert).is_some() {
+                panic!("kiln_onnx::export: two conversions are registered for {}", (r.type_name)());
+            }
+        }
+        m
+    })
+}
+
+/// `layer` itself when it is a box holding a layer (`Sequential::push` of a boxed layer).
+fn unbox(mut layer: &dyn Layer<f32>) -> &dyn Layer<f32> {
+    while let Some(inner) = layer.as_any().downcast_ref::<Box<dyn Layer<f32>>>() {
+        layer = &**inner;
+    }
+    layer
+}
+
+/// The built-in conversion registered for `layer`'s type, if any.
+#[must_use]
+pub fn builtin_converter(layer: &dyn Layer<f32>) -> Option<Converter> {
+    registry().get(&unbox(layer).as_any().type_id()).copied()
+}
 
 /// Builds one ONNX graph: nodes, initializers, unique value names.
 pub struct Exporter {
@@ -251,14 +270,15 @@ impl Exporter {
     }
 
     /// Converts `layer` (keyed `prefix` in the model, `""` or ending in `.`) applied to `x`,
-    /// through the first matching entry of [`ExportOptions::converters`], then of
-    /// [`CONVERTERS`].
+    /// through the first matching entry of [`ExportOptions::converters`], then the conversion
+    /// registered for its type ([`builtin_converter`]).
     ///
     /// # Errors
     /// [`OnnxError::UnsupportedLayer`] when no converter knows the layer or its options.
     pub fn convert(&mut self, layer: &dyn Layer<f32>, prefix: &str, x: &Value) -> Result<Value, OnnxError> {
+        let layer = unbox(layer);
         let extra = self.extra.clone();
-        for conv in extra.iter().chain(CONVERTERS) {
+        for conv in extra.iter().chain(builtin_converter(layer).as_ref()) {
             if let Some(res) = conv(layer, self, prefix, x) {
                 let name = res?;
                 // A container's converter ran its layers one by one and leaves the output value
@@ -478,4 +498,23 @@ pub fn export(
     let bytes = proto.encode_to_vec();
     kiln_nn::serialize::write_atomic(path, |w| w.write_all(&bytes))?;
     Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every layer type of kiln-nn's registry (built from its example arguments) has a
+    /// registered conversion: a layer added without one fails here, not in a user's export.
+    #[test]
+    fn every_registered_kiln_nn_layer_has_a_conversion() {
+        let mut missing = Vec::new();
+        for r in kiln_nn::registry::registrations() {
+            let layer: Box<dyn Layer<f32>> = r.build_example().unwrap();
+            if builtin_converter(&*layer).is_none() {
+                missing.push(r.name);
+            }
+        }
+        assert!(missing.is_empty(), "no ONNX conversion registered for {missing:?}");
+    }
 }

@@ -8,6 +8,13 @@ use kiln_tensor::Tensor;
 use super::{attr_f, attr_i, unsupported, Exporter, Value};
 use crate::error::OnnxError;
 
+register_export!(
+    BatchNorm<f32, 1> => batch_norm1d,
+    BatchNorm<f32, 2> => batch_norm2d,
+    LayerNorm => layer_norm,
+    GroupNorm => group_norm,
+);
+
 fn batch_norm<const D: usize>(
     layer: &dyn Layer<f32>,
     ex: &mut Exporter,

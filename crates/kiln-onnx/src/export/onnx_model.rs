@@ -11,6 +11,8 @@ use crate::error::OnnxError;
 use crate::import::OnnxModel;
 use crate::proto::NodeProto;
 
+register_export!(OnnxModel => onnx_model);
+
 /// `OnnxModel` -> its own nodes, values renamed into the graph being built.
 pub fn onnx_model(
     layer: &dyn Layer<f32>,

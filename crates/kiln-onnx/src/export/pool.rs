@@ -6,6 +6,14 @@ use kiln_nn::{AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, Layer, MaxPool1d, MaxPool
 use super::{attr_i, attr_ints, unsupported, Exporter, Value};
 use crate::error::OnnxError;
 
+register_export!(
+    MaxPool1d => max_pool1d,
+    MaxPool2d => max_pool2d,
+    AvgPool1d => avg_pool1d,
+    AvgPool2d => avg_pool2d,
+    AdaptiveAvgPool2d => adaptive_avg_pool2d,
+);
+
 fn i64s(v: &[usize]) -> Vec<i64> {
     v.iter().map(|&d| d as i64).collect()
 }

@@ -1,10 +1,13 @@
 //! Shape layers: `Flatten` -> `Flatten` (to the last axis) or `Reshape`; `Unflatten` ->
-//! `Reshape`. Batch axes are copied (`0` in a `Reshape` shape) so a dynamic batch survives.
+//! `Reshape`; `ZeroPad2d` -> `Pad`. Batch axes are copied (`0` in a `Reshape` shape) so a
+//! dynamic batch survives.
 
-use kiln_nn::{Flatten, Layer, Unflatten};
+use kiln_nn::{Flatten, Layer, Unflatten, ZeroPad2d};
 
-use super::{attr_i, Exporter, Value};
+use super::{attr_i, attr_s, unsupported, Exporter, Value};
 use crate::error::OnnxError;
+
+register_export!(Flatten => flatten, Unflatten => unflatten, ZeroPad2d => zero_pad2d);
 
 fn axis(d: isize, nd: usize) -> usize {
     if d < 0 {
@@ -52,4 +55,27 @@ pub fn unflatten(
     shape.extend(s[d + 1..].iter().map(|&v| v as i64));
     let c = ex.const_i64("unflatten_shape", &shape);
     Some(Ok(ex.node("Reshape", &[&x.name, &c], vec![])))
+}
+
+/// `ZeroPad2d` -> `Pad(mode="constant")`, the last two axes padded (ONNX's `pads` lists every
+/// axis's begin, then every axis's end).
+pub fn zero_pad2d(
+    layer: &dyn Layer<f32>,
+    ex: &mut Exporter,
+    prefix: &str,
+    x: &Value,
+) -> Option<Result<String, OnnxError>> {
+    let l = layer.downcast_ref::<ZeroPad2d>()?;
+    let nd = x.example.ndim();
+    if nd < 2 {
+        return Some(Err(unsupported(layer, prefix, format!("needs an input of at least 2 axes, got {nd}"))));
+    }
+    let [left, right, top, bottom] = l.padding.map(|p| p as i64);
+    let mut pads = vec![0i64; 2 * nd];
+    pads[nd - 2] = top;
+    pads[nd - 1] = left;
+    pads[2 * nd - 2] = bottom;
+    pads[2 * nd - 1] = right;
+    let p = ex.const_i64("pads", &pads);
+    Some(Ok(ex.node("Pad", &[&x.name, &p], vec![attr_s("mode", "constant")])))
 }

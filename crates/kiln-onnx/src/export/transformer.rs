@@ -8,6 +8,11 @@ use kiln_tensor::Tensor;
 use super::{attr_i, attr_ints, unsupported, Exporter, Value};
 use crate::error::OnnxError;
 
+register_export!(
+    TransformerEncoderLayer => transformer_encoder_layer,
+    TransformerEncoder => transformer_encoder,
+);
+
 /// A value of the given shape whose example only carries the shape (enough for the
 /// converters, which read shapes and not values).
 fn shaped(name: String, shape: &[usize]) -> Value {
