@@ -125,7 +125,7 @@ impl FeatureTerm {
 /// let mut distiller = Distiller::new(teacher, student, 4.0, 0.9).feature_projected("1", "1", 0.5, Linear::new(8, 16));
 /// let mut opt = Adam::new(distiller.parameters(), AdamConfig { lr: 1e-2, ..Default::default() });
 /// let x: Tensor<f32> = Tensor::randn(&[32, 4], &mut Rng::new(0));
-/// let data = vec![Batch { inputs: x, targets: Targets::from((0..32).map(|i| i % 3).collect::<Vec<_>>()) }];
+/// let data = vec![Batch { inputs: x, targets: Targets::from((0..32usize).map(|i| i % 3).collect::<Vec<_>>()) }];
 /// let history = distiller.fit(&mut Trainer::new(30).verbosity(Verbosity::Silent), &mut opt, &data, None).unwrap();
 /// let loss = history.get("loss");
 /// assert!(loss[29] < loss[0]);
