@@ -120,7 +120,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     let test_bce = trainer.evaluate(&mut model, &loss, &test).or_stop()["loss"];
 
     let originals = Tensor::from_vec(shown, &[picks.len(), 784]);
-    let batch = tensor_batches(&originals, &kiln::data::Targets::Classes(vec![0; picks.len()]), picks.len());
+    let batch = tensor_batches(&originals, &kiln::data::Targets::from(vec![0usize; picks.len()]), picks.len());
     let reconstructions = predict(&mut model, &batch);
     let png = opts.out_dir.join("autoencoder_mnist.png");
     write_grid_png(&png, &[originals.to_vec(), reconstructions.to_vec()], picks.len(), 28, 3)

@@ -73,7 +73,7 @@ pub fn run(opts: &Opts) -> Report {
     let n = digits.targets().len();
     let x = Tensor::from_vec(digits.features().iter().map(|v| v / 16.0).collect(), &[n, 64]);
     let labels = digits.targets().to_vec();
-    let y = Targets::Classes(labels.clone());
+    let y = Targets::from(labels.clone());
     let loss = CrossEntropyLoss::default();
 
     // ANCHOR: cv

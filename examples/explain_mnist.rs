@@ -99,12 +99,12 @@ fn main() {
     let model = |x: &Var| net.forward(&x.sub_scalar(MEAN).div_scalar(STD));
     let test_idx: Vec<usize> = (0..2000).collect();
     let (tx, ty) = images(&test, &test_idx);
-    let pred = kiln::autograd::no_grad(|| model(&Var::constant(tx)).value().argmax(1, false));
-    let correct = pred.data.iter().zip(&ty).filter(|(p, y)| p == y).count();
+    let logits = kiln::autograd::no_grad(|| model(&Var::constant(tx)).value());
+    let test_accuracy = kiln::metrics::accuracy(&logits, &Indices::from_vec(ty.clone()));
     println!(
         "CNN trained on {n_train} images for {epochs} epochs in {:.1} s: test accuracy {:.2}% on {} images",
         started.elapsed().as_secs_f64(),
-        100.0 * correct as f64 / ty.len() as f64,
+        100.0 * test_accuracy,
         ty.len()
     );
 

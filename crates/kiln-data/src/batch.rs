@@ -1,7 +1,7 @@
 //! Collating samples into tensors: [`Batch`], [`Targets`], [`DefaultCollate`] and
 //! [`TensorDataset`].
 
-use kiln_tensor::{Rng, Tensor};
+use kiln_tensor::{Indices, Rng, Tensor};
 
 use crate::dataloader::Collate;
 use crate::dataset::Dataset;
@@ -33,18 +33,35 @@ impl Batch {
 /// The targets of a batch.
 #[derive(Clone, Debug)]
 pub enum Targets {
-    /// Class indices (for cross-entropy), one per sample.
-    Classes(Vec<usize>),
+    /// Class indices, one per sample, as the class losses (`CrossEntropyLoss`, `NLLLoss`) and
+    /// metrics take them: `loss.forward(&logits, batch.targets.class_indices())`, no copy.
+    Classes(Indices),
     /// Real-valued targets stacked as `[N, *target_shape]` (regression).
     Values(Tensor<f32>),
 }
 
 impl Targets {
-    /// The class indices.
+    /// The class indices as a slice.
     ///
     /// **Panics** if these are real-valued targets.
     #[must_use]
     pub fn classes(&self) -> &[usize] {
+        &self.class_indices().data
+    }
+
+    /// The class indices in the type the class losses and metrics take.
+    ///
+    /// ```
+    /// use kiln_data::{DataLoader, TensorDataset};
+    /// use kiln_tensor::{Indices, Tensor};
+    /// let ds = TensorDataset::new(Tensor::zeros(&[3, 2]), vec![2usize, 0, 1]);
+    /// let batch = DataLoader::new(ds, 3).iter().next().unwrap();
+    /// assert_eq!(batch.targets.class_indices(), &Indices::from_vec(vec![2, 0, 1]));
+    /// ```
+    ///
+    /// **Panics** if these are real-valued targets.
+    #[must_use]
+    pub fn class_indices(&self) -> &Indices {
         match self {
             Targets::Classes(c) => c,
             Targets::Values(v) => panic!("Targets::classes: the targets are values of shape {:?}", v.shape()),
@@ -62,6 +79,13 @@ impl Targets {
                 panic!("Targets::values: the targets are {} class indices", c.len())
             }
         }
+    }
+}
+
+/// Class targets from their indices (`Targets::from(vec![2, 0, 1])`).
+impl From<Vec<usize>> for Targets {
+    fn from(classes: Vec<usize>) -> Self {
+        Targets::Classes(Indices::from_vec(classes))
     }
 }
 
@@ -111,7 +135,7 @@ pub trait CollateTarget: Send + Sized {
 
 impl CollateTarget for usize {
     fn collate_targets(targets: Vec<usize>) -> Targets {
-        Targets::Classes(targets)
+        Targets::Classes(Indices::from_vec(targets))
     }
 }
 

@@ -8,10 +8,15 @@
 //! terminal.
 //!
 //! `cargo xtask download NAME` calls [`download_dataset`].
+//!
+//! The network functions, [`download_file`] and [`download_dataset`], need the `download` feature
+//! (on by default, and in the `kiln` facade): without it kiln-data builds no HTTP or TLS stack.
+//! Checksums, archive extraction and the list of sets work either way.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+#[cfg(feature = "download")]
 use std::time::Duration;
 
 use md5::Md5;
@@ -145,6 +150,7 @@ fn write_atomic_checked(
     }
 }
 
+#[cfg(feature = "download")]
 fn progress_bar(len: Option<u64>, label: &str) -> indicatif::ProgressBar {
     // ProgressDrawTarget::stderr draws nothing when standard error is not a terminal.
     let bar = match len {
@@ -170,6 +176,7 @@ fn progress_bar(len: Option<u64>, label: &str) -> indicatif::ProgressBar {
 /// than its `Content-Length`; [`DataError::Checksum`] when the digest differs;
 /// [`DataError::Io`] for local files. In every case no file is left at `target` or beside it
 /// (an existing `target` that failed verification is replaced only by a verified download).
+#[cfg(feature = "download")]
 pub fn download_file(url: &str, target: &Path, checksum: &Checksum) -> Result<Outcome> {
     if target.is_file() && verify_file(target, checksum).is_ok() {
         return Ok(Outcome::AlreadyPresent);
@@ -407,6 +414,7 @@ pub fn dataset_folder(root: &Path, name: &str) -> PathBuf {
 ///
 /// [`DataError::UnknownDataset`] for another name, and the errors of [`download_file`] and
 /// [`extract_tar_gz`].
+#[cfg(feature = "download")]
 pub fn download_dataset(name: &str, root: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
     let root = root.as_ref();
     if name == "all" {
@@ -443,20 +451,28 @@ pub fn download_dataset(name: &str, root: impl AsRef<Path>) -> Result<Vec<PathBu
 mod tests {
     use super::*;
     use crate::io::testutil::{gzip, TempDir};
+    #[cfg(feature = "download")]
     use std::io::BufRead;
+    #[cfg(feature = "download")]
     use std::net::TcpListener;
+    #[cfg(feature = "download")]
     use std::sync::atomic::{AtomicUsize, Ordering};
+    #[cfg(feature = "download")]
     use std::sync::Arc;
+    #[cfg(feature = "download")]
     use std::time::Instant;
 
+    #[cfg(feature = "download")]
     const BODY: &[u8] = b"kiln test payload: 0123456789 abcdefghijklmnopqrstuvwxyz\n";
 
+    #[cfg(feature = "download")]
     fn sha_hex(bytes: &[u8]) -> String {
         Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Serves on 127.0.0.1: /good, /corrupt (same length, different bytes), /truncated (half the
     /// body, then closes), /missing (404). Stops by itself after `max` requests or 20 seconds.
+    #[cfg(feature = "download")]
     fn serve(max: usize) -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -511,6 +527,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "download")]
     fn downloads_verifies_and_skips_when_present() {
         let (base, count) = serve(3);
         let dir = TempDir::new("download-good");
@@ -531,6 +548,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "download")]
     fn failures_are_typed_and_leave_nothing_behind() {
         let (base, _) = serve(4);
         let dir = TempDir::new("download-bad");
@@ -591,6 +609,7 @@ mod tests {
             let files = dataset_files(name).unwrap();
             assert!(files.iter().all(|f| f.url.starts_with("http") && f.url.ends_with(f.file_name)));
         }
+        #[cfg(feature = "download")]
         assert!(matches!(download_dataset("nope", "/nonexistent"), Err(DataError::UnknownDataset { .. })));
     }
 

@@ -194,6 +194,34 @@ pub fn accuracy(preds: &[usize], targets: &[usize]) -> f64 {
     preds.iter().zip(targets).filter(|(p, t)| p == t).count() as f64 / targets.len() as f64
 }
 
+/// The accuracy of one batch in one call: the fraction of samples whose highest score is their
+/// target class, PyTorch's `(scores.argmax(1) == targets).float().mean()` (exported at the
+/// crate root as `kiln_metrics::accuracy`).
+///
+/// `scores` are `[N, C]` or `[N, C, d...]` (class axis 1, as `cross_entropy` takes them):
+/// logits, probabilities or log-probabilities alike; `targets` are the class indices `[N]`
+/// (`[N, d...]`) as [`Indices`](kiln_tensor::Indices) or a float tensor of whole numbers. A
+/// tie counts the first maximum, as `argmax` does. NaN for an empty batch.
+///
+/// ```
+/// use kiln_metrics::accuracy;
+/// use kiln_tensor::{Indices, Tensor};
+/// let logits = Tensor::from_vec(vec![2.0f32, 0.5, -1.0, 0.1, 0.2, 3.0], &[2, 3]);
+/// assert_eq!(accuracy(&logits, &Indices::from_vec(vec![0, 1])), 0.5);
+/// assert_eq!(accuracy(&logits, &Indices::from_vec(vec![0, 2])), 1.0);
+/// ```
+///
+/// **Panics** if `scores` has fewer than 2 dimensions, the shapes do not fit (`[N, C, d...]`
+/// against `[N, d...]`), or a target is not a class index below `C`.
+#[must_use]
+pub fn batch_accuracy<E: Float>(scores: &kiln_tensor::Tensor<E>, targets: &dyn MetricInput) -> f64 {
+    let shape = scores.shape();
+    assert!(shape.len() >= 2, "accuracy: scores must be [N, C] or [N, C, d...], got {shape:?}");
+    let mut acc = Accuracy::multiclass(shape[1]);
+    acc.update(scores, targets);
+    acc.compute()
+}
+
 /// Binary accuracy of scores against 0/1 targets, a score `>= threshold` predicting 1.
 ///
 /// **Panics** if the lengths differ or a target is not 0 or 1.
@@ -231,6 +259,34 @@ pub fn top_k_accuracy<E: Float>(scores: &[E], targets: &[usize], num_classes: us
 mod tests {
     use super::*;
     use crate::input::tests::Shaped;
+
+    #[test]
+    fn batch_accuracy_takes_scores_and_class_targets_in_one_call() {
+        use kiln_tensor::{Indices, Tensor};
+        // [N=2, C=3, d=2]: argmax over axis 1 at each position; ties count the first maximum.
+        let scores = Tensor::from_vec(vec![1.0f64, 0.0, 2.0, 0.0, 0.5, 3.0, 2.0, 2.0, 0.0, 5.0, 2.0, 1.0], &[2, 3, 2]);
+        // Predictions: sample 0 -> [1, 2]; sample 1 -> [0 (classes 0 and 2 tie at 2.0), 1].
+        let preds = [1usize, 2, 0, 1];
+        let hits = |t: &[usize]| preds.iter().zip(t).filter(|(p, t)| p == t).count() as f64 / 4.0;
+        for targets in [[1usize, 2, 0, 1], [1, 0, 0, 1], [0, 0, 2, 2]] {
+            let want = hits(&targets);
+            assert_eq!(batch_accuracy(&scores, &Indices::new(targets.to_vec(), &[2, 2])), want, "{targets:?}");
+            let as_floats = Tensor::from_vec(targets.iter().map(|&t| t as f32).collect(), &[2, 2]);
+            assert_eq!(batch_accuracy(&scores, &as_floats), want, "{targets:?}");
+        }
+        let tie = Tensor::from_vec(vec![1.0f32, 1.0], &[1, 2]);
+        assert_eq!(batch_accuracy(&tie, &Indices::from_vec(vec![0])), 1.0);
+        assert!(batch_accuracy(&Tensor::<f32>::zeros(&[0, 3]), &Indices::from_vec(vec![])).is_nan());
+    }
+
+    #[test]
+    #[should_panic(expected = "accuracy: scores must be [N, C]")]
+    fn batch_accuracy_needs_a_class_axis() {
+        let _ = batch_accuracy(
+            &kiln_tensor::Tensor::from_vec(vec![1.0f32, 2.0], &[2]),
+            &kiln_tensor::Indices::from_vec(vec![0, 1]),
+        );
+    }
 
     #[test]
     fn hand_checked() {

@@ -59,7 +59,7 @@ mod ranking;
 mod recall;
 mod roc_auc;
 
-pub use accuracy::Accuracy;
+pub use accuracy::{batch_accuracy as accuracy, Accuracy};
 pub use average::Average;
 pub use average_precision::{AveragePrecision, PrecisionRecallCurve};
 pub use confusion_matrix::{ConfusionMatrix, Normalize};

@@ -3,9 +3,7 @@
 //! Modules, layers, PyTorch's initialisation, losses and the functional API of kiln.
 //!
 //! ```
-//! use kiln_nn::{Forward, Linear, Module};
-//! use kiln_autograd::Var;
-//! use kiln_tensor::Tensor;
+//! use kiln_nn::{Forward, Linear, Module, Tensor, Var};
 //! kiln_nn::init::manual_seed(0);
 //! let fc: Linear = Linear::new(4, 2);
 //! let x = Var::constant(Tensor::ones(&[8, 4]));
@@ -44,6 +42,14 @@ pub use serialize::{
     SafetensorsFile,
 };
 pub use summary::{summary, LayerSummary, ModelSummary};
+
+// What kiln-nn's API takes and returns, so that a crate depending on kiln-nn (and kiln-optim)
+// alone writes a training loop: tensors, indices and labels for class targets, `Var`, the
+// no-grad scope and the element trait.
+#[doc(no_inline)]
+pub use kiln_autograd::{grad, no_grad, Var};
+#[doc(no_inline)]
+pub use kiln_tensor::{DType, Float, Indices, Labels, Rng, Tensor};
 
 /// `#[derive(Module)]`: writes [`Module`]'s `visit` and train/eval from a struct's fields
 /// (the derive and the trait share the name, as serde's `Serialize` does).

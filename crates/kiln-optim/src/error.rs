@@ -109,6 +109,27 @@ pub enum OptimError {
         /// The missing key.
         key: String,
     },
+    /// An optimiser state file that cannot be written or read, or is not a valid safetensors
+    /// file ([`Optimizer::save`](crate::Optimizer::save) / [`load`](crate::Optimizer::load)).
+    #[error("{}: {message}", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong (the step that failed, or what is malformed and where).
+        message: String,
+    },
+    /// A field of an optimiser state file that is missing or holds what it must not.
+    #[error("{}: `{field}`: expected {expected}, found {found}", path.display())]
+    FileField {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The tensor name or metadata field (`__metadata__.param_groups`, `state.3.step`).
+        field: String,
+        /// What was expected.
+        expected: String,
+        /// What is there.
+        found: String,
+    },
     /// The total gradient norm is NaN or infinite (PyTorch's `error_if_nonfinite=True`).
     #[error("clip_grad_norm_: the total norm of order {norm_type} of the gradients is non-finite ({total_norm}), so they cannot be clipped")]
     NonFiniteNorm {

@@ -61,6 +61,7 @@ pub mod lr_scheduler;
 mod optimizer;
 mod rmsprop;
 mod sgd;
+pub mod state_file;
 
 pub use adagrad::{Adagrad, AdagradConfig, AdagradRule, AdagradState};
 pub use adam::{Adam, AdamConfig, AdamRule, AdamState};

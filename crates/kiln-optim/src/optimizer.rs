@@ -135,6 +135,55 @@ pub trait Optimizer<E: Float> {
     /// nothing has been changed.
     fn load_state_dict(&mut self, state_dict: &OptimizerStateDict<E, Self::Config>) -> Result<(), OptimError>;
 
+    /// Saves the optimiser's state to a file on its own, like `torch.save(opt.state_dict(),
+    /// path)`: safetensors with the buffers and step counts as tensors and the groups'
+    /// hyper-parameters in the metadata (see [`state_file`](crate::state_file)), written
+    /// atomically (a failed save leaves the previous file intact).
+    ///
+    /// ```
+    /// use kiln_autograd::Var;
+    /// use kiln_optim::{Adam, AdamConfig, Optimizer};
+    /// use kiln_tensor::Tensor;
+    /// let path = std::env::temp_dir().join(format!("kiln-doc-adam-{}.safetensors", std::process::id()));
+    /// let w = Var::param(Tensor::from_vec(vec![1.0f32, -1.0], &[2]));
+    /// let mut opt = Adam::new(vec![w.clone()], AdamConfig::default());
+    /// w.mul(&w).sum_all().backward();
+    /// opt.step();
+    /// opt.save(&path).unwrap();
+    ///
+    /// // A fresh optimiser over the same parameters resumes where this one stopped.
+    /// let mut resumed = Adam::new(vec![w.clone()], AdamConfig::default());
+    /// resumed.load(&path).unwrap();
+    /// assert_eq!(resumed.state_dict(), opt.state_dict());
+    /// # std::fs::remove_file(&path).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// [`OptimError::File`] naming the file when it cannot be written.
+    fn save(&self, path: impl AsRef<std::path::Path>) -> Result<(), OptimError>
+    where
+        Self: Sized,
+    {
+        crate::state_file::save(&self.state_dict(), path.as_ref())
+    }
+
+    /// Loads a state saved by [`save`](Optimizer::save), like
+    /// `opt.load_state_dict(torch.load(path))`. The whole file is read and checked before the
+    /// optimiser is touched: on error nothing has changed.
+    ///
+    /// # Errors
+    /// [`OptimError::File`] (unreadable or malformed file), [`OptimError::FileField`] (a
+    /// missing or malformed field, naming it), and every error of
+    /// [`load_state_dict`](Optimizer::load_state_dict) (another optimiser, other groups or
+    /// shapes).
+    fn load(&mut self, path: impl AsRef<std::path::Path>) -> Result<(), OptimError>
+    where
+        Self: Sized,
+    {
+        let sd = crate::state_file::load(path.as_ref())?;
+        self.load_state_dict(&sd)
+    }
+
     /// Clears every parameter's gradient (PyTorch's `zero_grad(set_to_none=True)`, its
     /// default). To zero the tensors in place instead, use `p.update_grad(|g| g.zero_())`.
     fn zero_grad(&self) {

@@ -33,12 +33,12 @@
 //! [`QuantLSTM::save`] / [`QuantLSTM::load`], with PyTorch's parameter names (see
 //! [`LSTM_FORMAT`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::{json, Value};
 
+use kiln_nn::serialize::{Dtype, RawTensor, SafetensorsFile};
 use kiln_nn::{LSTMConfig, Layer, StateDict};
 use kiln_tensor::Tensor;
 
@@ -170,7 +170,7 @@ impl QuantSequential {
                 }
             }
         }
-        write_file(path, &tensors, FORMAT, [("layers", Value::Array(list).to_string())])
+        write_file(path, tensors, FORMAT, [("layers", Value::Array(list).to_string())])
     }
 
     /// Reads a model written by [`save`](QuantSequential::save), packing the weights for
@@ -183,8 +183,7 @@ impl QuantSequential {
     /// [`QuantError::Layer`] when a float layer cannot be rebuilt. Never panics on bad input.
     pub fn load(path: impl AsRef<Path>) -> Result<QuantSequential, QuantError> {
         let path = path.as_ref();
-        let bytes = read_file(path)?;
-        let (st, meta) = open(path, &bytes, FORMAT)?;
+        let (st, meta) = open(path, FORMAT)?;
         let r = Reader { path, st: &st };
         let list_text =
             meta.get("layers").ok_or_else(|| r.field("__metadata__.layers", "a JSON list of layers", "nothing"))?;
@@ -296,7 +295,7 @@ impl QuantLSTM {
         let config = json!({"input_size": c.input_size, "hidden_size": c.hidden_size, "num_layers": c.num_layers,
             "bias": c.bias, "batch_first": c.batch_first, "bidirectional": c.bidirectional,
             "dtype": self.dtype().name()});
-        write_file(path.as_ref(), &tensors, LSTM_FORMAT, [("config", config.to_string())])
+        write_file(path.as_ref(), tensors, LSTM_FORMAT, [("config", config.to_string())])
     }
 
     /// Reads a layer written by [`save`](QuantLSTM::save), packing the weights for this
@@ -308,8 +307,7 @@ impl QuantLSTM {
     /// that is missing or has the wrong dtype, shape or value. Never panics on bad input.
     pub fn load(path: impl AsRef<Path>) -> Result<QuantLSTM, QuantError> {
         let path = path.as_ref();
-        let bytes = read_file(path)?;
-        let (st, meta) = open(path, &bytes, LSTM_FORMAT)?;
+        let (st, meta) = open(path, LSTM_FORMAT)?;
         let r = Reader { path, st: &st };
         let text = meta.get("config").ok_or_else(|| r.field("__metadata__.config", "a JSON object", "nothing"))?;
         let cfg: Value = serde_json::from_str(text)
@@ -344,8 +342,7 @@ impl QuantLSTM {
                 let bias = if config.bias { Some(r.f32s(&format!("bias_{sfx}"), &[rows])?) } else { None };
                 let proj = |name: &str, k: usize, bias: Option<Vec<f32>>| -> Result<QuantLinear, QuantError> {
                     let key = format!("{name}_{sfx}");
-                    let codes: Vec<i8> =
-                        r.tensor(&key, Dtype::I8, &[rows, k])?.data().iter().map(|&b| b as i8).collect();
+                    let codes: Vec<i8> = r.tensor(&key, Dtype::I8, &[rows, k])?.iter().map(|&b| b as i8).collect();
                     let scales = r.scales(&format!("{key}_scale"), rows)?;
                     Ok(QuantLinear::from_codes(&codes, scales, bias, rows, k, act))
                 };
@@ -362,30 +359,21 @@ impl QuantLSTM {
 type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
 
 /// Writes `tensors` as a safetensors file with `format`, the crate version and `extra` in its
-/// metadata, atomically (a failed write leaves a previous file intact).
+/// metadata, through kiln-nn's writer: atomically (a failed write leaves a previous file intact).
 fn write_file<const N: usize>(
     path: &Path,
-    tensors: &[Entry],
+    tensors: Vec<Entry>,
     format: &str,
     extra: [(&str, String); N],
 ) -> Result<(), QuantError> {
-    let metadata: HashMap<String, String> =
+    let metadata: BTreeMap<String, String> =
         [("format".to_string(), format.to_string()), ("kiln_quant_version".to_string(), VERSION.to_string())]
             .into_iter()
             .chain(extra.into_iter().map(|(k, v)| (k.to_string(), v)))
             .collect();
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(name, dtype, shape, data)| {
-            (name.clone(), TensorView::new(*dtype, shape.clone(), data).expect("sizes match"))
-        })
-        .collect();
-    let bytes = safetensors::serialize(views, &Some(metadata)).map_err(|e| QuantError::Io {
-        path: path.to_path_buf(),
-        action: "serialize".into(),
-        message: e.to_string(),
-    })?;
-    kiln_nn::serialize::write_atomic(path, |w| w.write_all(&bytes)).map_err(|e| QuantError::Io {
+    let tensors: BTreeMap<String, RawTensor> =
+        tensors.into_iter().map(|(name, dtype, shape, data)| (name, RawTensor::new(dtype, shape, data))).collect();
+    kiln_nn::serialize::save_raw(path, &tensors, &metadata).map_err(|e| QuantError::Io {
         path: path.to_path_buf(),
         action: "write".into(),
         message: e.to_string(),
@@ -394,25 +382,14 @@ fn write_file<const N: usize>(
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-fn read_file(path: &Path) -> Result<Vec<u8>, QuantError> {
-    std::fs::read(path).map_err(|e| QuantError::Io {
-        path: path.to_path_buf(),
-        action: "read".into(),
-        message: e.to_string(),
-    })
-}
-
-/// Parses a safetensors file and its metadata, checking that it is of `format`.
-fn open<'a>(
-    path: &Path,
-    bytes: &'a [u8],
-    format: &str,
-) -> Result<(SafeTensors<'a>, BTreeMap<String, String>), QuantError> {
-    let bad =
-        |e: safetensors::SafeTensorError| QuantError::Format { path: path.to_path_buf(), message: format!("{e:?}") };
-    let st = SafeTensors::deserialize(bytes).map_err(bad)?;
-    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(bad)?;
-    let meta: BTreeMap<String, String> = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+/// Opens and checks a safetensors file (kiln-nn's reader) and its metadata, checking that it is
+/// of `format`.
+fn open(path: &Path, format: &str) -> Result<(SafetensorsFile, BTreeMap<String, String>), QuantError> {
+    let st = SafetensorsFile::open(path).map_err(|e| match e {
+        kiln_nn::NnError::Io { action, message, .. } => QuantError::Io { path: path.to_path_buf(), action, message },
+        other => QuantError::Format { path: path.to_path_buf(), message: other.to_string() },
+    })?;
+    let meta = st.metadata().clone();
     let found = meta.get("format").map(String::as_str).unwrap_or("nothing");
     if found != format {
         return Err(QuantError::Field {
@@ -427,7 +404,7 @@ fn open<'a>(
 
 struct Reader<'a> {
     path: &'a Path,
-    st: &'a SafeTensors<'a>,
+    st: &'a SafetensorsFile,
 }
 
 impl Reader<'_> {
@@ -489,22 +466,22 @@ impl Reader<'_> {
         }
     }
 
-    fn tensor(&self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<TensorView<'_>, QuantError> {
-        let t =
-            self.st.tensor(name).map_err(|_| self.field(name, &format!("a {dtype:?} tensor {shape:?}"), "nothing"))?;
-        if t.dtype() != dtype || t.shape() != shape {
+    fn tensor(&self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<&[u8], QuantError> {
+        let info =
+            self.st.info(name).ok_or_else(|| self.field(name, &format!("a {dtype:?} tensor {shape:?}"), "nothing"))?;
+        if info.dtype != dtype || info.shape != shape {
             return Err(self.field(
                 name,
                 &format!("a {dtype:?} tensor {shape:?}"),
-                &format!("a {:?} tensor {:?}", t.dtype(), t.shape()),
+                &format!("a {:?} tensor {:?}", info.dtype, info.shape),
             ));
         }
-        Ok(t)
+        self.st.raw_bytes(name).map_err(|e| self.field(name, &format!("a {dtype:?} tensor {shape:?}"), &e.to_string()))
     }
 
     fn f32s(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, QuantError> {
         let t = self.tensor(name, Dtype::F32, shape)?;
-        Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(t.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
     fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor<f32>, QuantError> {
@@ -522,8 +499,7 @@ impl Reader<'_> {
                 &k.to_string(),
             ));
         }
-        let codes: Vec<i8> =
-            self.tensor(&format!("{i}.weight"), Dtype::I8, shape)?.data().iter().map(|&b| b as i8).collect();
+        let codes: Vec<i8> = self.tensor(&format!("{i}.weight"), Dtype::I8, shape)?.iter().map(|&b| b as i8).collect();
         let scales = self.scales(&format!("{i}.weight_scale"), n)?;
         let has_bias = entry
             .get("bias")
@@ -552,7 +528,7 @@ impl Reader<'_> {
                     return Err(self.field(&format!("{i}.input_scale"), "a positive finite scale", &scale.to_string()));
                 }
                 let zp_t = self.tensor(&format!("{i}.input_zero_point"), Dtype::I32, &[1])?;
-                let d = zp_t.data();
+                let d = zp_t;
                 let zero_point = i32::from_le_bytes([d[0], d[1], d[2], d[3]]);
                 let (lo, hi) = dtype.range();
                 if !(lo..=hi).contains(&zero_point) {
@@ -673,6 +649,13 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
     }
 
+    /// The tensors and metadata of a file's bytes, to write it again with changes.
+    fn parts(bytes: &[u8]) -> (BTreeMap<String, RawTensor>, BTreeMap<String, String>) {
+        let st = SafetensorsFile::from_bytes(bytes.to_vec()).unwrap();
+        let tensors = st.keys().map(|k| (k.to_string(), st.raw_tensor(k).unwrap())).collect();
+        (tensors, st.metadata().clone())
+    }
+
     fn kiln_quant_dynamic(model: Sequential) -> QuantSequential {
         let mut m = model;
         // give BatchNorm some running statistics to carry
@@ -701,13 +684,10 @@ mod tests {
         std::fs::write(&path, &bad).unwrap();
         assert!(matches!(QuantSequential::load(&path), Err(QuantError::Format { .. })));
         // a valid file whose layer list disagrees with its tensors: the field is named
-        let st = SafeTensors::deserialize(&good).unwrap();
-        let (_, meta) = SafeTensors::read_metadata(&good).unwrap();
-        let mut md = meta.metadata().clone().unwrap();
+        let (tensors, mut md) = parts(&good);
         let layers = md["layers"].replace("\"in_features\":36", "\"in_features\":37");
         md.insert("layers".into(), layers);
-        let rewritten = safetensors::serialize(st.tensors(), &Some(md.clone())).unwrap();
-        std::fs::write(&path, rewritten).unwrap();
+        kiln_nn::serialize::save_raw(&path, &tensors, &md).unwrap();
         match QuantSequential::load(&path) {
             Err(QuantError::Field { field, expected, found, .. }) => {
                 assert_eq!(field, "5.weight");
@@ -716,7 +696,7 @@ mod tests {
             other => panic!("{:?}", other.map(|_| ())),
         }
         md.insert("format".into(), "pt".into());
-        std::fs::write(&path, safetensors::serialize(st.tensors(), &Some(md)).unwrap()).unwrap();
+        kiln_nn::serialize::save_raw(&path, &tensors, &md).unwrap();
         let e = QuantSequential::load(&path).err().unwrap();
         assert!(e.to_string().ends_with("field `__metadata__.format`: expected \"kiln-quant\", found pt"), "{e}");
         std::fs::remove_file(&path).unwrap();
@@ -751,15 +731,13 @@ mod tests {
             std::fs::write(&path, &good[..cut]).unwrap();
             assert!(matches!(QuantLSTM::load(&path), Err(QuantError::Format { .. })), "cut {cut}");
         }
-        let st = SafeTensors::deserialize(&good).unwrap();
-        let (_, meta) = SafeTensors::read_metadata(&good).unwrap();
-        let md = meta.metadata().clone().unwrap();
+        let (tensors, md) = parts(&good);
         let rewrite = |key: &str, from: &str, to: &str| {
             let mut md = md.clone();
             let v = md[key].replace(from, to);
             assert_ne!(v, md[key], "{from} not in {key}");
             md.insert(key.into(), v);
-            std::fs::write(&path, safetensors::serialize(st.tensors(), &Some(md)).unwrap()).unwrap();
+            kiln_nn::serialize::save_raw(&path, &tensors, &md).unwrap();
             QuantLSTM::load(&path).err().expect("loaded a bad file").to_string()
         };
         let e = rewrite("config", "\"hidden_size\":5", "\"hidden_size\":6");

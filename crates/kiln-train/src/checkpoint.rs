@@ -294,7 +294,26 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Writes the checkpoint to `path` atomically ([`save_checkpoint`]).
+    /// Writes the checkpoint to `path` atomically ([`save_checkpoint`]): a crash or an error
+    /// mid-write leaves the previous file intact.
+    ///
+    /// ```
+    /// use kiln_nn::{Linear, Module};
+    /// use kiln_train::{Checkpoint, TrainError};
+    /// let dir = std::env::temp_dir().join(format!("kiln-doc-ckpt-save-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let model: Linear = Linear::new(3, 2);
+    /// let path = dir.join("epoch3.ckpt");
+    /// Checkpoint::new(3, &model).save(&path).unwrap();
+    ///
+    /// let back = Checkpoint::load(&path).unwrap();
+    /// assert_eq!(back.epoch, 3);
+    /// assert_eq!(back.model, model.state_dict());
+    /// // A folder that does not exist: a typed error naming the file.
+    /// let err = Checkpoint::new(3, &model).save(dir.join("no/such/folder/x.ckpt")).unwrap_err();
+    /// assert!(matches!(err, TrainError::Io { .. }) && err.to_string().contains("x.ckpt"), "{err}");
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// ```
     ///
     /// # Errors
     /// As [`save_checkpoint`].

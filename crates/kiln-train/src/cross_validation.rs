@@ -11,7 +11,7 @@
 //! let xs: Vec<f32> = (0..20).map(|i| if i % 2 == 0 { -1.0 - i as f32 / 20.0 } else { 1.0 + i as f32 / 20.0 }).collect();
 //! let labels: Vec<usize> = (0..20).map(|i| i % 2).collect();
 //! let x = Tensor::from_vec(xs, &[20, 1]);
-//! let y = Targets::Classes(labels.clone());
+//! let y = Targets::from(labels.clone());
 //! let report = cross_validate(4, true, 0, &labels,
 //!     |_fold| Linear::<f32>::new(1, 2),
 //!     |model, fold| {
@@ -67,7 +67,7 @@ impl CvFold {
 pub fn select_batches(inputs: &Tensor<f32>, targets: &Targets, indices: &[usize], batch_size: usize) -> Vec<Batch> {
     let x = inputs.index_select(0, indices);
     let t = match targets {
-        Targets::Classes(c) => Targets::Classes(indices.iter().map(|&i| c[i]).collect()),
+        Targets::Classes(c) => Targets::from(indices.iter().map(|&i| c.data[i]).collect::<Vec<_>>()),
         Targets::Values(v) => Targets::Values(v.index_select(0, indices)),
     };
     tensor_batches(&x, &t, batch_size)

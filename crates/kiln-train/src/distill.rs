@@ -11,7 +11,7 @@ use kiln_tensor::{Float, Indices, Tensor};
 
 use crate::error::TrainError;
 use crate::history::History;
-use crate::source::{class_indices, BatchSource};
+use crate::source::BatchSource;
 use crate::trainer::Trainer;
 
 /// A model that can return named intermediate outputs along with its output, in one forward
@@ -125,7 +125,7 @@ impl FeatureTerm {
 /// let mut distiller = Distiller::new(teacher, student, 4.0, 0.9).feature_projected("1", "1", 0.5, Linear::new(8, 16));
 /// let mut opt = Adam::new(distiller.parameters(), AdamConfig { lr: 1e-2, ..Default::default() });
 /// let x: Tensor<f32> = Tensor::randn(&[32, 4], &mut Rng::new(0));
-/// let data = vec![Batch { inputs: x, targets: Targets::Classes((0..32).map(|i| i % 3).collect()) }];
+/// let data = vec![Batch { inputs: x, targets: Targets::from((0..32usize).map(|i| i % 3).collect::<Vec<_>>()) }];
 /// let history = distiller.fit(&mut Trainer::new(30).verbosity(Verbosity::Silent), &mut opt, &data, None).unwrap();
 /// let loss = history.get("loss");
 /// assert!(loss[29] < loss[0]);
@@ -254,7 +254,7 @@ where
         teacher.eval();
         let (teacher, temperature, alpha, features) = (&*teacher, *temperature, *alpha, &*features);
         let mut train_step = |student: &S, batch: &Batch| {
-            step(teacher, student, temperature, alpha, features, &batch.inputs, &class_indices(&batch.targets))
+            step(teacher, student, temperature, alpha, features, &batch.inputs, batch.targets.class_indices())
         };
         trainer.fit_with(student, optimizer, &mut train_step, &CrossEntropyLoss::default(), train, val)
     }
@@ -321,7 +321,7 @@ mod tests {
         let mut teacher = teacher();
         // a teacher that knows something: a few full-batch steps on the labels
         let mut opt = Adam::new(teacher.parameters(), AdamConfig { lr: 1e-2, ..Default::default() });
-        let batches = tensor_batches(&x, &Targets::Classes(y), 16);
+        let batches = tensor_batches(&x, &Targets::from(y), 16);
         Trainer::new(20)
             .verbosity(Verbosity::Silent)
             .fit(&mut teacher, &mut opt, &CrossEntropyLoss::default(), &batches, None)
@@ -378,7 +378,7 @@ mod tests {
         };
         let before = feature_gap(&distiller);
         let mut opt = SGD::new(distiller.parameters(), SGDConfig { lr: 0.05, ..Default::default() });
-        let batches = tensor_batches(&x, &Targets::Classes(targets.data.clone()), 64);
+        let batches = tensor_batches(&x, &Targets::Classes(targets.clone()), 64);
         distiller.fit(&mut Trainer::new(20).verbosity(Verbosity::Silent), &mut opt, &batches, None).unwrap();
         let after = feature_gap(&distiller);
         assert!(after < 0.5 * before, "feature MSE {before} -> {after}");

@@ -3,7 +3,6 @@
 use kiln_autograd::Var;
 use kiln_data::{Batch, Collate, DataLoader, Dataset, Targets};
 use kiln_nn::{BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, L1Loss, MSELoss, NLLLoss, SmoothL1Loss};
-use kiln_tensor::Indices;
 
 /// A source of batches for one epoch: a [`DataLoader`] with the default collate step, or
 /// batches held in memory.
@@ -36,11 +35,6 @@ impl BatchSource for Vec<Batch> {
     }
 }
 
-/// The targets of a batch as the forms losses and metrics take.
-pub(crate) fn class_indices(t: &Targets) -> Indices {
-    Indices::from_vec(t.classes().to_vec())
-}
-
 /// A loss the trainer can apply to a model's output and a batch's targets.
 ///
 /// Implemented for kiln-nn's loss modules (class-index losses take [`Targets::Classes`],
@@ -59,13 +53,13 @@ impl<F: Fn(&Var<f32>, &Targets) -> Var<f32>> TrainLoss for F {
 
 impl TrainLoss for CrossEntropyLoss<f32> {
     fn loss(&self, output: &Var<f32>, targets: &Targets) -> Var<f32> {
-        self.forward(output, &class_indices(targets))
+        self.forward(output, targets.class_indices())
     }
 }
 
 impl TrainLoss for NLLLoss<f32> {
     fn loss(&self, output: &Var<f32>, targets: &Targets) -> Var<f32> {
-        self.forward(output, &class_indices(targets))
+        self.forward(output, targets.class_indices())
     }
 }
 

@@ -18,7 +18,7 @@ use crate::callbacks::{BatchContext, Callback, EpochContext, StepContext};
 use crate::checkpoint::TrainingState;
 use crate::error::TrainError;
 use crate::history::{EpochLogs, History};
-use crate::source::{class_indices, BatchSource, TrainLoss};
+use crate::source::{BatchSource, TrainLoss};
 
 /// A metric factory: the trainer makes a fresh metric for training and one for validation
 /// every epoch.
@@ -175,7 +175,35 @@ impl Trainer {
     }
 
     /// Trains `model` on `train` for the configured epochs, validating on `val` after each
-    /// epoch, and returns the per-epoch figures.
+    /// epoch, and returns the per-epoch figures (Keras' `model.fit`).
+    ///
+    /// ```
+    /// use kiln_data::{Batch, Targets};
+    /// use kiln_metrics::Accuracy;
+    /// use kiln_nn::{CrossEntropyLoss, Linear, Module};
+    /// use kiln_optim::{Adam, AdamConfig};
+    /// use kiln_tensor::Tensor;
+    /// use kiln_train::{tensor_batches, TrainError, Trainer, Verbosity};
+    /// // Two classes on a line: x < 0 is class 0, x > 0 class 1.
+    /// let x = Tensor::from_vec((0..32).map(|i| (i as f32 - 15.5) / 8.0).collect(), &[32, 1]);
+    /// let y = Targets::from((0..32).map(|i| usize::from(i >= 16)).collect::<Vec<_>>());
+    /// let data = tensor_batches(&x, &y, 8);
+    /// kiln_nn::init::manual_seed(0);
+    /// let mut model: Linear = Linear::new(1, 2);
+    /// let mut opt = Adam::new(model.parameters(), AdamConfig { lr: 0.1, ..Default::default() });
+    /// let mut trainer =
+    ///     Trainer::new(30).verbosity(Verbosity::Silent).metric("accuracy", || Accuracy::multiclass(2));
+    /// let loss = CrossEntropyLoss::default();
+    /// let history = trainer.fit(&mut model, &mut opt, &loss, &data, Some(&data)).unwrap();
+    /// assert_eq!(history.get("val_accuracy").last(), Some(&1.0));
+    /// let train_loss = history.get("loss");
+    /// assert!(train_loss[29] < train_loss[0] / 2.0);
+    ///
+    /// // No training data is an error, not an empty history.
+    /// let empty: Vec<Batch> = Vec::new();
+    /// let err = trainer.fit(&mut model, &mut opt, &loss, &empty, None).unwrap_err();
+    /// assert!(matches!(err, TrainError::EmptyData { .. }), "{err}");
+    /// ```
     ///
     /// # Errors
     /// [`TrainError::NonFiniteLoss`] naming the epoch and batch where the training loss became
@@ -428,9 +456,9 @@ fn update_metrics(metrics: &mut [Box<dyn Metric<Output = f64>>], out: &Tensor<f3
     }
     match targets {
         Targets::Classes(_) => {
-            let t = class_indices(targets);
+            let t = targets.class_indices();
             for m in metrics.iter_mut() {
-                m.update(out, &t);
+                m.update(out, t);
             }
         }
         Targets::Values(v) => {
@@ -466,7 +494,7 @@ pub fn tensor_batches(inputs: &Tensor<f32>, targets: &Targets, batch_size: usize
         .map(|s| {
             let len = batch_size.min(n - s);
             let t = match targets {
-                Targets::Classes(c) => Targets::Classes(c[s..s + len].to_vec()),
+                Targets::Classes(c) => Targets::from(c.data[s..s + len].to_vec()),
                 Targets::Values(v) => Targets::Values(v.narrow(0, s, len).contiguous()),
             };
             Batch { inputs: inputs.narrow(0, s, len).contiguous(), targets: t }

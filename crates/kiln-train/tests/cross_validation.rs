@@ -14,7 +14,7 @@ use kiln_train::{cross_validate, CrossValidation, EpochLogs, Trainer, Verbosity}
 #[test]
 fn stratified_five_fold_trains_a_fresh_model_per_fold() {
     let (x, labels) = blobs(60, 8);
-    let y = Targets::Classes(labels.clone());
+    let y = Targets::from(labels.clone());
     let made = RefCell::new(Vec::new());
     let seen_val = RefCell::new(Vec::new());
     let report = cross_validate(

@@ -117,6 +117,32 @@ impl Mnist {
 
     /// Loads `split` from the folder `dir` holding the IDX files (gzip or not).
     ///
+    /// ```
+    /// use kiln_data::datasets::{Mnist, Split};
+    /// use kiln_data::{DataError, Dataset};
+    /// // Two 28x28 test images in MNIST's IDX format: a big-endian header (magic 0x0803 for
+    /// // unsigned bytes in 3 dimensions, then the sizes) and the pixels, 0..=255.
+    /// let dir = std::env::temp_dir().join(format!("kiln-doc-mnist-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let mut images = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28];
+    /// images.extend((0..2 * 784).map(|i| (i % 256) as u8));
+    /// std::fs::write(dir.join("t10k-images-idx3-ubyte"), &images).unwrap();
+    /// std::fs::write(dir.join("t10k-labels-idx1-ubyte"), [0, 0, 8, 1, 0, 0, 0, 2, 7, 3]).unwrap();
+    ///
+    /// let test = Mnist::new(&dir, Split::Test).unwrap();
+    /// assert_eq!(test.len(), 2);
+    /// let (image, label) = test.get(1);
+    /// assert_eq!((image.shape(), label), ([1, 28, 28], 3));
+    /// assert_eq!((image.data[0] * 255.0).round(), 16.0); // byte 784 of the pixels: 784 % 256
+    ///
+    /// // A label above 9 is a typed error naming the file.
+    /// std::fs::write(dir.join("t10k-labels-idx1-ubyte"), [0, 0, 8, 1, 0, 0, 0, 2, 7, 12]).unwrap();
+    /// let err = Mnist::new(&dir, Split::Test).unwrap_err();
+    /// assert!(matches!(err, DataError::Format { .. }), "{err}");
+    /// assert!(err.to_string().contains("t10k-labels-idx1-ubyte"), "{err}");
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`DataError::NotFound`] when a file is missing, the errors of [`read_idx`], a

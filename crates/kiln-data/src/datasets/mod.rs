@@ -10,6 +10,7 @@ use std::path::PathBuf;
 mod cifar10;
 mod csv;
 mod digits;
+#[cfg(feature = "image")]
 mod image_folder;
 mod imdb;
 mod mnist;
@@ -18,6 +19,7 @@ mod ptb;
 pub use cifar10::Cifar10;
 pub use csv::{CsvDataset, CsvOptions, CsvTarget, TargetColumn};
 pub use digits::Digits;
+#[cfg(feature = "image")]
 pub use image_folder::ImageFolder;
 pub use imdb::{Imdb, ImdbConfig, ImdbReviews, WordIndex};
 pub use mnist::{read_idx, read_idx_bytes, FashionMnist, Idx, Mnist};

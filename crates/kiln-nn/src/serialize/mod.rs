@@ -3,8 +3,11 @@
 //! PyTorch (`safetensors.torch.save_file(model.state_dict(), ...)` /
 //! `model.load_state_dict(safetensors.torch.load_file(...))`) by name.
 //!
-//! - [`save`] / [`load`]: a model's parameters and buffers to and from a file.
+//! - [`save`] / [`load`]: a model's parameters and buffers to and from a file; [`save_as`]
+//!   writes them as `BF16` or `F16` (half the size), and [`load`] reads every float dtype.
 //! - [`save_state_dict`] / [`load_state_dict_file`]: the same for a raw [`StateDict`].
+//! - [`save_raw`] with [`RawTensor`]s: tensors already encoded (integer, quantised, bfloat16
+//!   data), read back with [`SafetensorsFile::raw_tensor`].
 //! - [`load_mapped`] with a [`KeyMap`]: a foreign state dict whose keys need renaming, with a
 //!   [`KeyMapReport`] of what matched.
 //! - [`SafetensorsFile`]: an open, checked, memory-mapped file, to inspect or read tensors
@@ -19,8 +22,9 @@
 //! An 8-byte little-endian header length `N`, `N` bytes of JSON mapping each tensor name to
 //! `{"dtype", "shape", "data_offsets": [begin, end]}` (plus an optional `__metadata__` map of
 //! strings), then the data section: every tensor's elements, row-major, little-endian, with
-//! no holes. kiln writes its element type (`F32` or `F64`), and `I64` for the counts PyTorch
-//! keeps as integers (BatchNorm's `num_batches_tracked`); it reads `F16`, `BF16`, `F32` and
+//! no holes. kiln writes its element type (`F32` or `F64`) or the one [`save_as`] asks for
+//! (`BF16`, `F16`), and `I64` for the counts PyTorch keeps as integers (BatchNorm's
+//! `num_batches_tracked`); it reads `F16`, `BF16`, `F32` and
 //! `F64` into either element type (converting when they differ). Its metadata always holds
 //! `kiln_version` and, unless given, `format: pt` (what `transformers` looks for).
 //!
@@ -34,6 +38,15 @@
 //! # Safety of writing
 //! Every save goes through [`write_atomic`]: a temporary file in the same folder, fsynced and
 //! renamed over the target, so a failed save leaves the previous file intact.
+//!
+//! # One implementation
+//! This module is kiln's one safetensors reader and writer: kiln-quant's model files and
+//! kiln-optim's state files go through it too. The reference `safetensors` crate is the
+//! independent oracle of its tests (both read each other's files), rather than its engine,
+//! because this reader names the key and the reason of every refusal (the crate reports
+//! `TensorInvalidInfo` or `InvalidHeaderDeserialization` without either, and keeps the last
+//! of two entries with the same key), and this writer streams into [`write_atomic`] where the
+//! crate builds the whole file in memory or writes it in place.
 
 mod architecture;
 mod atomic;
@@ -56,6 +69,7 @@ pub use keymap::{KeyMap, KeyMapReport};
 pub use pt_writer::{pt_bytes, save_pt, save_pt_state_dict, save_pt_tensors, RawTensor, PT_DTYPES};
 pub use pytorch::{looks_like_pytorch, PtFile, PtFormat, PtStorage, PtTensor, PtValue, ALLOWED_GLOBALS, MAX_EXPANSION};
 pub use reader::{SafetensorsFile, TensorInfo};
+pub use writer::RawTensor;
 
 use crate::error::NnError;
 use crate::module::{LoadReport, Module, StateDict};
@@ -86,7 +100,9 @@ pub(crate) fn io_error(path: &Path, action: &str, e: &std::io::Error) -> NnError
 /// `state_dict` keys, atomically.
 ///
 /// `metadata` goes into the file's `__metadata__` map, together with `kiln_version` (which
-/// kiln sets, overriding a value given here) and `format: pt` (unless given).
+/// kiln sets, overriding a value given here) and `format: pt` (unless given). The float
+/// tensors are written in the model's element type (`F32` or `F64`); [`save_as`] writes
+/// `BF16` or `F16` instead.
 ///
 /// ```
 /// use kiln_nn::{load, save, Linear, Module};
@@ -110,6 +126,44 @@ pub fn save<E: Float>(model: &dyn Module<E>, path: impl AsRef<Path>, metadata: &
     save_state_dict(&model.state_dict(), path, metadata)
 }
 
+/// [`save`] with the float tensors written as `dtype`: `Dtype::BF16` or `Dtype::F16` halve the
+/// file (`model.half()` / `model.bfloat16()` before `save_file` in PyTorch), `F32` or `F64`
+/// widen or narrow it. Narrowing rounds to nearest, ties to even, as PyTorch does; counts
+/// (`num_batches_tracked`) stay `I64`. [`load`] reads such a file back into a model of any
+/// element type.
+///
+/// ```
+/// use kiln_nn::serialize::{save_as, Dtype, SafetensorsFile};
+/// use kiln_nn::{load, Linear, Module};
+/// let dir = std::env::temp_dir().join(format!("kiln-doc-save-as-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("linear-bf16.safetensors");
+///
+/// let model: Linear = Linear::new(3, 2);
+/// save_as(&model, &path, &Default::default(), Dtype::BF16).unwrap();
+/// assert_eq!(SafetensorsFile::open(&path).unwrap().info("weight").unwrap().dtype, Dtype::BF16);
+///
+/// let back: Linear = Linear::new(3, 2);
+/// load(&back, &path, true).unwrap();
+/// for (a, b) in back.weight.value().to_vec().iter().zip(model.weight.value().to_vec()) {
+///     assert!((a - b).abs() <= b.abs() / 256.0); // bfloat16 keeps 8 significant bits
+/// }
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// ```
+///
+/// **Panics** if `dtype` is not a float dtype (`F16`, `BF16`, `F32` or `F64`).
+///
+/// # Errors
+/// [`NnError::Io`] when the file cannot be written (the previous file, if any, is intact).
+pub fn save_as<E: Float>(
+    model: &dyn Module<E>,
+    path: impl AsRef<Path>,
+    metadata: &Metadata,
+    dtype: Dtype,
+) -> Result<(), NnError> {
+    save_state_dict_as(&model.state_dict(), path, metadata, dtype)
+}
+
 /// Saves a state dict to a `.safetensors` file, atomically (see [`save`] for the metadata).
 ///
 /// # Errors
@@ -120,9 +174,57 @@ pub fn save_state_dict<E: Float>(
     path: impl AsRef<Path>,
     metadata: &Metadata,
 ) -> Result<(), NnError> {
+    save_state_dict_as(state, path, metadata, Dtype::of::<E>())
+}
+
+/// [`save_state_dict`] with the float tensors written as `dtype` (see [`save_as`]).
+///
+/// **Panics** if `dtype` is not a float dtype (`F16`, `BF16`, `F32` or `F64`).
+///
+/// # Errors
+/// Those of [`save_state_dict`].
+pub fn save_state_dict_as<E: Float>(
+    state: &StateDict<E>,
+    path: impl AsRef<Path>,
+    metadata: &Metadata,
+    dtype: Dtype,
+) -> Result<(), NnError> {
     let path = path.as_ref();
     let metadata = with_kiln_metadata(metadata);
-    let plan = writer::Plan::new(path, state, &metadata)?;
+    let plan = writer::Plan::new(path, state, &metadata, dtype)?;
+    write_atomic(path, |w| plan.write(w))
+}
+
+/// Saves tensors given as encoded bytes (integer, quantised or bfloat16 data: see
+/// [`RawTensor`]) to a `.safetensors` file, atomically, with `metadata` completed as [`save`]
+/// does. kiln-quant's model files and optimiser state files are written through this.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use kiln_nn::serialize::{save_raw, Dtype, RawTensor, SafetensorsFile};
+/// let dir = std::env::temp_dir().join(format!("kiln-doc-save-raw-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("labels.safetensors");
+/// let mut tensors = BTreeMap::new();
+/// tensors.insert("labels".to_string(), RawTensor::from_i64(&[3, 1, 4], &[3]));
+/// save_raw(&path, &tensors, &Default::default()).unwrap();
+///
+/// let file = SafetensorsFile::open(&path).unwrap();
+/// assert_eq!(file.tensor_i64("labels").unwrap(), (vec![3, 1, 4], vec![3]));
+/// assert_eq!(file.raw_tensor("labels").unwrap(), tensors["labels"]);
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// ```
+///
+/// # Errors
+/// Those of [`save_state_dict`].
+pub fn save_raw(
+    path: impl AsRef<Path>,
+    tensors: &BTreeMap<String, RawTensor>,
+    metadata: &Metadata,
+) -> Result<(), NnError> {
+    let path = path.as_ref();
+    let metadata = with_kiln_metadata(metadata);
+    let plan = writer::Plan::raw(path, tensors, &metadata)?;
     write_atomic(path, |w| plan.write(w))
 }
 
@@ -289,7 +391,7 @@ mod tests {
 
         let new = state(2.0, 300);
         let meta = with_kiln_metadata(&Metadata::new());
-        let plan = writer::Plan::new(&path, &new, &meta).unwrap();
+        let plan = writer::Plan::new(&path, &new, &meta, Dtype::F32).unwrap();
         let mut full = Vec::new();
         plan.write(&mut full).unwrap();
         // Every failure point in the header and the first tensor, then coarser steps.
@@ -344,7 +446,7 @@ mod tests {
     fn header_is_padded_and_counts_are_i64() {
         let meta = with_kiln_metadata(&Metadata::new());
         let sd = state(3.0, 5);
-        let plan = writer::Plan::new(Path::new("x"), &sd, &meta).unwrap();
+        let plan = writer::Plan::new(Path::new("x"), &sd, &meta, Dtype::F32).unwrap();
         let mut bytes = Vec::new();
         plan.write(&mut bytes).unwrap();
         let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;

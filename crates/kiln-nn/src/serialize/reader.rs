@@ -8,13 +8,15 @@ use std::fs::File;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
-use kiln_tensor::{Float, Tensor};
+use half::bf16;
+use kiln_tensor::{Bf16Tensor, Float, Tensor};
 use memmap2::Mmap;
 use serde::de::{DeserializeSeed, Error as _, MapAccess, Visitor};
 use serde::Deserialize;
 
 use super::dtype::{bf16_to_f32, f16_to_f32, Dtype};
 use super::keymap::{KeyMap, KeyMapReport};
+use super::writer::RawTensor;
 use super::{io_error, is_integer_buffer, load_checked, Metadata};
 use crate::error::NnError;
 use crate::module::{Module, StateDict};
@@ -191,6 +193,35 @@ impl SafetensorsFile {
             return Err(self.wrong_dtype(key, info.dtype, "a float dtype (F16, BF16, F32 or F64)"));
         }
         Ok(Tensor::from_vec(decode_float(info.dtype, self.raw_bytes(key)?), &info.shape))
+    }
+
+    /// A tensor's dtype, shape and bytes as they are in the file, whatever the dtype (the
+    /// counterpart of [`save_raw`](super::save_raw)).
+    ///
+    /// # Errors
+    /// [`NnError::NoSuchTensor`].
+    pub fn raw_tensor(&self, key: &str) -> Result<RawTensor, NnError> {
+        let info = self.entry(key)?;
+        Ok(RawTensor { dtype: info.dtype, shape: info.shape.clone(), data: self.raw_bytes(key)?.to_vec() })
+    }
+
+    /// A float tensor as bfloat16 storage: `BF16` data bit for bit (never widened to `f32` on
+    /// the way), `F16`/`F32`/`F64` rounded to nearest, ties to even.
+    ///
+    /// # Errors
+    /// [`NnError::NoSuchTensor`]; [`NnError::WrongDtype`] for an integer, boolean or 8-bit
+    /// float dtype.
+    pub fn tensor_bf16(&self, key: &str) -> Result<Bf16Tensor, NnError> {
+        let info = self.entry(key)?;
+        let b = self.raw_bytes(key)?;
+        let data: Vec<bf16> = match info.dtype {
+            Dtype::BF16 => b.chunks_exact(2).map(|c| bf16::from_bits(u16::from_le_bytes(le(c)))).collect(),
+            Dtype::F16 => b.chunks_exact(2).map(|c| bf16::from_f32(f16_to_f32(u16::from_le_bytes(le(c))))).collect(),
+            Dtype::F32 => b.chunks_exact(4).map(|c| bf16::from_f32(f32::from_le_bytes(le(c)))).collect(),
+            Dtype::F64 => b.chunks_exact(8).map(|c| bf16::from_f64(f64::from_le_bytes(le(c)))).collect(),
+            other => return Err(self.wrong_dtype(key, other, "a float dtype (F16, BF16, F32 or F64)")),
+        };
+        Ok(Bf16Tensor::from_vec(data, &info.shape))
     }
 
     /// An integer (or boolean) tensor as `i64`s with its shape: class labels, token ids,

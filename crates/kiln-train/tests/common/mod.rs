@@ -25,14 +25,14 @@ pub fn blobs(n: usize, seed: u64) -> (Tensor<f32>, Vec<usize>) {
 /// `blobs` as in-memory class batches.
 pub fn blob_batches(n: usize, seed: u64, batch_size: usize) -> Vec<Batch> {
     let (x, y) = blobs(n, seed);
-    tensor_batches(&x, &Targets::Classes(y), batch_size)
+    tensor_batches(&x, &Targets::from(y), batch_size)
 }
 
 /// The same inputs with every label flipped: training on `blob_batches` makes the loss on
 /// these rise epoch after epoch.
 pub fn flipped_blob_batches(n: usize, seed: u64, batch_size: usize) -> Vec<Batch> {
     let (x, y) = blobs(n, seed);
-    tensor_batches(&x, &Targets::Classes(y.iter().map(|c| 1 - c).collect()), batch_size)
+    tensor_batches(&x, &Targets::from(y.iter().map(|c| 1 - c).collect::<Vec<_>>()), batch_size)
 }
 
 /// Held while seeding kiln-nn's process-wide generator and drawing from it: the tests of one
