@@ -291,7 +291,7 @@ impl Weights {
         let tensors: Vec<(String, RawTensor)> = self
             .tensors
             .iter()
-            .map(|e| (e.key.clone(), RawTensor { dtype: e.dtype, shape: e.shape.clone(), bytes: e.bytes.clone() }))
+            .map(|e| (e.key.clone(), RawTensor { dtype: e.dtype, shape: e.shape.clone(), data: e.bytes.clone() }))
             .collect();
         Ok(save_pt_tensors(&tensors, out)?)
     }

@@ -24,7 +24,7 @@ fn script(name: &str) -> PathBuf {
 }
 
 fn raw(dtype: Dtype, shape: &[usize], bytes: Vec<u8>) -> RawTensor {
-    RawTensor { dtype, shape: shape.to_vec(), bytes }
+    RawTensor { dtype, shape: shape.to_vec(), data: bytes }
 }
 
 fn le<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u8> {

@@ -241,8 +241,9 @@ fn early_stopping() {
     kiln::nn::init::manual_seed(0);
     // Random inputs with random labels: the training loss falls, the validation loss soon rises.
     let mut rng = Rng::new(3);
-    let mut labels =
-        |n: usize| kiln::data::Targets::Classes((0..n).map(|_| (rng.next_f64() * 3.0) as usize % 3).collect());
+    let mut labels = |n: usize| {
+        kiln::data::Targets::from((0..n).map(|_| (rng.next_f64() * 3.0) as usize % 3).collect::<Vec<usize>>())
+    };
     let (y, val_y) = (labels(64), labels(64));
     let mut rng = Rng::new(4);
     let (x, val_x): (Tensor, Tensor) = (Tensor::randn(&[64, 4], &mut rng), Tensor::randn(&[64, 4], &mut rng));

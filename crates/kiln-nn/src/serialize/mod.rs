@@ -66,7 +66,7 @@ pub use architecture::sequential_from_json;
 pub use atomic::write_atomic;
 pub use dtype::Dtype;
 pub use keymap::{KeyMap, KeyMapReport};
-pub use pt_writer::{pt_bytes, save_pt, save_pt_state_dict, save_pt_tensors, RawTensor, PT_DTYPES};
+pub use pt_writer::{pt_bytes, save_pt, save_pt_state_dict, save_pt_tensors, PT_DTYPES};
 pub use pytorch::{looks_like_pytorch, PtFile, PtFormat, PtStorage, PtTensor, PtValue, ALLOWED_GLOBALS, MAX_EXPANSION};
 pub use reader::{SafetensorsFile, TensorInfo};
 pub use writer::RawTensor;

@@ -28,24 +28,13 @@ use super::{is_integer_buffer, write_atomic};
 use crate::error::NnError;
 use crate::module::{Module, StateDict};
 
+pub use super::writer::RawTensor;
+
 /// The folder the records sit in (what `torch.save` uses).
 const PREFIX: &str = "archive";
 
 /// The alignment of storage records in PyTorch's zip writer.
 const ALIGNMENT: u64 = 64;
-
-/// One tensor to write in a checkpoint: its dtype, shape and elements as contiguous,
-/// row-major, little-endian bytes (what [`PtFile::contiguous_bytes`](super::PtFile::contiguous_bytes)
-/// and [`SafetensorsFile::raw_bytes`](super::SafetensorsFile::raw_bytes) give).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RawTensor {
-    /// The element type: one of [`PT_DTYPES`].
-    pub dtype: Dtype,
-    /// The dimension sizes (`[]` for a 0-d tensor).
-    pub shape: Vec<usize>,
-    /// `numel * dtype.size()` bytes.
-    pub bytes: Vec<u8>,
-}
 
 /// The dtypes a checkpoint can hold, each with PyTorch's storage class.
 pub const PT_DTYPES: &[(Dtype, &str)] = &[
@@ -71,7 +60,7 @@ impl RawTensor {
         } else {
             (Dtype::F64, v.iter().flat_map(|x| Float::to_f64(*x).to_le_bytes()).collect())
         };
-        RawTensor { dtype, shape: t.shape().to_vec(), bytes }
+        RawTensor { dtype, shape: t.shape().to_vec(), data: bytes }
     }
 
     /// The number of elements.
@@ -108,7 +97,7 @@ fn plan(path: &Path, tensors: &[(String, RawTensor)]) -> Result<Vec<u8>, NnError
             checkpoint_error(path, "", format!("tensor `{key}`: PyTorch has no storage type for dtype {}", t.dtype))
         })?;
         let numel = t.numel();
-        if numel.checked_mul(t.dtype.size()) != Some(t.bytes.len()) {
+        if numel.checked_mul(t.dtype.size()) != Some(t.data.len()) {
             return Err(checkpoint_error(
                 path,
                 "",
@@ -116,7 +105,7 @@ fn plan(path: &Path, tensors: &[(String, RawTensor)]) -> Result<Vec<u8>, NnError
                     "tensor `{key}`: {} {:?} needs {numel} elements but {} bytes were given",
                     t.dtype,
                     t.shape,
-                    t.bytes.len()
+                    t.data.len()
                 ),
             ));
         }
@@ -163,7 +152,7 @@ fn write_records<W: Write>(pickle: &[u8], tensors: &[(String, RawTensor)], out: 
     zip.add(&format!("{PREFIX}/data.pkl"), pickle)?;
     zip.add(&format!("{PREFIX}/byteorder"), b"little")?;
     for (n, (_, t)) in tensors.iter().enumerate() {
-        zip.add(&format!("{PREFIX}/data/{n}"), &t.bytes)?;
+        zip.add(&format!("{PREFIX}/data/{n}"), &t.data)?;
     }
     zip.add(&format!("{PREFIX}/version"), b"3\n")?;
     zip.finish()?;
@@ -197,7 +186,7 @@ pub fn save_pt_state_dict<E: Float>(state: &StateDict<E>, path: impl AsRef<Path>
                 RawTensor {
                     dtype: Dtype::I64,
                     shape: t.shape().to_vec(),
-                    bytes: v.iter().flat_map(|x| (Float::to_f64(*x) as i64).to_le_bytes()).collect(),
+                    data: v.iter().flat_map(|x| (Float::to_f64(*x) as i64).to_le_bytes()).collect(),
                 }
             } else {
                 RawTensor::from_tensor(t)
@@ -243,7 +232,7 @@ mod tests {
     use super::*;
 
     fn raw(dtype: Dtype, shape: &[usize], bytes: Vec<u8>) -> RawTensor {
-        RawTensor { dtype, shape: shape.to_vec(), bytes }
+        RawTensor { dtype, shape: shape.to_vec(), data: bytes }
     }
 
     /// One tensor of every dtype PyTorch's `weights_only` loader takes, with awkward shapes.
@@ -285,7 +274,7 @@ mod tests {
             assert_eq!(t.shape, want.shape, "{k}");
             assert!(t.is_contiguous(), "{k}");
             assert!(!t.requires_grad, "{k}");
-            assert_eq!(f.contiguous_bytes(t), want.bytes, "{k}");
+            assert_eq!(f.contiguous_bytes(t), want.data, "{k}");
         }
         assert_eq!(f.tensor_i64("i64", read[4].1).unwrap(), [-(1i64 << 40)]);
         assert_eq!(f.tensor::<f32>("bf16", read[3].1).unwrap().to_vec(), [1.0, -3.140625]);
