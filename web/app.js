@@ -176,11 +176,13 @@ async function classify() {
         demo.predicted = null;
         showProbabilities(null);
       } else {
+        // ANCHOR: infer
         const input = normalise(image);
         const feeds = { [session.inputNames[0]]: new ort.Tensor('float32', input, [1, 1, SIDE, SIDE]) };
         const out = await session.run(feeds);
         if (gen !== generation) continue;
         const probs = softmax(out[session.outputNames[0]].data);
+        // ANCHOR_END: infer
         demo.input = Array.from(input);
         demo.probabilities = probs;
         demo.predicted = probs.indexOf(Math.max(...probs));
