@@ -9,6 +9,8 @@ use kiln_tensor::{Float, Indices, Labels, Tensor};
 
 use crate::NnError;
 
+pub use crate::layers::upsample::{interpolate, InterpolateMode, InterpolateOptions, Resize};
+
 /// How a loss reduces its per-element values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Reduction {

@@ -497,6 +497,7 @@ mod tests {
         "GRU",
         "GRUCell",
         "HiddenStateOnly",
+        "InstanceNorm",
         "LearnedPositionalEmbedding",
         "LSTM",
         "LSTMCell",
