@@ -26,8 +26,9 @@
 //!   sits, through `set_training`.
 //!
 //! A target name that matches a layer `inject` cannot adapt (a plain `Linear` field, a
-//! convolution) is an error naming it. Conv2d and MultiheadAttention's packed projections
-//! have no adapter yet.
+//! convolution with `groups > 1`) is an error naming it. A [`Conv2d`](crate::Conv2d) is adapted
+//! the same way, by a [`LoraConv2d`] (PEFT's `lora.Conv2d`: `lora_A` a convolution into `r`
+//! channels with the base kernel, `lora_B` a 1×1 convolution).
 //!
 //! ```
 //! use kiln_nn::lora::{self, LoraConfig};
@@ -58,6 +59,11 @@ use crate::init::{self, FanMode, Nonlinearity};
 use crate::module::{visit_param, Forward, Layer, Module, StateDict, TensorKind};
 use crate::serialize::{load_state_dict_file, save_state_dict, Metadata};
 use crate::{Embedding, Linear, ModuleList, Sequential};
+
+mod conv2d;
+mod multihead_attention;
+pub use conv2d::LoraConv2d;
+pub use multihead_attention::LoraMultiheadAttention;
 
 /// The prefix PEFT's `save_pretrained` puts before every key (`base_model.model.q.lora_A.weight`);
 /// [`load_adapter`] accepts files with or without it.
@@ -555,6 +561,10 @@ fn wrap_boxed<E: Float>(mut layer: Box<dyn Layer<E>>, name: &str, config: &LoraC
         let embedding = layer.downcast::<Embedding<E>>().unwrap_or_else(|_| unreachable!("checked by `is`"));
         return Box::new(LoraEmbedding::new(*embedding));
     }
+    if config.matches(name) && layer.downcast_ref::<crate::Conv2d<E>>().is_some_and(|c| c.config.groups == 1) {
+        let conv = layer.downcast::<crate::Conv2d<E>>().unwrap_or_else(|_| unreachable!("checked by `downcast_ref`"));
+        return Box::new(LoraConv2d::new(*conv));
+    }
     wrap_linears::<E>((*layer).as_any_mut(), &format!("{name}."), config);
     layer
 }
@@ -578,7 +588,11 @@ pub fn inject<E: Float, M: Module<E> + 'static>(model: &mut M, config: &LoraConf
         .named_parameters()
         .into_iter()
         .filter_map(|(k, v)| {
-            let name = if k == "weight" { Some("") } else { k.strip_suffix(".weight") }?;
+            // a layer owns a `weight`, an attention block an `in_proj_weight`
+            let name = match k.as_str() {
+                "weight" | "in_proj_weight" => Some(""),
+                _ => k.strip_suffix(".weight").or_else(|| k.strip_suffix(".in_proj_weight")),
+            }?;
             config.matches(name).then(|| (name.to_string(), v))
         })
         .collect();
@@ -595,8 +609,9 @@ pub fn inject<E: Float, M: Module<E> + 'static>(model: &mut M, config: &LoraConf
         targets.iter().map(|(n, _)| n.as_str()).filter(|n| !probe.reached.iter().any(|r| r == n)).collect();
     if !unreachable.is_empty() {
         return Err(NnError::Config(format!(
-            "lora::inject: cannot adapt {unreachable:?}: only a Linear or an Embedding in a Sequential or \
-             ModuleList, or a field declared as LoraLinear or LoraEmbedding, can take an adapter"
+            "lora::inject: cannot adapt {unreachable:?}: only a Linear, an Embedding or a Conv2d (groups 1) in a \
+             Sequential or ModuleList, or a field declared as LoraLinear, LoraEmbedding or LoraConv2d, can take \
+             an adapter"
         )));
     }
     model.requires_grad_(false);
@@ -615,7 +630,8 @@ pub fn inject<E: Float, M: Module<E> + 'static>(model: &mut M, config: &LoraConf
 
 fn model_position<E: Float, M: Module<E>>(model: &M, name: &str) -> usize {
     let key = if name.is_empty() { "weight".to_string() } else { format!("{name}.weight") };
-    model.named_parameters().iter().position(|(k, _)| *k == key).unwrap_or(usize::MAX)
+    let attention = if name.is_empty() { "in_proj_weight".to_string() } else { format!("{name}.in_proj_weight") };
+    model.named_parameters().iter().position(|(k, _)| *k == key || *k == attention).unwrap_or(usize::MAX)
 }
 
 /// Merges every adapter of `model` into its base weight ([`LoraLinear::merge`]); returns how
