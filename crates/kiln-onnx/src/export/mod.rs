@@ -22,12 +22,15 @@ macro_rules! register_export {
 mod activation;
 mod container;
 mod conv;
+mod conv3d;
 mod embedding;
 mod linear;
 mod norm;
 mod onnx_model;
 mod pool;
 pub mod recurrent;
+mod resample;
+mod rms_instance_norm;
 mod shape;
 mod transformer;
 
