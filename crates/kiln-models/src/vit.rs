@@ -82,7 +82,7 @@ impl VitConfig {
                 return Err(bad(field, "must be > 0, got 0".into()));
             }
         }
-        if self.image_size % self.patch_size != 0 {
+        if !self.image_size.is_multiple_of(self.patch_size) {
             return Err(bad(
                 "image_size",
                 format!("must be a multiple of patch_size {}, got {}", self.patch_size, self.image_size),

@@ -56,8 +56,10 @@ type Key = (usize, TypeId);
 /// Hooks registered anywhere (per-module and per-thread): `call`'s fast path reads only this.
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-/// Per-module hooks: (id, module, `HookFn<E>` as `Any`).
-static MODULE_HOOKS: RwLock<Vec<(u64, Key, Arc<dyn Any + Send + Sync>)>> = RwLock::new(Vec::new());
+/// A registered hook: its id, its module (per-module hooks) and its `HookFn<E>` as `Any`.
+type Registered = (u64, Key, Arc<dyn Any + Send + Sync>);
+/// Per-module hooks.
+static MODULE_HOOKS: RwLock<Vec<Registered>> = RwLock::new(Vec::new());
 
 thread_local! {
     /// This thread's hooks on every module: (id, `HookFn<E>` as `Any`).
@@ -191,7 +193,7 @@ mod tests {
     use kiln_tensor::Tensor;
 
     use super::*;
-    use crate::{sequential, Forward, Linear, Module, ReLU, Sequential};
+    use crate::{sequential, Forward, Linear, ReLU, Sequential};
 
     #[test]
     fn a_module_hook_sees_its_module_only_until_removed() {
