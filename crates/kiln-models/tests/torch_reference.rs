@@ -150,3 +150,23 @@ fn summary_sees_every_layer_of_a_resnet() {
     let layer1 = s.layers.iter().find(|l| l.name == "layer1").unwrap();
     assert_eq!(layer1.output_shape, vec![1, 4, 8, 8]);
 }
+
+#[test]
+fn resnet_summaries_match_torchinfo() {
+    for case in json("torchinfo.json")["cases"].as_array().unwrap() {
+        let mut config = match case["model"].as_str().unwrap() {
+            "resnet18" => ResNetConfig::resnet18(),
+            "resnet34" => ResNetConfig::resnet34(),
+            other => panic!("unknown model {other}"),
+        };
+        config.num_classes = usize_of(case, "num_classes");
+        let mut model = config.build::<f32>().unwrap();
+        model.eval();
+        let shape: Vec<usize> =
+            case["input_shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        let s = kiln_nn::summary(&model, &shape);
+        assert_eq!(s.total_params(), usize_of(case, "total_params"), "{}", case["model"]);
+        assert_eq!(s.mult_adds, case["total_mult_adds"].as_u64().unwrap(), "{}: {s}", case["model"]);
+        assert!(s.unhooked.is_empty());
+    }
+}

@@ -57,26 +57,25 @@ impl ModelSummary {
     }
 }
 
-/// torchinfo's count: for each `weight` and `bias` directly held by a layer, its element count
-/// times the output's positions (the output's elements over its channels: `N·H·W` for a
-/// convolution's `[N, C, H, W]` weight of rank > 2, the product of all but the last dimension
-/// otherwise).
+/// torchinfo's count (`LayerInfo.calculate_macs`, torchinfo 1.8): for each `weight` and
+/// `bias` directly held by a layer, its element count times `N·H·W…` (the batch times the
+/// spatial positions) for a convolution (a `weight` of rank > 2), times the batch `N`
+/// otherwise. So a layer applied along a sequence (`[N, S, D]`) is counted once per sample, as
+/// torchinfo counts it, not once per position.
 fn mult_adds<E: Float>(layer: &dyn Layer<E>, out: &[usize]) -> u64 {
     let mut total = 0u64;
     let mut conv = false;
     layer.visit("", &mut |name, v, _| {
-        if name == "weight" && v.value().shape().len() > 2 {
+        if name == "weight" && v.ndim() > 2 {
             conv = true;
         }
     });
     layer.visit("", &mut |name, v, kind| {
         if kind == TensorKind::Parameter && (name == "weight" || name == "bias") {
             let n = v.numel() as u64;
-            let positions: usize = if conv && out.len() >= 2 {
-                out[0] * out[2..].iter().product::<usize>()
-            } else {
-                out[..out.len().saturating_sub(1)].iter().product()
-            };
+            let batch = out.first().copied().unwrap_or(1);
+            let positions: usize =
+                if conv && out.len() >= 2 { batch * out[2..].iter().product::<usize>() } else { batch };
             total += n * positions as u64;
         }
     });
