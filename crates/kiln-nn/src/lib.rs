@@ -18,6 +18,7 @@ extern crate self as kiln_nn;
 pub mod distillation;
 mod error;
 pub mod functional;
+pub mod hooks;
 #[cfg(test)]
 pub(crate) use kiln_golden as golden;
 pub mod init;
@@ -32,6 +33,7 @@ mod summary;
 pub use distillation::{distillation_loss, DistillationLoss};
 pub use error::NnError;
 pub use functional::{ClassTargets, CrossEntropyOptions, Reduction};
+pub use hooks::{register_forward_hook, register_module_forward_hook, ForwardCall, ForwardHookHandle};
 pub use layers::*;
 pub use loss::{
     BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss, MSELoss, NLLLoss, SmoothL1Loss,

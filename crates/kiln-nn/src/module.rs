@@ -246,6 +246,54 @@ pub trait Layer<E: Float = f32>: Module<E> + Forward<E> + std::fmt::Display {
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
     /// The boxed layer as a boxed [`Any`](std::any::Any), to downcast by value.
     fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
+    /// The layer as a `dyn Layer` (what a forward hook is given).
+    fn as_layer(&self) -> &dyn Layer<E>;
+
+    /// Applies the layer and runs its forward hooks, like calling a module in PyTorch
+    /// (`module(x)`, where `module.forward(x)` runs no hooks): a model's `forward` that applies
+    /// its sub-modules with `call` can be hooked and [`summary`](crate::summary)-ed layer by layer.
+    /// Costs one relaxed atomic load over [`forward`](Forward::forward) when no hook is
+    /// registered. See [`crate::hooks`].
+    ///
+    /// ```
+    /// use kiln_nn::{Forward, Layer, Linear, Module, ReLU, Tensor, Var};
+    /// #[derive(Module)]
+    /// struct Net { fc1: Linear, act: ReLU, fc2: Linear }
+    /// impl Forward for Net {
+    ///     fn forward(&self, x: &Var) -> Var {
+    ///         self.fc2.call(&self.act.call(&self.fc1.call(x)))
+    ///     }
+    /// }
+    /// impl std::fmt::Display for Net {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { write!(f, "Net") }
+    /// }
+    /// let net = Net { fc1: Linear::new(4, 8), act: ReLU, fc2: Linear::new(8, 2) };
+    /// let shapes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    /// let s = shapes.clone();
+    /// let handle = net.fc1.register_forward_hook(move |c| s.lock().unwrap().push(c.output.shape().to_vec()));
+    /// let y = net.call(&Var::constant(Tensor::ones(&[3, 4])));
+    /// assert_eq!(y.shape().as_slice(), &[3, 2]);
+    /// assert_eq!(*shapes.lock().unwrap(), vec![vec![3, 8]]);
+    /// drop(handle); // removes the hook
+    /// ```
+    fn call(&self, x: &Var<E>) -> Var<E> {
+        crate::hooks::call(self.as_layer(), x)
+    }
+
+    /// Registers `hook`, run with this layer, its input and its output after each
+    /// [`call`](Layer::call) of it, like PyTorch's `register_forward_hook`. The layer is known by
+    /// its address: it must not move while the hook is registered. The hook stays until the
+    /// handle is dropped or [`remove`](crate::hooks::ForwardHookHandle::remove)d. For a layer
+    /// held as `dyn Layer` (`model[2]`), [`register_forward_hook`](crate::register_forward_hook).
+    fn register_forward_hook(
+        &self,
+        hook: impl Fn(&crate::hooks::ForwardCall<'_, E>) + Send + Sync + 'static,
+    ) -> crate::hooks::ForwardHookHandle
+    where
+        Self: Sized,
+    {
+        crate::hooks::register_forward_hook(self, hook)
+    }
 }
 
 impl<E: Float, T: Module<E> + Forward<E> + std::fmt::Display + 'static> Layer<E> for T {
@@ -256,6 +304,9 @@ impl<E: Float, T: Module<E> + Forward<E> + std::fmt::Display + 'static> Layer<E>
         self
     }
     fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+    fn as_layer(&self) -> &dyn Layer<E> {
         self
     }
 }

@@ -159,7 +159,8 @@ impl<E: Float> Forward<E> for Sequential<E> {
     fn forward(&self, x: &Var<E>) -> Var<E> {
         let mut y = x.clone();
         for l in &self.layers {
-            y = l.forward(&y);
+            // `call`, not `forward`: the layers' forward hooks run (see `Layer::call`).
+            y = (**l).call(&y);
         }
         y
     }
