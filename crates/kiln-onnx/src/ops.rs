@@ -772,6 +772,19 @@ pub(crate) fn run_node(n: NodeView, args: &[Option<Val>], opset: i64) -> R<Vec<V
             let ax: Vec<isize> = axes.iter().map(|&a| axis(a, x.ndim()).map(|a| a as isize)).collect::<R<_>>()?;
             one(x.mean(&ax, keep))
         }
+        "ReduceSum" | "ReduceMax" | "ReduceMin" => {
+            let x = fl(args, 0)?;
+            let keep = n.i("keepdims", 1) != 0;
+            // ReduceSum takes its axes as an input from opset 13, the others from 18
+            let from = if n.op == "ReduceSum" { 13 } else { 18 };
+            let axes = axes_arg(&n, args, opset, from)?.unwrap_or_else(|| (0..x.ndim() as i64).collect());
+            let ax: Vec<isize> = axes.iter().map(|&a| axis(a, x.ndim()).map(|a| a as isize)).collect::<R<_>>()?;
+            one(match n.op {
+                "ReduceSum" => x.sum(&ax, keep),
+                "ReduceMax" => x.max(&ax, keep),
+                _ => x.min(&ax, keep),
+            })
+        }
         other => Err(format!("op {other} has no implementation")),
     }
 }
