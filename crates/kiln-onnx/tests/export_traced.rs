@@ -8,7 +8,10 @@
 mod support;
 
 use kiln_autograd::Var;
-use kiln_nn::{Conv2d, Embedding, Forward, LayerNorm, Linear, Module, Sequential};
+use kiln_nn::{
+    Conv2d, ConvTranspose2d, ConvTranspose2dConfig, Embedding, Forward, GroupNorm, LayerNorm, Linear, Module,
+    Sequential,
+};
 use kiln_onnx::{export_traced, import, ExportOptions, OnnxError};
 use kiln_tensor::{Indices, Rng, Tensor};
 use support::{assert_close, run_ort, temp_dir, Case};
@@ -91,6 +94,43 @@ impl Forward for HandEmbed {
     }
 }
 
+/// Many more ops in one forward: flip, leaky ReLU, ELU, a transposed convolution, adaptive
+/// pooling, group norm, select, clamp, softplus, index_select, unsqueeze + expand by the batch,
+/// logsumexp, SiLU, rsqrt, powf, a reciprocal.
+#[derive(Module)]
+struct HandOps {
+    deconv: ConvTranspose2d,
+    norm: GroupNorm,
+}
+
+impl Forward for HandOps {
+    fn forward(&self, x: &Var<f32>) -> Var<f32> {
+        // x: [N, 3, 4, 4]
+        let a = x.flip(&[-1]).leaky_relu(0.1).elu(1.0);
+        let b = self.deconv.forward(x).adaptive_avg_pool2d([4, 4]); // [N, 2, 4, 4]
+        let c = self.norm.forward(&b);
+        let d = Var::cat(&[a, c], 1); // [N, 5, 4, 4]
+        let e = d.select(2, 1).clamp(Some(-1.0), Some(1.0)).softplus(1.0, 20.0); // [N, 5, 4]
+        let f = e.index_select(1, &[0, 2, 4]); // [N, 3, 4]
+        let n = f.size(0);
+        let g = f.unsqueeze(1).expand(&[n, 2, 3, 4]).mul(&f.unsqueeze(1).t_last()); // [N, 2, 3, 4]
+        let h = g.logsumexp(&[1], false); // [N, 3, 4]
+        h.silu().add_scalar(2.0).rsqrt().powf(1.5).rdiv_scalar(1.0).flatten(1, 2)
+    }
+}
+
+/// A helper trait keeping the forward above readable: the last two axes swapped twice (two
+/// transposes that cancel), to exercise transpose on a batch-carrying value.
+trait TLast {
+    fn t_last(&self) -> Var<f32>;
+}
+
+impl TLast for Var<f32> {
+    fn t_last(&self) -> Var<f32> {
+        self.transpose(-1, -2).transpose(-2, -1)
+    }
+}
+
 type Make = fn(&[usize], &mut Rng) -> Tensor<f32>;
 
 fn randn(shape: &[usize], rng: &mut Rng) -> Tensor<f32> {
@@ -153,6 +193,30 @@ fn traced_forwards_match_onnx_runtime_at_batch_1_and_7() {
     check_model("hand_cnn", &cnn, &[1, 2, 8, 8], randn, &dir, &mut rng, &mut cases, &mut expected);
     let embed = HandEmbed { tokens: Embedding::new(11, 6), positions: Embedding::new(4, 6), out: Linear::new(12, 2) };
     check_model("hand_embed", &embed, &[1, 4], ids, &dir, &mut rng, &mut cases, &mut expected);
+    let Some(results) = run_ort(&dir, &cases) else { return };
+    for (res, (what, y)) in results.into_iter().zip(expected) {
+        let got = res.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_close(&what, &got[0], &y, 1e-5);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn more_traced_ops_match_onnx_runtime() {
+    let dir = temp_dir("export_traced_ops");
+    let mut rng = Rng::new(5);
+    let deconv = ConvTranspose2dConfig { stride: [2, 2], ..ConvTranspose2dConfig::new(3, 2, 2) }.build().unwrap();
+    let model = HandOps { deconv, norm: GroupNorm::new(1, 2) };
+    let (mut cases, mut expected) = (vec![], vec![]);
+    let path = dir.join("hand_ops.onnx");
+    let example = randn(&[1, 3, 4, 4], &mut rng);
+    export_traced(&model, |x| model.forward(x), &example, &path, ExportOptions::default()).unwrap();
+    for batch in [1usize, 6] {
+        let x = if batch == 1 { example.clone() } else { randn(&[batch, 3, 4, 4], &mut rng) };
+        let y = kiln_autograd::no_grad(|| model.forward(&Var::constant(x.clone())).value());
+        cases.push(Case { model: path.clone(), inputs: vec![("input".into(), x, false)], outputs: 1 });
+        expected.push((format!("hand_ops at batch {batch}"), y));
+    }
     let Some(results) = run_ort(&dir, &cases) else { return };
     for (res, (what, y)) in results.into_iter().zip(expected) {
         let got = res.unwrap_or_else(|e| panic!("{what}: {e}"));
