@@ -28,6 +28,7 @@ mod mode;
 pub mod ops;
 #[cfg(test)]
 pub(crate) mod testing;
+mod trace;
 mod var;
 
 pub use checkpoint::{checkpoint, checkpoint_sequential, SequentialLayer};
@@ -40,6 +41,7 @@ pub use mode::{
     anomaly_enabled, detect_anomaly, is_grad_enabled, no_grad, set_detect_anomaly, set_grad_enabled, NoGradGuard,
 };
 pub use ops::{binary_op, unary_op, OpFn};
+pub use trace::{trace, Trace, TraceAttr, TraceOp};
 pub use var::{Backward, Grads, Inputs, Var, WeakVar};
 
 /// The README's examples, compiled and run as doctests.

@@ -152,7 +152,9 @@ impl<E: Float> Var<E> {
             autocast: kiln_tensor::autocast_dtype(),
             op,
         });
-        Var { node }
+        let out = Var { node };
+        crate::trace::recorded(&out);
+        out
     }
 
     /// The value (a cheap clone sharing storage).

@@ -66,6 +66,16 @@ pub enum OnnxError {
         /// Why it cannot be exported.
         reason: String,
     },
+    /// A traced forward pass cannot be exported: an op without an ONNX conversion (named), an
+    /// attribute ONNX cannot express, a panic of the forward, or a shape that a dynamic batch
+    /// cannot follow.
+    #[error("export_traced: op {op:?}: {reason}")]
+    Traced {
+        /// The op's name as kiln records it (`Var::op_name`: `"dropout"`, `"lstm_sequence"`).
+        op: String,
+        /// Why it cannot be exported.
+        reason: String,
+    },
     /// Writing the exported file failed (the atomic save of kiln-nn).
     #[error(transparent)]
     Save(Box<kiln_nn::NnError>),

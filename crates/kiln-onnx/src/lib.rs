@@ -18,7 +18,7 @@ mod ops;
 pub mod proto;
 
 pub use error::OnnxError;
-pub use export::{export, export_model, ExportOptions};
+pub use export::{export, export_model, export_traced, trace_model, ExportOptions};
 pub use import::{import, import_bytes, OnnxModel, IMPORT_OPSETS, SUPPORTED_OPS};
 
 /// The README's examples, compiled and run as doctests.

@@ -433,6 +433,121 @@ fn lstm(n: &NodeView, args: &[Option<Val>]) -> R<Vec<Val>> {
     Ok(vec![Val::F(y), Val::F(yh), Val::F(yc)])
 }
 
+/// ONNX `GRU` (gates z, r, h; `linear_before_reset` 0 or 1, PyTorch exports 1) and `RNN`
+/// (`Tanh` or `Relu` per direction), forward, reverse or bidirectional, with the same layouts
+/// and restrictions as [`lstm`]: `Y` `[seq, dirs, batch, hidden]` and `Y_h` `[dirs, batch, hidden]`.
+fn gru_or_rnn(n: &NodeView, args: &[Option<Val>], gru: bool) -> R<Vec<Val>> {
+    let gates = if gru { 3 } else { 1 };
+    let mut x = fl(args, 0)?;
+    let (w, r) = (fl(args, 1)?, fl(args, 2)?);
+    let layout = n.i("layout", 0);
+    if layout == 1 {
+        x = x.transpose(0, 1);
+    }
+    let xs = x.shape().to_vec();
+    let ws = w.shape().to_vec();
+    if xs.len() != 3 || ws.len() != 3 {
+        return Err(format!("X {xs:?} and W {ws:?} must be 3-d"));
+    }
+    let hidden = usize::try_from(n.i("hidden_size", (ws[1] / gates) as i64)).map_err(|_| "negative hidden_size")?;
+    let dirs = match n.s("direction").as_deref().unwrap_or("forward") {
+        "forward" => vec![false],
+        "reverse" => vec![true],
+        "bidirectional" => vec![false, true],
+        other => return Err(format!("direction {other:?} is not supported")),
+    };
+    if ws[0] != dirs.len()
+        || ws[1] != gates * hidden
+        || ws[2] != xs[2]
+        || r.shape().as_slice() != [dirs.len(), gates * hidden, hidden]
+    {
+        return Err(format!("W {ws:?} / R {:?} do not fit X {xs:?}, hidden {hidden}", r.shape().as_slice()));
+    }
+    // RNN: one activation per direction; GRU: (f, g) per direction, only the defaults
+    let acts: Vec<String> = match n.attrs.get("activations") {
+        Some(a) => a.strings.iter().map(|s| String::from_utf8_lossy(s).to_lowercase()).collect(),
+        None if gru => ["sigmoid", "tanh"].repeat(dirs.len()).into_iter().map(String::from).collect(),
+        None => vec!["tanh".to_string(); dirs.len()],
+    };
+    if gru && acts.chunks(2).any(|c| c != ["sigmoid", "tanh"]) {
+        return Err(format!("activations {acts:?}: only the defaults (Sigmoid, Tanh) are supported"));
+    }
+    if !gru && (acts.len() != dirs.len() || acts.iter().any(|a| a != "tanh" && a != "relu")) {
+        return Err(format!("activations {acts:?}: one of Tanh or Relu per direction is supported"));
+    }
+    if n.attrs.contains_key("clip") {
+        return Err("clip is not supported".into());
+    }
+    let before_reset = n.i("linear_before_reset", 0) != 0;
+    let (seq, batch) = (xs[0], xs[1]);
+    if let Some(Val::I(lens, _)) = opt_arg(args, 4) {
+        if lens.iter().any(|&l| l != seq as i64) {
+            return Err(format!("sequence_lens {lens:?} shorter than the sequence ({seq}) are not supported"));
+        }
+    }
+    let gh = gates * hidden;
+    let (mut ys, mut hs) = (Vec::new(), Vec::new());
+    for (d, &reverse) in dirs.iter().enumerate() {
+        let wd = w.select(0, d);
+        let rt = r.select(0, d).t();
+        let mut xw = x.matmul(&wd.t());
+        let mut rb = None;
+        if let Some(b) = opt_arg(args, 3) {
+            let b = to_float(b).select(0, d);
+            xw = xw.add(&b.narrow(0, 0, gh));
+            rb = Some(b.narrow(0, gh, gh));
+        }
+        let mut h = match opt_arg(args, 5) {
+            Some(v) => to_float(v).select(0, d),
+            None => Var::constant(Tensor::zeros(&[batch, hidden])),
+        };
+        let mut out = vec![None; seq];
+        let steps: Vec<usize> = if reverse { (0..seq).rev().collect() } else { (0..seq).collect() };
+        for t in steps {
+            let xt = xw.select(0, t);
+            let mut hr = h.matmul(&rt);
+            if let Some(rb) = &rb {
+                hr = hr.add(rb);
+            }
+            h = if gru {
+                let z = xt.narrow(1, 0, hidden).add(&hr.narrow(1, 0, hidden)).sigmoid();
+                let rg = xt.narrow(1, hidden, hidden).add(&hr.narrow(1, hidden, hidden)).sigmoid();
+                let cand = if before_reset {
+                    xt.narrow(1, 2 * hidden, hidden).add(&rg.mul(&hr.narrow(1, 2 * hidden, hidden)))
+                } else {
+                    let rh = rg.mul(&h).matmul(&rt.narrow(1, 2 * hidden, hidden));
+                    let rh = match &rb {
+                        Some(rb) => rh.add(&rb.narrow(0, 2 * hidden, hidden)),
+                        None => rh,
+                    };
+                    xt.narrow(1, 2 * hidden, hidden).add(&rh)
+                }
+                .tanh();
+                // h' = (1 - z) cand + z h
+                z.rsub_scalar(1.0).mul(&cand).add(&z.mul(&h))
+            } else {
+                let pre = xt.add(&hr);
+                if acts[d] == "relu" {
+                    pre.relu()
+                } else {
+                    pre.tanh()
+                }
+            };
+            out[t] = Some(h.clone());
+        }
+        let out: Vec<Var<f32>> = out.into_iter().map(|v| v.expect("every step ran")).collect();
+        ys.push(if seq == 0 { Var::constant(Tensor::zeros(&[0, batch, hidden])) } else { Var::stack(&out, 0) });
+        hs.push(h);
+    }
+    let mut y = Var::stack(&ys, 1); // [seq, dirs, batch, hidden]
+    let mut yh = Var::stack(&hs, 0);
+    if layout == 1 {
+        y = y.permute(&[2, 0, 1, 3]);
+        yh = yh.transpose(0, 1);
+    }
+    Ok(vec![Val::F(y), Val::F(yh)])
+}
+
 /// Runs one node on its inputs (`None` for an omitted optional input).
 pub(crate) fn run_node(n: NodeView, args: &[Option<Val>], opset: i64) -> R<Vec<Val>> {
     let one = |v: Var<f32>| Ok(vec![Val::F(v)]);
@@ -524,6 +639,8 @@ pub(crate) fn run_node(n: NodeView, args: &[Option<Val>], opset: i64) -> R<Vec<V
         }
         "Conv" => one(conv(&n, args)?),
         "LSTM" => lstm(&n, args),
+        "GRU" => gru_or_rnn(&n, args, true),
+        "RNN" => gru_or_rnn(&n, args, false),
         "ConvTranspose" => one(conv_transpose(&n, args)?),
         "MaxPool" => one(pool(&n, args, true)?),
         "AveragePool" => one(pool(&n, args, false)?),
@@ -771,6 +888,19 @@ pub(crate) fn run_node(n: NodeView, args: &[Option<Val>], opset: i64) -> R<Vec<V
             let axes = axes_arg(&n, args, opset, 18)?.unwrap_or_else(|| (0..x.ndim() as i64).collect());
             let ax: Vec<isize> = axes.iter().map(|&a| axis(a, x.ndim()).map(|a| a as isize)).collect::<R<_>>()?;
             one(x.mean(&ax, keep))
+        }
+        "ReduceSum" | "ReduceMax" | "ReduceMin" => {
+            let x = fl(args, 0)?;
+            let keep = n.i("keepdims", 1) != 0;
+            // ReduceSum takes its axes as an input from opset 13, the others from 18
+            let from = if n.op == "ReduceSum" { 13 } else { 18 };
+            let axes = axes_arg(&n, args, opset, from)?.unwrap_or_else(|| (0..x.ndim() as i64).collect());
+            let ax: Vec<isize> = axes.iter().map(|&a| axis(a, x.ndim()).map(|a| a as isize)).collect::<R<_>>()?;
+            one(match n.op {
+                "ReduceSum" => x.sum(&ax, keep),
+                "ReduceMax" => x.max(&ax, keep),
+                _ => x.min(&ax, keep),
+            })
         }
         other => Err(format!("op {other} has no implementation")),
     }

@@ -86,7 +86,9 @@ fn kiln_exports_import_as_the_same_function_and_reexport_stably() {
 
 #[test]
 fn pytorch_exports_reproduce_pytorch_outputs() {
-    for name in ["mlp", "mnist_cnn", "lstm_classifier"] {
+    // gru_classifier and rnn_regressor: tests/fixtures/make_recurrent_fixtures.py (PyTorch's
+    // GRU and ReLU/tanh RNN exported as ONNX GRU/RNN, gate order z, r, h, linear_before_reset)
+    for name in ["mlp", "mnist_cnn", "lstm_classifier", "gru_classifier", "rnn_regressor"] {
         let model = import(fixture(&format!("{name}.onnx"))).unwrap_or_else(|e| panic!("{name}: {e}"));
         let x = read_bin(&format!("{name}.input"));
         let want = read_bin(&format!("{name}.output"));

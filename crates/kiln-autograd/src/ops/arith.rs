@@ -7,6 +7,7 @@ use kiln_tensor::{Float, Tensor};
 use smallvec::smallvec;
 
 use super::{binary_op, unary_op, OpFn};
+use crate::trace::float;
 use crate::var::{Grads, Var};
 
 impl<E: Float> Var<E> {
@@ -118,6 +119,7 @@ impl<E: Float> Var<E> {
     // d(x+s)/dx = 1
     #[must_use]
     pub fn add_scalar(&self, s: E) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("scalar", float(s.to_f64()))]);
         Var::from_op(
             self.with_value(|x| x.add_scalar(s)),
             smallvec![self.clone()],
@@ -138,6 +140,7 @@ impl<E: Float> Var<E> {
     // d(xs)/dx = s
     #[must_use]
     pub fn mul_scalar(&self, s: E) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("scalar", float(s.to_f64()))]);
         Var::from_op(
             self.with_value(|x| x.mul_scalar(s)),
             smallvec![self.clone()],
@@ -165,6 +168,7 @@ impl<E: Float> Var<E> {
     // d(s/x)/dx = -s/x^2
     #[must_use]
     pub fn rdiv_scalar(&self, s: E) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("scalar", float(s.to_f64()))]);
         unary_op(self, "rdiv_scalar", |x| x.rdiv_scalar(s), move |x, _, g| g.mul_scalar(-s).div(&x.mul(x)))
     }
 
@@ -172,6 +176,7 @@ impl<E: Float> Var<E> {
     // d(x^e)/dx = e x^(e-1)
     #[must_use]
     pub fn powf(&self, e: f64) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("exponent", float(e))]);
         unary_op(
             self,
             "powf",

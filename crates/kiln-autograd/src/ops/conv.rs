@@ -19,6 +19,7 @@ use kiln_tensor::{Conv1dParams, Conv2dParams, ConvTranspose2dParams, Float, Shap
 use smallvec::smallvec;
 
 use super::OpFn;
+use crate::trace::{int, ints};
 use crate::var::{Grads, Inputs, Var};
 
 /// Which convolution, with its hyper-parameters: the three kernels of each kind are chosen
@@ -150,6 +151,14 @@ impl<E: Float> Var<E> {
     /// ```
     #[must_use]
     pub fn conv1d(&self, weight: &Var<E>, bias: Option<&Var<E>>, p: &Conv1dParams) -> Var<E> {
+        let _trace = crate::trace::attrs(|| {
+            vec![
+                ("stride", ints(&[p.stride])),
+                ("padding", ints(&[p.padding])),
+                ("dilation", ints(&[p.dilation])),
+                ("groups", int(p.groups as i64)),
+            ]
+        });
         conv_op(Conv::D1(*p), self, weight, bias)
     }
 
@@ -179,6 +188,14 @@ impl<E: Float> Var<E> {
     /// ```
     #[must_use]
     pub fn conv2d(&self, weight: &Var<E>, bias: Option<&Var<E>>, p: &Conv2dParams) -> Var<E> {
+        let _trace = crate::trace::attrs(|| {
+            vec![
+                ("stride", ints(&p.stride)),
+                ("padding", ints(&p.padding)),
+                ("dilation", ints(&p.dilation)),
+                ("groups", int(p.groups as i64)),
+            ]
+        });
         conv_op(Conv::D2(*p), self, weight, bias)
     }
 
@@ -202,6 +219,15 @@ impl<E: Float> Var<E> {
     /// ```
     #[must_use]
     pub fn conv_transpose2d(&self, weight: &Var<E>, bias: Option<&Var<E>>, p: &ConvTranspose2dParams) -> Var<E> {
+        let _trace = crate::trace::attrs(|| {
+            vec![
+                ("stride", ints(&p.stride)),
+                ("padding", ints(&p.padding)),
+                ("output_padding", ints(&p.output_padding)),
+                ("dilation", ints(&p.dilation)),
+                ("groups", int(p.groups as i64)),
+            ]
+        });
         conv_op(Conv::T2(*p), self, weight, bias)
     }
 }

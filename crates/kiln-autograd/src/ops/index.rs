@@ -9,6 +9,7 @@ use smallvec::smallvec;
 
 use super::shape::{dim_of, scatter_into_zeros};
 use super::{binary_op, unary_op, OpFn};
+use crate::trace::{indices, int, ints};
 use crate::var::{Grads, Inputs, Var};
 
 impl<E: Float> Var<E> {
@@ -18,6 +19,7 @@ impl<E: Float> Var<E> {
     // d cat(x_1..x_n)/dx_k: the k-th block of the gradient along `dim`
     #[must_use]
     pub fn cat(vars: &[Var<E>], dim: isize) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("dim", int(dim as i64))]);
         assert!(!vars.is_empty(), "cat: expects at least one Var");
         let values: Vec<Tensor<E>> = vars.iter().map(Var::value).collect();
         let value = Tensor::cat(&values, dim);
@@ -51,6 +53,7 @@ impl<E: Float> Var<E> {
     // d stack(x_1..x_n)/dx_k = the gradient selected at k along `dim`
     #[must_use]
     pub fn stack(vars: &[Var<E>], dim: isize) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("dim", int(dim as i64))]);
         assert!(!vars.is_empty(), "stack: expects at least one Var");
         let values: Vec<Tensor<E>> = vars.iter().map(Var::value).collect();
         let value = Tensor::stack(&values, dim);
@@ -100,6 +103,7 @@ impl<E: Float> Var<E> {
     // d index_select(x)/dx: the gradient added back into zeros at `index` (index_add)
     #[must_use]
     pub fn index_select(&self, dim: isize, index: &[usize]) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("dim", int(dim as i64)), ("index", ints(index))]);
         let idx = index.to_vec();
         unary_op(
             self,
@@ -146,6 +150,9 @@ impl<E: Float> Var<E> {
     // d embedding(T, ids)/dT[r] = sum of the output gradients at the positions where ids = r (0 for r = padding_idx)
     #[must_use]
     pub fn embedding(table: &Var<E>, ids: &Indices, padding_idx: Option<usize>) -> Var<E> {
+        let _trace = crate::trace::attrs(|| {
+            vec![("ids", indices(ids)), ("padding_idx", int(padding_idx.map_or(-1, |p| p as i64)))]
+        });
         let tshape = table.shape();
         assert!(
             tshape.len() == 2,

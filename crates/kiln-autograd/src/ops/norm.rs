@@ -12,6 +12,7 @@ use kiln_tensor::Float;
 use smallvec::smallvec;
 
 use super::fused_op;
+use crate::trace::{float, int};
 use crate::var::{Grads, Var};
 
 /// The axes of the last `ndim` dimensions of a rank-`rank` tensor.
@@ -42,6 +43,7 @@ impl<E: Float> Var<E> {
     // x̂ = (x - μ) r with r = (σ² + eps)^(-1/2); dx = r (g - mean(g) - x̂ mean(g x̂))
     #[must_use]
     pub fn standardize_trailing(&self, ndim: usize, eps: f64) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("ndim", int(ndim as i64)), ("eps", float(eps))]);
         let (xhat, rstd) = self.with_value(|x| x.standardize_trailing(ndim, eps));
         fused_op(
             "standardize_trailing",

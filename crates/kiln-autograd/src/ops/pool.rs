@@ -19,6 +19,7 @@ use kiln_tensor::{Float, Indices, Shape, Tensor};
 use smallvec::smallvec;
 
 use super::OpFn;
+use crate::trace::{int, ints};
 use crate::var::{Grads, Var};
 
 /// A pooling that is a linear map of its input, with its hyper-parameters.
@@ -157,6 +158,15 @@ impl<E: Float> Var<E> {
         dilation: [usize; 2],
         ceil_mode: bool,
     ) -> Var<E> {
+        let _trace = crate::trace::attrs(|| {
+            vec![
+                ("kernel", ints(&kernel_size)),
+                ("stride", ints(&stride)),
+                ("padding", ints(&padding)),
+                ("dilation", ints(&dilation)),
+                ("ceil_mode", int(ceil_mode as i64)),
+            ]
+        });
         self.max_pool2d_with_indices(kernel_size, stride, padding, dilation, ceil_mode).0
     }
 
@@ -206,6 +216,15 @@ impl<E: Float> Var<E> {
         dilation: usize,
         ceil_mode: bool,
     ) -> Var<E> {
+        let _trace = crate::trace::attrs(|| {
+            vec![
+                ("kernel", ints(&[kernel_size])),
+                ("stride", ints(&[stride])),
+                ("padding", ints(&[padding])),
+                ("dilation", ints(&[dilation])),
+                ("ceil_mode", int(ceil_mode as i64)),
+            ]
+        });
         self.max_pool1d_with_indices(kernel_size, stride, padding, dilation, ceil_mode).0
     }
 
@@ -257,6 +276,16 @@ impl<E: Float> Var<E> {
         count_include_pad: bool,
         divisor_override: Option<usize>,
     ) -> Var<E> {
+        let _trace = crate::trace::attrs(|| {
+            vec![
+                ("kernel", ints(&kernel_size)),
+                ("stride", ints(&stride)),
+                ("padding", ints(&padding)),
+                ("ceil_mode", int(ceil_mode as i64)),
+                ("count_include_pad", int(count_include_pad as i64)),
+                ("divisor_override", int(divisor_override.map_or(-1, |d| d as i64))),
+            ]
+        });
         let pool =
             LinearPool::Avg2d { kernel: kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override };
         pool_op(pool, self)
@@ -274,6 +303,15 @@ impl<E: Float> Var<E> {
         ceil_mode: bool,
         count_include_pad: bool,
     ) -> Var<E> {
+        let _trace = crate::trace::attrs(|| {
+            vec![
+                ("kernel", ints(&[kernel_size])),
+                ("stride", ints(&[stride])),
+                ("padding", ints(&[padding])),
+                ("ceil_mode", int(ceil_mode as i64)),
+                ("count_include_pad", int(count_include_pad as i64)),
+            ]
+        });
         pool_op(LinearPool::Avg1d { kernel: kernel_size, stride, padding, ceil_mode, count_include_pad }, self)
     }
 
@@ -294,6 +332,7 @@ impl<E: Float> Var<E> {
     /// ```
     #[must_use]
     pub fn adaptive_avg_pool2d(&self, output_size: [usize; 2]) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("output_size", ints(&output_size))]);
         pool_op(LinearPool::Adaptive2d(output_size), self)
     }
 
@@ -303,6 +342,7 @@ impl<E: Float> Var<E> {
     /// **Panics** as [`adaptive_avg_pool2d`](Var::adaptive_avg_pool2d) does.
     #[must_use]
     pub fn adaptive_avg_pool1d(&self, output_size: usize) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("output_size", ints(&[output_size]))]);
         pool_op(LinearPool::Adaptive1d(output_size), self)
     }
 }

@@ -3,6 +3,7 @@
 use kiln_tensor::{Float, Norm, Tensor};
 
 use super::unary_op;
+use crate::trace::{int, signed};
 use crate::var::Var;
 
 /// Normalised reduction axes of a shape (all when empty).
@@ -27,6 +28,7 @@ impl<E: Float> Var<E> {
     // d sum(x)/dx = 1 (the gradient broadcast back over the reduced axes)
     #[must_use]
     pub fn sum(&self, axes: &[isize], keepdim: bool) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("axes", signed(axes)), ("keepdim", int(keepdim as i64))]);
         let axes_v = axes.to_vec();
         unary_op(
             self,
@@ -94,6 +96,7 @@ impl<E: Float> Var<E> {
     // d max(x)/dx_i = [x_i = max(x)] / #{j : x_j = max(x)}
     #[must_use]
     pub fn max(&self, axes: &[isize], keepdim: bool) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("axes", signed(axes)), ("keepdim", int(keepdim as i64))]);
         self.extremum(axes, keepdim, true)
     }
 
@@ -104,6 +107,7 @@ impl<E: Float> Var<E> {
     // d min(x)/dx_i = [x_i = min(x)] / #{j : x_j = min(x)}
     #[must_use]
     pub fn min(&self, axes: &[isize], keepdim: bool) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("axes", signed(axes)), ("keepdim", int(keepdim as i64))]);
         self.extremum(axes, keepdim, false)
     }
 
@@ -124,6 +128,7 @@ impl<E: Float> Var<E> {
     // d logsumexp(x)/dx = exp(x - logsumexp(x)) (the softmax over the reduced axes)
     #[must_use]
     pub fn logsumexp(&self, axes: &[isize], keepdim: bool) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("axes", signed(axes)), ("keepdim", int(keepdim as i64))]);
         let axes_v = axes.to_vec();
         unary_op(
             self,

@@ -9,6 +9,7 @@
 use kiln_tensor::{Float, Tensor};
 
 use super::unary_op;
+use crate::trace::{int, signed};
 use crate::var::Var;
 
 /// Normalises a possibly negative dimension against `ndim`, panicking with the op's name and
@@ -66,6 +67,7 @@ impl<E: Float> Var<E> {
     // d permute(x, p)/dx: permute the gradient by the inverse permutation
     #[must_use]
     pub fn permute(&self, dims: &[isize]) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("dims", signed(dims))]);
         let dims_v = dims.to_vec();
         unary_op(
             self,
@@ -86,6 +88,7 @@ impl<E: Float> Var<E> {
     // d transpose(x)/dx: transpose the gradient back
     #[must_use]
     pub fn transpose(&self, d0: isize, d1: isize) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("dim0", int(d0 as i64)), ("dim1", int(d1 as i64))]);
         unary_op(self, "transpose", |x| x.transpose(d0, d1), move |_, _, g| g.transpose(d0, d1))
     }
 
@@ -121,6 +124,14 @@ impl<E: Float> Var<E> {
     // d slice(x)/dx: the gradient scattered into zeros of x's shape at the sliced positions
     #[must_use]
     pub fn slice(&self, dim: isize, start: usize, end: usize, step: usize) -> Var<E> {
+        let _trace = crate::trace::attrs(|| {
+            vec![
+                ("dim", int(dim as i64)),
+                ("start", int(start as i64)),
+                ("end", int(end as i64)),
+                ("step", int(step as i64)),
+            ]
+        });
         unary_op(
             self,
             "slice",
@@ -140,6 +151,7 @@ impl<E: Float> Var<E> {
     // d select(x)/dx: the gradient, given back its dim, scattered into zeros at `index`
     #[must_use]
     pub fn select(&self, dim: isize, index: usize) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("dim", int(dim as i64)), ("index", int(index as i64))]);
         unary_op(
             self,
             "select",
@@ -178,6 +190,7 @@ impl<E: Float> Var<E> {
     // d flip(x)/dx: flip the gradient back
     #[must_use]
     pub fn flip(&self, dims: &[isize]) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("dims", signed(dims))]);
         let dims_v = dims.to_vec();
         unary_op(self, "flip", |x| x.flip(dims), move |_, _, g| g.flip(&dims_v))
     }

@@ -9,6 +9,7 @@ use kiln_tensor::{Float, Tensor};
 
 use super::unary_op;
 use crate::mode::is_grad_enabled;
+use crate::trace::int;
 use crate::var::Var;
 
 impl<E: Float> Var<E> {
@@ -32,6 +33,7 @@ impl<E: Float> Var<E> {
     // d softmax(x)_i/dx_j = s_i (δ_ij - s_j), so the gradient is g s - s sum(g s)
     #[must_use]
     pub fn softmax(&self, dim: isize) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("dim", int(dim as i64))]);
         unary_op(
             self,
             "softmax",
@@ -55,6 +57,7 @@ impl<E: Float> Var<E> {
     // d log_softmax(x)_i/dx_j = δ_ij - softmax(x)_j, so the gradient is g - exp(out) sum(g)
     #[must_use]
     pub fn log_softmax(&self, dim: isize) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("dim", int(dim as i64))]);
         unary_op(
             self,
             "log_softmax",

@@ -3,6 +3,7 @@
 use kiln_tensor::{Float, Tensor};
 
 use super::unary_op;
+use crate::trace::float;
 use crate::var::Var;
 
 /// A constant holding `f` applied to `x`'s value (masks and other non-differentiable factors
@@ -108,6 +109,7 @@ impl<E: Float> Var<E> {
     // d lrelu(x)/dx = 1 if x > 0 else slope
     #[must_use]
     pub fn leaky_relu(&self, slope: f64) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("alpha", float(slope))]);
         let s = E::from_f64(slope);
         unary_op(
             self,
@@ -120,6 +122,7 @@ impl<E: Float> Var<E> {
     // d elu(x)/dx = 1 if x > 0 else alpha e^x
     #[must_use]
     pub fn elu(&self, alpha: f64) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("alpha", float(alpha))]);
         let a = E::from_f64(alpha);
         unary_op(
             self,
@@ -190,6 +193,7 @@ impl<E: Float> Var<E> {
     // d softplus(x)/dx = sigmoid(beta x) (1 above the threshold)
     #[must_use]
     pub fn softplus(&self, beta: f64, threshold: f64) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("beta", float(beta)), ("threshold", float(threshold))]);
         let (b, t) = (E::from_f64(beta), E::from_f64(threshold));
         unary_op(
             self,
@@ -206,6 +210,9 @@ impl<E: Float> Var<E> {
     // d clamp(x)/dx = [min <= x <= max]
     #[must_use]
     pub fn clamp(&self, min: Option<f64>, max: Option<f64>) -> Var<E> {
+        let _trace = crate::trace::attrs(|| {
+            vec![("min", float(min.unwrap_or(f64::NEG_INFINITY))), ("max", float(max.unwrap_or(f64::INFINITY)))]
+        });
         let lo = min.map(E::from_f64).unwrap_or(E::neg_infinity());
         let hi = max.map(E::from_f64).unwrap_or(E::infinity());
         unary_op(

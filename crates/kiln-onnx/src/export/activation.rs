@@ -82,30 +82,35 @@ pub fn elu(layer: &dyn Layer<f32>, ex: &mut Exporter, _prefix: &str, x: &Value) 
 /// `x/2 (1 + erf(x/√2))`, or `x/2 (1 + tanh(√(2/π) (x + 0.044715 x³)))` for `'tanh'`.
 pub fn gelu(layer: &dyn Layer<f32>, ex: &mut Exporter, _prefix: &str, x: &Value) -> Option<Result<String, OnnxError>> {
     let l = layer.downcast_ref::<GELU>()?;
-    let tanh = l.approximate == GeluApproximate::Tanh;
+    Some(Ok(gelu_nodes(ex, &x.name, l.approximate == GeluApproximate::Tanh)))
+}
+
+/// GELU of `x` in primitive ops (before opset 20): `x/2 (1 + erf(x/√2))`, or with `tanh`,
+/// `x/2 (1 + tanh(√(2/π) (x + 0.044715 x³)))`; from opset 20, ONNX's `Gelu`.
+pub(super) fn gelu_nodes(ex: &mut Exporter, x: &str, tanh: bool) -> String {
     if ex.opset >= 20 {
         let a = if tanh { "tanh" } else { "none" };
-        return Some(Ok(ex.node("Gelu", &[&x.name], vec![attr_s("approximate", a)])));
+        return ex.node("Gelu", &[x], vec![attr_s("approximate", a)]);
     }
     let inner = if tanh {
         let c = ex.const_f32("gelu_cubic", 0.044715);
         let k = ex.const_f32("gelu_sqrt_2_over_pi", (2.0f64 / std::f64::consts::PI).sqrt() as f32);
-        let x2 = ex.node("Mul", &[&x.name, &x.name], vec![]);
-        let x3 = ex.node("Mul", &[&x2, &x.name], vec![]);
+        let x2 = ex.node("Mul", &[x, x], vec![]);
+        let x3 = ex.node("Mul", &[&x2, x], vec![]);
         let t = ex.node("Mul", &[&x3, &c], vec![]);
-        let s = ex.node("Add", &[&x.name, &t], vec![]);
+        let s = ex.node("Add", &[x, &t], vec![]);
         let s = ex.node("Mul", &[&s, &k], vec![]);
         ex.node("Tanh", &[&s], vec![])
     } else {
         let r = ex.const_f32("gelu_sqrt2", std::f32::consts::SQRT_2);
-        let s = ex.node("Div", &[&x.name, &r], vec![]);
+        let s = ex.node("Div", &[x, &r], vec![]);
         ex.node("Erf", &[&s], vec![])
     };
     let one = ex.const_f32("gelu_one", 1.0);
     let half = ex.const_f32("gelu_half", 0.5);
     let p = ex.node("Add", &[&inner, &one], vec![]);
-    let y = ex.node("Mul", &[&x.name, &p], vec![]);
-    Some(Ok(ex.node("Mul", &[&y, &half], vec![])))
+    let y = ex.node("Mul", &[x, &p], vec![]);
+    ex.node("Mul", &[&y, &half], vec![])
 }
 
 /// `SiLU` -> `x * Sigmoid(x)`.
@@ -141,13 +146,7 @@ pub fn softplus(
     x: &Value,
 ) -> Option<Result<String, OnnxError>> {
     let l = layer.downcast_ref::<Softplus>()?;
-    let beta = ex.const_f32("softplus_beta", l.beta as f32);
-    let xb = ex.node("Mul", &[&x.name, &beta], vec![]);
-    let sp = ex.node("Softplus", &[&xb], vec![]);
-    let sp = ex.node("Div", &[&sp, &beta], vec![]);
-    let th = ex.const_f32("softplus_threshold", l.threshold as f32);
-    let over = ex.node("Greater", &[&xb, &th], vec![]);
-    Some(Ok(ex.node("Where", &[&over, &x.name, &sp], vec![])))
+    Some(Ok(softplus_nodes(ex, &x.name, l.beta, l.threshold)))
 }
 
 /// `Softmax(dim)` -> `Softmax(axis = dim)` (opset 13 semantics: along one axis).
@@ -170,4 +169,15 @@ pub fn log_softmax(
 ) -> Option<Result<String, OnnxError>> {
     let l = layer.downcast_ref::<LogSoftmax>()?;
     Some(Ok(ex.node("LogSoftmax", &[&x.name], vec![attr_i("axis", l.dim as i64)])))
+}
+
+/// `Softplus(beta, threshold)` of `x` in ONNX ops.
+pub(super) fn softplus_nodes(ex: &mut Exporter, x: &str, beta: f64, threshold: f64) -> String {
+    let beta = ex.const_f32("softplus_beta", beta as f32);
+    let xb = ex.node("Mul", &[x, &beta], vec![]);
+    let sp = ex.node("Softplus", &[&xb], vec![]);
+    let sp = ex.node("Div", &[&sp, &beta], vec![]);
+    let th = ex.const_f32("softplus_threshold", threshold as f32);
+    let over = ex.node("Greater", &[&xb, &th], vec![]);
+    ex.node("Where", &[&over, x, &sp], vec![])
 }

@@ -32,7 +32,12 @@ pub mod recurrent;
 mod resample;
 mod rms_instance_norm;
 mod shape;
+mod traced;
+mod traced_ops;
 mod transformer;
+
+pub use traced::{export_traced, trace_model, TracedConverter, TracedNode, TracedValue};
+pub use traced_ops::traced_ops;
 
 use std::any::TypeId;
 use std::collections::{HashMap, HashSet};
@@ -201,6 +206,19 @@ impl Exporter {
         name
     }
 
+    /// An f32 initializer with a fresh name starting with `hint` (a constant of a traced graph).
+    pub fn const_tensor(&mut self, hint: &str, t: &Tensor<f32>) -> String {
+        let name = self.fresh(hint);
+        self.initializers.push(TensorProto {
+            name: name.clone(),
+            dims: t.shape().iter().map(|&d| d as i64).collect(),
+            data_type: data_type::FLOAT,
+            raw_data: t.to_vec().iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        name
+    }
+
     /// The parameter `var` as an initializer named `name`.
     pub fn param(&mut self, name: &str, var: &Var<f32>) -> String {
         self.initializer(name, &var.value())
@@ -347,13 +365,14 @@ pub fn attr_strings(name: &str, v: &[&str]) -> AttributeProto {
     }
 }
 
-fn value_info(name: &str, shape: &[usize], dynamic_batch: bool) -> ValueInfoProto {
+fn value_info(name: &str, shape: &[usize], dynamic: &[bool]) -> ValueInfoProto {
     let dim = shape
         .iter()
         .enumerate()
         .map(|(i, &d)| tensor_shape_proto::Dimension {
-            value: Some(if i == 0 && dynamic_batch {
-                tensor_shape_proto::dimension::Value::DimParam("batch".into())
+            value: Some(if dynamic.get(i).copied().unwrap_or(false) {
+                let name = if i == 0 { "batch".to_string() } else { format!("{name}_dim{i}") };
+                tensor_shape_proto::dimension::Value::DimParam(name)
             } else {
                 tensor_shape_proto::dimension::Value::DimValue(d as i64)
             }),
@@ -373,16 +392,8 @@ fn value_info(name: &str, shape: &[usize], dynamic_batch: bool) -> ValueInfoProt
     }
 }
 
-/// The ONNX model of `model` applied to `example_input` (see [`export`]), in memory, with
-/// kiln's output on the example input.
-///
-/// # Errors
-/// As [`export`], except for writing.
-pub fn export_model(
-    model: &dyn Layer<f32>,
-    example_input: &Tensor<f32>,
-    options: &ExportOptions,
-) -> Result<(ModelProto, Tensor<f32>), OnnxError> {
+/// Checks the opset and the names of `options`; returns the input and output names.
+fn check_names(options: &ExportOptions, example_input: &Tensor<f32>) -> Result<(String, String), OnnxError> {
     if !EXPORT_OPSETS.contains(&options.opset) {
         return Err(OnnxError::Options(format!(
             "opset {} is not supported (supported: {}..={})",
@@ -405,24 +416,35 @@ pub fn export_model(
     if input_name == output_name {
         return Err(OnnxError::Options(format!("input and output are both named {input_name:?}")));
     }
-    let mut ex = Exporter::new(options.opset, options.converters.clone());
-    ex.names.insert(input_name.clone());
-    ex.names.insert(output_name.clone());
-    let x = Value { name: input_name.clone(), example: example_input.contiguous() };
-    let y = ex.convert(model, "", &x)?;
+    Ok((input_name, output_name))
+}
+
+/// The model of the graph `ex` built, whose output value is `y_name`: the output gets the
+/// asked-for name, and the input and output their shapes (`*_dynamic`: the symbolic axes).
+#[allow(clippy::too_many_arguments)]
+fn finish_model(
+    mut ex: Exporter,
+    options: &ExportOptions,
+    input_name: &str,
+    output_name: &str,
+    y_name: &str,
+    input_shape: &[usize],
+    output_shape: &[usize],
+    output_dynamic: &[bool],
+) -> ModelProto {
     // The graph output gets the asked-for name: through an Identity when the output is the
     // input itself or an initializer, by renaming the producing node's output otherwise.
-    match ex.nodes.iter_mut().rev().find(|n| n.output.contains(&y.name)) {
+    match ex.nodes.iter_mut().rev().find(|n| n.output.iter().any(|o| o == y_name)) {
         Some(node) => {
             for o in node.output.iter_mut() {
-                if *o == y.name {
-                    *o = output_name.clone();
+                if *o == y_name {
+                    *o = output_name.to_string();
                 }
             }
             for n in ex.nodes.iter_mut() {
                 for i in n.input.iter_mut() {
-                    if *i == y.name {
-                        *i = output_name.clone();
+                    if *i == y_name {
+                        *i = output_name.to_string();
                     }
                 }
             }
@@ -432,28 +454,58 @@ pub fn export_model(
             ex.nodes.push(NodeProto {
                 name,
                 op_type: "Identity".into(),
-                input: vec![y.name.clone()],
-                output: vec![output_name.clone()],
+                input: vec![y_name.to_string()],
+                output: vec![output_name.to_string()],
                 ..Default::default()
             });
         }
     }
+    let input_dynamic: Vec<bool> = (0..input_shape.len()).map(|i| i == 0 && options.dynamic_batch).collect();
     let graph = GraphProto {
         name: "kiln".into(),
         node: ex.nodes,
         initializer: ex.initializers,
-        input: vec![value_info(&input_name, example_input.shape(), options.dynamic_batch)],
-        output: vec![value_info(&output_name, y.example.shape(), options.dynamic_batch)],
+        input: vec![value_info(input_name, input_shape, &input_dynamic)],
+        output: vec![value_info(output_name, output_shape, output_dynamic)],
         ..Default::default()
     };
-    let model = ModelProto {
+    ModelProto {
         ir_version: ir_version(options.opset),
         opset_import: vec![OperatorSetIdProto { domain: String::new(), version: options.opset }],
         producer_name: "kiln".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         graph: Some(graph),
         ..Default::default()
-    };
+    }
+}
+
+/// The ONNX model of `model` applied to `example_input` (see [`export`]), in memory, with
+/// kiln's output on the example input.
+///
+/// # Errors
+/// As [`export`], except for writing.
+pub fn export_model(
+    model: &dyn Layer<f32>,
+    example_input: &Tensor<f32>,
+    options: &ExportOptions,
+) -> Result<(ModelProto, Tensor<f32>), OnnxError> {
+    let (input_name, output_name) = check_names(options, example_input)?;
+    let mut ex = Exporter::new(options.opset, options.converters.clone());
+    ex.names.insert(input_name.clone());
+    ex.names.insert(output_name.clone());
+    let x = Value { name: input_name.clone(), example: example_input.contiguous() };
+    let y = ex.convert(model, "", &x)?;
+    let out_dynamic: Vec<bool> = (0..y.example.ndim()).map(|i| i == 0 && options.dynamic_batch).collect();
+    let model = finish_model(
+        ex,
+        options,
+        &input_name,
+        &output_name,
+        &y.name,
+        example_input.shape(),
+        y.example.shape(),
+        &out_dynamic,
+    );
     Ok((model, y.example))
 }
 
