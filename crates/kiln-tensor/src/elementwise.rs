@@ -6,6 +6,7 @@ use std::ops::{Add, Div, Mul, Neg, Sub};
 use ndarray::{ArrayViewMutD, IxDyn, Zip};
 use rayon::prelude::*;
 
+use crate::alloc;
 use crate::element::Float;
 use crate::parallel;
 use crate::tensor::{Shape, Tensor};
@@ -64,7 +65,7 @@ impl<E: Float> Tensor<E> {
         if let Some(x) = self.as_slice() {
             if n < parallel::elementwise_min() || parallel::get_num_threads() == 1 {
                 // collect: no zero-fill before the write (the loop vectorises as well)
-                return Self::from_vec(x.iter().map(|&v| f(v)).collect(), &self.shape);
+                return Self::from_vec(alloc::take_collect(n, x.iter().map(|&v| f(v))), &self.shape);
             }
         }
         if let Some(x) = self.as_slice() {
@@ -75,7 +76,7 @@ impl<E: Float> Tensor<E> {
             });
             return Self::from_vec(out, &self.shape);
         }
-        let mut out = vec![E::zero(); n];
+        let mut out = alloc::take_filled(n, E::zero());
         {
             let mut o = out.iter_mut();
             let st = &self.storage;
@@ -93,7 +94,10 @@ impl<E: Float> Tensor<E> {
         if self.shape == other.shape {
             if let (Some(a), Some(b)) = (self.as_slice(), other.as_slice()) {
                 if a.len() < parallel::elementwise_min() || parallel::get_num_threads() == 1 {
-                    return Self::from_vec(a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect(), &self.shape);
+                    return Self::from_vec(
+                        alloc::take_collect(a.len(), a.iter().zip(b).map(|(&x, &y)| f(x, y))),
+                        &self.shape,
+                    );
                 }
                 let out = parallel::filled(a.len(), CHUNK, true, |i, o| {
                     for ((o, &x), &y) in o.iter_mut().zip(&a[i * CHUNK..]).zip(&b[i * CHUNK..]) {
@@ -134,7 +138,7 @@ impl<E: Float> Tensor<E> {
         }
         let a = self.expand(&shape);
         let b = other.expand(&shape);
-        let mut out = vec![E::zero(); n];
+        let mut out = alloc::take_filled(n, E::zero());
         {
             let av = a.view_nd();
             let bv = b.view_nd();
@@ -426,7 +430,7 @@ impl<E: Float> Tensor<E> {
     pub fn where_(&self, mask: &Tensor<E>, other: &Tensor<E>) -> Self {
         let shape = broadcast_shapes(&broadcast_shapes(&mask.shape, &self.shape, "where_"), &other.shape, "where_");
         let (m, a, b) = (mask.expand(&shape), self.expand(&shape), other.expand(&shape));
-        let mut out = vec![E::zero(); shape.iter().product()];
+        let mut out = alloc::take_filled(shape.iter().product(), E::zero());
         {
             let ov = ArrayViewMutD::from_shape(IxDyn(&shape), &mut out).expect("sized");
             Zip::from(ov)

@@ -45,7 +45,7 @@ impl<E: Float> Tensor<E> {
         let mut shape: Shape = first.shape.clone();
         shape[d] = total;
         let (outer, _, inner) = outer_inner(&shape, d);
-        let mut out = Vec::with_capacity(shape.iter().product());
+        let mut out = crate::alloc::take(shape.iter().product());
         let parts: Vec<Tensor<E>> = tensors.iter().map(|t| t.contiguous()).collect();
         for o in 0..outer {
             for t in &parts {
@@ -118,7 +118,7 @@ impl<E: Float> Tensor<E> {
         let src = self.contiguous();
         let s = src.as_slice().expect("contiguous");
         let (outer, n, inner) = outer_inner(&self.shape, d);
-        let mut out = Vec::with_capacity(outer * index.len() * inner);
+        let mut out = crate::alloc::take(outer * index.len() * inner);
         for o in 0..outer {
             for &i in index {
                 assert!(i < n, "index_select: index {i} out of range for dim {d} of shape {:?}", self.shape);
@@ -312,7 +312,7 @@ impl<E: Float> Tensor<E> {
             PadMode::Constant(v) => E::from_f64(v),
             _ => E::zero(),
         };
-        let mut out = vec![fill; n];
+        let mut out = crate::alloc::take_filled(n, fill);
         let mut pos = vec![0usize; nd];
         let mut src = vec![0usize; nd];
         for o in out.iter_mut() {
@@ -380,7 +380,7 @@ impl<E: Float> Tensor<E> {
     ///
     /// **Panics** if a class is `>= num_classes`.
     pub fn one_hot(classes: &Indices, num_classes: usize) -> Tensor<E> {
-        let mut out = vec![E::zero(); classes.len() * num_classes];
+        let mut out = crate::alloc::take_filled(classes.len() * num_classes, E::zero());
         for (i, &c) in classes.data.iter().enumerate() {
             assert!(c < num_classes, "one_hot: class {c} out of range for {num_classes} classes");
             out[i * num_classes + c] = E::one();

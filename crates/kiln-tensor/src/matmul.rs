@@ -66,7 +66,7 @@ impl<E: Float> Tensor<E> {
         let b = b.expand(&full_b);
         let nbatch: usize = batch.iter().product();
         let total = nbatch * m * n;
-        let mut out: Vec<E> = Vec::with_capacity(total);
+        let mut out: Vec<E> = crate::alloc::take(total);
         let nd = batch.len();
         let (rsa, csa) = (a.strides[nd], a.strides[nd + 1]);
         let (rsb, csb) = (b.strides[nd], b.strides[nd + 1]);

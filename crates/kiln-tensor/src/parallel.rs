@@ -221,7 +221,7 @@ pub(crate) fn filled<E: Float>(
         return Vec::new();
     }
     assert!(chunk > 0, "filled: chunk size 0 for {n} elements");
-    let mut v: Vec<E> = Vec::with_capacity(n);
+    let mut v: Vec<E> = crate::alloc::take(n);
     let init = |(i, c): (usize, &mut [std::mem::MaybeUninit<E>])| {
         for x in c.iter_mut() {
             x.write(E::zero());

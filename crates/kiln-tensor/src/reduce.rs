@@ -56,7 +56,7 @@ impl<E: Float> Tensor<E> {
         let src = self.permute(&order).contiguous();
         let data = src.as_slice().expect("contiguous");
         let n_out: usize = kept.iter().map(|&d| self.shape[d]).product();
-        let mut out = vec![E::zero(); n_out];
+        let mut out = crate::alloc::take_filled(n_out, E::zero());
         if lane == 0 {
             let v = f(&[]);
             out.iter_mut().for_each(|o| *o = v);
@@ -103,7 +103,7 @@ impl<E: Float> Tensor<E> {
             }
         }
         let n_out: usize = out_shape.iter().product();
-        let mut out = vec![E::zero(); n_out];
+        let mut out = crate::alloc::take_filled(n_out, E::zero());
         if data.is_empty() || n_out == 0 {
             return Tensor::from_vec(out, &out_shape);
         }
@@ -286,7 +286,7 @@ impl<E: Float> Tensor<E> {
         let src = self.permute(&order).contiguous();
         let data = src.as_slice().expect("contiguous");
         let n_out = data.len() / lane;
-        let mut vals = Vec::with_capacity(n_out);
+        let mut vals = crate::alloc::take(n_out);
         let mut idx = Vec::with_capacity(n_out);
         for l in data.chunks(lane) {
             let (mut bi, mut bv) = (0, l[0]);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use ndarray::{ArrayD, ArrayViewD, IxDyn, ShapeBuilder};
 use smallvec::SmallVec;
 
+use crate::alloc::{self, Buffer};
 use crate::element::{DType, Float};
 use crate::rng::Rng;
 
@@ -35,7 +36,7 @@ pub type Strides = SmallVec<[isize; 6]>;
 /// ```
 #[derive(Clone)]
 pub struct Tensor<E: Float = f32> {
-    pub(crate) storage: Arc<Vec<E>>,
+    pub(crate) storage: Arc<Buffer<E>>,
     pub(crate) shape: Shape,
     pub(crate) strides: Strides,
     pub(crate) offset: usize,
@@ -179,7 +180,7 @@ pub(crate) fn contiguous_strides(shape: &[usize]) -> Strides {
 impl<E: Float> Tensor<E> {
     // ------------------------------------------------------------------ construction
 
-    pub(crate) fn from_parts(storage: Arc<Vec<E>>, shape: Shape, strides: Strides, offset: usize) -> Self {
+    pub(crate) fn from_parts(storage: Arc<Buffer<E>>, shape: Shape, strides: Strides, offset: usize) -> Self {
         Tensor { storage, shape, strides, offset }
     }
 
@@ -195,14 +196,19 @@ impl<E: Float> Tensor<E> {
         let n: usize = shape.iter().product();
         assert_eq!(n, data.len(), "from_vec: shape {shape:?} holds {n} elements but the data has {}", data.len());
         crate::alloc::tune_from_env_once();
-        Tensor { storage: Arc::new(data), shape: shape.into(), strides: contiguous_strides(shape), offset: 0 }
+        Tensor {
+            storage: Arc::new(Buffer::new(data)),
+            shape: shape.into(),
+            strides: contiguous_strides(shape),
+            offset: 0,
+        }
     }
 
     /// A contiguous tensor copied from a slice.
     ///
     /// **Panics** if `data.len()` differs from the shape's element count.
     pub fn from_slice(data: &[E], shape: &[usize]) -> Self {
-        Self::from_vec(data.to_vec(), shape)
+        Self::from_vec(alloc::take_copy(data), shape)
     }
 
     /// A 0-dimensional tensor holding one value.
@@ -227,7 +233,7 @@ impl<E: Float> Tensor<E> {
 
     /// A tensor filled with `value`.
     pub fn full(shape: &[usize], value: E) -> Self {
-        Self::from_vec(vec![value; shape.iter().product()], shape)
+        Self::from_vec(alloc::take_filled(shape.iter().product(), value), shape)
     }
     /// A tensor of zeros.
     pub fn zeros(shape: &[usize]) -> Self {
@@ -403,8 +409,8 @@ impl<E: Float> Tensor<E> {
     pub fn into_vec(self) -> Vec<E> {
         if self.is_contiguous() && self.offset == 0 && self.storage.len() == self.numel() {
             match Arc::try_unwrap(self.storage) {
-                Ok(v) => v,
-                Err(arc) => arc.as_ref().clone(),
+                Ok(v) => v.into_vec(),
+                Err(arc) => alloc::take_copy(&arc),
             }
         } else {
             self.to_vec()
@@ -414,9 +420,9 @@ impl<E: Float> Tensor<E> {
     /// The elements in row-major order, copied.
     pub fn to_vec(&self) -> Vec<E> {
         if let Some(s) = self.as_slice() {
-            return s.to_vec();
+            return alloc::take_copy(s);
         }
-        let mut out = Vec::with_capacity(self.numel());
+        let mut out = alloc::take(self.numel());
         self.for_each_offset(|o| out.push(self.storage[o]));
         out
     }
@@ -540,7 +546,7 @@ impl<E: Float> Tensor<E> {
     pub fn cast<F: Float>(&self) -> Tensor<F> {
         let src = self.contiguous();
         let s = src.as_slice().expect("contiguous");
-        Tensor::from_vec(s.iter().map(|&x| F::from_f64(x.to_f64())).collect(), &self.shape)
+        Tensor::from_vec(alloc::take_collect(s.len(), s.iter().map(|&x| F::from_f64(x.to_f64()))), &self.shape)
     }
 
     // ------------------------------------------------------------------ views

@@ -147,8 +147,8 @@ impl<E: Float> Tensor<E> {
         let d = e / heads;
         let scale = E::from_f64(1.0 / (d as f64).sqrt());
         let (qv, kv, vv) = (View::of(self), View::of(k), View::of(v));
-        let mut out: Vec<E> = Vec::with_capacity(n * l * e);
-        let mut probs: Vec<E> = Vec::with_capacity(n * heads * l * s);
+        let mut out: Vec<E> = crate::alloc::take(n * l * e);
+        let mut probs: Vec<E> = crate::alloc::take(n * heads * l * s);
         let (po, pp) = (SendPtr(out.as_mut_ptr()), SendPtr(probs.as_mut_ptr()));
         for_each_head(n, heads, 2 * n * heads * l * s * d, |b, h| {
             let (po, pp) = (po, pp);
@@ -208,9 +208,9 @@ impl<E: Float> Tensor<E> {
     ) -> (Tensor<E>, Tensor<E>, Tensor<E>) {
         check_shapes("multi_head_attention_backward", self, k, v, heads);
         let (n, l, e, s) = (self.shape[0], self.shape[1], self.shape[2], k.shape[1]);
-        let mut dq: Vec<E> = Vec::with_capacity(n * l * e);
-        let mut dk: Vec<E> = Vec::with_capacity(n * s * e);
-        let mut dv: Vec<E> = Vec::with_capacity(n * s * e);
+        let mut dq: Vec<E> = crate::alloc::take(n * l * e);
+        let mut dk: Vec<E> = crate::alloc::take(n * s * e);
+        let mut dv: Vec<E> = crate::alloc::take(n * s * e);
         let outs = [(&mut dq, l), (&mut dk, s), (&mut dv, s)].map(|(b, t)| Out {
             ptr: SendPtr(b.as_mut_ptr()),
             s0: t * e,
@@ -250,7 +250,7 @@ impl<E: Float> Tensor<E> {
         let (q, k, v) = (self.narrow(2, 0, e), self.narrow(2, e, e), self.narrow(2, 2 * e, e));
         check_shapes("packed_self_attention_backward", &q, &k, &v, heads);
         let (n, l) = (self.shape[0], self.shape[1]);
-        let mut d: Vec<E> = Vec::with_capacity(n * l * 3 * e);
+        let mut d: Vec<E> = crate::alloc::take(n * l * 3 * e);
         let base = d.as_mut_ptr();
         // SAFETY: column block b of the [N, L, 3E] buffer starts b·E elements in.
         let outs = [0, 1, 2].map(|b| Out { ptr: SendPtr(unsafe { base.add(b * e) }), s0: l * 3 * e, s1: 3 * e });
@@ -316,7 +316,8 @@ unsafe fn attention_backward<E: Float>(
         // Name the whole structs so that the closure captures them (they are Sync), not their
         // raw-pointer fields.
         let (oq, ok, ov, pv) = (oq, ok, ov, &pv);
-        let mut ds = vec![E::zero(); l * s];
+        // (scratch: goes back to the pool when dropped)
+        let mut ds = crate::alloc::Buffer::new(crate::alloc::take_filled(l * s, E::zero()));
         let at = |o: Out<E>| {
             // SAFETY: (b, 0, h·d) is inside the output layout.
             unsafe { o.ptr.0.add(b * o.s0 + h * d) }

@@ -141,7 +141,7 @@ fn take_buffer<E: Float>(n: usize) -> Vec<E> {
             v.resize(n, E::zero());
             *v
         }
-        _ => vec![E::zero(); n],
+        _ => crate::alloc::take_filled(n, E::zero()),
     }
 }
 
@@ -551,12 +551,12 @@ pub fn lstm_forward<E: Float>(
     let wtv = wt.as_slice().expect("contiguous");
     let mask = rec_mask.map(Tensor::to_vec);
 
-    let mut out = vec![E::zero(); (t_len + 2) * bh];
+    let mut out = crate::alloc::take_filled((t_len + 2) * bh, E::zero());
     let mut h = h0.to_vec();
     let mut c = c0.to_vec();
     // Without a tape, one slot of each buffer is reused at every step.
     let slots = if keep_tape { t_len } else { 1 };
-    let buffer = |n: usize| if keep_tape { take_buffer(n) } else { vec![E::zero(); n] };
+    let buffer = |n: usize| if keep_tape { take_buffer(n) } else { crate::alloc::take_filled(n, E::zero()) };
     let mut gates = buffer(slots * bg);
     let mut c_prev = if keep_tape { buffer(slots * bh) } else { Vec::new() };
     let mut tanh_c = if keep_tape { buffer(slots * bh) } else { Vec::new() };
@@ -673,10 +673,10 @@ pub fn lstm_backward<E: Float>(tape: &LstmTape<E>, w_hh: &Tensor<E>, grad: &Tens
     let wv = w.as_slice().expect("contiguous");
     let rsb = rows.batch_stride();
 
-    let mut dxp = vec![E::zero(); t_len * bg];
+    let mut dxp = crate::alloc::take_filled(t_len * bg, E::zero());
     let mut dh = gv[t_len * bh..(t_len + 1) * bh].to_vec();
     let mut dc = gv[(t_len + 1) * bh..].to_vec();
-    let mut tmp = if tape.mask.is_some() { vec![E::zero(); bh] } else { Vec::new() };
+    let mut tmp = if tape.mask.is_some() { crate::alloc::take_filled(bh, E::zero()) } else { Vec::new() };
     let one = E::one();
 
     let [dxp_s, dh_s, dc_s, tmp_s] = [&mut dxp, &mut dh, &mut dc, &mut tmp].map(|v| Shared::new(v));
@@ -739,7 +739,7 @@ pub fn lstm_backward<E: Float>(tape: &LstmTape<E>, w_hh: &Tensor<E>, grad: &Tens
     });
     // ∂W_hh = ∂aᵀ · h_rec over every step at once (rows of padded steps: ∂a = 0)
     let n_rows = if rows.batch_major { t_len * batch } else { tape.max_len * batch };
-    let mut dw = vec![E::zero(); g4 * hidden];
+    let mut dw = crate::alloc::take_filled(g4 * hidden, E::zero());
     gemm_slices(
         g4,
         n_rows,

@@ -9,7 +9,7 @@ use crate::tensor::Tensor;
 /// parallel when the buffer is large.
 fn rows_filled<E: Float>(n: usize, lane: usize, f: impl Fn(usize, &mut [E]) + Sync + Send) -> Vec<E> {
     if lane == 0 {
-        return vec![E::zero(); n];
+        return crate::alloc::take_filled(n, E::zero());
     }
     parallel::filled(n, lane, n >= parallel::elementwise_min() && parallel::get_num_threads() > 1, f)
 }

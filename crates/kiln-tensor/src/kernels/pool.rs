@@ -487,7 +487,7 @@ fn max_window(o: usize, stride: usize, pad: usize, kernel: usize, dil: usize, le
 /// if several, as in PyTorch).
 fn max_pool_2x2<E: Float>(x: &[E], g: &Geom) -> (Vec<E>, [usize; 4], Vec<usize>) {
     let (hw, ohw, w) = (g.in_plane(), g.out_plane(), g.w);
-    let mut vals = vec![E::zero(); g.planes * ohw];
+    let mut vals = crate::alloc::take_filled(g.planes * ohw, E::zero());
     let mut idx = vec![0usize; g.planes * ohw];
     let plane = |p: usize, (vals, idx): (&mut [E], &mut [usize])| {
         let src = &x[p * hw..(p + 1) * hw];
@@ -570,7 +570,7 @@ fn max_pool_backward_impl<E: Float>(
     let hw: usize = in_shape[2..].iter().product();
     let ohw: usize = out_shape[2..].iter().product();
     let planes = in_shape[0] * in_shape[1];
-    let mut gx = vec![E::zero(); planes * hw];
+    let mut gx = crate::alloc::take_filled(planes * hw, E::zero());
     let par = planes > 1 && planes * hw.max(ohw) >= parallel::elementwise_min() && parallel::get_num_threads() > 1;
     for_each_plane(&mut gx, hw, par, |p, gx| {
         for (g, &i) in gy[p * ohw..(p + 1) * ohw].iter().zip(&idx[p * ohw..(p + 1) * ohw]) {
@@ -611,7 +611,7 @@ fn avg_divisor<E: Float>(
 
 fn avg_pool_impl<E: Float>(x: &[E], g: &Geom, include_pad: bool, over: Option<usize>) -> Vec<E> {
     let (hw, ohw) = (g.in_plane(), g.out_plane());
-    let mut out = vec![E::zero(); g.planes * ohw];
+    let mut out = crate::alloc::take_filled(g.planes * ohw, E::zero());
     for_each_plane(&mut out, ohw, g.parallel(), |p, out| {
         let plane = &x[p * hw..(p + 1) * hw];
         for oy in 0..g.oh {
@@ -634,7 +634,7 @@ fn avg_pool_impl<E: Float>(x: &[E], g: &Geom, include_pad: bool, over: Option<us
 
 fn avg_pool_backward_impl<E: Float>(gy: &[E], g: &Geom, include_pad: bool, over: Option<usize>) -> Vec<E> {
     let (hw, ohw) = (g.in_plane(), g.out_plane());
-    let mut gx = vec![E::zero(); g.planes * hw];
+    let mut gx = crate::alloc::take_filled(g.planes * hw, E::zero());
     for_each_plane(&mut gx, hw, g.parallel(), |p, gx| {
         let gyp = &gy[p * ohw..(p + 1) * ohw];
         for oy in 0..g.oh {
@@ -668,7 +668,7 @@ fn adaptive_parallel(planes: usize, in_plane: usize) -> bool {
 
 fn adaptive_impl<E: Float>(x: &[E], s: &[usize; 4], o: &[usize; 4]) -> Vec<E> {
     let (planes, hw, ohw) = (s[0] * s[1], s[2] * s[3], o[2] * o[3]);
-    let mut out = vec![E::zero(); planes * ohw];
+    let mut out = crate::alloc::take_filled(planes * ohw, E::zero());
     for_each_plane(&mut out, ohw, adaptive_parallel(planes, hw), |p, out| {
         let plane = &x[p * hw..(p + 1) * hw];
         for oy in 0..o[2] {
@@ -688,7 +688,7 @@ fn adaptive_impl<E: Float>(x: &[E], s: &[usize; 4], o: &[usize; 4]) -> Vec<E> {
 
 fn adaptive_backward_impl<E: Float>(gy: &[E], s: &[usize; 4], o: &[usize; 4]) -> Vec<E> {
     let (planes, hw, ohw) = (s[0] * s[1], s[2] * s[3], o[2] * o[3]);
-    let mut gx = vec![E::zero(); planes * hw];
+    let mut gx = crate::alloc::take_filled(planes * hw, E::zero());
     for_each_plane(&mut gx, hw, adaptive_parallel(planes, hw), |p, gx| {
         let gyp = &gy[p * ohw..(p + 1) * ohw];
         for oy in 0..o[2] {

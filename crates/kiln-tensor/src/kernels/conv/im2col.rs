@@ -5,6 +5,7 @@
 use rayon::prelude::*;
 
 use super::geometry::Geom;
+use crate::alloc::{self, Buffer};
 use crate::element::Float;
 use crate::kernels::gemm::gemm_slices;
 use crate::parallel;
@@ -141,7 +142,7 @@ fn for_each_sample<E: Float>(
         return;
     }
     let serial_loop = |out: &mut [E]| {
-        let mut col = vec![E::zero(); col_len];
+        let mut col = Buffer::new(alloc::take_filled(col_len, E::zero()));
         for (i, o) in out.chunks_mut(chunk).enumerate() {
             f(i, o, &mut col, false);
         }
@@ -154,9 +155,10 @@ fn for_each_sample<E: Float>(
         if threads < 2 {
             serial_loop(out);
         } else {
-            out.par_chunks_mut(chunk)
-                .enumerate()
-                .for_each_init(|| vec![E::zero(); col_len], |col, (i, o)| f(i, o, col, true));
+            out.par_chunks_mut(chunk).enumerate().for_each_init(
+                || Buffer::new(alloc::take_filled(col_len, E::zero())),
+                |col, (i, o)| f(i, o, col, true),
+            );
         }
     });
 }
@@ -165,7 +167,7 @@ fn for_each_sample<E: Float>(
 pub(super) fn forward_impl<E: Float>(x: &[E], wt: &[E], n: usize, g: &Geom) -> Vec<E> {
     let (k, ohw, cg_len, og_len, wg_len) =
         (g.k(), g.out_plane(), g.c * g.in_plane(), g.oc * g.out_plane(), g.oc * g.k());
-    let mut out = vec![E::zero(); n * g.out_sample()];
+    let mut out = alloc::take_filled(n * g.out_sample(), E::zero());
     for_each_sample(&mut out, g.out_sample(), n, g.flops(n), g.col_len(), |i, out, col, serial| {
         let xs = &x[i * g.in_sample()..(i + 1) * g.in_sample()];
         for grp in 0..g.groups {
@@ -190,7 +192,7 @@ pub(super) fn forward_impl<E: Float>(x: &[E], wt: &[E], n: usize, g: &Geom) -> V
 pub(super) fn backward_input_impl<E: Float>(gy: &[E], wt: &[E], n: usize, g: &Geom) -> Vec<E> {
     let (k, ohw, cg_len, og_len, wg_len) =
         (g.k(), g.out_plane(), g.c * g.in_plane(), g.oc * g.out_plane(), g.oc * g.k());
-    let mut gx = vec![E::zero(); n * g.in_sample()];
+    let mut gx = alloc::take_filled(n * g.in_sample(), E::zero());
     for_each_sample(&mut gx, g.in_sample(), n, g.flops(n), g.col_len(), |i, gx, col, serial| {
         let gys = &gy[i * g.out_sample()..(i + 1) * g.out_sample()];
         for grp in 0..g.groups {
@@ -234,8 +236,8 @@ pub(super) fn backward_weight_impl<E: Float>(gy: &[E], x: &[E], n: usize, g: &Ge
         }
     };
     let serial_all = || {
-        let mut gw = vec![E::zero(); w_len];
-        let mut col = vec![E::zero(); g.col_len()];
+        let mut gw = alloc::take_filled(w_len, E::zero());
+        let mut col = Buffer::new(alloc::take_filled(g.col_len(), E::zero()));
         for i in 0..n {
             sample(i, &mut gw, &mut col, false);
         }
@@ -253,7 +255,7 @@ pub(super) fn backward_weight_impl<E: Float>(gy: &[E], x: &[E], n: usize, g: &Ge
             .into_par_iter()
             .with_min_len(n.div_ceil(threads))
             .fold(
-                || (vec![E::zero(); w_len], vec![E::zero(); g.col_len()]),
+                || (alloc::take_filled(w_len, E::zero()), Buffer::new(alloc::take_filled(g.col_len(), E::zero()))),
                 |(mut gw, mut col), i| {
                     sample(i, &mut gw, &mut col, true);
                     (gw, col)
@@ -264,9 +266,10 @@ pub(super) fn backward_weight_impl<E: Float>(gy: &[E], x: &[E], n: usize, g: &Ge
                 for (x, y) in a.iter_mut().zip(&b) {
                     *x += *y;
                 }
+                alloc::recycle(b);
                 a
             })
-            .unwrap_or_else(|| vec![E::zero(); w_len])
+            .unwrap_or_else(|| alloc::take_filled(w_len, E::zero()))
     })
 }
 
@@ -285,7 +288,7 @@ pub(super) fn add_bias<E: Float>(out: &mut [E], bias: &[E], plane: usize) {
 
 /// Sums `[n, c, plane]` over the first and last axes.
 pub(super) fn channel_sums<E: Float>(x: &[E], n: usize, c: usize, plane: usize) -> Vec<E> {
-    let mut sums = vec![E::zero(); c];
+    let mut sums = alloc::take_filled(c, E::zero());
     for i in 0..n {
         for (ch, s) in sums.iter_mut().enumerate() {
             let start = (i * c + ch) * plane;
