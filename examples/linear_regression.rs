@@ -76,7 +76,7 @@ fn main() {
     // ANCHOR: gradient_descent
     let x = Var::constant(Tensor::<f64>::from_vec(feats.iter().flatten().copied().collect(), &[n, 3]));
     let y = Var::constant(Tensor::from_vec(target.clone(), &[n, 1]));
-    let model: Linear<f64> = Linear::new(3, 1);
+    let model: Linear<f64> = Linear::new_generic(3, 1);
     let mut opt = SGD::new(model.parameters(), SGDConfig { lr: 0.02, momentum: 0.9, ..Default::default() });
     for epoch in 0..=20_000 {
         opt.zero_grad();

@@ -11,7 +11,7 @@ use kiln_tensor::{Rng, Tensor};
 
 fn mlp() -> Sequential<f64> {
     kiln_nn::init::manual_seed(3);
-    Sequential::new().add(Linear::<f64>::new(6, 16)).add(Tanh).add(Linear::<f64>::new(16, 3))
+    Sequential::new_generic().add(Linear::<f64>::new_generic(6, 16)).add(Tanh).add(Linear::<f64>::new_generic(16, 3))
 }
 
 fn input() -> Tensor<f64> {
@@ -86,7 +86,7 @@ fn shap_values_of_an_mlp_sum_to_prediction_minus_expected_value() {
 #[test]
 fn occlusion_of_an_image_model_through_a_module() {
     // A 1x6x6 image flattened into a linear layer whose weights are zero except on (2, 3).
-    let fc = Linear::<f64>::new(36, 1);
+    let fc = Linear::<f64>::new_generic(36, 1);
     fc.weight.set_value(Tensor::from_vec((0..36).map(|i| if i == 2 * 6 + 3 { 2.0 } else { 0.0 }).collect(), &[1, 36]));
     let model = |x: &Var<f64>| fc.forward(&x.reshape(&[x.size(0), 36]));
     let x = Tensor::full(&[1, 6, 6], 0.5);
@@ -114,7 +114,7 @@ impl Forward<f64> for BagModel {
 #[test]
 fn text_shap_and_lime_score_tokens_and_leave_padding_alone() {
     kiln_nn::init::manual_seed(5);
-    let model = BagModel { embedding: Embedding::new(8, 4), fc: Linear::new(4, 2) };
+    let model = BagModel { embedding: Embedding::new_generic(8, 4), fc: Linear::new_generic(4, 2) };
     let vocab = |id: usize| ["<pad>", "<unk>", "the", "film", "was", "great", "awful", "plot"][id].to_string();
     let ids = [2, 3, 4, 5, 0, 0];
     let input: Segmented<f64> = Segmented::text(&ids, 1, Some(0));

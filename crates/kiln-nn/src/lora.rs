@@ -540,7 +540,7 @@ fn wrap_linears<E: Float>(node: &mut dyn Any, prefix: &str, config: &LoraConfig)
     } else if let Some(list) = node.downcast_mut::<ModuleList<E>>() {
         for (i, layer) in list.iter_mut().enumerate() {
             let name = format!("{prefix}{i}");
-            let placeholder: Box<dyn Layer<E>> = Box::new(Sequential::<E>::new());
+            let placeholder: Box<dyn Layer<E>> = Box::new(Sequential::<E>::new_generic());
             let taken = std::mem::replace(layer, placeholder);
             *layer = wrap_boxed(taken, &name, config);
         }

@@ -91,7 +91,7 @@ fn lstm_gradients_match_f32() {
 fn parameters_and_gradients_stay_f32_and_f64_is_untouched() {
     // f64 models (gradcheck's type) compute exactly as without autocast.
     let mut rng = Rng::new(4);
-    let layer: Linear<f64> = Linear::new(9, 3);
+    let layer: Linear<f64> = Linear::new_generic(9, 3);
     let x = Var::constant(Tensor::<f64>::randn(&[4, 9], &mut rng));
     let y0 = layer.forward(&x).value();
     let y1 = autocast(DType::BF16, || layer.forward(&x)).value();

@@ -28,8 +28,8 @@ impl<E: Float> Encoder<E> {
     fn new(dims: &[usize], proj: bool) -> Self {
         let last = *dims.last().unwrap();
         Encoder {
-            layers: dims.windows(2).map(|w| Linear::new(w[0], w[1])).collect(),
-            proj: proj.then(|| Linear::new(last, last)),
+            layers: dims.windows(2).map(|w| Linear::new_generic(w[0], w[1])).collect(),
+            proj: proj.then(|| Linear::new_generic(last, last)),
             running_mean: Var::constant(Tensor::zeros(&[last])),
             act: ReLU,
             num_layers: dims.len() - 1,
@@ -74,11 +74,11 @@ impl<E: Float> Classifier<E> {
     fn new() -> Self {
         Classifier {
             encoder: Encoder::new(&[4, 6, 5], true),
-            head: Linear::new(5, 3),
+            head: Linear::new_generic(5, 3),
             temperature: Var::param(Tensor::ones(&[1])),
             extra_bias: None,
             config: HeadConfig { classes: 3 },
-            teacher: Linear::new(5, 3),
+            teacher: Linear::new_generic(5, 3),
         }
     }
 }
@@ -297,10 +297,10 @@ fn generic_concrete_tuple_and_renamed_structs() {
     assert_eq!(keys::<f32>(&t), ["w", "b"]);
     assert!(t.is_training(), "no flag and no sub-module: always training");
 
-    let p = Pair(Linear::new(2, 2), Var::param(Tensor::zeros(&[6, 2])));
+    let p = Pair(Linear::new_generic(2, 2), Var::param(Tensor::zeros(&[6, 2])));
     assert_eq!(keys::<f64>(&p), ["0.weight", "0.bias", "in_proj_weight"]);
 
-    let r: Residual<f64, Linear<f64>> = Residual { inner: Linear::new(3, 3), _t: PhantomData };
+    let r: Residual<f64, Linear<f64>> = Residual { inner: Linear::new_generic(3, 3), _t: PhantomData };
     assert_eq!(keys(&r), ["inner.weight", "inner.bias"]);
     let x = Var::constant(Tensor::ones(&[1, 3]));
     assert_eq!(r.forward(&x).shape().as_slice(), &[1, 3]);
@@ -331,8 +331,10 @@ fn generic_concrete_tuple_and_renamed_structs() {
 fn derived_modules_nest_in_containers() {
     // A derived module that is Forward + Display is a Layer: it goes into a Sequential,
     // and its keys get the position prefix, as in PyTorch.
-    let m: Sequential<f64> =
-        Sequential::new().add(Residual { inner: Linear::<f64>::new(2, 2), _t: PhantomData }).add(ReLU).add(Residual {
+    let m: Sequential<f64> = Sequential::new_generic()
+        .add(Residual { inner: Linear::<f64>::new_generic(2, 2), _t: PhantomData })
+        .add(ReLU)
+        .add(Residual {
             inner: sequential![LinearConfig { bias: false, ..LinearConfig::new(2, 2) }.build().unwrap()],
             _t: PhantomData,
         });

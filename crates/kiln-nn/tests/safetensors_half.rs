@@ -55,7 +55,11 @@ fn edge_values() -> Vec<f32> {
 }
 
 fn model<E: Float>() -> Sequential<E> {
-    Sequential::new().add(Linear::new(4, 3)).add(BatchNorm1d::new(3)).add(Tanh).add(Linear::new(3, 2))
+    Sequential::new_generic()
+        .add(Linear::new_generic(4, 3))
+        .add(BatchNorm1d::new_generic(3))
+        .add(Tanh)
+        .add(Linear::new_generic(3, 2))
 }
 
 /// A state dict with the edge values and a trained-looking model's tensors.

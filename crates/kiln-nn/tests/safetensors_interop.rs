@@ -161,15 +161,15 @@ save_file({"kiln_model_output": y, "torch_model_output": y2,
 "#;
 
 fn interop_model<E: Float>() -> Sequential<E> {
-    Sequential::new()
-        .add(Conv2d::new(1, 3, 3))
-        .add(BatchNorm2d::new(3))
+    Sequential::new_generic()
+        .add(Conv2d::new_generic(1, 3, 3))
+        .add(BatchNorm2d::new_generic(3))
         .add(ReLU)
         .add(Flatten::new(1, -1))
-        .add(Linear::new(48, 6))
-        .add(BatchNorm1d::new(6))
+        .add(Linear::new_generic(48, 6))
+        .add(BatchNorm1d::new_generic(6))
         .add(Tanh)
-        .add(Linear::new(6, 5))
+        .add(Linear::new_generic(6, 5))
 }
 
 fn hex(b: &[u8]) -> String {

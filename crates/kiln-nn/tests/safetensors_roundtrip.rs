@@ -98,24 +98,28 @@ fn round_trip<E: Float, M: Module<E>>(name: &str, make: impl Fn() -> M) {
 }
 
 fn every_layer<E: Float>() {
-    round_trip::<E, _>("linear", || Linear::<E>::new(5, 3));
-    round_trip::<E, _>("conv1d", || Conv1d::<E>::new(2, 4, 3));
-    round_trip::<E, _>("conv2d", || Conv2d::<E>::new(3, 4, 3));
+    round_trip::<E, _>("linear", || Linear::<E>::new_generic(5, 3));
+    round_trip::<E, _>("conv1d", || Conv1d::<E>::new_generic(2, 4, 3));
+    round_trip::<E, _>("conv2d", || Conv2d::<E>::new_generic(3, 4, 3));
     round_trip::<E, _>("conv_transpose2d", || {
         ConvTranspose2dConfig { groups: 2, ..ConvTranspose2dConfig::new(4, 6, 3) }.build::<E>().unwrap()
     });
-    round_trip::<E, _>("batchnorm1d", || BatchNorm1d::<E>::new(4));
-    round_trip::<E, _>("batchnorm2d", || BatchNorm2d::<E>::new(3));
-    round_trip::<E, _>("layernorm", || LayerNorm::<E>::new(&[2, 5]));
-    round_trip::<E, _>("groupnorm", || GroupNorm::<E>::new(2, 6));
-    round_trip::<E, _>("embedding", || Embedding::<E>::new(11, 4));
+    round_trip::<E, _>("batchnorm1d", || BatchNorm1d::<E>::new_generic(4));
+    round_trip::<E, _>("batchnorm2d", || BatchNorm2d::<E>::new_generic(3));
+    round_trip::<E, _>("layernorm", || LayerNorm::<E>::new_generic(&[2, 5]));
+    round_trip::<E, _>("groupnorm", || GroupNorm::<E>::new_generic(2, 6));
+    round_trip::<E, _>("embedding", || Embedding::<E>::new_generic(11, 4));
     round_trip::<E, _>("lstm", || {
         LSTMConfig { num_layers: 2, bidirectional: true, ..LSTMConfig::new(3, 4) }.build::<E>().unwrap()
     });
     round_trip::<E, _>("gru", || GRUConfig { num_layers: 2, ..GRUConfig::new(3, 5) }.build::<E>().unwrap());
     round_trip::<E, _>("rnn", || RNNConfig { bidirectional: true, ..RNNConfig::new(2, 3) }.build::<E>().unwrap());
     round_trip::<E, _>("sequential", || {
-        Sequential::<E>::new().add(Conv2d::new(1, 2, 3)).add(BatchNorm2d::new(2)).add(ReLU).add(Linear::new(4, 2))
+        Sequential::<E>::new_generic()
+            .add(Conv2d::new_generic(1, 2, 3))
+            .add(BatchNorm2d::new_generic(2))
+            .add(ReLU)
+            .add(Linear::new_generic(4, 2))
     });
 }
 
@@ -143,13 +147,13 @@ fn element_types_convert_on_load() {
     // f32 file into an f64 model: exact.
     let a: Linear<f32> = Linear::new(4, 3);
     save(&a, &path, &Metadata::new()).unwrap();
-    let b: Linear<f64> = Linear::new(4, 3);
+    let b: Linear<f64> = Linear::new_generic(4, 3);
     load(&b, &path, true).unwrap();
     let want: Vec<f64> = a.weight.value().to_vec().iter().map(|&x| f64::from(x)).collect();
     assert_eq!(b.weight.value().to_vec(), want);
 
     // f64 file into an f32 model: rounded to nearest.
-    let c: Linear<f64> = Linear::new(4, 3);
+    let c: Linear<f64> = Linear::new_generic(4, 3);
     save(&c, &path, &Metadata::new()).unwrap();
     let d: Linear<f32> = Linear::new(4, 3);
     load(&d, &path, true).unwrap();

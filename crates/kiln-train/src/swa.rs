@@ -77,7 +77,7 @@ pub fn update_bn<M: Module<f32> + Forward<f32> + 'static>(loader: &dyn BatchSour
 /// use kiln_tensor::Tensor;
 /// use kiln_train::update_bn_inputs;
 /// let bn: BatchNorm1d<f64> = BatchNormConfig::new(1).build().unwrap();
-/// let mut model: Sequential<f64> = Sequential::new().add(bn);
+/// let mut model: Sequential<f64> = Sequential::new_generic().add(bn);
 /// let batches = vec![
 ///     Tensor::from_vec(vec![1.0, 3.0], &[2, 1]), // mean 2, unbiased variance 2
 ///     Tensor::from_vec(vec![4.0, 8.0], &[2, 1]), // mean 6, unbiased variance 8

@@ -54,7 +54,7 @@ fn check_same_keys<E: Float>(what: &str, held: &StateDict<E>, model: &[(String, 
 /// ```
 /// use kiln_nn::{Linear, Module};
 /// use kiln_train::ExponentialMovingAverage;
-/// let model: Linear<f64> = Linear::new(2, 1);
+/// let model: Linear<f64> = Linear::new_generic(2, 1);
 /// let mut ema = ExponentialMovingAverage::new(&model, 0.9);
 /// let w0 = model.parameters()[0].value();
 /// model.parameters()[0].set_value(w0.add_scalar(1.0)); // a training step moves the weight by 1
@@ -149,7 +149,7 @@ impl<E: Float> ExponentialMovingAverage<E> {
 /// ```
 /// use kiln_nn::{Linear, Module};
 /// use kiln_train::AveragedModel;
-/// let model: Linear<f64> = Linear::new(2, 1);
+/// let model: Linear<f64> = Linear::new_generic(2, 1);
 /// let mut swa = AveragedModel::new(&model);
 /// let b = &model.parameters()[1];
 /// for v in [1.0, 2.0, 6.0] {

@@ -79,7 +79,7 @@ fn swalr_matches_pytorch() {
 
 /// The stack the fixture lists, in f64.
 fn build_stack(layers: &Value) -> Sequential<f64> {
-    let mut seq = Sequential::new();
+    let mut seq = Sequential::new_generic();
     for l in layers.as_array().expect("layers") {
         let n = |k: &str| l[k].as_u64().unwrap_or_else(|| panic!("layer {l}: {k}")) as usize;
         match l["type"].as_str().expect("type") {

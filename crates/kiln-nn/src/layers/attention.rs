@@ -358,16 +358,23 @@ pub struct MultiheadAttention<E: Float = f32> {
 impl MultiheadAttention<f32> {
     /// A layer with PyTorch's defaults (sequence-first, no dropout, biases).
     ///
-    /// In `f32`; other element types through the configuration (`MultiheadAttentionConfig::new(..).build::<f64>()`).
-    ///
     /// **Panics** if a size is zero or `embed_dim` is not divisible by `num_heads` (use
     /// [`MultiheadAttentionConfig::build`] for a `Result`).
+    ///
+    /// In `f32`; any element type through [`MultiheadAttention::new_generic`].
     pub fn new(embed_dim: usize, num_heads: usize) -> Self {
-        MultiheadAttentionConfig::new(embed_dim, num_heads).build().unwrap_or_else(|e| panic!("{e}"))
+        Self::new_generic(embed_dim, num_heads)
     }
 }
 
 impl<E: Float> MultiheadAttention<E> {
+    /// [`MultiheadAttention::new`] in any element type: `MultiheadAttention::<f64>::new_generic(..)`.
+    ///
+    /// **Panics** as [`MultiheadAttention::new`] does.
+    pub fn new_generic(embed_dim: usize, num_heads: usize) -> Self {
+        MultiheadAttentionConfig::new(embed_dim, num_heads).build().unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Re-draws the parameters with PyTorch's init (`_reset_parameters`): Glorot uniform on
     /// `in_proj_weight`, zero biases, `out_proj.weight` as a [`Linear`]'s.
     pub fn reset_parameters(&self) {

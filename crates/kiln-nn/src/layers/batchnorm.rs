@@ -157,6 +157,17 @@ pub type BatchNorm1d<E = f32> = BatchNorm<E, 1>;
 /// `torch.nn.BatchNorm2d`. See [`BatchNorm`].
 pub type BatchNorm2d<E = f32> = BatchNorm<E, 2>;
 
+impl<const D: usize> BatchNorm<f32, D> {
+    /// A layer with PyTorch's defaults for `num_features` channels, in training mode.
+    ///
+    /// **Panics** if `num_features` is zero (use [`BatchNormConfig::build`] for a `Result`).
+    ///
+    /// In `f32`; any element type through [`BatchNorm::new_generic`].
+    pub fn new(num_features: usize) -> Self {
+        Self::new_generic(num_features)
+    }
+}
+
 impl<E: Float, const D: usize> BatchNorm<E, D> {
     /// `BatchNorm1d` or `BatchNorm2d`, for messages and `Display`.
     pub const NAME: &'static str = match D {
@@ -166,10 +177,10 @@ impl<E: Float, const D: usize> BatchNorm<E, D> {
         _ => "BatchNorm",
     };
 
-    /// A layer with PyTorch's defaults for `num_features` channels, in training mode.
+    /// [`BatchNorm::new`] in any element type: `BatchNorm2d::<f64>::new_generic(..)`.
     ///
-    /// **Panics** if `num_features` is zero (use [`BatchNormConfig::build`] for a `Result`).
-    pub fn new(num_features: usize) -> Self {
+    /// **Panics** as [`BatchNorm::new`] does.
+    pub fn new_generic(num_features: usize) -> Self {
         BatchNormConfig::new(num_features).build().unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -377,10 +388,10 @@ mod tests {
 
     #[test]
     fn output_shapes_and_keys() {
-        let bn: BatchNorm1d<f64> = BatchNorm1d::new(4);
+        let bn: BatchNorm1d<f64> = BatchNorm1d::new_generic(4);
         assert_eq!(bn.forward(&Var::constant(t(&[3, 4], 1))).shape().as_slice(), &[3, 4]);
         assert_eq!(bn.forward(&Var::constant(t(&[3, 4, 5], 2))).shape().as_slice(), &[3, 4, 5]);
-        let bn2: BatchNorm2d<f64> = BatchNorm2d::new(2);
+        let bn2: BatchNorm2d<f64> = BatchNorm2d::new_generic(2);
         assert_eq!(bn2.forward(&Var::constant(t(&[2, 2, 3, 3], 3))).shape().as_slice(), &[2, 2, 3, 3]);
         let keys: Vec<String> = bn2.state_dict().into_keys().collect();
         assert_eq!(keys, ["bias", "num_batches_tracked", "running_mean", "running_var", "weight"]); // sorted map
@@ -452,7 +463,7 @@ mod tests {
 
     #[test]
     fn gradients_flow_to_every_parameter() {
-        let bn: BatchNorm2d<f64> = BatchNorm2d::new(2);
+        let bn: BatchNorm2d<f64> = BatchNorm2d::new_generic(2);
         for training in [true, false] {
             let r = gradcheck(
                 |v| with_affine(&bn, &v[1], &v[2], training).forward(&v[0]),
@@ -463,7 +474,7 @@ mod tests {
             );
             assert!(r.is_ok(), "BatchNorm2d training={training}: {}", r.unwrap_err());
         }
-        let bn1: BatchNorm1d<f64> = BatchNorm1d::new(3);
+        let bn1: BatchNorm1d<f64> = BatchNorm1d::new_generic(3);
         let r = gradcheck(
             |v| with_affine(&bn1, &v[1], &v[2], true).forward(&v[0]),
             &[t(&[4, 3], 7), t(&[3], 8), t(&[3], 9)],
@@ -477,7 +488,7 @@ mod tests {
     #[test]
     fn tiny_overfit() {
         // γ and β learn a per-channel scale and shift of the normalised batch
-        let bn: BatchNorm2d<f64> = BatchNorm2d::new(3);
+        let bn: BatchNorm2d<f64> = BatchNorm2d::new_generic(3);
         let x = Var::constant(t(&[4, 3, 2, 2], 10));
         let (y0, _, _) = standardize(&x, &[0, 2, 3], 1e-5);
         let w = Var::constant(Tensor::from_vec(vec![2.0, -0.5, 1.5], &[1, 3, 1, 1]));

@@ -67,9 +67,18 @@ pub struct Sequential<E: Float = f32> {
     training: bool,
 }
 
-impl<E: Float> Sequential<E> {
+impl Sequential<f32> {
     /// An empty chain, in training mode.
+    ///
+    /// In `f32`; any element type through [`Sequential::new_generic`].
     pub fn new() -> Self {
+        Self::new_generic()
+    }
+}
+
+impl<E: Float> Sequential<E> {
+    /// [`Sequential::new`] in any element type: `Sequential::<f64>::new_generic()`.
+    pub fn new_generic() -> Self {
         Sequential { layers: Vec::new(), training: true }
     }
 
@@ -133,7 +142,7 @@ impl<E: Float> Sequential<E> {
 
 impl<E: Float> Default for Sequential<E> {
     fn default() -> Self {
-        Self::new()
+        Self::new_generic()
     }
 }
 
@@ -190,14 +199,14 @@ impl<E: Float> fmt::Display for Sequential<E> {
 ///
 /// ```
 /// use kiln_nn::{sequential, Forward, Linear, Module, Sequential, Tanh};
-/// let model: Sequential<f64> = sequential![Linear::new(3, 5), Tanh, Linear::new(5, 1)];
+/// let model: Sequential<f64> = sequential![Linear::new_generic(3, 5), Tanh, Linear::new_generic(5, 1)];
 /// assert_eq!(model.len(), 3);
 /// assert_eq!(model.num_parameters(), (3 * 5 + 5) + (5 + 1));
 /// ```
 #[macro_export]
 macro_rules! sequential {
     ($($layer:expr),* $(,)?) => {
-        $crate::Sequential::new()$(.add($layer))*
+        $crate::Sequential::new_generic()$(.add($layer))*
     };
 }
 
@@ -463,7 +472,8 @@ mod tests {
 
     #[test]
     fn layers_downcast_and_come_out_by_value() {
-        let mut model: Sequential<f64> = Sequential::new().add(Linear::new(3, 2)).add(Tanh).add(Linear::new(2, 1));
+        let mut model: Sequential<f64> =
+            Sequential::new_generic().add(Linear::new_generic(3, 2)).add(Tanh).add(Linear::new_generic(2, 1));
         let w0 = model[0].downcast_ref::<Linear<f64>>().unwrap().weight.value().to_vec();
         assert!(model[1].is::<Tanh>() && !model[1].is::<Linear<f64>>());
         // through short-lived references too
@@ -492,7 +502,7 @@ mod tests {
 
     #[test]
     fn train_eval_reaches_every_child() {
-        let mut m: Sequential<f64> = Sequential::new().add(ModeProbe { training: true });
+        let mut m: Sequential<f64> = Sequential::new_generic().add(ModeProbe { training: true });
         let mut list: ModuleList<f64, Box<dyn Layer<f64>>> = ModuleList::new();
         list.push_layer(ModeProbe { training: true });
         m.eval();
@@ -544,7 +554,7 @@ mod tests {
 
     #[test]
     fn gradients_flow_through_the_chain() {
-        let (l0, l2): (Linear<f64>, Linear<f64>) = (Linear::new(3, 4), Linear::new(4, 2));
+        let (l0, l2): (Linear<f64>, Linear<f64>) = (Linear::new_generic(3, 4), Linear::new_generic(4, 2));
         let x = Tensor::<f64>::from_vec(vec![0.1, -0.2, 0.3, 0.4, 0.5, -0.6], &[2, 3]);
         let inputs = [
             x,
@@ -575,7 +585,7 @@ mod tests {
     #[test]
     fn tiny_overfit_xor() {
         crate::init::manual_seed(7);
-        let m: Sequential<f64> = sequential![Linear::new(2, 8), Tanh, Linear::new(8, 1)];
+        let m: Sequential<f64> = sequential![Linear::new_generic(2, 8), Tanh, Linear::new_generic(8, 1)];
         let x = Var::constant(Tensor::from_vec(vec![0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0], &[4, 2]));
         let y = Var::constant(Tensor::from_vec(vec![0.0, 1.0, 1.0, 0.0], &[4, 1]));
         let mut loss = f64::MAX;

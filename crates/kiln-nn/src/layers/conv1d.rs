@@ -108,11 +108,22 @@ pub struct Conv1d<E: Float = f32> {
     pub bias: Option<Var<E>>,
 }
 
-impl<E: Float> Conv1d<E> {
+impl Conv1d<f32> {
     /// A layer with PyTorch's defaults (stride 1, no padding, bias), initialised like PyTorch's.
     ///
     /// **Panics** if a size is zero (use [`Conv1dConfig::build`] for a `Result`).
+    ///
+    /// In `f32`; any element type through [`Conv1d::new_generic`].
     pub fn new(in_channels: usize, out_channels: usize, kernel_size: usize) -> Self {
+        Self::new_generic(in_channels, out_channels, kernel_size)
+    }
+}
+
+impl<E: Float> Conv1d<E> {
+    /// [`Conv1d::new`] in any element type: `Conv1d::<f64>::new_generic(..)`.
+    ///
+    /// **Panics** as [`Conv1d::new`] does.
+    pub fn new_generic(in_channels: usize, out_channels: usize, kernel_size: usize) -> Self {
         Conv1dConfig::new(in_channels, out_channels, kernel_size).build().unwrap_or_else(|e| panic!("{e}"))
     }
 

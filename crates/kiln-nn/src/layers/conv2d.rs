@@ -110,12 +110,23 @@ pub struct Conv2d<E: Float = f32> {
     pub bias: Option<Var<E>>,
 }
 
-impl<E: Float> Conv2d<E> {
+impl Conv2d<f32> {
     /// A layer with a square kernel and PyTorch's defaults (stride 1, no padding, bias),
     /// initialised like PyTorch's.
     ///
     /// **Panics** if a size is zero (use [`Conv2dConfig::build`] for a `Result`).
+    ///
+    /// In `f32`; any element type through [`Conv2d::new_generic`].
     pub fn new(in_channels: usize, out_channels: usize, kernel_size: usize) -> Self {
+        Self::new_generic(in_channels, out_channels, kernel_size)
+    }
+}
+
+impl<E: Float> Conv2d<E> {
+    /// [`Conv2d::new`] in any element type: `Conv2d::<f64>::new_generic(..)`.
+    ///
+    /// **Panics** as [`Conv2d::new`] does.
+    pub fn new_generic(in_channels: usize, out_channels: usize, kernel_size: usize) -> Self {
         Conv2dConfig::new(in_channels, out_channels, kernel_size).build().unwrap_or_else(|e| panic!("{e}"))
     }
 

@@ -131,12 +131,23 @@ pub struct ConvTranspose2d<E: Float = f32> {
     pub bias: Option<Var<E>>,
 }
 
-impl<E: Float> ConvTranspose2d<E> {
+impl ConvTranspose2d<f32> {
     /// A layer with a square kernel and PyTorch's defaults (stride 1, no padding, bias),
     /// initialised like PyTorch's.
     ///
     /// **Panics** if a size is zero (use [`ConvTranspose2dConfig::build`] for a `Result`).
+    ///
+    /// In `f32`; any element type through [`ConvTranspose2d::new_generic`].
     pub fn new(in_channels: usize, out_channels: usize, kernel_size: usize) -> Self {
+        Self::new_generic(in_channels, out_channels, kernel_size)
+    }
+}
+
+impl<E: Float> ConvTranspose2d<E> {
+    /// [`ConvTranspose2d::new`] in any element type: `ConvTranspose2d::<f64>::new_generic(..)`.
+    ///
+    /// **Panics** as [`ConvTranspose2d::new`] does.
+    pub fn new_generic(in_channels: usize, out_channels: usize, kernel_size: usize) -> Self {
         ConvTranspose2dConfig::new(in_channels, out_channels, kernel_size).build().unwrap_or_else(|e| panic!("{e}"))
     }
 

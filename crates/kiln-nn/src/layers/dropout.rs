@@ -258,7 +258,7 @@ mod tests {
     #[test]
     fn containers_switch_the_mode() {
         let mut model: crate::Sequential<f64> =
-            crate::Sequential::new().add(Dropout::new(0.5)).add(Dropout2d::new(0.5));
+            crate::Sequential::new_generic().add(Dropout::new(0.5)).add(Dropout2d::new(0.5));
         let x = Var::constant(Tensor::<f64>::ones(&[2, 3, 4, 4]));
         assert_ne!(model.forward(&x).value().to_vec(), x.value().to_vec());
         model.eval();

@@ -91,11 +91,22 @@ pub struct Embedding<E: Float = f32> {
     pub weight: Var<E>,
 }
 
-impl<E: Float> Embedding<E> {
+impl Embedding<f32> {
     /// A table without a padding index, initialised like PyTorch's.
     ///
     /// **Panics** if a size is zero (use [`EmbeddingConfig::build`] for a `Result`).
+    ///
+    /// In `f32`; any element type through [`Embedding::new_generic`].
     pub fn new(num_embeddings: usize, embedding_dim: usize) -> Self {
+        Self::new_generic(num_embeddings, embedding_dim)
+    }
+}
+
+impl<E: Float> Embedding<E> {
+    /// [`Embedding::new`] in any element type: `Embedding::<f64>::new_generic(..)`.
+    ///
+    /// **Panics** as [`Embedding::new`] does.
+    pub fn new_generic(num_embeddings: usize, embedding_dim: usize) -> Self {
         EmbeddingConfig::new(num_embeddings, embedding_dim).build().unwrap_or_else(|e| panic!("{e}"))
     }
 

@@ -77,11 +77,22 @@ pub struct Linear<E: Float = f32> {
     pub bias: Option<Var<E>>,
 }
 
-impl<E: Float> Linear<E> {
+impl Linear<f32> {
     /// A layer with a bias, initialised like PyTorch's.
     ///
     /// **Panics** if a size is zero (use [`LinearConfig::build`] for a `Result`).
+    ///
+    /// In `f32`; any element type through [`Linear::new_generic`].
     pub fn new(in_features: usize, out_features: usize) -> Self {
+        Self::new_generic(in_features, out_features)
+    }
+}
+
+impl<E: Float> Linear<E> {
+    /// [`Linear::new`] in any element type: `Linear::<f64>::new_generic(..)`.
+    ///
+    /// **Panics** as [`Linear::new`] does.
+    pub fn new_generic(in_features: usize, out_features: usize) -> Self {
         LinearConfig::new(in_features, out_features).build().unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -177,7 +188,7 @@ mod tests {
 
     #[test]
     fn gradients_flow_to_every_parameter() {
-        let l: Linear<f64> = Linear::new(3, 2);
+        let l: Linear<f64> = Linear::new_generic(3, 2);
         let (w, b) = (l.weight.value(), l.bias.as_ref().unwrap().value());
         let x = Tensor::<f64>::from_vec(vec![0.1, -0.2, 0.3, 0.4, 0.5, -0.6], &[2, 3]);
         let r = gradcheck(
@@ -196,7 +207,7 @@ mod tests {
     #[test]
     fn tiny_overfit() {
         crate::init::manual_seed(3);
-        let l: Linear<f64> = Linear::new(2, 1);
+        let l: Linear<f64> = Linear::new_generic(2, 1);
         let x = Var::constant(Tensor::from_vec(vec![0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0], &[4, 2]));
         let y = Var::constant(Tensor::from_vec(vec![3.0, -1.0, 2.0, 0.0], &[4, 1]));
         let mut loss = f64::MAX;

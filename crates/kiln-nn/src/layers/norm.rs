@@ -98,7 +98,7 @@ impl LayerNormConfig {
 /// use kiln_nn::{Forward, LayerNorm};
 /// use kiln_autograd::Var;
 /// use kiln_tensor::Tensor;
-/// let ln: LayerNorm<f64> = LayerNorm::new(&[4]);
+/// let ln: LayerNorm<f64> = LayerNorm::new_generic(&[4]);
 /// let x = Var::constant(Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0, -1.0, -1.0, 1.0, 1.0], &[2, 4]));
 /// let y = ln.forward(&x).value();
 /// // each row now has mean 0 and (biased) variance 1, up to eps
@@ -115,12 +115,23 @@ pub struct LayerNorm<E: Float = f32> {
     pub bias: Option<Var<E>>,
 }
 
-impl<E: Float> LayerNorm<E> {
+impl LayerNorm<f32> {
     /// A layer with PyTorch's defaults over the trailing dims `normalized_shape`.
     ///
     /// **Panics** if `normalized_shape` is empty or holds a zero (use
     /// [`LayerNormConfig::build`] for a `Result`).
+    ///
+    /// In `f32`; any element type through [`LayerNorm::new_generic`].
     pub fn new(normalized_shape: &[usize]) -> Self {
+        Self::new_generic(normalized_shape)
+    }
+}
+
+impl<E: Float> LayerNorm<E> {
+    /// [`LayerNorm::new`] in any element type: `LayerNorm::<f64>::new_generic(..)`.
+    ///
+    /// **Panics** as [`LayerNorm::new`] does.
+    pub fn new_generic(normalized_shape: &[usize]) -> Self {
         LayerNormConfig::new(normalized_shape).build().unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -246,7 +257,7 @@ impl GroupNormConfig {
 /// use kiln_nn::{Forward, GroupNorm};
 /// use kiln_autograd::Var;
 /// use kiln_tensor::{Rng, Tensor};
-/// let gn: GroupNorm<f64> = GroupNorm::new(2, 4);
+/// let gn: GroupNorm<f64> = GroupNorm::new_generic(2, 4);
 /// let x = Var::constant(Tensor::uniform(&[3, 4, 5, 5], -2.0, 5.0, &mut Rng::new(0)));
 /// let y = gn.forward(&x).value();
 /// assert_eq!(y.shape(), &[3, 4, 5, 5]);
@@ -263,12 +274,23 @@ pub struct GroupNorm<E: Float = f32> {
     pub bias: Option<Var<E>>,
 }
 
-impl<E: Float> GroupNorm<E> {
+impl GroupNorm<f32> {
     /// A layer with PyTorch's defaults.
     ///
     /// **Panics** if a count is zero or `num_groups` does not divide `num_channels` (use
     /// [`GroupNormConfig::build`] for a `Result`).
+    ///
+    /// In `f32`; any element type through [`GroupNorm::new_generic`].
     pub fn new(num_groups: usize, num_channels: usize) -> Self {
+        Self::new_generic(num_groups, num_channels)
+    }
+}
+
+impl<E: Float> GroupNorm<E> {
+    /// [`GroupNorm::new`] in any element type: `GroupNorm::<f64>::new_generic(..)`.
+    ///
+    /// **Panics** as [`GroupNorm::new`] does.
+    pub fn new_generic(num_groups: usize, num_channels: usize) -> Self {
         GroupNormConfig::new(num_groups, num_channels).build().unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -390,22 +412,22 @@ mod tests {
 
     #[test]
     fn output_shapes_and_statistics() {
-        let ln: LayerNorm<f64> = LayerNorm::new(&[3, 4]);
+        let ln: LayerNorm<f64> = LayerNorm::new_generic(&[3, 4]);
         let y = ln.forward(&Var::constant(t(&[2, 5, 3, 4], 1))).value();
         assert_eq!(y.shape(), &[2, 5, 3, 4]);
         let m = y.mean(&[2, 3], false);
         assert!(m.abs().max_all() < 1e-12);
         let v = y.var(&[2, 3], 0, false);
         assert!(v.sub_scalar(1.0).abs().max_all() < 1e-3);
-        let gn: GroupNorm<f64> = GroupNorm::new(3, 6);
+        let gn: GroupNorm<f64> = GroupNorm::new_generic(3, 6);
         let x = t(&[2, 6, 4], 2);
         let y = gn.forward(&Var::constant(x.clone())).value();
         assert_eq!(y.shape(), &[2, 6, 4]);
         let grouped = y.reshape(&[2, 3, 8]);
         assert!(grouped.mean(&[2], false).abs().max_all() < 1e-12);
         // num_groups = 1 is a layer norm over [C, *]
-        let g1: GroupNorm<f64> = GroupNorm::new(1, 6);
-        let l1: LayerNorm<f64> = LayerNorm::new(&[6, 4]);
+        let g1: GroupNorm<f64> = GroupNorm::new_generic(1, 6);
+        let l1: LayerNorm<f64> = LayerNorm::new_generic(&[6, 4]);
         let (a, b) = (g1.forward(&Var::constant(x.clone())).value(), l1.forward(&Var::constant(x)).value());
         assert!(a.sub(&b).abs().max_all() < 1e-12);
     }
@@ -449,7 +471,7 @@ mod tests {
 
     #[test]
     fn gradients_flow_to_every_parameter() {
-        let ln: LayerNorm<f64> = LayerNorm::new(&[2, 3]);
+        let ln: LayerNorm<f64> = LayerNorm::new_generic(&[2, 3]);
         let r = gradcheck(
             |v| {
                 LayerNorm { config: ln.config.clone(), weight: Some(v[1].clone()), bias: Some(v[2].clone()) }
@@ -461,7 +483,7 @@ mod tests {
             1e-5,
         );
         assert!(r.is_ok(), "LayerNorm: {}", r.unwrap_err());
-        let gn: GroupNorm<f64> = GroupNorm::new(2, 4);
+        let gn: GroupNorm<f64> = GroupNorm::new_generic(2, 4);
         let r = gradcheck(
             |v| {
                 GroupNorm { config: gn.config.clone(), weight: Some(v[1].clone()), bias: Some(v[2].clone()) }
@@ -479,14 +501,14 @@ mod tests {
     fn tiny_overfit() {
         // γ and β learn to put every normalised row at mean 0.5 and spread 2
         let x = Var::constant(t(&[4, 6], 9));
-        let ln: LayerNorm<f64> = LayerNorm::new(&[6]);
+        let ln: LayerNorm<f64> = LayerNorm::new_generic(&[6]);
         let target = standardize(&x, &[1], 1e-5).0.mul_scalar(2.0).add_scalar(0.5).detach();
         let loss = descend(&ln.parameters(), 0.5, 300, || {
             let d = ln.forward(&x).sub(&target);
             d.mul(&d).mean(&[], false)
         });
         assert!(loss < 1e-10, "LayerNorm {loss}");
-        let gn: GroupNorm<f64> = GroupNorm::new(2, 4);
+        let gn: GroupNorm<f64> = GroupNorm::new_generic(2, 4);
         let x = Var::constant(t(&[3, 4, 5], 10));
         let w = Var::constant(Tensor::from_vec(vec![2.0, -1.0, 0.5, 3.0], &[1, 4, 1]));
         let b = Var::constant(Tensor::from_vec(vec![0.1, 0.2, -0.3, 0.0], &[1, 4, 1]));

@@ -138,16 +138,23 @@ pub struct SinusoidalPositionalEncoding<E: Float = f32> {
 impl SinusoidalPositionalEncoding<f32> {
     /// A sequence-first layer for `d_model` features and sequences up to 5000 long.
     ///
-    /// In `f32`; other element types through the configuration (`SinusoidalPositionalEncodingConfig::new(..).build::<f64>()`).
-    ///
     /// **Panics** if `d_model` is zero (use [`SinusoidalPositionalEncodingConfig::build`] for a
     /// `Result`).
+    ///
+    /// In `f32`; any element type through [`SinusoidalPositionalEncoding::new_generic`].
     pub fn new(d_model: usize) -> Self {
-        SinusoidalPositionalEncodingConfig::new(d_model).build().unwrap_or_else(|e| panic!("{e}"))
+        Self::new_generic(d_model)
     }
 }
 
-impl<E: Float> SinusoidalPositionalEncoding<E> {}
+impl<E: Float> SinusoidalPositionalEncoding<E> {
+    /// [`SinusoidalPositionalEncoding::new`] in any element type: `SinusoidalPositionalEncoding::<f64>::new_generic(..)`.
+    ///
+    /// **Panics** as [`SinusoidalPositionalEncoding::new`] does.
+    pub fn new_generic(d_model: usize) -> Self {
+        SinusoidalPositionalEncodingConfig::new(d_model).build().unwrap_or_else(|e| panic!("{e}"))
+    }
+}
 
 impl<E: Float> Forward<E> for SinusoidalPositionalEncoding<E> {
     fn forward(&self, x: &Var<E>) -> Var<E> {
@@ -249,16 +256,23 @@ pub struct LearnedPositionalEmbedding<E: Float = f32> {
 impl LearnedPositionalEmbedding<f32> {
     /// A sequence-first layer.
     ///
-    /// In `f32`; other element types through the configuration (`LearnedPositionalEmbeddingConfig::new(..).build::<f64>()`).
-    ///
     /// **Panics** if a size is zero (use [`LearnedPositionalEmbeddingConfig::build`] for a
     /// `Result`).
+    ///
+    /// In `f32`; any element type through [`LearnedPositionalEmbedding::new_generic`].
     pub fn new(max_len: usize, d_model: usize) -> Self {
-        LearnedPositionalEmbeddingConfig::new(max_len, d_model).build().unwrap_or_else(|e| panic!("{e}"))
+        Self::new_generic(max_len, d_model)
     }
 }
 
 impl<E: Float> LearnedPositionalEmbedding<E> {
+    /// [`LearnedPositionalEmbedding::new`] in any element type: `LearnedPositionalEmbedding::<f64>::new_generic(..)`.
+    ///
+    /// **Panics** as [`LearnedPositionalEmbedding::new`] does.
+    pub fn new_generic(max_len: usize, d_model: usize) -> Self {
+        LearnedPositionalEmbeddingConfig::new(max_len, d_model).build().unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Re-draws the table from N(0, 1), as `nn.Embedding` does.
     pub fn reset_parameters(&self) {
         init::with_rng(|rng| init::normal_(&self.weight, 0.0, 1.0, rng));

@@ -114,11 +114,20 @@ impl<C: RecurrentConfig, E: Float> Recurrent<C, E> {
 
 impl<C: RecurrentConfig> Recurrent<C, f32> {
     /// A one-layer stack with PyTorch's defaults, in `f32` (`LSTM::new(input_size,
-    /// hidden_size)`); other element types and options go through the configuration
-    /// (`LSTMConfig { .. }.build::<f64>()`).
+    /// hidden_size)`); other element types through `new_generic`, options through the
+    /// configuration (`LSTMConfig { .. }.build::<f64>()`).
     ///
     /// **Panics** if a size is zero (use the configuration's `build` for a `Result`).
     pub fn new(input_size: usize, hidden_size: usize) -> Self {
+        Self::new_generic(input_size, hidden_size)
+    }
+}
+
+impl<C: RecurrentConfig, E: Float> Recurrent<C, E> {
+    /// `new` in any element type: `LSTM::<f64>::new_generic(3, 5)`.
+    ///
+    /// **Panics** if a size is zero (use the configuration's `build` for a `Result`).
+    pub fn new_generic(input_size: usize, hidden_size: usize) -> Self {
         Self::from_config(&C::with_sizes(input_size, hidden_size)).unwrap_or_else(|e| panic!("{e}"))
     }
 }

@@ -125,11 +125,20 @@ impl<C: CellConfig, E: Float> RecurrentCell<C, E> {
 
 impl<C: CellConfig> RecurrentCell<C, f32> {
     /// A cell with PyTorch's defaults, in `f32` (`LSTMCell::new(input_size, hidden_size)`);
-    /// other element types and options go through the configuration
+    /// other element types through `new_generic`, options through the configuration
     /// (`LSTMCellConfig::new(3, 5).build::<f64>()`).
     ///
     /// **Panics** if a size is zero (use the configuration's `build` for a `Result`).
     pub fn new(input_size: usize, hidden_size: usize) -> Self {
+        Self::new_generic(input_size, hidden_size)
+    }
+}
+
+impl<C: CellConfig, E: Float> RecurrentCell<C, E> {
+    /// `new` in any element type: `LSTMCell::<f64>::new_generic(3, 5)`.
+    ///
+    /// **Panics** if a size is zero (use the configuration's `build` for a `Result`).
+    pub fn new_generic(input_size: usize, hidden_size: usize) -> Self {
         Self::from_config(&C::with_sizes(input_size, hidden_size)).unwrap_or_else(|e| panic!("{e}"))
     }
 }

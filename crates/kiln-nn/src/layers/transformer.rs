@@ -374,16 +374,23 @@ pub struct Transformer<E: Float = f32> {
 impl Transformer<f32> {
     /// A model with PyTorch's defaults for the given `d_model` and `nhead`.
     ///
-    /// In `f32`; other element types through the configuration (`TransformerConfig::new(..).build::<f64>()`).
-    ///
     /// **Panics** on an invalid configuration (use [`TransformerConfig::build`] for a
     /// `Result`).
+    ///
+    /// In `f32`; any element type through [`Transformer::new_generic`].
     pub fn new(d_model: usize, nhead: usize) -> Self {
-        TransformerConfig::new(d_model, nhead).build().unwrap_or_else(|e| panic!("{e}"))
+        Self::new_generic(d_model, nhead)
     }
 }
 
 impl<E: Float> Transformer<E> {
+    /// [`Transformer::new`] in any element type: `Transformer::<f64>::new_generic(..)`.
+    ///
+    /// **Panics** as [`Transformer::new`] does.
+    pub fn new_generic(d_model: usize, nhead: usize) -> Self {
+        TransformerConfig::new(d_model, nhead).build().unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// PyTorch's `_reset_parameters`: Glorot uniform on every parameter with more than one
     /// dimension, the others left as the layers initialised them.
     pub fn reset_parameters(&self) {

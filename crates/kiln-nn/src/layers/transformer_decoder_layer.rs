@@ -166,16 +166,23 @@ pub struct TransformerDecoderLayer<E: Float = f32> {
 impl TransformerDecoderLayer<f32> {
     /// A layer with PyTorch's defaults.
     ///
-    /// In `f32`; other element types through the configuration (`TransformerDecoderLayerConfig::new(..).build::<f64>()`).
-    ///
     /// **Panics** on an invalid configuration (use [`TransformerDecoderLayerConfig::build`]
     /// for a `Result`).
+    ///
+    /// In `f32`; any element type through [`TransformerDecoderLayer::new_generic`].
     pub fn new(d_model: usize, nhead: usize) -> Self {
-        TransformerDecoderLayerConfig::new(d_model, nhead).build().unwrap_or_else(|e| panic!("{e}"))
+        Self::new_generic(d_model, nhead)
     }
 }
 
 impl<E: Float> TransformerDecoderLayer<E> {
+    /// [`TransformerDecoderLayer::new`] in any element type: `TransformerDecoderLayer::<f64>::new_generic(..)`.
+    ///
+    /// **Panics** as [`TransformerDecoderLayer::new`] does.
+    pub fn new_generic(d_model: usize, nhead: usize) -> Self {
+        TransformerDecoderLayerConfig::new(d_model, nhead).build().unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Re-draws every parameter with its sub-module's PyTorch init.
     pub fn reset_parameters(&self) {
         self.self_attn.reset_parameters();

@@ -169,16 +169,23 @@ pub struct TransformerEncoderLayer<E: Float = f32> {
 impl TransformerEncoderLayer<f32> {
     /// A layer with PyTorch's defaults.
     ///
-    /// In `f32`; other element types through the configuration (`TransformerEncoderLayerConfig::new(..).build::<f64>()`).
-    ///
     /// **Panics** on an invalid configuration (use [`TransformerEncoderLayerConfig::build`]
     /// for a `Result`).
+    ///
+    /// In `f32`; any element type through [`TransformerEncoderLayer::new_generic`].
     pub fn new(d_model: usize, nhead: usize) -> Self {
-        TransformerEncoderLayerConfig::new(d_model, nhead).build().unwrap_or_else(|e| panic!("{e}"))
+        Self::new_generic(d_model, nhead)
     }
 }
 
 impl<E: Float> TransformerEncoderLayer<E> {
+    /// [`TransformerEncoderLayer::new`] in any element type: `TransformerEncoderLayer::<f64>::new_generic(..)`.
+    ///
+    /// **Panics** as [`TransformerEncoderLayer::new`] does.
+    pub fn new_generic(d_model: usize, nhead: usize) -> Self {
+        TransformerEncoderLayerConfig::new(d_model, nhead).build().unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Re-draws every parameter with its sub-module's PyTorch init.
     pub fn reset_parameters(&self) {
         self.self_attn.reset_parameters();
