@@ -118,12 +118,23 @@ pub struct Conv3d<E: Float = f32> {
     pub bias: Option<Var<E>>,
 }
 
-impl<E: Float> Conv3d<E> {
+impl Conv3d<f32> {
     /// A layer with a cubic kernel and PyTorch's defaults (stride 1, no padding, bias),
     /// initialised like PyTorch's.
     ///
     /// **Panics** if a size is zero (use [`Conv3dConfig::build`] for a `Result`).
+    ///
+    /// In `f32`; any element type through [`Conv3d::new_generic`].
     pub fn new(in_channels: usize, out_channels: usize, kernel_size: usize) -> Self {
+        Self::new_generic(in_channels, out_channels, kernel_size)
+    }
+}
+
+impl<E: Float> Conv3d<E> {
+    /// [`Conv3d::new`] in any element type: `Conv3d::<f64>::new_generic(..)`.
+    ///
+    /// **Panics** as [`Conv3d::new`] does.
+    pub fn new_generic(in_channels: usize, out_channels: usize, kernel_size: usize) -> Self {
         Conv3dConfig::new(in_channels, out_channels, kernel_size).build().unwrap_or_else(|e| panic!("{e}"))
     }
 

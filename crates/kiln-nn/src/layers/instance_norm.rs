@@ -104,7 +104,7 @@ impl InstanceNormConfig {
 /// use kiln_nn::{Forward, InstanceNorm2d};
 /// use kiln_autograd::Var;
 /// use kiln_tensor::{Rng, Tensor};
-/// let norm: InstanceNorm2d<f64> = InstanceNorm2d::new(3);
+/// let norm: InstanceNorm2d<f64> = InstanceNorm2d::new_generic(3);
 /// let x = Var::constant(Tensor::uniform(&[2, 3, 4, 5], -2.0, 5.0, &mut Rng::new(0)));
 /// let y = norm.forward(&x).value();
 /// // every (sample, channel) plane has mean 0 and variance 1 (up to eps)
@@ -136,6 +136,17 @@ pub type InstanceNorm1d<E = f32> = InstanceNorm<E, 1>;
 /// `torch.nn.InstanceNorm2d`. See [`InstanceNorm`].
 pub type InstanceNorm2d<E = f32> = InstanceNorm<E, 2>;
 
+impl<const D: usize> InstanceNorm<f32, D> {
+    /// A layer with PyTorch's defaults for `num_features` channels, in training mode.
+    ///
+    /// **Panics** if `num_features` is zero (use [`InstanceNormConfig::build`] for a `Result`).
+    ///
+    /// In `f32`; any element type through [`InstanceNorm::new_generic`].
+    pub fn new(num_features: usize) -> Self {
+        Self::new_generic(num_features)
+    }
+}
+
 impl<E: Float, const D: usize> InstanceNorm<E, D> {
     /// `InstanceNorm1d` or `InstanceNorm2d`, for messages and `Display`.
     pub const NAME: &'static str = match D {
@@ -145,10 +156,10 @@ impl<E: Float, const D: usize> InstanceNorm<E, D> {
         _ => "InstanceNorm",
     };
 
-    /// A layer with PyTorch's defaults for `num_features` channels, in training mode.
+    /// [`InstanceNorm::new`] in any element type: `InstanceNorm::<f64>::new_generic(..)`.
     ///
-    /// **Panics** if `num_features` is zero (use [`InstanceNormConfig::build`] for a `Result`).
-    pub fn new(num_features: usize) -> Self {
+    /// **Panics** as [`InstanceNorm::new`] does.
+    pub fn new_generic(num_features: usize) -> Self {
         InstanceNormConfig::new(num_features).build().unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -372,7 +383,7 @@ mod tests {
         expected = "InstanceNorm2d: expected more than 1 spatial element when training, got input [2, 3, 1, 1]"
     )]
     fn a_single_position_panics() {
-        let _ = InstanceNorm2d::<f64>::new(3).forward(&Var::constant(t(&[2, 3, 1, 1], 0)));
+        let _ = InstanceNorm2d::<f64>::new_generic(3).forward(&Var::constant(t(&[2, 3, 1, 1], 0)));
     }
 
     #[test]
@@ -393,7 +404,7 @@ mod tests {
         // γ and β learn to map normalised planes onto a per-channel scale and shift
         let n: InstanceNorm2d<f64> = InstanceNormConfig { affine: true, ..InstanceNormConfig::new(2) }.build().unwrap();
         let x = Var::constant(t(&[3, 2, 3, 3], 4));
-        let target = InstanceNorm2d::<f64>::new(2)
+        let target = InstanceNorm2d::<f64>::new_generic(2)
             .forward(&x)
             .value()
             .mul(&Tensor::from_vec(vec![2.0, -0.5], &[1, 2, 1, 1]))

@@ -71,7 +71,7 @@ impl RMSNormConfig {
 /// use kiln_nn::{Forward, RMSNorm};
 /// use kiln_autograd::Var;
 /// use kiln_tensor::Tensor;
-/// let norm: RMSNorm<f64> = RMSNorm::new(&[2]);
+/// let norm: RMSNorm<f64> = RMSNorm::new_generic(&[2]);
 /// let x = Var::constant(Tensor::from_vec(vec![3.0, 4.0, -1.0, 1.0], &[2, 2]));
 /// let y = norm.forward(&x).value().to_vec();
 /// // row 0: rms = √((9 + 16) / 2); row 1: rms = 1
@@ -86,12 +86,23 @@ pub struct RMSNorm<E: Float = f32> {
     pub weight: Option<Var<E>>,
 }
 
-impl<E: Float> RMSNorm<E> {
+impl RMSNorm<f32> {
     /// A layer with PyTorch's defaults over the trailing dims `normalized_shape`.
     ///
     /// **Panics** if `normalized_shape` is empty or holds a zero (use
     /// [`RMSNormConfig::build`] for a `Result`).
+    ///
+    /// In `f32`; any element type through [`RMSNorm::new_generic`].
     pub fn new(normalized_shape: &[usize]) -> Self {
+        Self::new_generic(normalized_shape)
+    }
+}
+
+impl<E: Float> RMSNorm<E> {
+    /// [`RMSNorm::new`] in any element type: `RMSNorm::<f64>::new_generic(..)`.
+    ///
+    /// **Panics** as [`RMSNorm::new`] does.
+    pub fn new_generic(normalized_shape: &[usize]) -> Self {
         RMSNormConfig::new(normalized_shape).build().unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -220,9 +231,10 @@ mod tests {
     #[test]
     fn tiny_overfit() {
         // the weight learns to scale unit-rms rows onto a target
-        let n: RMSNorm<f64> = RMSNorm::new(&[3]);
+        let n: RMSNorm<f64> = RMSNorm::new_generic(&[3]);
         let x = Var::constant(Tensor::uniform(&[6, 3], -1.0, 1.0, &mut Rng::new(3)));
-        let target = RMSNorm::<f64>::new(&[3]).forward(&x).value().mul(&Tensor::from_vec(vec![2.0, -1.0, 0.5], &[3]));
+        let target =
+            RMSNorm::<f64>::new_generic(&[3]).forward(&x).value().mul(&Tensor::from_vec(vec![2.0, -1.0, 0.5], &[3]));
         let target = Var::constant(target);
         let loss = descend(&n.parameters(), 0.5, 300, || {
             let d = n.forward(&x).sub(&target);
