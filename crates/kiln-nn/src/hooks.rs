@@ -8,7 +8,8 @@
 //!
 //! - [`Layer::register_forward_hook`] (or [`register_forward_hook`] for a `dyn Layer`) hooks one module (identified by its address and type, so
 //!   the module must not move while the hook is registered); the hook sees calls from every
-//!   thread.
+//!   thread. Zero-sized layers (`ReLU`) have no storage of their own: two of one type held
+//!   side by side in a struct may share an address, and then a hook on one runs for both.
 //! - [`register_module_forward_hook`] hooks every module called on the current thread, like
 //!   `torch.nn.modules.module.register_module_forward_hook` (what [`summary`](crate::summary)
 //!   uses).

@@ -15,6 +15,7 @@ pub use kiln_autograd as autograd;
 pub use kiln_data as data;
 pub use kiln_explain as explain;
 pub use kiln_metrics as metrics;
+pub use kiln_models as models;
 pub use kiln_nn as nn;
 pub use kiln_optim as optim;
 pub use kiln_quant as quant;

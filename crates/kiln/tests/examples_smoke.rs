@@ -11,6 +11,9 @@ mod autoencoder_mnist;
 #[path = "../../../examples/cifar10_cnn.rs"]
 #[allow(dead_code)]
 mod cifar10_cnn;
+#[path = "../../../examples/cifar10_resnet.rs"]
+#[allow(dead_code)]
+mod cifar10_resnet;
 #[path = "../../../examples/cnn_mnist.rs"]
 #[allow(dead_code)]
 mod cnn_mnist;
@@ -105,6 +108,16 @@ fn cifar10_cnn_smoke() {
     if let Some(r) = unless_missing("cifar10_cnn", cifar10_cnn::run(&cifar10_cnn::Opts::smoke())) {
         assert!(is_fraction(r.augmented_accuracy) && is_fraction(r.plain_accuracy), "{r:?}");
         assert_eq!((r.train_images, r.test_images), (192, 64));
+    }
+}
+
+#[test]
+fn cifar10_resnet_smoke() {
+    if let Some(r) = unless_missing("cifar10_resnet", cifar10_resnet::run(&cifar10_resnet::Opts::smoke())) {
+        assert!(is_fraction(r.test_accuracy), "{r:?}");
+        assert_eq!((r.train_images, r.test_images), (128, 64));
+        assert_eq!(r.parameters, kiln::nn::Module::num_parameters(&cifar10_resnet::model(4)));
+        assert!(r.mult_adds > 0, "{r:?}");
     }
 }
 
