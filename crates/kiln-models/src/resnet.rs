@@ -76,7 +76,7 @@ impl ResNetConfig {
         for (i, &blocks) in self.layers.iter().enumerate() {
             let planes = w << i;
             let stride = if i == 0 { 1 } else { 2 };
-            let mut stage = Sequential::new();
+            let mut stage = Sequential::new_generic();
             for b in 0..blocks {
                 let (inp, s) = if b == 0 { (inplanes, stride) } else { (planes, 1) };
                 stage.push(BasicBlock::new(inp, planes, s)?);
@@ -97,7 +97,7 @@ impl ResNetConfig {
             layer3: next(),
             layer4: next(),
             avgpool: AdaptiveAvgPool2d::new([1, 1]),
-            fc: Linear::new(8 * w, self.num_classes),
+            fc: Linear::new_generic(8 * w, self.num_classes),
         };
         // torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu") on every conv.
         init::with_rng(|rng| {
@@ -162,7 +162,7 @@ impl<E: Float> BasicBlock<E> {
     pub fn new(inplanes: usize, planes: usize, stride: usize) -> Result<Self, ModelsError> {
         let downsample = if stride != 1 || inplanes != planes {
             Some(
-                Sequential::new()
+                Sequential::new_generic()
                     .add(conv(inplanes, planes, 1, stride)?)
                     .add(BatchNormConfig::new(planes).build::<E, 2>()?),
             )

@@ -102,7 +102,7 @@ impl VitConfig {
                 layers: EncoderLayers(layers),
                 ln: layer_norm(d)?,
             },
-            heads: Heads { head: Linear::new(d, self.num_classes) },
+            heads: Heads { head: Linear::new_generic(d, self.num_classes) },
         };
         init::with_rng(|rng| {
             init::normal_(&model.encoder.pos_embedding, 0.0, 0.02, rng);
@@ -172,11 +172,11 @@ impl<E: Float> EncoderBlock<E> {
             ..MultiheadAttentionConfig::new(d, config.num_heads)
         }
         .build()?;
-        let mlp = Sequential::new()
-            .add(Linear::<E>::new(d, config.mlp_dim))
+        let mlp = Sequential::new_generic()
+            .add(Linear::<E>::new_generic(d, config.mlp_dim))
             .add(GELU::default())
             .add(Dropout::try_new(p)?)
-            .add(Linear::<E>::new(config.mlp_dim, d))
+            .add(Linear::<E>::new_generic(config.mlp_dim, d))
             .add(Dropout::try_new(p)?);
         Ok(EncoderBlock {
             ln_1: layer_norm(d)?,
