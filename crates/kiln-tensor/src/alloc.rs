@@ -410,17 +410,19 @@ fn size_class(bytes: usize, up: bool) -> (u32, usize) {
     (k * 8 + j as u32, size)
 }
 
+/// Whether a request of this many bytes is served from the pool (it is on, and the buffer is
+/// neither small nor larger than the cap).
+fn poolable(bytes: usize) -> bool {
+    bytes >= POOL_MIN_BYTES && bytes <= limit()
+}
+
 /// An empty vector with room for at least `n` elements, reusing a pooled buffer when one of the
 /// right size class is held. Its spare capacity holds stale data of earlier tensors: write
 /// every element before reading it (`extend`, `resize`, or `spare_capacity_mut` + `set_len`).
 pub(crate) fn take<T: Copy>(n: usize) -> Vec<T> {
     let size = size_of::<T>();
     let bytes = n.saturating_mul(size);
-    if bytes < POOL_MIN_BYTES {
-        return Vec::with_capacity(n);
-    }
-    let limit = limit();
-    if bytes > limit {
+    if !poolable(bytes) {
         return Vec::with_capacity(n);
     }
     let (class, class_bytes) = size_class(bytes, true);
@@ -449,6 +451,10 @@ pub(crate) fn take<T: Copy>(n: usize) -> Vec<T> {
 
 /// A vector of `n` copies of `value` (zeros for `E::zero()`), in a pooled buffer when one fits.
 pub(crate) fn take_filled<T: Copy>(n: usize, value: T) -> Vec<T> {
+    if !poolable(n.saturating_mul(size_of::<T>())) {
+        // as before the pool: zeros come from `calloc`, whose fresh pages need no writing
+        return vec![value; n];
+    }
     let mut v = take(n);
     v.resize(n, value);
     v
