@@ -3,7 +3,7 @@
 //! `onnx.checker` and ONNX Runtime against kiln's forward pass — the output sequence, the last
 //! hidden states and the LSTM's cell states — so the gate reordering (PyTorch's i, f, g, o to
 //! ONNX's i, o, f, c; r, z, n to z, r, h with `linear_before_reset`) is checked by a runtime kiln
-//! did not write. The exported LSTMs also go back through `kiln_onnx::import`.
+//! did not write. The exported LSTMs, GRUs and RNNs also go back through `kiln_onnx::import`.
 
 mod support;
 
@@ -239,14 +239,12 @@ fn recurrent_layers_match_onnx_runtime() {
         let options = ExportOptions { converters: vec![convert_recurrent], ..Default::default() };
         let y = export(&model, &example, &path, options).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(y.shape(), model.forward(&Var::constant(example.clone())).shape().as_slice(), "{name}");
-        // kiln's own importer runs the exported LSTMs too (it has no GRU or RNN op).
-        if name.starts_with("lstm") {
-            let back = import(&path).unwrap_or_else(|e| panic!("{name}: import: {e}"));
-            let x = Tensor::randn(&shape, &mut rng);
-            let want = kiln_autograd::no_grad(|| model.forward(&Var::constant(x.clone())).value());
-            let got = kiln_autograd::no_grad(|| back.forward(&Var::constant(x)).value());
-            assert_close(&format!("{name}: export -> import"), &got, &want, 1e-5);
-        }
+        // kiln's own importer runs the exported LSTMs, GRUs and RNNs too.
+        let back = import(&path).unwrap_or_else(|e| panic!("{name}: import: {e}"));
+        let x = Tensor::randn(&shape, &mut rng);
+        let want = kiln_autograd::no_grad(|| model.forward(&Var::constant(x.clone())).value());
+        let got = kiln_autograd::no_grad(|| back.forward(&Var::constant(x)).value());
+        assert_close(&format!("{name}: export -> import"), &got, &want, 1e-5);
         for axis0 in [1usize, 7] {
             let mut s = shape.clone();
             s[0] = axis0;

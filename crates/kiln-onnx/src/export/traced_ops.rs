@@ -435,7 +435,7 @@ fn adaptive_avg_pool(ex: &mut Exporter, n: &TracedNode<'_>) -> R {
     }
     let x = &n.inputs[0];
     let spatial = &x.shape[x.ndim() - out.len()..];
-    if spatial.iter().zip(&out).any(|(&i, &o)| i as i64 % o != 0) {
+    if spatial.iter().zip(&out).any(|(&i, &o)| o <= 0 || !(i as u64).is_multiple_of(o as u64)) {
         return Err(
             n.error(format!("input size {spatial:?} is not a multiple of the output size {out:?}: the bins overlap"))
         );
