@@ -40,7 +40,7 @@ fn edge_values() -> Vec<f32> {
         1.0 + 3.0 * 2f32.powi(-8),             // bf16 tie, rounds up to the even 1.0 + 2^-6
         1.0 + 2f32.powi(-11),                  // f16 tie, rounds down to the even 1.0
         1.0 + 2f32.powi(-11) + 2f32.powi(-20), // just above the f16 tie: rounds up
-        -3.141_592_7,
+        -std::f32::consts::PI,
         65504.0, // f16's largest
         70000.0, // beyond f16: inf
         -1e30,   // beyond f16: -inf; fine in bf16

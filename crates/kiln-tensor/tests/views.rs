@@ -122,7 +122,7 @@ fn random_shape(n: usize, g: &mut Gen) -> Vec<usize> {
     let mut m = n;
     let mut p = 2;
     while m > 1 {
-        while m % p == 0 {
+        while m.is_multiple_of(p) {
             factors.push(p);
             m /= p;
         }

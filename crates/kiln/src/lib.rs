@@ -11,6 +11,15 @@
 //! assert_eq!(x.grad().unwrap().to_vec(), vec![2.0, 4.0]);
 //! ```
 
+/// This crate's README and the workspace README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct WorkspaceReadmeDoctests;
+
 pub use kiln_autograd as autograd;
 pub use kiln_data as data;
 pub use kiln_explain as explain;

@@ -266,7 +266,7 @@ impl MultiheadAttentionConfig {
                 return Err(NnError::Config(format!("MultiheadAttention: {what} must be > 0, got 0")));
             }
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(NnError::Config(format!(
                 "MultiheadAttention: embed_dim must be divisible by num_heads, got embed_dim={}, num_heads={}",
                 self.embed_dim, self.num_heads

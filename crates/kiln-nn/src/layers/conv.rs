@@ -73,12 +73,12 @@ pub(super) fn check_channels(
     check_pos(layer, "in_channels", in_channels)?;
     check_pos(layer, "out_channels", out_channels)?;
     check_pos(layer, "groups", groups)?;
-    if in_channels % groups != 0 {
+    if !in_channels.is_multiple_of(groups) {
         return Err(NnError::Config(format!(
             "{layer}: in_channels must be divisible by groups, got in_channels={in_channels}, groups={groups}"
         )));
     }
-    if out_channels % groups != 0 {
+    if !out_channels.is_multiple_of(groups) {
         return Err(NnError::Config(format!(
             "{layer}: out_channels must be divisible by groups, got out_channels={out_channels}, groups={groups}"
         )));

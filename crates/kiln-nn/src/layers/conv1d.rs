@@ -55,6 +55,16 @@ impl Conv1dConfig {
     /// [`NnError::Config`] when a size, the stride, the dilation or `groups` is zero, `groups`
     /// does not divide both channel counts, or `'same'` padding is asked for with stride > 1.
     pub fn build<E: Float>(&self) -> Result<Conv1d<E>, NnError> {
+        self.check()?;
+        let weight = Var::param(Tensor::zeros(&[self.out_channels, self.in_channels / self.groups, self.kernel_size]));
+        let bias = self.bias.then(|| Var::param(Tensor::zeros(&[self.out_channels])));
+        let c = Conv1d { config: self.clone(), weight, bias };
+        c.reset_parameters();
+        Ok(c)
+    }
+
+    /// The checks of [`Conv1dConfig::build`], also run by the layer's builder setters.
+    fn check(&self) -> Result<(), NnError> {
         let l = "Conv1d";
         check_channels(l, self.in_channels, self.out_channels, self.groups)?;
         check_pos(l, "kernel_size", self.kernel_size)?;
@@ -63,11 +73,7 @@ impl Conv1dConfig {
         if self.padding == Padding::Same && self.stride != 1 {
             return Err(NnError::Config(format!("{l}: padding='same' needs stride 1, got stride {}", self.stride)));
         }
-        let weight = Var::param(Tensor::zeros(&[self.out_channels, self.in_channels / self.groups, self.kernel_size]));
-        let bias = self.bias.then(|| Var::param(Tensor::zeros(&[self.out_channels])));
-        let c = Conv1d { config: self.clone(), weight, bias };
-        c.reset_parameters();
-        Ok(c)
+        Ok(())
     }
 }
 
@@ -125,6 +131,41 @@ impl<E: Float> Conv1d<E> {
     /// **Panics** as [`Conv1d::new`] does.
     pub fn new_generic(in_channels: usize, out_channels: usize, kernel_size: usize) -> Self {
         Conv1dConfig::new(in_channels, out_channels, kernel_size).build().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Sets the stride, keeping the parameters (a builder:
+    /// `Conv1d::new(1, 32, 3).padding(1).stride(2)`).
+    ///
+    /// **Panics** on a combination [`Conv1dConfig::build`] rejects.
+    #[must_use]
+    pub fn stride(self, stride: usize) -> Self {
+        self.with_config(|c| c.stride = stride)
+    }
+
+    /// Sets the padding (`1` or `Padding::Same`), keeping the parameters (a builder:
+    /// `Conv1d::new(1, 32, 3).padding(1).stride(2)`).
+    ///
+    /// **Panics** on a combination [`Conv1dConfig::build`] rejects.
+    #[must_use]
+    pub fn padding(self, padding: impl Into<Padding<usize>>) -> Self {
+        self.with_config(|c| c.padding = padding.into())
+    }
+
+    /// Sets the dilation, keeping the parameters (a builder:
+    /// `Conv1d::new(1, 32, 3).padding(1).stride(2)`).
+    ///
+    /// **Panics** on a combination [`Conv1dConfig::build`] rejects.
+    #[must_use]
+    pub fn dilation(self, dilation: usize) -> Self {
+        self.with_config(|c| c.dilation = dilation)
+    }
+
+    /// The layer with its configuration changed by `f`, checked as [`Conv1dConfig::build`]
+    /// checks it.
+    fn with_config(mut self, f: impl FnOnce(&mut Conv1dConfig)) -> Self {
+        f(&mut self.config);
+        self.config.check().unwrap_or_else(|e| panic!("{e}"));
+        self
     }
 
     /// Re-draws the parameters with PyTorch's default init.
@@ -306,5 +347,14 @@ mod tests {
         .build()
         .unwrap();
         run_golden(&c, &mut l);
+    }
+
+    #[test]
+    fn builder_setters_change_the_config_and_keep_the_parameters() {
+        let c = Conv1d::new(1, 4, 3).padding(1).stride(2).dilation(1);
+        assert_eq!(c.config, Conv1dConfig { padding: Padding::Explicit(1), stride: 2, ..Conv1dConfig::new(1, 4, 3) });
+        assert_eq!(c.forward(&Var::constant(Tensor::ones(&[2, 1, 8]))).shape().as_slice(), &[2, 4, 4]);
+        let err = std::panic::catch_unwind(|| Conv1d::new(2, 2, 3).stride(0)).err().unwrap();
+        assert!(err.downcast_ref::<String>().unwrap().starts_with("Conv1d: stride"), "{err:?}");
     }
 }

@@ -55,6 +55,17 @@ impl Conv2dConfig {
     /// [`NnError::Config`] when a size, a stride, a dilation or `groups` is zero, `groups`
     /// does not divide both channel counts, or `'same'` padding is asked for with a stride > 1.
     pub fn build<E: Float>(&self) -> Result<Conv2d<E>, NnError> {
+        self.check()?;
+        let [kh, kw] = self.kernel_size;
+        let weight = Var::param(Tensor::zeros(&[self.out_channels, self.in_channels / self.groups, kh, kw]));
+        let bias = self.bias.then(|| Var::param(Tensor::zeros(&[self.out_channels])));
+        let c = Conv2d { config: self.clone(), weight, bias };
+        c.reset_parameters();
+        Ok(c)
+    }
+
+    /// The checks of [`Conv2dConfig::build`], also run by the layer's builder setters.
+    fn check(&self) -> Result<(), NnError> {
         let l = "Conv2d";
         check_channels(l, self.in_channels, self.out_channels, self.groups)?;
         check_pos2(l, "kernel_size", self.kernel_size)?;
@@ -63,12 +74,7 @@ impl Conv2dConfig {
         if self.padding == Padding::Same && self.stride != [1, 1] {
             return Err(NnError::Config(format!("{l}: padding='same' needs stride 1, got stride {:?}", self.stride)));
         }
-        let [kh, kw] = self.kernel_size;
-        let weight = Var::param(Tensor::zeros(&[self.out_channels, self.in_channels / self.groups, kh, kw]));
-        let bias = self.bias.then(|| Var::param(Tensor::zeros(&[self.out_channels])));
-        let c = Conv2d { config: self.clone(), weight, bias };
-        c.reset_parameters();
-        Ok(c)
+        Ok(())
     }
 }
 
@@ -128,6 +134,41 @@ impl<E: Float> Conv2d<E> {
     /// **Panics** as [`Conv2d::new`] does.
     pub fn new_generic(in_channels: usize, out_channels: usize, kernel_size: usize) -> Self {
         Conv2dConfig::new(in_channels, out_channels, kernel_size).build().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Sets the stride on both axes, keeping the parameters (a builder:
+    /// `Conv2d::new(1, 32, 3).padding(1).stride(2)`).
+    ///
+    /// **Panics** on a combination [`Conv2dConfig::build`] rejects.
+    #[must_use]
+    pub fn stride(self, stride: usize) -> Self {
+        self.with_config(|c| c.stride = [stride, stride])
+    }
+
+    /// Sets the padding (`1`, `[1, 2]` or `Padding::Same`), keeping the parameters (a builder:
+    /// `Conv2d::new(1, 32, 3).padding(1).stride(2)`).
+    ///
+    /// **Panics** on a combination [`Conv2dConfig::build`] rejects.
+    #[must_use]
+    pub fn padding(self, padding: impl Into<Padding>) -> Self {
+        self.with_config(|c| c.padding = padding.into())
+    }
+
+    /// Sets the dilation on both axes, keeping the parameters (a builder:
+    /// `Conv2d::new(1, 32, 3).padding(1).stride(2)`).
+    ///
+    /// **Panics** on a combination [`Conv2dConfig::build`] rejects.
+    #[must_use]
+    pub fn dilation(self, dilation: usize) -> Self {
+        self.with_config(|c| c.dilation = [dilation, dilation])
+    }
+
+    /// The layer with its configuration changed by `f`, checked as [`Conv2dConfig::build`]
+    /// checks it.
+    fn with_config(mut self, f: impl FnOnce(&mut Conv2dConfig)) -> Self {
+        f(&mut self.config);
+        self.config.check().unwrap_or_else(|e| panic!("{e}"));
+        self
     }
 
     /// Re-draws the parameters with PyTorch's default init.
@@ -359,5 +400,19 @@ mod tests {
             assert!(module.ends_with("Conv2d"), "{name}: module {module}");
             run_golden(&c, &mut conv2d_from(&c));
         }
+    }
+
+    #[test]
+    fn builder_setters_change_the_config_and_keep_the_parameters() {
+        let c = Conv2d::new(1, 32, 3).padding(1).stride(2).dilation(1);
+        assert_eq!(
+            c.config,
+            Conv2dConfig { padding: Padding::Explicit([1, 1]), stride: [2, 2], ..Conv2dConfig::new(1, 32, 3) }
+        );
+        assert_eq!(c.forward(&Var::constant(Tensor::ones(&[2, 1, 8, 8]))).shape().as_slice(), &[2, 32, 4, 4]);
+        let same = Conv2d::new(2, 2, 3).padding(Padding::Same);
+        assert_eq!(same.forward(&Var::constant(Tensor::ones(&[1, 2, 5, 5]))).shape().as_slice(), &[1, 2, 5, 5]);
+        let err = std::panic::catch_unwind(|| Conv2d::new(2, 2, 3).padding(Padding::Same).stride(2)).err().unwrap();
+        assert_eq!(err.downcast_ref::<String>().unwrap(), "Conv2d: padding='same' needs stride 1, got stride [2, 2]");
     }
 }

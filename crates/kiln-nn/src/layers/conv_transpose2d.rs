@@ -61,6 +61,17 @@ impl ConvTranspose2dConfig {
     /// does not divide both channel counts, or an `output_padding` is not smaller than the
     /// stride or the dilation of its axis.
     pub fn build<E: Float>(&self) -> Result<ConvTranspose2d<E>, NnError> {
+        self.check()?;
+        let [kh, kw] = self.kernel_size;
+        let weight = Var::param(Tensor::zeros(&[self.in_channels, self.out_channels / self.groups, kh, kw]));
+        let bias = self.bias.then(|| Var::param(Tensor::zeros(&[self.out_channels])));
+        let c = ConvTranspose2d { config: self.clone(), weight, bias };
+        c.reset_parameters();
+        Ok(c)
+    }
+
+    /// The checks of [`ConvTranspose2dConfig::build`], also run by the layer's builder setters.
+    fn check(&self) -> Result<(), NnError> {
         let l = "ConvTranspose2d";
         check_channels(l, self.in_channels, self.out_channels, self.groups)?;
         check_pos2(l, "kernel_size", self.kernel_size)?;
@@ -75,12 +86,7 @@ impl ConvTranspose2dConfig {
                 )));
             }
         }
-        let [kh, kw] = self.kernel_size;
-        let weight = Var::param(Tensor::zeros(&[self.in_channels, self.out_channels / self.groups, kh, kw]));
-        let bias = self.bias.then(|| Var::param(Tensor::zeros(&[self.out_channels])));
-        let c = ConvTranspose2d { config: self.clone(), weight, bias };
-        c.reset_parameters();
-        Ok(c)
+        Ok(())
     }
 }
 
@@ -149,6 +155,50 @@ impl<E: Float> ConvTranspose2d<E> {
     /// **Panics** as [`ConvTranspose2d::new`] does.
     pub fn new_generic(in_channels: usize, out_channels: usize, kernel_size: usize) -> Self {
         ConvTranspose2dConfig::new(in_channels, out_channels, kernel_size).build().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Sets the stride on both axes, keeping the parameters (a builder:
+    /// `ConvTranspose2d::new(1, 32, 3).padding(1).stride(2)`).
+    ///
+    /// **Panics** on a combination [`ConvTranspose2dConfig::build`] rejects.
+    #[must_use]
+    pub fn stride(self, stride: usize) -> Self {
+        self.with_config(|c| c.stride = [stride, stride])
+    }
+
+    /// Sets the padding on both axes, keeping the parameters (a builder:
+    /// `ConvTranspose2d::new(1, 32, 3).padding(1).stride(2)`).
+    ///
+    /// **Panics** on a combination [`ConvTranspose2dConfig::build`] rejects.
+    #[must_use]
+    pub fn padding(self, padding: usize) -> Self {
+        self.with_config(|c| c.padding = [padding, padding])
+    }
+
+    /// Sets the output padding on both axes, keeping the parameters (a builder:
+    /// `ConvTranspose2d::new(1, 32, 3).padding(1).stride(2)`).
+    ///
+    /// **Panics** on a combination [`ConvTranspose2dConfig::build`] rejects.
+    #[must_use]
+    pub fn output_padding(self, output_padding: usize) -> Self {
+        self.with_config(|c| c.output_padding = [output_padding, output_padding])
+    }
+
+    /// Sets the dilation on both axes, keeping the parameters (a builder:
+    /// `ConvTranspose2d::new(1, 32, 3).padding(1).stride(2)`).
+    ///
+    /// **Panics** on a combination [`ConvTranspose2dConfig::build`] rejects.
+    #[must_use]
+    pub fn dilation(self, dilation: usize) -> Self {
+        self.with_config(|c| c.dilation = [dilation, dilation])
+    }
+
+    /// The layer with its configuration changed by `f`, checked as [`ConvTranspose2dConfig::build`]
+    /// checks it.
+    fn with_config(mut self, f: impl FnOnce(&mut ConvTranspose2dConfig)) -> Self {
+        f(&mut self.config);
+        self.config.check().unwrap_or_else(|e| panic!("{e}"));
+        self
     }
 
     /// Re-draws the parameters with PyTorch's default init.
@@ -329,5 +379,20 @@ mod tests {
         .build()
         .unwrap();
         run_golden(&c, &mut l);
+    }
+
+    #[test]
+    fn builder_setters_change_the_config_and_keep_the_parameters() {
+        let c = ConvTranspose2d::new(4, 2, 3).stride(2).padding(1).output_padding(1);
+        let want = ConvTranspose2dConfig {
+            stride: [2, 2],
+            padding: [1, 1],
+            output_padding: [1, 1],
+            ..ConvTranspose2dConfig::new(4, 2, 3)
+        };
+        assert_eq!(c.config, want);
+        // (H - 1) * 2 - 2 + 3 + 1 = 2H
+        assert_eq!(c.forward(&Var::constant(Tensor::ones(&[1, 4, 5, 5]))).shape().as_slice(), &[1, 2, 10, 10]);
+        assert!(std::panic::catch_unwind(|| ConvTranspose2d::new(4, 2, 3).output_padding(1)).is_err());
     }
 }

@@ -133,7 +133,7 @@ impl Unflatten {
             .unflattened_size
             .iter()
             .map(|&s| match s {
-                -1 if known > 0 && shape[d] % known == 0 => shape[d] / known,
+                -1 if known > 0 && shape[d].is_multiple_of(known) => shape[d] / known,
                 -1 => panic!(
                     "Unflatten: cannot infer -1 in {:?} for size {} of dim {} of shape {shape:?}",
                     self.unflattened_size, shape[d], self.dim

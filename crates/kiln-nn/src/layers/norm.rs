@@ -222,7 +222,7 @@ impl GroupNormConfig {
                 return Err(NnError::Config(format!("GroupNorm: {what} must be > 0, got 0")));
             }
         }
-        if self.num_channels % self.num_groups != 0 {
+        if !self.num_channels.is_multiple_of(self.num_groups) {
             return Err(NnError::Config(format!(
                 "GroupNorm: num_channels must be divisible by num_groups, got num_channels={}, num_groups={}",
                 self.num_channels, self.num_groups

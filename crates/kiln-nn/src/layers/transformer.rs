@@ -71,7 +71,7 @@ pub(crate) fn check_layer(
             return Err(NnError::Config(format!("{layer}: {what} must be > 0, got 0")));
         }
     }
-    if d_model % nhead != 0 {
+    if !d_model.is_multiple_of(nhead) {
         return Err(NnError::Config(format!(
             "{layer}: d_model must be divisible by nhead, got d_model={d_model}, nhead={nhead}"
         )));

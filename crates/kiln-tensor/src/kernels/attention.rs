@@ -266,7 +266,7 @@ impl<E: Float> Tensor<E> {
 fn packed_embed<E: Float>(x: &Tensor<E>, heads: usize, what: &str) -> usize {
     let s = x.shape();
     assert!(
-        s.len() == 3 && heads > 0 && s[2] % (3 * heads) == 0,
+        s.len() == 3 && heads > 0 && s[2].is_multiple_of(3 * heads),
         "{what}: packed projections {s:?} must be [N, L, 3E] with E divisible by {heads} heads"
     );
     s[2] / 3

@@ -513,7 +513,7 @@ pub fn lstm_forward<E: Float>(
 ) -> (Tensor<E>, Option<LstmTape<E>>) {
     let xs = xp.shape();
     assert!(
-        xs.len() == 3 && xs[2] % 4 == 0 && xs[2] > 0,
+        xs.len() == 3 && xs[2].is_multiple_of(4) && xs[2] > 0,
         "lstm_forward: xp must be [seq_len, batch, 4 * hidden_size], got {xs:?}"
     );
     let (t_len, batch, g4) = (xs[0], xs[1], xs[2]);

@@ -102,7 +102,7 @@ fn conv1d_shape_check(op: &str, x: [usize; 3], w: [usize; 3], p: &Conv1dParams) 
         p.groups
     );
     assert!(
-        w[0] % p.groups == 0,
+        w[0].is_multiple_of(p.groups),
         "{op}: weight {w:?} has {} output channels, not divisible by groups {}",
         w[0],
         p.groups

@@ -109,7 +109,7 @@ pub(super) fn conv_geom(op: &str, x: [usize; 4], w: [usize; 4], p: &Conv2dParams
         p.groups
     );
     assert!(
-        w[0] % p.groups == 0,
+        w[0].is_multiple_of(p.groups),
         "{op}: weight {w:?} has {} output channels, not divisible by groups {}",
         w[0],
         p.groups
@@ -149,7 +149,7 @@ pub(super) fn transpose_geom(op: &str, x: [usize; 4], w: [usize; 4], p: &ConvTra
     assert!(w[2] > 0 && w[3] > 0, "{op}: weight {w:?} has an empty kernel");
     assert!(x[1] == w[0], "{op}: input {x:?} has {} channels but weight {w:?} expects {}", x[1], w[0]);
     assert!(
-        w[0] % p.groups == 0,
+        w[0].is_multiple_of(p.groups),
         "{op}: weight {w:?} has {} input channels, not divisible by groups {}",
         w[0],
         p.groups
