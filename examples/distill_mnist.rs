@@ -24,6 +24,8 @@
 //! 32-unit student gained nothing (96.74 % against 96.62 % and 96.71 %).
 //!
 //!     cargo run --release --example distill_mnist
+// cnn_mnist.rs and common.rs are included as modules by several binaries, on purpose.
+#![allow(clippy::duplicate_mod)]
 
 use std::time::Instant;
 

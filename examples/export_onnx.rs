@@ -9,6 +9,8 @@
 //! when Python or onnxruntime is missing.
 //!
 //!     cargo run --release -p kiln-onnx --example export_onnx
+// cnn_mnist.rs and common.rs are included as modules by several binaries, on purpose.
+#![allow(clippy::duplicate_mod)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -6,6 +6,8 @@
 //! path). Reads `KILN_DATA_DIR/mnist` (default `../shared/data/mnist`).
 //!
 //!     cargo run --release --example lr_find_mnist
+// cnn_mnist.rs and common.rs are included as modules by several binaries, on purpose.
+#![allow(clippy::duplicate_mod)]
 
 use std::path::PathBuf;
 use std::time::Instant;

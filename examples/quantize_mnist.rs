@@ -15,6 +15,8 @@
 //! machine that runs it, the median of several runs, per image.
 //!
 //!     cargo run --release --example quantize_mnist
+// cnn_mnist.rs and common.rs are included as modules by several binaries, on purpose.
+#![allow(clippy::duplicate_mod)]
 
 use std::path::Path;
 use std::time::Instant;

@@ -344,7 +344,7 @@ impl Weights {
         }
         let mut head = Value::Object(header).to_string().into_bytes();
         // Pad with spaces so that the data starts 8-byte aligned, as the reference writer does.
-        while (8 + head.len()) % 8 != 0 {
+        while !(8 + head.len()).is_multiple_of(8) {
             head.push(b' ');
         }
         write_file_atomic(out, |w| {

@@ -148,7 +148,7 @@ pub(crate) fn tensor_data(source: &str, t: &TensorProto) -> Result<(Data, Vec<us
         _ => t.double_data.len(),
     };
     let have = if t.raw_data.is_empty() { typed_len } else { t.raw_data.len() / elem };
-    if (!t.raw_data.is_empty() && t.raw_data.len() % elem != 0) || have != numel {
+    if (!t.raw_data.is_empty() && !t.raw_data.len().is_multiple_of(elem)) || have != numel {
         return Err(what(format!(
             "dims {:?} need {numel} elements, the data holds {} bytes raw and {typed_len} typed",
             t.dims,

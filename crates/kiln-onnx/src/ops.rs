@@ -298,7 +298,7 @@ fn reshape_target(shape_in: &[usize], target: &[i64], allowzero: bool) -> R<Vec<
     }
     let known: usize = out.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).ok_or("shape overflows")?;
     if let Some(i) = infer {
-        if known == 0 || numel % known != 0 {
+        if known == 0 || !numel.is_multiple_of(known) {
             return Err(format!("cannot reshape {shape_in:?} to {target:?}"));
         }
         out[i] = numel / known;

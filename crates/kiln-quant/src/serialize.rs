@@ -738,7 +738,7 @@ mod tests {
             assert_ne!(v, md[key], "{from} not in {key}");
             md.insert(key.into(), v);
             kiln_nn::serialize::save_raw(&path, &tensors, &md).unwrap();
-            QuantLSTM::load(&path).err().expect("loaded a bad file").to_string()
+            QuantLSTM::load(&path).expect_err("loaded a bad file").to_string()
         };
         let e = rewrite("config", "\"hidden_size\":5", "\"hidden_size\":6");
         assert!(e.contains("field `bias_l0`: expected a F32 tensor [24], found a F32 tensor [20]"), "{e}");

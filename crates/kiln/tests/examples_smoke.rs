@@ -2,6 +2,8 @@
 //! epoch): the code paths of the real runs, in seconds. A recipe whose data set is not found
 //! (`KILN_DATA_DIR`, default `../shared/data`) is skipped with a message. The figures the full
 //! runs reach are in the examples' docs and the closing notes, not asserted here.
+// cnn_mnist.rs and common.rs are included as modules by several binaries, on purpose.
+#![allow(clippy::duplicate_mod)]
 
 use kiln::data::DataError;
 

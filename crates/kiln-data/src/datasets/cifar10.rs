@@ -224,7 +224,7 @@ fn parse_batch(mut src: Source<'_>, images: &mut Vec<u8>, labels: &mut Vec<u8>) 
         src.read_rest_bounded(MAX_RECORDS * RECORD, "CIFAR-10 batch")?
     } else {
         let size = src.file_len;
-        if size % RECORD != 0 {
+        if !size.is_multiple_of(RECORD) {
             return Err(DataError::format(
                 path,
                 size - size % RECORD,
@@ -238,7 +238,7 @@ fn parse_batch(mut src: Source<'_>, images: &mut Vec<u8>, labels: &mut Vec<u8>) 
     if len == 0 {
         return Err(DataError::format(path, 0, format!("at least one {RECORD}-byte record"), "an empty file"));
     }
-    if len % RECORD != 0 {
+    if !len.is_multiple_of(RECORD) {
         return Err(DataError::Truncated {
             path: path.to_path_buf(),
             expected: len.div_ceil(RECORD) * RECORD,

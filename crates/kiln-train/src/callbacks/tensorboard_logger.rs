@@ -424,7 +424,7 @@ impl Callback for TensorBoardLogger {
     }
 
     fn on_batch_end(&mut self, ctx: &mut BatchContext<'_>) {
-        if self.batch_every > 0 && self.global_batch % self.batch_every as u64 == 0 {
+        if self.batch_every > 0 && self.global_batch.is_multiple_of(self.batch_every as u64) {
             or_panic(self.log_scalar("batch_loss", self.global_batch as i64, ctx.loss));
         }
         self.global_batch += 1;
