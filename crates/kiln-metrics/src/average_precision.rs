@@ -5,7 +5,7 @@ use kiln_tensor::Float;
 
 use crate::average::Average;
 use crate::metric::{Metric, MetricInput};
-use crate::ranking::{ClfCurve, Ranking};
+use crate::ranking::{ranking_metric, ClfCurve, Ranking};
 
 /// Average precision of one class against the rest, scikit-learn's step definition
 /// `AP = Σ_n (R_n − R_{n−1}) P_n` over the distinct thresholds, highest first, without
@@ -71,63 +71,9 @@ impl AveragePrecision {
     pub fn multiclass(num_classes: usize, average: Average) -> AveragePrecision {
         AveragePrecision { ranking: Ranking::multiclass("AveragePrecision", num_classes, average) }
     }
-
-    /// Accumulates scores: one per sample (binary) or `[N, num_classes]` row-major rows.
-    ///
-    /// **Panics** if the number of scores does not fit the targets or a target is out of range.
-    pub fn update_scores<E: Float>(&mut self, scores: &[E], targets: &[usize]) {
-        self.ranking.update_scores("AveragePrecision", scores, targets);
-    }
-
-    /// The average precision of every class against the rest (one value if binary).
-    #[must_use]
-    pub fn compute_per_class(&self) -> Vec<f64> {
-        self.ranking.per_class("AveragePrecision", average_precision_of)
-    }
-
-    /// The number of samples kept.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.ranking.targets.len()
-    }
-
-    /// Whether no sample has been kept.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.ranking.targets.is_empty()
-    }
 }
 
-impl Default for AveragePrecision {
-    /// [`AveragePrecision::binary`].
-    fn default() -> AveragePrecision {
-        AveragePrecision::binary()
-    }
-}
-
-impl Metric for AveragePrecision {
-    type Output = f64;
-
-    fn name(&self) -> String {
-        format!("average_precision{}", self.ranking.average.suffix())
-    }
-
-    fn update(&mut self, preds: &dyn MetricInput, targets: &dyn MetricInput) {
-        self.ranking.update("AveragePrecision", preds, targets);
-    }
-
-    fn compute(&self) -> f64 {
-        self.ranking.compute("AveragePrecision", average_precision_of)
-    }
-
-    fn reset(&mut self) {
-        self.ranking.reset();
-    }
-
-    fn merge(&mut self, other: &AveragePrecision) {
-        self.ranking.merge("AveragePrecision", &other.ranking);
-    }
-}
+ranking_metric!(AveragePrecision, "AveragePrecision", "average_precision", average_precision_of);
 
 /// Binary average precision of scores against 0/1 targets (scikit-learn's
 /// `average_precision_score`).

@@ -50,6 +50,7 @@ mod fbeta;
 pub mod functional;
 mod input;
 mod mean_absolute_error;
+mod mean_error;
 mod mean_squared_error;
 mod metric;
 mod perplexity;

@@ -4,6 +4,7 @@ use kiln_tensor::Float;
 
 use crate::compensated_sum::CompensatedSum;
 use crate::input::{check_same_len, read_regression};
+use crate::mean_error::mean_error_metric;
 use crate::metric::{Metric, MetricInput};
 
 /// Mean absolute error, `mean(|pred - target|)` over every element (scikit-learn's
@@ -30,57 +31,7 @@ pub struct MeanAbsoluteError {
     count: u64,
 }
 
-impl MeanAbsoluteError {
-    /// An empty mean absolute error.
-    #[must_use]
-    pub fn new() -> MeanAbsoluteError {
-        MeanAbsoluteError::default()
-    }
-
-    /// Accumulates predictions and targets, element by element.
-    ///
-    /// **Panics** if the lengths differ.
-    pub fn update_values<E: Float>(&mut self, preds: &[E], targets: &[E]) {
-        check_same_len("MeanAbsoluteError", preds.len(), targets.len());
-        for (&p, &t) in preds.iter().zip(targets) {
-            let d = Float::to_f64(p) - Float::to_f64(t);
-            self.sum.add(d.abs());
-        }
-        self.count += targets.len() as u64;
-    }
-
-    /// The number of elements seen.
-    #[must_use]
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-}
-
-impl Metric for MeanAbsoluteError {
-    type Output = f64;
-
-    fn name(&self) -> String {
-        "mae".to_string()
-    }
-
-    fn update(&mut self, preds: &dyn MetricInput, targets: &dyn MetricInput) {
-        let (p, t) = read_regression("MeanAbsoluteError", preds, targets);
-        self.update_values(&p, &t);
-    }
-
-    fn compute(&self) -> f64 {
-        self.sum.value() / self.count as f64
-    }
-
-    fn reset(&mut self) {
-        *self = MeanAbsoluteError::default();
-    }
-
-    fn merge(&mut self, other: &MeanAbsoluteError) {
-        self.sum.merge(&other.sum);
-        self.count += other.count;
-    }
-}
+mean_error_metric!(MeanAbsoluteError, "MeanAbsoluteError", "mae", "mean absolute error", |d| d.abs());
 
 /// Mean absolute error of predictions against targets (scikit-learn's `mean_absolute_error`);
 /// NaN for empty input.

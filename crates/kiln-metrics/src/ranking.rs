@@ -202,6 +202,74 @@ impl Ranking {
     }
 }
 
+/// The parts of a ranking metric (a struct with a `ranking: Ranking` field) that do not depend
+/// on its area: scores in, per-class and averaged areas out through `$area`, the kept-sample
+/// count, `Default` (binary) and [`Metric`](crate::Metric). `$op` names the metric in panic
+/// messages, `$name` in [`Metric::name`](crate::Metric::name) (before the average's suffix).
+macro_rules! ranking_metric {
+    ($T:ident, $op:literal, $name:literal, $area:path) => {
+        impl $T {
+            /// Accumulates scores: one per sample (binary) or `[N, num_classes]` row-major rows.
+            ///
+            /// **Panics** if the number of scores does not fit the targets or a target is out
+            /// of range.
+            pub fn update_scores<E: Float>(&mut self, scores: &[E], targets: &[usize]) {
+                self.ranking.update_scores($op, scores, targets);
+            }
+
+            /// The score of every class against the rest (one value for a binary metric).
+            #[must_use]
+            pub fn compute_per_class(&self) -> Vec<f64> {
+                self.ranking.per_class($op, $area)
+            }
+
+            /// The number of samples kept.
+            #[must_use]
+            pub fn len(&self) -> usize {
+                self.ranking.targets.len()
+            }
+
+            /// Whether no sample has been kept.
+            #[must_use]
+            pub fn is_empty(&self) -> bool {
+                self.ranking.targets.is_empty()
+            }
+        }
+
+        impl Default for $T {
+            /// The binary metric.
+            fn default() -> $T {
+                $T::binary()
+            }
+        }
+
+        impl Metric for $T {
+            type Output = f64;
+
+            fn name(&self) -> String {
+                format!("{}{}", $name, self.ranking.average.suffix())
+            }
+
+            fn update(&mut self, preds: &dyn MetricInput, targets: &dyn MetricInput) {
+                self.ranking.update($op, preds, targets);
+            }
+
+            fn compute(&self) -> f64 {
+                self.ranking.compute($op, $area)
+            }
+
+            fn reset(&mut self) {
+                self.ranking.reset();
+            }
+
+            fn merge(&mut self, other: &$T) {
+                self.ranking.merge($op, &other.ranking);
+            }
+        }
+    };
+}
+pub(crate) use ranking_metric;
+
 #[cfg(test)]
 mod tests {
     use super::*;

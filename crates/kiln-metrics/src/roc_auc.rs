@@ -4,7 +4,7 @@ use kiln_tensor::Float;
 
 use crate::average::Average;
 use crate::metric::{Metric, MetricInput};
-use crate::ranking::{ClfCurve, Ranking};
+use crate::ranking::{ranking_metric, ClfCurve, Ranking};
 
 /// Area under the ROC curve of one class against the rest: the trapezoid through the points
 /// `(fps/N, tps/P)` of every distinct threshold, from `(0, 0)`, so tied scores count half
@@ -76,63 +76,9 @@ impl RocAuc {
     pub fn multiclass(num_classes: usize, average: Average) -> RocAuc {
         RocAuc { ranking: Ranking::multiclass("RocAuc", num_classes, average) }
     }
-
-    /// Accumulates scores: one per sample (binary) or `[N, num_classes]` row-major rows.
-    ///
-    /// **Panics** if the number of scores does not fit the targets or a target is out of range.
-    pub fn update_scores<E: Float>(&mut self, scores: &[E], targets: &[usize]) {
-        self.ranking.update_scores("RocAuc", scores, targets);
-    }
-
-    /// The area of every class against the rest (one value for a binary metric).
-    #[must_use]
-    pub fn compute_per_class(&self) -> Vec<f64> {
-        self.ranking.per_class("RocAuc", roc_auc_of)
-    }
-
-    /// The number of samples kept.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.ranking.targets.len()
-    }
-
-    /// Whether no sample has been kept.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.ranking.targets.is_empty()
-    }
 }
 
-impl Default for RocAuc {
-    /// [`RocAuc::binary`].
-    fn default() -> RocAuc {
-        RocAuc::binary()
-    }
-}
-
-impl Metric for RocAuc {
-    type Output = f64;
-
-    fn name(&self) -> String {
-        format!("roc_auc{}", self.ranking.average.suffix())
-    }
-
-    fn update(&mut self, preds: &dyn MetricInput, targets: &dyn MetricInput) {
-        self.ranking.update("RocAuc", preds, targets);
-    }
-
-    fn compute(&self) -> f64 {
-        self.ranking.compute("RocAuc", roc_auc_of)
-    }
-
-    fn reset(&mut self) {
-        self.ranking.reset();
-    }
-
-    fn merge(&mut self, other: &RocAuc) {
-        self.ranking.merge("RocAuc", &other.ranking);
-    }
-}
+ranking_metric!(RocAuc, "RocAuc", "roc_auc", roc_auc_of);
 
 /// Binary ROC AUC of scores against 0/1 targets (scikit-learn's `roc_auc_score`); NaN when
 /// only one class is present.

@@ -3,13 +3,16 @@
 
 use std::fmt;
 
-use kiln_autograd::{no_grad, Var};
-use kiln_tensor::{Float, Tensor};
+use kiln_autograd::Var;
+use kiln_tensor::Float;
 
+use super::channel_norm::{
+    channel_norm_output, channel_norm_state, check_channel_norm_config, describe_channel_norm, momentum_arg,
+    reset_affine, reset_running_stats, update_batch_norm_stats, visit_channel_norm,
+};
 use super::norm::{channel_shape, standardize};
 use crate::error::NnError;
-use crate::init;
-use crate::module::{visit_buffer, visit_param, Forward, Module, TensorKind};
+use crate::module::{Forward, Module, TensorKind};
 use crate::registry::{object, Args, LayerSpec};
 use serde_json::{json, Map, Value};
 
@@ -46,29 +49,16 @@ impl BatchNormConfig {
     /// [`NnError::Config`] when `num_features` is zero, `eps` is negative or not finite, or
     /// `momentum` is outside `[0, 1]`.
     pub fn build<E: Float, const D: usize>(&self) -> Result<BatchNorm<E, D>, NnError> {
-        let name = BatchNorm::<E, D>::NAME;
-        if self.num_features == 0 {
-            return Err(NnError::Config(format!("{name}: num_features must be > 0, got 0")));
-        }
-        if !(self.eps >= 0.0 && self.eps.is_finite()) {
-            return Err(NnError::Config(format!("{name}: eps must be finite and >= 0, got {}", self.eps)));
-        }
-        if let Some(m) = self.momentum {
-            if !(0.0..=1.0).contains(&m) {
-                return Err(NnError::Config(format!("{name}: momentum must be in [0, 1], got {m}")));
-            }
-        }
-        let c = self.num_features;
-        let vec = || Var::param(Tensor::zeros(&[c]));
-        let buf = |shape: &[usize]| Var::constant(Tensor::zeros(shape));
-        let track = self.track_running_stats;
+        check_channel_norm_config(BatchNorm::<E, D>::NAME, self.num_features, self.eps, self.momentum)?;
+        let [weight, bias, running_mean, running_var, num_batches_tracked] =
+            channel_norm_state(self.num_features, self.affine, self.track_running_stats);
         let bn = BatchNorm {
             config: self.clone(),
-            weight: self.affine.then(vec),
-            bias: self.affine.then(vec),
-            running_mean: track.then(|| buf(&[c])),
-            running_var: track.then(|| buf(&[c])),
-            num_batches_tracked: track.then(|| buf(&[])),
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            num_batches_tracked,
             training: true,
         };
         bn.reset_parameters();
@@ -186,28 +176,18 @@ impl<E: Float, const D: usize> BatchNorm<E, D> {
 
     /// Resets the running statistics: mean 0, variance 1, no batches tracked.
     pub fn reset_running_stats(&self) {
-        no_grad(|| {
-            if let Some(m) = &self.running_mean {
-                init::zeros_(m);
-            }
-            if let Some(v) = &self.running_var {
-                init::ones_(v);
-            }
-            if let Some(n) = &self.num_batches_tracked {
-                init::zeros_(n);
-            }
-        })
+        reset_running_stats([&self.running_mean, &self.running_var, &self.num_batches_tracked]);
     }
 
     /// Resets the running statistics, γ to ones and β to zeros, as PyTorch does.
     pub fn reset_parameters(&self) {
         self.reset_running_stats();
-        if let Some(w) = &self.weight {
-            init::ones_(w);
-        }
-        if let Some(b) = &self.bias {
-            init::zeros_(b);
-        }
+        reset_affine([&self.weight, &self.bias]);
+    }
+
+    /// Its state in [`visit_channel_norm`]'s order.
+    fn state(&self) -> [&Option<Var<E>>; 5] {
+        [&self.weight, &self.bias, &self.running_mean, &self.running_var, &self.num_batches_tracked]
     }
 
     fn check_input(&self, shape: &[usize]) {
@@ -220,26 +200,6 @@ impl<E: Float, const D: usize> BatchNorm<E, D> {
         };
         assert!(ok_rank && shape[1] == c, "{}: expected input {want}, got {shape:?}", Self::NAME);
     }
-
-    /// Folds one training batch's statistics (kept-dim `mean` and biased `var` over `count`
-    /// values per channel) into the running ones.
-    fn update_running_stats(&self, mean: &Tensor<E>, var: &Tensor<E>, count: usize) {
-        let (Some(rm), Some(rv), Some(nbt)) = (&self.running_mean, &self.running_var, &self.num_batches_tracked) else {
-            return;
-        };
-        let c = self.config.num_features;
-        no_grad(|| {
-            nbt.update_value(|n| *n = n.add_scalar(E::one()));
-            let factor = match self.config.momentum {
-                Some(m) => m,
-                None => 1.0 / <E as Float>::to_f64(nbt.item()),
-            };
-            let (keep, new) = (E::from_f64(1.0 - factor), E::from_f64(factor));
-            let unbiased = var.reshape(&[c]).mul_scalar(E::from_f64(count as f64 / (count - 1) as f64));
-            rm.update_value(|r| *r = r.mul_scalar(keep).add(&mean.reshape(&[c]).mul_scalar(new)));
-            rv.update_value(|r| *r = r.mul_scalar(keep).add(&unbiased.mul_scalar(new)));
-        });
-    }
 }
 
 impl<E: Float, const D: usize> Forward<E> for BatchNorm<E, D> {
@@ -250,7 +210,7 @@ impl<E: Float, const D: usize> Forward<E> for BatchNorm<E, D> {
         let cs = channel_shape(c, shape.len());
         let eps = self.config.eps;
         let use_batch_stats = self.training || self.running_mean.is_none();
-        let mut y = if use_batch_stats {
+        let normalized = use_batch_stats.then(|| {
             let count = shape.iter().product::<usize>() / c;
             if self.training {
                 assert!(
@@ -263,41 +223,18 @@ impl<E: Float, const D: usize> Forward<E> for BatchNorm<E, D> {
             let axes: Vec<isize> = (0..shape.len()).filter(|&d| d != 1).map(|d| d as isize).collect();
             let (y, mean, var) = standardize(x, &axes, eps);
             if self.training {
-                self.update_running_stats(&mean.value(), &var.value(), count);
+                let stats = [&self.running_mean, &self.running_var, &self.num_batches_tracked];
+                update_batch_norm_stats(stats, self.config.momentum, &mean.value(), &var.value(), count as f64);
             }
             y
-        } else {
-            let rm = self.running_mean.as_ref().map(|m| m.reshape(&cs)).expect("tracked");
-            let rv = self.running_var.as_ref().map(|v| v.reshape(&cs)).expect("tracked");
-            x.sub(&rm).mul(&rv.add_scalar(E::from_f64(eps)).rsqrt())
-        };
-        if let Some(w) = &self.weight {
-            y = y.mul(&w.reshape(&cs));
-        }
-        if let Some(b) = &self.bias {
-            y = y.add(&b.reshape(&cs));
-        }
-        y
+        });
+        channel_norm_output(normalized, x, self.state(), eps, &cs)
     }
 }
 
 impl<E: Float, const D: usize> Module<E> for BatchNorm<E, D> {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {
-        if let Some(w) = &self.weight {
-            visit_param(prefix, "weight", w, f);
-        }
-        if let Some(b) = &self.bias {
-            visit_param(prefix, "bias", b, f);
-        }
-        if let Some(m) = &self.running_mean {
-            visit_buffer(prefix, "running_mean", m, f);
-        }
-        if let Some(v) = &self.running_var {
-            visit_buffer(prefix, "running_var", v, f);
-        }
-        if let Some(n) = &self.num_batches_tracked {
-            visit_buffer(prefix, "num_batches_tracked", n, f);
-        }
+        visit_channel_norm(prefix, self.state(), f);
     }
 
     fn set_training(&mut self, training: bool) {
@@ -312,17 +249,8 @@ impl<E: Float, const D: usize> Module<E> for BatchNorm<E, D> {
 impl<E: Float, const D: usize> fmt::Display for BatchNorm<E, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.config;
-        let momentum = c.momentum.map_or("None".to_string(), |m| format!("{m:?}"));
-        write!(
-            f,
-            "{}({}, eps={:?}, momentum={momentum}, affine={}, track_running_stats={}) [{} parameters]",
-            Self::NAME,
-            c.num_features,
-            c.eps,
-            c.affine,
-            c.track_running_stats,
-            self.num_parameters()
-        )
+        let head = describe_channel_norm(Self::NAME, c.num_features, c.eps, c.momentum, c.affine, c.track_running_stats);
+        write!(f, "{head}) [{} parameters]", self.num_parameters())
     }
 }
 
@@ -337,11 +265,7 @@ impl<E: Float, const D: usize> LayerSpec for BatchNorm<E, D> {
     }
 
     fn from_config(a: &mut Args) -> Result<Self, NnError> {
-        let momentum = match a.take_raw("momentum") {
-            None => Some(0.1),
-            Some(Value::Null) => None,
-            Some(v) => Some(a.as_f64("momentum", &v)?),
-        };
+        let momentum = momentum_arg(a)?;
         BatchNormConfig {
             eps: a.f64("eps", 1e-5)?,
             momentum,
@@ -362,7 +286,7 @@ mod tests {
     use super::*;
     use crate::golden;
     use kiln_autograd::gradcheck;
-    use kiln_tensor::Rng;
+    use kiln_tensor::{Rng, Tensor};
 
     fn t(shape: &[usize], seed: u64) -> Tensor<f64> {
         Tensor::uniform(shape, -1.0, 1.0, &mut Rng::new(seed))

@@ -1,6 +1,6 @@
 //! What the convolution layers share: [`Padding`], the checks of their configurations, the
 //! tail of their `Display`, and how their `padding` argument is described. The layers are
-//! in `conv1d.rs`, `conv2d.rs` and `conv_transpose2d.rs`.
+//! in `conv1d.rs`, `conv2d.rs`, `conv3d.rs` and `conv_transpose2d.rs`.
 
 use serde_json::{json, Value};
 
@@ -50,25 +50,34 @@ pub(super) fn same_pads(kernel: usize, dilation: usize) -> (usize, usize) {
     (total / 2, total - total / 2)
 }
 
-pub(super) fn check_pos(layer: &str, what: &str, v: usize) -> Result<(), NnError> {
+fn check_pos(layer: &str, what: &str, v: usize) -> Result<(), NnError> {
     if v == 0 {
         return Err(NnError::Config(format!("{layer}: {what} must be > 0, got 0")));
     }
     Ok(())
 }
 
-pub(super) fn check_pos2(layer: &str, what: &str, v: [usize; 2]) -> Result<(), NnError> {
-    if v.contains(&0) {
-        return Err(NnError::Config(format!("{layer}: {what} must be > 0, got {v:?}")));
+/// A per-axis setting as the messages write it: a number for one axis, a list for more.
+fn axes_text<const N: usize>(v: [usize; N]) -> String {
+    if N == 1 {
+        v[0].to_string()
+    } else {
+        format!("{v:?}")
     }
-    Ok(())
 }
 
-pub(super) fn check_channels(
+/// The checks of an `N`-d convolution's configuration, run by `build` and the builder setters
+/// of every convolution layer: positive `[in_channels, out_channels, groups]` with `groups`
+/// dividing both channel counts, a positive kernel size, stride and dilation on every axis,
+/// and, with `same_padding`, stride 1 (PyTorch rejects `padding='same'` on strided
+/// convolutions). `layer` starts each message.
+pub(super) fn check_conv<const N: usize>(
     layer: &str,
-    in_channels: usize,
-    out_channels: usize,
-    groups: usize,
+    [in_channels, out_channels, groups]: [usize; 3],
+    kernel_size: [usize; N],
+    stride: [usize; N],
+    dilation: [usize; N],
+    same_padding: bool,
 ) -> Result<(), NnError> {
     check_pos(layer, "in_channels", in_channels)?;
     check_pos(layer, "out_channels", out_channels)?;
@@ -82,6 +91,14 @@ pub(super) fn check_channels(
         return Err(NnError::Config(format!(
             "{layer}: out_channels must be divisible by groups, got out_channels={out_channels}, groups={groups}"
         )));
+    }
+    for (what, v) in [("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)] {
+        if v.contains(&0) {
+            return Err(NnError::Config(format!("{layer}: {what} must be > 0, got {}", axes_text(v))));
+        }
+    }
+    if same_padding && stride != [1; N] {
+        return Err(NnError::Config(format!("{layer}: padding='same' needs stride 1, got stride {}", axes_text(stride))));
     }
     Ok(())
 }

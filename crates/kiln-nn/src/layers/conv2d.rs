@@ -6,7 +6,7 @@ use kiln_autograd::Var;
 use kiln_tensor::{Conv2dParams, Float, PadMode, Tensor};
 use serde_json::{json, Map, Value};
 
-use super::conv::{check_channels, check_pos2, padding_arg, padding_json, repr_tail, same_pads, tuple2, Padding};
+use super::conv::{check_conv, padding_arg, padding_json, repr_tail, same_pads, tuple2, Padding};
 use crate::error::NnError;
 use crate::init;
 use crate::module::{visit_param, Forward, Module, TensorKind};
@@ -66,15 +66,9 @@ impl Conv2dConfig {
 
     /// The checks of [`Conv2dConfig::build`], also run by the layer's builder setters.
     fn check(&self) -> Result<(), NnError> {
-        let l = "Conv2d";
-        check_channels(l, self.in_channels, self.out_channels, self.groups)?;
-        check_pos2(l, "kernel_size", self.kernel_size)?;
-        check_pos2(l, "stride", self.stride)?;
-        check_pos2(l, "dilation", self.dilation)?;
-        if self.padding == Padding::Same && self.stride != [1, 1] {
-            return Err(NnError::Config(format!("{l}: padding='same' needs stride 1, got stride {:?}", self.stride)));
-        }
-        Ok(())
+        let dims = [self.in_channels, self.out_channels, self.groups];
+        let same = self.padding == Padding::Same;
+        check_conv("Conv2d", dims, self.kernel_size, self.stride, self.dilation, same)
     }
 }
 

@@ -6,7 +6,7 @@ use kiln_autograd::Var;
 use kiln_tensor::{Conv2dParams, Float, PadMode, Tensor};
 use serde_json::{json, Map, Value};
 
-use super::conv::{check_channels, padding_arg, padding_json, repr_tail, same_pads, Padding};
+use super::conv::{check_conv, padding_arg, padding_json, repr_tail, same_pads, Padding};
 use crate::error::NnError;
 use crate::init;
 use crate::module::{visit_param, Forward, Module, TensorKind};
@@ -55,16 +55,8 @@ impl Conv3dConfig {
     /// [`NnError::Config`] when a size, a stride, a dilation or `groups` is zero, `groups`
     /// does not divide both channel counts, or `'same'` padding is asked for with a stride > 1.
     pub fn build<E: Float>(&self) -> Result<Conv3d<E>, NnError> {
-        let l = "Conv3d";
-        check_channels(l, self.in_channels, self.out_channels, self.groups)?;
-        for (what, v) in [("kernel_size", self.kernel_size), ("stride", self.stride), ("dilation", self.dilation)] {
-            if v.contains(&0) {
-                return Err(NnError::Config(format!("{l}: {what} must be > 0, got {v:?}")));
-            }
-        }
-        if self.padding == Padding::Same && self.stride != [1; 3] {
-            return Err(NnError::Config(format!("{l}: padding='same' needs stride 1, got stride {:?}", self.stride)));
-        }
+        let dims = [self.in_channels, self.out_channels, self.groups];
+        check_conv("Conv3d", dims, self.kernel_size, self.stride, self.dilation, self.padding == Padding::Same)?;
         let [kd, kh, kw] = self.kernel_size;
         let weight = Var::param(Tensor::zeros(&[self.out_channels, self.in_channels / self.groups, kd, kh, kw]));
         let bias = self.bias.then(|| Var::param(Tensor::zeros(&[self.out_channels])));

@@ -6,7 +6,7 @@ use kiln_autograd::Var;
 use kiln_tensor::{ConvTranspose2dParams, Float, Tensor};
 use serde_json::{json, Map, Value};
 
-use super::conv::{check_channels, check_pos2, repr_tail, tuple2};
+use super::conv::{check_conv, repr_tail, tuple2};
 use crate::error::NnError;
 use crate::init;
 use crate::module::{visit_param, Forward, Module, TensorKind};
@@ -73,10 +73,7 @@ impl ConvTranspose2dConfig {
     /// The checks of [`ConvTranspose2dConfig::build`], also run by the layer's builder setters.
     fn check(&self) -> Result<(), NnError> {
         let l = "ConvTranspose2d";
-        check_channels(l, self.in_channels, self.out_channels, self.groups)?;
-        check_pos2(l, "kernel_size", self.kernel_size)?;
-        check_pos2(l, "stride", self.stride)?;
-        check_pos2(l, "dilation", self.dilation)?;
+        check_conv(l, [self.in_channels, self.out_channels, self.groups], self.kernel_size, self.stride, self.dilation, false)?;
         for a in 0..2 {
             if self.output_padding[a] >= self.stride[a] && self.output_padding[a] >= self.dilation[a] {
                 return Err(NnError::Config(format!(

@@ -7,10 +7,13 @@ use kiln_autograd::{no_grad, Var};
 use kiln_tensor::{Float, Tensor};
 use serde_json::{json, Map, Value};
 
+use super::channel_norm::{
+    channel_norm_output, channel_norm_state, check_channel_norm_config, describe_channel_norm, momentum_arg,
+    reset_affine, reset_running_stats, visit_channel_norm,
+};
 use super::norm::{channel_shape, standardize};
 use crate::error::NnError;
-use crate::init;
-use crate::module::{visit_buffer, visit_param, Forward, Module, TensorKind};
+use crate::module::{Forward, Module, TensorKind};
 use crate::registry::{object, Args, LayerSpec};
 
 /// Configuration of an [`InstanceNorm`] layer (PyTorch's defaults: eps 1e-5, momentum 0.1, no
@@ -45,29 +48,16 @@ impl InstanceNormConfig {
     /// [`NnError::Config`] when `num_features` is zero, `eps` is negative or not finite, or
     /// `momentum` is outside `[0, 1]`.
     pub fn build<E: Float, const D: usize>(&self) -> Result<InstanceNorm<E, D>, NnError> {
-        let name = InstanceNorm::<E, D>::NAME;
-        if self.num_features == 0 {
-            return Err(NnError::Config(format!("{name}: num_features must be > 0, got 0")));
-        }
-        if !(self.eps >= 0.0 && self.eps.is_finite()) {
-            return Err(NnError::Config(format!("{name}: eps must be finite and >= 0, got {}", self.eps)));
-        }
-        if let Some(m) = self.momentum {
-            if !(0.0..=1.0).contains(&m) {
-                return Err(NnError::Config(format!("{name}: momentum must be in [0, 1], got {m}")));
-            }
-        }
-        let c = self.num_features;
-        let vec = || Var::param(Tensor::zeros(&[c]));
-        let buf = |shape: &[usize]| Var::constant(Tensor::zeros(shape));
-        let track = self.track_running_stats;
+        check_channel_norm_config(InstanceNorm::<E, D>::NAME, self.num_features, self.eps, self.momentum)?;
+        let [weight, bias, running_mean, running_var, num_batches_tracked] =
+            channel_norm_state(self.num_features, self.affine, self.track_running_stats);
         let l = InstanceNorm {
             config: self.clone(),
-            weight: self.affine.then(vec),
-            bias: self.affine.then(vec),
-            running_mean: track.then(|| buf(&[c])),
-            running_var: track.then(|| buf(&[c])),
-            num_batches_tracked: track.then(|| buf(&[])),
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            num_batches_tracked,
             training: true,
         };
         l.reset_parameters();
@@ -165,24 +155,13 @@ impl<E: Float, const D: usize> InstanceNorm<E, D> {
 
     /// Resets the running statistics (mean 0, variance 1), γ to ones and β to zeros.
     pub fn reset_parameters(&self) {
-        no_grad(|| {
-            for (v, one) in [(&self.running_mean, false), (&self.running_var, true), (&self.num_batches_tracked, false)]
-            {
-                if let Some(v) = v {
-                    if one {
-                        init::ones_(v);
-                    } else {
-                        init::zeros_(v);
-                    }
-                }
-            }
-        });
-        if let Some(w) = &self.weight {
-            init::ones_(w);
-        }
-        if let Some(b) = &self.bias {
-            init::zeros_(b);
-        }
+        reset_running_stats([&self.running_mean, &self.running_var, &self.num_batches_tracked]);
+        reset_affine([&self.weight, &self.bias]);
+    }
+
+    /// Its state in [`visit_channel_norm`]'s order.
+    fn state(&self) -> [&Option<Var<E>>; 5] {
+        [&self.weight, &self.bias, &self.running_mean, &self.running_var, &self.num_batches_tracked]
     }
 
     /// Folds the per-instance means and biased variances (`[N, C, 1..]`, over `count`
@@ -208,7 +187,7 @@ impl<E: Float, const D: usize> InstanceNorm<E, D> {
         let cs = channel_shape(c, shape.len());
         let eps = self.config.eps;
         let use_input_stats = self.training || self.running_mean.is_none();
-        let mut y = if use_input_stats {
+        let normalized = use_input_stats.then(|| {
             let count: usize = shape[2..].iter().product();
             assert!(
                 count > 1,
@@ -222,18 +201,8 @@ impl<E: Float, const D: usize> InstanceNorm<E, D> {
                 self.update_running_stats(&mean.value(), &var.value(), count);
             }
             y
-        } else {
-            let rm = self.running_mean.as_ref().map(|m| m.reshape(&cs)).expect("tracked");
-            let rv = self.running_var.as_ref().map(|v| v.reshape(&cs)).expect("tracked");
-            x.sub(&rm).mul(&rv.add_scalar(E::from_f64(eps)).rsqrt())
-        };
-        if let Some(w) = &self.weight {
-            y = y.mul(&w.reshape(&cs));
-        }
-        if let Some(b) = &self.bias {
-            y = y.add(&b.reshape(&cs));
-        }
-        y
+        });
+        channel_norm_output(normalized, x, self.state(), eps, &cs)
     }
 }
 
@@ -267,21 +236,7 @@ impl<E: Float, const D: usize> Forward<E> for InstanceNorm<E, D> {
 
 impl<E: Float, const D: usize> Module<E> for InstanceNorm<E, D> {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {
-        if let Some(w) = &self.weight {
-            visit_param(prefix, "weight", w, f);
-        }
-        if let Some(b) = &self.bias {
-            visit_param(prefix, "bias", b, f);
-        }
-        if let Some(m) = &self.running_mean {
-            visit_buffer(prefix, "running_mean", m, f);
-        }
-        if let Some(v) = &self.running_var {
-            visit_buffer(prefix, "running_var", v, f);
-        }
-        if let Some(n) = &self.num_batches_tracked {
-            visit_buffer(prefix, "num_batches_tracked", n, f);
-        }
+        visit_channel_norm(prefix, self.state(), f);
     }
 
     fn set_training(&mut self, training: bool) {
@@ -296,17 +251,8 @@ impl<E: Float, const D: usize> Module<E> for InstanceNorm<E, D> {
 impl<E: Float, const D: usize> fmt::Display for InstanceNorm<E, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.config;
-        let momentum = c.momentum.map_or("None".to_string(), |m| format!("{m:?}"));
-        write!(
-            f,
-            "{}({}, eps={:?}, momentum={momentum}, affine={}, track_running_stats={}) [{} parameters]",
-            Self::NAME,
-            c.num_features,
-            c.eps,
-            c.affine,
-            c.track_running_stats,
-            self.num_parameters()
-        )
+        let head = describe_channel_norm(Self::NAME, c.num_features, c.eps, c.momentum, c.affine, c.track_running_stats);
+        write!(f, "{head}) [{} parameters]", self.num_parameters())
     }
 }
 
@@ -321,11 +267,7 @@ impl<E: Float, const D: usize> LayerSpec for InstanceNorm<E, D> {
     }
 
     fn from_config(a: &mut Args) -> Result<Self, NnError> {
-        let momentum = match a.take_raw("momentum") {
-            None => Some(0.1),
-            Some(Value::Null) => None,
-            Some(v) => Some(a.as_f64("momentum", &v)?),
-        };
+        let momentum = momentum_arg(a)?;
         InstanceNormConfig {
             eps: a.f64("eps", 1e-5)?,
             momentum,

@@ -6,6 +6,7 @@ mod attention;
 mod avg_pool1d;
 mod avg_pool2d;
 mod batchnorm;
+mod channel_norm;
 mod containers;
 mod conv;
 mod conv1d;
@@ -50,6 +51,7 @@ pub use attention::{
 pub use avg_pool1d::{AvgPool1d, AvgPool1dConfig};
 pub use avg_pool2d::{AvgPool2d, AvgPool2dConfig};
 pub use batchnorm::{BatchNorm, BatchNorm1d, BatchNorm2d, BatchNormConfig};
+pub use channel_norm::{channel_norm_output, update_batch_norm_stats, visit_channel_norm};
 pub use containers::{Identity, ModuleList, Sequential};
 pub use conv::Padding;
 pub use conv1d::{Conv1d, Conv1dConfig};
