@@ -25,6 +25,13 @@
 //!   unchanged, and no adapter until `inject` gives it one. `inject` reaches it wherever it
 //!   sits, through `set_training`.
 //!
+//! - the Transformer layers ([`TransformerEncoderLayer`](crate::TransformerEncoderLayer),
+//!   [`TransformerDecoderLayer`](crate::TransformerDecoderLayer), so also the encoder, decoder and
+//!   [`Transformer`](crate::Transformer) built of them) hold their attention blocks as
+//!   [`LoraMultiheadAttention`] and their feed-forward layers as `LoraLinear`, so PEFT's target
+//!   names reach them: `self_attn` / `multihead_attn` (the packed q/k/v projection and
+//!   `out_proj`), `out_proj` alone, `linear1`, `linear2`.
+//!
 //! A target name that matches a layer `inject` cannot adapt (a plain `Linear` field, a
 //! convolution with `groups > 1`) is an error naming it. A [`Conv2d`](crate::Conv2d) is adapted
 //! the same way, by a [`LoraConv2d`] (PEFT's `lora.Conv2d`: `lora_A` a convolution into `r`
@@ -62,6 +69,8 @@ use crate::{Embedding, Linear, ModuleList, Sequential};
 
 mod conv2d;
 mod multihead_attention;
+#[cfg(test)]
+mod transformer;
 pub use conv2d::LoraConv2d;
 pub use multihead_attention::LoraMultiheadAttention;
 
@@ -133,10 +142,148 @@ pub struct LoraAdapter<E: Float = f32> {
     rng: Mutex<Rng>,
 }
 
+/// How an adapter's two matrices start (PEFT's `reset_lora_parameters`).
+#[derive(Clone, Copy, Debug)]
+enum AdapterInit {
+    /// `A` kaiming-uniform with a = √5, `B` zeros: PEFT's Linear, Conv2d and attention.
+    KaimingA,
+    /// `A` zeros, `B` N(0, 1): PEFT's Embedding (which has no dropout on this path).
+    NormalB,
+}
+
 impl<E: Float> LoraAdapter<E> {
-    /// `scaling · B A`, `[out_features, in_features]`.
-    fn delta_weight(&self) -> Tensor<E> {
-        self.lora_b.value().matmul(&self.lora_a.value()).mul_scalar(E::from_f64(self.scaling))
+    /// A fresh adapter of `config`'s rank, scaling and dropout, `A` of shape `a_shape` and `B`
+    /// of `b_shape`, drawn from `rng` (which then gives the adapter's dropout generator).
+    fn new(a_shape: &[usize], b_shape: &[usize], config: &LoraConfig, how: AdapterInit, rng: &mut Rng) -> Self {
+        let lora_a = Var::param(Tensor::zeros(a_shape));
+        let lora_b = Var::param(Tensor::zeros(b_shape));
+        let dropout = match how {
+            AdapterInit::KaimingA => {
+                init::kaiming_uniform_(&lora_a, Nonlinearity::LeakyRelu(5f64.sqrt()), FanMode::FanIn, rng);
+                config.dropout
+            }
+            AdapterInit::NormalB => {
+                init::normal_(&lora_b, 0.0, 1.0, rng);
+                0.0
+            }
+        };
+        LoraAdapter { lora_a, lora_b, scaling: config.scaling(), dropout, rng: Mutex::new(rng.fork()) }
+    }
+
+    /// [`new`](Self::new) from the process-wide generator, after checking `config`.
+    ///
+    /// **Panics** on an invalid config (see [`LoraConfig::check`]).
+    fn fresh(a_shape: &[usize], b_shape: &[usize], config: &LoraConfig, how: AdapterInit) -> Self {
+        if let Err(e) = config.check() {
+            panic!("{e}");
+        }
+        init::with_rng(|rng| Self::new(a_shape, b_shape, config, how, rng))
+    }
+
+    /// The rank `r`.
+    fn rank(&self) -> usize {
+        self.lora_a.shape()[0]
+    }
+
+    /// `scaling · B A` in the layout of a weight of shape `w_shape`: `B` (`[out, r]`, or
+    /// `[out, r, 1, 1]`) times `A` (`[r, in]`, or `[r, in, kH, kW]`) over their flattened
+    /// kernels, transposed for an embedding table (`[num_embeddings, dim]`).
+    fn delta_weight(&self, w_shape: &[usize], transpose: bool) -> Tensor<E> {
+        let (a, b) = (self.lora_a.value(), self.lora_b.value());
+        let r = self.rank();
+        let (a_rest, b_rest) = (a.shape()[1..].iter().product(), b.shape().iter().product::<usize>() / r);
+        let d = b.reshape(&[b_rest, r]).matmul(&a.reshape(&[r, a_rest])).mul_scalar(E::from_f64(self.scaling));
+        let d = if transpose { d.t() } else { d };
+        if d.shape() == w_shape {
+            d
+        } else {
+            d.reshape(w_shape)
+        }
+    }
+
+    /// `w + scaling · B A` as an expression, so that gradients reach `A` and `B` (for layers
+    /// that run their base op with the adapted weight, as PEFT's `lora.MultiheadAttention`).
+    fn adapt(&self, w: &Var<E>) -> Var<E> {
+        w.add(&self.lora_b.matmul(&self.lora_a).mul_scalar(E::from_f64(self.scaling)))
+    }
+
+    /// `w ← w + scaling · B A` (in `w`'s layout, see [`delta_weight`](Self::delta_weight)),
+    /// outside the graph.
+    fn merge_into(&self, w: &Var<E>, transpose: bool) {
+        let delta = self.delta_weight(&w.shape(), transpose);
+        no_grad(|| w.update_value(|v| *v = v.add(&delta)));
+    }
+
+    /// `w ← w - scaling · B A`, undoing [`merge_into`](Self::merge_into).
+    fn unmerge_from(&self, w: &Var<E>, transpose: bool) {
+        let delta = self.delta_weight(&w.shape(), transpose);
+        no_grad(|| w.update_value(|v| *v = v.sub(&delta)));
+    }
+
+    /// The input of the low-rank path: `x` after the adapter's dropout while training.
+    fn dropped(&self, x: &Var<E>, training: bool) -> Var<E> {
+        if self.dropout > 0.0 && training {
+            let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+            x.dropout(self.dropout, true, &mut rng)
+        } else {
+            x.clone()
+        }
+    }
+
+    /// `, r=…, scaling=…[, dropout=…], merged=…` for a layer's `Display`.
+    fn describe(&self, f: &mut fmt::Formatter<'_>, merged: bool, with_dropout: bool) -> fmt::Result {
+        write!(f, ", r={}, scaling={}", self.rank(), self.scaling)?;
+        if with_dropout {
+            write!(f, ", dropout={}", self.dropout)?;
+        }
+        write!(f, ", merged={merged}")
+    }
+}
+
+/// Folds `adapter`'s update into `weight` (`merge`) or takes it out again (`!merge`), unless
+/// `merged` says that is done already: the merge and unmerge of every single-weight LoRA layer.
+///
+/// **Panics**, naming `who`, without an adapter.
+fn set_merged<E: Float>(
+    adapter: Option<&LoraAdapter<E>>,
+    weight: &Var<E>,
+    transpose: bool,
+    merged: &mut bool,
+    merge: bool,
+    who: &str,
+) {
+    let a = adapter.unwrap_or_else(|| panic!("{who}: the layer has no adapter"));
+    if merge && !*merged {
+        a.merge_into(weight, transpose);
+    } else if !merge && *merged {
+        a.unmerge_from(weight, transpose);
+    }
+    *merged = merge;
+}
+
+/// Freezes a base layer's weight and bias.
+fn freeze<E: Float>(weight: &Var<E>, bias: Option<&Var<E>>) {
+    weight.set_requires_grad(false);
+    if let Some(b) = bias {
+        b.set_requires_grad(false);
+    }
+}
+
+/// Does what the running walk asks of `layer`, whose base weight is `weight`: the one answer
+/// every LoRA layer's `set_training` gives.
+fn answer_walk<E: Float, L>(
+    layer: &mut L,
+    weight: &Var<E>,
+    has_adapter: bool,
+    attach: fn(&mut L, &LoraConfig),
+    merge: fn(&mut L),
+    unmerge: fn(&mut L),
+) {
+    match walk_action(weight) {
+        Some(Action::Attach(config)) => attach(layer, &config),
+        Some(Action::Merge) if has_adapter => merge(layer),
+        Some(Action::Unmerge) if has_adapter => unmerge(layer),
+        _ => {}
     }
 }
 
@@ -195,31 +342,13 @@ impl<E: Float> LoraLinear<E> {
     ///
     /// **Panics** on an invalid config (see [`LoraConfig::check`]).
     pub fn attach(&mut self, config: &LoraConfig) {
-        if let Err(e) = config.check() {
-            panic!("{e}");
-        }
+        let (inf, outf) = (self.base.config.in_features, self.base.config.out_features);
+        let adapter = LoraAdapter::fresh(&[config.r, inf], &[outf, config.r], config, AdapterInit::KaimingA);
         if self.merged {
             self.unmerge();
         }
-        let (inf, outf) = (self.base.config.in_features, self.base.config.out_features);
-        let lora_a = Var::param(Tensor::zeros(&[config.r, inf]));
-        let lora_b = Var::param(Tensor::zeros(&[outf, config.r]));
-        let rng = init::with_rng(|rng| {
-            // PEFT: nn.init.kaiming_uniform_(lora_A.weight, a=math.sqrt(5)); lora_B zeros
-            init::kaiming_uniform_(&lora_a, Nonlinearity::LeakyRelu(5f64.sqrt()), FanMode::FanIn, rng);
-            rng.fork()
-        });
-        self.base.weight.set_requires_grad(false);
-        if let Some(b) = &self.base.bias {
-            b.set_requires_grad(false);
-        }
-        self.adapter = Some(LoraAdapter {
-            lora_a,
-            lora_b,
-            scaling: config.scaling(),
-            dropout: config.dropout,
-            rng: Mutex::new(rng),
-        });
+        freeze(&self.base.weight, self.base.bias.as_ref());
+        self.adapter = Some(adapter);
     }
 
     /// Whether the update is folded into the base weight.
@@ -227,17 +356,19 @@ impl<E: Float> LoraLinear<E> {
         self.merged
     }
 
+    /// Whether an adapter is attached and not folded into the weight (so that the forward
+    /// pass runs the low-rank path; an exporter that reads the base weight alone must
+    /// [`merge`](Self::merge) first).
+    pub fn has_unmerged_adapter(&self) -> bool {
+        self.adapter.is_some() && !self.merged
+    }
+
     /// Folds the update into the base weight, `W ← W + (α / r) B A`, so that the forward pass
     /// costs one matrix product (PEFT's `merge`). Nothing happens when already merged.
     ///
     /// **Panics** without an adapter.
     pub fn merge(&mut self) {
-        let a = self.adapter.as_ref().expect("LoraLinear::merge: the layer has no adapter");
-        if !self.merged {
-            let delta = a.delta_weight();
-            no_grad(|| self.base.weight.update_value(|w| *w = w.add(&delta)));
-            self.merged = true;
-        }
+        set_merged(self.adapter.as_ref(), &self.base.weight, false, &mut self.merged, true, "LoraLinear::merge");
     }
 
     /// Takes the update out of the base weight again, `W ← W - (α / r) B A` (PEFT's
@@ -245,12 +376,17 @@ impl<E: Float> LoraLinear<E> {
     ///
     /// **Panics** without an adapter.
     pub fn unmerge(&mut self) {
-        let a = self.adapter.as_ref().expect("LoraLinear::unmerge: the layer has no adapter");
-        if self.merged {
-            let delta = a.delta_weight();
-            no_grad(|| self.base.weight.update_value(|w| *w = w.sub(&delta)));
-            self.merged = false;
-        }
+        set_merged(self.adapter.as_ref(), &self.base.weight, false, &mut self.merged, false, "LoraLinear::unmerge");
+    }
+}
+
+/// The wrapped layer's fields and methods (`layer.linear1.weight`, `config`), as PEFT's
+/// wrappers forward attribute reads to their `base_layer`.
+impl<E: Float> std::ops::Deref for LoraLinear<E> {
+    type Target = Linear<E>;
+
+    fn deref(&self) -> &Linear<E> {
+        &self.base
     }
 }
 
@@ -258,12 +394,7 @@ impl<E: Float> Forward<E> for LoraLinear<E> {
     fn forward(&self, x: &Var<E>) -> Var<E> {
         let y = self.base.forward(x);
         let Some(a) = self.adapter.as_ref().filter(|_| !self.merged) else { return y };
-        let h = if a.dropout > 0.0 && self.training {
-            let mut rng = a.rng.lock().unwrap_or_else(|e| e.into_inner());
-            x.dropout(a.dropout, true, &mut rng)
-        } else {
-            x.clone()
-        };
+        let h = a.dropped(x, self.training);
         y.add(&h.linear(&a.lora_a, None).linear(&a.lora_b, None).mul_scalar(E::from_f64(a.scaling)))
     }
 }
@@ -279,12 +410,8 @@ impl<E: Float> Module<E> for LoraLinear<E> {
 
     fn set_training(&mut self, training: bool) {
         self.training = training;
-        match walk_action(&self.base.weight) {
-            Some(Action::Attach(config)) => self.attach(&config),
-            Some(Action::Merge) if self.adapter.is_some() => self.merge(),
-            Some(Action::Unmerge) if self.adapter.is_some() => self.unmerge(),
-            _ => {}
-        }
+        let (weight, has) = (self.base.weight.clone(), self.adapter.is_some());
+        answer_walk(self, &weight, has, Self::attach, Self::merge, Self::unmerge);
     }
 
     fn is_training(&self) -> bool {
@@ -301,14 +428,7 @@ impl<E: Float> fmt::Display for LoraLinear<E> {
             c.in_features, c.out_features, c.bias
         )?;
         if let Some(a) = &self.adapter {
-            write!(
-                f,
-                ", r={}, scaling={}, dropout={}, merged={}",
-                a.lora_a.shape()[0],
-                a.scaling,
-                a.dropout,
-                self.merged
-            )?;
+            a.describe(f, self.merged, true)?;
         }
         write!(f, ") [{} parameters]", self.num_parameters())
     }
@@ -355,23 +475,14 @@ impl<E: Float> LoraEmbedding<E> {
     ///
     /// **Panics** on an invalid config (see [`LoraConfig::check`]).
     pub fn attach(&mut self, config: &LoraConfig) {
-        if let Err(e) = config.check() {
-            panic!("{e}");
-        }
+        let (n, d) = (self.base.config.num_embeddings, self.base.config.embedding_dim);
+        // PEFT: nn.init.zeros_(lora_embedding_A); nn.init.normal_(lora_embedding_B)
+        let adapter = LoraAdapter::fresh(&[config.r, n], &[d, config.r], config, AdapterInit::NormalB);
         if self.merged {
             self.unmerge();
         }
-        let (n, d) = (self.base.config.num_embeddings, self.base.config.embedding_dim);
-        let lora_a = Var::param(Tensor::zeros(&[config.r, n]));
-        let lora_b = Var::param(Tensor::zeros(&[d, config.r]));
-        // PEFT: nn.init.zeros_(lora_embedding_A); nn.init.normal_(lora_embedding_B)
-        let rng = init::with_rng(|rng| {
-            init::normal_(&lora_b, 0.0, 1.0, rng);
-            rng.fork()
-        });
-        self.base.weight.set_requires_grad(false);
-        self.adapter =
-            Some(LoraAdapter { lora_a, lora_b, scaling: config.scaling(), dropout: 0.0, rng: Mutex::new(rng) });
+        freeze(&self.base.weight, None);
+        self.adapter = Some(adapter);
     }
 
     /// Whether the update is folded into the table.
@@ -383,24 +494,14 @@ impl<E: Float> LoraEmbedding<E> {
     ///
     /// **Panics** without an adapter.
     pub fn merge(&mut self) {
-        let a = self.adapter.as_ref().expect("LoraEmbedding::merge: the layer has no adapter");
-        if !self.merged {
-            let delta = a.delta_weight().t();
-            no_grad(|| self.base.weight.update_value(|w| *w = w.add(&delta)));
-            self.merged = true;
-        }
+        set_merged(self.adapter.as_ref(), &self.base.weight, true, &mut self.merged, true, "LoraEmbedding::merge");
     }
 
     /// `W ← W - (α / r) (B A)ᵀ`. Nothing happens when not merged.
     ///
     /// **Panics** without an adapter.
     pub fn unmerge(&mut self) {
-        let a = self.adapter.as_ref().expect("LoraEmbedding::unmerge: the layer has no adapter");
-        if self.merged {
-            let delta = a.delta_weight().t();
-            no_grad(|| self.base.weight.update_value(|w| *w = w.sub(&delta)));
-            self.merged = false;
-        }
+        set_merged(self.adapter.as_ref(), &self.base.weight, true, &mut self.merged, false, "LoraEmbedding::unmerge");
     }
 }
 
@@ -428,12 +529,8 @@ impl<E: Float> Module<E> for LoraEmbedding<E> {
 
     fn set_training(&mut self, training: bool) {
         self.training = training;
-        match walk_action(&self.base.weight) {
-            Some(Action::Attach(config)) => self.attach(&config),
-            Some(Action::Merge) if self.adapter.is_some() => self.merge(),
-            Some(Action::Unmerge) if self.adapter.is_some() => self.unmerge(),
-            _ => {}
-        }
+        let (weight, has) = (self.base.weight.clone(), self.adapter.is_some());
+        answer_walk(self, &weight, has, Self::attach, Self::merge, Self::unmerge);
     }
 
     fn is_training(&self) -> bool {
@@ -446,7 +543,7 @@ impl<E: Float> fmt::Display for LoraEmbedding<E> {
         let c = &self.base.config;
         write!(f, "LoraEmbedding(Embedding({}, {})", c.num_embeddings, c.embedding_dim)?;
         if let Some(a) = &self.adapter {
-            write!(f, ", r={}, scaling={}, merged={}", a.lora_a.shape()[0], a.scaling, self.merged)?;
+            a.describe(f, self.merged, false)?;
         }
         write!(f, ") [{} parameters]", self.num_parameters())
     }
@@ -500,6 +597,20 @@ fn walk_action<E: Float>(weight: &Var<E>) -> Option<Action> {
     WALK.with(|w| {
         let mut w = w.borrow_mut();
         let walk = w.as_mut()?.downcast_mut::<Walk<E>>()?;
+        walk.action(weight)
+    })
+}
+
+/// What the running walk asks of the layer whose weight is `weight` when that layer is one of
+/// its targets (never in a walk over every layer): for a second weight a layer can adapt on
+/// its own, such as an attention block's `out_proj`.
+fn walk_target_action<E: Float>(weight: &Var<E>) -> Option<Action> {
+    WALK.with(|w| {
+        let mut w = w.borrow_mut();
+        let walk = w.as_mut()?.downcast_mut::<Walk<E>>()?;
+        if walk.everyone {
+            return None;
+        }
         walk.action(weight)
     })
 }
@@ -610,8 +721,9 @@ pub fn inject<E: Float, M: Module<E> + 'static>(model: &mut M, config: &LoraConf
     if !unreachable.is_empty() {
         return Err(NnError::Config(format!(
             "lora::inject: cannot adapt {unreachable:?}: only a Linear, an Embedding or a Conv2d (groups 1) in a \
-             Sequential or ModuleList, or a field declared as LoraLinear, LoraEmbedding or LoraConv2d, can take \
-             an adapter"
+             Sequential or ModuleList, a field declared as LoraLinear, LoraEmbedding, LoraConv2d or \
+             LoraMultiheadAttention (or its out_proj), or a Transformer layer's self_attn, multihead_attn, \
+             out_proj, linear1 or linear2, can take an adapter"
         )));
     }
     model.requires_grad_(false);

@@ -9,10 +9,10 @@ use kiln_tensor::Float;
 
 use super::transformer::{check_layer, write_hyper, Parts, TransformerActivation};
 use crate::error::NnError;
-use crate::layers::attention::{AttnMask, MultiheadAttention};
+use crate::layers::attention::AttnMask;
 use crate::layers::dropout::Dropout;
-use crate::layers::linear::Linear;
 use crate::layers::norm::LayerNorm;
+use crate::lora::{LoraLinear, LoraMultiheadAttention};
 use crate::{Forward, Module};
 
 /// Configuration of a [`TransformerDecoderLayer`] (PyTorch's defaults: `dim_feedforward`
@@ -80,11 +80,11 @@ impl TransformerDecoderLayerConfig {
         };
         Ok(TransformerDecoderLayer {
             config: self.clone(),
-            self_attn: p.attention()?,
-            multihead_attn: p.attention()?,
-            linear1: p.linear(self.d_model, p.dim_feedforward)?,
+            self_attn: LoraMultiheadAttention::new(p.attention()?),
+            multihead_attn: LoraMultiheadAttention::new(p.attention()?),
+            linear1: LoraLinear::new(p.linear(self.d_model, p.dim_feedforward)?),
             dropout: p.dropout()?,
-            linear2: p.linear(p.dim_feedforward, self.d_model)?,
+            linear2: LoraLinear::new(p.linear(p.dim_feedforward, self.d_model)?),
             norm1: p.norm()?,
             norm2: p.norm()?,
             norm3: p.norm()?,
@@ -115,8 +115,17 @@ impl TransformerDecoderLayerConfig {
 /// - `tgt_key_padding_mask`: `[N, T]`; `memory_key_padding_mask`: `[N, S]`
 /// - Output: the shape of `tgt`
 ///
+/// # LoRA
+///
+/// `self_attn` and `multihead_attn`, `linear1` and `linear2` are held as [`LoraMultiheadAttention`] and [`LoraLinear`]:
+/// the plain layers (same forward, same keys, their fields readable through `Deref`) until
+/// [`lora::inject`](crate::lora::inject) gives them adapters. Targets as PEFT names them: the
+/// attention module (`self_attn`: its packed q/k/v projection `in_proj_weight` and
+/// `out_proj`), `out_proj` alone, `linear1`, `linear2`; adapter keys
+/// `layers.0.self_attn.out_proj.lora_A.weight`, `layers.0.linear1.lora_B.weight`, ...
+///
 /// # Parameters
-/// - `self_attn.*`, `multihead_attn.*`: two [`MultiheadAttention`]s
+/// - `self_attn.*`, `multihead_attn.*`: two [`MultiheadAttention`](crate::MultiheadAttention)s
 ///   (Glorot-uniform `in_proj_weight`, zero biases, `out_proj` as a [`Linear`])
 /// - `linear1.*` `[F, E]`/`[F]`, `linear2.*` `[E, F]`/`[E]`: U(-1/√fan_in, 1/√fan_in)
 /// - `norm1.*`, `norm2.*`, `norm3.*`: `[E]`, ones and zeros
@@ -140,15 +149,15 @@ pub struct TransformerDecoderLayer<E: Float = f32> {
     #[module(skip)]
     pub config: TransformerDecoderLayerConfig,
     /// Self-attention over the target.
-    pub self_attn: MultiheadAttention<E>,
+    pub self_attn: LoraMultiheadAttention<E>,
     /// Attention from the target to the memory.
-    pub multihead_attn: MultiheadAttention<E>,
+    pub multihead_attn: LoraMultiheadAttention<E>,
     /// Feed-forward expansion `E → F`.
-    pub linear1: Linear<E>,
+    pub linear1: LoraLinear<E>,
     /// Dropout inside the feed-forward block.
     pub dropout: Dropout,
     /// Feed-forward projection `F → E`.
-    pub linear2: Linear<E>,
+    pub linear2: LoraLinear<E>,
     /// The norm around self-attention.
     pub norm1: LayerNorm<E>,
     /// The norm around cross-attention.
@@ -203,7 +212,7 @@ impl<E: Float> TransformerDecoderLayer<E> {
     /// The layer with masks, like PyTorch's `forward(tgt, memory, tgt_mask, memory_mask,
     /// tgt_key_padding_mask, memory_key_padding_mask)`.
     ///
-    /// **Panics** when an input or a mask has the wrong shape (see [`MultiheadAttention`]).
+    /// **Panics** when an input or a mask has the wrong shape (see [`MultiheadAttention`](crate::MultiheadAttention)).
     #[must_use]
     pub fn forward_with(
         &self,

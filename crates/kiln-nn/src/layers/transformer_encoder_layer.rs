@@ -8,10 +8,10 @@ use kiln_tensor::Float;
 
 use super::transformer::{check_layer, write_hyper, Parts, TransformerActivation};
 use crate::error::NnError;
-use crate::layers::attention::{AttnMask, MultiheadAttention};
+use crate::layers::attention::AttnMask;
 use crate::layers::dropout::Dropout;
-use crate::layers::linear::Linear;
 use crate::layers::norm::LayerNorm;
+use crate::lora::{LoraLinear, LoraMultiheadAttention};
 use crate::{Forward, Module};
 
 /// Configuration of a [`TransformerEncoderLayer`] (PyTorch's defaults: `dim_feedforward`
@@ -84,10 +84,10 @@ impl TransformerEncoderLayerConfig {
         let p = self.parts();
         Ok(TransformerEncoderLayer {
             config: self.clone(),
-            self_attn: p.attention()?,
-            linear1: p.linear(self.d_model, self.dim_feedforward)?,
+            self_attn: LoraMultiheadAttention::new(p.attention()?),
+            linear1: LoraLinear::new(p.linear(self.d_model, self.dim_feedforward)?),
             dropout: p.dropout()?,
-            linear2: p.linear(self.dim_feedforward, self.d_model)?,
+            linear2: LoraLinear::new(p.linear(self.dim_feedforward, self.d_model)?),
             norm1: p.norm()?,
             norm2: p.norm()?,
             dropout1: p.dropout()?,
@@ -113,8 +113,17 @@ impl TransformerEncoderLayerConfig {
 /// - `src_mask`: `[S, S]` or `[N·nhead, S, S]`; `src_key_padding_mask`: `[N, S]`
 /// - Output: the shape of `src`
 ///
+/// # LoRA
+///
+/// `self_attn`, `linear1` and `linear2` are held as [`LoraMultiheadAttention`] and [`LoraLinear`]:
+/// the plain layers (same forward, same keys, their fields readable through `Deref`) until
+/// [`lora::inject`](crate::lora::inject) gives them adapters. Targets as PEFT names them: the
+/// attention module (`self_attn`: its packed q/k/v projection `in_proj_weight` and
+/// `out_proj`), `out_proj` alone, `linear1`, `linear2`; adapter keys
+/// `layers.0.self_attn.out_proj.lora_A.weight`, `layers.0.linear1.lora_B.weight`, ...
+///
 /// # Parameters
-/// - `self_attn.*`: a [`MultiheadAttention`] (`in_proj_weight` `[3E, E]` Glorot uniform,
+/// - `self_attn.*`: a [`MultiheadAttention`](crate::MultiheadAttention) (`in_proj_weight` `[3E, E]` Glorot uniform,
 ///   `in_proj_bias` zeros, `out_proj` `[E, E]` U(-1/√E, 1/√E), zero bias)
 /// - `linear1.weight`: `[F, E]`, `linear1.bias`: `[F]`, U(-1/√E, 1/√E)
 /// - `linear2.weight`: `[E, F]`, `linear2.bias`: `[E]`, U(-1/√F, 1/√F)
@@ -149,13 +158,13 @@ pub struct TransformerEncoderLayer<E: Float = f32> {
     #[module(skip)]
     pub config: TransformerEncoderLayerConfig,
     /// Self-attention.
-    pub self_attn: MultiheadAttention<E>,
+    pub self_attn: LoraMultiheadAttention<E>,
     /// Feed-forward expansion `E → F`.
-    pub linear1: Linear<E>,
+    pub linear1: LoraLinear<E>,
     /// Dropout inside the feed-forward block.
     pub dropout: Dropout,
     /// Feed-forward projection `F → E`.
-    pub linear2: Linear<E>,
+    pub linear2: LoraLinear<E>,
     /// The norm around self-attention.
     pub norm1: LayerNorm<E>,
     /// The norm around the feed-forward block.
@@ -197,7 +206,7 @@ impl<E: Float> TransformerEncoderLayer<E> {
 
     /// The layer with masks, like PyTorch's `forward(src, src_mask, src_key_padding_mask)`.
     ///
-    /// **Panics** when `src` or a mask has the wrong shape (see [`MultiheadAttention`]).
+    /// **Panics** when `src` or a mask has the wrong shape (see [`MultiheadAttention`](crate::MultiheadAttention)).
     #[must_use]
     pub fn forward_with(
         &self,

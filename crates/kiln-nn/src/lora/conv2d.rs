@@ -1,13 +1,11 @@
 //! [`LoraConv2d`]: a [`Conv2d`] with a LoRA adapter, as PEFT's `lora.Conv2d`.
 
 use std::fmt;
-use std::sync::Mutex;
 
-use kiln_autograd::{no_grad, Var};
-use kiln_tensor::{Float, Tensor};
+use kiln_autograd::Var;
+use kiln_tensor::Float;
 
-use super::{walk_action, Action, LoraAdapter, LoraConfig};
-use crate::init::{self, FanMode, Nonlinearity};
+use super::{answer_walk, freeze, set_merged, AdapterInit, LoraAdapter, LoraConfig};
 use crate::module::{visit_param, Forward, Module, TensorKind};
 use crate::{Conv2d, Conv2dConfig};
 
@@ -66,34 +64,17 @@ impl<E: Float> LoraConv2d<E> {
     /// **Panics** on an invalid config (see [`LoraConfig::check`]) or a base layer with
     /// `groups > 1`.
     pub fn attach(&mut self, config: &LoraConfig) {
-        if let Err(e) = config.check() {
-            panic!("{e}");
-        }
         let groups = self.base.config.groups;
         assert!(groups == 1, "LoraConv2d: a Conv2d with groups={groups} takes no LoRA adapter");
+        let c = &self.base.config;
+        let [kh, kw] = c.kernel_size;
+        let (a_shape, b_shape) = ([config.r, c.in_channels, kh, kw], [c.out_channels, config.r, 1, 1]);
+        let adapter = LoraAdapter::fresh(&a_shape, &b_shape, config, AdapterInit::KaimingA);
         if self.merged {
             self.unmerge();
         }
-        let c = &self.base.config;
-        let [kh, kw] = c.kernel_size;
-        let lora_a = Var::param(Tensor::zeros(&[config.r, c.in_channels, kh, kw]));
-        let lora_b = Var::param(Tensor::zeros(&[c.out_channels, config.r, 1, 1]));
-        let rng = init::with_rng(|rng| {
-            // PEFT: nn.init.kaiming_uniform_(lora_A.weight, a=math.sqrt(5)); lora_B zeros
-            init::kaiming_uniform_(&lora_a, Nonlinearity::LeakyRelu(5f64.sqrt()), FanMode::FanIn, rng);
-            rng.fork()
-        });
-        self.base.weight.set_requires_grad(false);
-        if let Some(b) = &self.base.bias {
-            b.set_requires_grad(false);
-        }
-        self.adapter = Some(LoraAdapter {
-            lora_a,
-            lora_b,
-            scaling: config.scaling(),
-            dropout: config.dropout,
-            rng: Mutex::new(rng),
-        });
+        freeze(&self.base.weight, self.base.bias.as_ref());
+        self.adapter = Some(adapter);
     }
 
     /// Whether the update is folded into the base weight.
@@ -101,25 +82,12 @@ impl<E: Float> LoraConv2d<E> {
         self.merged
     }
 
-    /// `(α / r) · B A`, `[out, in, kH, kW]`.
-    fn delta_weight(&self, a: &LoraAdapter<E>) -> Tensor<E> {
-        let (av, bv) = (a.lora_a.value(), a.lora_b.value());
-        let (r, o) = (av.shape()[0], bv.shape()[0]);
-        let w = self.base.weight.shape();
-        bv.reshape(&[o, r]).matmul(&av.reshape(&[r, w[1] * w[2] * w[3]])).reshape(&w).mul_scalar(E::from_f64(a.scaling))
-    }
-
     /// Folds the update into the base weight, `W ← W + (α / r) B A`. Nothing happens when
     /// already merged.
     ///
     /// **Panics** without an adapter.
     pub fn merge(&mut self) {
-        let a = self.adapter.as_ref().expect("LoraConv2d::merge: the layer has no adapter");
-        if !self.merged {
-            let delta = self.delta_weight(a);
-            no_grad(|| self.base.weight.update_value(|w| *w = w.add(&delta)));
-            self.merged = true;
-        }
+        set_merged(self.adapter.as_ref(), &self.base.weight, false, &mut self.merged, true, "LoraConv2d::merge");
     }
 
     /// Takes the update out of the base weight again, `W ← W - (α / r) B A`. Nothing happens
@@ -127,12 +95,7 @@ impl<E: Float> LoraConv2d<E> {
     ///
     /// **Panics** without an adapter.
     pub fn unmerge(&mut self) {
-        let a = self.adapter.as_ref().expect("LoraConv2d::unmerge: the layer has no adapter");
-        if self.merged {
-            let delta = self.delta_weight(a);
-            no_grad(|| self.base.weight.update_value(|w| *w = w.sub(&delta)));
-            self.merged = false;
-        }
+        set_merged(self.adapter.as_ref(), &self.base.weight, false, &mut self.merged, false, "LoraConv2d::unmerge");
     }
 }
 
@@ -140,12 +103,7 @@ impl<E: Float> Forward<E> for LoraConv2d<E> {
     fn forward(&self, x: &Var<E>) -> Var<E> {
         let y = self.base.forward(x);
         let Some(a) = self.adapter.as_ref().filter(|_| !self.merged) else { return y };
-        let h = if a.dropout > 0.0 && self.training {
-            let mut rng = a.rng.lock().unwrap_or_else(|e| e.into_inner());
-            x.dropout(a.dropout, true, &mut rng)
-        } else {
-            x.clone()
-        };
+        let h = a.dropped(x, self.training);
         let c = &self.base.config;
         let r = a.lora_a.shape()[0];
         // A: the base layer's geometry into r channels; B: 1x1 into out_channels
@@ -174,12 +132,8 @@ impl<E: Float> Module<E> for LoraConv2d<E> {
 
     fn set_training(&mut self, training: bool) {
         self.training = training;
-        match walk_action(&self.base.weight) {
-            Some(Action::Attach(config)) => self.attach(&config),
-            Some(Action::Merge) if self.adapter.is_some() => self.merge(),
-            Some(Action::Unmerge) if self.adapter.is_some() => self.unmerge(),
-            _ => {}
-        }
+        let (weight, has) = (self.base.weight.clone(), self.adapter.is_some());
+        answer_walk(self, &weight, has, Self::attach, Self::merge, Self::unmerge);
     }
 
     fn is_training(&self) -> bool {
@@ -194,14 +148,7 @@ impl<E: Float> fmt::Display for LoraConv2d<E> {
         let base = base.rsplit_once(" [").map_or(base.as_str(), |(b, _)| b);
         write!(f, "LoraConv2d({base}")?;
         if let Some(a) = &self.adapter {
-            write!(
-                f,
-                ", r={}, scaling={}, dropout={}, merged={}",
-                a.lora_a.shape()[0],
-                a.scaling,
-                a.dropout,
-                self.merged
-            )?;
+            a.describe(f, self.merged, true)?;
         }
         write!(f, ") [{} parameters]", self.num_parameters())
     }
@@ -210,10 +157,13 @@ impl<E: Float> fmt::Display for LoraConv2d<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::init;
     use crate::lora::{self, inject, load_adapter, save_adapter};
     use crate::{sequential, Padding, ReLU, Sequential};
     use kiln_autograd::gradcheck;
     use kiln_tensor::Rng;
+    use kiln_tensor::Tensor;
+    use std::sync::Mutex;
 
     fn conv64(cfg: Conv2dConfig) -> Conv2d<f64> {
         cfg.build().unwrap()

@@ -4,11 +4,11 @@
 use std::fmt;
 use std::sync::Mutex;
 
-use kiln_autograd::{no_grad, Var};
-use kiln_tensor::{Float, Rng, Tensor};
+use kiln_autograd::Var;
+use kiln_tensor::Float;
 
-use super::{walk_action, Action, LoraAdapter, LoraConfig};
-use crate::init::{self, FanMode, Nonlinearity};
+use super::{walk_action, walk_target_action, Action, AdapterInit, LoraAdapter, LoraConfig};
+use crate::init;
 use crate::module::{visit_param, Module, TensorKind};
 use crate::{AttnMask, MultiheadAttention};
 
@@ -49,9 +49,11 @@ pub struct LoraMultiheadAttention<E: Float = f32> {
     /// The wrapped layer.
     pub base: MultiheadAttention<E>,
     /// The adapter of the packed input projection (`lora_a` `[r, E]`, `lora_b` `[3E, r]`).
-    pub in_proj: Option<LoraAdapter<E>>,
-    /// The adapter of the output projection (`lora_a` `[r, E]`, `lora_b` `[E, r]`).
-    pub out_proj: Option<LoraAdapter<E>>,
+    pub in_proj_lora: Option<LoraAdapter<E>>,
+    /// The adapter of the output projection (`lora_a` `[r, E]`, `lora_b` `[E, r]`). The two
+    /// fields end in `_lora` so that `self_attn.out_proj` still reads the base layer's
+    /// projection through `Deref`.
+    pub out_proj_lora: Option<LoraAdapter<E>>,
     /// A layer of the same configuration whose weights are replaced by the adapted expressions
     /// for each call (its own parameters are never used).
     runner: Option<Mutex<MultiheadAttention<E>>>,
@@ -61,39 +63,67 @@ pub struct LoraMultiheadAttention<E: Float = f32> {
 impl<E: Float> LoraMultiheadAttention<E> {
     /// Wraps `base`, without adapters (so far the same layer).
     pub fn new(base: MultiheadAttention<E>) -> Self {
-        LoraMultiheadAttention { base, in_proj: None, out_proj: None, runner: None, merged: false }
-    }
-
-    fn adapter(out_rows: usize, e: usize, config: &LoraConfig, rng: &mut Rng) -> LoraAdapter<E> {
-        let lora_a = Var::param(Tensor::zeros(&[config.r, e]));
-        let lora_b = Var::param(Tensor::zeros(&[out_rows, config.r]));
-        // PEFT: kaiming_uniform_(lora_A, a=sqrt(5)); lora_B zeros
-        init::kaiming_uniform_(&lora_a, Nonlinearity::LeakyRelu(5f64.sqrt()), FanMode::FanIn, rng);
-        LoraAdapter { lora_a, lora_b, scaling: config.scaling(), dropout: config.dropout, rng: Mutex::new(rng.fork()) }
+        LoraMultiheadAttention { base, in_proj_lora: None, out_proj_lora: None, runner: None, merged: false }
     }
 
     /// Gives both projections fresh adapters of rank `config.r` (replacing any others, after
-    /// taking merged ones out of the weights) and freezes the base parameters.
+    /// taking merged ones out of the weights) and freezes the base parameters (PEFT's
+    /// `lora.MultiheadAttention`, what a target naming the attention module does).
     ///
     /// **Panics** on an invalid config (see [`LoraConfig::check`]).
     pub fn attach(&mut self, config: &LoraConfig) {
+        self.prepare(config);
+        let e = self.base.config.embed_dim;
+        // PEFT: kaiming_uniform_(lora_A, a=sqrt(5)); lora_B zeros
+        let kaiming = AdapterInit::KaimingA;
+        let (r, e3) = (config.r, 3 * e);
+        let (inp, out) = init::with_rng(|rng| {
+            (
+                LoraAdapter::new(&[r, e], &[e3, r], config, kaiming, rng),
+                LoraAdapter::new(&[r, e], &[e, r], config, kaiming, rng),
+            )
+        });
+        for (_, p) in self.base.named_parameters() {
+            p.set_requires_grad(false);
+        }
+        self.in_proj_lora = Some(inp);
+        self.out_proj_lora = Some(out);
+    }
+
+    /// Gives the output projection alone a fresh adapter of rank `config.r` (what a target
+    /// naming `out_proj` does: PEFT's `lora.Linear` on the attention's `out_proj`) and freezes
+    /// its weight and bias. An adapter of the input projection is kept.
+    ///
+    /// **Panics** on an invalid config (see [`LoraConfig::check`]).
+    pub fn attach_out_proj(&mut self, config: &LoraConfig) {
+        self.prepare(config);
+        let e = self.base.config.embed_dim;
+        let out = LoraAdapter::fresh(&[config.r, e], &[e, config.r], config, AdapterInit::KaimingA);
+        for (_, p) in self.base.out_proj.named_parameters() {
+            p.set_requires_grad(false);
+        }
+        self.out_proj_lora = Some(out);
+    }
+
+    /// Checks `config`, takes merged updates out of the weights and makes the runner.
+    fn prepare(&mut self, config: &LoraConfig) {
         if let Err(e) = config.check() {
             panic!("{e}");
         }
         if self.merged {
             self.unmerge();
         }
-        let e = self.base.config.embed_dim;
-        let (inp, out) = init::with_rng(|rng| (Self::adapter(3 * e, e, config, rng), Self::adapter(e, e, config, rng)));
-        for (_, p) in self.base.named_parameters() {
-            p.set_requires_grad(false);
-        }
-        self.in_proj = Some(inp);
-        self.out_proj = Some(out);
         if self.runner.is_none() {
             let runner = self.base.config.build().unwrap_or_else(|err| panic!("{err}"));
             self.runner = Some(Mutex::new(runner));
         }
+    }
+
+    /// Whether an adapter is attached and not folded into the weights (so that the forward
+    /// pass runs the low-rank paths; an exporter that reads the base weights alone must
+    /// [`merge`](Self::merge) first).
+    pub fn has_unmerged_adapter(&self) -> bool {
+        (self.in_proj_lora.is_some() || self.out_proj_lora.is_some()) && !self.merged
     }
 
     /// Whether the updates are folded into the base weights.
@@ -101,37 +131,37 @@ impl<E: Float> LoraMultiheadAttention<E> {
         self.merged
     }
 
-    fn deltas(&self) -> (Tensor<E>, Tensor<E>) {
-        let d = |a: &LoraAdapter<E>| a.lora_b.value().matmul(&a.lora_a.value()).mul_scalar(E::from_f64(a.scaling));
-        let (i, o) = (self.in_proj.as_ref(), self.out_proj.as_ref());
-        let msg = "LoraMultiheadAttention: the layer has no adapter";
-        (d(i.expect(msg)), d(o.expect(msg)))
+    /// The attached adapters with the weight each one updates.
+    fn adapted_weights(&self) -> Vec<(&Var<E>, &LoraAdapter<E>)> {
+        let pairs =
+            [(&self.base.in_proj_weight, &self.in_proj_lora), (&self.base.out_proj.weight, &self.out_proj_lora)];
+        let present: Vec<_> = pairs.into_iter().filter_map(|(w, a)| Some((w, a.as_ref()?))).collect();
+        assert!(!present.is_empty(), "LoraMultiheadAttention: the layer has no adapter");
+        present
     }
 
-    /// Folds both updates into the base weights. Nothing happens when already merged.
+    /// Folds the updates into the base weights. Nothing happens when already merged.
     ///
     /// **Panics** without adapters.
     pub fn merge(&mut self) {
-        let (di, dout) = self.deltas();
+        let pairs = self.adapted_weights();
         if !self.merged {
-            no_grad(|| {
-                self.base.in_proj_weight.update_value(|w| *w = w.add(&di));
-                self.base.out_proj.weight.update_value(|w| *w = w.add(&dout));
-            });
+            for (w, a) in pairs {
+                a.merge_into(w, false);
+            }
             self.merged = true;
         }
     }
 
-    /// Takes both updates out of the base weights again. Nothing happens when not merged.
+    /// Takes the updates out of the base weights again. Nothing happens when not merged.
     ///
     /// **Panics** without adapters.
     pub fn unmerge(&mut self) {
-        let (di, dout) = self.deltas();
+        let pairs = self.adapted_weights();
         if self.merged {
-            no_grad(|| {
-                self.base.in_proj_weight.update_value(|w| *w = w.sub(&di));
-                self.base.out_proj.weight.update_value(|w| *w = w.sub(&dout));
-            });
+            for (w, a) in pairs {
+                a.unmerge_from(w, false);
+            }
             self.merged = false;
         }
     }
@@ -150,8 +180,7 @@ impl<E: Float> LoraMultiheadAttention<E> {
         attn_mask: Option<&AttnMask<E>>,
         average_attn_weights: bool,
     ) -> (Var<E>, Option<Var<E>>) {
-        let (Some(ai), Some(ao), Some(runner), false) = (&self.in_proj, &self.out_proj, &self.runner, self.merged)
-        else {
+        let Some(runner) = self.runner.as_ref().filter(|_| self.has_unmerged_adapter()) else {
             return self.base.forward(
                 query,
                 key,
@@ -162,26 +191,35 @@ impl<E: Float> LoraMultiheadAttention<E> {
                 average_attn_weights,
             );
         };
-        let adapted =
-            |w: &Var<E>, a: &LoraAdapter<E>| w.add(&a.lora_b.matmul(&a.lora_a).mul_scalar(E::from_f64(a.scaling)));
+        let adapted = |w: &Var<E>, a: &Option<LoraAdapter<E>>| a.as_ref().map_or_else(|| w.clone(), |a| a.adapt(w));
         let mut r = runner.lock().unwrap_or_else(|e| e.into_inner());
-        r.in_proj_weight = adapted(&self.base.in_proj_weight, ai);
+        r.in_proj_weight = adapted(&self.base.in_proj_weight, &self.in_proj_lora);
         r.in_proj_bias.clone_from(&self.base.in_proj_bias);
-        r.out_proj.weight = adapted(&self.base.out_proj.weight, ao);
+        r.out_proj.weight = adapted(&self.base.out_proj.weight, &self.out_proj_lora);
         r.out_proj.bias.clone_from(&self.base.out_proj.bias);
         r.set_training(self.base.is_training());
         r.forward(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights)
     }
 }
 
+/// The wrapped layer's fields and methods (`self_attn.in_proj_weight`, `config`), as PEFT's
+/// wrappers forward attribute reads to their `base_layer`.
+impl<E: Float> std::ops::Deref for LoraMultiheadAttention<E> {
+    type Target = MultiheadAttention<E>;
+
+    fn deref(&self) -> &MultiheadAttention<E> {
+        &self.base
+    }
+}
+
 impl<E: Float> Module<E> for LoraMultiheadAttention<E> {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Var<E>, TensorKind)) {
         self.base.visit(prefix, f);
-        if let Some(a) = &self.in_proj {
+        if let Some(a) = &self.in_proj_lora {
             visit_param(prefix, "lora_A.weight", &a.lora_a, f);
             visit_param(prefix, "lora_B.weight", &a.lora_b, f);
         }
-        if let Some(a) = &self.out_proj {
+        if let Some(a) = &self.out_proj_lora {
             visit_param(prefix, "out_proj.lora_A.weight", &a.lora_a, f);
             visit_param(prefix, "out_proj.lora_B.weight", &a.lora_b, f);
         }
@@ -189,12 +227,16 @@ impl<E: Float> Module<E> for LoraMultiheadAttention<E> {
 
     fn set_training(&mut self, training: bool) {
         self.base.set_training(training);
-        let has = self.in_proj.is_some();
+        let has = self.in_proj_lora.is_some() || self.out_proj_lora.is_some();
         match walk_action(&self.base.in_proj_weight) {
             Some(Action::Attach(config)) => self.attach(&config),
             Some(Action::Merge) if has => self.merge(),
             Some(Action::Unmerge) if has => self.unmerge(),
             _ => {}
+        }
+        // a target naming `out_proj` itself (only inject's walks name one)
+        if let Some(Action::Attach(config)) = walk_target_action(&self.base.out_proj.weight) {
+            self.attach_out_proj(&config);
         }
     }
 
@@ -207,7 +249,7 @@ impl<E: Float> fmt::Display for LoraMultiheadAttention<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.base.config;
         write!(f, "LoraMultiheadAttention(embed_dim={}, num_heads={}", c.embed_dim, c.num_heads)?;
-        if let Some(a) = &self.in_proj {
+        if let Some(a) = self.in_proj_lora.as_ref().or(self.out_proj_lora.as_ref()) {
             write!(f, ", r={}, scaling={}, merged={}", a.lora_a.shape()[0], a.scaling, self.merged)?;
         }
         write!(f, ") [{} parameters]", self.num_parameters())
@@ -219,6 +261,7 @@ mod tests {
     use super::*;
     use crate::lora::{self, inject, load_adapter, save_adapter};
     use crate::{Forward, Linear, MultiheadAttentionConfig};
+    use kiln_tensor::{Rng, Tensor};
 
     /// A model of one's own holding an attention block to adapt.
     #[derive(crate::Module)]
@@ -296,10 +339,26 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_out_proj_target_is_refused() {
+    fn out_proj_alone_takes_an_adapter_and_merges() {
         let mut m = Block::new(2);
-        let cfg = LoraConfig { target_modules: vec!["out_proj".into()], ..Default::default() };
-        let e = inject(&mut m, &cfg).err().unwrap().to_string();
-        assert!(e.starts_with("lora::inject: cannot adapt [\"self_attn.out_proj\"]"), "{e}");
+        let x = Var::constant(Tensor::uniform(&[3, 2, 6], -1.0, 1.0, &mut Rng::new(4)));
+        let cfg = LoraConfig { r: 3, alpha: 6.0, target_modules: vec!["out_proj".into()], ..Default::default() };
+        assert_eq!(inject(&mut m, &cfg).unwrap(), ["self_attn.out_proj"]);
+        assert!(m.self_attn.in_proj_lora.is_none() && m.self_attn.out_proj_lora.is_some());
+        let trainable: Vec<String> =
+            m.named_parameters().into_iter().filter(|(_, p)| p.requires_grad()).map(|(k, _)| k).collect();
+        assert_eq!(trainable, ["self_attn.out_proj.lora_A.weight", "self_attn.out_proj.lora_B.weight"]);
+        randomise_b(&m, 7);
+        let adapted = m.forward(&x).value();
+        m.forward(&x).sum_all().backward();
+        for (k, p) in m.named_parameters() {
+            assert_eq!(p.grad().is_some(), k.contains("lora_"), "{k}");
+        }
+        assert_eq!(lora::merge(&mut m), 1);
+        assert!(!m.self_attn.has_unmerged_adapter());
+        assert!(m.forward(&x).value().sub(&adapted).abs().max_all() < 1e-12);
+        lora::unmerge(&mut m);
+        assert!(m.forward(&x).value().sub(&adapted).abs().max_all() < 1e-12);
+        assert!(m.self_attn.to_string().contains("r=3, scaling=2"), "{}", m.self_attn);
     }
 }

@@ -72,6 +72,13 @@ fn encoder_layer(l: &TransformerEncoderLayer, ex: &mut Exporter, prefix: &str, x
     if Module::<f32>::is_training(l) && l.config.dropout > 0.0 {
         return Err(unsupported(layer, prefix, "the layer is in training mode (dropout); call model.eval() first"));
     }
+    if l.self_attn.has_unmerged_adapter() || l.linear1.has_unmerged_adapter() || l.linear2.has_unmerged_adapter() {
+        return Err(unsupported(
+            layer,
+            prefix,
+            "has unmerged LoRA adapters; call kiln_nn::lora::merge(&mut model) first",
+        ));
+    }
     let c = &l.config;
     let in_shape = x.example.shape().to_vec();
     if in_shape.len() != 3 {
@@ -94,12 +101,12 @@ fn encoder_layer(l: &TransformerEncoderLayer, ex: &mut Exporter, prefix: &str, x
         };
     let ff = |ex: &mut Exporter, v: &str| -> Result<String, OnnxError> {
         let hdim = [shape[0], shape[1], c.dim_feedforward];
-        let h = conv(ex, &l.linear1, "linear1", v, &shape)?;
+        let h = conv(ex, &l.linear1.base, "linear1", v, &shape)?;
         let h = match c.activation {
             TransformerActivation::Relu => ex.node("Relu", &[&h], vec![]),
             TransformerActivation::Gelu => ex.convert(&kiln_nn::GELU::default(), prefix, &shaped(h, &hdim))?.name,
         };
-        conv(ex, &l.linear2, "linear2", &h, &hdim)
+        conv(ex, &l.linear2.base, "linear2", &h, &hdim)
     };
     let out = if c.norm_first {
         let n1 = conv(ex, &l.norm1, "norm1", &src, &shape)?;
@@ -151,4 +158,29 @@ pub fn transformer_encoder(
         return Some(ex.convert(norm, &format!("{prefix}norm."), &v).map(|v| v.name));
     }
     Some(Ok(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use kiln_nn::lora::{self, LoraConfig};
+    use kiln_nn::{Module, Sequential, TransformerEncoder, TransformerEncoderLayerConfig};
+    use kiln_tensor::Tensor;
+
+    use crate::export::{export_model, ExportOptions};
+
+    /// The exporter reads the base weights: an unmerged LoRA adapter is refused, a merged one
+    /// exports.
+    #[test]
+    fn lora_adapters_export_once_merged() {
+        let layer = TransformerEncoderLayerConfig { dim_feedforward: 12, ..TransformerEncoderLayerConfig::new(8, 2) };
+        let mut model = Sequential::new().add(TransformerEncoder::new(layer.build().unwrap(), 1, None));
+        let cfg = LoraConfig { r: 2, target_modules: vec!["linear1".into()], ..Default::default() };
+        lora::inject(&mut model, &cfg).unwrap();
+        model.eval();
+        let x = Tensor::ones(&[3, 1, 8]);
+        let err = export_model(&model, &x, &ExportOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("unmerged LoRA adapters"), "{err}");
+        lora::merge(&mut model);
+        export_model(&model, &x, &ExportOptions::default()).unwrap();
+    }
 }
