@@ -14,13 +14,29 @@
 //! The adaptive softmax gives every word an exact probability, `p(w) = p_head(w)` for a frequent
 //! word and `p_head(rare) * p_tail(w)` for a rare one, so the perplexity is that of a full
 //! softmax model; it spends a quarter of the full softmax's work (the 2,000 most frequent words
-//! cover 87 % of the training text), which is what makes two epochs fit in minutes on two
-//! cores. The training text is cut into 20 parallel streams read 20 words at a time; the LSTM's
-//! state is carried from window to window and detached (truncated BPTT). SGD with lr 1, gradient
-//! norm clipped to 5, weights U(-0.1, 0.1), no dropout, as Zaremba's small model. Perplexity is
-//! `exp` of the mean negative log-likelihood per word over the whole validation or test text.
+//! cover 87 % of the training text). The training text is cut into 20 parallel streams read
+//! `bptt` words at a time; the LSTM's state is carried from window to window and detached
+//! (truncated BPTT). Perplexity is `exp` of the mean negative log-likelihood per word over the
+//! whole validation or test text; the weights tested are those of the epoch with the best
+//! validation perplexity.
+//!
+//! `KILN_PTB_CONFIG` picks Zaremba's configuration (another value is refused, naming it):
+//!
+//! - `small` (default): 200 units, no dropout, windows of 20 words, weights U(-0.1, 0.1),
+//!   SGD lr 1 for 4 epochs then halved after every epoch, 13 epochs, gradient norm clipped to 5.
+//!   The paper reaches 114.5 test perplexity.
+//! - `medium`: 650 units, dropout 0.5 on the embedding's output, between the layers and on the
+//!   top layer's output, windows of 35 words, weights U(-0.05, 0.05), lr 1 for 6 epochs then
+//!   divided by 1.2 after every epoch, 39 epochs. The paper reaches 82.7.
+//!
+//! Zaremba et al. sum the loss over a window's steps; this recipe averages it over the window's
+//! words, so their lr 1 and clip 5 are lr `bptt` and clip `5 / bptt` here (the same steps).
+//! `KILN_EPOCHS` overrides the epochs (the schedule stays: a shorter run stops early in it),
+//! `KILN_TRAIN_WORDS` trains on the first words only, `KILN_TRANSFORMER_EPOCHS` (default 3, 0
+//! skips it) sets the causal Transformer's epochs after the LSTM.
 //!
 //!     cargo run --release --example ptb_language_model
+//!     KILN_PTB_CONFIG=medium KILN_TRANSFORMER_EPOCHS=0 cargo run --release --example ptb_language_model
 //!
 //! `KILN_AUTOCAST=bf16` runs it under `autocast(DType::BF16, ..)` (matrix products in bfloat16
 //! with f32 sums, parameters and gradients f32); another value is refused.
@@ -31,16 +47,43 @@ use kiln::autograd::{no_grad, Var};
 use kiln::data::datasets::{PennTreebank, Split, TokenStreams};
 use kiln::data::DataError;
 use kiln::nn::{
-    causal_mask, Embedding, Forward, LSTMConfig, LayerNorm, LearnedPositionalEmbedding,
+    causal_mask, Dropout, Embedding, Forward, LSTMConfig, LayerNorm, LearnedPositionalEmbedding,
     LearnedPositionalEmbeddingConfig, Linear, LinearConfig, Module, TransformerEncoder, TransformerEncoderLayerConfig,
     LSTM,
 };
 use kiln::optim::{clip_grad_norm_, Adam, AdamConfig, LrGroups, Optimizer, SGDConfig, SGD};
-use kiln::tensor::Indices;
+use kiln::tensor::{Indices, Tensor};
 
 #[path = "common.rs"]
 mod common;
 use common::{data_folder, env_usize};
+
+/// Which of Zaremba et al.'s (2014) LSTM configurations the recipe trains (`KILN_PTB_CONFIG`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PtbConfig {
+    /// Non-regularised, 200 units, windows of 20 words, 13 epochs, the learning rate halved
+    /// after each epoch from the fifth on (the paper: 114.5 test perplexity).
+    Small,
+    /// 650 units, dropout 0.5 on the non-recurrent connections, windows of 35 words, 39 epochs,
+    /// the learning rate divided by 1.2 after each epoch from the seventh on (the paper: 82.7).
+    Medium,
+}
+
+impl PtbConfig {
+    /// `KILN_PTB_CONFIG`: `small` (also when unset or empty) or `medium`, in any case.
+    ///
+    /// # Errors
+    /// [`DataError::Env`] naming the variable and its value when it is anything else.
+    pub fn from_env() -> Result<Self, DataError> {
+        let key = "KILN_PTB_CONFIG";
+        let value = std::env::var_os(key).map(|v| v.to_string_lossy().into_owned()).unwrap_or_default();
+        match value.trim().to_ascii_lowercase().as_str() {
+            "" | "small" => Ok(PtbConfig::Small),
+            "medium" => Ok(PtbConfig::Medium),
+            _ => Err(DataError::Env { key: key.into(), value, expected: "`small` or `medium`".into() }),
+        }
+    }
+}
 
 /// What to run: the full recipe, or a slice of it for the smoke test.
 #[derive(Clone, Debug)]
@@ -49,12 +92,31 @@ pub struct Opts {
     pub train_words: Option<usize>,
     /// Evaluate on the first this many words of the validation and test texts (`None`: all).
     pub eval_words: Option<usize>,
+    /// The LSTM's configuration (its name; the fields below hold its values).
+    pub config: PtbConfig,
     /// Embedding and hidden size.
     pub hidden: usize,
+    /// Dropout on the embedding's output, between the LSTM layers and on the top layer's
+    /// output (0: none).
+    pub dropout: f64,
+    /// Words per training window (truncated BPTT length).
+    pub bptt: usize,
+    /// Every weight is drawn from U(-init_range, init_range).
+    pub init_range: f64,
+    /// SGD's learning rate on the loss averaged over the words of a window. Zaremba et al.
+    /// sum the loss over the window's steps, so their lr 1 is `bptt` here, and their gradient
+    /// norm clip 5 is `5 / bptt`.
+    pub lr: f64,
+    /// Gradient norm clip (on the averaged loss).
+    pub clip: f64,
     /// Words in the adaptive softmax's head.
     pub cutoff: usize,
     /// Training epochs of the LSTM.
     pub epochs: usize,
+    /// Epochs at the full learning rate; after each later epoch it is divided by `decay`.
+    pub decay_after: usize,
+    /// The learning rate's divisor per epoch after `decay_after`.
+    pub decay: f64,
     /// Model size of the Transformer.
     pub d_model: usize,
     /// Training epochs of the Transformer (0: skip it).
@@ -64,32 +126,70 @@ pub struct Opts {
 }
 
 impl Opts {
-    /// The recipe as documented (`KILN_EPOCHS` overrides the epochs).
-    pub fn full() -> Self {
+    /// Zaremba et al.'s configuration `config`, on the whole text, with the Transformer's 3
+    /// epochs after it.
+    pub fn recipe(config: PtbConfig) -> Self {
+        let (hidden, dropout, bptt, init_range, epochs, decay_after, decay) = match config {
+            PtbConfig::Small => (200, 0.0, 20, 0.1, 13, 4, 2.0),
+            PtbConfig::Medium => (650, 0.5, 35, 0.05, 39, 6, 1.2),
+        };
         Opts {
-            train_words: env_usize("KILN_TRAIN_WORDS"),
+            train_words: None,
             eval_words: None,
-            hidden: 200,
+            config,
+            hidden,
+            dropout,
+            bptt,
+            init_range,
+            lr: bptt as f64,
+            clip: 5.0 / bptt as f64,
             cutoff: 2000,
-            epochs: env_usize("KILN_EPOCHS").unwrap_or(3),
+            epochs,
+            decay_after,
+            decay,
             d_model: 128,
-            transformer_epochs: env_usize("KILN_TRANSFORMER_EPOCHS").unwrap_or(3),
+            transformer_epochs: 3,
             verbose: true,
         }
     }
 
-    /// A few thousand words, a small model, one epoch, silent.
+    /// The recipe as documented: `KILN_PTB_CONFIG=small|medium` picks the LSTM's configuration
+    /// (default `small`); `KILN_EPOCHS`, `KILN_TRANSFORMER_EPOCHS` and `KILN_TRAIN_WORDS`
+    /// override the epochs and the training words.
+    ///
+    /// # Errors
+    /// [`DataError::Env`] naming the variable when one of them holds a value it must not.
+    pub fn full() -> Result<Self, DataError> {
+        let mut opts = Opts::recipe(PtbConfig::from_env()?);
+        opts.train_words = env_usize("KILN_TRAIN_WORDS");
+        opts.epochs = env_usize("KILN_EPOCHS").unwrap_or(opts.epochs);
+        opts.transformer_epochs = env_usize("KILN_TRANSFORMER_EPOCHS").unwrap_or(opts.transformer_epochs);
+        Ok(opts)
+    }
+
+    /// A few thousand words, a small model with dropout, two epochs (the second decayed),
+    /// silent.
     pub fn smoke() -> Self {
         Opts {
             train_words: Some(4_000),
             eval_words: Some(1_000),
             hidden: 32,
+            dropout: 0.2,
             cutoff: 500,
-            epochs: 1,
+            epochs: 2,
+            decay_after: 1,
             d_model: 32,
             transformer_epochs: 1,
             verbose: false,
+            ..Opts::recipe(PtbConfig::Small)
         }
+    }
+
+    /// The learning rate of epoch `epoch` (0-based): `lr` for the first `decay_after` epochs,
+    /// then divided by `decay` once per further epoch.
+    pub fn epoch_lr(&self, epoch: usize) -> f64 {
+        let decays = (epoch + 1).saturating_sub(self.decay_after);
+        self.lr / self.decay.powi(i32::try_from(decays).unwrap_or(i32::MAX))
     }
 }
 
@@ -98,10 +198,16 @@ impl Opts {
 pub struct Report {
     /// The LSTM's perplexity on the test text used.
     pub test_perplexity: f64,
-    /// The LSTM's perplexity on the validation text used, after the last epoch.
+    /// The LSTM's best perplexity on the validation text used (the weights tested are those
+    /// of that epoch).
     pub valid_perplexity: f64,
     /// Epochs the LSTM trained.
     pub epochs: usize,
+    /// The epoch (1-based) whose weights were tested: the one with the best validation
+    /// perplexity.
+    pub best_epoch: usize,
+    /// Wall time of each LSTM epoch (training and validation), seconds.
+    pub epoch_seconds: Vec<f64>,
     /// The Transformer's test perplexity (`NaN` when it was skipped).
     pub transformer_test_perplexity: f64,
     /// The Transformer's validation perplexity after its last epoch.
@@ -162,8 +268,10 @@ impl AdaptiveSoftmax {
 pub struct LanguageModel {
     /// Word vectors.
     pub embedding: Embedding,
-    /// Two layers, batch first.
+    /// Two layers, batch first (with dropout between them in the medium configuration).
     pub lstm: LSTM,
+    /// Dropout on the embedding's and the top layer's outputs (p = 0: none).
+    pub drop: Dropout,
     /// The output distribution.
     pub output: AdaptiveSoftmax,
 }
@@ -172,19 +280,21 @@ pub struct LanguageModel {
 pub type State = (Var<f32>, Var<f32>);
 
 impl LanguageModel {
-    /// A model over `vocab` words with `hidden` units per layer, every weight drawn from
-    /// U(-0.1, 0.1) as in Zaremba et al.
-    pub fn new(vocab: usize, hidden: usize, cutoff: usize) -> Self {
+    /// A model over `vocab` words with `hidden` units per layer and dropout `dropout` on the
+    /// non-recurrent connections (Zaremba et al.: 0 small, 0.5 medium), every weight drawn from
+    /// U(-init_range, init_range) (0.1 small, 0.05 medium).
+    pub fn new(vocab: usize, hidden: usize, cutoff: usize, dropout: f64, init_range: f64) -> Self {
         let model = LanguageModel {
             embedding: Embedding::new(vocab, hidden),
-            lstm: LSTMConfig { num_layers: 2, batch_first: true, ..LSTMConfig::new(hidden, hidden) }
+            lstm: LSTMConfig { num_layers: 2, batch_first: true, dropout, ..LSTMConfig::new(hidden, hidden) }
                 .build()
                 .expect("valid sizes"),
+            drop: Dropout::new(dropout),
             output: AdaptiveSoftmax::new(hidden, vocab, cutoff),
         };
         kiln::nn::init::with_rng(|rng| {
             for p in model.parameters() {
-                kiln::nn::init::uniform_(&p, -0.1, 0.1, rng);
+                kiln::nn::init::uniform_(&p, -init_range, init_range, rng);
             }
         });
         model
@@ -193,8 +303,9 @@ impl LanguageModel {
     /// Word ids `[B, T]` from `state` to the top layer's outputs `[B * T, hidden]` and the state
     /// after them.
     pub fn forward_state(&self, ids: &Indices, state: Option<&State>) -> (Var<f32>, State) {
-        let words = self.embedding.forward_ids(ids);
+        let words = self.drop.forward(&self.embedding.forward_ids(ids));
         let (out, (h, c)) = self.lstm.forward_with(&words, state.map(|(h, c)| (h, c)), None);
+        let out = self.drop.forward(&out);
         let shape = out.shape();
         (out.reshape(&[shape[0] * shape[1], shape[2]]), (h, c))
     }
@@ -373,41 +484,58 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     kiln::nn::init::manual_seed(0);
     let ptb = PennTreebank::new(data_folder("ptb"))?;
     let vocab = ptb.vocab().len();
-    let (batch_size, bptt) = (20, 20);
+    let (batch_size, bptt) = (20, opts.bptt);
     let rank = frequency_ranks(ptb.tokens(Split::Train), vocab);
     let train = streams(ptb.tokens(Split::Train), opts.train_words, batch_size);
     let valid = streams(ptb.tokens(Split::Valid), opts.eval_words, 10);
     let test = streams(ptb.tokens(Split::Test), opts.eval_words, 10);
-    let mut model = LanguageModel::new(vocab, opts.hidden, opts.cutoff);
+    let mut model = LanguageModel::new(vocab, opts.hidden, opts.cutoff, opts.dropout, opts.init_range);
     if opts.verbose {
         let covered = ptb.tokens(Split::Train).iter().filter(|&&w| rank[w] < opts.cutoff).count();
         println!(
-            "Penn Treebank: {} training words in {batch_size} streams, vocabulary {vocab} ({:.1} % of the words among the {} in the head); {} ({} parameters in all)",
+            "Penn Treebank: {} training words in {batch_size} streams, vocabulary {vocab} ({:.1} % of the words among the {} in the head); {:?} configuration: {}, dropout {}, windows of {bptt} words ({} parameters in all)",
             train.batch_size() * train.steps(),
             100.0 * covered as f64 / ptb.tokens(Split::Train).len() as f64,
             opts.cutoff,
+            opts.config,
             model.lstm,
+            opts.dropout,
             model.num_parameters()
         );
     }
-    let mut opt = SGD::new(model.parameters(), SGDConfig { lr: 20.0, ..Default::default() });
-    let mut valid_perplexity = f64::NAN;
+    let mut opt = SGD::new(model.parameters(), SGDConfig { lr: opts.lr, ..Default::default() });
+    // The weights of the epoch with the best validation perplexity, which are the ones tested.
+    let (mut valid_perplexity, mut best_epoch, mut best_weights) = (f64::INFINITY, 0, Vec::new());
+    let mut epoch_seconds = Vec::with_capacity(opts.epochs);
     for epoch in 0..opts.epochs {
         let epoch_started = Instant::now();
-        if epoch + 1 == opts.epochs && epoch > 0 {
-            // Anneal for the last epoch.
-            opt.set_group_lr(0, 5.0);
-        }
+        let lr = opts.epoch_lr(epoch);
+        opt.set_group_lr(0, lr);
         let label = format!("LSTM epoch {}", epoch + 1);
-        let train_ppl = train_epoch(&model, &mut opt, &train, &rank, bptt, 0.25, &label, opts.verbose);
-        valid_perplexity = perplexity(&mut model, &valid, &rank, 35);
+        let train_ppl = train_epoch(&model, &mut opt, &train, &rank, bptt, opts.clip, &label, opts.verbose);
+        let epoch_valid = perplexity(&mut model, &valid, &rank, 35);
+        if epoch_valid < valid_perplexity || best_epoch == 0 {
+            valid_perplexity = epoch_valid;
+            best_epoch = epoch + 1;
+            best_weights = model.parameters().iter().map(|p| p.value().contiguous().to_vec()).collect();
+        }
+        epoch_seconds.push(epoch_started.elapsed().as_secs_f64());
         if opts.verbose {
             println!(
-                "LSTM epoch {}/{}: training perplexity {train_ppl:.2}, validation perplexity {valid_perplexity:.2}, {:.1} s",
+                "LSTM epoch {}/{} (lr {lr:.4}): training perplexity {train_ppl:.2}, validation perplexity {epoch_valid:.2}, {:.1} s ({:.1} s in all)",
                 epoch + 1,
                 opts.epochs,
-                epoch_started.elapsed().as_secs_f64()
+                epoch_seconds[epoch],
+                started.elapsed().as_secs_f64()
             );
+        }
+    }
+    if best_epoch > 0 && best_epoch < opts.epochs {
+        for (p, w) in model.parameters().iter().zip(best_weights) {
+            p.set_value(Tensor::from_vec(w, &p.shape()));
+        }
+        if opts.verbose {
+            println!("LSTM: testing the weights of epoch {best_epoch} (validation perplexity {valid_perplexity:.2})");
         }
     }
     let test_perplexity = perplexity(&mut model, &test, &rank, 35);
@@ -452,6 +580,8 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
         test_perplexity,
         valid_perplexity,
         epochs: opts.epochs,
+        best_epoch,
+        epoch_seconds,
         transformer_test_perplexity,
         transformer_valid_perplexity,
         seconds: started.elapsed().as_secs_f64(),
@@ -467,12 +597,18 @@ fn main() {
     if let Some(p) = precision {
         println!("autocast: matrix products in {p}");
     }
-    match kiln::tensor::autocast(precision.unwrap_or(kiln::tensor::DType::F32), || run(&Opts::full())) {
+    let opts = Opts::full().unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    });
+    match kiln::tensor::autocast(precision.unwrap_or(kiln::tensor::DType::F32), || run(&opts)) {
         Ok(r) => println!(
-            "Penn Treebank test perplexity: 2-layer LSTM {:.2} (validation {:.2}) after {} epochs; causal Transformer {:.2} (validation {:.2}); {:.1} s",
+            "Penn Treebank test perplexity: 2-layer LSTM {:.2} (validation {:.2}, epoch {} of {}, {:.1} s per epoch); causal Transformer {:.2} (validation {:.2}); {:.1} s",
             r.test_perplexity,
             r.valid_perplexity,
+            r.best_epoch,
             r.epochs,
+            r.epoch_seconds.iter().sum::<f64>() / r.epoch_seconds.len().max(1) as f64,
             r.transformer_test_perplexity,
             r.transformer_valid_perplexity,
             r.seconds

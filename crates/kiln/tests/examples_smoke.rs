@@ -161,6 +161,21 @@ fn ptb_language_model_smoke() {
 }
 
 #[test]
+fn ptb_language_model_schedules_are_zarembas() {
+    use ptb_language_model::{Opts, PtbConfig};
+    // Small: lr 1 (20 on the loss averaged over 20 words) for 4 epochs, then halved per epoch.
+    let small = Opts::recipe(PtbConfig::Small);
+    let lrs: Vec<f64> = (0..7).map(|e| small.epoch_lr(e)).collect();
+    assert_eq!(lrs, [20.0, 20.0, 20.0, 20.0, 10.0, 5.0, 2.5]);
+    assert_eq!((small.hidden, small.dropout, small.bptt, small.epochs, small.clip), (200, 0.0, 20, 13, 0.25));
+    // Medium: lr 1 (35) for 6 epochs, then divided by 1.2 per epoch; 650 units, dropout 0.5.
+    let medium = Opts::recipe(PtbConfig::Medium);
+    assert_eq!(medium.epoch_lr(5), 35.0);
+    assert!((medium.epoch_lr(7) - 35.0 / 1.44).abs() < 1e-12);
+    assert_eq!((medium.hidden, medium.dropout, medium.bptt, medium.epochs), (650, 0.5, 35, 39));
+}
+
+#[test]
 fn cross_validation_smoke() {
     let r = cross_validation::run(&cross_validation::Opts::smoke());
     assert_eq!(r.cv.folds.len(), 5);
