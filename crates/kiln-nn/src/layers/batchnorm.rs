@@ -249,7 +249,8 @@ impl<E: Float, const D: usize> Module<E> for BatchNorm<E, D> {
 impl<E: Float, const D: usize> fmt::Display for BatchNorm<E, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.config;
-        let head = describe_channel_norm(Self::NAME, c.num_features, c.eps, c.momentum, c.affine, c.track_running_stats);
+        let head =
+            describe_channel_norm(Self::NAME, c.num_features, c.eps, c.momentum, c.affine, c.track_running_stats);
         write!(f, "{head}) [{} parameters]", self.num_parameters())
     }
 }

@@ -98,7 +98,10 @@ pub(super) fn check_conv<const N: usize>(
         }
     }
     if same_padding && stride != [1; N] {
-        return Err(NnError::Config(format!("{layer}: padding='same' needs stride 1, got stride {}", axes_text(stride))));
+        return Err(NnError::Config(format!(
+            "{layer}: padding='same' needs stride 1, got stride {}",
+            axes_text(stride)
+        )));
     }
     Ok(())
 }

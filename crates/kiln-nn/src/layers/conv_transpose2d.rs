@@ -73,7 +73,14 @@ impl ConvTranspose2dConfig {
     /// The checks of [`ConvTranspose2dConfig::build`], also run by the layer's builder setters.
     fn check(&self) -> Result<(), NnError> {
         let l = "ConvTranspose2d";
-        check_conv(l, [self.in_channels, self.out_channels, self.groups], self.kernel_size, self.stride, self.dilation, false)?;
+        check_conv(
+            l,
+            [self.in_channels, self.out_channels, self.groups],
+            self.kernel_size,
+            self.stride,
+            self.dilation,
+            false,
+        )?;
         for a in 0..2 {
             if self.output_padding[a] >= self.stride[a] && self.output_padding[a] >= self.dilation[a] {
                 return Err(NnError::Config(format!(
