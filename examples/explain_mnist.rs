@@ -115,7 +115,7 @@ fn main() {
         let (x, y) = images(&test, &[i]);
         let x = x.reshape(&[1, 28, 28]);
         let scores = kiln::autograd::no_grad(|| model(&Var::constant(x.unsqueeze(0))).value());
-        let target = scores.argmax(1, false).data[0];
+        let target = scores.argmax(1, false).as_slice()[0];
         println!("\ntest digit {i}: label {}, predicted {target} (logit {:.2})", y[0], scores.get(&[0, target]));
         let started = Instant::now();
         let black = Tensor::zeros(&[1, 28, 28]);

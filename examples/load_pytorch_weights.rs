@@ -26,7 +26,7 @@ fn beside_repo(rel: &str) -> PathBuf {
 
 fn predictions(model: &Sequential, x: Tensor<f32>) -> (Tensor<f32>, Vec<usize>) {
     let logits = no_grad(|| model.forward(&Var::constant(x)).value());
-    let classes = logits.argmax(-1, false).data;
+    let classes = logits.argmax(-1, false).into_vec();
     (logits, classes)
 }
 
@@ -62,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (labels, _) = io.tensor_i64("input.labels")?;
     let (logits, predicted) = predictions(&model, images);
     let max_diff = logits.to_vec().iter().zip(torch_logits.to_vec()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    let torch_predicted = torch_logits.argmax(-1, false).data;
+    let torch_predicted = torch_logits.argmax(-1, false).into_vec();
     let agree = predicted.iter().zip(&torch_predicted).filter(|(a, b)| a == b).count();
     let correct = predicted.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
     let torch_correct = torch_predicted.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();

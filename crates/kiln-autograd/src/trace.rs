@@ -81,7 +81,7 @@ pub(crate) fn ints(v: &[usize]) -> TraceAttr {
 
 /// A tensor attribute holding indices.
 pub(crate) fn indices(ids: &Indices) -> TraceAttr {
-    TraceAttr::Tensor { shape: ids.shape().to_vec(), data: ids.data.iter().map(|&i| i as f64).collect() }
+    TraceAttr::Tensor { shape: ids.shape().to_vec(), data: ids.as_slice().iter().map(|&i| i as f64).collect() }
 }
 
 #[derive(Default)]

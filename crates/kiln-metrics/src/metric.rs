@@ -30,7 +30,7 @@ impl MetricInput for Indices {
     }
 
     fn to_f64_vec(&self) -> Vec<f64> {
-        self.data.iter().map(|&i| i as f64).collect()
+        self.as_slice().iter().map(|&i| i as f64).collect()
     }
 }
 

@@ -127,7 +127,7 @@ impl ClassTargets for Indices {
         Indices::shape(self)
     }
     fn class(&self, i: usize) -> i64 {
-        i64::try_from(self.data[i]).unwrap_or(i64::MAX)
+        i64::try_from(self.as_slice()[i]).unwrap_or(i64::MAX)
     }
 }
 

@@ -353,7 +353,7 @@ mod tests {
         let t = Indices::from_vec(vec![1, 3, 1, 0, 2, 1]);
         let keep = [1usize, 3, 4];
         let kept = Tensor::from_vec(keep.iter().flat_map(|&i| x.select(0, i).to_vec()).collect(), &[3, 4]);
-        let kept_t = Indices::from_vec(keep.iter().map(|&i| t.data[i]).collect());
+        let kept_t = Indices::from_vec(keep.iter().map(|&i| t.as_slice()[i]).collect());
         let w = Tensor::from_vec(vec![0.5, 2.0, 1.0, 3.0], &[4]);
         for weight in [None, Some(w)] {
             for label_smoothing in [0.0, 0.3] {

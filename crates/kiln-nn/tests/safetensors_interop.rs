@@ -37,7 +37,7 @@ fn assert_close<E: Float>(what: &str, a: &Tensor<E>, b: &Tensor<E>, rtol: f64, a
 }
 
 fn argmax_rows<E: Float>(t: &Tensor<E>) -> Vec<usize> {
-    t.argmax(-1, false).data
+    t.argmax(-1, false).into_vec()
 }
 
 // ------------------------------------------------------------------ golden: PyTorch → kiln

@@ -44,12 +44,35 @@ pub struct Tensor<E: Float = f32> {
 
 /// A tensor of indices (class labels, argmax results, gather/scatter positions, max-pool
 /// positions): row-major `usize` data with a shape. The integer counterpart of [`Tensor`].
+///
+/// The fields are private so that the shape always describes the data: build with
+/// [`Indices::new`] / [`Indices::from_vec`], read with [`Indices::as_slice`] and
+/// [`Indices::shape`]. Deserialising checks the same invariant.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "IndicesRepr")]
 pub struct Indices {
     /// Row-major index values.
-    pub data: Vec<usize>,
+    pub(crate) data: Vec<usize>,
     /// The shape; its product equals `data.len()`.
-    pub shape: Shape,
+    pub(crate) shape: Shape,
+}
+
+/// The serialised form of [`Indices`], checked on the way in.
+#[derive(serde::Deserialize)]
+struct IndicesRepr {
+    data: Vec<usize>,
+    shape: Shape,
+}
+
+impl TryFrom<IndicesRepr> for Indices {
+    type Error = String;
+    fn try_from(r: IndicesRepr) -> Result<Self, String> {
+        let n: usize = r.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("Indices: shape overflows")?;
+        if n != r.data.len() {
+            return Err(format!("Indices: shape {:?} holds {n} elements, data has {}", r.shape.as_slice(), r.data.len()));
+        }
+        Ok(Indices { data: r.data, shape: r.shape })
+    }
 }
 
 impl Indices {
@@ -943,6 +966,18 @@ impl<E: Float> PartialEq for Tensor<E> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn indices_deserialise_only_when_the_shape_describes_the_data() {
+        let i = Indices::new(vec![2, 0, 1, 1], &[2, 2]);
+        let text = serde_json::to_string(&i).unwrap();
+        assert_eq!(serde_json::from_str::<Indices>(&text).unwrap(), i);
+        let forged = r#"{"data":[1,2,3],"shape":[2,2]}"#;
+        let err = serde_json::from_str::<Indices>(forged).unwrap_err().to_string();
+        assert!(err.contains("shape [2, 2] holds 4 elements, data has 3"), "{err}");
+        let overflow = format!(r#"{{"data":[],"shape":[{},{}]}}"#, usize::MAX, 2);
+        assert!(serde_json::from_str::<Indices>(&overflow).unwrap_err().to_string().contains("overflows"));
+    }
 
     /// Row-major multi-index of flat position `i`.
     pub(crate) fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {

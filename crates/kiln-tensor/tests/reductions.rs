@@ -253,12 +253,12 @@ fn check_arg<E: Float>(shape: &[usize], seed: u64) -> Result<(), TestCaseError> 
             let what = format!("dim {dim} keepdim {keepdim} of {shape:?} (strides {:?}, {:?})", x.strides(), E::DTYPE);
             let am = x.argmax(dim, keepdim);
             prop_assert_eq!(am.shape(), out_shape.as_slice(), "argmax {}", what);
-            prop_assert_eq!(&am.data, &imax, "argmax {} on lanes {:?}", what, ls);
+            prop_assert_eq!(am.as_slice(), imax.as_slice(), "argmax {} on lanes {:?}", what, ls);
             let an = x.argmin(dim, keepdim);
             prop_assert_eq!(an.shape(), out_shape.as_slice(), "argmin {}", what);
-            prop_assert_eq!(&an.data, &imin, "argmin {} on lanes {:?}", what, ls);
+            prop_assert_eq!(an.as_slice(), imin.as_slice(), "argmin {} on lanes {:?}", what, ls);
             let (mv, mi) = x.max_dim(dim, keepdim);
-            prop_assert_eq!(&mi.data, &imax, "max_dim indices {}", what);
+            prop_assert_eq!(mi.as_slice(), imax.as_slice(), "max_dim indices {}", what);
             prop_assert_eq!(mi.shape(), out_shape.as_slice(), "max_dim indices {}", what);
             let want: Vec<f64> = ls.iter().zip(&imax).map(|(l, &i)| l[i]).collect();
             check(&mv, &out_shape, &want, 0.0, 0.0, &format!("max_dim values {what}"))?;
@@ -418,8 +418,8 @@ fn nan_propagates_through_reductions_like_pytorch() {
             bad.push(format!("{}: {r:?}", red.name));
         }
     }
-    assert_eq!(x.argmax(1, false).data, vec![1, 1]);
-    assert_eq!(x.argmin(1, false).data, vec![1, 0]);
+    assert_eq!(x.argmax(1, false).as_slice(), vec![1, 1]);
+    assert_eq!(x.argmin(1, false).as_slice(), vec![1, 0]);
     assert!(x.max_dim(1, false).0.to_vec()[0].is_nan());
     assert!(x.softmax(1).to_vec()[..3].iter().all(|v| v.is_nan()));
     // NaN beside infinities: PyTorch's logsumexp takes amax first, which is NaN

@@ -67,7 +67,7 @@ impl CvFold {
 pub fn select_batches(inputs: &Tensor<f32>, targets: &Targets, indices: &[usize], batch_size: usize) -> Vec<Batch> {
     let x = inputs.index_select(0, indices);
     let t = match targets {
-        Targets::Classes(c) => Targets::from(indices.iter().map(|&i| c.data[i]).collect::<Vec<_>>()),
+        Targets::Classes(c) => Targets::from(indices.iter().map(|&i| c.as_slice()[i]).collect::<Vec<_>>()),
         Targets::Values(v) => Targets::Values(v.index_select(0, indices)),
     };
     tensor_batches(&x, &t, batch_size)

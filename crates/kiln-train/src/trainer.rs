@@ -494,7 +494,7 @@ pub fn tensor_batches(inputs: &Tensor<f32>, targets: &Targets, batch_size: usize
         .map(|s| {
             let len = batch_size.min(n - s);
             let t = match targets {
-                Targets::Classes(c) => Targets::from(c.data[s..s + len].to_vec()),
+                Targets::Classes(c) => Targets::from(c.as_slice()[s..s + len].to_vec()),
                 Targets::Values(v) => Targets::Values(v.narrow(0, s, len).contiguous()),
             };
             Batch { inputs: inputs.narrow(0, s, len).contiguous(), targets: t }

@@ -160,7 +160,7 @@ impl<E: Float> Var<E> {
             tshape.as_slice()
         );
         let (rows, width) = (tshape[0], tshape[1]);
-        if let Some(&bad) = ids.data.iter().find(|&&i| i >= rows) {
+        if let Some(&bad) = ids.as_slice().iter().find(|&&i| i >= rows) {
             panic!("embedding: id {bad} out of range for a table of shape {:?}", tshape.as_slice());
         }
         if let Some(p) = padding_idx {
@@ -168,7 +168,7 @@ impl<E: Float> Var<E> {
         }
         let mut out_shape = ids.shape().to_vec();
         out_shape.push(width);
-        let value = table.with_value(|t| t.index_select(0, &ids.data).reshape(&out_shape));
+        let value = table.with_value(|t| t.index_select(0, &ids.as_slice()).reshape(&out_shape));
         let ids = ids.clone();
         Var::from_op(
             value,
@@ -180,10 +180,10 @@ impl<E: Float> Var<E> {
                     let n = ids.len();
                     let mut rows = g.reshape(&[n, tshape[1]]);
                     if let Some(p) = padding_idx {
-                        let keep = Indices::new(ids.data.clone(), &[n, 1]).to_tensor::<E>().ne_scalar(E::from_usize(p));
+                        let keep = Indices::new(ids.to_vec(), &[n, 1]).to_tensor::<E>().ne_scalar(E::from_usize(p));
                         rows = rows.mul(&Var::constant(keep));
                     }
-                    smallvec![Some(scatter_into_zeros(&rows, &tshape, 0, &ids.data))]
+                    smallvec![Some(scatter_into_zeros(&rows, &tshape, 0, &ids.as_slice()))]
                 },
             },
         )

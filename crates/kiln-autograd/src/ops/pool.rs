@@ -130,13 +130,13 @@ fn max_pool_backward_op<E: Float>(g: &Var<E>, indices: Arc<Indices>, x_shape: Sh
         let planes: usize = x_shape[..nd - spatial].iter().product();
         let plane: usize = x_shape[nd - spatial..].iter().product();
         let out_plane = indices.len() / planes.max(1);
-        let empty = indices.data.contains(&NO_INDEX);
-        let data: Vec<usize> = indices.data.iter().map(|&k| if k == NO_INDEX { 0 } else { k }).collect();
+        let empty = indices.as_slice().contains(&NO_INDEX);
+        let data: Vec<usize> = indices.as_slice().iter().map(|&k| if k == NO_INDEX { 0 } else { k }).collect();
         let flat = Indices::new(data, &[planes, out_plane]);
         let gathered = u.reshape(&[planes, plane]).gather(1, &flat).reshape(&i[0].shape());
         let gathered = if empty {
             // windows that covered no input element got no gradient
-            let keep: Vec<E> = indices.data.iter().map(|&k| if k == NO_INDEX { E::zero() } else { E::one() }).collect();
+            let keep: Vec<E> = indices.as_slice().iter().map(|&k| if k == NO_INDEX { E::zero() } else { E::one() }).collect();
             gathered.mul(&Var::constant(Tensor::from_vec(keep, indices.shape())))
         } else {
             gathered
@@ -186,7 +186,7 @@ impl<E: Float> Var<E> {
     /// let x = Var::param(Tensor::<f64>::arange(0.0, 16.0, 1.0).reshape(&[1, 1, 4, 4]));
     /// let (y, idx) = x.max_pool2d_with_indices([2, 2], [2, 2], [0, 0], [1, 1], false);
     /// assert_eq!(y.value().to_vec(), vec![5.0, 7.0, 13.0, 15.0]);
-    /// assert_eq!(idx.data, vec![5, 7, 13, 15]);
+    /// assert_eq!(idx.as_slice(), [5, 7, 13, 15]);
     /// y.sum_all().backward();
     /// assert_eq!(x.grad().unwrap().sum_all().item(), 4.0);
     /// ```

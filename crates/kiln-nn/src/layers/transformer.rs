@@ -626,7 +626,7 @@ pub(crate) mod testing {
     }
 
     pub(crate) fn accuracy(logits: &Tensor<f64>, ids: &[usize]) -> f64 {
-        let pred = logits.argmax(-1, false).data;
+        let pred = logits.argmax(-1, false).into_vec();
         pred.iter().zip(ids).filter(|(a, b)| a == b).count() as f64 / ids.len() as f64
     }
 }
@@ -833,7 +833,7 @@ mod tests {
         for t in 1..=len {
             let ids: Vec<usize> = decoded.iter().flatten().copied().collect();
             let logits = no_grad(|| run(&ids, t)).value();
-            let next = logits.select(1, t - 1).argmax(-1, false).data;
+            let next = logits.select(1, t - 1).argmax(-1, false).into_vec();
             for (seq, &tok) in decoded.iter_mut().zip(&next) {
                 seq.push(tok);
             }
