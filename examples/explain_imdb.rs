@@ -22,7 +22,7 @@ use kiln::data::text::{pad_sequences, Side};
 use kiln::explain::{
     integrated_gradients, kernel_shap, lime, KernelShapConfig, LimeConfig, Segmented, Segments, TokenScores,
 };
-use kiln::nn::{BCEWithLogitsLoss, Embedding, Forward, LSTMConfig, Linear, Module, LSTM};
+use kiln::nn::{BCEWithLogitsLoss, Embedding, Forward, Linear, Module, LSTM};
 use kiln::optim::{Adam, AdamConfig, Optimizer};
 use kiln::tensor::{Indices, Rng, Tensor};
 
@@ -47,7 +47,7 @@ impl Classifier {
     fn new() -> Self {
         Classifier {
             embedding: Embedding::new(VOCAB, 32),
-            lstm: LSTMConfig { batch_first: true, ..LSTMConfig::new(32, 32) }.build().expect("valid config"),
+            lstm: LSTM::new(32, 32).batch_first(true),
             fc: Linear::new(32, 1),
         }
     }

@@ -24,7 +24,7 @@ use kiln::autograd::Var;
 use kiln::data::datasets::{Imdb, ImdbConfig, Split};
 use kiln::data::{DataError, DataLoader, Dataset, VecDataset};
 use kiln::metrics::Accuracy;
-use kiln::nn::{BCEWithLogitsLoss, Dropout, Embedding, EmbeddingConfig, Forward, LSTMConfig, Linear, Module, LSTM};
+use kiln::nn::{BCEWithLogitsLoss, Dropout, Embedding, EmbeddingConfig, Forward, Linear, Module, LSTM};
 use kiln::optim::{Adam, AdamConfig};
 use kiln::train::{Trainer, Verbosity};
 
@@ -114,9 +114,7 @@ impl SentimentLstm {
         SentimentLstm {
             embedding,
             dropout: Dropout::new(0.2),
-            lstm: LSTMConfig { batch_first: true, recurrent_dropout: 0.2, ..LSTMConfig::new(128, 64) }
-                .build()
-                .expect("valid sizes"),
+            lstm: LSTM::new(128, 64).batch_first(true).recurrent_dropout(0.2),
             fc: Linear::new(64, 1),
         }
     }

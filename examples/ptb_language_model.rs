@@ -47,9 +47,8 @@ use kiln::autograd::{no_grad, Var};
 use kiln::data::datasets::{PennTreebank, Split, TokenStreams};
 use kiln::data::DataError;
 use kiln::nn::{
-    causal_mask, Dropout, Embedding, Forward, LSTMConfig, LayerNorm, LearnedPositionalEmbedding,
-    LearnedPositionalEmbeddingConfig, Linear, LinearConfig, Module, TransformerEncoder, TransformerEncoderLayerConfig,
-    LSTM,
+    causal_mask, Dropout, Embedding, Forward, LayerNorm, LearnedPositionalEmbedding, LearnedPositionalEmbeddingConfig,
+    Linear, LinearConfig, Module, TransformerEncoder, TransformerEncoderLayer, LSTM,
 };
 use kiln::optim::{clip_grad_norm_, Adam, AdamConfig, LrGroups, Optimizer, SGDConfig, SGD};
 use kiln::tensor::{Indices, Tensor};
@@ -286,9 +285,7 @@ impl LanguageModel {
     pub fn new(vocab: usize, hidden: usize, cutoff: usize, dropout: f64, init_range: f64) -> Self {
         let model = LanguageModel {
             embedding: Embedding::new(vocab, hidden),
-            lstm: LSTMConfig { num_layers: 2, batch_first: true, dropout, ..LSTMConfig::new(hidden, hidden) }
-                .build()
-                .expect("valid sizes"),
+            lstm: LSTM::new(hidden, hidden).num_layers(2).batch_first(true).dropout(dropout),
             drop: Dropout::new(dropout),
             output: AdaptiveSoftmax::new(hidden, vocab, cutoff),
         };
@@ -353,16 +350,12 @@ pub struct TransformerLm {
 impl TransformerLm {
     /// A model over `vocab` words of size `d_model`, for windows up to `max_len` words.
     pub fn new(vocab: usize, d_model: usize, cutoff: usize, max_len: usize) -> Self {
-        let layer = TransformerEncoderLayerConfig {
-            dim_feedforward: 4 * d_model,
-            dropout: 0.1,
-            activation: kiln::nn::TransformerActivation::Gelu,
-            batch_first: true,
-            norm_first: true,
-            ..TransformerEncoderLayerConfig::new(d_model, 4)
-        }
-        .build()
-        .expect("valid sizes");
+        let layer = TransformerEncoderLayer::new(d_model, 4)
+            .dim_feedforward(4 * d_model)
+            .dropout(0.1)
+            .activation(kiln::nn::TransformerActivation::Gelu)
+            .batch_first(true)
+            .norm_first(true);
         let embedding = Embedding::new(vocab, d_model);
         kiln::nn::init::with_rng(|rng| kiln::nn::init::normal_(&embedding.weight, 0.0, 0.02, rng));
         TransformerLm {

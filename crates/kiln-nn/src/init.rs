@@ -58,6 +58,82 @@ pub fn with_rng<R>(f: impl FnOnce(&mut Rng) -> R) -> R {
         .unwrap_or_else(|f| f(&mut shared().lock().unwrap_or_else(|e| e.into_inner())))
 }
 
+/// Runs `f` with `rng` as this thread's generator: every layer constructor and init function
+/// that `f` runs through [`with_rng`] draws from `rng`, which is left advanced by those draws.
+/// This thread's previous generator (or the shared default) is restored afterwards, unchanged,
+/// also when `f` panics. Calls nest.
+///
+/// This is how a constructor takes an explicit generator: wrap it.
+///
+/// ```
+/// use kiln_nn::{init, Linear};
+/// use kiln_tensor::Rng;
+/// let mut rng = Rng::new(7);
+/// let a: Linear = init::with_generator(&mut rng, || Linear::new(3, 2));
+/// init::manual_seed(7);
+/// let b: Linear = Linear::new(3, 2);
+/// assert_eq!(a.weight.value().to_vec(), b.weight.value().to_vec());
+/// assert_ne!(rng, Rng::new(7)); // advanced by the draws
+/// ```
+pub fn with_generator<R>(rng: &mut Rng, f: impl FnOnce() -> R) -> R {
+    /// Puts the previous generator back and the used one into `rng`, on return or unwind.
+    struct Restore<'a> {
+        rng: &'a mut Rng,
+        previous: Option<Rng>,
+    }
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            let used = LOCAL.with(|l| std::mem::replace(&mut *l.borrow_mut(), self.previous.take()));
+            if let Some(used) = used {
+                *self.rng = used;
+            }
+        }
+    }
+    let previous = LOCAL.with(|l| l.borrow_mut().replace(rng.clone()));
+    let _restore = Restore { rng, previous };
+    f()
+}
+
+/// The init generator's state before and after a layer's constructor drew its parameters.
+///
+/// A layer keeps it (not a parameter) so that a builder setter that changes parameter shapes
+/// (`LSTM::new(8, 16).num_layers(2)`) can draw them again from the same starting state, giving
+/// what the configuration's `build` would have given after the same [`manual_seed`].
+#[derive(Clone, Debug)]
+pub(crate) struct Drawn {
+    before: Rng,
+    after: Rng,
+}
+
+impl Drawn {
+    /// The current state of this thread's generator, before a constructor draws.
+    pub(crate) fn start() -> Self {
+        let now = with_rng(|g| g.clone());
+        Drawn { before: now.clone(), after: now }
+    }
+
+    /// Records the generator's state after the constructor drew.
+    pub(crate) fn finish(&mut self) {
+        self.after = with_rng(|g| g.clone());
+    }
+
+    /// Runs the constructor `f` from the recorded starting state instead, through
+    /// [`with_generator`]. When this thread's generator is still where the first constructor
+    /// left it (nothing drew since, as in a builder chain), it moves on to where `f` leaves the
+    /// generator, so that what is built next draws what it would after `f` alone; otherwise it
+    /// is left alone.
+    pub(crate) fn redo<R>(&self, f: impl FnOnce() -> R) -> R {
+        let mut g = self.before.clone();
+        let r = with_generator(&mut g, f);
+        with_rng(|current| {
+            if *current == self.after {
+                *current = g;
+            }
+        });
+        r
+    }
+}
+
 /// Non-linearities for [`calculate_gain`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Nonlinearity {
@@ -231,6 +307,43 @@ mod tests {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         noise.into_iter().for_each(|h| h.join().unwrap());
         assert!(together.iter().all(|t| *t == alone));
+    }
+
+    #[test]
+    fn with_generator_leaves_the_thread_generator_and_advances_the_given_one() {
+        manual_seed(21);
+        let thread_before = with_rng(|g| g.clone());
+        let mut rng = Rng::new(5);
+        let mut expected = Rng::new(5);
+        let drawn = with_generator(&mut rng, || with_rng(|g| (g.next_u64(), g.next_u64())));
+        assert_eq!(drawn, (expected.next_u64(), expected.next_u64()));
+        assert_eq!(rng, expected);
+        assert_eq!(with_rng(|g| g.clone()), thread_before);
+        // restored on panic too, with the draws made before it written back
+        let mut rng = Rng::new(6);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            with_generator(&mut rng, || {
+                with_rng(|g| g.next_u64());
+                panic!("inside");
+            })
+        }));
+        assert!(caught.is_err());
+        let mut once = Rng::new(6);
+        once.next_u64();
+        assert_eq!(rng, once);
+        assert_eq!(with_rng(|g| g.clone()), thread_before);
+    }
+
+    #[test]
+    fn with_generator_on_a_thread_that_never_seeded_restores_the_shared_default() {
+        std::thread::spawn(|| {
+            let mut rng = Rng::new(3);
+            with_generator(&mut rng, || with_rng(|g| g.next_u64()));
+            assert!(LOCAL.with(|l| l.borrow().is_none()));
+            assert_ne!(rng, Rng::new(3));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

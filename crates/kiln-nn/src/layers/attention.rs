@@ -261,6 +261,26 @@ impl MultiheadAttentionConfig {
     /// [`NnError::Config`] when a size is zero, `embed_dim` is not divisible by `num_heads`,
     /// or `dropout` is outside `[0, 1]`.
     pub fn build<E: Float>(&self) -> Result<MultiheadAttention<E>, NnError> {
+        self.check()?;
+        let e = self.embed_dim;
+        // (before out_proj, whose own build draws too)
+        let drawn = init::Drawn::start();
+        let mut m = MultiheadAttention {
+            config: self.clone(),
+            in_proj_weight: Var::param(Tensor::zeros(&[3 * e, e])),
+            in_proj_bias: self.bias.then(|| Var::param(Tensor::zeros(&[3 * e]))),
+            out_proj: LinearConfig { bias: self.bias, ..LinearConfig::new(e, e) }.build()?,
+            training: true,
+            rng: Mutex::new(init::with_rng(|r| r.fork())),
+            drawn,
+        };
+        m.reset_parameters();
+        m.drawn.finish();
+        Ok(m)
+    }
+
+    /// The checks of [`MultiheadAttentionConfig::build`], also run by the layer's builder setters.
+    fn check(&self) -> Result<(), NnError> {
         for (what, v) in [("embed_dim", self.embed_dim), ("num_heads", self.num_heads)] {
             if v == 0 {
                 return Err(NnError::Config(format!("MultiheadAttention: {what} must be > 0, got 0")));
@@ -278,17 +298,7 @@ impl MultiheadAttentionConfig {
                 self.dropout
             )));
         }
-        let e = self.embed_dim;
-        let m = MultiheadAttention {
-            config: self.clone(),
-            in_proj_weight: Var::param(Tensor::zeros(&[3 * e, e])),
-            in_proj_bias: self.bias.then(|| Var::param(Tensor::zeros(&[3 * e]))),
-            out_proj: LinearConfig { bias: self.bias, ..LinearConfig::new(e, e) }.build()?,
-            training: true,
-            rng: Mutex::new(init::with_rng(|r| r.fork())),
-        };
-        m.reset_parameters();
-        Ok(m)
+        Ok(())
     }
 }
 
@@ -353,6 +363,9 @@ pub struct MultiheadAttention<E: Float = f32> {
     training: bool,
     #[module(skip)]
     rng: Mutex<Rng>,
+    /// Where the parameters were drawn from, for [`bias`](Self::bias), which changes them.
+    #[module(skip)]
+    drawn: init::Drawn,
 }
 
 impl MultiheadAttention<f32> {
@@ -373,6 +386,40 @@ impl<E: Float> MultiheadAttention<E> {
     /// **Panics** as [`MultiheadAttention::new`] does.
     pub fn new_generic(embed_dim: usize, num_heads: usize) -> Self {
         MultiheadAttentionConfig::new(embed_dim, num_heads).build().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Sets the dropout probability on the attention weights, keeping the parameters (a
+    /// builder: `MultiheadAttention::new(64, 8).dropout(0.1).batch_first(true)`).
+    ///
+    /// **Panics** on a combination [`MultiheadAttentionConfig::build`] rejects
+    /// (`MultiheadAttention: dropout must be in [0, 1], got 1.5`).
+    #[must_use]
+    pub fn dropout(mut self, dropout: f64) -> Self {
+        self.config.dropout = dropout;
+        self.config.check().unwrap_or_else(|e| panic!("{e}"));
+        self
+    }
+
+    /// Sets the `[batch, seq, E]` layout of inputs and outputs, keeping the parameters (a
+    /// builder: `MultiheadAttention::new(64, 8).dropout(0.1).batch_first(true)`).
+    #[must_use]
+    pub fn batch_first(mut self, batch_first: bool) -> Self {
+        self.config.batch_first = batch_first;
+        self
+    }
+
+    /// Sets whether the input and output projections have biases (a builder:
+    /// `MultiheadAttention::new(64, 8).bias(false)`).
+    ///
+    /// The parameters change, so all of them are drawn again, from the init generator's state
+    /// when the layer was first built: the result equals [`MultiheadAttentionConfig::build`]
+    /// with the same options after the same [`init::manual_seed`]. The mode is kept.
+    #[must_use]
+    pub fn bias(self, bias: bool) -> Self {
+        let config = MultiheadAttentionConfig { bias, ..self.config.clone() };
+        let mut m = self.drawn.redo(|| config.build()).unwrap_or_else(|e| panic!("{e}"));
+        m.training = self.training;
+        m
     }
 
     /// Re-draws the parameters with PyTorch's init (`_reset_parameters`): Glorot uniform on
@@ -587,6 +634,36 @@ pub(crate) mod tests {
     }
 
     // ------------------------------------------------------------------ sdpa
+
+    #[test]
+    fn builder_setters_equal_the_config_build() {
+        init::manual_seed(41);
+        let a = MultiheadAttention::<f64>::new_generic(8, 2).dropout(0.3).batch_first(true).bias(false);
+        let next_a = init::with_rng(|g| g.next_u64());
+        init::manual_seed(41);
+        let b: MultiheadAttention<f64> = MultiheadAttentionConfig {
+            dropout: 0.3,
+            batch_first: true,
+            bias: false,
+            ..MultiheadAttentionConfig::new(8, 2)
+        }
+        .build()
+        .unwrap();
+        let next_b = init::with_rng(|g| g.next_u64());
+        assert_eq!(a.config, b.config);
+        assert_eq!(a.state_dict(), b.state_dict());
+        assert_eq!(next_a, next_b);
+        // the same dropout generator: the same masks
+        let x = Var::constant(rand(&[2, 3, 8], 1));
+        let run = |m: &MultiheadAttention<f64>| m.forward(&x, &x, &x, None, false, None, true).0.value();
+        assert_eq!(run(&a), run(&b));
+    }
+
+    #[test]
+    #[should_panic(expected = "MultiheadAttention: dropout must be in [0, 1], got 1.5")]
+    fn setter_panics_with_the_config_message() {
+        let _ = MultiheadAttention::new(8, 2).dropout(1.5);
+    }
 
     #[test]
     fn sdpa_masks_agree() {
@@ -827,6 +904,7 @@ pub(crate) mod tests {
             },
             training: true,
             rng: Mutex::new(Rng::new(0)),
+            drawn: m.drawn.clone(),
         }
     }
 

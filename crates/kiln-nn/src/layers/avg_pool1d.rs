@@ -87,6 +87,49 @@ impl AvgPool1d {
     pub fn new(kernel_size: usize) -> Self {
         AvgPool1dConfig::new(kernel_size).build().unwrap_or_else(|e| panic!("{e}"))
     }
+
+    /// Sets the step between windows (a builder:
+    /// `AvgPool1d::new(3).stride(2).padding(1)`).
+    ///
+    /// **Panics** on a combination [`AvgPool1dConfig::build`] rejects.
+    #[must_use]
+    pub fn stride(self, stride: usize) -> Self {
+        self.with_config(|c| c.stride = Some(stride))
+    }
+
+    /// Sets the implicit zero padding on both ends (a builder:
+    /// `AvgPool1d::new(3).stride(2).padding(1)`).
+    ///
+    /// **Panics** on a combination [`AvgPool1dConfig::build`] rejects.
+    #[must_use]
+    pub fn padding(self, padding: usize) -> Self {
+        self.with_config(|c| c.padding = padding)
+    }
+
+    /// Sets ceiling (`true`) or floor (`false`) in the output length (a builder:
+    /// `AvgPool1d::new(3).stride(2).padding(1)`).
+    ///
+    /// **Panics** on a combination [`AvgPool1dConfig::build`] rejects.
+    #[must_use]
+    pub fn ceil_mode(self, ceil_mode: bool) -> Self {
+        self.with_config(|c| c.ceil_mode = ceil_mode)
+    }
+
+    /// Sets whether the zero padding counts in each window's divisor (a builder:
+    /// `AvgPool1d::new(3).stride(2).padding(1)`).
+    ///
+    /// **Panics** on a combination [`AvgPool1dConfig::build`] rejects.
+    #[must_use]
+    pub fn count_include_pad(self, count_include_pad: bool) -> Self {
+        self.with_config(|c| c.count_include_pad = count_include_pad)
+    }
+
+    /// The layer with its configuration changed by `f`, checked as [`AvgPool1dConfig::build`] checks it.
+    fn with_config(self, f: impl FnOnce(&mut AvgPool1dConfig)) -> Self {
+        let mut config = self.config;
+        f(&mut config);
+        config.build().unwrap_or_else(|e| panic!("{e}"))
+    }
 }
 
 impl<E: Float> Forward<E> for AvgPool1d {
@@ -150,6 +193,25 @@ mod tests {
 
     fn t(shape: &[usize], seed: u64) -> Tensor<f64> {
         Tensor::uniform(shape, -1.0, 1.0, &mut Rng::new(seed))
+    }
+
+    #[test]
+    fn builder_setters_match_the_config() {
+        let built = AvgPool1d::new(3).stride(2).padding(1).ceil_mode(true).count_include_pad(false);
+        let cfg = AvgPool1dConfig {
+            stride: Some(2),
+            padding: 1,
+            ceil_mode: true,
+            count_include_pad: false,
+            ..AvgPool1dConfig::new(3)
+        };
+        assert_eq!(built.config, cfg.build().unwrap().config);
+    }
+
+    #[test]
+    #[should_panic(expected = "AvgPool1d: stride must be > 0, got 0")]
+    fn builder_setter_panics_with_the_config_message() {
+        let _ = AvgPool1d::new(2).padding(1).stride(0);
     }
 
     #[test]

@@ -98,6 +98,49 @@ impl AvgPool2d {
     pub fn new(kernel_size: usize) -> Self {
         AvgPool2dConfig::new(kernel_size).build().unwrap_or_else(|e| panic!("{e}"))
     }
+
+    /// Sets the step between windows on both axes (a builder:
+    /// `AvgPool2d::new(3).stride(2).padding(1)`).
+    ///
+    /// **Panics** on a combination [`AvgPool2dConfig::build`] rejects.
+    #[must_use]
+    pub fn stride(self, stride: usize) -> Self {
+        self.with_config(|c| c.stride = Some([stride, stride]))
+    }
+
+    /// Sets the implicit zero padding on both sides of both axes (a builder:
+    /// `AvgPool2d::new(3).stride(2).padding(1)`).
+    ///
+    /// **Panics** on a combination [`AvgPool2dConfig::build`] rejects.
+    #[must_use]
+    pub fn padding(self, padding: usize) -> Self {
+        self.with_config(|c| c.padding = [padding, padding])
+    }
+
+    /// Sets ceiling (`true`) or floor (`false`) in the output size (a builder:
+    /// `AvgPool2d::new(3).stride(2).padding(1)`).
+    ///
+    /// **Panics** on a combination [`AvgPool2dConfig::build`] rejects.
+    #[must_use]
+    pub fn ceil_mode(self, ceil_mode: bool) -> Self {
+        self.with_config(|c| c.ceil_mode = ceil_mode)
+    }
+
+    /// Sets whether the zero padding counts in each window's divisor (a builder:
+    /// `AvgPool2d::new(3).stride(2).padding(1)`).
+    ///
+    /// **Panics** on a combination [`AvgPool2dConfig::build`] rejects.
+    #[must_use]
+    pub fn count_include_pad(self, count_include_pad: bool) -> Self {
+        self.with_config(|c| c.count_include_pad = count_include_pad)
+    }
+
+    /// The layer with its configuration changed by `f`, checked as [`AvgPool2dConfig::build`] checks it.
+    fn with_config(self, f: impl FnOnce(&mut AvgPool2dConfig)) -> Self {
+        let mut config = self.config;
+        f(&mut config);
+        config.build().unwrap_or_else(|e| panic!("{e}"))
+    }
 }
 
 impl<E: Float> Forward<E> for AvgPool2d {
@@ -175,6 +218,25 @@ mod tests {
 
     fn t(shape: &[usize], seed: u64) -> Tensor<f64> {
         Tensor::uniform(shape, -1.0, 1.0, &mut Rng::new(seed))
+    }
+
+    #[test]
+    fn builder_setters_match_the_config() {
+        let built = AvgPool2d::new(3).stride(2).padding(1).ceil_mode(true).count_include_pad(false);
+        let cfg = AvgPool2dConfig {
+            stride: Some([2, 2]),
+            padding: [1, 1],
+            ceil_mode: true,
+            count_include_pad: false,
+            ..AvgPool2dConfig::new(3)
+        };
+        assert_eq!(built.config, cfg.build().unwrap().config);
+    }
+
+    #[test]
+    #[should_panic(expected = "AvgPool2d: padding must be at most half of kernel_size")]
+    fn builder_setter_panics_with_the_config_message() {
+        let _ = AvgPool2d::new(2).padding(2);
     }
 
     #[test]

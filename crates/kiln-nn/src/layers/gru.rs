@@ -3,7 +3,7 @@
 use kiln_tensor::Float;
 
 use super::recurrence::CellKind;
-use super::recurrent::{HiddenStateOnly, Recurrent, RecurrentConfig, Spec};
+use super::recurrent::{HiddenStateOnly, Options, Recurrent, RecurrentConfig, Spec};
 use crate::error::NnError;
 
 /// Configuration of a [`GRU`] (PyTorch's defaults: one layer, with biases, time-major,
@@ -74,6 +74,15 @@ impl RecurrentConfig for GRUConfig {
             fused: false,
         }
     }
+    fn options_mut(&mut self) -> Options<'_> {
+        Options {
+            num_layers: &mut self.num_layers,
+            bias: &mut self.bias,
+            batch_first: &mut self.batch_first,
+            dropout: &mut self.dropout,
+            bidirectional: &mut self.bidirectional,
+        }
+    }
 }
 
 impl HiddenStateOnly for GRUConfig {}
@@ -134,6 +143,18 @@ impl HiddenStateOnly for GRUConfig {}
 /// ```
 pub type GRU<E = f32> = Recurrent<GRUConfig, E>;
 
+impl<E: Float> GRU<E> {
+    /// Sets Keras' `recurrent_dropout` (see [`GRUConfig::recurrent_dropout`]), keeping the
+    /// parameters (a builder: `GRU::new(8, 16).batch_first(true).recurrent_dropout(0.2)`).
+    ///
+    /// **Panics** on a combination [`GRUConfig::build`] rejects
+    /// (`GRU: recurrent_dropout must be in [0, 1], got 1.5`).
+    #[must_use]
+    pub fn recurrent_dropout(self, recurrent_dropout: f64) -> Self {
+        self.with_config(|c| c.recurrent_dropout = recurrent_dropout)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +175,34 @@ mod tests {
 
     fn rand(shape: &[usize], seed: u64) -> Tensor<f64> {
         Tensor::uniform(shape, -1.0, 1.0, &mut Rng::new(seed))
+    }
+
+    #[test]
+    fn builder_setters_equal_the_config_build() {
+        crate::init::manual_seed(33);
+        let a = GRU::<f64>::new_generic(3, 4).bias(false).num_layers(2).dropout(0.5).bidirectional(true);
+        let a = a.batch_first(true).recurrent_dropout(0.25);
+        crate::init::manual_seed(33);
+        let b: GRU<f64> = GRUConfig {
+            num_layers: 2,
+            bidirectional: true,
+            batch_first: true,
+            dropout: 0.5,
+            bias: false,
+            recurrent_dropout: 0.25,
+            ..GRUConfig::new(3, 4)
+        }
+        .build()
+        .unwrap();
+        assert_eq!(a.config, b.config);
+        assert_eq!(crate::Module::state_dict(&a), crate::Module::state_dict(&b));
+        assert_eq!(*a.rng.lock().unwrap(), *b.rng.lock().unwrap());
+    }
+
+    #[test]
+    #[should_panic(expected = "GRU: dropout must be in [0, 1], got -0.5")]
+    fn setter_panics_with_the_config_message() {
+        let _ = GRU::new(3, 4).dropout(-0.5);
     }
 
     #[test]

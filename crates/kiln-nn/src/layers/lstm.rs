@@ -4,7 +4,7 @@ use kiln_autograd::Var;
 use kiln_tensor::Float;
 
 use super::recurrence::CellKind;
-use super::recurrent::{Recurrent, RecurrentConfig, Spec};
+use super::recurrent::{Options, Recurrent, RecurrentConfig, Spec};
 use crate::error::NnError;
 
 /// Configuration of an [`LSTM`] (PyTorch's defaults: one layer, with biases, time-major,
@@ -83,6 +83,15 @@ impl RecurrentConfig for LSTMConfig {
             fused: self.fused,
         }
     }
+    fn options_mut(&mut self) -> Options<'_> {
+        Options {
+            num_layers: &mut self.num_layers,
+            bias: &mut self.bias,
+            batch_first: &mut self.batch_first,
+            dropout: &mut self.dropout,
+            bidirectional: &mut self.bidirectional,
+        }
+    }
 }
 
 /// A multi-layer LSTM, like `torch.nn.LSTM`. For each layer and step:
@@ -153,6 +162,16 @@ impl RecurrentConfig for LSTMConfig {
 pub type LSTM<E = f32> = Recurrent<LSTMConfig, E>;
 
 impl<E: Float> LSTM<E> {
+    /// Sets Keras' `recurrent_dropout` (see [`LSTMConfig::recurrent_dropout`]), keeping the
+    /// parameters (a builder: `LSTM::new(8, 16).batch_first(true).recurrent_dropout(0.2)`).
+    ///
+    /// **Panics** on a combination [`LSTMConfig::build`] rejects
+    /// (`LSTM: recurrent_dropout must be in [0, 1], got 1.5`).
+    #[must_use]
+    pub fn recurrent_dropout(self, recurrent_dropout: f64) -> Self {
+        self.with_config(|c| c.recurrent_dropout = recurrent_dropout)
+    }
+
     /// Runs the whole sequence from zero states: `(output, (h_n, c_n))`, like `lstm(x)`.
     ///
     /// **Panics** if `x` is not `[seq_len, batch, input_size]` (or its batch-first or unbatched
@@ -217,6 +236,66 @@ mod tests {
 
     fn rand(shape: &[usize], seed: u64) -> Tensor<f64> {
         Tensor::uniform(shape, -1.0, 1.0, &mut Rng::new(seed))
+    }
+
+    #[test]
+    fn builder_setters_equal_the_config_build() {
+        crate::init::manual_seed(31);
+        let mut a = LSTM::<f64>::new_generic(3, 4);
+        a.eval();
+        let a = a.num_layers(2).bidirectional(true).batch_first(true).dropout(0.25).bias(false).recurrent_dropout(0.1);
+        let next_a = crate::init::with_rng(|g| g.next_u64());
+        crate::init::manual_seed(31);
+        let b: LSTM<f64> = LSTMConfig {
+            num_layers: 2,
+            bidirectional: true,
+            batch_first: true,
+            dropout: 0.25,
+            bias: false,
+            recurrent_dropout: 0.1,
+            ..LSTMConfig::new(3, 4)
+        }
+        .build()
+        .unwrap();
+        let next_b = crate::init::with_rng(|g| g.next_u64());
+        assert_eq!(a.config, b.config);
+        assert_eq!(a.to_string(), b.to_string());
+        assert_eq!(a.state_dict(), b.state_dict());
+        assert_eq!(*a.rng.lock().unwrap(), *b.rng.lock().unwrap());
+        assert_eq!(next_a, next_b, "what is built next draws the same");
+        assert!(!a.is_training(), "the mode is kept");
+        let mut b = b;
+        b.eval();
+        let x = Var::constant(rand(&[2, 3, 3], 1));
+        assert_eq!(a.forward(&x).0.value(), b.forward(&x).0.value());
+    }
+
+    #[test]
+    fn rebuilding_setter_leaves_later_draws_alone() {
+        // something drew between the constructor and the setter: the setter still gives the
+        // seeded build, and does not move this thread's generator back
+        crate::init::manual_seed(32);
+        let a = LSTM::<f64>::new_generic(3, 4);
+        let linear: crate::Linear = crate::Linear::new(2, 2);
+        let state = crate::init::with_rng(|g| g.clone());
+        let a = a.num_layers(2);
+        assert_eq!(crate::init::with_rng(|g| g.clone()), state);
+        crate::init::manual_seed(32);
+        let b: LSTM<f64> = LSTMConfig { num_layers: 2, ..LSTMConfig::new(3, 4) }.build().unwrap();
+        assert_eq!(a.state_dict(), b.state_dict());
+        assert_eq!(linear.weight.value().shape(), &[2, 2]);
+    }
+
+    #[test]
+    #[should_panic(expected = "LSTM: num_layers must be > 0, got 0")]
+    fn rebuilding_setter_panics_with_the_config_message() {
+        let _ = LSTM::new(3, 4).num_layers(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "LSTM: dropout must be in [0, 1], got 1.5")]
+    fn setter_panics_with_the_config_message() {
+        let _ = LSTM::new(3, 4).num_layers(2).dropout(1.5);
     }
 
     #[test]

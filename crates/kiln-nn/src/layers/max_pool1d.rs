@@ -83,6 +83,49 @@ impl MaxPool1d {
     pub fn new(kernel_size: usize) -> Self {
         MaxPool1dConfig::new(kernel_size).build().unwrap_or_else(|e| panic!("{e}"))
     }
+
+    /// Sets the step between windows (a builder:
+    /// `MaxPool1d::new(3).stride(2).padding(1)`).
+    ///
+    /// **Panics** on a combination [`MaxPool1dConfig::build`] rejects.
+    #[must_use]
+    pub fn stride(self, stride: usize) -> Self {
+        self.with_config(|c| c.stride = Some(stride))
+    }
+
+    /// Sets the implicit `-inf` padding on both ends (a builder:
+    /// `MaxPool1d::new(3).stride(2).padding(1)`).
+    ///
+    /// **Panics** on a combination [`MaxPool1dConfig::build`] rejects.
+    #[must_use]
+    pub fn padding(self, padding: usize) -> Self {
+        self.with_config(|c| c.padding = padding)
+    }
+
+    /// Sets the spacing between window taps (a builder:
+    /// `MaxPool1d::new(3).stride(2).padding(1)`).
+    ///
+    /// **Panics** on a combination [`MaxPool1dConfig::build`] rejects.
+    #[must_use]
+    pub fn dilation(self, dilation: usize) -> Self {
+        self.with_config(|c| c.dilation = dilation)
+    }
+
+    /// Sets ceiling (`true`) or floor (`false`) in the output length (a builder:
+    /// `MaxPool1d::new(3).stride(2).padding(1)`).
+    ///
+    /// **Panics** on a combination [`MaxPool1dConfig::build`] rejects.
+    #[must_use]
+    pub fn ceil_mode(self, ceil_mode: bool) -> Self {
+        self.with_config(|c| c.ceil_mode = ceil_mode)
+    }
+
+    /// The layer with its configuration changed by `f`, checked as [`MaxPool1dConfig::build`] checks it.
+    fn with_config(self, f: impl FnOnce(&mut MaxPool1dConfig)) -> Self {
+        let mut config = self.config;
+        f(&mut config);
+        config.build().unwrap_or_else(|e| panic!("{e}"))
+    }
 }
 
 impl<E: Float> Forward<E> for MaxPool1d {
@@ -147,6 +190,21 @@ mod tests {
 
     fn t(shape: &[usize], seed: u64) -> Tensor<f64> {
         Tensor::uniform(shape, -1.0, 1.0, &mut Rng::new(seed))
+    }
+
+    #[test]
+    fn builder_setters_match_the_config() {
+        let built = MaxPool1d::new(3).stride(2).padding(1).dilation(2).ceil_mode(true);
+        let cfg =
+            MaxPool1dConfig { stride: Some(2), padding: 1, dilation: 2, ceil_mode: true, ..MaxPool1dConfig::new(3) };
+        assert_eq!(built.config, cfg.build().unwrap().config);
+        assert_eq!(built.to_string(), cfg.build().unwrap().to_string());
+    }
+
+    #[test]
+    #[should_panic(expected = "MaxPool1d: stride must be > 0, got 0")]
+    fn builder_setter_panics_with_the_config_message() {
+        let _ = MaxPool1d::new(3).stride(0);
     }
 
     #[test]

@@ -92,6 +92,49 @@ impl MaxPool2d {
     pub fn new(kernel_size: usize) -> Self {
         MaxPool2dConfig::new(kernel_size).build().unwrap_or_else(|e| panic!("{e}"))
     }
+
+    /// Sets the step between windows on both axes (a builder:
+    /// `MaxPool2d::new(3).stride(2).padding(1)`).
+    ///
+    /// **Panics** on a combination [`MaxPool2dConfig::build`] rejects.
+    #[must_use]
+    pub fn stride(self, stride: usize) -> Self {
+        self.with_config(|c| c.stride = Some([stride, stride]))
+    }
+
+    /// Sets the implicit `-inf` padding on both sides of both axes (a builder:
+    /// `MaxPool2d::new(3).stride(2).padding(1)`).
+    ///
+    /// **Panics** on a combination [`MaxPool2dConfig::build`] rejects.
+    #[must_use]
+    pub fn padding(self, padding: usize) -> Self {
+        self.with_config(|c| c.padding = [padding, padding])
+    }
+
+    /// Sets the spacing between window taps on both axes (a builder:
+    /// `MaxPool2d::new(3).stride(2).padding(1)`).
+    ///
+    /// **Panics** on a combination [`MaxPool2dConfig::build`] rejects.
+    #[must_use]
+    pub fn dilation(self, dilation: usize) -> Self {
+        self.with_config(|c| c.dilation = [dilation, dilation])
+    }
+
+    /// Sets ceiling (`true`) or floor (`false`) in the output size (a builder:
+    /// `MaxPool2d::new(3).stride(2).padding(1)`).
+    ///
+    /// **Panics** on a combination [`MaxPool2dConfig::build`] rejects.
+    #[must_use]
+    pub fn ceil_mode(self, ceil_mode: bool) -> Self {
+        self.with_config(|c| c.ceil_mode = ceil_mode)
+    }
+
+    /// The layer with its configuration changed by `f`, checked as [`MaxPool2dConfig::build`] checks it.
+    fn with_config(self, f: impl FnOnce(&mut MaxPool2dConfig)) -> Self {
+        let mut config = self.config;
+        f(&mut config);
+        config.build().unwrap_or_else(|e| panic!("{e}"))
+    }
 }
 
 impl<E: Float> Forward<E> for MaxPool2d {
@@ -161,6 +204,28 @@ mod tests {
 
     fn shape_of(l: &MaxPool2d, input: &[usize]) -> Vec<usize> {
         Forward::<f64>::forward(l, &Var::constant(Tensor::zeros(input))).shape().to_vec()
+    }
+
+    #[test]
+    fn builder_setters_match_the_config() {
+        let built = MaxPool2d::new(3).stride(2).padding(1).dilation(2).ceil_mode(true);
+        let cfg = MaxPool2dConfig {
+            stride: Some([2, 2]),
+            padding: [1, 1],
+            dilation: [2, 2],
+            ceil_mode: true,
+            ..MaxPool2dConfig::new(3)
+        };
+        assert_eq!(built.config, cfg.build().unwrap().config);
+        assert_eq!(shape_of(&built, &[1, 1, 8, 7]), shape_of(&cfg.build().unwrap(), &[1, 1, 8, 7]));
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "MaxPool2d: padding must be at most half of kernel_size, got padding=[2, 2], kernel_size=[3, 3]"
+    )]
+    fn builder_setter_panics_with_the_config_message() {
+        let _ = MaxPool2d::new(3).padding(2);
     }
 
     #[test]

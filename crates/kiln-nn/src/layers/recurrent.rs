@@ -40,6 +40,25 @@ pub trait RecurrentConfig: Clone + fmt::Debug + Send + Sync + 'static {
     /// The recurrence, sizes and options, in the driver's terms.
     #[doc(hidden)]
     fn spec(&self) -> Spec;
+
+    /// The options every recurrent configuration has, for [`Recurrent`]'s builder setters.
+    #[doc(hidden)]
+    fn options_mut(&mut self) -> Options<'_>;
+}
+
+/// The options of a [`RecurrentConfig`] that [`Recurrent`]'s builder setters change.
+#[doc(hidden)]
+pub struct Options<'a> {
+    /// Stacked layers.
+    pub num_layers: &'a mut usize,
+    /// Whether the layers have biases.
+    pub bias: &'a mut bool,
+    /// `[batch, seq_len, features]` input and output.
+    pub batch_first: &'a mut bool,
+    /// Dropout between layers.
+    pub dropout: &'a mut f64,
+    /// Both directions.
+    pub bidirectional: &'a mut bool,
 }
 
 /// A multi-layer, possibly bidirectional recurrence over a sequence, generic over its
@@ -59,6 +78,8 @@ pub struct Recurrent<C: RecurrentConfig, E: Float = f32> {
     training: bool,
     /// The layer's own generator for dropout masks, forked from the init generator at build.
     pub(crate) rng: Mutex<Rng>,
+    /// Where the parameters were drawn from, for the setters that change their shapes.
+    drawn: init::Drawn,
 }
 
 impl<C: RecurrentConfig, E: Float> Recurrent<C, E> {
@@ -71,16 +92,101 @@ impl<C: RecurrentConfig, E: Float> Recurrent<C, E> {
     pub fn from_config(config: &C) -> Result<Self, NnError> {
         let spec = config.spec();
         spec.check()?;
-        let r = Recurrent {
+        let mut r = Recurrent {
             config: config.clone(),
             all_weights: spec.zero_weights(),
             spec,
             training: true,
             rng: Mutex::new(Rng::new(0)),
+            drawn: init::Drawn::start(),
         };
         r.reset_parameters();
         // forked after the weights are drawn, as before the stacks were one type
-        Ok(Recurrent { rng: Mutex::new(init::with_rng(|g| g.fork())), ..r })
+        r.rng = Mutex::new(init::with_rng(|g| g.fork()));
+        r.drawn.finish();
+        Ok(r)
+    }
+
+    /// Sets the number of stacked layers (a builder: `LSTM::new(8, 16).num_layers(2)`).
+    ///
+    /// The parameters change shape, so all of them are drawn again, from the init generator's
+    /// state when the layer was first built: the result equals the configuration's `build`
+    /// with the same options after the same [`init::manual_seed`].
+    ///
+    /// **Panics** on a combination the configuration's `build` rejects
+    /// (`LSTM: num_layers must be > 0, got 0`).
+    #[must_use]
+    pub fn num_layers(self, num_layers: usize) -> Self {
+        self.rebuilt(|o| *o.num_layers = num_layers)
+    }
+
+    /// Sets whether each layer also runs backwards over the sequence (a builder:
+    /// `LSTM::new(8, 16).bidirectional(true)`).
+    ///
+    /// The parameters change shape, so all of them are drawn again, as
+    /// [`num_layers`](Self::num_layers) describes.
+    ///
+    /// **Panics** on a combination the configuration's `build` rejects.
+    #[must_use]
+    pub fn bidirectional(self, bidirectional: bool) -> Self {
+        self.rebuilt(|o| *o.bidirectional = bidirectional)
+    }
+
+    /// Sets whether the layers have `bias_ih` and `bias_hh` (a builder:
+    /// `GRU::new(8, 16).bias(false)`).
+    ///
+    /// The parameters change, so all of them are drawn again, as
+    /// [`num_layers`](Self::num_layers) describes.
+    ///
+    /// **Panics** on a combination the configuration's `build` rejects.
+    #[must_use]
+    pub fn bias(self, bias: bool) -> Self {
+        self.rebuilt(|o| *o.bias = bias)
+    }
+
+    /// Sets the `[batch, seq_len, features]` layout of the input and output, keeping the
+    /// parameters (a builder: `LSTM::new(8, 16).batch_first(true)`).
+    ///
+    /// **Panics** on a combination the configuration's `build` rejects.
+    #[must_use]
+    pub fn batch_first(self, batch_first: bool) -> Self {
+        self.with_options(|o| *o.batch_first = batch_first)
+    }
+
+    /// Sets the dropout probability on the output of every layer but the last, keeping the
+    /// parameters (a builder: `LSTM::new(8, 16).num_layers(2).dropout(0.2)`).
+    ///
+    /// **Panics** on a combination the configuration's `build` rejects
+    /// (`LSTM: dropout must be in [0, 1], got 1.5`).
+    #[must_use]
+    pub fn dropout(self, dropout: f64) -> Self {
+        self.with_options(|o| *o.dropout = dropout)
+    }
+
+    /// The layer with options changed by `f` and its parameters kept, checked as `build`
+    /// checks them.
+    fn with_options(self, f: impl FnOnce(Options<'_>)) -> Self {
+        self.with_config(|c| f(c.options_mut()))
+    }
+
+    /// The layer with its configuration changed by `f` (not in parameter shapes) and its
+    /// parameters kept, checked as `build` checks it.
+    pub(super) fn with_config(mut self, f: impl FnOnce(&mut C)) -> Self {
+        f(&mut self.config);
+        self.spec = self.config.spec();
+        self.spec.check().unwrap_or_else(|e| panic!("{e}"));
+        self
+    }
+
+    /// The layer built again with options changed by `f` (which change parameter shapes),
+    /// from the init generator's state when this one was built; in the same mode.
+    fn rebuilt(self, f: impl FnOnce(Options<'_>)) -> Self {
+        let mut config = self.config.clone();
+        f(config.options_mut());
+        config.spec().check().unwrap_or_else(|e| panic!("{e}"));
+        let mut r = self.drawn.redo(|| Self::from_config(&config)).unwrap_or_else(|e| panic!("{e}"));
+        r.training = self.training;
+        r
     }
 
     /// Re-draws every weight and bias from U(-1/√hidden_size, 1/√hidden_size), as PyTorch.
@@ -114,8 +220,9 @@ impl<C: RecurrentConfig, E: Float> Recurrent<C, E> {
 
 impl<C: RecurrentConfig> Recurrent<C, f32> {
     /// A one-layer stack with PyTorch's defaults, in `f32` (`LSTM::new(input_size,
-    /// hidden_size)`); other element types through `new_generic`, options through the
-    /// configuration (`LSTMConfig { .. }.build::<f64>()`).
+    /// hidden_size)`); other element types through `new_generic`, options through the builder
+    /// setters (`LSTM::new(8, 16).num_layers(2).batch_first(true)`) or the configuration
+    /// (`LSTMConfig { .. }.build::<f64>()`).
     ///
     /// **Panics** if a size is zero (use the configuration's `build` for a `Result`).
     pub fn new(input_size: usize, hidden_size: usize) -> Self {

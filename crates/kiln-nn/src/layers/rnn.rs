@@ -5,7 +5,7 @@ use std::fmt;
 use kiln_tensor::Float;
 
 use super::recurrence::CellKind;
-use super::recurrent::{HiddenStateOnly, Recurrent, RecurrentConfig, Spec};
+use super::recurrent::{HiddenStateOnly, Options, Recurrent, RecurrentConfig, Spec};
 use crate::error::NnError;
 
 /// The non-linearity of an [`RNN`] or [`RNNCell`](crate::RNNCell) (PyTorch's `nonlinearity`
@@ -103,6 +103,15 @@ impl RecurrentConfig for RNNConfig {
             fused: false,
         }
     }
+    fn options_mut(&mut self) -> Options<'_> {
+        Options {
+            num_layers: &mut self.num_layers,
+            bias: &mut self.bias,
+            batch_first: &mut self.batch_first,
+            dropout: &mut self.dropout,
+            bidirectional: &mut self.bidirectional,
+        }
+    }
 }
 
 impl HiddenStateOnly for RNNConfig {}
@@ -177,6 +186,25 @@ mod tests {
 
     fn rand(shape: &[usize], seed: u64) -> Tensor<f64> {
         Tensor::uniform(shape, -1.0, 1.0, &mut Rng::new(seed))
+    }
+
+    #[test]
+    fn builder_setters_equal_the_config_build() {
+        crate::init::manual_seed(34);
+        let a = RNN::<f64>::new_generic(3, 4).num_layers(3).batch_first(true).bidirectional(true).bias(false);
+        crate::init::manual_seed(34);
+        let b: RNN<f64> =
+            RNNConfig { num_layers: 3, bidirectional: true, batch_first: true, bias: false, ..RNNConfig::new(3, 4) }
+                .build()
+                .unwrap();
+        assert_eq!(a.config, b.config);
+        assert_eq!(crate::Module::state_dict(&a), crate::Module::state_dict(&b));
+    }
+
+    #[test]
+    #[should_panic(expected = "RNN: num_layers must be > 0, got 0")]
+    fn setter_panics_with_the_config_message() {
+        let _ = RNN::new(3, 4).num_layers(0);
     }
 
     #[test]

@@ -8,7 +8,9 @@ use kiln_autograd::Var;
 use kiln_tensor::Float;
 
 use super::transformer::{check_layer, write_hyper, Parts, TransformerActivation};
+use super::transformer_encoder_layer::set_attention_options;
 use crate::error::NnError;
+use crate::init;
 use crate::layers::attention::AttnMask;
 use crate::layers::dropout::Dropout;
 use crate::layers::norm::LayerNorm;
@@ -78,7 +80,8 @@ impl TransformerDecoderLayerConfig {
             batch_first: self.batch_first,
             bias: self.bias,
         };
-        Ok(TransformerDecoderLayer {
+        let drawn = init::Drawn::start();
+        let mut layer = TransformerDecoderLayer {
             config: self.clone(),
             self_attn: LoraMultiheadAttention::new(p.attention()?),
             multihead_attn: LoraMultiheadAttention::new(p.attention()?),
@@ -91,7 +94,10 @@ impl TransformerDecoderLayerConfig {
             dropout1: p.dropout()?,
             dropout2: p.dropout()?,
             dropout3: p.dropout()?,
-        })
+            drawn,
+        };
+        layer.drawn.finish();
+        Ok(layer)
     }
 }
 
@@ -170,6 +176,10 @@ pub struct TransformerDecoderLayer<E: Float = f32> {
     pub dropout2: Dropout,
     /// Dropout on the feed-forward branch.
     pub dropout3: Dropout,
+    /// Where the parameters were drawn from, for [`dim_feedforward`](Self::dim_feedforward),
+    /// which changes their shapes.
+    #[module(skip)]
+    drawn: init::Drawn,
 }
 
 impl TransformerDecoderLayer<f32> {
@@ -190,6 +200,78 @@ impl<E: Float> TransformerDecoderLayer<E> {
     /// **Panics** as [`TransformerDecoderLayer::new`] does.
     pub fn new_generic(d_model: usize, nhead: usize) -> Self {
         TransformerDecoderLayerConfig::new(d_model, nhead).build().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Sets the width of the feed-forward block (a builder:
+    /// `TransformerDecoderLayer::new(512, 8).dim_feedforward(1024)`).
+    ///
+    /// The parameters change shape, so the layer is built again (without LoRA adapters) and
+    /// every parameter is drawn again, from the init generator's state when the layer was first
+    /// built: the result equals [`TransformerDecoderLayerConfig::build`] with the same options after the
+    /// same [`init::manual_seed`]. The mode is kept.
+    ///
+    /// **Panics** on a combination [`TransformerDecoderLayerConfig::build`] rejects
+    /// (`TransformerDecoderLayer: dim_feedforward must be > 0, got 0`).
+    #[must_use]
+    pub fn dim_feedforward(self, dim_feedforward: usize) -> Self {
+        let config = TransformerDecoderLayerConfig { dim_feedforward, ..self.config.clone() };
+        Self::check(&config);
+        let mut layer = self.drawn.redo(|| config.build::<E>()).unwrap_or_else(|e| panic!("{e}"));
+        layer.set_training(self.is_training());
+        layer
+    }
+
+    /// Sets the dropout probability of every dropout in the layer and of the attention
+    /// weights, keeping the parameters (a builder: `TransformerDecoderLayer::new(512, 8).dropout(0.2)`).
+    ///
+    /// **Panics** on a combination [`TransformerDecoderLayerConfig::build`] rejects
+    /// (`TransformerDecoderLayer: dropout must be in [0, 1], got 1.5`), or once LoRA adapters are
+    /// attached to the attention (set options first).
+    #[must_use]
+    pub fn dropout(mut self, dropout: f64) -> Self {
+        self.config.dropout = dropout;
+        Self::check(&self.config);
+        self.dropout.p = dropout;
+        self.dropout1.p = dropout;
+        self.dropout2.p = dropout;
+        self.dropout3.p = dropout;
+        set_attention_options("TransformerDecoderLayer", &mut self.self_attn, dropout, self.config.batch_first);
+        set_attention_options("TransformerDecoderLayer", &mut self.multihead_attn, dropout, self.config.batch_first);
+        self
+    }
+
+    /// Sets the `[N, T, E]` layout of inputs and outputs, keeping the parameters (a builder:
+    /// `TransformerDecoderLayer::new(512, 8).batch_first(true)`).
+    ///
+    /// **Panics** once LoRA adapters are attached to the attention (set options first).
+    #[must_use]
+    pub fn batch_first(mut self, batch_first: bool) -> Self {
+        self.config.batch_first = batch_first;
+        set_attention_options("TransformerDecoderLayer", &mut self.self_attn, self.config.dropout, batch_first);
+        set_attention_options("TransformerDecoderLayer", &mut self.multihead_attn, self.config.dropout, batch_first);
+        self
+    }
+
+    /// Sets pre-norm (`true`) or post-norm (`false`) residual blocks, keeping the parameters
+    /// (a builder: `TransformerDecoderLayer::new(512, 8).norm_first(true)`).
+    #[must_use]
+    pub fn norm_first(mut self, norm_first: bool) -> Self {
+        self.config.norm_first = norm_first;
+        self
+    }
+
+    /// Sets the feed-forward activation, keeping the parameters (a builder:
+    /// `TransformerDecoderLayer::new(512, 8).activation(TransformerActivation::Gelu)`).
+    #[must_use]
+    pub fn activation(mut self, activation: TransformerActivation) -> Self {
+        self.config.activation = activation;
+        self
+    }
+
+    /// Runs the checks of [`TransformerDecoderLayerConfig::build`] on `c`.
+    fn check(c: &TransformerDecoderLayerConfig) {
+        check_layer("TransformerDecoderLayer", c.d_model, c.nhead, c.dim_feedforward, c.dropout, c.layer_norm_eps)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Re-draws every parameter with its sub-module's PyTorch init.
@@ -278,6 +360,47 @@ mod tests {
     use crate::layers::attention::causal_mask;
     use crate::layers::transformer::testing::*;
     use kiln_autograd::gradcheck;
+
+    #[test]
+    fn builder_setters_equal_the_config_build() {
+        init::manual_seed(52);
+        let mut a = TransformerDecoderLayer::<f64>::new_generic(8, 2);
+        a.eval();
+        let a = a
+            .dim_feedforward(12)
+            .dropout(0.2)
+            .batch_first(true)
+            .norm_first(true)
+            .activation(TransformerActivation::Gelu);
+        let next_a = init::with_rng(|g| g.next_u64());
+        init::manual_seed(52);
+        let b: TransformerDecoderLayer<f64> = TransformerDecoderLayerConfig {
+            dim_feedforward: 12,
+            dropout: 0.2,
+            batch_first: true,
+            norm_first: true,
+            activation: TransformerActivation::Gelu,
+            ..TransformerDecoderLayerConfig::new(8, 2)
+        }
+        .build()
+        .unwrap();
+        let next_b = init::with_rng(|g| g.next_u64());
+        assert_eq!(a.config, b.config);
+        assert_eq!(a.multihead_attn.config, b.multihead_attn.config);
+        assert_eq!(a.state_dict(), b.state_dict());
+        assert_eq!(next_a, next_b);
+        assert!(!a.is_training(), "the mode is kept");
+        let mut b = b;
+        b.eval();
+        let (tgt, mem) = (Var::constant(rand(&[2, 3, 8], 1)), Var::constant(rand(&[2, 4, 8], 2)));
+        assert_eq!(a.forward(&tgt, &mem).value(), b.forward(&tgt, &mem).value());
+    }
+
+    #[test]
+    #[should_panic(expected = "TransformerDecoderLayer: dim_feedforward must be > 0, got 0")]
+    fn rebuilding_setter_panics_with_the_config_message() {
+        let _ = TransformerDecoderLayer::new(8, 2).dim_feedforward(0);
+    }
 
     #[test]
     fn gradcheck_decoder_layers() {

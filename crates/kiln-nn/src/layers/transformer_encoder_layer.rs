@@ -8,6 +8,7 @@ use kiln_tensor::Float;
 
 use super::transformer::{check_layer, write_hyper, Parts, TransformerActivation};
 use crate::error::NnError;
+use crate::init;
 use crate::layers::attention::AttnMask;
 use crate::layers::dropout::Dropout;
 use crate::layers::norm::LayerNorm;
@@ -82,7 +83,8 @@ impl TransformerEncoderLayerConfig {
             self.layer_norm_eps,
         )?;
         let p = self.parts();
-        Ok(TransformerEncoderLayer {
+        let drawn = init::Drawn::start();
+        let mut layer = TransformerEncoderLayer {
             config: self.clone(),
             self_attn: LoraMultiheadAttention::new(p.attention()?),
             linear1: LoraLinear::new(p.linear(self.d_model, self.dim_feedforward)?),
@@ -92,7 +94,10 @@ impl TransformerEncoderLayerConfig {
             norm2: p.norm()?,
             dropout1: p.dropout()?,
             dropout2: p.dropout()?,
-        })
+            drawn,
+        };
+        layer.drawn.finish();
+        Ok(layer)
     }
 }
 
@@ -173,6 +178,10 @@ pub struct TransformerEncoderLayer<E: Float = f32> {
     pub dropout1: Dropout,
     /// Dropout on the feed-forward branch.
     pub dropout2: Dropout,
+    /// Where the parameters were drawn from, for [`dim_feedforward`](Self::dim_feedforward),
+    /// which changes their shapes.
+    #[module(skip)]
+    drawn: init::Drawn,
 }
 
 impl TransformerEncoderLayer<f32> {
@@ -193,6 +202,75 @@ impl<E: Float> TransformerEncoderLayer<E> {
     /// **Panics** as [`TransformerEncoderLayer::new`] does.
     pub fn new_generic(d_model: usize, nhead: usize) -> Self {
         TransformerEncoderLayerConfig::new(d_model, nhead).build().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Sets the width of the feed-forward block (a builder:
+    /// `TransformerEncoderLayer::new(512, 8).dim_feedforward(1024)`).
+    ///
+    /// The parameters change shape, so the layer is built again (without LoRA adapters) and
+    /// every parameter is drawn again, from the init generator's state when the layer was first
+    /// built: the result equals [`TransformerEncoderLayerConfig::build`] with the same options after the
+    /// same [`init::manual_seed`]. The mode is kept.
+    ///
+    /// **Panics** on a combination [`TransformerEncoderLayerConfig::build`] rejects
+    /// (`TransformerEncoderLayer: dim_feedforward must be > 0, got 0`).
+    #[must_use]
+    pub fn dim_feedforward(self, dim_feedforward: usize) -> Self {
+        let config = TransformerEncoderLayerConfig { dim_feedforward, ..self.config.clone() };
+        Self::check(&config);
+        let mut layer = self.drawn.redo(|| config.build::<E>()).unwrap_or_else(|e| panic!("{e}"));
+        layer.set_training(self.is_training());
+        layer
+    }
+
+    /// Sets the dropout probability of every dropout in the layer and of the attention
+    /// weights, keeping the parameters (a builder: `TransformerEncoderLayer::new(512, 8).dropout(0.2)`).
+    ///
+    /// **Panics** on a combination [`TransformerEncoderLayerConfig::build`] rejects
+    /// (`TransformerEncoderLayer: dropout must be in [0, 1], got 1.5`), or once LoRA adapters are
+    /// attached to the attention (set options first).
+    #[must_use]
+    pub fn dropout(mut self, dropout: f64) -> Self {
+        self.config.dropout = dropout;
+        Self::check(&self.config);
+        self.dropout.p = dropout;
+        self.dropout1.p = dropout;
+        self.dropout2.p = dropout;
+        set_attention_options("TransformerEncoderLayer", &mut self.self_attn, dropout, self.config.batch_first);
+        self
+    }
+
+    /// Sets the `[N, T, E]` layout of inputs and outputs, keeping the parameters (a builder:
+    /// `TransformerEncoderLayer::new(512, 8).batch_first(true)`).
+    ///
+    /// **Panics** once LoRA adapters are attached to the attention (set options first).
+    #[must_use]
+    pub fn batch_first(mut self, batch_first: bool) -> Self {
+        self.config.batch_first = batch_first;
+        set_attention_options("TransformerEncoderLayer", &mut self.self_attn, self.config.dropout, batch_first);
+        self
+    }
+
+    /// Sets pre-norm (`true`) or post-norm (`false`) residual blocks, keeping the parameters
+    /// (a builder: `TransformerEncoderLayer::new(512, 8).norm_first(true)`).
+    #[must_use]
+    pub fn norm_first(mut self, norm_first: bool) -> Self {
+        self.config.norm_first = norm_first;
+        self
+    }
+
+    /// Sets the feed-forward activation, keeping the parameters (a builder:
+    /// `TransformerEncoderLayer::new(512, 8).activation(TransformerActivation::Gelu)`).
+    #[must_use]
+    pub fn activation(mut self, activation: TransformerActivation) -> Self {
+        self.config.activation = activation;
+        self
+    }
+
+    /// Runs the checks of [`TransformerEncoderLayerConfig::build`] on `c`.
+    fn check(c: &TransformerEncoderLayerConfig) {
+        check_layer("TransformerEncoderLayer", c.d_model, c.nhead, c.dim_feedforward, c.dropout, c.layer_norm_eps)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Re-draws every parameter with its sub-module's PyTorch init.
@@ -260,6 +338,25 @@ impl<E: Float> fmt::Display for TransformerEncoderLayer<E> {
     }
 }
 
+/// Sets what `attn` reads at run time from its configuration (dropout, layout) to a
+/// Transformer layer's options.
+///
+/// **Panics** when `attn` has LoRA adapters, whose runner copied the options when they were
+/// attached.
+pub(crate) fn set_attention_options<E: Float>(
+    layer: &str,
+    attn: &mut LoraMultiheadAttention<E>,
+    dropout: f64,
+    batch_first: bool,
+) {
+    assert!(
+        attn.in_proj_lora.is_none() && attn.out_proj_lora.is_none(),
+        "{layer}: set dropout and batch_first before attaching LoRA adapters"
+    );
+    attn.base.config.dropout = dropout;
+    attn.base.config.batch_first = batch_first;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +366,49 @@ mod tests {
     use crate::layers::transformer::testing::*;
     use kiln_autograd::{gradcheck, Var};
     use kiln_tensor::Tensor;
+
+    #[test]
+    fn builder_setters_equal_the_config_build() {
+        init::manual_seed(51);
+        let a = TransformerEncoderLayer::<f64>::new_generic(8, 2)
+            .dropout(0.3)
+            .dim_feedforward(16)
+            .batch_first(true)
+            .norm_first(true)
+            .activation(TransformerActivation::Gelu);
+        let next_a = init::with_rng(|g| g.next_u64());
+        init::manual_seed(51);
+        let b: TransformerEncoderLayer<f64> = TransformerEncoderLayerConfig {
+            dim_feedforward: 16,
+            dropout: 0.3,
+            batch_first: true,
+            norm_first: true,
+            activation: TransformerActivation::Gelu,
+            ..TransformerEncoderLayerConfig::new(8, 2)
+        }
+        .build()
+        .unwrap();
+        let next_b = init::with_rng(|g| g.next_u64());
+        assert_eq!(a.config, b.config);
+        assert_eq!(a.self_attn.config, b.self_attn.config);
+        assert_eq!(a.state_dict(), b.state_dict());
+        assert_eq!(next_a, next_b);
+        // the same dropout generators: the same masks
+        let x = Var::constant(rand(&[2, 3, 8], 1));
+        assert_eq!(a.forward(&x).value(), b.forward(&x).value());
+    }
+
+    #[test]
+    #[should_panic(expected = "TransformerEncoderLayer: dim_feedforward must be > 0, got 0")]
+    fn rebuilding_setter_panics_with_the_config_message() {
+        let _ = TransformerEncoderLayer::new(8, 2).dim_feedforward(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "TransformerEncoderLayer: dropout must be in [0, 1], got 1.5")]
+    fn setter_panics_with_the_config_message() {
+        let _ = TransformerEncoderLayer::new(8, 2).dropout(1.5);
+    }
 
     #[test]
     fn layouts_agree() {
