@@ -44,7 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The weights, by PyTorch's state_dict keys; strict: every key must match.
     let weights = dir.join("mnist_cnn.safetensors");
     let file = SafetensorsFile::open(&weights)?;
-    let report = load(&model, &weights, true)?;
+    let report = load(&mut model, &weights, true)?;
     println!(
         "loaded {} tensors ({} parameters) from {} (metadata {:?})",
         report.loaded.len(),

@@ -169,7 +169,7 @@ pub fn run(opts: &Opts) -> Result<Report, DataError> {
     //    model by value (the layers that stay f32 move into the result), so it gets a copy and
     //    the f32 model stays here for the comparison.
     let calibration: Vec<Tensor> = DataLoader::new(calibration_set, 64).batches().map(|b| b.inputs).collect();
-    let copy = self::model();
+    let mut copy = self::model();
     copy.load_state_dict(&model.state_dict(), true).map_err(|e| io_error(&dir, e))?;
     let mut int8 = quantize_sequential(copy, &calibration, QuantConfig::default()).map_err(|e| io_error(&dir, e))?;
     if opts.verbose {

@@ -99,7 +99,7 @@ fn convert_pt_then_load_reproduces_pytorch_logits() {
         assert_eq!(mine.raw_bytes(k).unwrap(), theirs.raw_bytes(k).unwrap(), "{k}");
     }
     let mut model = cnn();
-    load(&model, &out, true).unwrap();
+    load(&mut model, &out, true).unwrap();
     model.eval();
     let io = SafetensorsFile::open(golden("cnn_io.safetensors")).unwrap();
     let x: Tensor<f32> = io.tensor("input.images").unwrap();
@@ -132,9 +132,9 @@ fn diff_reports_differences_missing_keys_and_shapes() {
     assert!(stdout(&same).ends_with("9 common tensors, 0 differ; 0 only in A, 0 only in B\n"));
 
     // A kiln model with one weight changed by 0.5 and another layer shape.
-    let model: Sequential = Sequential::new().add(Conv2d::new(1, 4, 3)).add(Linear::new(4, 3));
+    let mut model: Sequential = Sequential::new().add(Conv2d::new(1, 4, 3)).add(Linear::new(4, 3));
     let skip = KeyMap::new().skip_prefix("1.").skip_prefix("5.");
-    load_mapped(&model, golden("cnn_state_dict.pt"), &skip, false).unwrap_or_else(|e| panic!("{e}"));
+    load_mapped(&mut model, golden("cnn_state_dict.pt"), &skip, false).unwrap_or_else(|e| panic!("{e}"));
     let w = model.state_dict()["0.weight"].to_vec();
     let mut changed = w.clone();
     changed[5] += 0.5;

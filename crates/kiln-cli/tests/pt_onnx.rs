@@ -64,7 +64,7 @@ fn convert_to_pt_from_every_format_keeps_dtypes_and_values() {
     let counter = f.state_dict_tensors().into_iter().find(|(k, _)| k == "1.num_batches_tracked").unwrap().1.clone();
     assert_eq!(counter.dtype, Dtype::I64);
     let mut model = cnn();
-    load(&model, &out, true).unwrap();
+    load(&mut model, &out, true).unwrap();
     model.eval();
     let io = SafetensorsFile::open(golden("cnn_io.safetensors")).unwrap();
     let x: Tensor<f32> = io.tensor("input.images").unwrap();
@@ -102,8 +102,8 @@ fn convert_to_pt_from_every_format_keeps_dtypes_and_values() {
     let out = dir.join("from-ckpt.pth");
     let o = kiln(&[&"convert", &ckpt_path, &out]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let reread = cnn();
-    load(&reread, &out, true).unwrap();
+    let mut reread = cnn();
+    load(&mut reread, &out, true).unwrap();
     assert_eq!(reread.state_dict(), model.state_dict());
 
     // Converting over an existing file replaces it atomically: no temporary is left behind.
@@ -170,8 +170,8 @@ fn inspect_onnx_lists_initializers_inputs_outputs_and_ops() {
     let st = dir.join("mlp.safetensors");
     let o = kiln(&[&"convert", &path, &st]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let back = Sequential::new().add(Linear::new(4, 8)).add(ReLU).add(Linear::new(8, 3));
-    load(&back, &st, true).unwrap();
+    let mut back = Sequential::new().add(Linear::new(4, 8)).add(ReLU).add(Linear::new(8, 3));
+    load(&mut back, &st, true).unwrap();
     assert_eq!(back.state_dict(), sd);
 
     // A file that is not ONNX: one line naming it, exit code 1.

@@ -98,7 +98,7 @@ impl<C: Callback> Callback for RankZero<C> {
     fn wants_training_state(&self) -> bool {
         self.active && self.inner.wants_training_state()
     }
-    fn on_train_end(&mut self, model: &dyn Module<f32>, history: &History) {
+    fn on_train_end(&mut self, model: &mut dyn Module<f32>, history: &History) {
         if self.active {
             self.inner.on_train_end(model, history)
         }

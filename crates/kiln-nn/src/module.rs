@@ -162,7 +162,7 @@ pub trait Module<E: Float = f32>: Send + Sync {
     /// # Errors
     /// [`NnError::StateDict`] listing the missing keys and the unexpected keys (when `strict`)
     /// and every key whose shape differs.
-    fn load_state_dict(&self, state: &StateDict<E>, strict: bool) -> Result<LoadReport, NnError> {
+    fn load_state_dict(&mut self, state: &StateDict<E>, strict: bool) -> Result<LoadReport, NnError> {
         let mut targets: Vec<(String, Var<E>)> = Vec::new();
         self.visit("", &mut |n, p, _| targets.push((n.to_string(), p.clone())));
         let mut report = LoadReport::default();

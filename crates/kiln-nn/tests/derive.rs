@@ -171,7 +171,7 @@ fn train_eval_propagates() {
 fn state_dict_round_trip() {
     kiln_nn::init::manual_seed(1);
     let a: Classifier<f64> = Classifier::new();
-    let b: Classifier<f64> = Classifier::new();
+    let mut b: Classifier<f64> = Classifier::new();
     a.encoder.running_mean.set_value(Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0], &[5]));
     let x = Var::constant(Tensor::from_vec((0..8).map(|i| i as f64 * 0.25 - 1.0).collect(), &[2, 4]));
     assert_ne!(a.forward(&x).value().to_vec(), b.forward(&x).value().to_vec());
@@ -188,7 +188,7 @@ fn state_dict_round_trip() {
 #[test]
 fn load_state_dict_errors_list_every_problem_and_leave_the_model_untouched() {
     let a: Classifier = Classifier::new();
-    let b: Classifier = Classifier::new();
+    let mut b: Classifier = Classifier::new();
     let before = b.state_dict();
     let mut sd: StateDict = a.state_dict();
     sd.remove("head.bias");
@@ -220,7 +220,7 @@ fn load_state_dict_errors_list_every_problem_and_leave_the_model_untouched() {
     assert_eq!((report.missing, report.unexpected), (vec!["head.bias".to_string()], vec!["head.scale".to_string()]));
     assert_eq!(b.head.weight.value().to_vec(), a.head.weight.value().to_vec());
     sd.insert("temperature".into(), Tensor::ones(&[2]));
-    let c: Classifier = Classifier::new();
+    let mut c: Classifier = Classifier::new();
     let before = c.state_dict();
     assert!(
         matches!(c.load_state_dict(&sd, false), Err(NnError::StateDict { ref mismatched, .. }) if mismatched.len() == 1)

@@ -191,9 +191,9 @@ fn malicious_files_are_refused_naming_the_global() {
         let msg = err.to_string();
         assert!(msg.contains(file) && msg.contains(&format!("global {global} is not allowed")), "{msg}");
         // Loading into a model refuses the file too, and leaves the model alone.
-        let model = Linear::<f32>::new(6, 1);
+        let mut model = Linear::<f32>::new(6, 1);
         let before = model.weight.value().to_vec();
-        assert!(matches!(load(&model, &path, false), Err(NnError::ForbiddenGlobal { .. })));
+        assert!(matches!(load(&mut model, &path, false), Err(NnError::ForbiddenGlobal { .. })));
         assert_eq!(model.weight.value().to_vec(), before);
     }
 }
@@ -216,7 +216,7 @@ fn cnn_loaded_from_pt_reproduces_pytorch_logits() {
     let expected: Tensor<f32> = io.tensor("output.logits").unwrap();
     for file in ["cnn_state_dict.pt", "legacy_format.pt", "checkpoint_dict.pt"] {
         let mut model = cnn();
-        let report = load(&model, dir().join(file), true).unwrap_or_else(|e| panic!("{e}"));
+        let report = load(&mut model, dir().join(file), true).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(report.loaded.len(), 9, "{file}");
         assert!(report.missing.is_empty() && report.unexpected.is_empty());
         model.eval();
@@ -232,7 +232,7 @@ fn cnn_loaded_from_pt_reproduces_pytorch_logits() {
 #[test]
 fn mismatched_model_is_not_touched() {
     let path = dir().join("cnn_state_dict.pt");
-    let model: Sequential = Sequential::new()
+    let mut model: Sequential = Sequential::new()
         .add(Conv2d::new(1, 4, 3))
         .add(BatchNorm2d::new(4))
         .add(ReLU)
@@ -240,7 +240,7 @@ fn mismatched_model_is_not_touched() {
         .add(Flatten::default())
         .add(Linear::new(4 * 13 * 13, 5));
     let before = model.state_dict();
-    match load(&model, &path, true) {
+    match load(&mut model, &path, true) {
         Err(NnError::ShapeMismatch { key, model: m, file, .. }) => {
             assert_eq!((key.as_str(), m, file), ("5.weight", vec![5, 676], vec![10, 676]));
         }
@@ -248,15 +248,15 @@ fn mismatched_model_is_not_touched() {
     }
     assert_eq!(model.state_dict(), before);
     // Missing and unexpected keys, with and without strictness.
-    let small: Sequential = Sequential::new().add(Conv2d::new(1, 4, 3));
-    match load(&small, &path, true) {
+    let mut small: Sequential = Sequential::new().add(Conv2d::new(1, 4, 3));
+    match load(&mut small, &path, true) {
         Err(NnError::KeyMismatch { missing, unexpected, .. }) => {
             assert!(missing.is_empty());
             assert_eq!(unexpected.len(), 7);
         }
         other => panic!("{other:?}"),
     }
-    let report = load_mapped(&small, &path, &KeyMap::new().skip_prefix("1.").skip_prefix("5."), true).unwrap();
+    let report = load_mapped(&mut small, &path, &KeyMap::new().skip_prefix("1.").skip_prefix("5."), true).unwrap();
     assert_eq!(report.matched.len(), 2);
     assert_eq!(report.skipped.len(), 7);
 }

@@ -161,9 +161,9 @@ fn wrong_dtype_is_refused_and_counts_are_not() {
     let dir = temp_dir("dtype");
     let path = dir.join("ints.safetensors");
     std::fs::write(&path, raw(&header, &[0; 56])).unwrap();
-    let m: Linear = Linear::new(3, 2);
+    let mut m: Linear = Linear::new(3, 2);
     let before = bits(&m);
-    let err = load(&m, &path, true).unwrap_err();
+    let err = load(&mut m, &path, true).unwrap_err();
     assert!(matches!(&err, NnError::WrongDtype { key, found, .. } if key == "weight" && found == "I64"), "{err:?}");
     assert!(err.to_string().contains("ints.safetensors") && err.to_string().contains("`weight`"), "{err}");
     assert_eq!(bits(&m), before, "a failed load must leave the model as it was");
@@ -175,13 +175,13 @@ fn wrong_dtype_is_refused_and_counts_are_not() {
     assert!(matches!(f.tensor::<f32>("nope"), Err(NnError::NoSuchTensor { .. })));
 
     // BatchNorm's num_batches_tracked is I64 in PyTorch's files and loads.
-    let bn: BatchNorm1d = BatchNorm1d::new(2);
+    let mut bn: BatchNorm1d = BatchNorm1d::new(2);
     let mut sd: StateDict = bn.state_dict();
     sd.insert("num_batches_tracked".into(), Tensor::scalar(41.0));
     save_state_dict(&sd, &path, &Metadata::new()).unwrap();
     let f = SafetensorsFile::open(&path).unwrap();
     assert_eq!(f.info("num_batches_tracked").unwrap().dtype, kiln_nn::serialize::Dtype::I64);
-    load(&bn, &path, true).unwrap();
+    load(&mut bn, &path, true).unwrap();
     assert_eq!(bn.num_batches_tracked.as_ref().unwrap().value().item(), 41.0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -193,9 +193,9 @@ fn shape_mismatch_and_strict_keys_load_nothing() {
     // A two-layer file whose second layer has the wrong shape for the model.
     let file_model = Sequential::<f32>::new().add(Linear::new(3, 4)).add(Linear::new(4, 2));
     save(&file_model, &path, &Metadata::new()).unwrap();
-    let model = Sequential::<f32>::new().add(Linear::new(3, 4)).add(Linear::new(4, 5));
+    let mut model = Sequential::<f32>::new().add(Linear::new(3, 4)).add(Linear::new(4, 5));
     let before = bits(&model);
-    let err = load(&model, &path, false).unwrap_err();
+    let err = load(&mut model, &path, false).unwrap_err();
     assert_eq!(
         err,
         NnError::ShapeMismatch { path: path.clone(), key: "1.weight".into(), model: vec![5, 4], file: vec![2, 4] }
@@ -204,9 +204,9 @@ fn shape_mismatch_and_strict_keys_load_nothing() {
     assert_eq!(bits(&model), before, "layer 0 fits but must not have been loaded");
 
     // Strict: an extra key in the file, and a key the model lacks.
-    let small = Sequential::<f32>::new().add(Linear::new(3, 4));
+    let mut small = Sequential::<f32>::new().add(Linear::new(3, 4));
     let before = bits(&small);
-    let err = load(&small, &path, true).unwrap_err();
+    let err = load(&mut small, &path, true).unwrap_err();
     assert_eq!(
         err,
         NnError::KeyMismatch {
@@ -217,13 +217,13 @@ fn shape_mismatch_and_strict_keys_load_nothing() {
     );
     assert_eq!(bits(&small), before);
     // Non-strict: loads what fits and says what it left.
-    let report = load(&small, &path, false).unwrap();
+    let report = load(&mut small, &path, false).unwrap();
     assert_eq!(report.loaded, ["0.weight", "0.bias"]);
     assert_eq!(report.unexpected, ["1.bias", "1.weight"]);
     assert_eq!(small.state_dict()["0.weight"].to_vec(), file_model.state_dict()["0.weight"].to_vec());
 
-    let big = Sequential::<f32>::new().add(Linear::new(3, 4)).add(Linear::new(4, 2)).add(Linear::new(2, 2));
-    let err = load(&big, &path, true).unwrap_err();
+    let mut big = Sequential::<f32>::new().add(Linear::new(3, 4)).add(Linear::new(4, 2)).add(Linear::new(2, 2));
+    let err = load(&mut big, &path, true).unwrap_err();
     assert!(matches!(&err, NnError::KeyMismatch { missing, .. } if missing == &["2.weight", "2.bias"]), "{err:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -236,8 +236,8 @@ fn key_collisions_are_errors() {
     sd.insert("module.weight".into(), Tensor::zeros(&[2, 3]));
     sd.insert("weight".into(), Tensor::zeros(&[2, 3]));
     save_state_dict(&sd, &path, &Metadata::new()).unwrap();
-    let m: Linear = Linear::new(3, 2);
-    let err = load_mapped(&m, &path, &KeyMap::new().strip_prefix("module."), false).unwrap_err();
+    let mut m: Linear = Linear::new(3, 2);
+    let err = load_mapped(&mut m, &path, &KeyMap::new().strip_prefix("module."), false).unwrap_err();
     assert_eq!(
         err,
         NnError::KeyCollision { target: "weight".into(), first: "module.weight".into(), second: "weight".into() }
@@ -247,8 +247,8 @@ fn key_collisions_are_errors() {
 
 #[test]
 fn missing_file_is_an_io_error_naming_it() {
-    let m: Linear = Linear::new(3, 2);
-    let err = load(&m, "/nonexistent/kiln/model.safetensors", true).unwrap_err();
+    let mut m: Linear = Linear::new(3, 2);
+    let err = load(&mut m, "/nonexistent/kiln/model.safetensors", true).unwrap_err();
     assert!(matches!(&err, NnError::Io { kind: std::io::ErrorKind::NotFound, .. }), "{err:?}");
     assert!(err.to_string().starts_with("/nonexistent/kiln/model.safetensors: open:"), "{err}");
 }

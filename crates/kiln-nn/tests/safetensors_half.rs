@@ -131,11 +131,11 @@ fn a_model_saves_as_bf16_and_loads_back_f32_and_f64() {
     let m = model::<f64>();
     let path = dir.join("m.safetensors");
     save_as(&m, &path, &Metadata::new(), Dtype::BF16).unwrap();
-    let m32 = model::<f32>();
-    let report = load(&m32, &path, true).unwrap();
+    let mut m32 = model::<f32>();
+    let report = load(&mut m32, &path, true).unwrap();
     assert_eq!(report.loaded.len(), 9);
-    let m64 = model::<f64>();
-    load(&m64, &path, true).unwrap();
+    let mut m64 = model::<f64>();
+    load(&mut m64, &path, true).unwrap();
     let (sd, sd32, sd64) = (m.state_dict(), m32.state_dict(), m64.state_dict());
     for (k, t) in &sd {
         for (i, &x) in t.to_vec().iter().enumerate() {
@@ -181,8 +181,8 @@ fn pytorch_bf16_and_f16_files_load_exactly() {
         assert_eq!(half.info("1.num_batches_tracked").unwrap().dtype, Dtype::I64);
         assert!(half.metadata()["written_by"].starts_with("torch "), "{:?}", half.metadata());
 
-        let m = model::<f32>();
-        load(&m, file(""), true).unwrap();
+        let mut m = model::<f32>();
+        load(&mut m, file(""), true).unwrap();
         let widened: StateDict<f32> = kiln_nn::load_state_dict_file(file("_as_f32")).unwrap();
         let sd = m.state_dict();
         assert_eq!(sd.len(), widened.len());
@@ -202,8 +202,8 @@ fn pytorch_bf16_and_f16_files_load_exactly() {
             assert!((a - b).abs() <= 1e-6 + 1e-5 * b.abs(), "{name}: kiln {a}, PyTorch {b}");
         }
         // And a model in f64 reads the same file.
-        let m64 = model::<f64>();
-        load(&m64, file(""), true).unwrap();
+        let mut m64 = model::<f64>();
+        load(&mut m64, file(""), true).unwrap();
         let sd64 = m64.state_dict();
         for (k, t) in &widened {
             let want: Vec<f64> = t.to_vec().iter().map(|&x| f64::from(x)).collect();

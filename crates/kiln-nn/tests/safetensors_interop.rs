@@ -62,7 +62,7 @@ fn golden_model_matches_pytorch<E: Float>(dir: &Path, name: &str) {
     want.sort();
     assert_eq!(keys, want, "{name}");
 
-    let report = load(&model, dir.join(format!("{name}.safetensors")), true).unwrap();
+    let report = load(&mut model, dir.join(format!("{name}.safetensors")), true).unwrap();
     assert_eq!(report.loaded.len(), want.len(), "{name}");
     model.eval();
 
@@ -230,7 +230,7 @@ fn python_reads_kiln_files_and_kiln_reads_pytorch_files() {
 
     // kiln, running PyTorch's weights (BatchNorm counter as I64), computes PyTorch's outputs.
     let mut from_torch = interop_model::<f32>();
-    let loaded = load(&from_torch, dir.join("torch_model.safetensors"), true).unwrap();
+    let loaded = load(&mut from_torch, dir.join("torch_model.safetensors"), true).unwrap();
     assert_eq!(loaded.loaded.len(), 16);
     assert_eq!(from_torch.state_dict()["5.num_batches_tracked"].item(), 3.0);
     from_torch.eval();
@@ -238,7 +238,7 @@ fn python_reads_kiln_files_and_kiln_reads_pytorch_files() {
     assert_close("PyTorch weights in kiln", &y2, &torch_out.tensor::<f32>("torch_model_output").unwrap(), 1e-5, 1e-5);
     // And in f64, converting on load.
     let mut from_torch64 = interop_model::<f64>();
-    load(&from_torch64, dir.join("torch_model.safetensors"), true).unwrap();
+    load(&mut from_torch64, dir.join("torch_model.safetensors"), true).unwrap();
     from_torch64.eval();
     let y2_64 = from_torch64.forward(&Var::constant(x.cast::<f64>())).value();
     assert_close(

@@ -74,7 +74,7 @@ fn round_trip<E: Float, M: Module<E>>(name: &str, make: impl Fn() -> M) {
     let path = dir.join(format!("{name}.safetensors"));
     let a = make();
     scramble(&a, 1);
-    let b = make();
+    let mut b = make();
     scramble(&b, 2);
     assert_ne!(
         bits(&a.state_dict().into_values().next().unwrap()),
@@ -82,7 +82,7 @@ fn round_trip<E: Float, M: Module<E>>(name: &str, make: impl Fn() -> M) {
     );
 
     save(&a, &path, &Metadata::new()).unwrap();
-    let report = load(&b, &path, true).unwrap();
+    let report = load(&mut b, &path, true).unwrap();
     assert_eq!(report.loaded.len(), a.state_dict().len(), "{name}");
     assert!(report.missing.is_empty() && report.unexpected.is_empty(), "{name}: {report:?}");
     assert_bit_identical(name, &a.state_dict(), &b.state_dict());
@@ -147,16 +147,16 @@ fn element_types_convert_on_load() {
     // f32 file into an f64 model: exact.
     let a: Linear<f32> = Linear::new(4, 3);
     save(&a, &path, &Metadata::new()).unwrap();
-    let b: Linear<f64> = Linear::new_generic(4, 3);
-    load(&b, &path, true).unwrap();
+    let mut b: Linear<f64> = Linear::new_generic(4, 3);
+    load(&mut b, &path, true).unwrap();
     let want: Vec<f64> = a.weight.value().to_vec().iter().map(|&x| f64::from(x)).collect();
     assert_eq!(b.weight.value().to_vec(), want);
 
     // f64 file into an f32 model: rounded to nearest.
     let c: Linear<f64> = Linear::new_generic(4, 3);
     save(&c, &path, &Metadata::new()).unwrap();
-    let d: Linear<f32> = Linear::new(4, 3);
-    load(&d, &path, true).unwrap();
+    let mut d: Linear<f32> = Linear::new(4, 3);
+    load(&mut d, &path, true).unwrap();
     let want: Vec<f32> = c.bias.as_ref().unwrap().value().to_vec().iter().map(|&x| x as f32).collect();
     assert_eq!(d.bias.as_ref().unwrap().value().to_vec(), want);
     std::fs::remove_dir_all(&dir).unwrap();

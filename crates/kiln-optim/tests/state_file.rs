@@ -63,9 +63,9 @@ fn adam_resumed_from_files_matches_an_uninterrupted_run_bit_for_bit() {
     drop((first, opt));
 
     // A new process: other initial weights, a fresh optimiser, both loaded from their files.
-    let resumed = model(99);
+    let mut resumed = model(99);
     let mut opt = Adam::new(resumed.parameters(), AdamConfig::default());
-    load(&resumed, dir.join("model.safetensors"), true).unwrap();
+    load(&mut resumed, dir.join("model.safetensors"), true).unwrap();
     opt.load(dir.join("adam.safetensors")).unwrap();
     assert_eq!(opt.param_groups()[0].config, config, "hyper-parameters come from the file");
     train(&resumed, &mut opt, 3..7);
@@ -100,10 +100,10 @@ fn sgd_with_momentum_and_a_scheduler_resumes_bit_for_bit() {
     opt.save(dir.join("sgd.safetensors")).unwrap();
     let sched_state = sched.state_dict();
 
-    let resumed = model(3);
+    let mut resumed = model(3);
     let mut opt = SGD::new(resumed.parameters(), config);
     let mut sched = StepLR::new(&mut opt, 2, 0.5);
-    load(&resumed, dir.join("model.safetensors"), true).unwrap();
+    load(&mut resumed, dir.join("model.safetensors"), true).unwrap();
     opt.load(dir.join("sgd.safetensors")).unwrap();
     sched.load_state_dict(&sched_state).unwrap();
     run(&resumed, &mut opt, &mut sched, 3..6);

@@ -38,7 +38,7 @@ fn models(c: &mut Criterion) {
     let mut rng = Rng::new(1);
     let calibration: Vec<Tensor> = (0..4).map(|_| Tensor::uniform(&[64, 1, 28, 28], 0.0, 1.0, &mut rng)).collect();
     // quantize_sequential takes the model by value: quantise a copy with the same weights
-    let copy = mnist_cnn();
+    let mut copy = mnist_cnn();
     copy.load_state_dict(&model.state_dict(), true).unwrap();
     let int8 = quantize_sequential(copy, &calibration, QuantConfig::default()).unwrap();
     let mut g = c.benchmark_group("mnist_cnn");

@@ -82,6 +82,12 @@ impl FloatLayer {
         &*self.inner
     }
 
+    /// The layer, mutably (to load weights into it).
+    #[must_use]
+    pub fn layer_mut(&mut self) -> &mut dyn Layer<f32> {
+        &mut *self.inner
+    }
+
     /// The layer, by value.
     #[must_use]
     pub fn into_inner(self) -> Box<dyn Layer<f32>> {
@@ -532,7 +538,7 @@ mod tests {
             QuantConfig::default(),
             QuantConfig { activation_dtype: QuantDtype::Int8, observer: ObserverKind::Percentile(99.99) },
         ] {
-            let copy = tiny_cnn();
+            let mut copy = tiny_cnn();
             copy.load_state_dict(&model.state_dict(), true).unwrap();
             let q = quantize_sequential(copy, &batches, config).unwrap();
             let kinds: Vec<&str> = q

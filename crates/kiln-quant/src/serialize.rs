@@ -219,7 +219,7 @@ impl QuantSequential {
                         .get("spec")
                         .cloned()
                         .ok_or_else(|| r.field(&format!("layers[{i}].spec"), "a layer description", "nothing"))?;
-                    let f = FloatLayer::from_spec(&spec).map_err(|message| QuantError::Layer {
+                    let mut f = FloatLayer::from_spec(&spec).map_err(|message| QuantError::Layer {
                         path: path.to_path_buf(),
                         index: i,
                         message,
@@ -228,7 +228,7 @@ impl QuantSequential {
                     for (key, t) in f.layer().state_dict() {
                         state.insert(key.clone(), r.f32_tensor(&format!("{i}.{key}"), t.shape())?);
                     }
-                    f.layer().load_state_dict(&state, true).map_err(|e| QuantError::Layer {
+                    f.layer_mut().load_state_dict(&state, true).map_err(|e| QuantError::Layer {
                         path: path.to_path_buf(),
                         index: i,
                         message: e.to_string(),

@@ -240,7 +240,7 @@ impl Checkpoint {
     ///
     /// # Errors
     /// [`TrainError::Model`] naming the missing, unexpected and mis-shaped keys.
-    pub fn restore_model(&self, model: &dyn Module<f32>) -> Result<(), TrainError> {
+    pub fn restore_model(&self, model: &mut dyn Module<f32>) -> Result<(), TrainError> {
         model.load_state_dict(&self.model, true)?;
         Ok(())
     }
@@ -281,7 +281,7 @@ impl Checkpoint {
     /// As [`restore_model`](Self::restore_model) and [`restore_optimizer`](Self::restore_optimizer).
     pub fn restore<O: Optimizer<f32> + ?Sized>(
         &self,
-        model: &dyn Module<f32>,
+        model: &mut dyn Module<f32>,
         optimizer: &mut O,
     ) -> Result<(), TrainError> {
         let before = model.state_dict();

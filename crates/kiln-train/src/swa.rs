@@ -160,7 +160,7 @@ impl Module<f32> for Handles {
 }
 
 /// Writes `state` into `model` by key (the state was taken from the same model).
-fn load_all(model: &dyn Module<f32>, state: &StateDict<f32>) {
+fn load_all(model: &mut dyn Module<f32>, state: &StateDict<f32>) {
     model.load_state_dict(state, false).expect("the state comes from the same model");
 }
 
@@ -283,7 +283,7 @@ impl Callback for SwaCallback {
         }
     }
 
-    fn on_train_end(&mut self, model: &dyn Module<f32>, _history: &History) {
+    fn on_train_end(&mut self, model: &mut dyn Module<f32>, _history: &History) {
         let Some(avg) = &self.averaged else { return };
         let mut state = avg.state_dict();
         if let Some(f) = &mut self.bn_update {
@@ -365,7 +365,7 @@ impl EmaCallback {
     }
 
     fn restore_live(&mut self) {
-        if let (Some(live), Some(h)) = (self.live.take(), &self.handles) {
+        if let (Some(live), Some(h)) = (self.live.take(), &mut self.handles) {
             load_all(h, &live);
         }
     }
@@ -397,7 +397,7 @@ impl Callback for EmaCallback {
         self.restore_live();
     }
 
-    fn on_train_end(&mut self, model: &dyn Module<f32>, _history: &History) {
+    fn on_train_end(&mut self, model: &mut dyn Module<f32>, _history: &History) {
         self.restore_live();
         if let Some(ema) = &self.ema {
             ema.copy_to(model);

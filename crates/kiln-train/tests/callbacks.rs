@@ -63,7 +63,7 @@ fn early_stopping_without_restore_keeps_the_last_weights() {
 /// an SGD optimiser at lr 1 and a one-parameter model whose weight is set to the epoch number
 /// before each epoch's end. Returns (stopped after epoch, lr after each epoch, final weight).
 fn drive(cb: &mut dyn Callback, monitor: &str, values: &[f64]) -> (Option<usize>, Vec<f64>, f32) {
-    let model = common::linear(1, 1, 0);
+    let mut model = common::linear(1, 1, 0);
     let mut opt = SGD::new(model.parameters(), SGDConfig { lr: 1.0, ..Default::default() });
     let mut history = History::default();
     let mut lrs = Vec::new();
@@ -90,7 +90,7 @@ fn drive(cb: &mut dyn Callback, monitor: &str, values: &[f64]) -> (Option<usize>
             break;
         }
     }
-    cb.on_train_end(&model, &history);
+    cb.on_train_end(&mut model, &history);
     (stopped, lrs, model.weight.value().to_vec()[0])
 }
 
@@ -271,7 +271,7 @@ impl Callback for LambdaCallbacks {
     fn on_epoch_end(&mut self, ctx: &mut EpochContext<'_>) {
         self.0.iter_mut().for_each(|c| c.on_epoch_end(ctx));
     }
-    fn on_train_end(&mut self, model: &dyn Module<f32>, history: &History) {
+    fn on_train_end(&mut self, model: &mut dyn Module<f32>, history: &History) {
         self.0.iter_mut().for_each(|c| c.on_train_end(model, history));
     }
 }

@@ -64,7 +64,7 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
     let mut sched_c = StepLR::new(&mut opt_c, 2, 0.5);
     {
         let _guard = rng_lock(); // restore() sets the process-wide generator other tests seed
-        ckpt.restore(&c, &mut opt_c).unwrap();
+        ckpt.restore(&mut c, &mut opt_c).unwrap();
     }
     ckpt.restore_scheduler(&mut sched_c).unwrap();
     assert_eq!(opt_c.lr(), hist_a.epochs[3]["lr"]);
@@ -78,7 +78,7 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
     // control: the same resume without the optimiser state (fresh momentum, lr) ends elsewhere
     let mut d = mlp(123);
     let mut opt_d = sgd(&d);
-    ckpt.restore_model(&d).unwrap();
+    ckpt.restore_model(&mut d).unwrap();
     trainer(&mut opt_d, None).initial_epoch(3).fit(&mut d, &mut opt_d, &loss, &data, Some(&val)).unwrap();
     assert!(!bit_equal(&a.state_dict(), &d.state_dict()));
 }
@@ -115,11 +115,11 @@ fn round_trip_keeps_everything() {
     assert!(back.history.epochs[0]["val_loss"].is_nan());
     assert_eq!(back.history.epochs[0]["loss"], 0.25);
     // the optimiser state loads into a fresh optimiser and matches the saved one
-    let model = linear(3, 2, 99);
+    let mut model = linear(3, 2, 99);
     let mut opt = sgd(&model);
     {
         let _guard = rng_lock();
-        back.restore(&model, &mut opt).unwrap();
+        back.restore(&mut model, &mut opt).unwrap();
     }
     let state = kiln_train::checkpoint::OptimizerState::capture(&opt);
     assert_eq!(&state, back.optimizer.as_ref().unwrap());
@@ -143,20 +143,20 @@ fn restore_puts_back_the_process_generator() {
 #[test]
 fn restoring_into_the_wrong_optimizer_or_model_changes_nothing() {
     let (ckpt, _) = full_checkpoint();
-    let model = linear(3, 2, 1);
+    let mut model = linear(3, 2, 1);
     let before = model.state_dict();
     let mut adam = Adam::new(model.parameters(), AdamConfig::default());
-    let err = ckpt.restore(&model, &mut adam).unwrap_err();
+    let err = ckpt.restore(&mut model, &mut adam).unwrap_err();
     assert!(
         matches!(&err, TrainError::Optimizer(OptimError::OptimizerMismatch { expected, found }) if expected == "Adam" && found == "SGD"),
         "{err}"
     );
     assert_eq!(model.state_dict(), before, "the model was half-loaded");
 
-    let other = linear(4, 2, 2);
+    let mut other = linear(4, 2, 2);
     let before = other.state_dict();
     let mut opt = sgd(&other);
-    let err = ckpt.restore(&other, &mut opt).unwrap_err();
+    let err = ckpt.restore(&mut other, &mut opt).unwrap_err();
     assert!(matches!(err, TrainError::Model(_)), "{err}");
     assert!(err.to_string().contains("weight"), "{err}");
     assert_eq!(other.state_dict(), before);

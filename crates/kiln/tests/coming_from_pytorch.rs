@@ -121,7 +121,7 @@ fn state_dict() {
     // ANCHOR: state_dict
     // sd = model.state_dict(); other.load_state_dict(sd, strict=True)
     let sd = model.state_dict();
-    let other = Net::new();
+    let mut other = Net::new();
     other.load_state_dict(&sd, true).expect("the same keys and shapes");
     // ANCHOR_END: state_dict
     assert!(sd.contains_key("fc1.weight") && sd.contains_key("fc2.bias"));
@@ -177,8 +177,8 @@ fn save_and_load() {
     // ANCHOR: save_load
     // torch.save(model.state_dict(), path); model.load_state_dict(torch.load(path))
     kiln::nn::save(&model, &path, &Default::default()).expect("written");
-    let fresh = Net::new();
-    let report = kiln::nn::load(&fresh, &path, true).expect("read back");
+    let mut fresh = Net::new();
+    let report = kiln::nn::load(&mut fresh, &path, true).expect("read back");
     // ANCHOR_END: save_load
     assert_eq!(report.loaded.len(), 4);
     assert_eq!(fresh.fc2.weight.value().to_vec(), model.fc2.weight.value().to_vec());
@@ -197,10 +197,10 @@ fn training_checkpoint() {
     // torch.save({"epoch": 5, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
     use kiln::train::{load_checkpoint, save_checkpoint, Checkpoint};
     save_checkpoint(&path, &Checkpoint::new(5, &model).with_optimizer(&optimizer)).expect("written");
-    let resumed = Net::new();
+    let mut resumed = Net::new();
     let mut resumed_optimizer = Adam::new(resumed.parameters(), AdamConfig::default());
     let checkpoint = load_checkpoint(&path).expect("read back");
-    checkpoint.restore_model(&resumed).expect("the model's keys");
+    checkpoint.restore_model(&mut resumed).expect("the model's keys");
     checkpoint.restore_optimizer(&mut resumed_optimizer).expect("the optimiser's groups");
     // ANCHOR_END: checkpoint
     assert_eq!(checkpoint.epoch, 5);
@@ -271,7 +271,7 @@ fn load_pytorch_checkpoint() {
     // ANCHOR: load_pt
     // ckpt = torch.load(path, weights_only=True); model.load_state_dict(ckpt["model"]); epoch = ckpt["epoch"]
     use kiln::nn::{BatchNorm2d, Conv2d, Flatten, MaxPool2d, PtFile};
-    let model: Sequential = Sequential::new()
+    let mut model: Sequential = Sequential::new()
         .add(Conv2d::new(1, 4, 3))
         .add(BatchNorm2d::new(4))
         .add(ReLU)
@@ -282,7 +282,7 @@ fn load_pytorch_checkpoint() {
     let checkpoint = PtFile::open(&path).expect("a PyTorch checkpoint");
     let epoch = checkpoint.get("epoch").and_then(|v| v.as_i64());
     // `load` finds the weights in the checkpoint dict (its `model` entry), by state_dict key.
-    let report = kiln::nn::load(&model, &path, true).expect("the model's keys and shapes");
+    let report = kiln::nn::load(&mut model, &path, true).expect("the model's keys and shapes");
     // ANCHOR_END: load_pt
     assert_eq!(epoch, Some(3));
     assert_eq!(report.loaded.len(), 9, "{report:?}");

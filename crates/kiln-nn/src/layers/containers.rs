@@ -545,7 +545,7 @@ mod tests {
     #[test]
     fn state_dict_round_trip() {
         let a: Sequential = sequential![Linear::new(3, 4), ReLU, Linear::new(4, 2)];
-        let b: Sequential = sequential![Linear::new(3, 4), ReLU, Linear::new(4, 2)];
+        let mut b: Sequential = sequential![Linear::new(3, 4), ReLU, Linear::new(4, 2)];
         let sd: StateDict = a.state_dict();
         b.load_state_dict(&sd, true).unwrap();
         let x = Var::constant(Tensor::from_vec((0..6).map(|i| i as f32).collect(), &[2, 3]));

@@ -281,7 +281,7 @@ mod tests {
     fn golden_embedding_padding_idx() {
         let Some(c) = golden::load("layers/embedding_padding_idx") else { return };
         let kw = &c.json["constructor_kwargs"];
-        let e: Embedding<f64> = EmbeddingConfig {
+        let mut e: Embedding<f64> = EmbeddingConfig {
             padding_idx: kw["padding_idx"].as_u64().map(|p| p as usize),
             ..EmbeddingConfig::new(int(&kw["num_embeddings"], 0), int(&kw["embedding_dim"], 0))
         }

@@ -230,7 +230,7 @@ mod tests {
         let Some(c) = golden::load(name) else { return };
         let w = c.t("param.weight");
         let has_bias = c.bool_or("constructor_kwargs/bias", true);
-        let l: Linear<f64> = LinearConfig {
+        let mut l: Linear<f64> = LinearConfig {
             bias: has_bias,
             ..LinearConfig::new(c.usize("constructor_kwargs/in_features"), c.usize("constructor_kwargs/out_features"))
         }

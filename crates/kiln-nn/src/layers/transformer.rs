@@ -594,14 +594,14 @@ pub(crate) mod testing {
     pub(crate) fn golden_check<M: Module<f64>>(
         name: &str,
         c: &golden::Case,
-        m: &M,
-        run: impl Fn(&[Var<f64>]) -> Var<f64>,
+        m: &mut M,
+        run: impl Fn(&M, &[Var<f64>]) -> Var<f64>,
     ) {
         m.load_state_dict(&golden_state_dict(c), true).unwrap();
         let tol = c.tol("float64");
         let names: Vec<&str> = c.json["grad_inputs"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
         let xs: Vec<Var<f64>> = names.iter().map(|n| Var::param(c.t(&format!("input.{n}")))).collect();
-        let y = run(&xs);
+        let y = run(m, &xs);
         golden::assert_close(&format!("{name} output"), &y.value(), &c.t("output.output"), tol);
         y.backward_with(&c.t("upstream.output"));
         for (n, x) in names.iter().zip(&xs) {

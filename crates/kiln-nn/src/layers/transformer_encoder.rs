@@ -160,9 +160,9 @@ mod tests {
         };
         let layer = enc_layer_from(&c, "encoder_layer_kwargs");
         assert!(c.str("constructor").contains("norm=None"), "{name}: a final norm is not built here");
-        let enc = TransformerEncoder::new(layer, c.usize("num_layers"), None);
+        let mut enc = TransformerEncoder::new(layer, c.usize("num_layers"), None);
         let (src_mask, pad) = (mask(&c, "mask"), mask(&c, "src_key_padding_mask"));
-        golden_check(name, &c, &enc, |x| enc.forward_with(&x[0], src_mask.as_ref(), pad.as_ref()));
+        golden_check(name, &c, &mut enc, |enc, x| enc.forward_with(&x[0], src_mask.as_ref(), pad.as_ref()));
     }
 
     #[test]

@@ -248,7 +248,7 @@ fn with_kiln_metadata(metadata: &Metadata) -> Metadata {
 /// Every error of [`SafetensorsFile::open`] (a truncated or malformed file),
 /// [`NnError::ShapeMismatch`], [`NnError::WrongDtype`], and, when `strict`,
 /// [`NnError::KeyMismatch`]; each names the file and the key.
-pub fn load<E: Float>(model: &dyn Module<E>, path: impl AsRef<Path>, strict: bool) -> Result<LoadReport, NnError> {
+pub fn load<E: Float>(model: &mut dyn Module<E>, path: impl AsRef<Path>, strict: bool) -> Result<LoadReport, NnError> {
     let r = load_mapped(model, path, &KeyMap::new(), strict)?;
     Ok(LoadReport {
         loaded: r.matched.into_iter().map(|(_, k)| k).collect(),
@@ -275,8 +275,8 @@ pub fn load<E: Float>(model: &dyn Module<E>, path: impl AsRef<Path>, strict: boo
 /// let sd = src.state_dict().into_iter().map(|(k, t)| (format!("module.{k}"), t)).collect();
 /// save_state_dict(&sd, &path, &Default::default()).unwrap();
 ///
-/// let model: Linear = Linear::new(3, 2);
-/// let report = load_mapped(&model, &path, &KeyMap::new().strip_prefix("module."), true).unwrap();
+/// let mut model: Linear = Linear::new(3, 2);
+/// let report = load_mapped(&mut model, &path, &KeyMap::new().strip_prefix("module."), true).unwrap();
 /// assert_eq!(report.to_string(), "matched 2, missing 0, unexpected 0, skipped 0, shape mismatches 0");
 /// assert_eq!(model.weight.value().to_vec(), src.weight.value().to_vec());
 /// # std::fs::remove_dir_all(&dir).unwrap();
@@ -287,7 +287,7 @@ pub fn load<E: Float>(model: &dyn Module<E>, path: impl AsRef<Path>, strict: boo
 /// PyTorch checkpoint those of [`PtFile::open`] ([`NnError::ForbiddenGlobal`] for a pickle
 /// that names code).
 pub fn load_mapped<E: Float>(
-    model: &dyn Module<E>,
+    model: &mut dyn Module<E>,
     path: impl AsRef<Path>,
     map: &KeyMap,
     strict: bool,
@@ -315,7 +315,7 @@ pub(crate) fn is_pytorch_file(path: &Path) -> Result<bool, NnError> {
 /// that a failed load leaves it as it was.
 pub(crate) fn load_checked<'a, E: Float>(
     path: &Path,
-    model: &dyn Module<E>,
+    model: &mut dyn Module<E>,
     map: &KeyMap,
     strict: bool,
     shapes: impl IntoIterator<Item = (&'a str, &'a [usize])>,

@@ -587,7 +587,7 @@ impl PtFile {
     /// `strict`), [`NnError::WrongDtype`], [`NnError::Checkpoint`] (copies too large).
     pub fn load_into<E: Float>(
         &self,
-        model: &dyn Module<E>,
+        model: &mut dyn Module<E>,
         map: &KeyMap,
         strict: bool,
     ) -> Result<KeyMapReport, NnError> {

@@ -291,7 +291,7 @@ impl SafetensorsFile {
     /// for a matched tensor that is not float data.
     pub fn load_into<E: Float>(
         &self,
-        model: &dyn Module<E>,
+        model: &mut dyn Module<E>,
         map: &KeyMap,
         strict: bool,
     ) -> Result<KeyMapReport, NnError> {

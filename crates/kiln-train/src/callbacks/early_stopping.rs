@@ -203,7 +203,7 @@ impl Callback for EarlyStopping {
         }
     }
 
-    fn on_train_end(&mut self, model: &dyn Module<f32>, _history: &History) {
+    fn on_train_end(&mut self, model: &mut dyn Module<f32>, _history: &History) {
         if !self.restore_best_weights {
             return;
         }

@@ -8,7 +8,7 @@ use crate::history::History;
 type TrainBeginFn = Box<dyn FnMut(&dyn Module<f32>)>;
 type BatchEndFn = Box<dyn FnMut(&mut BatchContext<'_>)>;
 type EpochEndFn = Box<dyn FnMut(&mut EpochContext<'_>)>;
-type TrainEndFn = Box<dyn FnMut(&dyn Module<f32>, &History)>;
+type TrainEndFn = Box<dyn FnMut(&mut dyn Module<f32>, &History)>;
 
 /// A callback built from closures, one per hook, like Keras' `LambdaCallback`; hooks left
 /// unset do nothing.
@@ -62,7 +62,7 @@ impl LambdaCallback {
 
     /// Runs `f` after the last epoch.
     #[must_use]
-    pub fn on_train_end(mut self, f: impl FnMut(&dyn Module<f32>, &History) + 'static) -> Self {
+    pub fn on_train_end(mut self, f: impl FnMut(&mut dyn Module<f32>, &History) + 'static) -> Self {
         self.train_end = Some(Box::new(f));
         self
     }
@@ -87,7 +87,7 @@ impl Callback for LambdaCallback {
         }
     }
 
-    fn on_train_end(&mut self, model: &dyn Module<f32>, history: &History) {
+    fn on_train_end(&mut self, model: &mut dyn Module<f32>, history: &History) {
         if let Some(f) = &mut self.train_end {
             f(model, history);
         }

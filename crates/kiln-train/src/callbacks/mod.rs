@@ -42,7 +42,8 @@ pub struct EpochContext<'a> {
     pub logs: &'a EpochLogs,
     /// Every epoch so far, this one included.
     pub history: &'a History,
-    /// The model (read its `state_dict`, or load one back: `load_state_dict` takes `&self`).
+    /// The model, to read (its `state_dict`, for a checkpoint); a callback that loads weights
+    /// back does it in [`Callback::on_train_end`], which gets the model mutably.
     pub model: &'a dyn Module<f32>,
     /// The optimiser's learning rates (and momenta).
     pub optimizer: &'a mut dyn LrGroups,
@@ -112,7 +113,7 @@ pub trait Callback {
         false
     }
     /// After the last epoch (or an early stop).
-    fn on_train_end(&mut self, model: &dyn Module<f32>, history: &History) {
+    fn on_train_end(&mut self, model: &mut dyn Module<f32>, history: &History) {
         let _ = (model, history);
     }
 }

@@ -447,7 +447,7 @@ impl Callback for TensorBoardLogger {
         or_panic(self.flush());
     }
 
-    fn on_train_end(&mut self, _model: &dyn Module<f32>, _history: &History) {
+    fn on_train_end(&mut self, _model: &mut dyn Module<f32>, _history: &History) {
         or_panic(self.flush());
     }
 }
