@@ -1007,7 +1007,7 @@ pub(crate) mod tests {
             return;
         };
         let tol = c.tol(dtype);
-        let m: MultiheadAttention<E> = mha_from(&c);
+        let mut m: MultiheadAttention<E> = mha_from(&c);
         let sd: crate::StateDict<E> = golden_state_dict(&c).into_iter().map(|(k, t)| (k, t.cast())).collect();
         m.load_state_dict(&sd, true).unwrap();
         let need = c.bool_or("call_kwargs/need_weights", true);

@@ -275,7 +275,7 @@ mod tests {
     #[test]
     fn golden_gru_2layer_bidir() {
         let Some(c) = golden::load("rnn/gru_2layer_bidir") else { return };
-        let g = gru_from(&c);
+        let mut g = gru_from(&c);
         g.load_state_dict(&testing::state_dict(&c), true).unwrap();
         let x = testing::input(&c, "x").unwrap();
         let h0 = testing::input(&c, "h0");

@@ -421,7 +421,7 @@ mod tests {
 
     fn golden_case_on(name: &str, fused: bool) {
         let Some(c) = golden::load(&format!("rnn/{name}")) else { return };
-        let l: LSTM<f64> = lstm_from(&c, fused);
+        let mut l: LSTM<f64> = lstm_from(&c, fused);
         l.load_state_dict(&testing::state_dict(&c), true).unwrap();
         let x = testing::input(&c, "x").unwrap();
         let (h0, c0) = (testing::input(&c, "h0"), testing::input(&c, "c0"));
@@ -471,7 +471,7 @@ mod tests {
     #[test]
     fn golden_in_f32_within_the_float32_tolerance() {
         let Some(c) = golden::load("rnn/lstm_packed_bidir") else { return };
-        let l: LSTM<f32> = lstm_from(&c, true);
+        let mut l: LSTM<f32> = lstm_from(&c, true);
         let sd: crate::StateDict<f32> = testing::state_dict(&c).into_iter().map(|(k, v)| (k, v.cast())).collect();
         l.load_state_dict(&sd, true).unwrap();
         let x = Var::param(c.t("input.x").cast::<f32>());

@@ -414,7 +414,7 @@ mod tests {
     #[test]
     fn golden_lstmcell() {
         let Some(c) = golden::load("rnn/lstmcell") else { return };
-        let cell: LSTMCell<f64> = LSTMCellConfig {
+        let mut cell: LSTMCell<f64> = LSTMCellConfig {
             bias: testing::kw_bool(&c, "bias", true),
             ..LSTMCellConfig::new(c.usize("constructor_kwargs/input_size"), c.usize("constructor_kwargs/hidden_size"))
         }
@@ -430,7 +430,7 @@ mod tests {
     #[test]
     fn golden_grucell() {
         let Some(c) = golden::load("rnn/grucell") else { return };
-        let cell: GRUCell<f64> = GRUCellConfig {
+        let mut cell: GRUCell<f64> = GRUCellConfig {
             bias: testing::kw_bool(&c, "bias", true),
             ..GRUCellConfig::new(c.usize("constructor_kwargs/input_size"), c.usize("constructor_kwargs/hidden_size"))
         }
@@ -448,7 +448,7 @@ mod tests {
         // RNN, both non-linearities
         for nl in [RNNNonlinearity::Tanh, RNNNonlinearity::Relu] {
             let layer = RNNConfig { nonlinearity: nl, ..RNNConfig::new(3, 5) }.build::<f64>().unwrap();
-            let cell = RNNCellConfig { nonlinearity: nl, ..RNNCellConfig::new(3, 5) }.build::<f64>().unwrap();
+            let mut cell = RNNCellConfig { nonlinearity: nl, ..RNNCellConfig::new(3, 5) }.build::<f64>().unwrap();
             let sd: crate::StateDict<f64> =
                 layer.state_dict().into_iter().map(|(k, v)| (k.trim_end_matches("_l0").to_string(), v)).collect();
             cell.load_state_dict(&sd, true).unwrap();
@@ -462,7 +462,7 @@ mod tests {
         }
         // LSTM
         let layer = LSTMConfig::new(3, 5).build::<f64>().unwrap();
-        let cell = LSTMCellConfig::new(3, 5).build::<f64>().unwrap();
+        let mut cell = LSTMCellConfig::new(3, 5).build::<f64>().unwrap();
         let sd: crate::StateDict<f64> =
             layer.state_dict().into_iter().map(|(k, v)| (k.trim_end_matches("_l0").to_string(), v)).collect();
         cell.load_state_dict(&sd, true).unwrap();
@@ -476,7 +476,7 @@ mod tests {
         close(&s.unwrap().1.value(), &c_n.value().select(0, 0));
         // GRU
         let layer = GRUConfig::new(3, 5).build::<f64>().unwrap();
-        let cell = GRUCellConfig::new(3, 5).build::<f64>().unwrap();
+        let mut cell = GRUCellConfig::new(3, 5).build::<f64>().unwrap();
         let sd: crate::StateDict<f64> =
             layer.state_dict().into_iter().map(|(k, v)| (k.trim_end_matches("_l0").to_string(), v)).collect();
         cell.load_state_dict(&sd, true).unwrap();

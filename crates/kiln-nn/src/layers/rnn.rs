@@ -247,7 +247,7 @@ mod tests {
             bidirectional: testing::kw_bool(&c, "bidirectional", false),
             ..RNNConfig::new(c.usize("constructor_kwargs/input_size"), c.usize("constructor_kwargs/hidden_size"))
         };
-        let r: RNN<f64> = cfg.build().unwrap();
+        let mut r: RNN<f64> = cfg.build().unwrap();
         r.load_state_dict(&testing::state_dict(&c), true).unwrap();
         let x = testing::input(&c, "x").unwrap();
         let h0 = testing::input(&c, "h0");

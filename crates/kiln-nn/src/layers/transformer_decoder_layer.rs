@@ -432,7 +432,7 @@ mod tests {
             return;
         };
         let kw = |k: &str| format!("constructor_kwargs/{k}");
-        let l: TransformerDecoderLayer<f64> = TransformerDecoderLayerConfig {
+        let mut l: TransformerDecoderLayer<f64> = TransformerDecoderLayerConfig {
             dim_feedforward: c.usize_or(&kw("dim_feedforward"), 2048),
             dropout: c.f64_or(&kw("dropout"), 0.1),
             batch_first: c.bool_or(&kw("batch_first"), false),
@@ -446,7 +446,7 @@ mod tests {
         .unwrap();
         let masks = ["tgt_mask", "memory_mask", "tgt_key_padding_mask", "memory_key_padding_mask"].map(|m| mask(&c, m));
         let [tgt_mask, memory_mask, tgt_pad, mem_pad] = &masks;
-        golden_check(name, &c, &l, |x| {
+        golden_check(name, &c, &mut l, |l, x| {
             l.forward_with(&x[0], &x[1], tgt_mask.as_ref(), memory_mask.as_ref(), tgt_pad.as_ref(), mem_pad.as_ref())
         });
     }

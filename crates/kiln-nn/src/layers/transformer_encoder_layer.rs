@@ -415,7 +415,7 @@ mod tests {
         // sequence-first, batch-first and unbatched inputs give the same numbers
         let bf = enc_cfg(4, 2, 8).build::<f64>().unwrap();
         perturb(&bf, 1);
-        let sf = TransformerEncoderLayerConfig { batch_first: false, ..enc_cfg(4, 2, 8) }.build::<f64>().unwrap();
+        let mut sf = TransformerEncoderLayerConfig { batch_first: false, ..enc_cfg(4, 2, 8) }.build::<f64>().unwrap();
         sf.load_state_dict(&bf.state_dict(), true).unwrap();
         let x = rand(&[2, 3, 4], 2);
         let a = bf.forward(&Var::constant(x.clone())).value();
@@ -476,9 +476,9 @@ mod tests {
             let Some(c) = golden::load(&format!("attention/{name}")) else {
                 return;
             };
-            let l = enc_layer_from(&c, "constructor_kwargs");
+            let mut l = enc_layer_from(&c, "constructor_kwargs");
             let (src_mask, pad) = (mask(&c, "src_mask"), mask(&c, "src_key_padding_mask"));
-            golden_check(name, &c, &l, |x| l.forward_with(&x[0], src_mask.as_ref(), pad.as_ref()));
+            golden_check(name, &c, &mut l, |l, x| l.forward_with(&x[0], src_mask.as_ref(), pad.as_ref()));
         }
     }
 }
