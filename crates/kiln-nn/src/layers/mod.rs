@@ -28,6 +28,7 @@ mod norm;
 mod pixel_shuffle;
 mod pool;
 mod positional;
+mod prelu;
 mod recurrence;
 mod recurrent;
 mod recurrent_cell;
@@ -69,6 +70,7 @@ pub use max_pool1d::{MaxPool1d, MaxPool1dConfig};
 pub use max_pool2d::{MaxPool2d, MaxPool2dConfig};
 pub use norm::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
 pub use pixel_shuffle::{PixelShuffle, PixelUnshuffle};
+pub use prelu::PReLU;
 pub use positional::{
     sinusoidal_encoding, LearnedPositionalEmbedding, LearnedPositionalEmbeddingConfig, SinusoidalPositionalEncoding,
     SinusoidalPositionalEncodingConfig,

@@ -11,6 +11,9 @@ use super::NR_VNNI as NR;
 
 /// Four activation bytes of row `r` starting at column `k0` (`n <= 4` of them real, the rest
 /// zero), as one little-endian `i32`, sign bits flipped when `SIGNED`.
+///
+/// # Safety
+/// `p` must point to `n` readable bytes (`n <= 4`).
 #[inline(always)]
 unsafe fn quad<const SIGNED: bool>(p: *const u8, n: usize) -> i32 {
     let flip: u32 = if SIGNED { 0x8080_8080 } else { 0 };
