@@ -52,6 +52,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "MaxPool",
     "Mul",
     "Neg",
+    "PRelu",
     "Pow",
     "RNN",
     "ReduceMax",

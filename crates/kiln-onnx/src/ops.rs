@@ -586,6 +586,12 @@ pub(crate) fn run_node(n: NodeView, args: &[Option<Val>], opset: i64) -> R<Vec<V
         "Tanh" => one(fl(args, 0)?.tanh()),
         "Softplus" => one(fl(args, 0)?.softplus(1.0, 20.0)),
         "LeakyRelu" => one(fl(args, 0)?.leaky_relu(n.f("alpha", 0.01) as f64)),
+        "PRelu" => {
+            // max(0, x) + slope * min(0, x); the slope broadcasts onto x
+            let (x, slope) = (fl(args, 0)?, fl(args, 1)?);
+            let pos = x.relu();
+            one(pos.add(&slope.mul(&x.sub(&pos))))
+        }
         "Elu" => one(fl(args, 0)?.elu(n.f("alpha", 1.0) as f64)),
         "Erf" => one(erf(&fl(args, 0)?)),
         "Gelu" => match n.s("approximate").as_deref().unwrap_or("none") {

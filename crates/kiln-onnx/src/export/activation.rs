@@ -1,9 +1,9 @@
 //! Activations and the eval-mode identities: `Dropout`/`Dropout2d` (eval) -> `Identity`,
 //! `ReLU`, `LeakyReLU`, `ELU`, `GELU`, `SiLU`, `Sigmoid`, `Tanh`, `Softplus`, `Softmax`,
-//! `LogSoftmax`.
+//! `LogSoftmax`, `PReLU`.
 
 use kiln_nn::{
-    Dropout, Dropout2d, GeluApproximate, Layer, LeakyReLU, LogSoftmax, ReLU, SiLU, Sigmoid, Softmax, Softplus, Tanh,
+    Dropout, Dropout2d, GeluApproximate, Layer, LeakyReLU, LogSoftmax, PReLU, ReLU, SiLU, Sigmoid, Softmax, Softplus, Tanh,
     ELU, GELU,
 };
 
@@ -23,6 +23,7 @@ register_export!(
     Softplus => softplus,
     Softmax => softmax,
     LogSoftmax => log_softmax,
+    PReLU => prelu,
 );
 
 const TRAINING: &str = "dropout is in training mode (random masks); call model.eval() before exporting";
@@ -180,4 +181,22 @@ pub(super) fn softplus_nodes(ex: &mut Exporter, x: &str, beta: f64, threshold: f
     let th = ex.const_f32("softplus_threshold", threshold as f32);
     let over = ex.node("Greater", &[&xb, &th], vec![]);
     ex.node("Where", &[&over, x, &sp], vec![])
+}
+
+/// `PReLU` -> `PRelu(x, slope)`, as `torch.onnx.export` writes it: the slopes are the
+/// initializer `weight` (`[C]`), reshaped to `[C, 1, ..., 1]` so that they broadcast over the
+/// axes after the channel axis (a single slope broadcasts as it is).
+pub fn prelu(layer: &dyn Layer<f32>, ex: &mut Exporter, prefix: &str, x: &Value) -> Option<Result<String, OnnxError>> {
+    let l = layer.downcast_ref::<PReLU>()?;
+    let w = ex.param(&format!("{prefix}weight"), &l.weight);
+    let nd = x.example.ndim();
+    let slope = if l.num_parameters == 1 || nd < 3 {
+        w
+    } else {
+        let mut shape = vec![1i64; nd - 1];
+        shape[0] = l.num_parameters as i64;
+        let s = ex.initializer_i64(&format!("{prefix}slope_shape"), &shape, &[shape.len()]);
+        ex.node("Reshape", &[&w, &s], vec![])
+    };
+    Some(Ok(ex.node("PRelu", &[&x.name, &slope], vec![])))
 }
