@@ -46,7 +46,7 @@ impl Targets {
     /// **Panics** if these are real-valued targets.
     #[must_use]
     pub fn classes(&self) -> &[usize] {
-        &self.class_indices().as_slice()
+        self.class_indices().as_slice()
     }
 
     /// The class indices in the type the class losses and metrics take.

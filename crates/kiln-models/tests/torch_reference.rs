@@ -74,7 +74,8 @@ fn a_torch_save_checkpoint_loads_through_the_pt_reader() {
     let meta = json("resnet18_w4.json");
     let (input, expected, _) = case("resnet18_w4");
     let mut model = resnet_config(&meta).build::<f32>().unwrap();
-    let report = load_mapped(&mut model, fixture("resnet18_w4.pt"), &KeyMap::new(), true).expect("a torch.save state_dict");
+    let report =
+        load_mapped(&mut model, fixture("resnet18_w4.pt"), &KeyMap::new(), true).expect("a torch.save state_dict");
     assert_eq!(report.matched.len(), model.state_dict().len());
     model.eval();
     let d = max_abs_diff(&model.forward(&Var::constant(input)).value(), &expected);

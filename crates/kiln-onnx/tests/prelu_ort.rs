@@ -16,9 +16,11 @@ fn prelu_matches_onnx_runtime() {
     per_channel.weight.set_value(Tensor::from_vec(vec![0.1, -0.4, 0.7], &[3]));
     let models: Vec<(&str, Sequential, Vec<usize>)> = vec![
         ("shared_slope", Sequential::new().add(Linear::new(4, 6)).add(PReLU::new(1)), vec![2, 4]),
-        ("per_channel", Sequential::new().add(Conv2dConfig::new(2, 3, 3).build::<f32>().unwrap()).add(per_channel), vec![
-            1, 2, 5, 5,
-        ]),
+        (
+            "per_channel",
+            Sequential::new().add(Conv2dConfig::new(2, 3, 3).build::<f32>().unwrap()).add(per_channel),
+            vec![1, 2, 5, 5],
+        ),
     ];
     let (mut cases, mut expected) = (Vec::new(), Vec::new());
     for (name, mut model, shape) in models {

@@ -69,7 +69,11 @@ impl TryFrom<IndicesRepr> for Indices {
     fn try_from(r: IndicesRepr) -> Result<Self, String> {
         let n: usize = r.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("Indices: shape overflows")?;
         if n != r.data.len() {
-            return Err(format!("Indices: shape {:?} holds {n} elements, data has {}", r.shape.as_slice(), r.data.len()));
+            return Err(format!(
+                "Indices: shape {:?} holds {n} elements, data has {}",
+                r.shape.as_slice(),
+                r.data.len()
+            ));
         }
         Ok(Indices { data: r.data, shape: r.shape })
     }

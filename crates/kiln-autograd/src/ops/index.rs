@@ -168,7 +168,7 @@ impl<E: Float> Var<E> {
         }
         let mut out_shape = ids.shape().to_vec();
         out_shape.push(width);
-        let value = table.with_value(|t| t.index_select(0, &ids.as_slice()).reshape(&out_shape));
+        let value = table.with_value(|t| t.index_select(0, ids.as_slice()).reshape(&out_shape));
         let ids = ids.clone();
         Var::from_op(
             value,
@@ -183,7 +183,7 @@ impl<E: Float> Var<E> {
                         let keep = Indices::new(ids.to_vec(), &[n, 1]).to_tensor::<E>().ne_scalar(E::from_usize(p));
                         rows = rows.mul(&Var::constant(keep));
                     }
-                    smallvec![Some(scatter_into_zeros(&rows, &tshape, 0, &ids.as_slice()))]
+                    smallvec![Some(scatter_into_zeros(&rows, &tshape, 0, ids.as_slice()))]
                 },
             },
         )

@@ -136,7 +136,8 @@ fn max_pool_backward_op<E: Float>(g: &Var<E>, indices: Arc<Indices>, x_shape: Sh
         let gathered = u.reshape(&[planes, plane]).gather(1, &flat).reshape(&i[0].shape());
         let gathered = if empty {
             // windows that covered no input element got no gradient
-            let keep: Vec<E> = indices.as_slice().iter().map(|&k| if k == NO_INDEX { E::zero() } else { E::one() }).collect();
+            let keep: Vec<E> =
+                indices.as_slice().iter().map(|&k| if k == NO_INDEX { E::zero() } else { E::one() }).collect();
             gathered.mul(&Var::constant(Tensor::from_vec(keep, indices.shape())))
         } else {
             gathered

@@ -70,11 +70,11 @@ pub use max_pool1d::{MaxPool1d, MaxPool1dConfig};
 pub use max_pool2d::{MaxPool2d, MaxPool2dConfig};
 pub use norm::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
 pub use pixel_shuffle::{PixelShuffle, PixelUnshuffle};
-pub use prelu::PReLU;
 pub use positional::{
     sinusoidal_encoding, LearnedPositionalEmbedding, LearnedPositionalEmbeddingConfig, SinusoidalPositionalEncoding,
     SinusoidalPositionalEncodingConfig,
 };
+pub use prelu::PReLU;
 pub use recurrent::{last_valid_output, HiddenStateOnly, RNNWeights, Recurrent, RecurrentConfig};
 pub use recurrent_cell::{
     CellConfig, GRUCell, GRUCellConfig, LSTMCell, LSTMCellConfig, RNNCell, RNNCellConfig, RecurrentCell,

@@ -3,8 +3,8 @@
 //! `LogSoftmax`, `PReLU`.
 
 use kiln_nn::{
-    Dropout, Dropout2d, GeluApproximate, Layer, LeakyReLU, LogSoftmax, PReLU, ReLU, SiLU, Sigmoid, Softmax, Softplus, Tanh,
-    ELU, GELU,
+    Dropout, Dropout2d, GeluApproximate, Layer, LeakyReLU, LogSoftmax, PReLU, ReLU, SiLU, Sigmoid, Softmax, Softplus,
+    Tanh, ELU, GELU,
 };
 
 use super::{attr_f, attr_i, attr_s, unsupported, Exporter, Value};
