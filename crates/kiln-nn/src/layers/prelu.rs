@@ -147,6 +147,7 @@ crate::register_layer!(PReLU<E>);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::layers2_golden::tensor;
     use crate::layers::testing::descend;
     use kiln_autograd::gradcheck;
     use kiln_tensor::Rng;
@@ -155,12 +156,6 @@ mod tests {
     /// arguments, the slopes after a random update, an input, `upstream` (the output's
     /// gradient), and PyTorch's output and gradients. Every size is read from the file.
     const FIXTURE: &str = include_str!("../../tests/fixtures/prelu.json");
-
-    fn tensor(v: &Value) -> Tensor<f64> {
-        let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-        let data: Vec<f64> = v["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
-        Tensor::from_vec(data, &shape)
-    }
 
     fn close(what: &str, got: &Tensor<f64>, want: &Tensor<f64>) {
         assert_eq!(got.shape(), want.shape(), "{what}");

@@ -111,6 +111,7 @@ crate::register_layer!(ZeroPad2d);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::layers2_golden::tensor;
     use kiln_autograd::gradcheck;
     use kiln_tensor::{Rng, Tensor};
 
@@ -118,12 +119,6 @@ mod tests {
     /// `padding`, an input, `upstream` (the output's gradient), and PyTorch's output and input
     /// gradient. Every size is read from the file.
     const FIXTURE: &str = include_str!("../../tests/fixtures/zero_pad2d.json");
-
-    fn tensor(v: &Value) -> Tensor<f64> {
-        let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-        let data: Vec<f64> = v["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
-        Tensor::from_vec(data, &shape)
-    }
 
     #[test]
     fn matches_pytorch_values_and_gradients() {
