@@ -88,47 +88,15 @@ impl AvgPool1d {
         AvgPool1dConfig::new(kernel_size).build().unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Sets the step between windows (a builder:
-    /// `AvgPool1d::new(3).stride(2).padding(1)`).
-    ///
-    /// **Panics** on a combination [`AvgPool1dConfig::build`] rejects.
-    #[must_use]
-    pub fn stride(self, stride: usize) -> Self {
-        self.with_config(|c| c.stride = Some(stride))
-    }
-
-    /// Sets the implicit zero padding on both ends (a builder:
-    /// `AvgPool1d::new(3).stride(2).padding(1)`).
-    ///
-    /// **Panics** on a combination [`AvgPool1dConfig::build`] rejects.
-    #[must_use]
-    pub fn padding(self, padding: usize) -> Self {
-        self.with_config(|c| c.padding = padding)
-    }
-
-    /// Sets ceiling (`true`) or floor (`false`) in the output length (a builder:
-    /// `AvgPool1d::new(3).stride(2).padding(1)`).
-    ///
-    /// **Panics** on a combination [`AvgPool1dConfig::build`] rejects.
-    #[must_use]
-    pub fn ceil_mode(self, ceil_mode: bool) -> Self {
-        self.with_config(|c| c.ceil_mode = ceil_mode)
-    }
-
-    /// Sets whether the zero padding counts in each window's divisor (a builder:
-    /// `AvgPool1d::new(3).stride(2).padding(1)`).
-    ///
-    /// **Panics** on a combination [`AvgPool1dConfig::build`] rejects.
-    #[must_use]
-    pub fn count_include_pad(self, count_include_pad: bool) -> Self {
-        self.with_config(|c| c.count_include_pad = count_include_pad)
-    }
-
-    /// The layer with its configuration changed by `f`, checked as [`AvgPool1dConfig::build`] checks it.
-    fn with_config(self, f: impl FnOnce(&mut AvgPool1dConfig)) -> Self {
-        let mut config = self.config;
-        f(&mut config);
-        config.build().unwrap_or_else(|e| panic!("{e}"))
+    super::pool::pool_setters! { AvgPool1d;
+        /// Sets the step between windows
+        stride: usize => stride = Some(stride);
+        /// Sets the implicit zero padding on both ends
+        padding: usize => padding = padding;
+        /// Sets ceiling (`true`) or floor (`false`) in the output length
+        ceil_mode: bool => ceil_mode = ceil_mode;
+        /// Sets whether the zero padding counts in each window's divisor
+        count_include_pad: bool => count_include_pad = count_include_pad;
     }
 }
 

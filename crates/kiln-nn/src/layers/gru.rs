@@ -3,7 +3,7 @@
 use kiln_tensor::Float;
 
 use super::recurrence::CellKind;
-use super::recurrent::{HiddenStateOnly, Options, Recurrent, RecurrentConfig, Spec};
+use super::recurrent::{HiddenStateOnly, Recurrent, RecurrentConfig, Spec};
 use crate::error::NnError;
 
 /// Configuration of a [`GRU`] (PyTorch's defaults: one layer, with biases, time-major,
@@ -74,15 +74,7 @@ impl RecurrentConfig for GRUConfig {
             fused: false,
         }
     }
-    fn options_mut(&mut self) -> Options<'_> {
-        Options {
-            num_layers: &mut self.num_layers,
-            bias: &mut self.bias,
-            batch_first: &mut self.batch_first,
-            dropout: &mut self.dropout,
-            bidirectional: &mut self.bidirectional,
-        }
-    }
+    super::recurrent::options_mut!();
 }
 
 impl HiddenStateOnly for GRUConfig {}

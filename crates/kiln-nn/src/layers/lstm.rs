@@ -4,7 +4,7 @@ use kiln_autograd::Var;
 use kiln_tensor::Float;
 
 use super::recurrence::CellKind;
-use super::recurrent::{Options, Recurrent, RecurrentConfig, Spec};
+use super::recurrent::{Recurrent, RecurrentConfig, Spec};
 use crate::error::NnError;
 
 /// Configuration of an [`LSTM`] (PyTorch's defaults: one layer, with biases, time-major,
@@ -83,15 +83,7 @@ impl RecurrentConfig for LSTMConfig {
             fused: self.fused,
         }
     }
-    fn options_mut(&mut self) -> Options<'_> {
-        Options {
-            num_layers: &mut self.num_layers,
-            bias: &mut self.bias,
-            batch_first: &mut self.batch_first,
-            dropout: &mut self.dropout,
-            bidirectional: &mut self.bidirectional,
-        }
-    }
+    super::recurrent::options_mut!();
 }
 
 /// A multi-layer LSTM, like `torch.nn.LSTM`. For each layer and step:

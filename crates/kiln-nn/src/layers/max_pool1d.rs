@@ -84,47 +84,15 @@ impl MaxPool1d {
         MaxPool1dConfig::new(kernel_size).build().unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Sets the step between windows (a builder:
-    /// `MaxPool1d::new(3).stride(2).padding(1)`).
-    ///
-    /// **Panics** on a combination [`MaxPool1dConfig::build`] rejects.
-    #[must_use]
-    pub fn stride(self, stride: usize) -> Self {
-        self.with_config(|c| c.stride = Some(stride))
-    }
-
-    /// Sets the implicit `-inf` padding on both ends (a builder:
-    /// `MaxPool1d::new(3).stride(2).padding(1)`).
-    ///
-    /// **Panics** on a combination [`MaxPool1dConfig::build`] rejects.
-    #[must_use]
-    pub fn padding(self, padding: usize) -> Self {
-        self.with_config(|c| c.padding = padding)
-    }
-
-    /// Sets the spacing between window taps (a builder:
-    /// `MaxPool1d::new(3).stride(2).padding(1)`).
-    ///
-    /// **Panics** on a combination [`MaxPool1dConfig::build`] rejects.
-    #[must_use]
-    pub fn dilation(self, dilation: usize) -> Self {
-        self.with_config(|c| c.dilation = dilation)
-    }
-
-    /// Sets ceiling (`true`) or floor (`false`) in the output length (a builder:
-    /// `MaxPool1d::new(3).stride(2).padding(1)`).
-    ///
-    /// **Panics** on a combination [`MaxPool1dConfig::build`] rejects.
-    #[must_use]
-    pub fn ceil_mode(self, ceil_mode: bool) -> Self {
-        self.with_config(|c| c.ceil_mode = ceil_mode)
-    }
-
-    /// The layer with its configuration changed by `f`, checked as [`MaxPool1dConfig::build`] checks it.
-    fn with_config(self, f: impl FnOnce(&mut MaxPool1dConfig)) -> Self {
-        let mut config = self.config;
-        f(&mut config);
-        config.build().unwrap_or_else(|e| panic!("{e}"))
+    super::pool::pool_setters! { MaxPool1d;
+        /// Sets the step between windows
+        stride: usize => stride = Some(stride);
+        /// Sets the implicit `-inf` padding on both ends
+        padding: usize => padding = padding;
+        /// Sets the spacing between window taps
+        dilation: usize => dilation = dilation;
+        /// Sets ceiling (`true`) or floor (`false`) in the output length
+        ceil_mode: bool => ceil_mode = ceil_mode;
     }
 }
 

@@ -93,47 +93,15 @@ impl MaxPool2d {
         MaxPool2dConfig::new(kernel_size).build().unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Sets the step between windows on both axes (a builder:
-    /// `MaxPool2d::new(3).stride(2).padding(1)`).
-    ///
-    /// **Panics** on a combination [`MaxPool2dConfig::build`] rejects.
-    #[must_use]
-    pub fn stride(self, stride: usize) -> Self {
-        self.with_config(|c| c.stride = Some([stride, stride]))
-    }
-
-    /// Sets the implicit `-inf` padding on both sides of both axes (a builder:
-    /// `MaxPool2d::new(3).stride(2).padding(1)`).
-    ///
-    /// **Panics** on a combination [`MaxPool2dConfig::build`] rejects.
-    #[must_use]
-    pub fn padding(self, padding: usize) -> Self {
-        self.with_config(|c| c.padding = [padding, padding])
-    }
-
-    /// Sets the spacing between window taps on both axes (a builder:
-    /// `MaxPool2d::new(3).stride(2).padding(1)`).
-    ///
-    /// **Panics** on a combination [`MaxPool2dConfig::build`] rejects.
-    #[must_use]
-    pub fn dilation(self, dilation: usize) -> Self {
-        self.with_config(|c| c.dilation = [dilation, dilation])
-    }
-
-    /// Sets ceiling (`true`) or floor (`false`) in the output size (a builder:
-    /// `MaxPool2d::new(3).stride(2).padding(1)`).
-    ///
-    /// **Panics** on a combination [`MaxPool2dConfig::build`] rejects.
-    #[must_use]
-    pub fn ceil_mode(self, ceil_mode: bool) -> Self {
-        self.with_config(|c| c.ceil_mode = ceil_mode)
-    }
-
-    /// The layer with its configuration changed by `f`, checked as [`MaxPool2dConfig::build`] checks it.
-    fn with_config(self, f: impl FnOnce(&mut MaxPool2dConfig)) -> Self {
-        let mut config = self.config;
-        f(&mut config);
-        config.build().unwrap_or_else(|e| panic!("{e}"))
+    super::pool::pool_setters! { MaxPool2d;
+        /// Sets the step between windows on both axes
+        stride: usize => stride = Some([stride, stride]);
+        /// Sets the implicit `-inf` padding on both sides of both axes
+        padding: usize => padding = [padding, padding];
+        /// Sets the spacing between window taps on both axes
+        dilation: usize => dilation = [dilation, dilation];
+        /// Sets ceiling (`true`) or floor (`false`) in the output size
+        ceil_mode: bool => ceil_mode = ceil_mode;
     }
 }
 

@@ -1,6 +1,6 @@
-//! What the pooling layers share: the check of their window settings and how their messages
-//! and `Display` print sizes. The layers are in `max_pool1d.rs`, `max_pool2d.rs`,
-//! `avg_pool1d.rs`, `avg_pool2d.rs` and `adaptive_avg_pool2d.rs`.
+//! What the pooling layers share: the check of their window settings, how their messages
+//! and `Display` print sizes, and their builder setters. The layers are in `max_pool1d.rs`,
+//! `max_pool2d.rs`, `avg_pool1d.rs`, `avg_pool2d.rs` and `adaptive_avg_pool2d.rs`.
 
 use crate::error::NnError;
 
@@ -44,3 +44,25 @@ pub(super) fn show1(v: [usize; 2]) -> String {
 pub(super) fn show2(v: [usize; 2]) -> String {
     format!("{v:?}")
 }
+
+/// Builder setters of a pool layer `$layer` (inside its `impl`), each from a short spec:
+/// `/// doc` (the first line of its doc comment), then `name: Type => field = value;`. A setter
+/// sets `field` of a copy of the layer's `config` to `value` (an expression in `name`) and
+/// builds the layer again, panicking with the message of the configuration's `build`.
+macro_rules! pool_setters {
+    ($layer:ident; $(#[doc = $doc:literal] $name:ident: $ty:ty => $field:ident = $value:expr;)*) => {
+        $(
+            #[doc = concat!($doc, " (a builder:")]
+            #[doc = concat!(" `", stringify!($layer), "::new(3).stride(2).padding(1)`).")]
+            #[doc = ""]
+            #[doc = concat!("**Panics** on a combination [`", stringify!($layer), "Config::build`] rejects.")]
+            #[must_use]
+            pub fn $name(self, $name: $ty) -> Self {
+                let mut config = self.config;
+                config.$field = $value;
+                config.build().unwrap_or_else(|e| panic!("{e}"))
+            }
+        )*
+    };
+}
+pub(super) use pool_setters;

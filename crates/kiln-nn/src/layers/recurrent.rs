@@ -61,6 +61,23 @@ pub struct Options<'a> {
     pub bidirectional: &'a mut bool,
 }
 
+/// [`RecurrentConfig::options_mut`] for a configuration whose option fields have [`Options`]'s
+/// names (inside its `impl RecurrentConfig`).
+macro_rules! options_mut {
+    () => {
+        fn options_mut(&mut self) -> $crate::layers::recurrent::Options<'_> {
+            $crate::layers::recurrent::Options {
+                num_layers: &mut self.num_layers,
+                bias: &mut self.bias,
+                batch_first: &mut self.batch_first,
+                dropout: &mut self.dropout,
+                bidirectional: &mut self.bidirectional,
+            }
+        }
+    };
+}
+pub(super) use options_mut;
+
 /// A multi-layer, possibly bidirectional recurrence over a sequence, generic over its
 /// configuration `C` (which recurrence: see [`RecurrentConfig`]); use it as
 /// [`RNN`](crate::RNN), [`GRU`](crate::GRU) or [`LSTM`](crate::LSTM), whose docs give the

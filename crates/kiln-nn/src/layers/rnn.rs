@@ -5,7 +5,7 @@ use std::fmt;
 use kiln_tensor::Float;
 
 use super::recurrence::CellKind;
-use super::recurrent::{HiddenStateOnly, Options, Recurrent, RecurrentConfig, Spec};
+use super::recurrent::{HiddenStateOnly, Recurrent, RecurrentConfig, Spec};
 use crate::error::NnError;
 
 /// The non-linearity of an [`RNN`] or [`RNNCell`](crate::RNNCell) (PyTorch's `nonlinearity`
@@ -103,15 +103,7 @@ impl RecurrentConfig for RNNConfig {
             fused: false,
         }
     }
-    fn options_mut(&mut self) -> Options<'_> {
-        Options {
-            num_layers: &mut self.num_layers,
-            bias: &mut self.bias,
-            batch_first: &mut self.batch_first,
-            dropout: &mut self.dropout,
-            bidirectional: &mut self.bidirectional,
-        }
-    }
+    super::recurrent::options_mut!();
 }
 
 impl HiddenStateOnly for RNNConfig {}

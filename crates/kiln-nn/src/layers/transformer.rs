@@ -27,6 +27,7 @@ use crate::layers::attention::{causal_mask, AttnMask, MultiheadAttention, Multih
 use crate::layers::dropout::Dropout;
 use crate::layers::linear::{Linear, LinearConfig};
 use crate::layers::norm::{LayerNorm, LayerNormConfig};
+use crate::lora::LoraMultiheadAttention;
 use crate::Module;
 
 /// The feed-forward activation of a Transformer layer (PyTorch's `activation="relu"|"gelu"`).
@@ -135,6 +136,119 @@ pub(crate) fn write_hyper(
          activation={activation}, layer_norm_eps={eps:?}, batch_first={batch_first}, norm_first={norm_first}"
     )
 }
+
+/// Sets what `attn` reads at run time from its configuration (dropout, layout) to a
+/// Transformer layer's options.
+///
+/// **Panics** when `attn` has LoRA adapters, whose runner copied the options when they were
+/// attached.
+pub(crate) fn set_attention_options<E: Float>(
+    layer: &str,
+    attn: &mut LoraMultiheadAttention<E>,
+    dropout: f64,
+    batch_first: bool,
+) {
+    assert!(
+        attn.in_proj_lora.is_none() && attn.out_proj_lora.is_none(),
+        "{layer}: set dropout and batch_first before attaching LoRA adapters"
+    );
+    attn.base.config.dropout = dropout;
+    attn.base.config.batch_first = batch_first;
+}
+
+/// The builder setters both Transformer layers have, inside `impl<E: Float> $layer<E>` (whose
+/// configuration is `$config`): `dim_feedforward` (which draws the parameters again),
+/// `dropout`, `batch_first`, `norm_first` and `activation`, given the layer's dropouts and its
+/// attentions; and the private `check` they run.
+macro_rules! layer_setters {
+    ($layer:ident, $config:ident; dropouts: $($drop:ident),+; attentions: $($attn:ident),+) => {
+        #[doc = "Sets the width of the feed-forward block (a builder:"]
+        #[doc = concat!("`", stringify!($layer), "::new(512, 8).dim_feedforward(1024)`).")]
+        #[doc = ""]
+        #[doc = "The parameters change shape, so the layer is built again (without LoRA adapters) and"]
+        #[doc = "every parameter is drawn again, from the init generator's state when the layer was first"]
+        #[doc = concat!("built: the result equals [`", stringify!($config), "::build`] with the same options")]
+        #[doc = "after the same [`init::manual_seed`](crate::init::manual_seed). The mode is kept."]
+        #[doc = ""]
+        #[doc = concat!("**Panics** on a combination [`", stringify!($config), "::build`] rejects")]
+        #[doc = concat!("(`", stringify!($layer), ": dim_feedforward must be > 0, got 0`).")]
+        #[must_use]
+        pub fn dim_feedforward(self, dim_feedforward: usize) -> Self {
+            use $crate::Module as _;
+            let config = $config { dim_feedforward, ..self.config.clone() };
+            Self::check(&config);
+            let mut layer = self.drawn.redo(|| config.build::<E>()).unwrap_or_else(|e| panic!("{e}"));
+            layer.set_training(self.is_training());
+            layer
+        }
+
+        #[doc = "Sets the dropout probability of every dropout in the layer and of the attention"]
+        #[doc = concat!("weights, keeping the parameters (a builder: `", stringify!($layer), "::new(512, 8).dropout(0.2)`).")]
+        #[doc = ""]
+        #[doc = concat!("**Panics** on a combination [`", stringify!($config), "::build`] rejects")]
+        #[doc = concat!("(`", stringify!($layer), ": dropout must be in [0, 1], got 1.5`), or once LoRA adapters are")]
+        #[doc = "attached to the attention (set options first)."]
+        #[must_use]
+        pub fn dropout(mut self, dropout: f64) -> Self {
+            self.config.dropout = dropout;
+            Self::check(&self.config);
+            $(self.$drop.p = dropout;)+
+            $($crate::layers::transformer::set_attention_options(
+                stringify!($layer),
+                &mut self.$attn,
+                dropout,
+                self.config.batch_first,
+            );)+
+            self
+        }
+
+        #[doc = "Sets the `[N, T, E]` layout of inputs and outputs, keeping the parameters (a builder:"]
+        #[doc = concat!("`", stringify!($layer), "::new(512, 8).batch_first(true)`).")]
+        #[doc = ""]
+        #[doc = "**Panics** once LoRA adapters are attached to the attention (set options first)."]
+        #[must_use]
+        pub fn batch_first(mut self, batch_first: bool) -> Self {
+            self.config.batch_first = batch_first;
+            $($crate::layers::transformer::set_attention_options(
+                stringify!($layer),
+                &mut self.$attn,
+                self.config.dropout,
+                batch_first,
+            );)+
+            self
+        }
+
+        #[doc = "Sets pre-norm (`true`) or post-norm (`false`) residual blocks, keeping the parameters"]
+        #[doc = concat!("(a builder: `", stringify!($layer), "::new(512, 8).norm_first(true)`).")]
+        #[must_use]
+        pub fn norm_first(mut self, norm_first: bool) -> Self {
+            self.config.norm_first = norm_first;
+            self
+        }
+
+        #[doc = "Sets the feed-forward activation, keeping the parameters (a builder:"]
+        #[doc = concat!("`", stringify!($layer), "::new(512, 8).activation(TransformerActivation::Gelu)`).")]
+        #[must_use]
+        pub fn activation(mut self, activation: $crate::layers::transformer::TransformerActivation) -> Self {
+            self.config.activation = activation;
+            self
+        }
+
+        #[doc = concat!("Runs the checks of [`", stringify!($config), "::build`] on `c`.")]
+        fn check(c: &$config) {
+            $crate::layers::transformer::check_layer(
+                stringify!($layer),
+                c.d_model,
+                c.nhead,
+                c.dim_feedforward,
+                c.dropout,
+                c.layer_norm_eps,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+    };
+}
+pub(crate) use layer_setters;
 
 /// A fresh copy of `layer` with the same parameter values (PyTorch's `copy.deepcopy` in
 /// `_get_clones`): built from its configuration, then loaded with its state.

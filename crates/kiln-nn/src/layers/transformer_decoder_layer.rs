@@ -8,7 +8,6 @@ use kiln_autograd::Var;
 use kiln_tensor::Float;
 
 use super::transformer::{check_layer, write_hyper, Parts, TransformerActivation};
-use super::transformer_encoder_layer::set_attention_options;
 use crate::error::NnError;
 use crate::init;
 use crate::layers::attention::AttnMask;
@@ -202,76 +201,10 @@ impl<E: Float> TransformerDecoderLayer<E> {
         TransformerDecoderLayerConfig::new(d_model, nhead).build().unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Sets the width of the feed-forward block (a builder:
-    /// `TransformerDecoderLayer::new(512, 8).dim_feedforward(1024)`).
-    ///
-    /// The parameters change shape, so the layer is built again (without LoRA adapters) and
-    /// every parameter is drawn again, from the init generator's state when the layer was first
-    /// built: the result equals [`TransformerDecoderLayerConfig::build`] with the same options after the
-    /// same [`init::manual_seed`]. The mode is kept.
-    ///
-    /// **Panics** on a combination [`TransformerDecoderLayerConfig::build`] rejects
-    /// (`TransformerDecoderLayer: dim_feedforward must be > 0, got 0`).
-    #[must_use]
-    pub fn dim_feedforward(self, dim_feedforward: usize) -> Self {
-        let config = TransformerDecoderLayerConfig { dim_feedforward, ..self.config.clone() };
-        Self::check(&config);
-        let mut layer = self.drawn.redo(|| config.build::<E>()).unwrap_or_else(|e| panic!("{e}"));
-        layer.set_training(self.is_training());
-        layer
-    }
-
-    /// Sets the dropout probability of every dropout in the layer and of the attention
-    /// weights, keeping the parameters (a builder: `TransformerDecoderLayer::new(512, 8).dropout(0.2)`).
-    ///
-    /// **Panics** on a combination [`TransformerDecoderLayerConfig::build`] rejects
-    /// (`TransformerDecoderLayer: dropout must be in [0, 1], got 1.5`), or once LoRA adapters are
-    /// attached to the attention (set options first).
-    #[must_use]
-    pub fn dropout(mut self, dropout: f64) -> Self {
-        self.config.dropout = dropout;
-        Self::check(&self.config);
-        self.dropout.p = dropout;
-        self.dropout1.p = dropout;
-        self.dropout2.p = dropout;
-        self.dropout3.p = dropout;
-        set_attention_options("TransformerDecoderLayer", &mut self.self_attn, dropout, self.config.batch_first);
-        set_attention_options("TransformerDecoderLayer", &mut self.multihead_attn, dropout, self.config.batch_first);
-        self
-    }
-
-    /// Sets the `[N, T, E]` layout of inputs and outputs, keeping the parameters (a builder:
-    /// `TransformerDecoderLayer::new(512, 8).batch_first(true)`).
-    ///
-    /// **Panics** once LoRA adapters are attached to the attention (set options first).
-    #[must_use]
-    pub fn batch_first(mut self, batch_first: bool) -> Self {
-        self.config.batch_first = batch_first;
-        set_attention_options("TransformerDecoderLayer", &mut self.self_attn, self.config.dropout, batch_first);
-        set_attention_options("TransformerDecoderLayer", &mut self.multihead_attn, self.config.dropout, batch_first);
-        self
-    }
-
-    /// Sets pre-norm (`true`) or post-norm (`false`) residual blocks, keeping the parameters
-    /// (a builder: `TransformerDecoderLayer::new(512, 8).norm_first(true)`).
-    #[must_use]
-    pub fn norm_first(mut self, norm_first: bool) -> Self {
-        self.config.norm_first = norm_first;
-        self
-    }
-
-    /// Sets the feed-forward activation, keeping the parameters (a builder:
-    /// `TransformerDecoderLayer::new(512, 8).activation(TransformerActivation::Gelu)`).
-    #[must_use]
-    pub fn activation(mut self, activation: TransformerActivation) -> Self {
-        self.config.activation = activation;
-        self
-    }
-
-    /// Runs the checks of [`TransformerDecoderLayerConfig::build`] on `c`.
-    fn check(c: &TransformerDecoderLayerConfig) {
-        check_layer("TransformerDecoderLayer", c.d_model, c.nhead, c.dim_feedforward, c.dropout, c.layer_norm_eps)
-            .unwrap_or_else(|e| panic!("{e}"));
+    super::transformer::layer_setters! {
+        TransformerDecoderLayer, TransformerDecoderLayerConfig;
+        dropouts: dropout, dropout1, dropout2, dropout3;
+        attentions: self_attn, multihead_attn
     }
 
     /// Re-draws every parameter with its sub-module's PyTorch init.
