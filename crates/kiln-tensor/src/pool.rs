@@ -37,7 +37,7 @@ impl<E: Float> Tensor<E> {
     /// let x = Tensor::<f64>::arange(0.0, 16.0, 1.0).reshape(&[1, 1, 4, 4]);
     /// let (y, idx) = x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
     /// assert_eq!(y.to_vec(), vec![5.0, 7.0, 13.0, 15.0]);
-    /// assert_eq!(idx.data, vec![5, 7, 13, 15]);
+    /// assert_eq!(idx.as_slice(), [5, 7, 13, 15]);
     /// let g = Tensor::<f64>::ones(&[1, 1, 2, 2]).max_pool2d_backward(&idx, x.shape());
     /// assert_eq!(g.get(&[0, 0, 1, 1]), 1.0);
     /// assert_eq!(g.sum_all().item(), 4.0);

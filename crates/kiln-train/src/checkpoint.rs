@@ -44,7 +44,7 @@
 //! let mut model2: Linear = Linear::new(1, 1);
 //! let mut opt2 = SGD::new(model2.parameters(), cfg);
 //! let ckpt = load_checkpoint(dir.join("run.ckpt")).unwrap();
-//! ckpt.restore(&model2, &mut opt2).unwrap();
+//! ckpt.restore(&mut model2, &mut opt2).unwrap();
 //! assert_eq!(model2.state_dict(), model.state_dict());
 //! Trainer::new(4).initial_epoch(ckpt.epoch).verbosity(Verbosity::Silent)
 //!     .fit(&mut model2, &mut opt2, &MSELoss::new(), &data, None).unwrap();

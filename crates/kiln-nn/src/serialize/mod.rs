@@ -113,8 +113,8 @@ pub(crate) fn io_error(path: &Path, action: &str, e: &std::io::Error) -> NnError
 /// let trained: Linear = Linear::new(3, 2);
 /// save(&trained, &path, &Default::default()).unwrap();
 ///
-/// let fresh: Linear = Linear::new(3, 2);
-/// let report = load(&fresh, &path, true).unwrap();
+/// let mut fresh: Linear = Linear::new(3, 2);
+/// let report = load(&mut fresh, &path, true).unwrap();
 /// assert_eq!(report.loaded, ["weight", "bias"]);
 /// assert_eq!(fresh.weight.value().to_vec(), trained.weight.value().to_vec());
 /// # std::fs::remove_dir_all(&dir).unwrap();
@@ -143,8 +143,8 @@ pub fn save<E: Float>(model: &dyn Module<E>, path: impl AsRef<Path>, metadata: &
 /// save_as(&model, &path, &Default::default(), Dtype::BF16).unwrap();
 /// assert_eq!(SafetensorsFile::open(&path).unwrap().info("weight").unwrap().dtype, Dtype::BF16);
 ///
-/// let back: Linear = Linear::new(3, 2);
-/// load(&back, &path, true).unwrap();
+/// let mut back: Linear = Linear::new(3, 2);
+/// load(&mut back, &path, true).unwrap();
 /// for (a, b) in back.weight.value().to_vec().iter().zip(model.weight.value().to_vec()) {
 ///     assert!((a - b).abs() <= b.abs() / 256.0); // bfloat16 keeps 8 significant bits
 /// }

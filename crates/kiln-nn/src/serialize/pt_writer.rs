@@ -214,8 +214,8 @@ pub fn save_pt_state_dict<E: Float>(state: &StateDict<E>, path: impl AsRef<Path>
 /// save_pt(&trained, &path).unwrap();
 /// assert_eq!(PtFile::open(&path).unwrap().state_dict_tensors().len(), 2);
 ///
-/// let fresh: Linear = Linear::new(3, 2);
-/// load(&fresh, &path, true).unwrap();
+/// let mut fresh: Linear = Linear::new(3, 2);
+/// load(&mut fresh, &path, true).unwrap();
 /// assert_eq!(fresh.weight.value().to_vec(), trained.weight.value().to_vec());
 /// # std::fs::remove_dir_all(&dir).unwrap();
 /// ```
