@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use kiln_tensor::{Float, Indices};
+use kiln_tensor::{Float, Indices, Tensor};
 
 use crate::var::Var;
 
@@ -206,6 +206,11 @@ impl<E: Float> Var<E> {
     pub fn id(&self) -> usize {
         Arc::as_ptr(&self.node) as *const () as usize
     }
+}
+
+/// A tensor attribute holding a constant tensor's values (a mask).
+pub(crate) fn tensor<E: Float>(t: &Tensor<E>) -> TraceAttr {
+    TraceAttr::Tensor { shape: t.shape().to_vec(), data: t.to_vec().into_iter().map(|v| v.to_f64()).collect() }
 }
 
 /// An integer attribute.

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use kiln_autograd::Var;
-use kiln_tensor::{Conv1dParams, Conv2dParams, ConvTranspose2dParams, PadMode, Tensor};
+use kiln_tensor::{Conv1dParams, Conv2dParams, ConvTranspose2dParams, Indices, PadMode, Tensor};
 
 use crate::import::{tensor_data, Data, Val};
 use crate::proto::{data_type, AttributeProto};
@@ -196,7 +196,22 @@ fn conv(n: &NodeView, args: &[Option<Val>]) -> R<Var<f32>> {
             b.as_ref(),
             &Conv2dParams { stride: [s[0], s[1]], padding: [p[0], p[1]], dilation: [d[0], d[1]], groups },
         )),
-        _ => Err(format!("{spatial}-d convolution is not supported (1-d and 2-d are)")),
+        3 => {
+            // kiln's Conv3d layer around the imported weight and bias (the same Vars, so they
+            // still train)
+            let config = kiln_nn::Conv3dConfig {
+                kernel_size: [k[0], k[1], k[2]],
+                stride: [s[0], s[1], s[2]],
+                padding: kiln_nn::Padding::Explicit([p[0], p[1], p[2]]),
+                dilation: [d[0], d[1], d[2]],
+                groups,
+                bias: b.is_some(),
+                ..kiln_nn::Conv3dConfig::new(xs[1], ws[0], 1)
+            };
+            let layer = kiln_nn::Conv3d { config, weight: w, bias: b };
+            Ok(kiln_nn::Forward::forward(&layer, &x))
+        }
+        _ => Err(format!("{spatial}-d convolution is not supported (1-d, 2-d and 3-d are)")),
     }
 }
 
@@ -275,6 +290,21 @@ fn slice_range(start: i64, end: i64, len: usize) -> (usize, usize) {
     };
     let (a, b) = (clamp(start), clamp(end));
     (a, b.max(a))
+}
+
+/// The positions a `Slice` with a negative `step` takes along an axis of `len`: from `start`
+/// down to (not including) `end`, both clamped as ONNX defines for negative steps.
+fn backward_slice(start: i64, end: i64, step: i64, len: usize) -> Vec<usize> {
+    let n = len as i64;
+    let start = (if start < 0 { start.saturating_add(n) } else { start }).clamp(0, n - 1);
+    let end = (if end < 0 { end.saturating_add(n) } else { end }).clamp(-1, n - 1);
+    let mut out = Vec::new();
+    let mut i = start;
+    while i > end {
+        out.push(i as usize);
+        i = i.saturating_add(step);
+    }
+    out
 }
 
 fn reshape_target(shape_in: &[usize], target: &[i64], allowzero: bool) -> R<Vec<usize>> {
@@ -546,6 +576,147 @@ fn gru_or_rnn(n: &NodeView, args: &[Option<Val>], gru: bool) -> R<Vec<Val>> {
         yh = yh.transpose(0, 1);
     }
     Ok(vec![Val::F(y), Val::F(yh)])
+}
+
+/// Refuses an output larger than 2^28 elements (a forged size must not allocate).
+fn bounded(shape: &[usize]) -> R<()> {
+    match shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b)) {
+        Some(n) if n <= 1 << 28 => Ok(()),
+        _ => Err(format!("an output of shape {shape:?} is too large")),
+    }
+}
+
+/// The multidirectional broadcast of two shapes.
+fn broadcast(a: &[usize], b: &[usize]) -> R<Vec<usize>> {
+    let nd = a.len().max(b.len());
+    let at = |s: &[usize], i: usize| if i + s.len() < nd { 1 } else { s[i + s.len() - nd] };
+    (0..nd)
+        .map(|i| match (at(a, i), at(b, i)) {
+            (x, y) if x == y || y == 1 => Ok(x),
+            (1, y) => Ok(y),
+            (x, y) => Err(format!("shapes {a:?} and {b:?} do not broadcast ({x} against {y})")),
+        })
+        .collect()
+}
+
+/// `Pad` (opset 11+: pads, and the constant and axes as inputs): constant, reflect or edge.
+fn pad(n: &NodeView, args: &[Option<Val>]) -> R<Var<f32>> {
+    let x = fl(args, 0)?;
+    let shape = x.shape();
+    let nd = shape.len();
+    let raw = ints(args, 1)?;
+    let axes: Vec<usize> = match opt_arg(args, 3) {
+        Some(Val::I(a, _)) => a.iter().map(|&a| axis(a, nd)).collect::<R<_>>()?,
+        Some(_) => return Err("axes must be integers".into()),
+        None => (0..nd).collect(),
+    };
+    if raw.len() != 2 * axes.len() {
+        return Err(format!("{} pads for {} axes", raw.len(), axes.len()));
+    }
+    let raw = usz(&raw, "pads")?;
+    let mut pairs = vec![(0usize, 0usize); nd];
+    for (k, &a) in axes.iter().enumerate() {
+        pairs[a] = (raw[k], raw[k + axes.len()]);
+    }
+    let out: Vec<usize> = shape.iter().zip(&pairs).map(|(&d, &(b, e))| d.saturating_add(b).saturating_add(e)).collect();
+    bounded(&out)?;
+    let mode = match n.s("mode").as_deref().unwrap_or("constant") {
+        "constant" => {
+            let value = match opt_arg(args, 2) {
+                Some(v) => to_float(v).value().to_vec().first().copied().unwrap_or(0.0),
+                None => 0.0,
+            };
+            PadMode::Constant(f64::from(value))
+        }
+        "reflect" => {
+            if shape.iter().zip(&pairs).any(|(&d, &(b, e))| (b > 0 || e > 0) && (b >= d || e >= d)) {
+                return Err(format!("reflect pads {pairs:?} must be smaller than the dimensions {shape:?}"));
+            }
+            PadMode::Reflect
+        }
+        "edge" => {
+            if shape.iter().zip(&pairs).any(|(&d, &(b, e))| d == 0 && (b > 0 || e > 0)) {
+                return Err(format!("edge padding of an empty dimension in {shape:?}"));
+            }
+            PadMode::Replicate
+        }
+        other => return Err(format!("mode {other:?} is not supported")),
+    };
+    // kiln lists (before, after) from the last axis
+    let mut from_last: Vec<(usize, usize)> = pairs.into_iter().rev().collect();
+    while from_last.last() == Some(&(0, 0)) {
+        from_last.pop();
+    }
+    Ok(if from_last.is_empty() { x } else { x.pad(&from_last, mode) })
+}
+
+/// `Resize` as kiln's `interpolate` computes it: nearest with asymmetric coordinates and
+/// `floor` rounding (what `torch.onnx.export` writes for `mode='nearest'`), or linear with
+/// `align_corners` or (pytorch_)half_pixel coordinates, on the spatial axes of a 3-d or 4-d
+/// input, from scales or sizes.
+fn resize(n: &NodeView, args: &[Option<Val>]) -> R<Var<f32>> {
+    use kiln_nn::functional::{interpolate, InterpolateMode, InterpolateOptions, Resize};
+    let x = fl(args, 0)?;
+    let shape = x.shape();
+    let nd = shape.len();
+    if !(3..=4).contains(&nd) {
+        return Err(format!("needs a 3-d or 4-d input, got {shape:?}"));
+    }
+    let ctm = n.s("coordinate_transformation_mode").unwrap_or_else(|| "half_pixel".into());
+    let (mode, align_corners) = match n.s("mode").as_deref().unwrap_or("nearest") {
+        "nearest" => {
+            let rounding = n.s("nearest_mode").unwrap_or_else(|| "round_prefer_floor".into());
+            if ctm != "asymmetric" || rounding != "floor" {
+                return Err(format!(
+                    "nearest with coordinate_transformation_mode {ctm:?} and nearest_mode {rounding:?} is not supported (asymmetric, floor is)"
+                ));
+            }
+            (InterpolateMode::Nearest, None)
+        }
+        "linear" => {
+            let align = match ctm.as_str() {
+                "align_corners" => true,
+                "half_pixel" | "pytorch_half_pixel" => false,
+                other => return Err(format!("linear with coordinate_transformation_mode {other:?} is not supported")),
+            };
+            (if nd == 3 { InterpolateMode::Linear } else { InterpolateMode::Bilinear }, Some(align))
+        }
+        other => return Err(format!("mode {other:?} is not supported")),
+    };
+    let sizes = match opt_arg(args, 3) {
+        Some(Val::I(v, _)) if !v.is_empty() => Some(usz(v, "sizes")?),
+        _ => None,
+    };
+    let resize = match sizes {
+        Some(sz) => {
+            if sz.len() != nd || sz[..2] != shape[..2] || sz.contains(&0) {
+                return Err(format!("sizes {sz:?} must keep the batch and channels of {shape:?}"));
+            }
+            bounded(&sz)?;
+            Resize::Size(sz[2..].to_vec())
+        }
+        None => {
+            let scales = opt_arg(args, 2).map(|v| to_float(v).value().to_vec()).unwrap_or_default();
+            if scales.len() != nd || scales[0] != 1.0 || scales[1] != 1.0 {
+                return Err(format!("scales {scales:?} must be 1 on the batch and channels and given for each axis"));
+            }
+            if scales[2..].iter().any(|&f| !(f.is_finite() && f > 0.0)) {
+                return Err(format!("scales {scales:?} must be positive"));
+            }
+            let out: Vec<usize> = shape
+                .iter()
+                .zip(&scales)
+                .map(|(&d, &f)| (d as f64 * f64::from(f)).floor().min(1e12) as usize)
+                .collect();
+            if out.contains(&0) {
+                return Err(format!("scales {scales:?} give an empty output {out:?}"));
+            }
+            bounded(&out)?;
+            Resize::ScaleFactor(scales[2..].iter().map(|&f| f64::from(f)).collect())
+        }
+    };
+    let options = InterpolateOptions { mode, align_corners, recompute_scale_factor: false };
+    Ok(interpolate(&x, &resize, &options))
 }
 
 /// Runs one node on its inputs (`None` for an omitted optional input).
@@ -867,10 +1038,16 @@ pub(crate) fn run_node(n: NodeView, args: &[Option<Val>], opset: i64) -> R<Vec<V
             if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
                 return Err("starts, ends, axes and steps must have equal lengths".into());
             }
-            if steps.iter().any(|&st| st <= 0) {
-                return Err(format!("steps {steps:?}: only positive steps are supported"));
+            if steps.contains(&0) {
+                return Err(format!("steps {steps:?}: a step of 0 is invalid"));
             }
             match v {
+                Val::I(d, _) if s.len() == 1 && steps[0] < 0 => {
+                    let out: Vec<i64> =
+                        backward_slice(starts[0], ends[0], steps[0], s[0]).iter().map(|&i| d[i]).collect();
+                    let len = out.len();
+                    Ok(vec![Val::I(out, vec![len])])
+                }
                 Val::I(d, _) if s.len() == 1 => {
                     let (a, b) = slice_range(starts[0], ends[0], s[0]);
                     let out: Vec<i64> = d[a..b].iter().step_by(steps[0] as usize).copied().collect();
@@ -881,6 +1058,10 @@ pub(crate) fn run_node(n: NodeView, args: &[Option<Val>], opset: i64) -> R<Vec<V
                     let mut x = to_float(v);
                     for i in 0..starts.len() {
                         let a = axis(axes[i], s.len())?;
+                        if steps[i] < 0 {
+                            x = x.index_select(a as isize, &backward_slice(starts[i], ends[i], steps[i], s[a]));
+                            continue;
+                        }
                         let (lo, hi) = slice_range(starts[i], ends[i], s[a]);
                         x = x.slice(a as isize, lo, hi, steps[i] as usize);
                     }
@@ -908,6 +1089,105 @@ pub(crate) fn run_node(n: NodeView, args: &[Option<Val>], opset: i64) -> R<Vec<V
                 _ => x.min(&ax, keep),
             })
         }
+        "Exp" => one(fl(args, 0)?.exp()),
+        "Log" => one(fl(args, 0)?.log()),
+        "Abs" => one(fl(args, 0)?.abs()),
+        "Sign" => one(fl(args, 0)?.sign()),
+        "Sin" => one(fl(args, 0)?.sin()),
+        "Cos" => one(fl(args, 0)?.cos()),
+        "Reciprocal" => one(fl(args, 0)?.reciprocal()),
+        "Max" | "Min" => {
+            let mut acc = fl(args, 0)?;
+            for i in 1..args.len() {
+                let v = fl(args, i)?;
+                let shape = broadcast(&acc.shape(), &v.shape())?;
+                let (a, v) = (acc.broadcast_to(&shape), v.broadcast_to(&shape));
+                acc = if n.op == "Max" { a.maximum(&v) } else { a.minimum(&v) };
+            }
+            one(acc)
+        }
+        "Clip" => {
+            let bound = |i: usize| -> R<Option<f64>> {
+                match opt_arg(args, i) {
+                    None => Ok(None),
+                    Some(v) => {
+                        let t = to_float(v).value();
+                        if t.numel() != 1 {
+                            return Err(format!("Clip's bound {i} must hold one value, got shape {:?}", t.shape()));
+                        }
+                        Ok(Some(f64::from(t.to_vec()[0])))
+                    }
+                }
+            };
+            one(fl(args, 0)?.clamp(bound(1)?, bound(2)?))
+        }
+        "ReduceLogSumExp" => {
+            let x = fl(args, 0)?;
+            let keep = n.i("keepdims", 1) != 0;
+            let axes = axes_arg(&n, args, opset, 18)?.unwrap_or_else(|| (0..x.ndim() as i64).collect());
+            let ax: Vec<isize> = axes.iter().map(|&a| axis(a, x.ndim()).map(|a| a as isize)).collect::<R<_>>()?;
+            one(x.logsumexp(&ax, keep))
+        }
+        "Expand" => {
+            let x = fl(args, 0)?;
+            let target = usz(&ints(args, 1)?, "shape")?;
+            let shape = broadcast(&x.shape(), &target)?;
+            bounded(&shape)?;
+            one(x.broadcast_to(&shape))
+        }
+        "Tile" => {
+            let x = fl(args, 0)?;
+            let reps = usz(&ints(args, 1)?, "repeats")?;
+            if reps.len() != x.ndim() {
+                return Err(format!("{} repeats for {} dimensions", reps.len(), x.ndim()));
+            }
+            let out: Vec<usize> = x.shape().iter().zip(&reps).map(|(&d, &r)| d.saturating_mul(r)).collect();
+            bounded(&out)?;
+            one(x.repeat(&reps))
+        }
+        "Pad" => one(pad(&n, args)?),
+        "GatherElements" => {
+            let x = fl(args, 0)?;
+            let (idx, ishape) = match arg(args, 1)? {
+                Val::I(v, s) => (v.clone(), s.clone()),
+                _ => return Err("indices must be integers".into()),
+            };
+            let xs = x.shape();
+            let a = axis(n.i("axis", 0), xs.len())?;
+            if ishape.len() != xs.len() || ishape.iter().zip(&xs).enumerate().any(|(d, (&i, &s))| d != a && i > s) {
+                return Err(format!("indices of shape {ishape:?} do not fit data of shape {xs:?} along axis {a}"));
+            }
+            let len = xs[a] as i64;
+            let idx: Vec<usize> = idx
+                .iter()
+                .map(|&i| {
+                    let j = if i < 0 { i + len } else { i };
+                    if (0..len).contains(&j) {
+                        Ok(j as usize)
+                    } else {
+                        Err(format!("index {i} is out of range for axis {a} of size {len}"))
+                    }
+                })
+                .collect::<R<_>>()?;
+            one(x.gather(a as isize, &Indices::new(idx, &ishape)))
+        }
+        "DepthToSpace" => {
+            let x = fl(args, 0)?;
+            let s = x.shape();
+            let b = usize::try_from(n.i("blocksize", 0)).ok().filter(|&b| b > 0).ok_or("blocksize must be positive")?;
+            let bb = b.checked_mul(b).ok_or("blocksize is too large")?;
+            if s.len() != 4 || s[1] % bb != 0 {
+                return Err(format!("needs [N, C, H, W] with C a multiple of {bb}, got {s:?}"));
+            }
+            let (nb, c, h, w) = (s[0], s[1] / (b * b), s[2], s[3]);
+            let y = match n.s("mode").as_deref().unwrap_or("DCR") {
+                "DCR" => x.reshape(&[nb, b, b, c, h, w]).permute(&[0, 3, 4, 1, 5, 2]),
+                "CRD" => x.reshape(&[nb, c, b, b, h, w]).permute(&[0, 1, 4, 2, 5, 3]),
+                other => return Err(format!("mode {other:?} is not supported")),
+            };
+            one(y.reshape(&[nb, c, h * b, w * b]))
+        }
+        "Resize" => one(resize(&n, args)?),
         other => Err(format!("op {other} has no implementation")),
     }
 }

@@ -13,7 +13,7 @@ use kiln_nn::{
     Sequential,
 };
 use kiln_onnx::{export_traced, import, ExportOptions, OnnxError};
-use kiln_tensor::{Indices, Rng, Tensor};
+use kiln_tensor::{Indices, PadMode, Rng, Tensor};
 use support::{assert_close, run_ort, temp_dir, Case};
 
 /// Self-attention written by hand, a residual join, layer norm, a concatenation, a slice, a
@@ -119,6 +119,50 @@ impl Forward for HandOps {
     }
 }
 
+/// Variance and standard deviation, constant masks (`masked_fill`, `where_`), the three pad
+/// modes, `repeat`, and elementwise ops whose ONNX nodes import needs too (`Exp`, `Log`, `Abs`,
+/// `Sign`, `Sin`, `Cos`, `Max`, `Min`): exported with a dynamic batch.
+#[derive(Module)]
+struct HandStats {
+    fc: Linear,
+}
+
+impl Forward for HandStats {
+    fn forward(&self, x: &Var<f32>) -> Var<f32> {
+        // x: [N, 4, 6]
+        let h = self.fc.forward(x);
+        let z = h.sub(&h.mean(&[-1], true)).div(&h.std(&[-1], 1, true).add_scalar(1e-3));
+        let spread = h.var(&[1, 2], 0, false).unsqueeze(1); // [N, 1]
+        let upper = Tensor::from_vec((0..24).map(|i| f32::from(u8::from(i % 6 > i / 6))).collect(), &[4, 6]);
+        let every_other = Tensor::from_vec((0..6).map(|i| (i % 2) as f32).collect(), &[1, 6]);
+        let m = z.masked_fill(&upper, -2.5).where_(&every_other, &h.neg()); // [N, 4, 6]
+        let e = m.exp().add(&m.abs().add_scalar(1.0).log()).add(&m.sign().mul(&m.sin())).maximum(&m.cos()).minimum(&h);
+        let p = e
+            .pad(&[(1, 2)], PadMode::Constant(0.5))
+            .pad(&[(2, 1), (1, 0)], PadMode::Reflect)
+            .pad(&[(1, 1)], PadMode::Replicate); // [N, 5, 14]
+        let r = p.repeat(&[1, 2, 1]); // [N, 10, 14]
+        Var::cat(&[r.flatten(1, 2), spread], 1)
+    }
+}
+
+/// `gather` with an index made for the batch at hand and `repeat` adding leading axes: the
+/// index is a constant of the trace, so this one is exported at a fixed batch.
+#[derive(Module)]
+struct HandGather {
+    fc: Linear,
+}
+
+impl Forward for HandGather {
+    fn forward(&self, x: &Var<f32>) -> Var<f32> {
+        // x: [N, 3, 5]
+        let n = x.size(0);
+        let h = self.fc.forward(x);
+        let index = Indices::new((0..n * 6).map(|i| (i * 7) % 5).collect(), &[n, 3, 2]);
+        h.gather(2, &index).repeat(&[2, 1, 2, 3]) // [2, N, 6, 6]
+    }
+}
+
 /// A helper trait keeping the forward above readable: the last two axes swapped twice (two
 /// transposes that cancel), to exercise transpose on a batch-carrying value.
 trait TLast {
@@ -211,9 +255,17 @@ fn more_traced_ops_match_onnx_runtime() {
     let path = dir.join("hand_ops.onnx");
     let example = randn(&[1, 3, 4, 4], &mut rng);
     export_traced(&model, |x| model.forward(x), &example, &path, ExportOptions::default()).unwrap();
+    // Clip, Expand, ReduceLogSumExp, Reciprocal, ... come back through import
+    let back = import(&path).unwrap();
     for batch in [1usize, 6] {
         let x = if batch == 1 { example.clone() } else { randn(&[batch, 3, 4, 4], &mut rng) };
         let y = kiln_autograd::no_grad(|| model.forward(&Var::constant(x.clone())).value());
+        assert_close(
+            &format!("hand_ops imported at batch {batch}"),
+            &back.forward(&Var::constant(x.clone())).value(),
+            &y,
+            1e-5,
+        );
         cases.push(Case { model: path.clone(), inputs: vec![("input".into(), x, false)], outputs: 1 });
         expected.push((format!("hand_ops at batch {batch}"), y));
     }
@@ -222,6 +274,50 @@ fn more_traced_ops_match_onnx_runtime() {
         let got = res.unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_close(&what, &got[0], &y, 1e-5);
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Runs the file at `path` in ONNX Runtime and through kiln's import on each input, against
+/// `model`'s own outputs.
+fn ort_and_import<M: Forward<f32>>(name: &str, model: &M, path: &std::path::Path, inputs: Vec<Tensor<f32>>) {
+    let back = import(path).unwrap_or_else(|e| panic!("{name}: import: {e}"));
+    let (mut cases, mut expected) = (vec![], vec![]);
+    for x in inputs {
+        let y = kiln_autograd::no_grad(|| model.forward(&Var::constant(x.clone())).value());
+        let again = back.forward(&Var::constant(x.clone())).value();
+        assert_close(&format!("{name} imported at {:?}", x.shape()), &again, &y, 1e-5);
+        cases.push(Case { model: path.to_path_buf(), inputs: vec![("input".into(), x.clone(), false)], outputs: 1 });
+        expected.push((format!("{name} at {:?}", x.shape()), y));
+    }
+    let Some(results) = run_ort(path.parent().unwrap(), &cases) else { return };
+    for (res, (what, y)) in results.into_iter().zip(expected) {
+        let got = res.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_close(&what, &got[0], &y, 1e-5);
+    }
+}
+
+#[test]
+fn variance_masks_pads_and_repeats_match_onnx_runtime_and_import() {
+    let dir = temp_dir("export_traced_stats");
+    let mut rng = Rng::new(8);
+    let model = HandStats { fc: Linear::new(6, 6) };
+    let path = dir.join("hand_stats.onnx");
+    let example = randn(&[1, 4, 6], &mut rng);
+    export_traced(&model, |x| model.forward(x), &example, &path, ExportOptions::default()).unwrap();
+    ort_and_import("hand_stats", &model, &path, vec![example, randn(&[5, 4, 6], &mut rng)]);
+
+    let model = HandGather { fc: Linear::new(5, 5) };
+    let path = dir.join("hand_gather.onnx");
+    let example = randn(&[2, 3, 5], &mut rng);
+    // with a dynamic batch the constant index cannot follow the batch: a typed error
+    let err = export_traced(&model, |x| model.forward(x), &example, &path, ExportOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, OnnxError::Traced { op, reason } if op == "gather" && reason.contains("dynamic_batch")),
+        "{err}"
+    );
+    let fixed = ExportOptions { dynamic_batch: false, ..Default::default() };
+    export_traced(&model, |x| model.forward(x), &example, &path, fixed).unwrap();
+    ort_and_import("hand_gather", &model, &path, vec![example]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -241,10 +337,13 @@ fn an_op_without_an_onnx_conversion_is_a_typed_error_naming_it() {
     .unwrap_err();
     assert!(matches!(&err, OnnxError::Traced { op, .. } if op == "dropout"), "{err}");
     assert!(err.to_string().contains("\"dropout\""), "{err}");
-    // a variance has no conversion either
-    let err = export_traced(&model, |x| model.forward(x).var(&[-1], 1, true), &x, &path, ExportOptions::default())
-        .unwrap_err();
-    assert!(matches!(&err, OnnxError::Traced { op, .. } if op == "var"), "{err}");
+    // a scatter-add has no conversion either
+    let scatter = |x: &Var<f32>| {
+        let y = model.forward(x);
+        y.scatter_add(1, &Indices::new(vec![3, 0, 1, 2], &[1, 4]), &y)
+    };
+    let err = export_traced(&model, scatter, &x, &path, ExportOptions::default()).unwrap_err();
+    assert!(matches!(&err, OnnxError::Traced { op, .. } if op == "scatter_add"), "{err}");
     assert!(!path.exists());
 }
 

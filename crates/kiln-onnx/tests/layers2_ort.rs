@@ -1,6 +1,7 @@
 //! The exports of RMSNorm, PixelShuffle, PixelUnshuffle, InstanceNorm1d/2d, Upsample and Conv3d
 //! run by ONNX Runtime and compared with kiln's own outputs, over opsets 17 and 18 (where
-//! `ReduceMean` takes its axes as an input).
+//! `ReduceMean` takes its axes as an input); each file is also imported back into kiln and gives
+//! the same outputs.
 
 mod support;
 
@@ -114,6 +115,10 @@ fn new_layers_match_onnx_runtime() {
             let y = export(&model, &x, &path, options).unwrap_or_else(|e| panic!("{name}: {e}"));
             let ours = model.forward(&kiln_autograd::Var::constant(x.clone())).value();
             assert_eq!(y.to_vec(), ours.to_vec(), "{name}");
+            // the file comes back into kiln (DepthToSpace, Resize, ... import) with the same outputs
+            let back = kiln_onnx::import(&path).unwrap_or_else(|e| panic!("{name}: import: {e}"));
+            let again = back.forward(&kiln_autograd::Var::constant(x.clone())).value();
+            assert_close(&format!("{name} opset {opset} imported"), &again, &y, 1e-5);
             cases.push(Case { model: path, inputs: vec![("input".into(), x, false)], outputs: 1 });
             expected.push((format!("{name} opset {opset}"), y));
         }

@@ -9,7 +9,7 @@ use smallvec::smallvec;
 
 use super::shape::{dim_of, scatter_into_zeros};
 use super::{binary_op, unary_op, OpFn};
-use crate::trace::{indices, int, ints};
+use crate::trace::{float, indices, int, ints, tensor};
 use crate::var::{Grads, Inputs, Var};
 
 impl<E: Float> Var<E> {
@@ -197,6 +197,7 @@ impl<E: Float> Var<E> {
     // d gather(x)/dx: the gradient scatter-added into zeros at `index` (repeats accumulate)
     #[must_use]
     pub fn gather(&self, dim: isize, index: &Indices) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("dim", int(dim as i64)), ("index", indices(index))]);
         let idx = index.clone();
         unary_op(
             self,
@@ -248,6 +249,7 @@ impl<E: Float> Var<E> {
     // d masked_fill(x)/dx = [mask = 0]
     #[must_use]
     pub fn masked_fill(&self, mask: &Tensor<E>, value: E) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("mask", tensor(mask)), ("value", float(value.to_f64()))]);
         let m = mask.clone();
         unary_op(
             self,
@@ -264,6 +266,7 @@ impl<E: Float> Var<E> {
     // d where(m, a, b)/da = [m != 0], d where(m, a, b)/db = [m = 0]
     #[must_use]
     pub fn where_(&self, mask: &Tensor<E>, other: &Var<E>) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("mask", tensor(mask))]);
         let (ma, mb) = (mask.clone(), mask.clone());
         binary_op(
             self,
@@ -284,6 +287,15 @@ impl<E: Float> Var<E> {
     // plus the border gradients added back onto the positions they copy
     #[must_use]
     pub fn pad(&self, pads: &[(usize, usize)], mode: PadMode) -> Var<E> {
+        let _trace = crate::trace::attrs(|| {
+            let (mode_id, value) = match mode {
+                PadMode::Constant(v) => (0, v),
+                PadMode::Reflect => (1, 0.0),
+                PadMode::Replicate => (2, 0.0),
+            };
+            let flat: Vec<usize> = pads.iter().flat_map(|&(b, a)| [b, a]).collect();
+            vec![("pads", ints(&flat)), ("mode", int(mode_id)), ("value", float(value))]
+        });
         let pads_v = pads.to_vec();
         unary_op(
             self,
@@ -324,6 +336,7 @@ impl<E: Float> Var<E> {
     // d repeat(x)/dx: the sum of the gradient's tiles
     #[must_use]
     pub fn repeat(&self, repeats: &[usize]) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("repeats", ints(repeats))]);
         let reps = repeats.to_vec();
         unary_op(
             self,

@@ -63,6 +63,9 @@ impl<E: Float> Var<E> {
     // d var(x)/dx = 2 (x - mean(x)) / (n - correction)
     #[must_use]
     pub fn var(&self, axes: &[isize], correction: usize, keepdim: bool) -> Var<E> {
+        let _trace = crate::trace::attrs(|| {
+            vec![("axes", signed(axes)), ("correction", int(correction as i64)), ("keepdim", int(keepdim as i64))]
+        });
         let axes_v = axes.to_vec();
         unary_op(
             self,

@@ -572,4 +572,38 @@ mod tests {
         }
         assert!(missing.is_empty(), "no ONNX conversion registered for {missing:?}");
     }
+
+    /// Every op type an exporter writes (the first argument of each `node(..)`, `node_n(..)`,
+    /// `unary!`, `binary!`, `reduce..` and `along`/`conv` call in `src/export/`) is one import
+    /// runs: a file kiln writes always comes back.
+    #[test]
+    fn import_runs_every_op_type_the_exporters_write() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/export");
+        let patterns = [
+            "node(\"",
+            "node_n(\"",
+            "unary!(\"",
+            "binary!(\"",
+            "reduce_op(ex, n, \"",
+            "reduce(ex, \"",
+            "along(ex, n, \"",
+            "conv(ex, n, \"",
+        ];
+        let (mut seen, mut missing) = (std::collections::BTreeSet::new(), Vec::new());
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for p in patterns {
+                for (at, _) in text.match_indices(p) {
+                    let rest = &text[at + p.len()..];
+                    let op = &rest[..rest.find('"').unwrap()];
+                    if seen.insert(op.to_string()) && !crate::SUPPORTED_OPS.contains(&op) {
+                        missing.push(format!("{op} ({})", path.file_name().unwrap().to_string_lossy()));
+                    }
+                }
+            }
+        }
+        assert!(seen.len() > 40, "the scan found only {seen:?}");
+        assert!(missing.is_empty(), "written by export but not imported: {missing:?}");
+    }
 }

@@ -7,7 +7,7 @@ use kiln_tensor::Tensor;
 
 use super::activation::{gelu_nodes, softplus_nodes};
 use super::traced::{TracedConverter, TracedNode, TracedValue};
-use super::{attr_f, attr_i, attr_ints, Exporter};
+use super::{attr_f, attr_i, attr_ints, attr_s, Exporter};
 use crate::error::OnnxError;
 use crate::proto::data_type;
 
@@ -82,6 +82,7 @@ static CONVERSIONS: &[(&str, TracedConverter)] = &[
     ("max", |ex, n| reduce_op(ex, n, "ReduceMax")),
     ("min", |ex, n| reduce_op(ex, n, "ReduceMin")),
     ("logsumexp", |ex, n| reduce_op(ex, n, "ReduceLogSumExp")),
+    ("var", var),
     ("linear", linear),
     ("conv1d", |ex, n| conv(ex, n, "Conv")),
     ("conv2d", |ex, n| conv(ex, n, "Conv")),
@@ -95,6 +96,11 @@ static CONVERSIONS: &[(&str, TracedConverter)] = &[
     ("standardize_trailing", standardize_trailing),
     ("embedding", embedding),
     ("index_select", index_select),
+    ("gather", gather),
+    ("masked_fill", masked_fill),
+    ("where_", where_),
+    ("pad", pad),
+    ("repeat", repeat),
 ];
 
 /// The conversion of the traced op `op`, if kiln has one.
@@ -524,4 +530,121 @@ fn index_select(ex: &mut Exporter, n: &TracedNode<'_>) -> R {
     let name = ex.fresh("index");
     let i = ex.initializer_i64(&name, &index, &[index.len()]);
     Ok(ex.node("Gather", &[n.input(0), &i], vec![attr_i("axis", d as i64)]))
+}
+
+/// The constant tensor attribute `name` (a mask, an index) as `(shape, values)`; with a
+/// dynamic batch it must be the same in both traces, or it cannot be a constant of the graph.
+fn constant<'a>(n: &'a TracedNode<'_>, name: &str) -> Result<(&'a [usize], &'a [f64]), OnnxError> {
+    let of = |op: Option<&'a kiln_autograd::TraceOp>| match op?.get(name)? {
+        TraceAttr::Tensor { shape, data } => Some((shape.as_slice(), data.as_slice())),
+        _ => None,
+    };
+    let value = of(n.attrs).ok_or_else(|| n.error(format!("attribute {name:?} missing")))?;
+    if n.attrs2.is_some() && of(n.attrs2) != Some(value) {
+        return Err(n.error(format!(
+            "the {name} changes with the batch, so it cannot be a constant of the graph; export with dynamic_batch: false"
+        )));
+    }
+    Ok(value)
+}
+
+/// A constant mask as an ONNX `BOOL` value (nonzero = true).
+fn bool_mask(ex: &mut Exporter, n: &TracedNode<'_>) -> R {
+    let (shape, data) = constant(n, "mask")?;
+    let mask = Tensor::from_vec(data.iter().map(|&v| if v != 0.0 { 1.0f32 } else { 0.0 }).collect(), shape);
+    let m = ex.const_tensor("mask", &mask);
+    Ok(ex.node("Cast", &[&m], vec![attr_i("to", data_type::BOOL as i64)]))
+}
+
+/// `var(axes, correction)`: the mean subtracted, the squares summed and divided by
+/// `n - correction` (the two-pass formula kiln computes).
+fn var(ex: &mut Exporter, n: &TracedNode<'_>) -> R {
+    let x = &n.inputs[0];
+    let nd = x.ndim();
+    let mut axes: Vec<i64> = n.ints("axes")?.iter().map(|&d| axis(d, nd) as i64).collect();
+    if axes.is_empty() {
+        axes = (0..nd as i64).collect();
+    }
+    axes.sort_unstable();
+    axes.dedup();
+    if axes.iter().any(|&d| x.is_dynamic(d as usize)) {
+        return Err(n.error("the variance runs over the batch axis; export with dynamic_batch: false"));
+    }
+    let count: usize = axes.iter().map(|&d| x.shape[d as usize]).product();
+    let correction = n.int("correction")? as usize;
+    if count <= correction {
+        return Err(n.error(format!("{count} elements per variance with correction {correction}: the result is NaN")));
+    }
+    let mean = reduce(ex, "ReduceMean", n.input(0), &axes, true);
+    let d = ex.node("Sub", &[n.input(0), &mean], vec![]);
+    let sq = ex.node("Mul", &[&d, &d], vec![]);
+    let sum = reduce(ex, "ReduceSum", &sq, &axes, n.int("keepdim")? != 0);
+    let divisor = ex.const_f32("dof", (count - correction) as f32);
+    Ok(ex.node("Div", &[&sum, &divisor], vec![]))
+}
+
+/// `gather(dim, index)`: `GatherElements` with the index as a constant.
+fn gather(ex: &mut Exporter, n: &TracedNode<'_>) -> R {
+    if (0..n.output.ndim()).any(|d| n.output.is_dynamic(d)) {
+        return Err(n.error(
+            "the index is a constant of the trace but the output's size depends on the batch; export with dynamic_batch: false",
+        ));
+    }
+    let (shape, data) = constant(n, "index")?;
+    let d = axis(n.int("dim")?, n.inputs[0].ndim());
+    let name = ex.fresh("gather_index");
+    let values: Vec<i64> = data.iter().map(|&i| i as i64).collect();
+    let index = ex.initializer_i64(&name, &values, shape);
+    Ok(ex.node("GatherElements", &[n.input(0), &index], vec![attr_i("axis", d as i64)]))
+}
+
+/// `masked_fill(mask, value)`: `Where(mask, value, x)`.
+fn masked_fill(ex: &mut Exporter, n: &TracedNode<'_>) -> R {
+    let mask = bool_mask(ex, n)?;
+    let value = ex.const_f32("fill", n.float("value")? as f32);
+    Ok(ex.node("Where", &[&mask, &value, n.input(0)], vec![]))
+}
+
+/// `a.where_(mask, b)`: `Where(mask, a, b)`.
+fn where_(ex: &mut Exporter, n: &TracedNode<'_>) -> R {
+    let mask = bool_mask(ex, n)?;
+    Ok(ex.node("Where", &[&mask, n.input(0), n.input(1)], vec![]))
+}
+
+/// `pad`: `Pad` with every axis's begin and end (kiln lists `(before, after)` pairs from the
+/// last axis); constant, reflect or edge (kiln's replicate) mode.
+fn pad(ex: &mut Exporter, n: &TracedNode<'_>) -> R {
+    let nd = n.inputs[0].ndim();
+    let flat = n.ints("pads")?;
+    let (mut begins, mut ends) = (vec![0i64; nd], vec![0i64; nd]);
+    for (k, pair) in flat.chunks(2).enumerate() {
+        begins[nd - 1 - k] = pair[0];
+        ends[nd - 1 - k] = pair[1];
+    }
+    begins.extend(ends);
+    let pads = ex.const_i64("pads", &begins);
+    match n.int("mode")? {
+        0 => {
+            let value = ex.const_f32("pad_value", n.float("value")? as f32);
+            Ok(ex.node("Pad", &[n.input(0), &pads, &value], vec![attr_s("mode", "constant")]))
+        }
+        1 => Ok(ex.node("Pad", &[n.input(0), &pads], vec![attr_s("mode", "reflect")])),
+        2 => Ok(ex.node("Pad", &[n.input(0), &pads], vec![attr_s("mode", "edge")])),
+        m => Err(n.error(format!("unknown pad mode {m}"))),
+    }
+}
+
+/// `repeat(repeats)`: `Tile`, after `Unsqueeze` when there are more repeats than axes.
+fn repeat(ex: &mut Exporter, n: &TracedNode<'_>) -> R {
+    let reps = n.ints("repeats")?;
+    let lead = reps.len() - n.inputs[0].ndim();
+    let x = if lead > 0 {
+        let axes: Vec<i64> = (0..lead as i64).collect();
+        let a = ex.const_i64("axes", &axes);
+        ex.node("Unsqueeze", &[n.input(0), &a], vec![])
+    } else {
+        n.input(0).to_string()
+    };
+    let r = ex.const_i64("repeats", &reps);
+    Ok(ex.node("Tile", &[&x, &r], vec![]))
 }
