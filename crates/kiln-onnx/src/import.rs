@@ -67,6 +67,8 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Pow",
     "RNN",
     "Reciprocal",
+    "ReduceL1",
+    "ReduceL2",
     "ReduceLogSumExp",
     "ReduceMax",
     "ReduceMean",

@@ -1128,6 +1128,14 @@ pub(crate) fn run_node(n: NodeView, args: &[Option<Val>], opset: i64) -> R<Vec<V
             let ax: Vec<isize> = axes.iter().map(|&a| axis(a, x.ndim()).map(|a| a as isize)).collect::<R<_>>()?;
             one(x.logsumexp(&ax, keep))
         }
+        "ReduceL1" | "ReduceL2" => {
+            let x = fl(args, 0)?;
+            let keep = n.i("keepdims", 1) != 0;
+            let axes = axes_arg(&n, args, opset, 18)?.unwrap_or_else(|| (0..x.ndim() as i64).collect());
+            let ax: Vec<isize> = axes.iter().map(|&a| axis(a, x.ndim()).map(|a| a as isize)).collect::<R<_>>()?;
+            let p = if n.op == "ReduceL1" { 1.0 } else { 2.0 };
+            one(x.norm(kiln_tensor::Norm::P(p), &ax, keep))
+        }
         "Expand" => {
             let x = fl(args, 0)?;
             let target = usz(&ints(args, 1)?, "shape")?;

@@ -10,9 +10,10 @@ mod support;
 use kiln_autograd::Var;
 use kiln_nn::{
     Conv2d, ConvTranspose2d, ConvTranspose2dConfig, Embedding, Forward, GroupNorm, LayerNorm, Linear, Module,
-    Sequential,
+    MultiheadAttention, Sequential, TransformerEncoderLayer,
 };
 use kiln_onnx::{export_traced, import, ExportOptions, OnnxError};
+use kiln_tensor::Norm;
 use kiln_tensor::{Indices, PadMode, Rng, Tensor};
 use support::{assert_close, run_ort, temp_dir, Case};
 
@@ -160,6 +161,29 @@ impl Forward for HandGather {
         let h = self.fc.forward(x);
         let index = Indices::new((0..n * 6).map(|i| (i * 7) % 5).collect(), &[n, 3, 2]);
         h.gather(2, &index).repeat(&[2, 1, 2, 3]) // [2, N, 6, 6]
+    }
+}
+
+/// kiln's fused attention kernels inside a hand-written forward: a Transformer encoder layer
+/// (packed self-attention), a cross-attention from a second projection (separate q, k, v), and
+/// vector norms (L1, L2, L3, ∞).
+#[derive(Module)]
+struct HandTransformer {
+    layer: TransformerEncoderLayer,
+    memory: Linear,
+    cross: MultiheadAttention,
+}
+
+impl Forward for HandTransformer {
+    fn forward(&self, x: &Var<f32>) -> Var<f32> {
+        // x: [N, 5, 8]
+        let h = self.layer.forward(x);
+        let m = self.memory.forward(x).tanh();
+        let (c, _) = self.cross.forward(&h, &m, &m, None, false, None, false);
+        let scale = c.norm(Norm::P(2.0), &[-1], true).add(&c.norm(Norm::P(1.0), &[-1], true)).add_scalar(1.0);
+        let y = c.div(&scale);
+        let extremes = y.norm(Norm::Inf, &[1], false).add(&y.norm(Norm::P(3.0), &[1], false)); // [N, 8]
+        Var::cat(&[y.flatten(1, 2), extremes], 1)
     }
 }
 
@@ -318,6 +342,23 @@ fn variance_masks_pads_and_repeats_match_onnx_runtime_and_import() {
     let fixed = ExportOptions { dynamic_batch: false, ..Default::default() };
     export_traced(&model, |x| model.forward(x), &example, &path, fixed).unwrap();
     ort_and_import("hand_gather", &model, &path, vec![example]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn fused_attention_and_norms_match_onnx_runtime_and_import() {
+    let dir = temp_dir("export_traced_attention");
+    let mut rng = Rng::new(21);
+    let mut model = HandTransformer {
+        layer: TransformerEncoderLayer::new(8, 2).dim_feedforward(16).batch_first(true),
+        memory: Linear::new(8, 8),
+        cross: MultiheadAttention::new(8, 4).batch_first(true),
+    };
+    model.eval();
+    let path = dir.join("hand_transformer.onnx");
+    let example = randn(&[1, 5, 8], &mut rng);
+    export_traced(&model, |x| model.forward(x), &example, &path, ExportOptions::default()).unwrap();
+    ort_and_import("hand_transformer", &model, &path, vec![example, randn(&[4, 5, 8], &mut rng)]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

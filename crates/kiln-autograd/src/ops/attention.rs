@@ -66,6 +66,7 @@ impl<E: Float> Var<E> {
     // dK_h = dSᵀ Q_h / √D
     #[must_use]
     pub fn multi_head_attention(&self, k: &Var<E>, v: &Var<E>, heads: usize) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("heads", crate::trace::int(heads as i64))]);
         let (out, probs) =
             self.with_value(|q| k.with_value(|kt| v.with_value(|vt| q.multi_head_attention(kt, vt, heads))));
         fused_op(
@@ -105,6 +106,7 @@ impl<E: Float> Var<E> {
     /// ```
     #[must_use]
     pub fn packed_self_attention(&self, heads: usize) -> Var<E> {
+        let _trace = crate::trace::attrs(|| vec![("heads", crate::trace::int(heads as i64))]);
         let (out, probs) = self.with_value(|x| x.packed_self_attention(heads));
         fused_op(
             "packed_self_attention",

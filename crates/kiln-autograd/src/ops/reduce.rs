@@ -157,6 +157,13 @@ impl<E: Float> Var<E> {
     // d ||x||_inf/dx_i = sign(x_i) [|x_i| = ||x||_inf] / #ties
     #[must_use]
     pub fn norm(&self, p: Norm, axes: &[isize], keepdim: bool) -> Var<E> {
+        let _trace = crate::trace::attrs(|| {
+            let order = match p {
+                Norm::P(p) => p,
+                Norm::Inf => f64::INFINITY,
+            };
+            vec![("p", crate::trace::float(order)), ("axes", signed(axes)), ("keepdim", int(keepdim as i64))]
+        });
         let axes_v = axes.to_vec();
         unary_op(
             self,

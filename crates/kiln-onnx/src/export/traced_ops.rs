@@ -101,6 +101,9 @@ static CONVERSIONS: &[(&str, TracedConverter)] = &[
     ("where_", where_),
     ("pad", pad),
     ("repeat", repeat),
+    ("norm", norm),
+    ("multi_head_attention", multi_head_attention),
+    ("packed_self_attention", packed_self_attention),
 ];
 
 /// The conversion of the traced op `op`, if kiln has one.
@@ -647,4 +650,71 @@ fn repeat(ex: &mut Exporter, n: &TracedNode<'_>) -> R {
     };
     let r = ex.const_i64("repeats", &reps);
     Ok(ex.node("Tile", &[&x, &r], vec![]))
+}
+
+/// `norm(p, axes)`: `ReduceL1` / `ReduceL2` for p = 1 / 2, `ReduceMax` of `Abs` for p = ∞,
+/// `(Σ |x|^p)^(1/p)` otherwise.
+fn norm(ex: &mut Exporter, n: &TracedNode<'_>) -> R {
+    let nd = n.inputs[0].ndim();
+    let mut axes: Vec<i64> = n.ints("axes")?.iter().map(|&d| axis(d, nd) as i64).collect();
+    if axes.is_empty() {
+        axes = (0..nd as i64).collect();
+    }
+    axes.sort_unstable();
+    axes.dedup();
+    let keep = n.int("keepdim")? != 0;
+    let p = n.float("p")?;
+    Ok(if p == 1.0 {
+        reduce(ex, "ReduceL1", n.input(0), &axes, keep)
+    } else if p == 2.0 {
+        reduce(ex, "ReduceL2", n.input(0), &axes, keep)
+    } else {
+        let a = ex.node("Abs", &[n.input(0)], vec![]);
+        if p.is_infinite() {
+            reduce(ex, "ReduceMax", &a, &axes, keep)
+        } else {
+            let pe = ex.const_f32("norm_p", p as f32);
+            let powered = ex.node("Pow", &[&a, &pe], vec![]);
+            let sum = reduce(ex, "ReduceSum", &powered, &axes, keep);
+            let inv = ex.const_f32("norm_inv_p", (1.0 / p) as f32);
+            ex.node("Pow", &[&sum, &inv], vec![])
+        }
+    })
+}
+
+/// The fused multi-head attention: per head `softmax(Q Kᵀ / √D) V` on `[N, H, L, D]` views of
+/// `q` `[N, L, E]` and `k`, `v` `[N, S, E]` (`MatMul`, `Softmax`, `MatMul`, as
+/// `torch.onnx.export` writes `scaled_dot_product_attention`).
+fn attention_nodes(ex: &mut Exporter, q: &str, k: &str, v: &str, e: usize, heads: usize) -> String {
+    let d = e / heads;
+    let split = ex.const_i64("heads_shape", &[0, 0, heads as i64, d as i64]);
+    let mut per_head = |x: &str, perm: &[i64]| {
+        let r = ex.node("Reshape", &[x, &split], vec![]);
+        ex.node("Transpose", &[&r], vec![attr_ints("perm", perm)])
+    };
+    let qh = per_head(q, &[0, 2, 1, 3]);
+    let kt = per_head(k, &[0, 2, 3, 1]);
+    let vh = per_head(v, &[0, 2, 1, 3]);
+    let scores = ex.node("MatMul", &[&qh, &kt], vec![]);
+    let scale = ex.const_f32("attention_scale", 1.0 / (d as f32).sqrt());
+    let scaled = ex.node("Mul", &[&scores, &scale], vec![]);
+    let probs = ex.node("Softmax", &[&scaled], vec![attr_i("axis", 3)]);
+    let out = ex.node("MatMul", &[&probs, &vh], vec![]);
+    let out = ex.node("Transpose", &[&out], vec![attr_ints("perm", &[0, 2, 1, 3])]);
+    let merged = ex.const_i64("merged_shape", &[0, 0, e as i64]);
+    ex.node("Reshape", &[&out, &merged], vec![])
+}
+
+fn multi_head_attention(ex: &mut Exporter, n: &TracedNode<'_>) -> R {
+    let heads = n.int("heads")? as usize;
+    let e = n.inputs[0].shape[2];
+    Ok(attention_nodes(ex, n.input(0), n.input(1), n.input(2), e, heads))
+}
+
+/// Self-attention from packed `[N, L, 3E]` projections: three `Slice`s, then the attention.
+fn packed_self_attention(ex: &mut Exporter, n: &TracedNode<'_>) -> R {
+    let heads = n.int("heads")? as usize;
+    let e = n.inputs[0].shape[2] / 3;
+    let [q, k, v] = [0, 1, 2].map(|i| slice_node(ex, n, &[(i * e) as i64], &[((i + 1) * e) as i64], &[2], &[1]));
+    Ok(attention_nodes(ex, &q, &k, &v, e, heads))
 }
