@@ -10,7 +10,7 @@ mod support;
 use kiln_autograd::Var;
 use kiln_nn::{
     Conv2d, ConvTranspose2d, ConvTranspose2dConfig, Embedding, Forward, GroupNorm, LayerNorm, Linear, Module,
-    MultiheadAttention, Sequential, TransformerEncoderLayer,
+    MultiheadAttention, Sequential, TransformerEncoderLayer, LSTM,
 };
 use kiln_onnx::{export_traced, import, ExportOptions, OnnxError};
 use kiln_tensor::Norm;
@@ -187,6 +187,27 @@ impl Forward for HandTransformer {
     }
 }
 
+/// An LSTM classifier with its own forward, as `examples/imdb_lstm.rs` writes one: word ids
+/// through an embedding, a 2-layer bidirectional LSTM (kiln's fused recurrence, zero first
+/// states made from the batch size), the mean output over time beside the last layer's final
+/// states, a linear head.
+#[derive(Module)]
+struct HandLstm {
+    embedding: Embedding,
+    lstm: LSTM,
+    fc: Linear,
+}
+
+impl Forward for HandLstm {
+    fn forward(&self, ids: &Var<f32>) -> Var<f32> {
+        // ids: [N, 6]
+        let words = self.embedding.forward(ids);
+        let (out, (h_n, c_n)) = self.lstm.forward(&words); // out [N, 6, 10], h_n/c_n [4, N, 5]
+        let last = Var::cat(&[h_n.select(0, 2), h_n.select(0, 3), c_n.select(0, 3)], 1); // [N, 15]
+        self.fc.forward(&Var::cat(&[out.mean(&[1], false), last], 1))
+    }
+}
+
 /// A helper trait keeping the forward above readable: the last two axes swapped twice (two
 /// transposes that cancel), to exercise transpose on a batch-carrying value.
 trait TLast {
@@ -359,6 +380,23 @@ fn fused_attention_and_norms_match_onnx_runtime_and_import() {
     let example = randn(&[1, 5, 8], &mut rng);
     export_traced(&model, |x| model.forward(x), &example, &path, ExportOptions::default()).unwrap();
     ort_and_import("hand_transformer", &model, &path, vec![example, randn(&[4, 5, 8], &mut rng)]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn fused_lstm_matches_onnx_runtime_and_import() {
+    let dir = temp_dir("export_traced_lstm");
+    let mut rng = Rng::new(3);
+    let mut model = HandLstm {
+        embedding: Embedding::new(11, 4),
+        lstm: LSTM::new(4, 5).num_layers(2).bidirectional(true).batch_first(true),
+        fc: Linear::new(25, 3),
+    };
+    model.eval();
+    let path = dir.join("hand_lstm.onnx");
+    let example = ids(&[1, 6], &mut rng);
+    export_traced(&model, |x| model.forward(x), &example, &path, ExportOptions::default()).unwrap();
+    ort_and_import("hand_lstm", &model, &path, vec![example, ids(&[3, 6], &mut rng)]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -113,6 +113,15 @@ impl<E: Float> Var<E> {
         reverse: bool,
         rec_mask: Option<&Tensor<E>>,
     ) -> Var<E> {
+        let _trace = crate::trace::attrs(|| {
+            use crate::trace::{int, ints};
+            let mut attrs =
+                vec![("reverse", int(i64::from(reverse))), ("rec_mask", int(i64::from(rec_mask.is_some())))];
+            if let Some(l) = lengths {
+                attrs.push(("lengths", ints(l)));
+            }
+            attrs
+        });
         let inputs = [self, w_hh, h0, c0];
         let record = is_grad_enabled() && inputs.iter().any(|v| v.requires_grad());
         let (value, tape) = self.with_value(|x| {

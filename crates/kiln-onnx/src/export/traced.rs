@@ -338,6 +338,50 @@ impl Walk<'_> {
         Ok(self.done[&v.id()].clone())
     }
 
+    /// A constant filled with one value whose shape follows the batch (zeros as an RNN's first
+    /// state, `Tensor::zeros(&[n, h])`): the value `Expand`ed to a shape computed from the
+    /// input's batch size, when each axis that differs between the traces is a whole multiple
+    /// of the batch in both. `None` when `a` (the example trace's value) and `b` (the doubled
+    /// batch's) are not such a pair.
+    fn filled_by_batch(&mut self, a: &Tensor<f32>, b: &Tensor<f32>) -> Option<TracedValue> {
+        let (n1, n2) = (*self.example.shape().first()?, *self.example2?.shape().first()?);
+        let fill = *a.to_vec().first()?;
+        let uniform = |t: &Tensor<f32>| t.to_vec().iter().all(|&v| v.to_bits() == fill.to_bits());
+        if a.ndim() != b.ndim() || n1 == 0 || !uniform(a) || !uniform(b) {
+            return None;
+        }
+        // per axis: a fixed size, or a multiple k of the batch
+        let mut axes = Vec::with_capacity(a.ndim());
+        for (&s1, &s2) in a.shape().iter().zip(b.shape()) {
+            if s1 == s2 {
+                axes.push((s1, None));
+            } else if s1 % n1 == 0 && s1 / n1 * n2 == s2 {
+                axes.push((s1, Some(s1 / n1)));
+            } else {
+                return None;
+            }
+        }
+        let shape = self.ex.node("Shape", &[self.input_name], vec![]);
+        let zero = self.ex.const_i64("batch_axis", &[0]);
+        let batch = self.ex.node("Gather", &[&shape, &zero], vec![super::attr_i("axis", 0)]);
+        let dims: Vec<String> = axes
+            .iter()
+            .map(|&(size, k)| match k {
+                None => self.ex.const_i64("dim", &[size as i64]),
+                Some(1) => batch.clone(),
+                Some(k) => {
+                    let k = self.ex.const_i64("batch_multiple", &[k as i64]);
+                    self.ex.node("Mul", &[&batch, &k], vec![])
+                }
+            })
+            .collect();
+        let refs: Vec<&str> = dims.iter().map(String::as_str).collect();
+        let target = self.ex.node("Concat", &refs, vec![super::attr_i("axis", 0)]);
+        let value = self.ex.const_f32("fill", fill);
+        let name = self.ex.node("Expand", &[&value, &target], vec![]);
+        Some(TracedValue { name, shape: a.shape().to_vec(), shape2: Some(b.shape().to_vec()) })
+    }
+
     /// A leaf other than the input: a named parameter or buffer, or a constant.
     fn leaf(&mut self, a: &Var<f32>, b: Option<&Var<f32>>) -> Result<TracedValue, OnnxError> {
         let value = a.value();
@@ -351,6 +395,9 @@ impl Walk<'_> {
             Some(b) => {
                 let s2 = b.shape().to_vec();
                 if s2 != value.shape() {
+                    if let Some(tv) = self.filled_by_batch(&value, &b.value()) {
+                        return Ok(tv);
+                    }
                     return Err(OnnxError::Traced {
                         op: "constant".into(),
                         reason: format!(

@@ -104,6 +104,7 @@ static CONVERSIONS: &[(&str, TracedConverter)] = &[
     ("norm", norm),
     ("multi_head_attention", multi_head_attention),
     ("packed_self_attention", packed_self_attention),
+    ("lstm_sequence", lstm_sequence),
 ];
 
 /// The conversion of the traced op `op`, if kiln has one.
@@ -717,4 +718,52 @@ fn packed_self_attention(ex: &mut Exporter, n: &TracedNode<'_>) -> R {
     let e = n.inputs[0].shape[2] / 3;
     let [q, k, v] = [0, 1, 2].map(|i| slice_node(ex, n, &[(i * e) as i64], &[((i + 1) * e) as i64], &[2], &[1]));
     Ok(attention_nodes(ex, &q, &k, &v, e, heads))
+}
+
+/// kiln's fused LSTM recurrence (`xp.lstm_sequence(w_hh, h0, c0, ..)`, the input projection
+/// `xp` `[T, B, 4H]` already applied): ONNX's `LSTM` on `xp` with an input weight that only
+/// reorders the gates from kiln's (i, f, g, o) to ONNX's (i, o, f, c), the recurrent weight
+/// gathered into that order, and the outputs stacked as kiln's `[T + 2, B, H]` (outputs,
+/// `h_n`, `c_n`).
+fn lstm_sequence(ex: &mut Exporter, n: &TracedNode<'_>) -> R {
+    if n.int("rec_mask")? != 0 {
+        return Err(n.error("recurrent dropout (training mode) has no ONNX equivalent; export the model in eval mode"));
+    }
+    let h = n.inputs[1].shape[1];
+    let g4 = 4 * h;
+    let order: Vec<i64> = [0usize, 3, 1, 2].iter().flat_map(|&k| (k * h..(k + 1) * h).map(|r| r as i64)).collect();
+    let mut w = vec![0.0f32; g4 * g4];
+    for (row, &src) in order.iter().enumerate() {
+        w[row * g4 + src as usize] = 1.0;
+    }
+    let w = ex.const_tensor("lstm_gate_order_w", &Tensor::from_vec(w, &[1, g4, g4]));
+    let idx = ex.const_i64("lstm_gate_order", &order);
+    let r = ex.node("Gather", &[n.input(1), &idx], vec![attr_i("axis", 0)]);
+    let zero = ex.const_i64("axes", &[0]);
+    let r = ex.node("Unsqueeze", &[&r, &zero], vec![]);
+    let h0 = ex.node("Unsqueeze", &[n.input(2), &zero], vec![]);
+    let c0 = ex.node("Unsqueeze", &[n.input(3), &zero], vec![]);
+    let lens = match n.attrs()?.ints("lengths") {
+        None => String::new(),
+        Some(lengths) => {
+            if n.inputs[0].is_dynamic(1) {
+                return Err(n.error(
+                    "the sequence lengths are a constant of the trace but the batch is dynamic; export with dynamic_batch: false",
+                ));
+            }
+            let name = ex.fresh("sequence_lens");
+            let l = ex.initializer_i64(&name, lengths, &[lengths.len()]);
+            ex.node("Cast", &[&l], vec![attr_i("to", data_type::INT32 as i64)])
+        }
+    };
+    let direction = if n.int("reverse")? != 0 { "reverse" } else { "forward" };
+    let outs = ex.node_n(
+        "LSTM",
+        &[n.input(0), &w, &r, "", &lens, &h0, &c0],
+        vec![attr_i("hidden_size", h as i64), attr_s("direction", direction)],
+        3,
+    );
+    let one = ex.const_i64("axes", &[1]);
+    let y = ex.node("Squeeze", &[&outs[0], &one], vec![]);
+    Ok(ex.node("Concat", &[&y, &outs[1], &outs[2]], vec![attr_i("axis", 0)]))
 }
