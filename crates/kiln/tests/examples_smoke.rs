@@ -34,6 +34,9 @@ mod imdb_lstm;
 #[path = "../../../examples/logistic_regression.rs"]
 #[allow(dead_code)]
 mod logistic_regression;
+#[path = "../../../examples/lora_imdb.rs"]
+#[allow(dead_code)]
+mod lora_imdb;
 #[path = "../../../examples/mlp_mnist.rs"]
 #[allow(dead_code)]
 mod mlp_mnist;
@@ -152,11 +155,30 @@ fn imdb_lstm_smoke() {
 }
 
 #[test]
+fn lora_imdb_smoke() {
+    if let Some(r) = unless_missing("lora_imdb", lora_imdb::run(&lora_imdb::Opts::smoke())) {
+        assert!(r.pretrain_loss.is_finite(), "{r:?}");
+        assert!(is_fraction(r.full.test_accuracy) && is_fraction(r.lora.test_accuracy), "{r:?}");
+        // the adapters and the head train, a small part of the model
+        assert!(r.lora.trainable < r.full.trainable / 4, "{r:?}");
+        assert!(r.lora.file_bytes < r.full.file_bytes / 4, "{r:?}");
+        // merging folds the adapters into the weights without changing the predictions
+        assert!((r.lora_merged_accuracy - r.lora.test_accuracy).abs() <= 1.0 / 64.0, "{r:?}");
+    }
+}
+
+#[test]
 fn ptb_language_model_smoke() {
     if let Some(r) = unless_missing("ptb_language_model", ptb_language_model::run(&ptb_language_model::Opts::smoke())) {
         // Below the 10,000 of a uniform guess after one short epoch.
         assert!(r.test_perplexity.is_finite() && r.test_perplexity < 10_000.0, "{r:?}");
         assert!(r.transformer_test_perplexity.is_finite() && r.transformer_test_perplexity < 10_000.0, "{r:?}");
+    }
+    // the full softmax (the recipe's default output layer)
+    let full =
+        ptb_language_model::Opts { cutoff: usize::MAX, transformer_epochs: 0, ..ptb_language_model::Opts::smoke() };
+    if let Some(r) = unless_missing("ptb_language_model", ptb_language_model::run(&full)) {
+        assert!(r.test_perplexity.is_finite() && r.test_perplexity < 10_000.0, "{r:?}");
     }
 }
 
@@ -168,6 +190,8 @@ fn ptb_language_model_schedules_are_zarembas() {
     let lrs: Vec<f64> = (0..7).map(|e| small.epoch_lr(e)).collect();
     assert_eq!(lrs, [20.0, 20.0, 20.0, 20.0, 10.0, 5.0, 2.5]);
     assert_eq!((small.hidden, small.dropout, small.bptt, small.epochs, small.clip), (200, 0.0, 20, 13, 0.25));
+    // Their output layer: a full softmax over the 10,000 words.
+    assert_eq!(small.cutoff, usize::MAX);
     // Medium: lr 1 (35) for 6 epochs, then divided by 1.2 per epoch; 650 units, dropout 0.5.
     let medium = Opts::recipe(PtbConfig::Medium);
     assert_eq!(medium.epoch_lr(5), 35.0);
