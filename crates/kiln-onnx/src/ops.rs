@@ -1069,14 +1069,7 @@ pub(crate) fn run_node(n: NodeView, args: &[Option<Val>], opset: i64) -> R<Vec<V
                 }
             }
         }
-        "ReduceMean" => {
-            let x = fl(args, 0)?;
-            let keep = n.i("keepdims", 1) != 0;
-            let axes = axes_arg(&n, args, opset, 18)?.unwrap_or_else(|| (0..x.ndim() as i64).collect());
-            let ax: Vec<isize> = axes.iter().map(|&a| axis(a, x.ndim()).map(|a| a as isize)).collect::<R<_>>()?;
-            one(x.mean(&ax, keep))
-        }
-        "ReduceSum" | "ReduceMax" | "ReduceMin" => {
+        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceLogSumExp" | "ReduceL1" | "ReduceL2" => {
             let x = fl(args, 0)?;
             let keep = n.i("keepdims", 1) != 0;
             // ReduceSum takes its axes as an input from opset 13, the others from 18
@@ -1084,9 +1077,13 @@ pub(crate) fn run_node(n: NodeView, args: &[Option<Val>], opset: i64) -> R<Vec<V
             let axes = axes_arg(&n, args, opset, from)?.unwrap_or_else(|| (0..x.ndim() as i64).collect());
             let ax: Vec<isize> = axes.iter().map(|&a| axis(a, x.ndim()).map(|a| a as isize)).collect::<R<_>>()?;
             one(match n.op {
+                "ReduceMean" => x.mean(&ax, keep),
                 "ReduceSum" => x.sum(&ax, keep),
                 "ReduceMax" => x.max(&ax, keep),
-                _ => x.min(&ax, keep),
+                "ReduceMin" => x.min(&ax, keep),
+                "ReduceLogSumExp" => x.logsumexp(&ax, keep),
+                "ReduceL1" => x.norm(kiln_tensor::Norm::P(1.0), &ax, keep),
+                _ => x.norm(kiln_tensor::Norm::P(2.0), &ax, keep),
             })
         }
         "Exp" => one(fl(args, 0)?.exp()),
@@ -1120,21 +1117,6 @@ pub(crate) fn run_node(n: NodeView, args: &[Option<Val>], opset: i64) -> R<Vec<V
                 }
             };
             one(fl(args, 0)?.clamp(bound(1)?, bound(2)?))
-        }
-        "ReduceLogSumExp" => {
-            let x = fl(args, 0)?;
-            let keep = n.i("keepdims", 1) != 0;
-            let axes = axes_arg(&n, args, opset, 18)?.unwrap_or_else(|| (0..x.ndim() as i64).collect());
-            let ax: Vec<isize> = axes.iter().map(|&a| axis(a, x.ndim()).map(|a| a as isize)).collect::<R<_>>()?;
-            one(x.logsumexp(&ax, keep))
-        }
-        "ReduceL1" | "ReduceL2" => {
-            let x = fl(args, 0)?;
-            let keep = n.i("keepdims", 1) != 0;
-            let axes = axes_arg(&n, args, opset, 18)?.unwrap_or_else(|| (0..x.ndim() as i64).collect());
-            let ax: Vec<isize> = axes.iter().map(|&a| axis(a, x.ndim()).map(|a| a as isize)).collect::<R<_>>()?;
-            let p = if n.op == "ReduceL1" { 1.0 } else { 2.0 };
-            one(x.norm(kiln_tensor::Norm::P(p), &ax, keep))
         }
         "Expand" => {
             let x = fl(args, 0)?;
