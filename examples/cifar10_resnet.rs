@@ -14,6 +14,11 @@
 //! SGD lr 0.05, momentum 0.9 (Nesterov), weight decay 5e-4, cosine to 0, batches of 64.
 //!
 //!     cargo run --release --example cifar10_resnet
+//!
+//! Measured on the 2-core development machine with the shared subset (one thread, other work
+//! beside it): 49.40 % test accuracy after the 15 epochs, 176 s (703,386 parameters, 2.77 M
+//! mult-adds per image). The ImageNet stem leaves an 8×8 map for four stages, so this network
+//! sees less of each image than the plain CNN of `cifar10_cnn` (69.4 % on the same subset).
 
 use std::time::Instant;
 

@@ -36,6 +36,22 @@
 //!
 //!     cargo run --release --example lora_imdb
 //!
+//! Measured on the 2-core development machine (one thread each, a language-model run beside
+//! it): pre-training 1,457 windows in 1,368 s to a next-word cross-entropy of 4.245 nats on
+//! test reviews' text; then
+//!
+//! | fine-tuning | trainable parameters | test accuracy | 2 epochs | file to ship |
+//! |---|---:|---:|---:|---:|
+//! | full | 1,693,313 (100 %) | 86.77 % | 870 s | 6,617.6 KiB |
+//! | LoRA r = 8 | 32,897 (1.9 %) | 78.51 % | 794 s | 130.5 KiB |
+//!
+//! and 78.51 % again after `lora::merge`. LoRA trains 51x fewer parameters and ships a file 51x
+//! smaller, but here it trails full fine-tuning by 8 points: this backbone is small and
+//! pre-trained for one epoch only, so the features a low-rank update can reach are weaker than
+//! those of the large pre-trained models LoRA was made for (where it matches full fine-tuning).
+//! It is 9 % faster per epoch, not more: the frozen weights still carry the activations'
+//! gradients back through every layer.
+//!
 //! `KILN_EPOCHS` sets the fine-tuning epochs (default 2), `KILN_PRETRAIN_WORDS` the words of
 //! pre-training text (default: all of them, 5,967,841: one epoch), `KILN_TRAIN_SAMPLES` and
 //! `KILN_TEST_SAMPLES` the reviews used.
