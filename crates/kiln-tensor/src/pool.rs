@@ -60,6 +60,34 @@ impl<E: Float> Tensor<E> {
         (y, idx)
     }
 
+    /// [`max_pool2d`](Tensor::max_pool2d) without the indices, for inference (PyTorch's
+    /// `max_pool2d` with `return_indices=False`): same values, and the common 2x2 / stride-2
+    /// windows skip computing an index per output.
+    ///
+    /// ```
+    /// use kiln_tensor::Tensor;
+    /// let x = Tensor::<f32>::arange(0.0, 16.0, 1.0).reshape(&[1, 1, 4, 4]);
+    /// let y = x.max_pool2d_values([2, 2], [2, 2], [0, 0], [1, 1], false);
+    /// assert_eq!(y.to_vec(), vec![5.0, 7.0, 13.0, 15.0]);
+    /// ```
+    ///
+    /// **Panics** as [`max_pool2d`](Tensor::max_pool2d) does.
+    #[must_use]
+    pub fn max_pool2d_values(
+        &self,
+        kernel_size: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        dilation: [usize; 2],
+        ceil_mode: bool,
+    ) -> Tensor<E> {
+        let (xs, unbatched) = batched::<4>("max_pool2d", "input", self.shape(), IN2);
+        let x = self.contiguous();
+        let (out, os) =
+            kernel::max_pool2d_forward_values(slice_of(&x), xs, kernel_size, stride, padding, dilation, ceil_mode);
+        finish(out, &os, unbatched)
+    }
+
     /// Gradient of [`max_pool2d`](Tensor::max_pool2d), with `self` the gradient of its output:
     /// each element is added to the input position its index names. Returns a tensor of
     /// `input_shape`.

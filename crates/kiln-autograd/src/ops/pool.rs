@@ -168,6 +168,15 @@ impl<E: Float> Var<E> {
                 ("ceil_mode", int(ceil_mode as i64)),
             ]
         });
+        if !crate::mode::is_grad_enabled() || !self.requires_grad() {
+            // Nothing will ask for the gradient (inference): the values alone, without an
+            // index per output. Same values; no node to record, as `from_op` would make none.
+            let value = self.with_value(|x| x.max_pool2d_values(kernel_size, stride, padding, dilation, ceil_mode));
+            if crate::mode::anomaly_enabled() {
+                crate::mode::check_finite(&value, "max_pool2d", "forward", std::slice::from_ref(self));
+            }
+            return Var::constant(value);
+        }
         self.max_pool2d_with_indices(kernel_size, stride, padding, dilation, ceil_mode).0
     }
 

@@ -1,76 +1,66 @@
-//! The AVX2 micro-kernel: `u8`/`i8` activations and `i8` weights widened to `i16`, multiplied
-//! and summed in pairs with `_mm256_madd_epi16` (exact: a pair of `255 · -128` products fits
-//! an `i32`). `_mm256_maddubs_epi16` would be twice as fast but saturates at `i16`
+//! The AVX2 micro-kernel: activations and weights as `i16` (sign- or zero-extended once, the
+//! weights when they are packed, the activations once per product), multiplied and summed in
+//! pairs with `_mm256_madd_epi16` (exact: a pair of `255 · -128` products fits an `i32`).
+//! `_mm256_maddubs_epi16` would be twice as fast but saturates at `i16`
 //! (`2 · 255 · 127 > 32767`), which is why fbgemm needs `reduce_range`; kiln stays exact.
+//!
+//! Each step of the inner loop loads two vectors of packed weights (16 columns × one pair of
+//! k) and, per row, broadcasts one pair of activations from memory: 6 rows × 16 columns in 12
+//! accumulators.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 use super::NR_AVX2 as NR;
 
-/// The 32-bit lane holding activation bytes `(a0, a1)` widened to `i16` each.
-#[inline(always)]
-fn pair<const SIGNED: bool>(a0: u8, a1: u8) -> i32 {
-    let w = |b: u8| if SIGNED { b as i8 as i16 as u16 as u32 } else { b as u32 };
-    (w(a0) | (w(a1) << 16)) as i32
+/// Rows of one tile.
+pub(super) const MR: usize = 6;
+
+/// Widens `rows` rows of `k` activation bytes (`lda` apart) to `i16`, `kp` (= `k` rounded up
+/// to even) values per row with a zero in the padding, into `out`.
+pub(super) fn widen_rows(a: &[u8], lda: usize, rows: usize, k: usize, kp: usize, signed: bool, out: &mut Vec<i16>) {
+    out.clear();
+    out.reserve(rows * kp);
+    for r in 0..rows {
+        let row = &a[r * lda..r * lda + k];
+        if signed {
+            out.extend(row.iter().map(|&b| i16::from(b as i8)));
+        } else {
+            out.extend(row.iter().map(|&b| i16::from(b)));
+        }
+        out.extend(std::iter::repeat_n(0, kp - k));
+    }
 }
 
-/// `out[r][j] = Σ_k a[r, k] · b[k, j]` for `R` rows and one packed panel of 16 columns,
-/// laid out `[k / 2][16 columns][2]` (k padded to even with zeros).
+/// `out[r][j] = Σ_k a[r, k] · b[k, j]` for `R` rows of widened activations (`lda` values
+/// apart, `2 * pairs` values each) and one packed panel of 16 columns laid out
+/// `[pairs][16 columns][2]` in `i16`.
 ///
 /// # Safety
-/// The CPU must support AVX2. `a` must address `R` rows of `k` readable bytes `lda` apart;
-/// `panel` must address `ceil(k / 2) * 32` bytes; `out` must have room for `R * 16` values.
+/// The CPU must support AVX2. `a` must address `R` rows of `2 * pairs` readable values `lda`
+/// apart; `panel` must address `pairs * 32` values; `out` must have room for `R * 16` values.
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn tile<const R: usize, const SIGNED: bool>(
-    a: *const u8,
-    lda: usize,
-    k: usize,
-    panel: *const i8,
-    out: &mut [i32],
-) {
+pub(super) unsafe fn tile<const R: usize>(a: *const i16, lda: usize, pairs: usize, panel: *const i16, out: &mut [i32]) {
     let mut acc = [[_mm256_setzero_si256(); 2]; R];
-    let pairs = k / 2;
     for q in 0..pairs {
         // SAFETY: in bounds by the contract.
         let (b0, b1) = unsafe {
             let p = panel.add(q * 32);
-            (
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i)),
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16) as *const __m128i)),
-            )
+            (_mm256_loadu_si256(p as *const __m256i), _mm256_loadu_si256(p.add(16) as *const __m256i))
         };
-        for r in 0..R {
-            // SAFETY: in bounds by the contract.
-            let (x0, x1) = unsafe { (*a.add(r * lda + 2 * q), *a.add(r * lda + 2 * q + 1)) };
-            let va = _mm256_set1_epi32(pair::<SIGNED>(x0, x1));
-            acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(va, b0));
-            acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(va, b1));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: in bounds by the contract (one pair of i16 read as an i32).
+            let va = _mm256_set1_epi32(unsafe { (a.add(r * lda + 2 * q) as *const i32).read_unaligned() });
+            acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(va, b0));
+            acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(va, b1));
         }
     }
-    if k % 2 == 1 {
-        // The last column of an odd k: its partner in the pair is a zero weight.
-        // SAFETY: in bounds by the contract.
-        let (b0, b1) = unsafe {
-            let p = panel.add(pairs * 32);
-            (
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i)),
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16) as *const __m128i)),
-            )
-        };
-        for r in 0..R {
-            // SAFETY: in bounds by the contract.
-            let x0 = unsafe { *a.add(r * lda + 2 * pairs) };
-            let va = _mm256_set1_epi32(pair::<SIGNED>(x0, 0));
-            acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(va, b0));
-            acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(va, b1));
-        }
-    }
-    for r in 0..R {
+    for (r, acc) in acc.iter().enumerate() {
         // SAFETY: `out` holds R * 16 values.
         unsafe {
-            _mm256_storeu_si256(out.as_mut_ptr().add(r * NR) as *mut __m256i, acc[r][0]);
-            _mm256_storeu_si256(out.as_mut_ptr().add(r * NR + 8) as *mut __m256i, acc[r][1]);
+            _mm256_storeu_si256(out.as_mut_ptr().add(r * NR) as *mut __m256i, acc[0]);
+            _mm256_storeu_si256(out.as_mut_ptr().add(r * NR + 8) as *mut __m256i, acc[1]);
         }
     }
 }

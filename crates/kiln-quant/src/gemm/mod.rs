@@ -7,7 +7,7 @@
 //! | [`Isa`]               | instruction                 | tile (rows x columns) | B panel layout        |
 //! |-----------------------|-----------------------------|-----------------------|-----------------------|
 //! | `Avx512Vnni`          | `_mm512_dpbusd_epi32`       | 8 x 32                | `[k/4][32][4]`        |
-//! | `Avx2`                | `_mm256_madd_epi16` on i16  | 4 x 16                | `[k/2][16][2]`        |
+//! | `Avx2`                | `_mm256_madd_epi16` on i16  | 6 x 16                | `[k/2][16][2]` (i16)  |
 //! | `Portable`            | scalar (auto-vectorised)    | 4 x 16                | `[k][16]`             |
 //!
 //! Every path gives the same `i32` results bit for bit (sums wrap like `wrapping_add`, so the
@@ -101,7 +101,7 @@ impl Isa {
     fn geometry(self) -> (usize, usize, usize) {
         match self {
             Isa::Portable => (4, NR_PORTABLE, 1),
-            Isa::Avx2 => (4, NR_AVX2, 2),
+            Isa::Avx2 => (avx2::MR, NR_AVX2, 2),
             Isa::Avx512Vnni => (8, NR_VNNI, 4),
         }
     }
@@ -129,6 +129,8 @@ pub struct PackedB {
     n: usize,
     panel_len: usize,
     data: Vec<i8>,
+    /// The AVX2 kernel's panels: `data` widened to `i16` (empty for the other kernels).
+    wide: Vec<i16>,
     col_sums: Vec<i32>,
     weight: Vec<i8>,
 }
@@ -163,7 +165,8 @@ impl PackedB {
             }
         }
         let col_sums = (0..n).map(|c| w[c * k..(c + 1) * k].iter().map(|&v| v as i32).sum()).collect();
-        PackedB { isa, k, n, panel_len, data, col_sums, weight: w.to_vec() }
+        let wide = if isa == Isa::Avx2 { data.iter().map(|&v| i16::from(v)).collect() } else { Vec::new() };
+        PackedB { isa, k, n, panel_len, data, wide, col_sums, weight: w.to_vec() }
     }
 
     /// The kernel the panels are laid out for.
@@ -227,7 +230,7 @@ unsafe fn run_tile(b: &PackedB, signed: bool, a: *const u8, lda: usize, rows: us
     }
     match b.isa {
         Isa::Portable => dispatch!(portable, 1 2 3 4),
-        Isa::Avx2 => dispatch!(avx2, 1 2 3 4),
+        Isa::Avx2 => unreachable!("the AVX2 kernel runs on widened rows (run_tile_avx2)"),
         Isa::Avx512Vnni => dispatch!(avx512, 1 2 3 4 5 6 7 8),
     }
     if signed && b.isa == Isa::Avx512Vnni {
@@ -242,6 +245,32 @@ unsafe fn run_tile(b: &PackedB, signed: bool, a: *const u8, lda: usize, rows: us
     }
 }
 
+/// Runs one AVX2 tile: `rows <= 6` rows of widened activations (`kp` values apart) against
+/// panel `p`.
+///
+/// # Safety
+/// `a` must address `rows` rows of `kp` values; the CPU must support AVX2 (`b.isa` is `Avx2`).
+#[cfg(target_arch = "x86_64")]
+unsafe fn run_tile_avx2(b: &PackedB, a: *const i16, kp: usize, rows: usize, p: usize, out: &mut [i32]) {
+    let panel = b.wide[p * b.panel_len..].as_ptr();
+    let pairs = kp / 2;
+    // SAFETY (every arm): forwarded contract; the panel holds `pairs * 32` values.
+    match rows {
+        1 => unsafe { avx2::tile::<1>(a, kp, pairs, panel, out) },
+        2 => unsafe { avx2::tile::<2>(a, kp, pairs, panel, out) },
+        3 => unsafe { avx2::tile::<3>(a, kp, pairs, panel, out) },
+        4 => unsafe { avx2::tile::<4>(a, kp, pairs, panel, out) },
+        5 => unsafe { avx2::tile::<5>(a, kp, pairs, panel, out) },
+        6 => unsafe { avx2::tile::<6>(a, kp, pairs, panel, out) },
+        _ => unreachable!("tile of {rows} rows"),
+    }
+}
+
+thread_local! {
+    /// The activations widened to `i16` for the AVX2 kernel, reused across products.
+    static WIDE_A: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Walks the `m x n` output in tiles and calls `sink(m0, n0, rows, cols, tile, nr)` for each
 /// (`tile[r * nr + j]` is `C[m0 + r, n0 + j]`), on kiln's pool when the product is large and
 /// `may_split` (a caller that already runs one product per thread passes `false`).
@@ -252,18 +281,54 @@ fn drive(m: usize, a: &[u8], lda: usize, signed: bool, b: &PackedB, may_split: b
     }
     assert!(lda >= k, "int8 gemm: lda {lda} < k {k}");
     assert!(a.len() >= (m - 1) * lda + k, "int8 gemm: A holds {} values, needs {m} x {k} (lda {lda})", a.len());
+    #[cfg(target_arch = "x86_64")]
+    if b.isa == Isa::Avx2 {
+        let kp = k.div_ceil(2) * 2;
+        let run = |wide: &mut Vec<i16>| {
+            avx2::widen_rows(a, lda, m, k, kp, signed, wide);
+            let wide: &[i16] = wide;
+            // SAFETY: `wide` holds m rows of kp values; the ISA was checked when B was packed.
+            let tile = |m0: usize, r: usize, p: usize, out: &mut [i32]| unsafe {
+                run_tile_avx2(b, wide[m0 * kp..].as_ptr(), kp, r, p, out)
+            };
+            walk(m, n, k, avx2::MR, NR_AVX2, may_split, &tile, sink);
+        };
+        WIDE_A.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => run(&mut buf),
+            Err(_) => run(&mut Vec::new()),
+        });
+        return;
+    }
     let (mr, nr, _) = b.isa.geometry();
+    // SAFETY: rows m0..m0 + r of A are in bounds (checked above); the ISA was checked
+    // available when B was packed.
+    let tile =
+        |m0: usize, r: usize, p: usize, out: &mut [i32]| unsafe { run_tile(b, signed, a[m0 * lda..].as_ptr(), lda, r, p, out) };
+    walk(m, n, k, mr, nr, may_split, &tile, sink);
+}
+
+/// The tile loops of [`drive`]: `tile(m0, rows, panel, out)` computes one tile into `out`,
+/// then `sink` receives it; on kiln's pool when the product is large and `may_split`.
+#[allow(clippy::too_many_arguments)]
+fn walk(
+    m: usize,
+    n: usize,
+    k: usize,
+    mr: usize,
+    nr: usize,
+    may_split: bool,
+    tile: &(dyn Fn(usize, usize, usize, &mut [i32]) + Sync),
+    sink: &Sink<'_>,
+) {
     let panels = n.div_ceil(nr);
     let block = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
-        let mut tile = [0i32; MAX_TILE];
+        let mut buf = [0i32; MAX_TILE];
         for p in cols {
             let mut m0 = rows.start;
             while m0 < rows.end {
                 let r = (rows.end - m0).min(mr);
-                // SAFETY: rows m0..m0 + r of A are in bounds (checked above); the ISA was
-                // checked available when B was packed.
-                unsafe { run_tile(b, signed, a[m0 * lda..].as_ptr(), lda, r, p, &mut tile) };
-                sink(m0, p * nr, r, nr.min(n - p * nr), &tile, nr);
+                tile(m0, r, p, &mut buf);
+                sink(m0, p * nr, r, nr.min(n - p * nr), &buf, nr);
                 m0 += r;
             }
         }

@@ -15,5 +15,6 @@ pub mod gemm;
 pub mod lstm;
 mod norm;
 pub mod pool;
+mod pool_avx2;
 #[cfg(kiln_avx512)]
 pub(crate) mod sgemm;

@@ -10,6 +10,8 @@
 //! ceil mode the last window is dropped if it would start past the input and its left padding
 //! (see [`pool_out_len`]).
 
+use std::any::TypeId;
+
 use rayon::prelude::*;
 
 use crate::element::Float;
@@ -90,7 +92,34 @@ pub fn max_pool2d_forward<E: Float>(
 ) -> (Vec<E>, [usize; 4], Vec<usize>) {
     let g = geom("max_pool2d", shape, kernel, stride, padding, dilation, ceil_mode, &shape);
     check_len("max_pool2d", "input", input, &shape);
-    max_pool_impl(input, &g)
+    max_pool_impl(input, &g, true)
+}
+
+/// [`max_pool2d_forward`] without the indices, for inference: the values and their shape.
+/// The common 2x2 / stride-2 windows then skip computing and writing an index per output.
+///
+/// ```
+/// use kiln_tensor::kernels::pool::max_pool2d_forward_values;
+/// let x: Vec<f32> = (0..16).map(|i| i as f32).collect();
+/// let (y, shape) = max_pool2d_forward_values(&x, [1, 1, 4, 4], [2, 2], [2, 2], [0, 0], [1, 1], false);
+/// assert_eq!((y, shape), (vec![5.0, 7.0, 13.0, 15.0], [1, 1, 2, 2]));
+/// ```
+///
+/// **Panics** as [`max_pool2d_forward`] does.
+#[must_use]
+pub fn max_pool2d_forward_values<E: Float>(
+    input: &[E],
+    shape: [usize; 4],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+    ceil_mode: bool,
+) -> (Vec<E>, [usize; 4]) {
+    let g = geom("max_pool2d", shape, kernel, stride, padding, dilation, ceil_mode, &shape);
+    check_len("max_pool2d", "input", input, &shape);
+    let (out, s, _) = max_pool_impl(input, &g, false);
+    (out, s)
 }
 
 /// Gradient of [`max_pool2d_forward`]: each output gradient is added to the input element its
@@ -238,7 +267,7 @@ pub fn max_pool1d_forward<E: Float>(
 ) -> (Vec<E>, [usize; 3], Vec<usize>) {
     let g = geom("max_pool1d", lift(shape), [1, kernel], [1, stride], [0, padding], [1, dilation], ceil_mode, &shape);
     check_len("max_pool1d", "input", input, &shape);
-    let (out, s, idx) = max_pool_impl(input, &g);
+    let (out, s, idx) = max_pool_impl(input, &g, true);
     (out, drop_h(s), idx)
 }
 
@@ -485,18 +514,23 @@ fn max_window(o: usize, stride: usize, pad: usize, kernel: usize, dil: usize, le
 /// every window inside the input): no clipping, values and indices written straight to their
 /// buffers. Same results as the general loop (the first maximum wins, a NaN wins, the last one
 /// if several, as in PyTorch).
-fn max_pool_2x2<E: Float>(x: &[E], g: &Geom) -> (Vec<E>, [usize; 4], Vec<usize>) {
+fn max_pool_2x2<E: Float>(x: &[E], g: &Geom, with_idx: bool) -> (Vec<E>, [usize; 4], Vec<usize>) {
     let (hw, ohw, w) = (g.in_plane(), g.out_plane(), g.w);
     let mut vals = crate::alloc::take_filled(g.planes * ohw, E::zero());
-    let mut idx = vec![0usize; g.planes * ohw];
-    let plane = |p: usize, (vals, idx): (&mut [E], &mut [usize])| {
+    let mut idx = if with_idx { vec![0usize; g.planes * ohw] } else { Vec::new() };
+    // `idx` is empty when the indices are not wanted.
+    let plane = |p: usize, vals: &mut [E], idx: &mut [usize]| {
         let src = &x[p * hw..(p + 1) * hw];
         for oy in 0..g.oh {
             let (top, bottom) = (2 * oy * w, (2 * oy + 1) * w);
             let (r0, r1) = (&src[top..top + 2 * g.ow], &src[bottom..bottom + 2 * g.ow]);
-            let (vrow, irow) = (&mut vals[oy * g.ow..(oy + 1) * g.ow], &mut idx[oy * g.ow..(oy + 1) * g.ow]);
+            let vrow = &mut vals[oy * g.ow..(oy + 1) * g.ow];
+            let irow = if idx.is_empty() { &mut [][..] } else { &mut idx[oy * g.ow..(oy + 1) * g.ow] };
+            let done = as_f32(r0).zip(as_f32(r1)).zip(as_f32_mut(vrow)).map_or(0, |((r0, r1), vrow)| {
+                super::pool_avx2::max_pool_2x2_rows(r0, r1, top, bottom, vrow, irow)
+            });
             let pairs = r0.chunks_exact(2).zip(r1.chunks_exact(2));
-            for (ox, ((v, i), (a, b))) in vrow.iter_mut().zip(irow.iter_mut()).zip(pairs).enumerate() {
+            for (ox, (v, (a, b))) in vrow.iter_mut().zip(pairs).enumerate().skip(done) {
                 // selects rather than branches: on real data the winner is unpredictable
                 let (mut best, mut at) = (a[0], top + 2 * ox);
                 for (c, j) in [(a[1], top + 2 * ox + 1), (b[0], bottom + 2 * ox), (b[1], bottom + 2 * ox + 1)] {
@@ -505,24 +539,50 @@ fn max_pool_2x2<E: Float>(x: &[E], g: &Geom) -> (Vec<E>, [usize; 4], Vec<usize>)
                     at = if take { j } else { at };
                 }
                 *v = best;
-                *i = at;
+                if let Some(i) = irow.get_mut(ox) {
+                    *i = at;
+                }
             }
         }
     };
-    if g.parallel() && ohw > 0 {
-        parallel::install(|_| {
-            vals.par_chunks_mut(ohw).zip(idx.par_chunks_mut(ohw)).enumerate().for_each(|(p, o)| plane(p, o));
-        });
-    } else if ohw > 0 {
-        vals.chunks_mut(ohw).zip(idx.chunks_mut(ohw)).enumerate().for_each(|(p, o)| plane(p, o));
+    if ohw == 0 {
+        return (vals, g.out_shape(), idx);
+    }
+    match (g.parallel(), with_idx) {
+        (true, true) => parallel::install(|_| {
+            vals.par_chunks_mut(ohw).zip(idx.par_chunks_mut(ohw)).enumerate().for_each(|(p, (v, i))| plane(p, v, i));
+        }),
+        (true, false) => parallel::install(|_| {
+            vals.par_chunks_mut(ohw).enumerate().for_each(|(p, v)| plane(p, v, &mut []));
+        }),
+        (false, true) => vals.chunks_mut(ohw).zip(idx.chunks_mut(ohw)).enumerate().for_each(|(p, (v, i))| plane(p, v, i)),
+        (false, false) => vals.chunks_mut(ohw).enumerate().for_each(|(p, v)| plane(p, v, &mut [])),
     }
     (vals, g.out_shape(), idx)
 }
 
-fn max_pool_impl<E: Float>(x: &[E], g: &Geom) -> (Vec<E>, [usize; 4], Vec<usize>) {
+/// `x` as `&[f32]` when `E` is `f32`.
+fn as_f32<E: Float>(x: &[E]) -> Option<&[f32]> {
+    (TypeId::of::<E>() == TypeId::of::<f32>()).then(|| {
+        // SAFETY: E is f32 (checked above): same layout, same length.
+        unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) }
+    })
+}
+
+/// `x` as `&mut [f32]` when `E` is `f32`.
+fn as_f32_mut<E: Float>(x: &mut [E]) -> Option<&mut [f32]> {
+    (TypeId::of::<E>() == TypeId::of::<f32>()).then(|| {
+        // SAFETY: E is f32 (checked above): same layout, same length, the borrow moves.
+        unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) }
+    })
+}
+
+/// The pooled values and, when `with_idx`, the indices (empty otherwise; the general loop
+/// computes them either way).
+fn max_pool_impl<E: Float>(x: &[E], g: &Geom, with_idx: bool) -> (Vec<E>, [usize; 4], Vec<usize>) {
     let simple = g.kernel == [2, 2] && g.stride == [2, 2] && g.pad == [0, 0] && g.dil == [1, 1];
     if simple && 2 * g.oh <= g.h && 2 * g.ow <= g.w {
-        return max_pool_2x2(x, g);
+        return max_pool_2x2(x, g, with_idx);
     }
     max_pool_general(x, g)
 }
@@ -805,11 +865,35 @@ mod tests {
                 })
                 .collect();
             let g = geom("max_pool2d", [n, c, h, w], [2, 2], [2, 2], [0, 0], [1, 1], false, &[n, c, h, w]);
-            let (fv, fs, fi) = max_pool_2x2(&x, &g);
+            let (fv, fs, fi) = max_pool_2x2(&x, &g, true);
             let (gv, gs, gi) = max_pool_general(&x, &g);
             prop_assert_eq!(fs, gs);
             prop_assert_eq!(&fi, &gi);
             prop_assert!(fv.iter().zip(&gv).all(|(a, b)| a == b || (a.is_nan() && b.is_nan())));
+        }
+
+        #[test]
+        fn max_pool_2x2_f32_rows_match_the_general_loop(
+            n in 1usize..3, c in 1usize..3, h in 2usize..7, w in 2usize..45, seed in 0u64..1 << 20, kind in 0u8..3,
+        ) {
+            // f32 takes the vector row kernel for eight windows at a time where the CPU has it
+            let mut rng = crate::Rng::new(seed);
+            let x: Vec<f32> = (0..n * c * h * w)
+                .map(|_| match kind {
+                    0 => (rng.below(3) as f32) - 1.0,
+                    1 if rng.below(4) == 0 => f32::NAN,
+                    _ => rng.next_f64() as f32 * 2.0 - 1.0,
+                })
+                .collect();
+            let g = geom("max_pool2d", [n, c, h, w], [2, 2], [2, 2], [0, 0], [1, 1], false, &[n, c, h, w]);
+            let (fv, fs, fi) = max_pool_2x2(&x, &g, true);
+            let (gv, gs, gi) = max_pool_general(&x, &g);
+            prop_assert_eq!(fs, gs);
+            prop_assert_eq!(&fi, &gi);
+            prop_assert!(fv.iter().zip(&gv).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())));
+            let (ov, os) = max_pool2d_forward_values(&x, [n, c, h, w], [2, 2], [2, 2], [0, 0], [1, 1], false);
+            prop_assert_eq!(os, gs);
+            prop_assert!(ov.iter().zip(&gv).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())));
         }
 
         #[test]
