@@ -17,3 +17,5 @@ mod norm;
 pub mod pool;
 #[cfg(kiln_avx512)]
 pub(crate) mod sgemm;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod sgemm_avx2;
