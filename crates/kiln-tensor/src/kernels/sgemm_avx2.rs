@@ -209,6 +209,26 @@ fn lanes(n: usize) -> __m256i {
     _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
 }
 
+/// The first `n` floats at `at` (all 8 if `n >= 8`), the other lanes zero; reads nothing
+/// when `n == 0`.
+///
+/// # Safety
+/// The first `min(n, 8)` floats at `at` are readable; the CPU has AVX2 and FMA.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn load8(at: *const f32, n: usize) -> __m256 {
+    // SAFETY: only the first min(n, 8) floats are read (masked lanes are not accessed).
+    unsafe {
+        if n >= 8 {
+            _mm256_loadu_ps(at)
+        } else if n > 0 {
+            _mm256_maskload_ps(at, lanes(n))
+        } else {
+            _mm256_setzero_ps()
+        }
+    }
+}
+
 /// [`gemv`] with M's rows contiguous (`cs == 1`) and x contiguous: four rows at a time share
 /// the loads of x, each with two accumulators.
 ///
@@ -394,7 +414,7 @@ unsafe fn sgemm_avx2(
         return;
     }
     // Buffers sized for this product (at most MC x KC and KC x NC), in whole blocks.
-    let kc_max = KC.min(k);
+    let kc_max = panel_depth(k);
     let a_blocks = (MC.min(m.next_multiple_of(MR)) * kc_max + A_SLACK).div_ceil(8);
     let b_blocks = (NC.min(n.next_multiple_of(NR)) * kc_max).div_ceil(8);
     let run = |buf: &mut Vec<Block>| {
@@ -432,11 +452,19 @@ unsafe fn sgemm_avx2(
     });
 }
 
+/// The depth of the packed panels for a product of depth `k > 0`: `k` split evenly into
+/// `ceil(k / KC)` panels (rounded up to a multiple of 8, so at most `KC`), so that e.g.
+/// `k = 288` (a 3x3 convolution of 32 channels) runs as 2 x 144 rather than 256 + 32, the
+/// short panel paying for C's loads and stores and the kernel's set-up over few steps.
+fn panel_depth(k: usize) -> usize {
+    k.div_ceil(k.div_ceil(KC)).next_multiple_of(8).min(KC)
+}
+
 /// The loops of [`sgemm_avx2`] over packed blocks, with `ap` and `bp` as packing buffers.
 ///
 /// # Safety
-/// As [`sgemm_avx2`]; `ap` holds `min(MC, m rounded up to MR) * min(KC, k) + A_SLACK` floats
-/// and `bp` `min(NC, n rounded up to NR) * min(KC, k)` floats, both 32-byte aligned.
+/// As [`sgemm_avx2`]; `ap` holds `min(MC, m rounded up to MR) * panel_depth(k) + A_SLACK`
+/// floats and `bp` `min(NC, n rounded up to NR) * panel_depth(k)` floats, both 32-byte aligned.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn blocked(
     m: usize,
@@ -457,8 +485,9 @@ unsafe fn blocked(
 ) {
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
-        for pc in (0..k).step_by(KC) {
-            let kc = KC.min(k - pc);
+        let kc_step = panel_depth(k);
+        for pc in (0..k).step_by(kc_step) {
+            let kc = kc_step.min(k - pc);
             // SAFETY: the block lies inside B; bp holds the packed panel.
             unsafe { pack_b(kc, nc, b.offset(pc as isize * rsb + jc as isize * csb), rsb, csb, bp) };
             let beta_p = if pc == 0 { beta } else { 1.0 };
@@ -541,27 +570,28 @@ unsafe fn pack_b(kc: usize, w: usize, src: *const f32, sk: isize, sw: isize, dst
             let out = dst.add(s * kc * NR);
             let base = src.offset(j0 as isize * sw);
             if sk == 1 {
-                // Columns are contiguous along p: transpose 8 x 8 blocks in registers (two per
-                // 8 steps of the strip), prefetching the next strip's columns.
-                for p0 in (0..kc).step_by(8) {
-                    let pw = 8.min(kc - p0);
-                    let mask = lanes(pw);
+                // Columns are contiguous along p: transpose 8 x 8 blocks in registers, 16 steps
+                // (a cache line of each column) at a time, since columns a multiple of 4 KiB
+                // apart share an L1 set and a line read in two halves would be fetched twice;
+                // each column is prefetched
+                // `PREFETCH_AHEAD` steps ahead (then the next strip's).
+                for p0 in (0..kc).step_by(16) {
+                    let pw = 16.min(kc - p0);
+                    let ahead_b = prefetch_offset(p0, kc, NR as isize * sw);
                     for h in 0..2 {
-                        let mut r = [_mm256_setzero_ps(); 8];
-                        for (j, rj) in r.iter_mut().enumerate() {
-                            let col = 8 * h + j;
-                            if col >= jw {
-                                break;
-                            }
-                            let at = base.offset(col as isize * sw + p0 as isize);
-                            if p0 % 16 == 0 {
-                                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_offset(NR as isize * sw).cast());
-                            }
-                            *rj = if pw == 8 { _mm256_loadu_ps(at) } else { _mm256_maskload_ps(at, mask) };
+                        let mut lo = [_mm256_setzero_ps(); 8];
+                        let mut hi = [_mm256_setzero_ps(); 8];
+                        for j in 0..8.min(jw.saturating_sub(8 * h)) {
+                            let at = base.offset((8 * h + j) as isize * sw + p0 as isize);
+                            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_offset(ahead_b).cast());
+                            lo[j] = load8(at, pw);
+                            hi[j] = load8(at.wrapping_add(8), pw.saturating_sub(8));
                         }
-                        let t = transpose8(r);
-                        for (q, tq) in t.iter().enumerate().take(pw) {
-                            _mm256_store_ps(out.add((p0 + q) * NR + 8 * h), *tq);
+                        for (q0, r) in [(0, lo), (8, hi)] {
+                            let t = transpose8(r);
+                            for (q, tq) in t.iter().enumerate().take(pw.saturating_sub(q0)) {
+                                _mm256_store_ps(out.add((p0 + q0 + q) * NR + 8 * h), *tq);
+                            }
                         }
                     }
                 }
@@ -619,21 +649,24 @@ unsafe fn pack_a(kc: usize, h: usize, src: *const f32, sk: isize, sh: isize, dst
             let base = src.offset(i0 as isize * sh);
             if sk == 1 {
                 // Rows of A contiguous along p: 8 x 8 transposes of the strip's rows (and two
-                // zero rows), prefetching the next strip's rows.
-                for p0 in (0..kc).step_by(8) {
-                    let pw = 8.min(kc - p0);
-                    let mask = lanes(pw);
-                    let mut r = [_mm256_setzero_ps(); 8];
-                    for (i, ri) in r.iter_mut().enumerate().take(iw) {
+                // zero rows), 16 steps (a cache line of each row) at a time as in `pack_b`,
+                // prefetching as `pack_b` does.
+                for p0 in (0..kc).step_by(16) {
+                    let pw = 16.min(kc - p0);
+                    let ahead_a = prefetch_offset(p0, kc, MR as isize * sh);
+                    let mut lo = [_mm256_setzero_ps(); 8];
+                    let mut hi = [_mm256_setzero_ps(); 8];
+                    for i in 0..iw {
                         let at = base.offset(i as isize * sh + p0 as isize);
-                        if p0 % 16 == 0 {
-                            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_offset(MR as isize * sh).cast());
-                        }
-                        *ri = if pw == 8 { _mm256_loadu_ps(at) } else { _mm256_maskload_ps(at, mask) };
+                        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_offset(ahead_a).cast());
+                        lo[i] = load8(at, pw);
+                        hi[i] = load8(at.wrapping_add(8), pw.saturating_sub(8));
                     }
-                    let t = transpose8(r);
-                    for (q, tq) in t.iter().enumerate().take(pw) {
-                        _mm256_storeu_ps(out.add((p0 + q) * MR), *tq);
+                    for (q0, r) in [(0, lo), (8, hi)] {
+                        let t = transpose8(r);
+                        for (q, tq) in t.iter().enumerate().take(pw.saturating_sub(q0)) {
+                            _mm256_storeu_ps(out.add((p0 + q0 + q) * MR), *tq);
+                        }
                     }
                 }
             } else {
@@ -645,6 +678,21 @@ unsafe fn pack_a(kc: usize, h: usize, src: *const f32, sk: isize, sh: isize, dst
                 }
             }
         }
+    }
+}
+
+/// Steps ahead (4 cache lines) at which the transposing packers prefetch a row or column.
+const PREFETCH_AHEAD: usize = 64;
+
+/// Offset from the element at step `p0` of a row (or column) contiguous along k to the one to
+/// prefetch: `PREFETCH_AHEAD` steps further along it, or past the panel's `kc` steps, into
+/// the row `next` elements away (the next strip's), so that the prefetches form one stream.
+#[inline]
+fn prefetch_offset(p0: usize, kc: usize, next: isize) -> isize {
+    if p0 + PREFETCH_AHEAD < kc {
+        PREFETCH_AHEAD as isize
+    } else {
+        next + PREFETCH_AHEAD as isize - kc as isize
     }
 }
 
@@ -698,9 +746,15 @@ unsafe fn kernel(
     nr: usize,
 ) {
     let mut ab = [[_mm256_setzero_ps(); 2]; MR];
-    // SAFETY: inside the packed strips by the caller's contract.
+    // SAFETY: inside the packed strips by the caller's contract; the prefetches of C's rows
+    // (read or written at the end) address the tile.
     unsafe {
-        for p in 0..kc {
+        for i in 0..mr {
+            let row = c.offset(i as isize * rsc);
+            _mm_prefetch::<_MM_HINT_T0>(row.cast());
+            _mm_prefetch::<_MM_HINT_T0>(row.add(nr - 1).cast());
+        }
+        let step = |ab: &mut [[__m256; 2]; MR], p: usize| {
             let b0 = _mm256_load_ps(b.add(p * NR));
             let b1 = _mm256_load_ps(b.add(p * NR + 8));
             let ap = a.add(p * MR);
@@ -709,6 +763,18 @@ unsafe fn kernel(
                 ab[i][0] = _mm256_fmadd_ps(ai, b0, ab[i][0]);
                 ab[i][1] = _mm256_fmadd_ps(ai, b1, ab[i][1]);
             }
+        };
+        let mut p = 0;
+        while p + 4 <= kc {
+            step(&mut ab, p);
+            step(&mut ab, p + 1);
+            step(&mut ab, p + 2);
+            step(&mut ab, p + 3);
+            p += 4;
+        }
+        while p < kc {
+            step(&mut ab, p);
+            p += 1;
         }
     }
     let alphav = _mm256_set1_ps(alpha);
