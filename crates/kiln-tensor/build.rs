@@ -1,7 +1,8 @@
 //! Sets `kiln_avx512` on x86-64 when the compiler has the AVX-512 intrinsics and target
 //! features (stable since Rust 1.89): the `f32` GEMM kernel and the AVX-512 builds of hot loops
 //! are compiled then. With an older compiler (the workspace supports 1.85) they are left out and
-//! `f32` products go through matrixmultiply, as `f64` ones always do.
+//! `f32` products go through the AVX2 kernel (`sgemm_avx2.rs`, any x86-64 compiler) or
+//! matrixmultiply, as `f64` ones always do.
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(kiln_avx512)");

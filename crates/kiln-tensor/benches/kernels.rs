@@ -9,7 +9,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kiln_tensor::kernels::conv::Conv2dParams;
-use kiln_tensor::{set_num_threads, Rng, Tensor};
+use kiln_tensor::{set_num_threads, Float, Rng, Tensor};
 
 fn gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemm");
@@ -27,6 +27,61 @@ fn gemm(c: &mut Criterion) {
         set_num_threads(1);
         let at = a.t();
         g.bench_with_input(BenchmarkId::new("matmul_transposed_lhs/t1", n), &n, |bch, _| bch.iter(|| at.matmul(&b)));
+    }
+    g.finish();
+}
+
+/// The single-threaded `f32` kernel of `Float::gemm_raw` on the shapes of kiln's products:
+/// squares, a 3x3 convolution's im2col products (forward, input and weight gradients), a Linear
+/// 9216 -> 128 (`x·Wᵀ`) at batch 64 and 1. Run with `KILN_SGEMM=matrixmultiply` to compare
+/// with matrixmultiply (see kernels/sgemm_avx2.rs).
+fn sgemm_kernel(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sgemm_kernel");
+    g.sample_size(10).warm_up_time(std::time::Duration::from_millis(300));
+    g.measurement_time(std::time::Duration::from_secs(1));
+    let mut rng = Rng::new(2);
+    // (name, m, k, n, A transposed, B transposed, beta)
+    let shapes = [
+        ("square256", 256, 256, 256, false, false, 0.0),
+        ("square512", 512, 512, 512, false, false, 0.0),
+        ("square1024", 1024, 1024, 1024, false, false, 0.0),
+        ("conv_fwd_64x288x576", 64, 288, 576, false, false, 0.0),
+        ("conv_dx_288x64x576_ta", 288, 64, 576, true, false, 0.0),
+        ("conv_dw_64x576x288_tb", 64, 576, 288, false, true, 1.0),
+        ("conv_576x288x64_ta", 576, 288, 64, true, false, 0.0),
+        ("linear_64x9216x128_tb", 64, 9216, 128, false, true, 0.0),
+        ("gemv_1x9216x128_tb", 1, 9216, 128, false, true, 0.0),
+    ];
+    for (name, m, k, n, ta, tb, beta) in shapes {
+        let a: Vec<f32> = (0..m * k).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        let mut out = vec![0.0f32; m * n];
+        let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
+        let (rsb, csb) = if tb { (1, k as isize) } else { (n as isize, 1) };
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        g.bench_function(name, |bch| {
+            bch.iter(|| {
+                // SAFETY: the buffers hold the matrices under these strides; out is distinct.
+                unsafe {
+                    f32::gemm_raw(
+                        m,
+                        k,
+                        n,
+                        1.0,
+                        a.as_ptr(),
+                        rsa,
+                        csa,
+                        b.as_ptr(),
+                        rsb,
+                        csb,
+                        beta,
+                        out.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    )
+                }
+            })
+        });
     }
     g.finish();
 }
@@ -95,5 +150,5 @@ fn threshold(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, gemm, conv, elementwise, threshold);
+criterion_group!(benches, gemm, sgemm_kernel, conv, elementwise, threshold);
 criterion_main!(benches);

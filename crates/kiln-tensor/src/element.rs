@@ -340,10 +340,26 @@ impl Float for f32 {
             };
             return;
         }
-        // SAFETY (both calls): forwarded contract.
-        #[cfg(kiln_avx512)]
-        if unsafe { crate::kernels::sgemm::try_sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) } {
-            return;
+        // kiln's AVX-512 kernel, else its AVX2 one, else matrixmultiply; `KILN_SGEMM` (read
+        // once, see kernels/sgemm_avx2.rs) can force the AVX2 kernel or matrixmultiply.
+        // SAFETY (every call): forwarded contract.
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::kernels::sgemm_avx2::{sgemm_choice, try_sgemm_avx2, SgemmChoice};
+            let choice = sgemm_choice();
+            #[cfg(kiln_avx512)]
+            if choice == SgemmChoice::Auto
+                && unsafe {
+                    crate::kernels::sgemm::try_sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+                }
+            {
+                return;
+            }
+            if choice != SgemmChoice::MatrixMultiply
+                && unsafe { try_sgemm_avx2(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+            {
+                return;
+            }
         }
         unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
     }

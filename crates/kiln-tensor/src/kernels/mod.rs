@@ -18,3 +18,5 @@ pub mod pool;
 mod pool_avx2;
 #[cfg(kiln_avx512)]
 pub(crate) mod sgemm;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod sgemm_avx2;

@@ -1,5 +1,6 @@
 //! Single-threaded f32 GEMM for x86-64 CPUs with AVX-512F: the kernel behind `f32`'s
-//! [`Float::gemm_raw`](crate::Float::gemm_raw) where the CPU has it (matrixmultiply elsewhere).
+//! [`Float::gemm_raw`](crate::Float::gemm_raw) where the CPU has it (`sgemm_avx2.rs` or
+//! matrixmultiply elsewhere).
 //!
 //! The blocking is Goto's (as in matrixmultiply and BLIS): B is packed in `KC x NC` panels of
 //! 16-column strips, A in `MC x KC` blocks of 16-row strips, and a 16 x 16 micro-kernel
