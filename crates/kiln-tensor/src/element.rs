@@ -340,8 +340,9 @@ impl Float for f32 {
             };
             return;
         }
-        // kiln's AVX-512 kernel, else its AVX2 one, else matrixmultiply; `KILN_SGEMM` (read
-        // once, see kernels/sgemm_avx2.rs) can force the AVX2 kernel or matrixmultiply.
+        // kiln's AVX-512 kernel, else its AVX2 one for matrix-vector products, else
+        // matrixmultiply; `KILN_SGEMM` (read once, see kernels/sgemm_avx2.rs) can force the
+        // AVX2 kernel or matrixmultiply.
         // SAFETY (every call): forwarded contract.
         #[cfg(target_arch = "x86_64")]
         {
@@ -355,9 +356,13 @@ impl Float for f32 {
             {
                 return;
             }
-            if choice != SgemmChoice::MatrixMultiply
-                && unsafe { try_sgemm_avx2(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
-            {
+            let use_avx2 = match choice {
+                SgemmChoice::Avx2 => true,
+                // Only the matrix-vector path beats matrixmultiply (see sgemm_avx2.rs).
+                SgemmChoice::Auto => m == 1 || n == 1,
+                SgemmChoice::MatrixMultiply => false,
+            };
+            if use_avx2 && unsafe { try_sgemm_avx2(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) } {
                 return;
             }
         }

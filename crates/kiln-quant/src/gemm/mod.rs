@@ -302,8 +302,9 @@ fn drive(m: usize, a: &[u8], lda: usize, signed: bool, b: &PackedB, may_split: b
     let (mr, nr, _) = b.isa.geometry();
     // SAFETY: rows m0..m0 + r of A are in bounds (checked above); the ISA was checked
     // available when B was packed.
-    let tile =
-        |m0: usize, r: usize, p: usize, out: &mut [i32]| unsafe { run_tile(b, signed, a[m0 * lda..].as_ptr(), lda, r, p, out) };
+    let tile = |m0: usize, r: usize, p: usize, out: &mut [i32]| unsafe {
+        run_tile(b, signed, a[m0 * lda..].as_ptr(), lda, r, p, out)
+    };
     walk(m, n, k, mr, nr, may_split, &tile, sink);
 }
 

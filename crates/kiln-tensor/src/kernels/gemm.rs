@@ -3,9 +3,10 @@
 //! `gemm` runs the single-threaded kernel of [`Float::gemm_raw`] (any strides, so a transposed
 //! or sliced operand is read in place, never copied first) and splits large products across
 //! kiln's thread pool (see [`crate::parallel`]). The kernel is kiln's own AVX-512 one for `f32`
-//! where the CPU has AVX-512F (`sgemm.rs`), its AVX2 + FMA one where it has those
-//! (`sgemm_avx2.rs`; `KILN_SGEMM=matrixmultiply` turns both off), and matrixmultiply's
-//! `sgemm`/`dgemm` otherwise; swapping in another kernel means changing `gemm_raw` only.
+//! where the CPU has AVX-512F (`sgemm.rs`), its AVX2 + FMA one for matrix-vector products
+//! where it has those (`sgemm_avx2.rs`; `KILN_SGEMM` selects kernels for comparisons), and
+//! matrixmultiply's `sgemm`/`dgemm` otherwise; swapping in another kernel means changing
+//! `gemm_raw` only.
 
 use crate::element::Float;
 use crate::parallel;

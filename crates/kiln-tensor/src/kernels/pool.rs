@@ -526,9 +526,10 @@ fn max_pool_2x2<E: Float>(x: &[E], g: &Geom, with_idx: bool) -> (Vec<E>, [usize;
             let (r0, r1) = (&src[top..top + 2 * g.ow], &src[bottom..bottom + 2 * g.ow]);
             let vrow = &mut vals[oy * g.ow..(oy + 1) * g.ow];
             let irow = if idx.is_empty() { &mut [][..] } else { &mut idx[oy * g.ow..(oy + 1) * g.ow] };
-            let done = as_f32(r0).zip(as_f32(r1)).zip(as_f32_mut(vrow)).map_or(0, |((r0, r1), vrow)| {
-                super::pool_avx2::max_pool_2x2_rows(r0, r1, top, bottom, vrow, irow)
-            });
+            let done = as_f32(r0)
+                .zip(as_f32(r1))
+                .zip(as_f32_mut(vrow))
+                .map_or(0, |((r0, r1), vrow)| super::pool_avx2::max_pool_2x2_rows(r0, r1, top, bottom, vrow, irow));
             let pairs = r0.chunks_exact(2).zip(r1.chunks_exact(2));
             for (ox, (v, (a, b))) in vrow.iter_mut().zip(pairs).enumerate().skip(done) {
                 // selects rather than branches: on real data the winner is unpredictable
@@ -555,7 +556,9 @@ fn max_pool_2x2<E: Float>(x: &[E], g: &Geom, with_idx: bool) -> (Vec<E>, [usize;
         (true, false) => parallel::install(|_| {
             vals.par_chunks_mut(ohw).enumerate().for_each(|(p, v)| plane(p, v, &mut []));
         }),
-        (false, true) => vals.chunks_mut(ohw).zip(idx.chunks_mut(ohw)).enumerate().for_each(|(p, (v, i))| plane(p, v, i)),
+        (false, true) => {
+            vals.chunks_mut(ohw).zip(idx.chunks_mut(ohw)).enumerate().for_each(|(p, (v, i))| plane(p, v, i))
+        }
         (false, false) => vals.chunks_mut(ohw).enumerate().for_each(|(p, v)| plane(p, v, &mut [])),
     }
     (vals, g.out_shape(), idx)

@@ -26,10 +26,20 @@ pub(crate) fn available() -> bool {
 /// `bottom + 2 * ox (+ 1)` in `r1`; an empty `idx` asks for the values only. Returns how many
 /// windows it handled: all of them, or 0 where AVX2 is not available (the caller's scalar
 /// loop then does the row).
-pub(crate) fn max_pool_2x2_rows(r0: &[f32], r1: &[f32], top: usize, bottom: usize, vals: &mut [f32], idx: &mut [usize]) -> usize {
+pub(crate) fn max_pool_2x2_rows(
+    r0: &[f32],
+    r1: &[f32],
+    top: usize,
+    bottom: usize,
+    vals: &mut [f32],
+    idx: &mut [usize],
+) -> usize {
     let len = vals.len();
     let with_idx = !idx.is_empty();
-    assert!((!with_idx || idx.len() == len) && r0.len() >= 2 * len && r1.len() >= 2 * len, "max_pool2d: row buffers do not fit");
+    assert!(
+        (!with_idx || idx.len() == len) && r0.len() >= 2 * len && r1.len() >= 2 * len,
+        "max_pool2d: row buffers do not fit"
+    );
     if len == 0 || !available() {
         return 0;
     }
@@ -48,7 +58,9 @@ pub(crate) fn max_pool_2x2_rows(r0: &[f32], r1: &[f32], top: usize, bottom: usiz
             t1[..2 * rest].copy_from_slice(&r1[2 * n..2 * len]);
             let (mut v, mut i) = ([0f32; 8], [0usize; 8]);
             // SAFETY: as above, on the local buffers of 16 inputs and 8 outputs.
-            unsafe { rows_avx2(t0.as_ptr(), t1.as_ptr(), top + 2 * n, bottom + 2 * n, v.as_mut_ptr(), i.as_mut_ptr(), 8) };
+            unsafe {
+                rows_avx2(t0.as_ptr(), t1.as_ptr(), top + 2 * n, bottom + 2 * n, v.as_mut_ptr(), i.as_mut_ptr(), 8)
+            };
             vals[n..].copy_from_slice(&v[..rest]);
             if with_idx {
                 idx[n..].copy_from_slice(&i[..rest]);
@@ -63,7 +75,15 @@ pub(crate) fn max_pool_2x2_rows(r0: &[f32], r1: &[f32], top: usize, bottom: usiz
 /// `n` writable elements (`idx` may be null: no indices written); `n` is a multiple of 8.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn rows_avx2(r0: *const f32, r1: *const f32, top: usize, bottom: usize, vals: *mut f32, idx: *mut usize, n: usize) {
+unsafe fn rows_avx2(
+    r0: *const f32,
+    r1: *const f32,
+    top: usize,
+    bottom: usize,
+    vals: *mut f32,
+    idx: *mut usize,
+    n: usize,
+) {
     // Deinterleaving with `shuffle_ps` leaves the windows in the order 0 1 4 5 2 3 6 7 (by
     // 128-bit lane); one 64-bit permute puts them back.
     let fix = |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(v)));
@@ -99,13 +119,17 @@ unsafe fn rows_avx2(r0: *const f32, r1: *const f32, top: usize, bottom: usize, v
             }
             // position = (top or bottom) + 2·ox + lane offset + (code & 1)
             let code = fixi(code);
-            let col = _mm256_add_epi32(_mm256_add_epi32(lanes, _mm256_set1_epi32(2 * ox as i32)), _mm256_and_si256(code, _mm256_set1_epi32(1)));
+            let col = _mm256_add_epi32(
+                _mm256_add_epi32(lanes, _mm256_set1_epi32(2 * ox as i32)),
+                _mm256_and_si256(code, _mm256_set1_epi32(1)),
+            );
             let lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(col));
             let hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256::<1>(col));
             let (tops, bottoms) = (_mm256_set1_epi64x(top as i64), _mm256_set1_epi64x(bottom as i64));
             let row = |c: __m128i| {
                 // codes 2 and 3 are in the bottom row
-                let in_bottom = _mm256_cmpeq_epi64(_mm256_cvtepi32_epi64(_mm_srli_epi32::<1>(c)), _mm256_set1_epi64x(1));
+                let in_bottom =
+                    _mm256_cmpeq_epi64(_mm256_cvtepi32_epi64(_mm_srli_epi32::<1>(c)), _mm256_set1_epi64x(1));
                 _mm256_blendv_epi8(tops, bottoms, in_bottom)
             };
             let base_lo = row(_mm256_castsi256_si128(code));
