@@ -373,7 +373,9 @@ fn constant(n: &NodeView) -> R<Val> {
 }
 
 /// ONNX `LSTM` (gate order i, o, f, c; `B` = `[Wb; Rb]`), forward, reverse or
-/// bidirectional, as a step loop of autograd ops. Returns `Y`, `Y_h`, `Y_c`.
+/// bidirectional, as a step loop of autograd ops. Returns `Y`, `Y_h`, `Y_c`. With
+/// `sequence_lens`, a sequence past its length keeps its state and outputs zeros (the reverse
+/// direction starts at its last step), as ONNX Runtime computes it.
 fn lstm(n: &NodeView, args: &[Option<Val>]) -> R<Vec<Val>> {
     let mut x = fl(args, 0)?;
     let (w, r) = (fl(args, 1)?, fl(args, 2)?);
@@ -413,11 +415,7 @@ fn lstm(n: &NodeView, args: &[Option<Val>]) -> R<Vec<Val>> {
         return Err("peephole weights (P) are not supported".into());
     }
     let (seq, batch) = (xs[0], xs[1]);
-    if let Some(Val::I(lens, _)) = opt_arg(args, 4) {
-        if lens.iter().any(|&l| l != seq as i64) {
-            return Err(format!("sequence_lens {lens:?} shorter than the sequence ({seq}) are not supported"));
-        }
-    }
+    let masks = step_masks(opt_arg(args, 4), seq, batch)?;
     let state = |i: usize, d: usize| -> R<Var<f32>> {
         Ok(match opt_arg(args, i) {
             Some(v) => to_float(v).select(0, d),
@@ -442,9 +440,20 @@ fn lstm(n: &NodeView, args: &[Option<Val>]) -> R<Vec<Val>> {
             let o = g.narrow(1, hidden, hidden).sigmoid();
             let f = g.narrow(1, 2 * hidden, hidden).sigmoid();
             let cand = g.narrow(1, 3 * hidden, hidden).tanh();
-            c = f.mul(&c).add(&i.mul(&cand));
-            h = o.mul(&c.tanh());
-            out[t] = Some(h.clone());
+            let c_next = f.mul(&c).add(&i.mul(&cand));
+            let h_next = o.mul(&c_next.tanh());
+            out[t] = Some(match &masks {
+                None => {
+                    (h, c) = (h_next.clone(), c_next);
+                    h_next
+                }
+                Some(m) => {
+                    // past its length a sequence keeps its state and outputs zeros
+                    c = held(&c_next, &c, &m[t]);
+                    h = held(&h_next, &h, &m[t]);
+                    h_next.mul(&m[t].0)
+                }
+            });
         }
         let out: Vec<Var<f32>> = out.into_iter().map(|v| v.expect("every step ran")).collect();
         ys.push(if seq == 0 { Var::constant(Tensor::zeros(&[0, batch, hidden])) } else { Var::stack(&out, 0) });
@@ -510,11 +519,7 @@ fn gru_or_rnn(n: &NodeView, args: &[Option<Val>], gru: bool) -> R<Vec<Val>> {
     }
     let before_reset = n.i("linear_before_reset", 0) != 0;
     let (seq, batch) = (xs[0], xs[1]);
-    if let Some(Val::I(lens, _)) = opt_arg(args, 4) {
-        if lens.iter().any(|&l| l != seq as i64) {
-            return Err(format!("sequence_lens {lens:?} shorter than the sequence ({seq}) are not supported"));
-        }
-    }
+    let masks = step_masks(opt_arg(args, 4), seq, batch)?;
     let gh = gates * hidden;
     let (mut ys, mut hs) = (Vec::new(), Vec::new());
     for (d, &reverse) in dirs.iter().enumerate() {
@@ -534,6 +539,7 @@ fn gru_or_rnn(n: &NodeView, args: &[Option<Val>], gru: bool) -> R<Vec<Val>> {
         let mut out = vec![None; seq];
         let steps: Vec<usize> = if reverse { (0..seq).rev().collect() } else { (0..seq).collect() };
         for t in steps {
+            let h_prev = h.clone();
             let xt = xw.select(0, t);
             let mut hr = h.matmul(&rt);
             if let Some(rb) = &rb {
@@ -563,7 +569,15 @@ fn gru_or_rnn(n: &NodeView, args: &[Option<Val>], gru: bool) -> R<Vec<Val>> {
                     pre.tanh()
                 }
             };
-            out[t] = Some(h.clone());
+            out[t] = Some(match &masks {
+                None => h.clone(),
+                Some(m) => {
+                    // past its length a sequence keeps its state and outputs zeros
+                    let y = h.mul(&m[t].0);
+                    h = held(&h, &h_prev, &m[t]);
+                    y
+                }
+            });
         }
         let out: Vec<Var<f32>> = out.into_iter().map(|v| v.expect("every step ran")).collect();
         ys.push(if seq == 0 { Var::constant(Tensor::zeros(&[0, batch, hidden])) } else { Var::stack(&out, 0) });
@@ -576,6 +590,37 @@ fn gru_or_rnn(n: &NodeView, args: &[Option<Val>], gru: bool) -> R<Vec<Val>> {
         yh = yh.transpose(0, 1);
     }
     Ok(vec![Val::F(y), Val::F(yh)])
+}
+
+/// Per step `t`, the `[batch, 1]` masks `(m, 1 - m)` with `m = 1` where sequence `b` is still
+/// running (`t < sequence_lens[b]`), from the optional `sequence_lens` input of a recurrent
+/// node; `None` when absent or when every sequence runs the whole length.
+fn step_masks(lens: Option<&Val>, seq: usize, batch: usize) -> R<Option<Vec<(Var<f32>, Var<f32>)>>> {
+    let Some(lens) = lens else { return Ok(None) };
+    let Val::I(lens, _) = lens else { return Err("sequence_lens must be an integer tensor".into()) };
+    if lens.len() != batch {
+        return Err(format!("sequence_lens has {} values for a batch of {batch}", lens.len()));
+    }
+    if let Some(l) = lens.iter().find(|&&l| l < 0 || l > seq as i64) {
+        return Err(format!("sequence_lens {l} is outside 0..={seq} (the sequence length)"));
+    }
+    if lens.iter().all(|&l| l == seq as i64) {
+        return Ok(None);
+    }
+    Ok(Some(
+        (0..seq)
+            .map(|t| {
+                let m: Vec<f32> = lens.iter().map(|&l| if (t as i64) < l { 1.0 } else { 0.0 }).collect();
+                let keep: Vec<f32> = m.iter().map(|v| 1.0 - v).collect();
+                (Var::constant(Tensor::from_vec(m, &[batch, 1])), Var::constant(Tensor::from_vec(keep, &[batch, 1])))
+            })
+            .collect(),
+    ))
+}
+
+/// `next` where the step's mask is 1, `prev` where it is 0.
+fn held(next: &Var<f32>, prev: &Var<f32>, (m, keep): &(Var<f32>, Var<f32>)) -> Var<f32> {
+    next.mul(m).add(&prev.mul(keep))
 }
 
 /// Refuses an output larger than 2^28 elements (a forged size must not allocate).

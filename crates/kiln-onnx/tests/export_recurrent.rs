@@ -109,6 +109,31 @@ impl Forward for Recurrent {
     }
 }
 
+impl Recurrent {
+    /// `forward` over sequences of the given lengths (PyTorch's packed sequences).
+    fn forward_lengths(&self, x: &Var<f32>, lengths: &[usize]) -> Var<f32> {
+        let (out, h_n, c_n) = match &self.net {
+            Net::Lstm(l) => {
+                let (o, (h, c)) = l.forward_with(x, None, Some(lengths));
+                (o, h, Some(c))
+            }
+            Net::Gru(g) => {
+                let (o, h) = g.forward_with(x, None, Some(lengths));
+                (o, h, None)
+            }
+            Net::Rnn(r) => {
+                let (o, h) = r.forward_with(x, None, Some(lengths));
+                (o, h, None)
+            }
+        };
+        match self.take {
+            Take::Output => out,
+            Take::HiddenState => flatten_state(&h_n),
+            Take::CellState => flatten_state(&c_n.expect("an LSTM")),
+        }
+    }
+}
+
 impl fmt::Display for Recurrent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = match &self.net {
@@ -258,6 +283,77 @@ fn recurrent_layers_match_onnx_runtime() {
     for (res, (what, want)) in results.into_iter().zip(expected) {
         let got = res.unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_close(&what, &got[0], &want, 1e-5);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Gives every LSTM/GRU/RNN node of the file at `path` the `sequence_lens` input `lengths`
+/// (an int32 initializer), as exporters write for padded batches.
+fn with_sequence_lens(path: &std::path::Path, lengths: &[usize]) {
+    use kiln_onnx::proto::{data_type, ModelProto, TensorProto};
+    use prost::Message;
+    let mut m = ModelProto::decode(&*std::fs::read(path).unwrap()).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    let mut patched = 0;
+    for node in g.node.iter_mut().filter(|n| ["LSTM", "GRU", "RNN"].contains(&n.op_type.as_str())) {
+        node.input.resize(node.input.len().max(5), String::new());
+        node.input[4] = "test_sequence_lens".into();
+        patched += 1;
+    }
+    assert!(patched > 0, "{}: no recurrent node", path.display());
+    g.initializer.push(TensorProto {
+        name: "test_sequence_lens".into(),
+        data_type: data_type::INT32,
+        dims: vec![lengths.len() as i64],
+        int32_data: lengths.iter().map(|&l| l as i32).collect(),
+        ..Default::default()
+    });
+    std::fs::write(path, m.encode_to_vec()).unwrap();
+}
+
+#[test]
+fn sequence_lens_match_onnx_runtime_and_import() {
+    // The exported recurrent nodes given sequence_lens: ONNX Runtime and kiln's importer both
+    // compute what kiln's layers compute over packed sequences of those lengths (outputs zero
+    // past a sequence's end, final states at its last step, the reverse direction starting
+    // there).
+    let dir = temp_dir("export_recurrent_lengths");
+    let mut rng = Rng::new(12);
+    let lengths = [5usize, 2, 1];
+    let (mut runs, mut expected) = (vec![], vec![]);
+    let names = [
+        "lstm_2layer_bidirectional_batch_first",
+        "lstm_h_n",
+        "lstm_c_n",
+        "gru_2layer_bidirectional_batch_first",
+        "gru_h_n",
+        "rnn_tanh_2layer_bidirectional",
+        "rnn_relu_h_n",
+    ];
+    for (name, mut model, shape) in cases().into_iter().filter(|(n, ..)| names.contains(n)) {
+        model.eval();
+        let path = dir.join(format!("{name}.onnx"));
+        let batch_first = model.kind_and_layout().1;
+        // batch 3 with 5 steps, on the model's own layout
+        let shape = if batch_first { vec![3, 5, shape[2]] } else { vec![5, 3, shape[2]] };
+        let x = Tensor::randn(&shape, &mut rng);
+        let options = ExportOptions { converters: vec![convert_recurrent], dynamic_batch: false, ..Default::default() };
+        export(&model, &x, &path, options).unwrap_or_else(|e| panic!("{name}: {e}"));
+        with_sequence_lens(&path, &lengths);
+        let want = kiln_autograd::no_grad(|| model.forward_lengths(&Var::constant(x.clone()), &lengths).value());
+        let full = kiln_autograd::no_grad(|| model.forward(&Var::constant(x.clone())).value());
+        assert!(want.to_vec() != full.to_vec(), "{name}: the lengths change the result");
+        let back = import(&path).unwrap_or_else(|e| panic!("{name}: import: {e}"));
+        assert_close(&format!("{name}: import"), &back.forward(&Var::constant(x.clone())).value(), &want, 1e-5);
+        runs.push(Case { model: path.clone(), inputs: vec![("input".into(), x, false)], outputs: 1 });
+        expected.push((name, want));
+    }
+    assert_eq!(expected.len(), names.len());
+    if let Some(results) = run_ort(&dir, &runs) {
+        for (res, (name, want)) in results.into_iter().zip(expected) {
+            let got = res.unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_close(&format!("{name}: ONNX Runtime"), &got[0], &want, 1e-5);
+        }
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -208,6 +208,24 @@ impl Forward for HandLstm {
     }
 }
 
+/// An LSTM over sequences of different lengths (a fixed batch of 3), forward and reverse.
+#[derive(Module)]
+struct HandLstmLengths {
+    embedding: Embedding,
+    lstm: LSTM,
+    fc: Linear,
+}
+
+impl Forward for HandLstmLengths {
+    fn forward(&self, ids: &Var<f32>) -> Var<f32> {
+        // ids: [3, 6]; the sequences run 6, 3 and 1 steps
+        let words = self.embedding.forward(ids);
+        let (out, (h_n, c_n)) = self.lstm.forward_with(&words, None, Some(&[6, 3, 1]));
+        let last = Var::cat(&[h_n.select(0, 2), h_n.select(0, 3), c_n.select(0, 1)], 1); // [3, 15]
+        self.fc.forward(&Var::cat(&[out.sum(&[1], false), last], 1))
+    }
+}
+
 /// A helper trait keeping the forward above readable: the last two axes swapped twice (two
 /// transposes that cancel), to exercise transpose on a batch-carrying value.
 trait TLast {
@@ -397,6 +415,25 @@ fn fused_lstm_matches_onnx_runtime_and_import() {
     let example = ids(&[1, 6], &mut rng);
     export_traced(&model, |x| model.forward(x), &example, &path, ExportOptions::default()).unwrap();
     ort_and_import("hand_lstm", &model, &path, vec![example, ids(&[3, 6], &mut rng)]);
+
+    // sequence lengths: the LSTM's sequence_lens input, run by ONNX Runtime and by import
+    let mut model = HandLstmLengths {
+        embedding: Embedding::new(11, 4),
+        lstm: LSTM::new(4, 5).num_layers(2).bidirectional(true).batch_first(true),
+        fc: Linear::new(25, 3),
+    };
+    model.eval();
+    let path = dir.join("hand_lstm_lengths.onnx");
+    let example = ids(&[3, 6], &mut rng);
+    // three lengths fix the batch: with a dynamic batch the trace at another batch fails, a
+    // typed error
+    let err = export_traced(&model, |x| model.forward(x), &example, &path, ExportOptions::default()).unwrap_err();
+    assert!(matches!(&err, OnnxError::Traced { reason, .. } if reason.contains("3 lengths for a batch")), "{err}");
+    let fixed = ExportOptions { dynamic_batch: false, ..Default::default() };
+    export_traced(&model, |x| model.forward(x), &example, &path, fixed).unwrap();
+    let text = std::fs::read(&path).unwrap();
+    assert!(text.windows(14).any(|w| w == b"sequence_lens_") || text.windows(13).any(|w| w == b"sequence_lens"));
+    ort_and_import("hand_lstm_lengths", &model, &path, vec![example, ids(&[3, 6], &mut rng)]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
