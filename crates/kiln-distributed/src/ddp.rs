@@ -105,6 +105,9 @@ struct PassState {
     pending: Vec<Pending<Vec<f32>>>,
     /// Buckets of the last synchronised pass started before backward ended.
     last_started_early: usize,
+    /// The flat buffers of the last pass's buckets, reused by the next (a bucket of a few
+    /// MiB allocated afresh each step costs a page fault per page).
+    spare: Vec<Vec<f32>>,
 }
 
 impl<M: Module<f32>> DistributedDataParallel<M> {
@@ -347,13 +350,21 @@ impl Reducer {
     /// Starts the all-reduce of every complete bucket, in bucket order.
     fn launch_ready(&self, s: &mut PassState) {
         while s.next < self.buckets.len() && s.remaining[s.next] == 0 {
-            let flat: Vec<f32> = self.buckets[s.next]
-                .iter()
-                .flat_map(|&i| match self.params[i].grad() {
-                    Some(g) => g.to_vec(),
-                    None => vec![0.0; self.params[i].numel()],
-                })
-                .collect();
+            // One copy of each gradient into the bucket (a contiguous gradient by slice, not
+            // element by element).
+            let bucket = &self.buckets[s.next];
+            let mut flat = s.spare.pop().unwrap_or_default();
+            flat.clear();
+            flat.reserve(bucket.iter().map(|&i| self.params[i].numel()).sum());
+            for &i in bucket {
+                match self.params[i].grad() {
+                    Some(g) => match g.as_slice() {
+                        Some(v) => flat.extend_from_slice(v),
+                        None => flat.extend(g.to_vec()),
+                    },
+                    None => flat.resize(flat.len() + self.params[i].numel(), 0.0),
+                }
+            }
             s.pending.push(self.pg.all_reduce_sum_f32_async(flat));
             s.next += 1;
         }
@@ -395,10 +406,12 @@ impl Reducer {
             for &i in &self.buckets[b] {
                 let shape = self.params[i].shape();
                 let n = self.params[i].numel();
-                let avg: Vec<f32> = sum[k..k + n].iter().map(|&x| x / world).collect();
-                self.params[i].set_grad(Some(Tensor::from_vec(avg, shape.as_slice())));
+                // from_slice and map take their buffers from kiln's pool
+                let avg = Tensor::from_slice(&sum[k..k + n], shape.as_slice()).map(|x| x / world);
+                self.params[i].set_grad(Some(avg));
                 k += n;
             }
+            s.spare.push(sum);
         }
         if let Some(u) = used {
             for (i, count) in u.wait().into_iter().enumerate() {

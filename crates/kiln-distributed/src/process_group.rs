@@ -108,14 +108,18 @@ fn communication_thread(rx: Receiver<Job>, ready: Sender<Result<(usize, usize), 
     let world = universe.world();
     let _ = ready.send(Ok((world.rank() as usize, world.size() as usize)));
     let sum = SystemOperation::sum;
+    // The receive buffer of the f32 all-reduces, kept across jobs; the result goes back in the
+    // caller's buffer.
+    let mut recv_f32: Vec<f32> = Vec::new();
     // A receiver that hung up (a caller gave up) is not an error of the collective: every
     // rank still runs it, so the job stays in step.
     while let Ok(job) = rx.recv() {
         match job {
-            Job::AllReduceF32(send, reply) => {
-                let mut recv = vec![0f32; send.len()];
-                world.all_reduce_into(&send[..], &mut recv[..], sum());
-                let _ = reply.send(recv);
+            Job::AllReduceF32(mut buf, reply) => {
+                recv_f32.resize(buf.len(), 0.0);
+                world.all_reduce_into(&buf[..], &mut recv_f32[..], sum());
+                buf.copy_from_slice(&recv_f32);
+                let _ = reply.send(buf);
             }
             Job::AllReduceF64(send, reply) => {
                 let mut recv = vec![0f64; send.len()];

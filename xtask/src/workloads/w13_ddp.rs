@@ -61,6 +61,18 @@ pub fn run(timer: &Timer) -> Vec<Figure> {
                 let ms: f64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
                 let reps: usize = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
                 figures.push(Figure { variant: variant.into(), value: ms, unit: "ms/step", reps });
+                // the all-reduce of one step's gradients on its own: "W13comm <bytes> <ms> <reps>"
+                if let Some(c) = stdout.lines().find_map(|l| l.strip_prefix("W13comm ")) {
+                    let v: Vec<f64> = c.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+                    if let [bytes, ms, reps] = v[..] {
+                        figures.push(Figure {
+                            variant: format!("allreduce {model} grads ({:.2} MB)", bytes / 1e6),
+                            value: ms,
+                            unit: "ms",
+                            reps: reps as usize,
+                        });
+                    }
+                }
             }
             _ => eprintln!(
                 "W13 {model}: mpirun failed ({})\n{stdout}\n{}",
@@ -123,8 +135,16 @@ pub fn rank(args: &[String]) -> Result<(), String> {
             opt.step();
         })
     };
+    // The communication alone: one all-reduce of as many floats as the model has gradients
+    // (what DDP sends per step), timed by the same rules.
+    let floats: usize = ddp.parameters().iter().map(|p| p.shape().iter().product::<usize>()).sum();
+    let grads = vec![1.0f32; floats];
+    let (comm, comm_reps) = timed(&pg, &timer, || {
+        std::hint::black_box(pg.all_reduce_sum_f32(grads.clone()));
+    });
     if pg.is_main() {
         println!("W13 {} {reps}", ms * 1e3);
+        println!("W13comm {} {} {comm_reps}", floats * 4, comm * 1e3);
     }
     Ok(())
 }
