@@ -592,10 +592,13 @@ fn gru_or_rnn(n: &NodeView, args: &[Option<Val>], gru: bool) -> R<Vec<Val>> {
     Ok(vec![Val::F(y), Val::F(yh)])
 }
 
+/// A step's `(m, 1 - m)` masks, `[batch, 1]` each (see [`step_masks`]).
+type StepMask = (Var<f32>, Var<f32>);
+
 /// Per step `t`, the `[batch, 1]` masks `(m, 1 - m)` with `m = 1` where sequence `b` is still
 /// running (`t < sequence_lens[b]`), from the optional `sequence_lens` input of a recurrent
 /// node; `None` when absent or when every sequence runs the whole length.
-fn step_masks(lens: Option<&Val>, seq: usize, batch: usize) -> R<Option<Vec<(Var<f32>, Var<f32>)>>> {
+fn step_masks(lens: Option<&Val>, seq: usize, batch: usize) -> R<Option<Vec<StepMask>>> {
     let Some(lens) = lens else { return Ok(None) };
     let Val::I(lens, _) = lens else { return Err("sequence_lens must be an integer tensor".into()) };
     if lens.len() != batch {
@@ -619,7 +622,7 @@ fn step_masks(lens: Option<&Val>, seq: usize, batch: usize) -> R<Option<Vec<(Var
 }
 
 /// `next` where the step's mask is 1, `prev` where it is 0.
-fn held(next: &Var<f32>, prev: &Var<f32>, (m, keep): &(Var<f32>, Var<f32>)) -> Var<f32> {
+fn held(next: &Var<f32>, prev: &Var<f32>, (m, keep): &StepMask) -> Var<f32> {
     next.mul(m).add(&prev.mul(keep))
 }
 

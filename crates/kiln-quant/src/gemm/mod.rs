@@ -207,6 +207,9 @@ struct OutPtr<T>(*mut T);
 unsafe impl<T> Send for OutPtr<T> {}
 unsafe impl<T> Sync for OutPtr<T> {}
 
+/// Computes one tile: `(m0, rows, panel, out)`.
+type Tile<'a> = dyn Fn(usize, usize, usize, &mut [i32]) + Sync + 'a;
+
 /// Receives each finished tile: `(m0, n0, rows, cols, tile, nr)`.
 type Sink<'a> = dyn Fn(usize, usize, usize, usize, &[i32], usize) + Sync + 'a;
 
@@ -311,16 +314,7 @@ fn drive(m: usize, a: &[u8], lda: usize, signed: bool, b: &PackedB, may_split: b
 /// The tile loops of [`drive`]: `tile(m0, rows, panel, out)` computes one tile into `out`,
 /// then `sink` receives it; on kiln's pool when the product is large and `may_split`.
 #[allow(clippy::too_many_arguments)]
-fn walk(
-    m: usize,
-    n: usize,
-    k: usize,
-    mr: usize,
-    nr: usize,
-    may_split: bool,
-    tile: &(dyn Fn(usize, usize, usize, &mut [i32]) + Sync),
-    sink: &Sink<'_>,
-) {
+fn walk(m: usize, n: usize, k: usize, mr: usize, nr: usize, may_split: bool, tile: &Tile<'_>, sink: &Sink<'_>) {
     let panels = n.div_ceil(nr);
     let block = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
         let mut buf = [0i32; MAX_TILE];
