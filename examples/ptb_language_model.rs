@@ -633,17 +633,26 @@ fn main() {
         std::process::exit(2);
     });
     match kiln::tensor::autocast(precision.unwrap_or(kiln::tensor::DType::F32), || run(&opts)) {
-        Ok(r) => println!(
-            "Penn Treebank test perplexity: 2-layer LSTM {:.2} (validation {:.2}, epoch {} of {}, {:.1} s per epoch); causal Transformer {:.2} (validation {:.2}); {:.1} s",
-            r.test_perplexity,
-            r.valid_perplexity,
-            r.best_epoch,
-            r.epochs,
-            r.epoch_seconds.iter().sum::<f64>() / r.epoch_seconds.len().max(1) as f64,
-            r.transformer_test_perplexity,
-            r.transformer_valid_perplexity,
-            r.seconds
-        ),
+        Ok(r) => {
+            // KILN_TRANSFORMER_EPOCHS=0 skips the Transformer: say so rather than print NaN
+            let transformer = if r.transformer_test_perplexity.is_nan() {
+                "causal Transformer not run".to_string()
+            } else {
+                format!(
+                    "causal Transformer {:.2} (validation {:.2})",
+                    r.transformer_test_perplexity, r.transformer_valid_perplexity
+                )
+            };
+            println!(
+                "Penn Treebank test perplexity: 2-layer LSTM {:.2} (validation {:.2}, epoch {} of {}, {:.1} s per epoch); {transformer}; {:.1} s",
+                r.test_perplexity,
+                r.valid_perplexity,
+                r.best_epoch,
+                r.epochs,
+                r.epoch_seconds.iter().sum::<f64>() / r.epoch_seconds.len().max(1) as f64,
+                r.seconds
+            )
+        }
         Err(e) => {
             eprintln!("cannot read the Penn Treebank ({e}); set KILN_DATA_DIR to the shared data folder");
             std::process::exit(2);
