@@ -17,7 +17,10 @@
 //!     cargo run --release --example cnn_mnist
 //!
 //! `KILN_AUTOCAST=bf16` runs it under `autocast(DType::BF16, ..)` (matrix products in bfloat16
-//! with f32 sums, parameters and gradients f32); another value is refused.
+//! with f32 sums, parameters and gradients f32); another value is refused. Measured on the
+//! 2-core AMD EPYC (2026-12-07, other work beside it): f32 99.24 % test accuracy in 219 s,
+//! bf16 99.21 % in 544 s (this CPU has no AVX-512 BF16: the bfloat16 products run on the
+//! AVX2 path, which rounds operands to bfloat16 and multiplies in f32).
 
 use std::time::Instant;
 

@@ -45,7 +45,10 @@
 //!     KILN_PTB_CONFIG=medium KILN_TRANSFORMER_EPOCHS=0 cargo run --release --example ptb_language_model
 //!
 //! `KILN_AUTOCAST=bf16` runs it under `autocast(DType::BF16, ..)` (matrix products in bfloat16
-//! with f32 sums, parameters and gradients f32); another value is refused.
+//! with f32 sums, parameters and gradients f32); another value is refused. One epoch of the
+//! small configuration (`KILN_EPOCHS=1 KILN_TRANSFORMER_EPOCHS=0`, 2026-12-07): test
+//! perplexity 182.30 in f32 (275 s), 183.55 under bf16 autocast (562 s on this AVX2 CPU's
+//! bfloat16 path), 0.7 % apart.
 
 use std::time::Instant;
 
