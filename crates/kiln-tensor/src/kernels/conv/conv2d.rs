@@ -1,7 +1,7 @@
 //! 2-d convolution (PyTorch's `conv2d`) and its gradients, through the GEMM lowering.
 
 use super::geometry::{check_bias, check_len, check_out_shape, conv_geom};
-use super::im2col::{add_bias, backward_input_impl, backward_weight_impl, channel_sums, forward_impl};
+use super::im2col::{backward_input_impl, backward_weight_impl, channel_sums, forward_impl};
 use super::Conv2dParams;
 use crate::element::Float;
 
@@ -41,11 +41,7 @@ pub fn conv2d_forward<E: Float>(
     if let Some(b) = bias {
         check_bias(op, b, w_shape[0], &w_shape);
     }
-    let mut out = forward_impl(input, weight, in_shape[0], &g);
-    if let Some(b) = bias {
-        add_bias(&mut out, b, g.out_plane());
-    }
-    (out, out_shape)
+    (forward_impl(input, weight, bias, in_shape[0], &g), out_shape)
 }
 
 /// Gradient of [`conv2d_forward`] with respect to its input: the transposed convolution of

@@ -65,7 +65,7 @@ pub fn conv_transpose2d_backward_input<E: Float>(
     check_out_shape(op, out_shape, expect, in_shape, w_shape);
     check_len(op, "grad_out", grad_out, &out_shape);
     check_len(op, "weight", weight, &w_shape);
-    forward_impl(grad_out, weight, in_shape[0], &g)
+    forward_impl(grad_out, weight, None, in_shape[0], &g)
 }
 
 /// Gradient of [`conv_transpose2d_forward`] with respect to its weight: the `conv2d` weight

@@ -2,6 +2,8 @@
 //! (each output position's receptive field unrolled into a column), col2im (its adjoint), and
 //! the forward, input-gradient and weight-gradient products over a batch.
 
+use std::any::TypeId;
+
 use rayon::prelude::*;
 
 use super::geometry::Geom;
@@ -163,8 +165,62 @@ fn for_each_sample<E: Float>(
     });
 }
 
-/// Convolution forward without bias, for the geometry `g` (output `[n, groups * oc, oh, ow]`).
-pub(super) fn forward_impl<E: Float>(x: &[E], wt: &[E], n: usize, g: &Geom) -> Vec<E> {
+/// Convolution forward plus `bias` (one per output channel), for the geometry `g` (output
+/// `[n, groups * oc, oh, ow]`): through the direct AVX2 kernel where it applies (`f32`, unit
+/// stride, outside autocast, `KILN_CONV` not `im2col`), else im2col + GEMM.
+pub(super) fn forward_impl<E: Float>(x: &[E], wt: &[E], bias: Option<&[E]>, n: usize, g: &Geom) -> Vec<E> {
+    if let Some(out) = forward_direct(x, wt, bias, n, g) {
+        return out;
+    }
+    let mut out = forward_im2col(x, wt, n, g);
+    if let Some(b) = bias {
+        add_bias(&mut out, b, g.out_plane());
+    }
+    out
+}
+
+/// How `f32` convolutions with unit stride run, from the environment variable `KILN_CONV`
+/// (read once per process): `auto` (the default: the direct kernel where the CPU has AVX2 and
+/// FMA) or `im2col` (always im2col + GEMM, for comparison). Other values panic, naming the
+/// variable: a setting the user made is not ignored.
+fn direct_enabled() -> bool {
+    static CHOICE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| match std::env::var("KILN_CONV") {
+        Err(std::env::VarError::NotPresent) => true,
+        Ok(v) if matches!(v.trim().to_ascii_lowercase().as_str(), "" | "auto") => true,
+        Ok(v) if v.trim().eq_ignore_ascii_case("im2col") => false,
+        Ok(v) => panic!("KILN_CONV={v:?}: expected auto or im2col (or leave it unset)"),
+        Err(std::env::VarError::NotUnicode(v)) => {
+            panic!("KILN_CONV={v:?}: expected auto or im2col (or leave it unset)")
+        }
+    })
+}
+
+/// The direct kernel's result when it applies to `E` and `g` (see [`forward_impl`]).
+fn forward_direct<E: Float>(x: &[E], wt: &[E], bias: Option<&[E]>, n: usize, g: &Geom) -> Option<Vec<E>> {
+    if TypeId::of::<E>() != TypeId::of::<f32>()
+        || crate::autocast::bf16_gemm()
+        || !super::direct_avx2::applies(g)
+        || !direct_enabled()
+    {
+        return None;
+    }
+    let f = |s: &[E]| {
+        // SAFETY: E is f32 (checked above): same size, alignment and bit validity.
+        unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) }
+    };
+    let len = n * g.out_sample();
+    let mut out: Vec<f32> = alloc::take(len);
+    super::direct_avx2::forward(f(x), f(wt), bias.map(f), false, n, g, &mut out.spare_capacity_mut()[..len]);
+    // SAFETY: `forward` wrote all `len` elements.
+    unsafe { out.set_len(len) };
+    let mut out = std::mem::ManuallyDrop::new(out);
+    // SAFETY: E is f32; the allocation is handed over unchanged (pointer, length, capacity).
+    Some(unsafe { Vec::from_raw_parts(out.as_mut_ptr().cast::<E>(), out.len(), out.capacity()) })
+}
+
+/// Convolution forward without bias through im2col + GEMM.
+fn forward_im2col<E: Float>(x: &[E], wt: &[E], n: usize, g: &Geom) -> Vec<E> {
     let (k, ohw, cg_len, og_len, wg_len) =
         (g.k(), g.out_plane(), g.c * g.in_plane(), g.oc * g.out_plane(), g.oc * g.k());
     let mut out = alloc::take_filled(n * g.out_sample(), E::zero());

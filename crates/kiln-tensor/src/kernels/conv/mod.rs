@@ -11,17 +11,24 @@
 //! kw]`; `conv_transpose2d` weight `[C, out_channels / groups, kh, kw]`. Output sizes follow the
 //! shape formulas on the `torch.nn.Conv2d` and `torch.nn.ConvTranspose2d` doc pages.
 //!
+//! On an x86-64 CPU with AVX2 and FMA, `f32` convolutions with unit stride skip the im2col
+//! buffer: `direct_avx2.rs` reads each tap's inputs where they lie (an implicit GEMM, 4 output
+//! channels × 24 positions per register tile) and adds the bias as it stores. `KILN_CONV=im2col`
+//! turns it off (read once per process; any other value but `auto` panics).
+//!
 //! Large batches are split across kiln's pool (see [`crate::parallel`]), one sample per task,
 //! each task with its own im2col buffer and a single-threaded GEMM; a lone large sample instead
 //! lets [`gemm_slices`](crate::kernels::gemm::gemm_slices) split its product.
 //!
 //! One file per family: the hyper-parameters and output sizes here; `conv2d.rs`,
 //! `conv_transpose2d.rs` and `conv1d.rs` (the entry points of each, re-exported here);
-//! `im2col.rs` (the lowering to GEMM that all three share) and `geometry.rs` (shape checks).
+//! `im2col.rs` (the lowering to GEMM that all three share), `direct_avx2.rs` (the direct
+//! forward kernel) and `geometry.rs` (shape checks).
 
 mod conv1d;
 mod conv2d;
 mod conv_transpose2d;
+mod direct_avx2;
 mod geometry;
 mod im2col;
 #[cfg(test)]
