@@ -236,7 +236,10 @@ unsafe fn rows(p: &Packed, g: &Geom, xg: &[f32], grp: usize, out: OutPtr, rows: 
         for oy in rows {
             let mut ox0 = 0;
             while ox0 < g.ow {
-                let width = (g.ow - ox0).min(NR);
+                let left = g.ow - ox0;
+                // 24 + 8 as 16 + 16: a lone 8-wide tile has 4 accumulators, too few to hide
+                // the multiply-add latency.
+                let width = if left == NR + 8 { 16 } else { left.min(NR) };
                 let xb = xg.as_ptr().add(oy * p.wp + ox0);
                 for blk in 0..p.blocks {
                     let o0 = blk * MR;
