@@ -43,6 +43,7 @@
 //! # std::fs::remove_file(&path).unwrap();
 //! ```
 
+pub mod bf16;
 mod codes;
 mod conv;
 mod error;
@@ -53,6 +54,7 @@ pub mod observer;
 mod sequential;
 pub mod serialize;
 
+pub use bf16::{bf16_sequential, Bf16Conv2d, Bf16Embedding, Bf16LSTM, Bf16Layer, Bf16Linear, Bf16Sequential};
 pub use conv::{im2col_nhwc, ConvGeometry, QuantConv2d};
 pub use error::QuantError;
 pub use linear::{ActQuant, QuantLinear};
