@@ -12,9 +12,11 @@
 //!   `'same'`, dilation, groups), [`Bf16Embedding`], [`Bf16LSTM`] (layers, directions,
 //!   `batch_first`), each made from its kiln-nn layer by reference.
 //! - **Whole models**: [`bf16_sequential`] takes a `Sequential` by value, downcasts its
-//!   `Linear`, `Conv2d`, `Embedding` and `LSTM` layers, and keeps every other layer as a
+//!   `Linear`, `Conv2d` and `Embedding` layers, and keeps every other layer as a
 //!   [`FloatLayer`](crate::FloatLayer) whose parameters and buffers are rounded to bfloat16
 //!   values; the [`Bf16Sequential`] it returns reports its [`param_bytes`](Bf16Sequential::param_bytes).
+//!   An LSTM is not a `Sequential` layer in kiln-nn (it returns states too): convert it with
+//!   [`Bf16LSTM::from_lstm`] inside a model of your own, as the `bf16_inference` example does.
 //!
 //! Inference only: outputs carry no gradient and the layers list no `f32` parameters (the
 //! bfloat16 tensors are not variables), as kiln-quant's int8 layers.

@@ -4,10 +4,10 @@
 use std::fmt;
 
 use kiln_autograd::{no_grad, Var};
-use kiln_nn::{Conv2d, Embedding, Forward, Layer, Linear, Module, Sequential, TensorKind, LSTM};
+use kiln_nn::{Conv2d, Embedding, Forward, Layer, Linear, Module, Sequential, TensorKind};
 use kiln_tensor::{Bf16Tensor, Tensor};
 
-use super::{Bf16Conv2d, Bf16Embedding, Bf16LSTM, Bf16Linear};
+use super::{Bf16Conv2d, Bf16Embedding, Bf16Linear};
 use crate::sequential::FloatLayer;
 
 /// One layer of a [`Bf16Sequential`].
@@ -18,8 +18,6 @@ pub enum Bf16Layer {
     Conv2d(Bf16Conv2d),
     /// An `Embedding` in bfloat16.
     Embedding(Bf16Embedding),
-    /// An `LSTM` in bfloat16 (its output sequence is passed on).
-    LSTM(Bf16LSTM),
     /// Any other layer, run in `f32` on the widened input with its parameters and buffers
     /// rounded to bfloat16 values, its output rounded back to bfloat16.
     Float(FloatLayer),
@@ -31,7 +29,6 @@ impl Bf16Layer {
             Bf16Layer::Linear(l) => l,
             Bf16Layer::Conv2d(c) => c,
             Bf16Layer::Embedding(e) => e,
-            Bf16Layer::LSTM(l) => l,
             Bf16Layer::Float(f) => f,
         }
     }
@@ -44,7 +41,6 @@ impl Bf16Layer {
             Bf16Layer::Linear(l) => l.param_bytes(),
             Bf16Layer::Conv2d(c) => c.param_bytes(),
             Bf16Layer::Embedding(e) => e.param_bytes(),
-            Bf16Layer::LSTM(l) => l.param_bytes(),
             Bf16Layer::Float(f) => 4 * f.num_parameters(),
         }
     }
@@ -58,7 +54,6 @@ impl Bf16Layer {
             Bf16Layer::Linear(l) => l.forward_bf16(x),
             Bf16Layer::Conv2d(c) => c.forward_bf16(x),
             Bf16Layer::Embedding(e) => e.forward_bf16(x),
-            Bf16Layer::LSTM(l) => l.forward_bf16(x).0,
             Bf16Layer::Float(f) => no_grad(|| f.forward(&Var::constant(x.to_f32())).value().to_bf16()),
         }
     }
@@ -169,8 +164,8 @@ impl fmt::Display for Bf16Sequential {
 }
 
 /// Converts a [`Sequential`] to bfloat16, like `model.to(torch.bfloat16)`: every `Linear`,
-/// `Conv2d`, `Embedding` and `LSTM` (recognised by downcasting) becomes a [`Bf16Linear`],
-/// [`Bf16Conv2d`], [`Bf16Embedding`] or [`Bf16LSTM`] with bfloat16 weights; every other layer
+/// `Conv2d` and `Embedding` (recognised by downcasting) becomes a [`Bf16Linear`],
+/// [`Bf16Conv2d`] or [`Bf16Embedding`] with bfloat16 weights; every other layer
 /// (ReLU, MaxPool2d, Flatten, Dropout, BatchNorm, LogSoftmax, a nested `Sequential`, a layer of
 /// your own...) is moved into the result in evaluation mode with its parameters and buffers
 /// rounded to bfloat16 values (`num_batches_tracked`, a count PyTorch keeps as an integer, is
@@ -222,8 +217,6 @@ pub fn bf16_sequential(mut model: Sequential) -> Bf16Sequential {
                 Bf16Layer::Conv2d(Bf16Conv2d::from_conv2d(c))
             } else if let Some(e) = layer.downcast_ref::<Embedding>() {
                 Bf16Layer::Embedding(Bf16Embedding::from_embedding(e))
-            } else if let Some(l) = layer.downcast_ref::<LSTM>() {
-                Bf16Layer::LSTM(Bf16LSTM::from_lstm(l))
             } else {
                 let float = FloatLayer::new(layer);
                 float.visit("", &mut |name, v, _| {
