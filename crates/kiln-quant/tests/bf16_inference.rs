@@ -8,8 +8,8 @@
 
 use kiln_autograd::Var;
 use kiln_nn::{
-    BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Embedding, EmbeddingConfig, Flatten, Forward, Linear, LinearConfig,
-    LogSoftmax, LSTMConfig, MaxPool2d, Module, Padding, ReLU, Sequential, LSTM,
+    BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Embedding, EmbeddingConfig, Flatten, Forward, LSTMConfig, Linear,
+    LinearConfig, LogSoftmax, MaxPool2d, Module, Padding, ReLU, Sequential, LSTM,
 };
 use kiln_quant::{bf16_sequential, Bf16Conv2d, Bf16Embedding, Bf16LSTM, Bf16Layer, Bf16Linear};
 use kiln_tensor::{Bf16Tensor, Indices, Rng, Tensor};
@@ -35,7 +35,12 @@ fn check(got: &Tensor<f32>, reference: &Tensor<f32>, exact: &Tensor<f32>, sums: 
     let (g, r, e, s) = (got.to_vec(), reference.to_vec(), exact.to_vec(), sums.to_vec());
     for i in 0..g.len() {
         let tight = EPS * (r[i].abs() + gamma * s[i]) + gamma * s[i] + 1e-30;
-        assert!((g[i] - r[i]).abs() <= tight, "element {i}: {} against the rounded-weight layer's {}, bound {tight}", g[i], r[i]);
+        assert!(
+            (g[i] - r[i]).abs() <= tight,
+            "element {i}: {} against the rounded-weight layer's {}, bound {tight}",
+            g[i],
+            r[i]
+        );
         let products = 1.01 * 2.0 * EPS * s[i];
         let loose = products + EPS * (e[i].abs() + products) + gamma * s[i] + 1e-30;
         assert!((g[i] - e[i]).abs() <= loose, "element {i}: {} against the f32 layer's {}, bound {loose}", g[i], e[i]);
@@ -247,7 +252,10 @@ fn lstm_two_layers_bidirectional_batch_first_matches_kiln_nn() {
     }
     let (o2, _, _) = h.forward_tensor(&x);
     assert_eq!(o2.to_vec(), o.to_vec());
-    assert_eq!(h.to_string(), "Bf16LSTM(5, 8, num_layers=2, bias=true, batch_first=true, bidirectional=true) [5248 bytes]");
+    assert_eq!(
+        h.to_string(),
+        "Bf16LSTM(5, 8, num_layers=2, bias=true, batch_first=true, bidirectional=true) [5248 bytes]"
+    );
     // unbatched
     let one = Bf16LSTM::from_lstm(&LSTM::new(3, 4)).forward_tensor(&Tensor::ones(&[5, 3]));
     assert_eq!((one.0.shape(), one.1.shape()), (&[5, 4][..], &[1, 4][..]));
@@ -330,7 +338,8 @@ fn converted_cnn_agrees_with_the_f32_model_and_halves_its_bytes() {
 
 #[test]
 fn without_float_parameters_the_bytes_are_exactly_half() {
-    let model: Sequential = Sequential::new().add(Conv2d::new(2, 3, 3)).add(ReLU).add(Flatten::default()).add(Linear::new(3 * 2 * 2, 4));
+    let model: Sequential =
+        Sequential::new().add(Conv2d::new(2, 3, 3)).add(ReLU).add(Flatten::default()).add(Linear::new(3 * 2 * 2, 4));
     let f32_bytes = 4 * model.num_parameters();
     let half = bf16_sequential(model);
     assert_eq!(half.param_bytes() * 2, f32_bytes);
@@ -341,7 +350,8 @@ fn without_float_parameters_the_bytes_are_exactly_half() {
 #[test]
 fn sequential_with_embedding_reads_large_ids_exactly() {
     let (t_len, dim) = (4, 4);
-    let build = || Sequential::new().add(Embedding::new(600, dim)).add(Flatten::default()).add(Linear::new(t_len * dim, 3));
+    let build =
+        || Sequential::new().add(Embedding::new(600, dim)).add(Flatten::default()).add(Linear::new(t_len * dim, 3));
     let model = build();
     let mut copy = build();
     copy.load_state_dict(&model.state_dict(), true).unwrap();
@@ -355,7 +365,8 @@ fn sequential_with_embedding_reads_large_ids_exactly() {
     // one Linear on exactly rounded rows: the Linear's bound, with Σ|a||b| <= 16 · max|a| · max|b|
     let fc = model[2].downcast_ref::<Linear>().unwrap();
     let words = run(&model[0], &ids).abs().max_all();
-    let s = (t_len * dim) as f32 * words * fc.weight.value().abs().max_all() + fc.bias.as_ref().unwrap().value().abs().max_all();
+    let s = (t_len * dim) as f32 * words * fc.weight.value().abs().max_all()
+        + fc.bias.as_ref().unwrap().value().abs().max_all();
     let e = want.sub(&got).abs().max_all();
     assert!(e <= 1.01 * 2.0 * EPS * s + EPS * (want.abs().max_all() + 2.0 * EPS * s), "max error {e}");
     // the same rows as looked up one by one

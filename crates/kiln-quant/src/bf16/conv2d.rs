@@ -69,7 +69,12 @@ impl Bf16Conv2d {
     /// **Panics** if `groups` is zero or does not divide both channel counts, or the weight's or
     /// bias's shape does not match.
     #[must_use]
-    pub fn from_weight(geometry: ConvGeometry, groups: usize, weight: &Tensor<f32>, bias: Option<&Tensor<f32>>) -> Self {
+    pub fn from_weight(
+        geometry: ConvGeometry,
+        groups: usize,
+        weight: &Tensor<f32>,
+        bias: Option<&Tensor<f32>>,
+    ) -> Self {
         let g = &geometry;
         assert!(
             groups > 0 && g.in_channels % groups == 0 && g.out_channels % groups == 0,

@@ -122,7 +122,9 @@ impl Bf16Linear {
         let mut acc = vec![0f32; m * self.out_features()];
         self.product_rows(x.as_slice(), m, 0.0, &mut acc);
         let out: Vec<bf16> = match &self.bias_f32() {
-            Some(b) => acc.chunks_exact(b.len()).flat_map(|row| row.iter().zip(b).map(|(&y, &b)| round(y + b))).collect(),
+            Some(b) => {
+                acc.chunks_exact(b.len()).flat_map(|row| row.iter().zip(b).map(|(&y, &b)| round(y + b))).collect()
+            }
             None => acc.iter().map(|&y| round(y)).collect(),
         };
         let mut out_shape = shape.to_vec();

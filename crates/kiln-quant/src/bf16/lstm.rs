@@ -47,7 +47,7 @@ struct Cell {
 /// batch, hidden_size]`, ordered `l0, l0_reverse, l1, ...`.
 ///
 /// ```
-/// use kiln_nn::{LSTMConfig, LSTM};
+/// use kiln_nn::{LSTMConfig, Module, LSTM};
 /// use kiln_quant::Bf16LSTM;
 /// use kiln_autograd::Var;
 /// use kiln_tensor::{Rng, Tensor};
@@ -147,8 +147,11 @@ impl Bf16LSTM {
             [t, b, _] => (t, b),
             _ => unreachable!("checked above"),
         };
-        let mut layer_in =
-            if cfg.batch_first && !unbatched { swap01(x.as_slice(), batch, t_len, input) } else { x.as_slice().to_vec() };
+        let mut layer_in = if cfg.batch_first && !unbatched {
+            swap01(x.as_slice(), batch, t_len, input)
+        } else {
+            x.as_slice().to_vec()
+        };
         let nd = if cfg.bidirectional { 2 } else { 1 };
         let g4 = 4 * hidden;
         let mut h_n = Vec::with_capacity(cfg.num_layers * nd * batch * hidden);
