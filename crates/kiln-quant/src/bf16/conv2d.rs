@@ -77,7 +77,7 @@ impl Bf16Conv2d {
     ) -> Self {
         let g = &geometry;
         assert!(
-            groups > 0 && g.in_channels % groups == 0 && g.out_channels % groups == 0,
+            groups > 0 && g.in_channels.is_multiple_of(groups) && g.out_channels.is_multiple_of(groups),
             "Bf16Conv2d: groups = {groups} must divide in_channels = {} and out_channels = {}",
             g.in_channels,
             g.out_channels
