@@ -238,9 +238,10 @@ fn lstm_two_layers_bidirectional_batch_first_matches_kiln_nn() {
     let (o, hn) = (out.to_f32(), h_n.to_f32());
     assert_eq!(hn.select(0, 2).to_vec(), o.select(1, t_len - 1).narrow(1, 0, hidden).contiguous().to_vec());
     assert_eq!(hn.select(0, 3).to_vec(), o.select(1, 0).narrow(1, hidden, hidden).contiguous().to_vec());
-    // h and c are rounded once per step and layer: the error grows by about one rounding
-    // (2^-8 of values below 1) per step on the path, t_len steps in each of two layers
-    let bound = EPS * (2 * t_len) as f32;
+    // h and c are rounded once per step and layer; the error of earlier steps is damped (the
+    // forget gate is below 1, σ's slope at most 1/4), so it stays within about one rounding
+    // (2^-8 of values near 1) per layer
+    let bound = 2.0 * EPS;
     for (name, a, b) in [
         ("output", &want.value(), &o),
         ("output (f32 weights)", &want_exact.value(), &o),
@@ -326,9 +327,10 @@ fn converted_cnn_agrees_with_the_f32_model_and_halves_its_bytes() {
     let want = run(&model, &x);
     let got = half.forward_tensor(&x);
     assert_eq!(got.shape(), &[64, 5]);
-    // relative to the outputs' size, a few roundings on each of the ~10 layers
+    // the roundings of the ~10 layers do not add up in the same direction: within two
+    // roundings of the largest output
     let e = want.sub(&got).abs().max_all();
-    assert!(e <= 16.0 * EPS * want.abs().max_all(), "max error {e}");
+    assert!(e <= 2.0 * EPS * want.abs().max_all(), "max error {e}");
     let (wa, ga) = (want.argmax(1, false), got.argmax(1, false));
     let same = wa.as_slice().iter().zip(ga.as_slice()).filter(|(a, b)| a == b).count();
     assert!(same >= 62, "{same}/64 predictions kept");
