@@ -47,6 +47,17 @@ fn check(got: &Tensor<f32>, reference: &Tensor<f32>, exact: &Tensor<f32>, sums: 
     }
 }
 
+/// Draws every parameter of `m` from U(-0.5, 0.5) with a generator of its own (kiln-nn's
+/// process-wide one is shared by the tests running in parallel, so not reproducible here).
+fn seeded<M: Module<f32>>(m: M, seed: u64) -> M {
+    let mut rng = Rng::new(seed);
+    for p in m.parameters() {
+        let shape = p.shape().to_vec();
+        p.set_value(Tensor::uniform(&shape, -0.5, 0.5, &mut rng));
+    }
+    m
+}
+
 fn bits(t: &Bf16Tensor) -> Vec<u16> {
     t.as_slice().iter().map(|h| h.to_bits()).collect()
 }
@@ -195,7 +206,7 @@ fn rounded_lstm(lstm: &LSTM) -> LSTM {
 fn lstm_one_step_is_one_rounding_of_the_f32_cell() {
     // One step of one layer: the gates are the f32 layer's up to summation order; c and h are
     // rounded once each (h from the rounded c).
-    let lstm: LSTM = LSTMConfig::new(6, 8).build().unwrap();
+    let lstm: LSTM = seeded(LSTMConfig::new(6, 8).build().unwrap(), 4);
     let x = Tensor::uniform(&[1, 3, 6], -1.0, 1.0, &mut Rng::new(5));
     let (want, (_, want_c)) = rounded_lstm(&lstm).forward(&Var::constant(round(&x)));
     let (got, h_n, c_n) = Bf16LSTM::from_lstm(&lstm).forward_bf16(&x.to_bf16());
@@ -214,7 +225,7 @@ fn lstm_one_step_is_one_rounding_of_the_f32_cell() {
 fn lstm_two_layers_bidirectional_batch_first_matches_kiln_nn() {
     let (t_len, batch, hidden) = (6, 3, 8);
     let cfg = LSTMConfig { num_layers: 2, bidirectional: true, batch_first: true, ..LSTMConfig::new(5, hidden) };
-    let lstm: LSTM = cfg.build().unwrap();
+    let lstm: LSTM = seeded(cfg.build().unwrap(), 6);
     let h = Bf16LSTM::from_lstm(&lstm);
     for layer in 0..2 {
         for reverse in [false, true] {
@@ -286,7 +297,7 @@ fn tiny_cnn() -> Sequential {
 #[test]
 fn converted_cnn_agrees_with_the_f32_model_and_halves_its_bytes() {
     let mut rng = Rng::new(11);
-    let mut model = tiny_cnn();
+    let mut model = seeded(tiny_cnn(), 10);
     // give BatchNorm statistics of its own
     model.train();
     let _ = run(&model, &Tensor::uniform(&[32, 1, 8, 8], 0.0, 1.0, &mut rng));
@@ -354,7 +365,7 @@ fn sequential_with_embedding_reads_large_ids_exactly() {
     let (t_len, dim) = (4, 4);
     let build =
         || Sequential::new().add(Embedding::new(600, dim)).add(Flatten::default()).add(Linear::new(t_len * dim, 3));
-    let model = build();
+    let model = seeded(build(), 12);
     let mut copy = build();
     copy.load_state_dict(&model.state_dict(), true).unwrap();
     let half = bf16_sequential(copy);
