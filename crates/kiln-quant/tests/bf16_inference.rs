@@ -388,3 +388,18 @@ fn sequential_with_embedding_reads_large_ids_exactly() {
     let original = model[0].downcast_ref::<Embedding>().unwrap().weight.value().select(0, 599);
     assert_eq!(rows.to_vec(), round(&original).to_vec());
 }
+
+#[test]
+fn layers_display_their_configuration_and_bytes() {
+    let fc = Bf16Linear::from_linear(&LinearConfig { bias: false, ..LinearConfig::new(6, 2) }.build().unwrap());
+    assert_eq!(fc.to_string(), "Bf16Linear(in_features=6, out_features=2, bias=false) [24 bytes]");
+    let conv: Conv2d =
+        Conv2dConfig { padding: Padding::Same, dilation: [2, 1], groups: 2, ..Conv2dConfig::new(4, 2, 3) }
+            .build()
+            .unwrap();
+    assert_eq!(
+        Bf16Conv2d::from_conv2d(&conv).to_string(),
+        "Bf16Conv2d(4, 2, kernel_size=(3, 3), stride=(1, 1), padding=(2, 1), dilation=(2, 1), groups=2, bias=true) \
+         [76 bytes]"
+    );
+}
