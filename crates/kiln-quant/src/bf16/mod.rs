@@ -1,6 +1,6 @@
 //! bfloat16 inference, PyTorch's `model.to(torch.bfloat16)` run on bfloat16 input.
 //!
-//! - **Storage**: weights and biases are [`Bf16Tensor`]s (half the bytes of `f32`), and so
+//! - **Storage**: weights and biases are [`Bf16Tensor`](kiln_tensor::Bf16Tensor)s (half the bytes of `f32`), and so
 //!   are the activations between layers: every layer rounds its output to bfloat16 (to nearest,
 //!   ties to even).
 //! - **Arithmetic**: products read the bfloat16 values and are summed in `f32` by kiln's
