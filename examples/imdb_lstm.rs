@@ -145,7 +145,7 @@ fn pad(seq: &[usize], maxlen: usize) -> Vec<f32> {
 }
 
 /// `n` reviews (all when `None`), alternating positive and negative as the files do, padded.
-fn encode(imdb: &Imdb, n: Option<usize>, maxlen: usize) -> VecDataset<(Vec<f32>, f32)> {
+pub fn encode(imdb: &Imdb, n: Option<usize>, maxlen: usize) -> VecDataset<(Vec<f32>, f32)> {
     let n = n.unwrap_or(usize::MAX).min(imdb.len());
     (0..n).map(|i| (pad(&imdb.sequences()[i], maxlen), imdb.labels()[i] as f32)).collect()
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use kiln_autograd::Var;
-use kiln_nn::{Conv2d, Forward, Module, Padding, TensorKind};
+use kiln_nn::{Conv2d, Conv2dConfig, Forward, Module, Padding, TensorKind};
 use kiln_tensor::Tensor;
 
 use crate::codes::{per_image, Act, Codes};
@@ -33,6 +33,29 @@ pub struct ConvGeometry {
 }
 
 impl ConvGeometry {
+    /// The geometry of a kiln-nn convolution's configuration (`padding='same'` split as
+    /// PyTorch splits it: the odd zero after). `groups` is not part of it.
+    #[must_use]
+    pub fn of(c: &Conv2dConfig) -> Self {
+        let (before, after) = match c.padding {
+            Padding::Valid => ([0, 0], [0, 0]),
+            Padding::Explicit(p) => (p, p),
+            Padding::Same => {
+                let total = |a: usize| c.dilation[a] * (c.kernel_size[a] - 1);
+                ([total(0) / 2, total(1) / 2], [total(0) - total(0) / 2, total(1) - total(1) / 2])
+            }
+        };
+        ConvGeometry {
+            in_channels: c.in_channels,
+            out_channels: c.out_channels,
+            kernel_size: c.kernel_size,
+            stride: c.stride,
+            padding_before: before,
+            padding_after: after,
+            dilation: c.dilation,
+        }
+    }
+
     /// `[out_h, out_w]` for an `[h, w]` input, `None` if the kernel does not fit.
     #[must_use]
     pub fn out_size(&self, h: usize, w: usize) -> Option<[usize; 2]> {
@@ -160,23 +183,7 @@ impl QuantConv2d {
                 reason: format!("QuantConv2d supports groups = 1 only, got groups = {}", c.groups),
             });
         }
-        let (before, after) = match c.padding {
-            Padding::Valid => ([0, 0], [0, 0]),
-            Padding::Explicit(p) => (p, p),
-            Padding::Same => {
-                let total = |a: usize| c.dilation[a] * (c.kernel_size[a] - 1);
-                ([total(0) / 2, total(1) / 2], [total(0) - total(0) / 2, total(1) - total(1) / 2])
-            }
-        };
-        let geometry = ConvGeometry {
-            in_channels: c.in_channels,
-            out_channels: c.out_channels,
-            kernel_size: c.kernel_size,
-            stride: c.stride,
-            padding_before: before,
-            padding_after: after,
-            dilation: c.dilation,
-        };
+        let geometry = ConvGeometry::of(c);
         let bias = layer.bias.as_ref().map(|b| b.value().to_vec());
         Ok(Self::from_weight(geometry, &layer.weight.value(), bias, act))
     }

@@ -1,6 +1,9 @@
 //! # kiln-quant
 //!
-//! Post-training int8 quantisation for kiln, after `torch.ao.quantization`:
+//! Post-training int8 quantisation for kiln, after `torch.ao.quantization`, and bfloat16
+//! inference after `model.to(torch.bfloat16)` ([`bf16`]).
+//!
+//! int8:
 //!
 //! - **Weights** of `Linear`, `Conv2d` and `LSTM`: int8, per-output-channel symmetric scales.
 //! - **Activations**: per-tensor affine `quint8` or `qint8`, either calibrated once on sample
@@ -19,6 +22,11 @@
 //! - **Files**: [`QuantSequential::save`] / [`QuantSequential::load`], safetensors with `I8`
 //!   weights (see [`serialize`] for the float layers a file can hold); [`QuantLSTM::save`] /
 //!   [`QuantLSTM::load`] for a quantised LSTM.
+//!
+//! bfloat16 ([`bf16`]): [`bf16_sequential`] converts a `Sequential` to a [`Bf16Sequential`]
+//! whose weights, biases and activations are stored as bfloat16, products summed in `f32`
+//! by kiln's bfloat16 GEMM ([`Bf16Linear`], [`Bf16Conv2d`], [`Bf16Embedding`]; [`Bf16LSTM`]
+//! on its own); [`Bf16Sequential::param_bytes`] shows the halving.
 //!
 //! ```
 //! use kiln_nn::{Flatten, Forward, Linear, ReLU, Sequential};
@@ -43,6 +51,7 @@
 //! # std::fs::remove_file(&path).unwrap();
 //! ```
 
+pub mod bf16;
 mod codes;
 mod conv;
 mod error;
@@ -53,6 +62,7 @@ pub mod observer;
 mod sequential;
 pub mod serialize;
 
+pub use bf16::{bf16_sequential, Bf16Conv2d, Bf16Embedding, Bf16LSTM, Bf16Layer, Bf16Linear, Bf16Sequential};
 pub use conv::{im2col_nhwc, ConvGeometry, QuantConv2d};
 pub use error::QuantError;
 pub use linear::{ActQuant, QuantLinear};

@@ -10,6 +10,9 @@ use kiln::data::DataError;
 #[path = "../../../examples/autoencoder_mnist.rs"]
 #[allow(dead_code)]
 mod autoencoder_mnist;
+#[path = "../../../examples/bf16_inference.rs"]
+#[allow(dead_code)]
+mod bf16_inference;
 #[path = "../../../examples/cifar10_cnn.rs"]
 #[allow(dead_code)]
 mod cifar10_cnn;
@@ -219,6 +222,20 @@ fn quantize_mnist_smoke() {
             r.ms_per_image_batch1.iter().chain(&r.ms_per_image_batch64).all(|t| t.is_finite() && *t > 0.0),
             "{r:?}"
         );
+    }
+}
+
+#[test]
+fn bf16_inference_smoke() {
+    if let Some(r) = unless_missing("bf16_inference", bf16_inference::run(&bf16_inference::Opts::smoke())) {
+        for c in [&r.cnn, &r.lstm] {
+            assert!(is_fraction(c.f32_accuracy) && is_fraction(c.bf16_accuracy), "{r:?}");
+            // bfloat16 keeps nearly every prediction of the f32 model
+            assert!(c.agreement >= 0.9, "{r:?}");
+            // every parameter of both models sits in a converted layer: exactly half the bytes
+            assert_eq!(2 * c.param_bytes[1], c.param_bytes[0], "{r:?}");
+            assert!(c.ms_per_sample.iter().flatten().all(|t| t.is_finite() && *t > 0.0), "{r:?}");
+        }
     }
 }
 
