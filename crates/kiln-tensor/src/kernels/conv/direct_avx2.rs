@@ -37,6 +37,10 @@ const NR: usize = 24;
 /// Largest `c · kh · kw` the direct path takes: one tile's input strip (`k · NR` values) stays
 /// within L2 as every group of output channels reuses it.
 const MAX_K: usize = 4096;
+/// Below this many taps the output is written one block of channels at a time (see [`rows`]):
+/// W3's first convolution (9 taps) ran 1.1–1.9 ms per batch of 64 that way against 1.6–2.6 ms
+/// with every block per tile, in alternating runs on the noisy 2-core machine.
+const SMALL_K: usize = 64;
 
 /// Whether this CPU runs the kernel (AVX2 and FMA).
 pub(super) fn available() -> bool {
@@ -233,27 +237,34 @@ unsafe fn rows(p: &Packed, g: &Geom, xg: &[f32], grp: usize, out: OutPtr, rows: 
     // SAFETY: the caller's contract; every tile reads inside `xg` (the geometry check of
     // `applies`) and writes inside this group's rows `rows`.
     unsafe {
-        for oy in rows {
-            let mut ox0 = 0;
-            while ox0 < g.ow {
-                let left = g.ow - ox0;
-                // 24 + 8 as 16 + 16: a lone 8-wide tile has 4 accumulators, too few to hide
-                // the multiply-add latency.
-                let width = if left == NR + 8 { 16 } else { left.min(NR) };
-                let xb = xg.as_ptr().add(oy * p.wp + ox0);
-                for blk in 0..p.blocks {
-                    let o0 = blk * MR;
-                    let mr = (g.oc - o0).min(MR);
-                    let w = p.w.as_ptr().add((grp * p.blocks + blk) * k * MR);
-                    let b = p.bias.as_ptr().add((grp * p.blocks + blk) * MR);
-                    let o = out.0.add((grp * g.oc + o0) * ohw + oy * g.ow + ox0);
-                    match width.div_ceil(8) {
-                        3 => tile::<3>(xb, &p.offs, w, b, o, ohw, mr, width, relu),
-                        2 => tile::<2>(xb, &p.offs, w, b, o, ohw, mr, width, relu),
-                        _ => tile::<1>(xb, &p.offs, w, b, o, ohw, mr, width, relu),
+        // Small kernels (few taps per output) are bound by writing the output: one block
+        // of output channels at a time keeps the stores in 4 sequential streams. Larger ones
+        // run every block over a tile's inputs while they are in L1.
+        let chunk = if k < SMALL_K { 1 } else { p.blocks };
+        for first in (0..p.blocks).step_by(chunk) {
+            let blocks = first..(first + chunk).min(p.blocks);
+            for oy in rows.clone() {
+                let mut ox0 = 0;
+                while ox0 < g.ow {
+                    let left = g.ow - ox0;
+                    // 24 + 8 as 16 + 16: a lone 8-wide tile has 4 accumulators, too few to
+                    // hide the multiply-add latency.
+                    let width = if left == NR + 8 { 16 } else { left.min(NR) };
+                    let xb = xg.as_ptr().add(oy * p.wp + ox0);
+                    for blk in blocks.clone() {
+                        let o0 = blk * MR;
+                        let mr = (g.oc - o0).min(MR);
+                        let w = p.w.as_ptr().add((grp * p.blocks + blk) * k * MR);
+                        let b = p.bias.as_ptr().add((grp * p.blocks + blk) * MR);
+                        let o = out.0.add((grp * g.oc + o0) * ohw + oy * g.ow + ox0);
+                        match width.div_ceil(8) {
+                            3 => tile::<3>(xb, &p.offs, w, b, o, ohw, mr, width, relu),
+                            2 => tile::<2>(xb, &p.offs, w, b, o, ohw, mr, width, relu),
+                            _ => tile::<1>(xb, &p.offs, w, b, o, ohw, mr, width, relu),
+                        }
                     }
+                    ox0 += width;
                 }
-                ox0 += width;
             }
         }
     }
